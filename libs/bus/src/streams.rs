@@ -1,0 +1,64 @@
+//! JetStream streams and key-value buckets, created idempotently at start-up.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+
+use crate::subjects;
+
+pub const EVENTS: &str = "ASSAY_EVENTS";
+pub const SHARDS: &str = "ASSAY_SHARDS";
+pub const STATUS: &str = "ASSAY_STATUS";
+pub const RESULTS: &str = "ASSAY_RESULTS";
+pub const LOGS: &str = "ASSAY_LOGS";
+pub const EXECUTIONS: &str = "ASSAY_EXECUTIONS";
+pub const DEAD: &str = "ASSAY_DEAD";
+
+/// KV bucket: idempotency key of a trigger event or run request → execution id.
+pub const KV_DEDUP: &str = "assay_dedup";
+/// KV bucket: workflow → its active (non-terminal) execution, for `concurrency: forbid`.
+pub const KV_ACTIVE: &str = "assay_active";
+
+/// Largest message any stream accepts (bytes). Consumers check their own, smaller limit
+/// before decoding.
+pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The stream configurations. Storage is file-backed everywhere: these hold what must not
+/// be lost. `duplicate_window` is the Nats-Msg-Id dedup window; consumers are idempotent on
+/// their own keys as well, so correctness does not rest on it.
+pub fn all(replicas: usize) -> Vec<Config> {
+    let base = |name: &str, subjects: Vec<&str>| Config {
+        name: name.to_string(),
+        subjects: subjects.into_iter().map(str::to_string).collect(),
+        storage: StorageType::File,
+        num_replicas: replicas.max(1),
+        duplicate_window: Duration::from_secs(120),
+        max_message_size: MAX_MESSAGE_BYTES,
+        max_age: 7 * DAY,
+        ..Default::default()
+    };
+    vec![
+        base(EVENTS, vec![subjects::EVENTS_ALL, subjects::RUNS_ALL]),
+        Config {
+            retention: RetentionPolicy::WorkQueue,
+            ..base(SHARDS, vec![subjects::SHARDS_ALL])
+        },
+        base(STATUS, vec![subjects::STATUS_ALL]),
+        base(RESULTS, vec![subjects::RESULTS_ALL]),
+        Config {
+            max_bytes: 4 * 1024 * 1024 * 1024,
+            discard: DiscardPolicy::Old,
+            ..base(LOGS, vec![subjects::LOGS_ALL])
+        },
+        Config {
+            max_messages_per_subject: 64,
+            ..base(EXECUTIONS, vec![subjects::EXECUTIONS_ALL])
+        },
+        Config {
+            max_age: 30 * DAY,
+            ..base(DEAD, vec![subjects::DEAD_ALL])
+        },
+    ]
+}

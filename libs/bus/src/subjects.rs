@@ -1,0 +1,101 @@
+//! Every subject assay uses. Services call these functions; no subject literal lives
+//! anywhere else. Shape: `assay.v1.<domain>.<ids…>`, ids last so consumers can filter.
+
+/// Prefix shared by every subject; `v1` matches the proto package.
+pub const PREFIX: &str = "assay.v1";
+
+/// All trigger events (`assay.v1.events.<source>`).
+pub const EVENTS_ALL: &str = "assay.v1.events.>";
+/// Direct run requests ([`assay_proto::RunRequest`]).
+pub const RUN_REQUESTED: &str = "assay.v1.runs.requested";
+/// All run subjects (requests and future run commands).
+pub const RUNS_ALL: &str = "assay.v1.runs.>";
+pub const SHARDS_ALL: &str = "assay.v1.shards.>";
+pub const STATUS_ALL: &str = "assay.v1.status.>";
+pub const RESULTS_ALL: &str = "assay.v1.results.>";
+pub const LOGS_ALL: &str = "assay.v1.logs.>";
+pub const EXECUTIONS_ALL: &str = "assay.v1.executions.>";
+pub const DEAD_ALL: &str = "assay.v1.dead.>";
+
+/// Makes a value safe as one subject token: `.`, `*`, `>`, whitespace become `_`;
+/// empty becomes `_`.
+pub fn token(s: &str) -> String {
+    if s.is_empty() {
+        return "_".to_string();
+    }
+    s.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' => '_',
+            c if c.is_whitespace() || c.is_control() => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// `assay.v1.events.<source>`
+pub fn event(source: &str) -> String {
+    format!("{PREFIX}.events.{}", token(source))
+}
+
+/// `assay.v1.shards.<execution>.<shard>`
+pub fn shard_job(execution: &str, shard: u32) -> String {
+    format!("{PREFIX}.shards.{}.{shard}", token(execution))
+}
+
+/// `assay.v1.status.<execution>.plan`: the planned [`assay_proto::Execution`].
+pub fn execution_plan(execution: &str) -> String {
+    format!("{PREFIX}.status.{}.plan", token(execution))
+}
+
+/// `assay.v1.status.<execution>.<shard>`: [`assay_proto::ShardStatus`].
+pub fn shard_status(execution: &str, shard: u32) -> String {
+    format!("{PREFIX}.status.{}.{shard}", token(execution))
+}
+
+/// `assay.v1.results.<execution>.<shard>`: [`assay_proto::TestCaseBatch`].
+pub fn results(execution: &str, shard: u32) -> String {
+    format!("{PREFIX}.results.{}.{shard}", token(execution))
+}
+
+/// `assay.v1.logs.<execution>.<shard>`: [`assay_proto::LogChunk`].
+pub fn logs(execution: &str, shard: u32) -> String {
+    format!("{PREFIX}.logs.{}.{shard}", token(execution))
+}
+
+/// `assay.v1.logs.<execution>.>`: every shard's logs of one execution.
+pub fn logs_of(execution: &str) -> String {
+    format!("{PREFIX}.logs.{}.>", token(execution))
+}
+
+/// `assay.v1.executions.<workflow>.<execution>`: public [`assay_proto::ExecutionUpdate`]s.
+pub fn execution_update(workflow: &str, execution: &str) -> String {
+    format!(
+        "{PREFIX}.executions.{}.{}",
+        token(workflow),
+        token(execution)
+    )
+}
+
+/// `assay.v1.executions.*.<execution>`: updates of one execution, whatever its workflow.
+pub fn execution_updates_of(execution: &str) -> String {
+    format!("{PREFIX}.executions.*.{}", token(execution))
+}
+
+/// `assay.v1.dead.<stream>`: poison messages of a stream, with the reason in headers.
+pub fn dead(stream: &str) -> String {
+    format!("{PREFIX}.dead.{}", token(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_have_ids_last_and_safe_tokens() {
+        assert_eq!(shard_job("01H", 3), "assay.v1.shards.01H.3");
+        assert_eq!(event("ci.github"), "assay.v1.events.ci_github");
+        assert_eq!(execution_update("a.b", "x"), "assay.v1.executions.a_b.x");
+        assert_eq!(token(""), "_");
+        assert_eq!(token("a *>b"), "a___b");
+    }
+}

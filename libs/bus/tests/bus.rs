@@ -1,0 +1,153 @@
+//! The bus contract against a real nats-server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assay_bus::{Bus, ConsumerSpec, Failure, NatsOptions, consumer, header, streams, subjects};
+use assay_proto::TriggerEvent;
+use assay_testkit::NatsServer;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+async fn bus(server: &NatsServer) -> Bus {
+    let opts = NatsOptions {
+        url: server.url(),
+        ..Default::default()
+    };
+    let bus = Bus::connect(&opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    bus.ensure_topology().await.unwrap();
+    bus
+}
+
+fn event(key: &str) -> TriggerEvent {
+    TriggerEvent {
+        header: Some(header("test", key, None)),
+        source: "ci".into(),
+        r#type: "push".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn topology_is_idempotent_and_publish_dedups_on_key() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    bus.ensure_topology().await.unwrap();
+    assert!(
+        !bus.publish(subjects::event("ci"), &event("k1"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        bus.publish(subjects::event("ci"), &event("k1"))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_clear_error() {
+    let opts = NatsOptions {
+        url: format!("nats://127.0.0.1:{}", assay_testkit::free_port()),
+        connect_attempts: 2,
+        ..Default::default()
+    };
+    let err = Bus::connect(&opts, &CancellationToken::new())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("cannot reach nats"), "{err}");
+}
+
+#[tokio::test]
+async fn poison_and_oversized_messages_go_to_dead_letters_and_others_flow() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = CancellationToken::new();
+    let spec = ConsumerSpec::new(streams::EVENTS, "test").max_deliver(2);
+    let task = {
+        let (bus, seen, shutdown) = (bus.clone(), seen.clone(), shutdown.clone());
+        tokio::spawn(consumer::run(
+            bus,
+            spec,
+            shutdown,
+            move |d: assay_bus::Delivery<TriggerEvent>| {
+                let seen = seen.clone();
+                async move {
+                    let key = d.msg.header.map(|h| h.idempotency_key).unwrap_or_default();
+                    if key == "retry-forever" {
+                        return Err(Failure::Retry("flaky".into()));
+                    }
+                    seen.lock().unwrap().push(key);
+                    Ok(())
+                }
+            },
+        ))
+    };
+    let dead = bus
+        .client()
+        .subscribe(subjects::dead(streams::EVENTS))
+        .await
+        .unwrap();
+    bus.publish_raw(
+        subjects::event("x"),
+        Default::default(),
+        vec![0xff, 0xff, 0xff].into(),
+    )
+    .await
+    .unwrap();
+    bus.publish_raw(
+        subjects::event("x"),
+        Default::default(),
+        vec![0u8; 300 * 1024].into(),
+    )
+    .await
+    .unwrap();
+    bus.publish(subjects::event("x"), &event("retry-forever"))
+        .await
+        .unwrap();
+    bus.publish(subjects::event("x"), &event("good"))
+        .await
+        .unwrap();
+    let reasons: Vec<String> =
+        tokio::time::timeout(Duration::from_secs(20), dead.take(3).collect::<Vec<_>>())
+            .await
+            .expect("three dead letters")
+            .into_iter()
+            .map(|m| {
+                m.headers
+                    .unwrap()
+                    .get(assay_bus::DEAD_REASON)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("cannot decode TriggerEvent")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("over the limit")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("gave up after 2 deliveries")),
+        "{reasons:?}"
+    );
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), vec!["good".to_string()]);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

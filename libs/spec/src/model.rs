@@ -1,0 +1,458 @@
+//! The definition types, mirroring the YAML.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::Location;
+use crate::duration;
+
+/// A parsed and validated definition from one YAML document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Definition {
+    Workflow(Workflow),
+    Trigger(Trigger),
+}
+
+impl Definition {
+    pub fn name(&self) -> &str {
+        match self {
+            Definition::Workflow(w) => &w.name,
+            Definition::Trigger(t) => &t.name,
+        }
+    }
+
+    pub fn source(&self) -> &Location {
+        match self {
+            Definition::Workflow(w) => &w.source,
+            Definition::Trigger(t) => &t.source,
+        }
+    }
+}
+
+/// A `TestWorkflow`: what to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: WorkflowSpec,
+    /// Where the document starts.
+    pub source: Location,
+}
+
+/// A `TestTrigger`: when to run what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: TriggerSpec,
+    /// Where the document starts.
+    pub source: Location,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub annotations: BTreeMap<String, String>,
+    /// Accepted so that custom resources read back from Kubernetes parse; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    /// Declared parameters; `--set k=v` may override only these.
+    #[serde(default)]
+    pub config: BTreeMap<String, Parameter>,
+    /// Kubernetes backend only; accepted and ignored locally.
+    #[serde(default)]
+    pub container: Option<Container>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub env: BTreeMap<String, String>,
+    /// Absolute after parsing: a relative path is resolved against the file's directory.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub setup: Vec<Step>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Runs even when earlier steps fail.
+    #[serde(default)]
+    pub after: Vec<Step>,
+    #[serde(default)]
+    pub tests: Option<Tests>,
+    #[serde(default)]
+    pub parallel: Parallel,
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    #[serde(default, with = "duration::opt")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Retries,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// Kubernetes backend only; accepted and ignored locally.
+    #[serde(default)]
+    pub pod: Option<PodOverrides>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Parameter {
+    #[serde(default, rename = "type")]
+    pub r#type: ParamType,
+    /// No default means the parameter is required.
+    #[serde(default, deserialize_with = "opt_scalar")]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    #[default]
+    String,
+    Integer,
+    Boolean,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Boolean => "boolean",
+        }
+    }
+
+    /// Describes what a valid value looks like, for error messages.
+    pub fn expected(self) -> &'static str {
+        match self {
+            ParamType::String => "a string",
+            ParamType::Integer => "an integer",
+            ParamType::Boolean => "a boolean (true or false)",
+        }
+    }
+
+    /// Checks `value` and returns its canonical spelling.
+    pub fn check(self, value: &str) -> Option<String> {
+        match self {
+            ParamType::String => Some(value.to_string()),
+            ParamType::Integer => value.trim().parse::<i64>().ok().map(|v| v.to_string()),
+            ParamType::Boolean => match value.trim() {
+                "true" | "True" | "TRUE" => Some("true".into()),
+                "false" | "False" | "FALSE" => Some("false".into()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl fmt::Display for ParamType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A declared parameter, as listed by `assay get workflows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterInfo<'a> {
+    pub name: &'a str,
+    pub r#type: ParamType,
+    pub default: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub sensitive: bool,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Container {
+    pub image: String,
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub limits: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodOverrides {
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub affinity: Option<serde_norway::Value>,
+    #[serde(default)]
+    pub tolerations: Vec<serde_norway::Value>,
+    #[serde(default)]
+    pub service_account: Option<String>,
+    #[serde(default)]
+    pub priority_class_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Step {
+    pub name: String,
+    /// Shell script.
+    pub run: String,
+    #[serde(default, with = "duration::opt")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub condition: Condition,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// When a step runs, given how the steps before it went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    Always,
+    #[default]
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tests {
+    /// Lists test ids, one per line.
+    #[serde(default)]
+    pub list: Option<String>,
+    /// Runs a subset: `{tests}` becomes the ids, `{report}` the report path.
+    pub run: String,
+    /// Globs of JUnit XML files (`{report}` allowed).
+    #[serde(default)]
+    pub reports: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Parallel {
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default)]
+    pub max_count: Option<u32>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub fail_fast: bool,
+    /// Parsed but not supported yet.
+    #[serde(default)]
+    pub matrix: Option<BTreeMap<String, Vec<serde_norway::Value>>>,
+}
+
+impl Default for Parallel {
+    fn default() -> Self {
+        Parallel {
+            count: 1,
+            max_count: None,
+            strategy: Strategy::Count,
+            fail_fast: false,
+            matrix: None,
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    #[default]
+    Count,
+    Duration,
+    Queue,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Concurrency {
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    #[default]
+    Allow,
+    Forbid,
+    /// Parsed but not supported yet.
+    Replace,
+    /// Parsed but not supported yet.
+    Queue,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retries {
+    #[serde(default)]
+    pub count: u32,
+    #[serde(default)]
+    pub on: RetryOn,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryOn {
+    /// Retry tests that failed or errored.
+    Failed,
+    /// Retry only tests that errored (infrastructure problems, crashes).
+    #[default]
+    Errored,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TriggerSpec {
+    pub on: On,
+    pub run: RunTarget,
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
+    /// Wait this long after the last matching event before running.
+    #[serde(default, with = "duration::opt")]
+    pub settle: Option<Duration>,
+}
+
+/// What a trigger reacts to; exactly one field is set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct On {
+    #[serde(default)]
+    pub event: Option<EventMatch>,
+    #[serde(default)]
+    pub cron: Option<CronSpec>,
+    /// Parsed but not supported yet.
+    #[serde(default)]
+    pub kubernetes: Option<serde_norway::Value>,
+    /// Parsed but not supported yet.
+    #[serde(default)]
+    pub webhook: Option<serde_norway::Value>,
+}
+
+/// Matches bus/HTTP events: empty source/type match any; every label must be equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventMatch {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default, rename = "type")]
+    pub r#type: Option<String>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CronSpec {
+    /// 5 fields, or 6 with seconds first.
+    pub schedule: String,
+    /// IANA name; UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+/// What a trigger runs: exactly one of `workflow` and `selector`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RunTarget {
+    #[serde(default)]
+    pub workflow: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar_map")]
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub config: BTreeMap<String, String>,
+}
+
+/// A YAML scalar (string, number, boolean) read as a string.
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw: Option<BTreeMap<String, Scalar>> = Option::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
+}
+
+fn opt_scalar_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    let raw: Option<BTreeMap<String, Scalar>> = Option::deserialize(d)?;
+    Ok(raw.map(|m| m.into_iter().map(|(k, v)| (k, v.0)).collect()))
+}
+
+fn opt_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let raw: Option<Scalar> = Option::deserialize(d)?;
+    Ok(raw.map(|s| s.0))
+}

@@ -1,0 +1,303 @@
+//! The pure core: an execution's status, counts and shard summaries from what the store holds.
+
+use assay_proto::v1::{ExecutionStatus, ShardState, ShardSummary};
+
+/// What the store knows about the latest attempt of one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardProgress {
+    pub index: u32,
+    /// Latest attempt seen in a status or a result batch; 0 when nothing was seen.
+    pub attempt: u32,
+    /// State of the latest attempt: `Queued` when nothing was seen, `Running` when results
+    /// arrived before any status.
+    pub state: ShardState,
+    pub reason: String,
+    pub exit_code: i32,
+    /// Batches the terminal status announced (0 before a terminal status).
+    pub result_batches: u32,
+    /// Distinct batches recorded for the latest attempt.
+    pub batches_seen: u32,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub passed: u32,
+    pub failed: u32,
+    pub errored: u32,
+    pub skipped: u32,
+}
+
+impl ShardProgress {
+    /// A shard nothing is known about yet.
+    pub fn queued(index: u32) -> Self {
+        ShardProgress {
+            index,
+            attempt: 0,
+            state: ShardState::Queued,
+            reason: String::new(),
+            exit_code: 0,
+            result_batches: 0,
+            batches_seen: 0,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            passed: 0,
+            failed: 0,
+            errored: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Terminal, and every batch the terminal status announced has been recorded.
+    pub fn is_complete(&self) -> bool {
+        shard_state_is_terminal(self.state) && self.batches_seen >= self.result_batches
+    }
+
+    pub fn duration_ms(&self) -> u64 {
+        if self.started_at_ms > 0 && self.finished_at_ms >= self.started_at_ms {
+            u64::try_from(self.finished_at_ms - self.started_at_ms).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    pub fn summary(&self) -> ShardSummary {
+        ShardSummary {
+            index: self.index,
+            state: self.state.into(),
+            attempt: self.attempt,
+            passed: self.passed,
+            failed: self.failed,
+            errored: self.errored,
+            skipped: self.skipped,
+            reason: self.reason.clone(),
+            duration_ms: self.duration_ms(),
+        }
+    }
+}
+
+/// An execution's status with why and when it ended (0 while it runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: ExecutionStatus,
+    pub reason: String,
+    pub finished_at_ms: i64,
+}
+
+pub fn execution_status_is_terminal(status: ExecutionStatus) -> bool {
+    matches!(
+        status,
+        ExecutionStatus::Passed
+            | ExecutionStatus::Failed
+            | ExecutionStatus::Errored
+            | ExecutionStatus::Cancelled
+            | ExecutionStatus::TimedOut
+    )
+}
+
+pub fn shard_state_is_terminal(state: ShardState) -> bool {
+    matches!(
+        state,
+        ShardState::Passed
+            | ShardState::Failed
+            | ShardState::Errored
+            | ShardState::Cancelled
+            | ShardState::TimedOut
+    )
+}
+
+/// Order in which a shard attempt's states may move: queued < running < terminal.
+pub(crate) fn shard_state_rank(state: ShardState) -> u8 {
+    match state {
+        ShardState::Unspecified => 0,
+        ShardState::Queued => 1,
+        ShardState::Running => 2,
+        _ => 3,
+    }
+}
+
+/// The status of an execution from its recorded status and its shards `0..shard_count`
+/// (`shards` holds exactly those, in index order).
+///
+/// A terminal recorded status wins. Otherwise the execution is terminal once every shard is
+/// complete, the worst outcome deciding (timed out > errored > failed > cancelled > passed);
+/// running once any shard is; queued before that.
+pub fn derive_status(recorded: &Verdict, shards: &[ShardProgress]) -> Verdict {
+    if execution_status_is_terminal(recorded.status) {
+        return recorded.clone();
+    }
+    if !shards.iter().all(ShardProgress::is_complete) {
+        let running = shards
+            .iter()
+            .any(|s| shard_state_rank(s.state) >= shard_state_rank(ShardState::Running));
+        let status = if running {
+            ExecutionStatus::Running
+        } else {
+            ExecutionStatus::Queued
+        };
+        return Verdict {
+            status,
+            reason: recorded.reason.clone(),
+            finished_at_ms: 0,
+        };
+    }
+
+    let finished_at_ms = shards.iter().map(|s| s.finished_at_ms).max().unwrap_or(0);
+    let first_in = |state: ShardState| shards.iter().find(|s| s.state == state);
+    let (status, reason) = if let Some(shard) = first_in(ShardState::TimedOut) {
+        (ExecutionStatus::TimedOut, shard_reason(shard, "timed out"))
+    } else if let Some(shard) = first_in(ShardState::Errored) {
+        (ExecutionStatus::Errored, shard_reason(shard, "errored"))
+    } else if let Some(shard) = first_in(ShardState::Failed) {
+        (ExecutionStatus::Failed, shard_reason(shard, "failed"))
+    } else if shards.iter().any(|s| s.failed + s.errored > 0) {
+        let failing: u32 = shards.iter().map(|s| s.failed + s.errored).sum();
+        let noun = if failing == 1 { "test" } else { "tests" };
+        (ExecutionStatus::Failed, format!("{failing} {noun} failed"))
+    } else if let Some(shard) = first_in(ShardState::Cancelled) {
+        (ExecutionStatus::Cancelled, shard_reason(shard, "cancelled"))
+    } else {
+        (ExecutionStatus::Passed, recorded.reason.clone())
+    };
+    Verdict {
+        status,
+        reason,
+        finished_at_ms,
+    }
+}
+
+fn shard_reason(shard: &ShardProgress, what: &str) -> String {
+    if shard.reason.is_empty() {
+        format!("shard {} {what}", shard.index)
+    } else {
+        format!("shard {}: {}", shard.index, shard.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued() -> Verdict {
+        Verdict {
+            status: ExecutionStatus::Queued,
+            reason: String::new(),
+            finished_at_ms: 0,
+        }
+    }
+
+    fn done(index: u32, state: ShardState, finished_at_ms: i64) -> ShardProgress {
+        ShardProgress {
+            attempt: 1,
+            state,
+            result_batches: 1,
+            batches_seen: 1,
+            started_at_ms: 10,
+            finished_at_ms,
+            passed: 1,
+            ..ShardProgress::queued(index)
+        }
+    }
+
+    #[test]
+    fn recorded_terminal_status_wins() {
+        let recorded = Verdict {
+            status: ExecutionStatus::Cancelled,
+            reason: "replaced by a newer execution".into(),
+            finished_at_ms: 5,
+        };
+        let shards = [done(0, ShardState::Passed, 100)];
+        assert_eq!(derive_status(&recorded, &shards), recorded);
+    }
+
+    #[test]
+    fn nothing_seen_is_queued() {
+        let shards = [ShardProgress::queued(0), ShardProgress::queued(1)];
+        assert_eq!(derive_status(&queued(), &shards).status, ExecutionStatus::Queued);
+    }
+
+    #[test]
+    fn any_running_shard_makes_it_running() {
+        let mut running = ShardProgress::queued(1);
+        running.state = ShardState::Running;
+        let shards = [ShardProgress::queued(0), running];
+        assert_eq!(derive_status(&queued(), &shards).status, ExecutionStatus::Running);
+    }
+
+    #[test]
+    fn terminal_shard_waiting_for_batches_is_not_complete() {
+        let mut waiting = done(0, ShardState::Passed, 100);
+        waiting.result_batches = 3;
+        waiting.batches_seen = 2;
+        assert!(!waiting.is_complete());
+        let verdict = derive_status(&queued(), &[waiting]);
+        assert_eq!(verdict.status, ExecutionStatus::Running);
+        assert_eq!(verdict.finished_at_ms, 0);
+    }
+
+    #[test]
+    fn all_passed_is_passed_at_the_last_finish() {
+        let shards = [
+            done(0, ShardState::Passed, 100),
+            done(1, ShardState::Passed, 300),
+        ];
+        let verdict = derive_status(&queued(), &shards);
+        assert_eq!(verdict.status, ExecutionStatus::Passed);
+        assert_eq!(verdict.finished_at_ms, 300);
+    }
+
+    #[test]
+    fn worst_outcome_decides() {
+        let cases = [
+            (
+                [ShardState::Passed, ShardState::TimedOut, ShardState::Errored],
+                ExecutionStatus::TimedOut,
+            ),
+            (
+                [ShardState::Failed, ShardState::Errored, ShardState::Cancelled],
+                ExecutionStatus::Errored,
+            ),
+            (
+                [ShardState::Cancelled, ShardState::Failed, ShardState::Passed],
+                ExecutionStatus::Failed,
+            ),
+            (
+                [ShardState::Passed, ShardState::Cancelled, ShardState::Passed],
+                ExecutionStatus::Cancelled,
+            ),
+        ];
+        for (states, expected) in cases {
+            let shards: Vec<_> = states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| done(i as u32, *s, 100))
+                .collect();
+            assert_eq!(derive_status(&queued(), &shards).status, expected, "{states:?}");
+        }
+    }
+
+    #[test]
+    fn failing_test_cases_fail_a_passed_shard() {
+        let mut shard = done(0, ShardState::Passed, 100);
+        shard.errored = 1;
+        let verdict = derive_status(&queued(), &[shard, done(1, ShardState::Cancelled, 50)]);
+        assert_eq!(verdict.status, ExecutionStatus::Failed);
+        assert_eq!(verdict.reason, "1 test failed");
+    }
+
+    #[test]
+    fn reason_names_the_deciding_shard() {
+        let mut oom = done(1, ShardState::Errored, 100);
+        oom.reason = "OOMKilled".into();
+        let verdict = derive_status(&queued(), &[done(0, ShardState::Passed, 90), oom]);
+        assert_eq!(verdict.reason, "shard 1: OOMKilled");
+        let verdict = derive_status(&queued(), &[done(0, ShardState::TimedOut, 90)]);
+        assert_eq!(verdict.reason, "shard 0 timed out");
+    }
+
+    #[test]
+    fn duration_is_zero_until_finished() {
+        let mut shard = ShardProgress::queued(0);
+        shard.started_at_ms = 1_000;
+        assert_eq!(shard.duration_ms(), 0);
+        shard.finished_at_ms = 1_250;
+        assert_eq!(shard.summary().duration_ms, 250);
+    }
+}

@@ -1,0 +1,1 @@
+//! The result store: executions, shards and test cases

@@ -1,0 +1,704 @@
+//! The blocking SQL behind [`crate::Store`]. Each write runs in one transaction.
+
+use std::collections::{BTreeMap, HashMap};
+
+use assay_proto::v1::{
+    Execution, ExecutionDetail, ExecutionStatus, ExecutionUpdate, ShardDetail, ShardState,
+    ShardStatus, TestCaseBatch, TestCaseResult, TestStatus,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tracing::{debug, info};
+
+use crate::derive::{
+    ShardProgress, Verdict, derive_status, execution_status_is_terminal, shard_state_is_terminal,
+    shard_state_rank,
+};
+use crate::{Error, Result};
+
+/// Statuses below this number are not terminal (unspecified, queued, running).
+const FIRST_TERMINAL_STATUS: i32 = ExecutionStatus::Passed as i32;
+
+pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<bool> {
+    if e.id.is_empty() {
+        return Err(Error::invalid("execution", "empty id"));
+    }
+    let status = match ExecutionStatus::try_from(e.status) {
+        Ok(ExecutionStatus::Unspecified) => ExecutionStatus::Queued,
+        Ok(status) => status,
+        Err(_) => {
+            return Err(Error::invalid(
+                "execution",
+                format!("unknown status {} for execution {}", e.status, e.id),
+            ));
+        }
+    };
+    let terminal = execution_status_is_terminal(status);
+    let finished_at_ms = if !terminal {
+        0
+    } else {
+        e.header
+            .as_ref()
+            .map(|h| h.occurred_at_ms)
+            .filter(|t| *t > 0)
+            .unwrap_or(e.created_at_ms)
+    };
+
+    let tx = conn.transaction()?;
+    let existing: Option<(bool, i32)> = tx
+        .query_row(
+            "SELECT planned, status FROM executions WHERE id = ?1",
+            [&e.id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let changed = match existing {
+        None | Some((false, _)) => {
+            tx.execute(
+                "INSERT INTO executions (id, planned, workflow, shard_count, status, reason,
+                     trigger_name, cause, config_json, labels_json, created_at_ms,
+                     finished_at_ms, timeout_ms)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (id) DO UPDATE SET
+                     planned = 1, workflow = excluded.workflow,
+                     shard_count = excluded.shard_count, status = excluded.status,
+                     reason = excluded.reason, trigger_name = excluded.trigger_name,
+                     cause = excluded.cause, config_json = excluded.config_json,
+                     labels_json = excluded.labels_json, created_at_ms = excluded.created_at_ms,
+                     finished_at_ms = excluded.finished_at_ms, timeout_ms = excluded.timeout_ms",
+                params![
+                    e.id,
+                    e.workflow,
+                    e.shard_count,
+                    status as i32,
+                    e.reason,
+                    e.trigger,
+                    e.cause,
+                    map_to_json(&e.config),
+                    map_to_json(&e.labels),
+                    e.created_at_ms,
+                    finished_at_ms,
+                    clamp_u64(e.timeout_ms),
+                ],
+            )?;
+            true
+        }
+        Some((true, old)) if terminal && old < FIRST_TERMINAL_STATUS => {
+            tx.execute(
+                "UPDATE executions SET status = ?2, reason = ?3, finished_at_ms = ?4
+                 WHERE id = ?1",
+                params![e.id, status as i32, e.reason, finished_at_ms],
+            )?;
+            info!(execution = %e.id, status = status.as_str_name(), reason = %e.reason, "execution ended by its record");
+            true
+        }
+        Some(_) => false,
+    };
+    if changed {
+        settle(&tx, &e.id)?;
+    }
+    tx.commit()?;
+    Ok(changed)
+}
+
+pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Result<bool> {
+    if s.execution_id.is_empty() {
+        return Err(Error::invalid("shard status", "empty execution id"));
+    }
+    let state = match ShardState::try_from(s.state) {
+        Ok(ShardState::Unspecified) | Err(_) => {
+            return Err(Error::invalid(
+                "shard status",
+                format!(
+                    "state {} for {}/{}/{} is not a known shard state",
+                    s.state, s.execution_id, s.shard_index, s.attempt
+                ),
+            ));
+        }
+        Ok(state) => state,
+    };
+
+    let tx = conn.transaction()?;
+    let existing: Option<(i32, i64)> = tx
+        .query_row(
+            "SELECT state, started_at_ms FROM shard_attempts
+             WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3",
+            params![s.execution_id, s.shard_index, s.attempt],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let changed = match existing {
+        None => {
+            tx.execute(
+                "INSERT INTO shard_attempts (execution_id, shard_index, attempt, state, reason,
+                     exit_code, result_batches, test_cases, started_at_ms, finished_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    s.execution_id,
+                    s.shard_index,
+                    s.attempt,
+                    state as i32,
+                    s.reason,
+                    s.exit_code,
+                    s.result_batches,
+                    s.test_cases,
+                    s.started_at_ms,
+                    s.finished_at_ms,
+                ],
+            )?;
+            true
+        }
+        Some((old, old_started)) => {
+            let old = decode_shard_state(old)?;
+            if shard_state_rank(state) > shard_state_rank(old) {
+                // Forward move: the new status replaces everything but a start time it lacks.
+                tx.execute(
+                    "UPDATE shard_attempts SET state = ?4, reason = ?5, exit_code = ?6,
+                         result_batches = ?7, test_cases = ?8,
+                         started_at_ms = CASE WHEN ?9 != 0 THEN ?9 ELSE started_at_ms END,
+                         finished_at_ms = ?10
+                     WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3",
+                    params![
+                        s.execution_id,
+                        s.shard_index,
+                        s.attempt,
+                        state as i32,
+                        s.reason,
+                        s.exit_code,
+                        s.result_batches,
+                        s.test_cases,
+                        s.started_at_ms,
+                        s.finished_at_ms,
+                    ],
+                )?;
+                true
+            } else {
+                if shard_state_is_terminal(old) && shard_state_is_terminal(state) && old != state
+                {
+                    debug!(
+                        execution = %s.execution_id,
+                        shard = s.shard_index,
+                        attempt = s.attempt,
+                        kept = old.as_str_name(),
+                        ignored = state.as_str_name(),
+                        reporter = %s.reporter,
+                        "later terminal status ignored, the first one wins"
+                    );
+                }
+                // A late or repeated status only fills a start time still unknown, so the
+                // outcome does not depend on arrival order.
+                if old_started == 0 && s.started_at_ms != 0 {
+                    tx.execute(
+                        "UPDATE shard_attempts SET started_at_ms = ?4
+                         WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3",
+                        params![s.execution_id, s.shard_index, s.attempt, s.started_at_ms],
+                    )?;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    };
+    if changed {
+        settle(&tx, &s.execution_id)?;
+    }
+    tx.commit()?;
+    Ok(changed)
+}
+
+pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<bool> {
+    if b.execution_id.is_empty() {
+        return Err(Error::invalid("test case batch", "empty execution id"));
+    }
+    for result in &b.results {
+        if result.id.is_empty() {
+            return Err(Error::invalid(
+                "test case batch",
+                format!(
+                    "a test case without an id in batch {}/{}/{}/{}",
+                    b.execution_id, b.shard_index, b.attempt, b.batch
+                ),
+            ));
+        }
+        if TestStatus::try_from(result.status).is_err() {
+            return Err(Error::invalid(
+                "test case batch",
+                format!("unknown status {} for test {}", result.status, result.id),
+            ));
+        }
+    }
+
+    let tx = conn.transaction()?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO batches (execution_id, shard_index, attempt, batch)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![b.execution_id, b.shard_index, b.attempt, b.batch],
+    )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR IGNORE INTO test_cases (execution_id, shard_index, attempt, test_id, name,
+                 classname, file, status, duration_ms, failure_message, output)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for r in &b.results {
+            insert.execute(params![
+                b.execution_id,
+                b.shard_index,
+                b.attempt,
+                r.id,
+                r.name,
+                r.classname,
+                r.file,
+                r.status,
+                clamp_u64(r.duration_ms),
+                r.failure_message,
+                r.output,
+            ])?;
+        }
+    }
+    settle(&tx, &b.execution_id)?;
+    tx.commit()?;
+    Ok(true)
+}
+
+pub(crate) fn finalize(
+    conn: &mut Connection,
+    id: &str,
+    status: ExecutionStatus,
+    reason: &str,
+    finished_at_ms: i64,
+) -> Result<bool> {
+    if !execution_status_is_terminal(status) {
+        return Err(Error::invalid(
+            "final status",
+            format!(
+                "{} is not terminal; use passed, failed, errored, cancelled or timed out",
+                status.as_str_name()
+            ),
+        ));
+    }
+    let changed = conn.execute(
+        "UPDATE executions SET status = ?2, reason = ?3, finished_at_ms = ?4
+         WHERE id = ?1 AND planned = 1 AND status < ?5",
+        params![
+            id,
+            status as i32,
+            reason,
+            finished_at_ms,
+            FIRST_TERMINAL_STATUS
+        ],
+    )?;
+    if changed > 0 {
+        info!(execution = %id, status = status.as_str_name(), reason, "execution finalized");
+    }
+    Ok(changed > 0)
+}
+
+pub(crate) fn non_terminal_executions(conn: &Connection) -> Result<Vec<(String, i64, u64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, created_at_ms, timeout_ms FROM executions
+         WHERE planned = 1 AND status < ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([FIRST_TERMINAL_STATUS], |row| {
+        let timeout: i64 = row.get(2)?;
+        Ok((row.get(0)?, row.get(1)?, u64::try_from(timeout).unwrap_or(0)))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn bump_revision(conn: &Connection, id: &str) -> Result<u64> {
+    if id.is_empty() {
+        return Err(Error::invalid("execution", "empty id"));
+    }
+    let revision: i64 = conn.query_row(
+        "INSERT INTO executions (id, revision) VALUES (?1, 1)
+         ON CONFLICT (id) DO UPDATE SET revision = revision + 1
+         RETURNING revision",
+        [id],
+        |row| row.get(0),
+    )?;
+    Ok(u64::try_from(revision).unwrap_or(0))
+}
+
+pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execution>> {
+    let row = conn
+        .query_row(
+            "SELECT workflow, shard_count, status, reason, trigger_name, cause, config_json,
+                 labels_json, created_at_ms, timeout_ms
+             FROM executions WHERE id = ?1 AND planned = 1",
+            [id],
+            |row| {
+                Ok((
+                    Execution {
+                        header: None,
+                        id: id.to_owned(),
+                        workflow: row.get(0)?,
+                        shard_count: row.get(1)?,
+                        status: row.get(2)?,
+                        reason: row.get(3)?,
+                        trigger: row.get(4)?,
+                        cause: row.get(5)?,
+                        config: HashMap::new(),
+                        labels: HashMap::new(),
+                        created_at_ms: row.get(8)?,
+                        timeout_ms: u64::try_from(row.get::<_, i64>(9)?).unwrap_or(0),
+                    },
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((mut execution, config, labels)) = row else {
+        return Ok(None);
+    };
+    execution.config = map_from_json("execution config", &config)?;
+    execution.labels = map_from_json("execution labels", &labels)?;
+    Ok(Some(execution))
+}
+
+pub(crate) fn execution_update(conn: &Connection, id: &str) -> Result<Option<ExecutionUpdate>> {
+    Ok(load(conn, id)?.map(|view| view.update()))
+}
+
+pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
+    let Some(view) = load(conn, id)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT test_id, name, classname, file, status, duration_ms, failure_message, output
+         FROM test_cases
+         WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3
+         ORDER BY test_id",
+    )?;
+    let mut shards = Vec::with_capacity(view.shards.len());
+    for shard in &view.shards {
+        let tests = stmt
+            .query_map(params![id, shard.index, shard.attempt], |row| {
+                Ok(TestCaseResult {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    classname: row.get(2)?,
+                    file: row.get(3)?,
+                    status: row.get(4)?,
+                    duration_ms: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+                    failure_message: row.get(6)?,
+                    output: row.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        shards.push(ShardDetail {
+            summary: Some(shard.summary()),
+            tests,
+            exit_code: shard.exit_code,
+        });
+    }
+    Ok(Some(ExecutionDetail {
+        execution: Some(view.update()),
+        shards,
+    }))
+}
+
+pub(crate) fn list_executions(
+    conn: &Connection,
+    workflow: Option<&str>,
+    limit: u32,
+) -> Result<Vec<ExecutionUpdate>> {
+    let ids: Vec<String> = match workflow {
+        Some(workflow) => conn
+            .prepare(
+                "SELECT id FROM executions WHERE planned = 1 AND workflow = ?1
+                 ORDER BY id DESC LIMIT ?2",
+            )?
+            .query_map(params![workflow, limit], |row| row.get(0))?
+            .collect::<Result<_, _>>()?,
+        None => conn
+            .prepare("SELECT id FROM executions WHERE planned = 1 ORDER BY id DESC LIMIT ?1")?
+            .query_map(params![limit], |row| row.get(0))?
+            .collect::<Result<_, _>>()?,
+    };
+    let mut updates = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(view) = load(conn, &id)? {
+            updates.push(view.update());
+        }
+    }
+    Ok(updates)
+}
+
+/// Persists a terminal derived status on a planned execution, so that it never flips back and
+/// listing stays cheap. Not done before the plan arrives: the shard count is only a guess then.
+fn settle(tx: &Transaction<'_>, id: &str) -> Result<()> {
+    let Some(view) = load(tx, id)? else {
+        return Ok(());
+    };
+    let Some(row) = &view.row else {
+        return Ok(());
+    };
+    if execution_status_is_terminal(row.verdict.status)
+        || !execution_status_is_terminal(view.verdict.status)
+    {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE executions SET status = ?2, reason = ?3, finished_at_ms = ?4 WHERE id = ?1",
+        params![
+            id,
+            view.verdict.status as i32,
+            view.verdict.reason,
+            view.verdict.finished_at_ms
+        ],
+    )?;
+    info!(
+        execution = %id,
+        workflow = %row.workflow,
+        status = view.verdict.status.as_str_name(),
+        reason = %view.verdict.reason,
+        "execution finished"
+    );
+    Ok(())
+}
+
+/// The planned execution row.
+struct Row {
+    workflow: String,
+    verdict: Verdict,
+    created_at_ms: i64,
+}
+
+/// Everything the derived views need about one execution.
+struct View {
+    id: String,
+    row: Option<Row>,
+    revision: u64,
+    shards: Vec<ShardProgress>,
+    verdict: Verdict,
+}
+
+impl View {
+    fn update(&self) -> ExecutionUpdate {
+        let sum = |f: fn(&ShardProgress) -> u32| self.shards.iter().map(f).sum::<u32>();
+        ExecutionUpdate {
+            header: None,
+            execution_id: self.id.clone(),
+            workflow: self
+                .row
+                .as_ref()
+                .map(|r| r.workflow.clone())
+                .unwrap_or_default(),
+            status: self.verdict.status.into(),
+            reason: self.verdict.reason.clone(),
+            shards: self.shards.iter().map(ShardProgress::summary).collect(),
+            passed: sum(|s| s.passed),
+            failed: sum(|s| s.failed),
+            errored: sum(|s| s.errored),
+            skipped: sum(|s| s.skipped),
+            created_at_ms: self.row.as_ref().map(|r| r.created_at_ms).unwrap_or(0),
+            finished_at_ms: self.verdict.finished_at_ms,
+            revision: self.revision,
+        }
+    }
+}
+
+/// A status row of one shard attempt.
+struct AttemptRow {
+    state: ShardState,
+    reason: String,
+    exit_code: i32,
+    result_batches: u32,
+    started_at_ms: i64,
+    finished_at_ms: i64,
+}
+
+#[derive(Default)]
+struct Counts {
+    passed: u32,
+    failed: u32,
+    errored: u32,
+    skipped: u32,
+}
+
+fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
+    let head = conn
+        .query_row(
+            "SELECT planned, workflow, shard_count, status, reason, created_at_ms,
+                 finished_at_ms, revision
+             FROM executions WHERE id = ?1",
+            [id],
+            |row| {
+                Ok((
+                    row.get::<_, bool>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, i32>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, i64>(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    let revision = head
+        .as_ref()
+        .map(|h| u64::try_from(h.7).unwrap_or(0))
+        .unwrap_or(0);
+    let row = match head {
+        Some((true, workflow, shard_count, status, reason, created_at_ms, finished_at_ms, _)) => {
+            let status = ExecutionStatus::try_from(status)
+                .map_err(|_| Error::decode("execution status", status.to_string()))?;
+            Some((
+                Row {
+                    workflow,
+                    verdict: Verdict {
+                        status,
+                        reason,
+                        finished_at_ms,
+                    },
+                    created_at_ms,
+                },
+                shard_count,
+            ))
+        }
+        _ => None,
+    };
+
+    // Status rows of every attempt, keyed by (shard, attempt).
+    let mut attempts: BTreeMap<(u32, u32), AttemptRow> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT shard_index, attempt, state, reason, exit_code, result_batches,
+                 started_at_ms, finished_at_ms
+             FROM shard_attempts WHERE execution_id = ?1",
+        )?;
+        let mut rows = stmt.query([id])?;
+        while let Some(r) = rows.next()? {
+            let state = decode_shard_state(r.get(2)?)?;
+            attempts.insert(
+                (r.get(0)?, r.get(1)?),
+                AttemptRow {
+                    state,
+                    reason: r.get(3)?,
+                    exit_code: r.get(4)?,
+                    result_batches: r.get(5)?,
+                    started_at_ms: r.get(6)?,
+                    finished_at_ms: r.get(7)?,
+                },
+            );
+        }
+    }
+    let mut batches: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT shard_index, attempt, COUNT(*) FROM batches
+             WHERE execution_id = ?1 GROUP BY shard_index, attempt",
+        )?;
+        let mut rows = stmt.query([id])?;
+        while let Some(r) = rows.next()? {
+            batches.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+        }
+    }
+    let mut counts: BTreeMap<(u32, u32), Counts> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT shard_index, attempt, status, COUNT(*) FROM test_cases
+             WHERE execution_id = ?1 GROUP BY shard_index, attempt, status",
+        )?;
+        let mut rows = stmt.query([id])?;
+        while let Some(r) = rows.next()? {
+            let entry = counts.entry((r.get(0)?, r.get(1)?)).or_default();
+            let n: u32 = r.get(3)?;
+            match TestStatus::try_from(r.get::<_, i32>(2)?) {
+                Ok(TestStatus::Passed) => entry.passed += n,
+                Ok(TestStatus::Failed) => entry.failed += n,
+                Ok(TestStatus::Errored) => entry.errored += n,
+                Ok(TestStatus::Skipped) => entry.skipped += n,
+                Ok(TestStatus::Unspecified) | Err(_) => {}
+            }
+        }
+    }
+
+    // The latest attempt of each shard is the highest one seen in a status or a batch.
+    let mut latest: BTreeMap<u32, u32> = BTreeMap::new();
+    for &(shard, attempt) in attempts.keys().chain(batches.keys()) {
+        let entry = latest.entry(shard).or_insert(attempt);
+        *entry = (*entry).max(attempt);
+    }
+
+    let (row, shard_count) = match row {
+        Some((row, shard_count)) => (Some(row), shard_count),
+        None => match latest.keys().next_back() {
+            // Status or results before the plan: guess the shard count from what was seen.
+            Some(max) => (None, max.saturating_add(1)),
+            None => return Ok(None),
+        },
+    };
+
+    let shards: Vec<ShardProgress> = (0..shard_count)
+        .map(|index| {
+            let Some(&attempt) = latest.get(&index) else {
+                return ShardProgress::queued(index);
+            };
+            let key = (index, attempt);
+            let batches_seen = batches.get(&key).copied().unwrap_or(0);
+            let c = counts.remove(&key).unwrap_or_default();
+            let mut progress = ShardProgress {
+                attempt,
+                batches_seen,
+                passed: c.passed,
+                failed: c.failed,
+                errored: c.errored,
+                skipped: c.skipped,
+                ..ShardProgress::queued(index)
+            };
+            match attempts.remove(&key) {
+                Some(a) => {
+                    progress.state = a.state;
+                    progress.reason = a.reason;
+                    progress.exit_code = a.exit_code;
+                    progress.result_batches = a.result_batches;
+                    progress.started_at_ms = a.started_at_ms;
+                    progress.finished_at_ms = a.finished_at_ms;
+                }
+                // Results are flowing, so the attempt runs even if its status is not here yet.
+                None => progress.state = ShardState::Running,
+            }
+            progress
+        })
+        .collect();
+
+    let recorded = row.as_ref().map(|r| r.verdict.clone()).unwrap_or(Verdict {
+        status: ExecutionStatus::Queued,
+        reason: String::new(),
+        finished_at_ms: 0,
+    });
+    let verdict = derive_status(&recorded, &shards);
+    Ok(Some(View {
+        id: id.to_owned(),
+        row,
+        revision,
+        shards,
+        verdict,
+    }))
+}
+
+fn decode_shard_state(value: i32) -> Result<ShardState> {
+    ShardState::try_from(value).map_err(|_| Error::decode("shard state", value.to_string()))
+}
+
+fn map_to_json(map: &HashMap<String, String>) -> String {
+    let sorted: BTreeMap<&String, &String> = map.iter().collect();
+    // Serializing a map of strings cannot fail.
+    serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn map_from_json(what: &'static str, json: &str) -> Result<HashMap<String, String>> {
+    serde_json::from_str(json).map_err(|e| Error::decode(what, e.to_string()))
+}
+
+fn clamp_u64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,97 @@
+//! Schema migrations, tracked in SQLite's `user_version`.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::{Error, Result};
+
+/// Migration `i` moves the schema from version `i` to `i + 1`. Append only; never edit one
+/// that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    //
+    // `planned` is 0 for a row created only to hold a revision counter before the plan arrived.
+    // Enum columns hold the proto enum numbers.
+    r#"
+    CREATE TABLE executions (
+        id             TEXT    NOT NULL PRIMARY KEY,
+        planned        INTEGER NOT NULL DEFAULT 0,
+        workflow       TEXT    NOT NULL DEFAULT '',
+        shard_count    INTEGER NOT NULL DEFAULT 0,
+        status         INTEGER NOT NULL DEFAULT 1,
+        reason         TEXT    NOT NULL DEFAULT '',
+        trigger_name   TEXT    NOT NULL DEFAULT '',
+        cause          TEXT    NOT NULL DEFAULT '',
+        config_json    TEXT    NOT NULL DEFAULT '{}',
+        labels_json    TEXT    NOT NULL DEFAULT '{}',
+        created_at_ms  INTEGER NOT NULL DEFAULT 0,
+        finished_at_ms INTEGER NOT NULL DEFAULT 0,
+        timeout_ms     INTEGER NOT NULL DEFAULT 0,
+        revision       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX executions_by_workflow ON executions (workflow, id) WHERE planned = 1;
+    CREATE INDEX executions_by_status ON executions (status) WHERE planned = 1;
+
+    CREATE TABLE shard_attempts (
+        execution_id   TEXT    NOT NULL,
+        shard_index    INTEGER NOT NULL,
+        attempt        INTEGER NOT NULL,
+        state          INTEGER NOT NULL,
+        reason         TEXT    NOT NULL DEFAULT '',
+        exit_code      INTEGER NOT NULL DEFAULT 0,
+        result_batches INTEGER NOT NULL DEFAULT 0,
+        test_cases     INTEGER NOT NULL DEFAULT 0,
+        started_at_ms  INTEGER NOT NULL DEFAULT 0,
+        finished_at_ms INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (execution_id, shard_index, attempt)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE batches (
+        execution_id TEXT    NOT NULL,
+        shard_index  INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        batch        INTEGER NOT NULL,
+        PRIMARY KEY (execution_id, shard_index, attempt, batch)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE test_cases (
+        execution_id    TEXT    NOT NULL,
+        shard_index     INTEGER NOT NULL,
+        attempt         INTEGER NOT NULL,
+        test_id         TEXT    NOT NULL,
+        name            TEXT    NOT NULL DEFAULT '',
+        classname       TEXT    NOT NULL DEFAULT '',
+        file            TEXT    NOT NULL DEFAULT '',
+        status          INTEGER NOT NULL,
+        duration_ms     INTEGER NOT NULL DEFAULT 0,
+        failure_message TEXT    NOT NULL DEFAULT '',
+        output          TEXT    NOT NULL DEFAULT '',
+        PRIMARY KEY (execution_id, shard_index, attempt, test_id)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let supported = MIGRATIONS.len() as i64;
+    let tx = conn.transaction()?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > supported {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tracing::info!(
+            path = %path.display(),
+            version = version + 1,
+            "migrating result store"
+        );
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(())
+}

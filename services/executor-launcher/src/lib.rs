@@ -1,0 +1,1 @@
+//! Launches assay-runner processes for shard jobs

@@ -1,0 +1,1 @@
+//! Stores results, computes execution status, serves the query API

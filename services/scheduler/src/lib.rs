@@ -1,0 +1,1 @@
+//! Matches events to triggers and workflows, plans executions and shards

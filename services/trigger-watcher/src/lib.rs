@@ -1,0 +1,1 @@
+//! Turns HTTP requests, bus events and cron schedules into trigger events
