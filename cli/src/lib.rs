@@ -1,1 +1,66 @@
-//! The assay command and the assay-runner
+//! The `assay` command: `validate`, `up` (the local stack in one process), `run`, `get`,
+//! `logs` and `trigger`.
+//!
+//! Exit codes: 0 success (for `run`: the execution passed), 1 failure (invalid definitions,
+//! a failed execution, an unreachable service, a timeout), 2 `assay up` found no usable
+//! nats-server, 130 interrupted.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod api;
+pub mod args;
+pub mod cmd;
+pub mod format;
+pub mod logline;
+pub mod report;
+pub mod style;
+pub mod view;
+
+use anyhow::{Result, anyhow};
+use assay_bus::{Bus, NatsOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Cli, Command};
+use crate::style::Palette;
+
+/// Default log filter of client commands (everything but `up`): only warnings, such as
+/// "nats unreachable, retrying".
+pub const CLIENT_FILTER: &str = "warn";
+
+/// The log filter for a command.
+pub fn log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Up(_) => assay_telemetry::DEFAULT_FILTER,
+        _ => CLIENT_FILTER,
+    }
+}
+
+/// Connects to NATS (retrying with backoff, logged) with an error that says what to do.
+pub async fn connect_bus(url: &str, name: &str, shutdown: &CancellationToken) -> Result<Bus> {
+    let options = NatsOptions {
+        url: url.to_string(),
+        connect_attempts: 6,
+        name: name.to_string(),
+        ..NatsOptions::default()
+    };
+    Bus::connect(&options, shutdown)
+        .await
+        .map_err(|e| anyhow!("{e} (set --nats or ASSAY_NATS_URL)"))
+}
+
+/// Runs one command; returns the process exit code.
+pub async fn dispatch(cli: Cli) -> Result<u8> {
+    let palette = Palette::detect();
+    let global = cli.global;
+    match cli.command {
+        Command::Validate(a) => {
+            let path = a.path.unwrap_or_else(|| global.workflows.clone());
+            cmd::validate::run(&path, &palette)
+        }
+        Command::Up(a) => cmd::up::run(&global, a, palette).await,
+        Command::Run(a) => cmd::run::run(&global, a, palette).await,
+        Command::Get(g) => cmd::get::run(&global, g, palette).await,
+        Command::Logs(a) => cmd::logs::run(&global, a, palette).await,
+        Command::Trigger(a) => cmd::trigger::run(&global, a).await,
+    }
+}

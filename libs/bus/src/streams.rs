@@ -45,7 +45,7 @@ pub fn all(replicas: usize) -> Vec<Config> {
             retention: RetentionPolicy::WorkQueue,
             ..base(SHARDS, vec![subjects::SHARDS_ALL])
         },
-        base(STATUS, vec![subjects::STATUS_ALL]),
+        base(STATUS, vec![subjects::PLANS_ALL, subjects::STATUS_ALL]),
         base(RESULTS, vec![subjects::RESULTS_ALL]),
         Config {
             max_bytes: 4 * 1024 * 1024 * 1024,

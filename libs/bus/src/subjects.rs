@@ -12,6 +12,7 @@ pub const RUN_REQUESTED: &str = "assay.v1.runs.requested";
 pub const RUNS_ALL: &str = "assay.v1.runs.>";
 pub const SHARDS_ALL: &str = "assay.v1.shards.>";
 pub const STATUS_ALL: &str = "assay.v1.status.>";
+pub const PLANS_ALL: &str = "assay.v1.plans.>";
 pub const RESULTS_ALL: &str = "assay.v1.results.>";
 pub const LOGS_ALL: &str = "assay.v1.logs.>";
 pub const EXECUTIONS_ALL: &str = "assay.v1.executions.>";
@@ -42,9 +43,9 @@ pub fn shard_job(execution: &str, shard: u32) -> String {
     format!("{PREFIX}.shards.{}.{shard}", token(execution))
 }
 
-/// `assay.v1.status.<execution>.plan`: the planned [`assay_proto::Execution`].
+/// `assay.v1.plans.<execution>`: the planned (or rejected) [`assay_proto::Execution`].
 pub fn execution_plan(execution: &str) -> String {
-    format!("{PREFIX}.status.{}.plan", token(execution))
+    format!("{PREFIX}.plans.{}", token(execution))
 }
 
 /// `assay.v1.status.<execution>.<shard>`: [`assay_proto::ShardStatus`].

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserializer, Serializer};
 
 /// Parses a duration such as `500ms`, `30s`, `5m`, `1h30m` or `2h`.
 ///
@@ -74,10 +74,45 @@ pub fn format_duration(d: Duration) -> String {
 pub(crate) mod opt {
     use super::*;
 
+    /// Parses inside the deserializer's visitor so that errors carry the value's location.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let raw: Option<String> = Option::deserialize(d)?;
-        raw.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        d.deserialize_option(OptVisitor)
+    }
+
+    struct OptVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for OptVisitor {
+        type Value = Option<Duration>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 30s, 5m or 1h30m")
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Visitor).map(Some)
+        }
+    }
+
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 30s, 5m or 1h30m")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
     }
 
     pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -103,7 +138,17 @@ mod tests {
 
     #[test]
     fn rejects_bad() {
-        for s in ["", "5", "m", "5x", "1m1h", "1h1h", "-5s", "1.5h", "99999999999999999999d"] {
+        for s in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "1m1h",
+            "1h1h",
+            "-5s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(s).is_err(), "{s}");
         }
     }

@@ -14,6 +14,7 @@ mod parse;
 pub mod shard;
 mod trigger;
 mod validate;
+mod watch;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use duration::{format_duration, parse_duration};
 pub use model::*;
 pub use parse::parse_str;
 pub use trigger::{EventView, Schedule};
+pub use watch::SharedCatalog;
 
 /// The `apiVersion` every definition must carry.
 pub const API_VERSION: &str = "assay.dev/v1alpha1";

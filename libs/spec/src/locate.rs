@@ -23,13 +23,13 @@ impl From<usize> for Seg {
     }
 }
 
-/// Builds a path: `path!["spec", "steps", 2usize, "timeout"]`.
-macro_rules! path {
+/// Builds a path: `kp!["spec", "steps", 2usize, "timeout"]`.
+macro_rules! kp {
     ($($seg:expr),* $(,)?) => {
-        vec![$($crate::locate::Seg::from($seg)),*]
+        <Vec<$crate::locate::Seg>>::from([$($crate::locate::Seg::from($seg)),*])
     };
 }
-pub(crate) use path;
+pub(crate) use kp;
 
 /// Parses a serde_norway error path such as `spec.steps[2].name` (`.` is the root).
 pub(crate) fn parse_path(s: &str) -> Vec<Seg> {
@@ -235,27 +235,27 @@ spec:
 
     #[test]
     fn block_keys() {
-        assert_eq!(at(&path!["spec", "parallel", "count"]), Some((7, 5)));
-        assert_eq!(at(&path!["kind"]), Some((2, 1)));
+        assert_eq!(at(&kp!["spec", "parallel", "count"]), Some((7, 5)));
+        assert_eq!(at(&kp!["kind"]), Some((2, 1)));
     }
 
     #[test]
     fn sequence_items() {
-        assert_eq!(at(&path!["spec", "steps", 1usize]), Some((11, 5)));
-        assert_eq!(at(&path!["spec", "steps", 1usize, "timeout"]), Some((12, 7)));
-        assert_eq!(at(&path!["spec", "steps", 0usize, "run"]), Some((10, 7)));
+        assert_eq!(at(&kp!["spec", "steps", 1usize]), Some((11, 5)));
+        assert_eq!(at(&kp!["spec", "steps", 1usize, "timeout"]), Some((12, 7)));
+        assert_eq!(at(&kp!["spec", "steps", 0usize, "run"]), Some((10, 7)));
     }
 
     #[test]
     fn flow_keys() {
-        assert_eq!(at(&path!["metadata", "labels", "team"]), Some((3, 32)));
-        assert_eq!(at(&path!["spec", "tests", "list"]), Some((13, 19)));
+        assert_eq!(at(&kp!["metadata", "labels", "team"]), Some((3, 32)));
+        assert_eq!(at(&kp!["spec", "tests", "list"]), Some((13, 19)));
     }
 
     #[test]
     fn partial_match_reports_depth() {
         assert_eq!(
-            locate(DOC, &path!["spec", "parallel", "nope"]),
+            locate(DOC, &kp!["spec", "parallel", "nope"]),
             Some(((6, 3), 2))
         );
     }
@@ -264,7 +264,7 @@ spec:
     fn parses_serde_paths() {
         assert_eq!(
             parse_path("spec.steps[2].name"),
-            path!["spec", "steps", 2usize, "name"]
+            kp!["spec", "steps", 2usize, "name"]
         );
         assert!(parse_path(".").is_empty());
     }

@@ -12,6 +12,8 @@ use crate::duration;
 
 /// A parsed and validated definition from one YAML document.
 #[derive(Debug, Clone, PartialEq)]
+// Definitions are few and short-lived; unboxed variants keep matching on them simple.
+#[allow(clippy::large_enum_variant)]
 pub enum Definition {
     Workflow(Workflow),
     Trigger(Trigger),

@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn nothing_seen_is_queued() {
         let shards = [ShardProgress::queued(0), ShardProgress::queued(1)];
-        assert_eq!(derive_status(&queued(), &shards).status, ExecutionStatus::Queued);
+        assert_eq!(
+            derive_status(&queued(), &shards).status,
+            ExecutionStatus::Queued
+        );
     }
 
     #[test]
@@ -218,7 +221,10 @@ mod tests {
         let mut running = ShardProgress::queued(1);
         running.state = ShardState::Running;
         let shards = [ShardProgress::queued(0), running];
-        assert_eq!(derive_status(&queued(), &shards).status, ExecutionStatus::Running);
+        assert_eq!(
+            derive_status(&queued(), &shards).status,
+            ExecutionStatus::Running
+        );
     }
 
     #[test]
@@ -247,19 +253,35 @@ mod tests {
     fn worst_outcome_decides() {
         let cases = [
             (
-                [ShardState::Passed, ShardState::TimedOut, ShardState::Errored],
+                [
+                    ShardState::Passed,
+                    ShardState::TimedOut,
+                    ShardState::Errored,
+                ],
                 ExecutionStatus::TimedOut,
             ),
             (
-                [ShardState::Failed, ShardState::Errored, ShardState::Cancelled],
+                [
+                    ShardState::Failed,
+                    ShardState::Errored,
+                    ShardState::Cancelled,
+                ],
                 ExecutionStatus::Errored,
             ),
             (
-                [ShardState::Cancelled, ShardState::Failed, ShardState::Passed],
+                [
+                    ShardState::Cancelled,
+                    ShardState::Failed,
+                    ShardState::Passed,
+                ],
                 ExecutionStatus::Failed,
             ),
             (
-                [ShardState::Passed, ShardState::Cancelled, ShardState::Passed],
+                [
+                    ShardState::Passed,
+                    ShardState::Cancelled,
+                    ShardState::Passed,
+                ],
                 ExecutionStatus::Cancelled,
             ),
         ];
@@ -269,7 +291,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| done(i as u32, *s, 100))
                 .collect();
-            assert_eq!(derive_status(&queued(), &shards).status, expected, "{states:?}");
+            assert_eq!(
+                derive_status(&queued(), &shards).status,
+                expected,
+                "{states:?}"
+            );
         }
     }
 

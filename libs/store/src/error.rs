@@ -7,21 +7,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot create the result store directory {path}: {source} (check permissions or pick another path)")]
+    #[error(
+        "cannot create the result store directory {path}: {source} (check permissions or pick another path)"
+    )]
     CreateDir {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
 
-    #[error("cannot open the result store at {path}: {source} (check that the file is writable and not held by another program)")]
+    #[error(
+        "cannot open the result store at {path}: {source} (check that the file is writable and not held by another program)"
+    )]
     Open {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
     },
 
-    #[error("result store {path} has schema version {found} but this build knows only up to {supported}; run a newer assay")]
+    #[error(
+        "result store {path} has schema version {found} but this build knows only up to {supported}; run a newer assay"
+    )]
     SchemaTooNew {
         path: PathBuf,
         found: i64,

@@ -1,1 +1,189 @@
-//! The result store: executions, shards and test cases
+//! The result store: executions, shards and test cases, in one embedded SQLite file.
+//!
+//! Every write is idempotent (delivering the same message twice leaves the same state) and
+//! tolerates messages arriving out of order across streams: a shard status before the plan,
+//! results before the status. The execution's status is derived from what has arrived (see
+//! [`derive_status`]) and persisted once it is terminal, so it never flips back.
+
+mod derive;
+mod error;
+mod ops;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use assay_proto::v1::{
+    Execution, ExecutionDetail, ExecutionStatus, ExecutionUpdate, ShardStatus, TestCaseBatch,
+};
+use rusqlite::Connection;
+
+pub use derive::{
+    ShardProgress, Verdict, derive_status, execution_status_is_terminal, shard_state_is_terminal,
+};
+pub use error::{Error, Result};
+
+/// How long a statement waits for a lock held by another connection before failing with a
+/// retryable error.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Listing returns at most this many executions, whatever the caller asks.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Listing with a limit of 0 returns this many executions.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+
+/// A handle to the result store; cheap to clone, shared across tasks.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, creating parent directories, and migrates its
+    /// schema.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| Error::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "result store is not in WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn, path)?;
+        tracing::debug!(path = %path.display(), "result store open");
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records a planned execution if absent. An existing row is kept, except that a terminal
+    /// status (e.g. a rejection) is applied to a row that is not terminal yet. Returns whether
+    /// anything changed.
+    pub async fn record_execution(&self, e: Execution) -> Result<bool> {
+        self.run(move |conn| ops::record_execution(conn, &e)).await
+    }
+
+    /// Records the status of one shard attempt. States only move forward (queued < running <
+    /// terminal) and the first terminal state wins. Returns whether anything changed.
+    pub async fn record_shard_status(&self, s: ShardStatus) -> Result<bool> {
+        self.run(move |conn| ops::record_shard_status(conn, &s))
+            .await
+    }
+
+    /// Records a batch of test case results; returns whether the batch was new.
+    pub async fn record_batch(&self, b: TestCaseBatch) -> Result<bool> {
+        self.run(move |conn| ops::record_batch(conn, &b)).await
+    }
+
+    /// The current state of an execution, or `None` if nothing is known about it.
+    pub async fn execution_update(&self, id: &str) -> Result<Option<ExecutionUpdate>> {
+        let id = id.to_owned();
+        self.run(move |conn| ops::execution_update(conn, &id)).await
+    }
+
+    /// The update plus, per shard, its summary, exit code and the test cases of its latest
+    /// attempt ordered by test id.
+    pub async fn execution_detail(&self, id: &str) -> Result<Option<ExecutionDetail>> {
+        let id = id.to_owned();
+        self.run(move |conn| ops::execution_detail(conn, &id)).await
+    }
+
+    /// The planned execution record as the scheduler sent it (status and reason as stored now).
+    pub async fn execution(&self, id: &str) -> Result<Option<Execution>> {
+        let id = id.to_owned();
+        self.run(move |conn| ops::get_execution(conn, &id)).await
+    }
+
+    /// Planned executions, newest first, optionally of one workflow. A `limit` of 0 means
+    /// [`DEFAULT_LIST_LIMIT`]; it is capped at [`MAX_LIST_LIMIT`].
+    pub async fn list_executions(
+        &self,
+        workflow: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ExecutionUpdate>> {
+        let workflow = workflow.map(str::to_owned);
+        let limit = match limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        self.run(move |conn| ops::list_executions(conn, workflow.as_deref(), limit))
+            .await
+    }
+
+    /// Ends a planned execution with a terminal `status` unless it has ended already (used for
+    /// execution timeouts). Returns whether it changed.
+    pub async fn finalize(
+        &self,
+        id: &str,
+        status: ExecutionStatus,
+        reason: &str,
+        finished_at_ms: i64,
+    ) -> Result<bool> {
+        let id = id.to_owned();
+        let reason = reason.to_owned();
+        self.run(move |conn| ops::finalize(conn, &id, status, &reason, finished_at_ms))
+            .await
+    }
+
+    /// `(id, created_at_ms, timeout_ms)` of every planned execution not terminal yet.
+    pub async fn non_terminal_executions(&self) -> Result<Vec<(String, i64, u64)>> {
+        self.run(|conn| ops::non_terminal_executions(conn)).await
+    }
+
+    /// Increments and returns the execution's revision (starting at 1), persisted, for
+    /// `ExecutionUpdate.revision`. Works before the plan has arrived.
+    /// Bumps the revision and reads the update in one step under the connection lock, so
+    /// a higher revision never carries an older view than a lower one.
+    pub async fn next_update(&self, id: &str) -> Result<Option<ExecutionUpdate>> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let revision = ops::bump_revision(conn, &id)?;
+            Ok(ops::execution_update(conn, &id)?.map(|mut u| {
+                u.revision = revision;
+                u
+            }))
+        })
+        .await
+    }
+
+    pub async fn bump_revision(&self, id: &str) -> Result<u64> {
+        let id = id.to_owned();
+        self.run(move |conn| ops::bump_revision(conn, &id)).await
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock left no open transaction behind (it rolls back on
+            // drop), so the connection is still usable.
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await?
+    }
+}

@@ -172,8 +172,7 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
                 )?;
                 true
             } else {
-                if shard_state_is_terminal(old) && shard_state_is_terminal(state) && old != state
-                {
+                if shard_state_is_terminal(old) && shard_state_is_terminal(state) && old != state {
                     debug!(
                         execution = %s.execution_id,
                         shard = s.shard_index,
@@ -304,7 +303,11 @@ pub(crate) fn non_terminal_executions(conn: &Connection) -> Result<Vec<(String, 
     )?;
     let rows = stmt.query_map([FIRST_TERMINAL_STATUS], |row| {
         let timeout: i64 = row.get(2)?;
-        Ok((row.get(0)?, row.get(1)?, u64::try_from(timeout).unwrap_or(0)))
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            u64::try_from(timeout).unwrap_or(0),
+        ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

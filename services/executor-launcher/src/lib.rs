@@ -1,1 +1,322 @@
-//! Launches assay-runner processes for shard jobs
+//! The executor-launcher (local backend): pulls shard jobs from the `ASSAY_SHARDS` work
+//! queue, at most `capacity` at once, and runs each as an `assay-runner` child process in
+//! its own process group. It enforces the shard timeout by killing the whole group, and
+//! when a runner dies without reporting (signal, crash) it reports the shard `errored`
+//! with the reason, so no shard is left running.
+//!
+//! A job is acked only when its runner has ended. A job redelivered after a launcher
+//! crash runs again as the next attempt (`attempt + deliveries - 1`), so results of the
+//! interrupted attempt never mix with the new one.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
+use assay_proto::{ShardJob, ShardState, ShardStatus};
+use base64::Engine;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] assay_bus::Error),
+    #[error("assay-runner not found (looked in {looked}); build it with `cargo build --bins` or set ASSAY_RUNNER to its path")]
+    RunnerNotFound { looked: String },
+    #[error("cannot start {runner}: {reason}")]
+    Spawn { runner: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Launcher settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nats: NatsOptions,
+    /// Shards run at once on this machine.
+    pub capacity: usize,
+    /// The `assay-runner` binary; `None`: `$ASSAY_RUNNER`, else next to this executable.
+    pub runner: Option<PathBuf>,
+    /// How long an unacknowledged job waits before redelivery (kept alive by progress acks
+    /// while its runner works).
+    pub ack_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nats: NatsOptions::default(),
+            capacity: num_cpus::get().max(1),
+            runner: None,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Finds the runner binary: the given path, `$ASSAY_RUNNER`, or `assay-runner` next to the
+/// current executable or one directory up (test binaries live in `target/*/deps`).
+pub fn find_runner(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(p) = std::env::var("ASSAY_RUNNER") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::RunnerNotFound { looked: e.to_string() })?;
+    let mut looked = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("assay-runner");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        looked.push(dir.display().to_string());
+    }
+    Err(Error::RunnerNotFound {
+        looked: looked.join(", "),
+    })
+}
+
+/// Runs the launcher until `shutdown`.
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
+    let runner = find_runner(options.runner.as_deref())?;
+    let bus = Bus::connect(&options.nats, &shutdown).await?;
+    bus.ensure_topology().await?;
+    let launcher = Launcher {
+        bus: bus.clone(),
+        runner: Arc::new(runner),
+        nats_url: Arc::new(options.nats.url.clone()),
+        ack_wait: options.ack_wait,
+        shutdown: shutdown.clone(),
+    };
+    let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
+        .concurrency(options.capacity)
+        .ack_wait(options.ack_wait)
+        .max_deliver(5);
+    info!(capacity = options.capacity, runner = %launcher.runner.display(), "executor-launcher running");
+    consumer::run(bus, spec, shutdown, move |d: Delivery<ShardJob>| {
+        let l = launcher.clone();
+        async move { l.launch(d).await }
+    })
+    .await?;
+    info!("executor-launcher stopped");
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Launcher {
+    bus: Bus,
+    runner: Arc<PathBuf>,
+    nats_url: Arc<String>,
+    ack_wait: Duration,
+    shutdown: CancellationToken,
+}
+
+/// How a runner ended, from the launcher's point of view.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The runner published its final status (exit 0: passed, 1: not passed).
+    Reported,
+    /// It died or gave up without reporting: the shard is errored for this reason.
+    Died(String),
+}
+
+/// Classifies a runner's exit. Exit 0 and 1 mean it reported its own final status; 3 means
+/// it saw its launcher die and stopped without reporting; anything else is an error.
+pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
+    use std::os::unix::process::ExitStatusExt;
+    let tail = if stderr_tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr_tail}")
+    };
+    match (status.code(), status.signal()) {
+        (Some(0 | 1), _) => Ended::Reported,
+        (Some(code), _) => Ended::Died(format!("runner exited with code {code} without reporting{tail}")),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| sig.to_string());
+            Ended::Died(format!("runner was killed by {name} before it reported{tail}"))
+        }
+        (None, None) => Ended::Died(format!("runner ended without an exit status{tail}")),
+    }
+}
+
+impl Launcher {
+    async fn launch(&self, d: Delivery<ShardJob>) -> std::result::Result<(), Failure> {
+        let mut job = d.msg.clone();
+        // A redelivered job is a new attempt: the old runner may have produced partial output.
+        job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
+        let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+        let mut child = Command::new(self.runner.as_path())
+            .env("ASSAY_SHARD_JOB", encoded)
+            .env("ASSAY_NATS_URL", self.nats_url.as_str())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                Failure::Retry(
+                    Error::Spawn {
+                        runner: self.runner.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                    .to_string(),
+                )
+            })?;
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        info!(execution = %exec, shard, attempt, pid = ?child.id(), "runner started");
+        let tail = capture_stderr(&mut child, format!("{exec}/{shard}"));
+
+        let timeout = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms));
+        let mut progress = tokio::time::interval(self.ack_wait / 3);
+        progress.tick().await;
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let outcome = loop {
+            tokio::select! {
+                status = child.wait() => break Outcome::Exited(status),
+                _ = &mut deadline => break Outcome::TimedOut,
+                _ = self.shutdown.cancelled() => break Outcome::Shutdown,
+                _ = progress.tick() => d.progress().await,
+            }
+        };
+        // Whatever happened, nothing of this shard may outlive it: kill the group.
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let final_status = |state: ShardState, reason: String| ShardStatus {
+            header: Some(assay_bus::header(
+                "executor-launcher",
+                format!("{exec}/{shard}/{attempt}/final"),
+                job.header.as_ref().map(|h| h.traceparent.as_str()),
+            )),
+            execution_id: exec.clone(),
+            shard_index: shard,
+            attempt,
+            state: state as i32,
+            reason,
+            exit_code: -1,
+            workflow: job.workflow.clone(),
+            reporter: "launcher".into(),
+            finished_at_ms: assay_bus::now_ms(),
+            ..Default::default()
+        };
+        let report = match outcome {
+            Outcome::Exited(Ok(status)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), tail.done.notified()).await;
+                match classify(status, &tail.text()) {
+                    Ended::Reported => None,
+                    Ended::Died(reason) => Some(final_status(ShardState::Errored, reason)),
+                }
+            }
+            Outcome::Exited(Err(e)) => Some(final_status(ShardState::Errored, format!("cannot wait for the runner: {e}"))),
+            Outcome::TimedOut => {
+                let _ = child.wait().await;
+                let t = timeout.unwrap_or_default();
+                Some(final_status(
+                    ShardState::TimedOut,
+                    format!("shard exceeded its timeout of {}s; its processes were killed", t.as_secs()),
+                ))
+            }
+            Outcome::Shutdown => {
+                let _ = child.wait().await;
+                warn!(execution = %exec, shard, attempt, "launcher stopping; shard will run again as the next attempt");
+                // Not acked: redelivered to the next launcher as a new attempt.
+                return Err(Failure::Retry("launcher shut down while the shard ran".into()));
+            }
+        };
+        if let Some(status) = report {
+            warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report");
+            self.bus
+                .publish(subjects::shard_status(&exec, shard), &status)
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
+        } else {
+            debug!(execution = %exec, shard, attempt, "runner reported and exited");
+        }
+        Ok(())
+    }
+}
+
+enum Outcome {
+    Exited(std::io::Result<ExitStatus>),
+    TimedOut,
+    Shutdown,
+}
+
+/// The last lines a runner wrote to stderr, for the reason of an abnormal end.
+struct Tail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Tail {
+    fn text(&self) -> String {
+        match self.lines.lock() {
+            Ok(l) => l.iter().cloned().collect::<Vec<_>>().join(" | "),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+fn capture_stderr(child: &mut Child, label: String) -> Tail {
+    let lines = Arc::new(Mutex::new(VecDeque::new()));
+    let done = Arc::new(tokio::sync::Notify::new());
+    if let Some(stderr) = child.stderr.take() {
+        let (lines, done) = (lines.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                debug!(runner = %label, "{line}");
+                if let Ok(mut l) = lines.lock() {
+                    if l.len() == 3 {
+                        l.pop_front();
+                    }
+                    l.push_back(line.chars().take(500).collect());
+                }
+            }
+            done.notify_one();
+        });
+    }
+    Tail { lines, done }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn classifies_runner_exits() {
+        assert_eq!(classify(ExitStatus::from_raw(0), ""), Ended::Reported);
+        assert_eq!(classify(ExitStatus::from_raw(1 << 8), ""), Ended::Reported);
+        match classify(ExitStatus::from_raw(2 << 8), "cannot reach nats") {
+            Ended::Died(r) => assert_eq!(r, "runner exited with code 2 without reporting: cannot reach nats"),
+            other => panic!("{other:?}"),
+        }
+        match classify(ExitStatus::from_raw(9), "") {
+            Ended::Died(r) => assert_eq!(r, "runner was killed by SIGKILL before it reported"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explicit_runner_wins() {
+        assert_eq!(find_runner(Some(Path::new("/x/r"))).unwrap(), PathBuf::from("/x/r"));
+    }
+}

@@ -1,1 +1,274 @@
-//! Stores results, computes execution status, serves the query API
+//! The result-aggregator: stores planned executions, shard statuses and test-case results
+//! (idempotent on execution, shard, attempt and test id), derives each execution's status,
+//! publishes public `ExecutionUpdate`s on `assay.v1.executions.<workflow>.<execution>`, ends
+//! executions that outlive their timeout, and serves the query API over gRPC.
+
+mod api;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
+use assay_proto::{Execution, ExecutionStatus, ShardStatus, TestCaseBatch};
+use assay_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use api::ResultsApi;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] assay_bus::Error),
+    #[error(transparent)]
+    Store(#[from] assay_store::Error),
+    #[error("cannot serve gRPC on {addr}: {reason}")]
+    Serve { addr: SocketAddr, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    fn failure(self) -> Failure {
+        let retry = match &self {
+            Error::Bus(e) => e.is_retryable(),
+            Error::Store(e) => e.is_retryable(),
+            Error::Serve { .. } => true,
+        };
+        if retry {
+            Failure::Retry(self.to_string())
+        } else {
+            Failure::Reject(self.to_string())
+        }
+    }
+
+    /// The gRPC status an error maps to.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            Error::Store(e) if !e.is_retryable() => tonic::Status::invalid_argument(self.to_string()),
+            _ => tonic::Status::unavailable(self.to_string()),
+        }
+    }
+}
+
+/// Aggregator settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nats: NatsOptions,
+    /// SQLite database file.
+    pub database: PathBuf,
+    /// gRPC listen address.
+    pub grpc: SocketAddr,
+    /// Extra time past an execution's timeout before it is declared timed out (its
+    /// launcher normally reports first).
+    pub timeout_grace: Duration,
+    /// How often timeouts are checked.
+    pub sweep_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nats: NatsOptions::default(),
+            database: PathBuf::from(".assay/data/results.db"),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            timeout_grace: Duration::from_secs(30),
+            sweep_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Writes to the store and publishes updates. Cheap to clone.
+#[derive(Clone)]
+pub struct Aggregator {
+    bus: Bus,
+    store: Store,
+}
+
+impl Aggregator {
+    pub fn new(bus: Bus, store: Store) -> Aggregator {
+        Aggregator { bus, store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Publishes the execution's current view. Called after every write that changed
+    /// something, and after redeliveries (the earlier publish may not have happened).
+    async fn publish_update(&self, id: &str) -> Result<()> {
+        let Some(mut update) = self.store.next_update(id).await? else {
+            return Ok(());
+        };
+        if update.workflow.is_empty() {
+            // The plan has not arrived yet; it will publish when it does.
+            return Ok(());
+        }
+        update.header = Some(assay_bus::header(
+            "result-aggregator",
+            format!("{id}/rev/{}", update.revision),
+            None,
+        ));
+        self.bus
+            .publish(subjects::execution_update(&update.workflow, id), &update)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn on_execution(&self, e: Execution, delivered: i64) -> Result<()> {
+        let id = e.id.clone();
+        if self.store.record_execution(e).await? || delivered > 1 {
+            self.publish_update(&id).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn on_status(&self, s: ShardStatus, delivered: i64) -> Result<()> {
+        let id = s.execution_id.clone();
+        if self.store.record_shard_status(s).await? || delivered > 1 {
+            self.publish_update(&id).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn on_batch(&self, b: TestCaseBatch, delivered: i64) -> Result<()> {
+        let id = b.execution_id.clone();
+        if self.store.record_batch(b).await? || delivered > 1 {
+            self.publish_update(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends executions that outlived `timeout + grace` (their runner or launcher is gone).
+    pub async fn sweep_timeouts(&self, grace: Duration) -> Result<usize> {
+        let now = assay_bus::now_ms();
+        let mut ended = 0;
+        for (id, created, timeout_ms) in self.store.non_terminal_executions().await? {
+            if timeout_ms == 0 {
+                continue;
+            }
+            let deadline = created + timeout_ms as i64 + grace.as_millis() as i64;
+            if now < deadline {
+                continue;
+            }
+            let reason = format!(
+                "execution exceeded its timeout of {}s and no shard reported an end",
+                timeout_ms / 1000
+            );
+            if self
+                .store
+                .finalize(&id, ExecutionStatus::TimedOut, &reason, now)
+                .await?
+            {
+                warn!(execution = %id, %reason, "execution timed out");
+                self.publish_update(&id).await?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+}
+
+fn handler_spec(durable: &str, filter: &str, concurrency: usize) -> ConsumerSpec {
+    let stream = if filter == subjects::RESULTS_ALL {
+        streams::RESULTS
+    } else {
+        streams::STATUS
+    };
+    ConsumerSpec::new(stream, durable)
+        .filter([filter.to_string()])
+        .concurrency(concurrency)
+}
+
+/// Runs the aggregator until `shutdown`.
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
+    let store = Store::open(&options.database)?;
+    info!(database = %options.database.display(), "result store open");
+    let bus = Bus::connect(&options.nats, &shutdown).await?;
+    bus.ensure_topology().await?;
+    let agg = Aggregator::new(bus.clone(), store.clone());
+
+    let plans = {
+        let a = agg.clone();
+        consumer::run(
+            bus.clone(),
+            handler_spec("result-aggregator-plans", subjects::PLANS_ALL, 16),
+            shutdown.clone(),
+            move |d: Delivery<Execution>| {
+                let a = a.clone();
+                async move { a.on_execution(d.msg, d.delivered).await.map_err(Error::failure) }
+            },
+        )
+    };
+    let statuses = {
+        let a = agg.clone();
+        consumer::run(
+            bus.clone(),
+            handler_spec("result-aggregator-status", subjects::STATUS_ALL, 16),
+            shutdown.clone(),
+            move |d: Delivery<ShardStatus>| {
+                let a = a.clone();
+                async move { a.on_status(d.msg, d.delivered).await.map_err(Error::failure) }
+            },
+        )
+    };
+    let results = {
+        let a = agg.clone();
+        consumer::run(
+            bus.clone(),
+            handler_spec("result-aggregator-results", subjects::RESULTS_ALL, 16),
+            shutdown.clone(),
+            move |d: Delivery<TestCaseBatch>| {
+                let a = a.clone();
+                async move { a.on_batch(d.msg, d.delivered).await.map_err(Error::failure) }
+            },
+        )
+    };
+    let sweeper = {
+        let (a, shutdown) = (agg.clone(), shutdown.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(options.sweep_every) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                if let Err(e) = a.sweep_timeouts(options.timeout_grace).await {
+                    warn!(error = %e, "timeout sweep failed; will try again");
+                }
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(options.grpc)
+        .await
+        .map_err(|e| Error::Serve {
+            addr: options.grpc,
+            reason: e.to_string(),
+        })?;
+    let addr = listener.local_addr().unwrap_or(options.grpc);
+    let server = {
+        let api = ResultsApi::new(bus.clone(), store.clone(), shutdown.clone());
+        let shutdown = shutdown.clone();
+        async move {
+            tonic::transport::Server::builder()
+                .add_service(assay_proto::results_server::ResultsServer::new(api))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| Error::Serve {
+                    addr,
+                    reason: e.to_string(),
+                })
+        }
+    };
+    info!(grpc = %addr, "result-aggregator running");
+    let (p, s, r, (), g) = tokio::join!(plans, statuses, results, sweeper, server);
+    p?;
+    s?;
+    r?;
+    g?;
+    info!("result-aggregator stopped");
+    Ok(())
+}

@@ -1,1 +1,389 @@
-//! Matches events to triggers and workflows, plans executions and shards
+//! The scheduler: matches trigger events to `TestTrigger`s and triggers to `TestWorkflow`s,
+//! creates executions (one per event, trigger and workflow, however often the event is
+//! delivered), applies the workflow's concurrency policy, and publishes the planned
+//! execution and one shard job per shard.
+//!
+//! State lives in JetStream: the `assay_dedup` bucket maps a cause to its execution (so a
+//! redelivered or re-published event plans nothing new) and `assay_active` holds the running
+//! execution of each `forbid` workflow, released when the aggregator publishes a terminal
+//! execution update.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, kv_key, streams, subjects};
+use assay_proto::{ExecutionStatus, ExecutionUpdate, RunRequest, TriggerEvent};
+use assay_spec::{EventView, Policy, SharedCatalog, Workflow};
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use plan::{Cause, Plan};
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] assay_bus::Error),
+    #[error("{0}")]
+    Spec(String),
+    #[error("key-value {op}: {reason}")]
+    Kv { op: &'static str, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    fn spec(e: assay_spec::Error) -> Error {
+        Error::Spec(e.to_string())
+    }
+
+    fn kv(op: &'static str, e: impl std::fmt::Display) -> Error {
+        Error::Kv {
+            op,
+            reason: e.to_string(),
+        }
+    }
+
+    /// Bus and key-value failures are retried; a definition problem is not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Bus(e) => e.is_retryable(),
+            Error::Kv { .. } => true,
+            Error::Spec(_) => false,
+        }
+    }
+
+    fn failure(self) -> Failure {
+        if self.is_retryable() {
+            Failure::Retry(self.to_string())
+        } else {
+            Failure::Reject(self.to_string())
+        }
+    }
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nats: NatsOptions,
+    /// Directory of `TestWorkflow` and `TestTrigger` files (reloaded when it changes).
+    pub workflows: PathBuf,
+    /// Events handled at once.
+    pub concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nats: NatsOptions::default(),
+            workflows: PathBuf::from(".assay"),
+            concurrency: 64,
+        }
+    }
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
+    let defs = SharedCatalog::load(&options.workflows).map_err(Error::spec)?;
+    let catalog = defs.get();
+    info!(dir = %options.workflows.display(), workflows = catalog.workflows().count(), triggers = catalog.triggers().count(), "definitions loaded");
+    let bus = Bus::connect(&options.nats, &shutdown).await?;
+    bus.ensure_topology().await?;
+    let scheduler = Scheduler {
+        bus: bus.clone(),
+        dedup: bus.kv(streams::KV_DEDUP).await?,
+        active: bus.kv(streams::KV_ACTIVE).await?,
+        defs: defs.clone(),
+    };
+    let watch = tokio::spawn(defs.watch(Duration::from_secs(2), shutdown.clone(), |_| {}));
+
+    let events = {
+        let s = scheduler.clone();
+        let spec = ConsumerSpec::new(streams::EVENTS, "scheduler-events")
+            .filter([subjects::EVENTS_ALL.to_string()])
+            .concurrency(options.concurrency);
+        consumer::run(bus.clone(), spec, shutdown.clone(), move |d: Delivery<TriggerEvent>| {
+            let s = s.clone();
+            async move { s.on_event(d.msg).await.map_err(Error::failure) }
+        })
+    };
+    let runs = {
+        let s = scheduler.clone();
+        let spec = ConsumerSpec::new(streams::EVENTS, "scheduler-runs")
+            .filter([subjects::RUN_REQUESTED.to_string()])
+            .concurrency(options.concurrency);
+        consumer::run(bus.clone(), spec, shutdown.clone(), move |d: Delivery<RunRequest>| {
+            let s = s.clone();
+            async move { s.on_run_request(d.msg).await.map_err(Error::failure) }
+        })
+    };
+    let releases = {
+        let s = scheduler.clone();
+        let spec = ConsumerSpec::new(streams::EXECUTIONS, "scheduler-active").concurrency(16);
+        consumer::run(bus.clone(), spec, shutdown.clone(), move |d: Delivery<ExecutionUpdate>| {
+            let s = s.clone();
+            async move { s.on_update(d.msg).await.map_err(Error::failure) }
+        })
+    };
+    info!("scheduler running");
+    let (a, b, c) = tokio::join!(events, runs, releases);
+    watch.abort();
+    a?;
+    b?;
+    c?;
+    info!("scheduler stopped");
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Scheduler {
+    bus: Bus,
+    dedup: kv::Store,
+    active: kv::Store,
+    defs: SharedCatalog,
+}
+
+/// Dedup record states: `pending:<id>` while publishing, `done:<id>` once everything of
+/// the execution was acknowledged by the streams.
+enum Seen {
+    New(String),
+    Pending(String),
+    Done(String),
+}
+
+impl Scheduler {
+    async fn on_run_request(&self, req: RunRequest) -> Result<()> {
+        let header = req.header.clone().unwrap_or_default();
+        let key = if header.idempotency_key.is_empty() {
+            format!("run/{}", header.event_id)
+        } else {
+            header.idempotency_key.clone()
+        };
+        let cause = Cause {
+            key: format!("{key}/{}", req.workflow),
+            trigger: String::new(),
+            traceparent: header.traceparent,
+        };
+        let proposed = if ulid::Ulid::from_string(&req.execution_id).is_ok() {
+            req.execution_id.clone()
+        } else {
+            ulid::Ulid::new().to_string()
+        };
+        let overrides: BTreeMap<String, String> = req.config.into_iter().collect();
+        self.start(&req.workflow, &overrides, &cause, proposed, None).await
+    }
+
+    async fn on_event(&self, ev: TriggerEvent) -> Result<()> {
+        let header = ev.header.clone().unwrap_or_default();
+        let key = if header.idempotency_key.is_empty() {
+            header.event_id.clone()
+        } else {
+            header.idempotency_key.clone()
+        };
+        let catalog = self.defs.get();
+        let labels: BTreeMap<String, String> = ev.labels.clone().into_iter().collect();
+        let view = EventView {
+            source: &ev.source,
+            r#type: &ev.r#type,
+            labels: &labels,
+        };
+        let fired: Vec<_> = catalog
+            .triggers()
+            .filter(|t| if ev.trigger.is_empty() { t.matches(&view) } else { t.name == ev.trigger })
+            .collect();
+        if fired.is_empty() {
+            debug!(source = %ev.source, r#type = %ev.r#type, event = %key, "event matched no trigger");
+            return Ok(());
+        }
+        for trigger in fired {
+            let targets: Vec<&Workflow> = match (&trigger.spec.run.workflow, &trigger.spec.run.selector) {
+                (Some(name), _) => match catalog.workflow(name) {
+                    Ok(w) => vec![w],
+                    Err(e) => {
+                        // Recorded as an errored execution so the failure can be queried.
+                        let cause = Cause {
+                            key: format!("{key}/{}/{name}", trigger.name),
+                            trigger: trigger.name.clone(),
+                            traceparent: header.traceparent.clone(),
+                        };
+                        self.reject_once(name, &cause, ExecutionStatus::Errored, e.to_string()).await?;
+                        continue;
+                    }
+                },
+                (None, Some(selector)) => catalog.select(selector),
+                (None, None) => Vec::new(),
+            };
+            if targets.is_empty() {
+                warn!(trigger = %trigger.name, "trigger selects no workflow");
+            }
+            for w in targets {
+                let cause = Cause {
+                    key: format!("{key}/{}/{}", trigger.name, w.name),
+                    trigger: trigger.name.clone(),
+                    traceparent: header.traceparent.clone(),
+                };
+                let policy = trigger.spec.concurrency.as_ref().map(|c| c.policy);
+                let config: BTreeMap<String, String> = trigger.spec.run.config.clone();
+                self.start(&w.name, &config, &cause, ulid::Ulid::new().to_string(), policy)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the cause in the dedup bucket. The value tells whether an earlier delivery
+    /// already finished publishing.
+    async fn claim(&self, cause: &Cause, proposed: &str) -> Result<Seen> {
+        let key = kv_key(&cause.key);
+        match self
+            .dedup
+            .create(&key, Bytes::from(format!("pending:{proposed}")))
+            .await
+        {
+            Ok(_) => Ok(Seen::New(proposed.to_string())),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let value = self
+                    .dedup
+                    .get(&key)
+                    .await
+                    .map_err(|e| Error::kv("get", e))?
+                    .unwrap_or_default();
+                let value = String::from_utf8_lossy(&value).to_string();
+                match value.split_once(':') {
+                    Some(("done", id)) => Ok(Seen::Done(id.to_string())),
+                    Some((_, id)) => Ok(Seen::Pending(id.to_string())),
+                    None => Ok(Seen::Pending(proposed.to_string())),
+                }
+            }
+            Err(e) => Err(Error::kv("create", e)),
+        }
+    }
+
+    async fn mark_done(&self, cause: &Cause, id: &str) -> Result<()> {
+        self.dedup
+            .put(kv_key(&cause.key), Bytes::from(format!("done:{id}")))
+            .await
+            .map_err(|e| Error::kv("put", e))?;
+        Ok(())
+    }
+
+    async fn reject_once(&self, workflow: &str, cause: &Cause, status: ExecutionStatus, reason: String) -> Result<()> {
+        let id = match self.claim(cause, &ulid::Ulid::new().to_string()).await? {
+            Seen::Done(_) => return Ok(()),
+            Seen::New(id) | Seen::Pending(id) => id,
+        };
+        warn!(execution = %id, workflow, %reason, "execution rejected");
+        let exec = plan::rejected(&id, workflow, cause, status, reason);
+        self.bus.publish(subjects::execution_plan(&id), &exec).await?;
+        self.mark_done(cause, &id).await
+    }
+
+    async fn start(
+        &self,
+        workflow: &str,
+        overrides: &BTreeMap<String, String>,
+        cause: &Cause,
+        proposed: String,
+        policy_override: Option<Policy>,
+    ) -> Result<()> {
+        let id = match self.claim(cause, &proposed).await? {
+            Seen::Done(id) => {
+                debug!(execution = %id, cause = %cause.key, "duplicate cause; execution exists");
+                return Ok(());
+            }
+            Seen::New(id) | Seen::Pending(id) => id,
+        };
+        let catalog = self.defs.get();
+        let planned = catalog
+            .workflow(workflow)
+            .map_err(Error::spec)
+            .and_then(|w| {
+                let config = w.resolve_config(overrides).map_err(Error::spec)?;
+                plan::plan(&id, w, config, cause).map(|p| (w, p))
+            });
+        let (w, plan) = match planned {
+            Ok(ok) => ok,
+            Err(Error::Spec(reason)) => {
+                warn!(execution = %id, workflow, %reason, "execution rejected");
+                let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Errored, reason);
+                self.bus.publish(subjects::execution_plan(&id), &exec).await?;
+                return self.mark_done(cause, &id).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let policy = policy_override.unwrap_or(w.spec.concurrency.policy);
+        if policy == Policy::Forbid {
+            if let Some(running) = self.acquire(workflow, &id).await? {
+                let reason = format!(
+                    "concurrency policy forbid: execution {running} of workflow \"{workflow}\" is still running"
+                );
+                warn!(execution = %id, workflow, %reason, "execution rejected");
+                let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason);
+                self.bus.publish(subjects::execution_plan(&id), &exec).await?;
+                return self.mark_done(cause, &id).await;
+            }
+        }
+        self.publish(&plan).await?;
+        self.mark_done(cause, &id).await?;
+        info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
+        Ok(())
+    }
+
+    /// Takes the workflow's `forbid` slot; returns the holder if another execution has it.
+    async fn acquire(&self, workflow: &str, id: &str) -> Result<Option<String>> {
+        let key = kv_key(workflow);
+        match self.active.create(&key, Bytes::from(id.to_string())).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let holder = self
+                    .active
+                    .get(&key)
+                    .await
+                    .map_err(|e| Error::kv("get", e))?
+                    .map(|v| String::from_utf8_lossy(&v).to_string())
+                    .unwrap_or_default();
+                // A redelivery of our own request holds the slot already.
+                Ok((holder != id).then_some(holder))
+            }
+            Err(e) => Err(Error::kv("create", e)),
+        }
+    }
+
+    async fn publish(&self, plan: &Plan) -> Result<()> {
+        let id = &plan.execution.id;
+        self.bus.publish(subjects::execution_plan(id), &plan.execution).await?;
+        for job in &plan.shards {
+            self.bus.publish(subjects::shard_job(id, job.shard_index), job).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases a `forbid` slot when its execution ends.
+    async fn on_update(&self, update: ExecutionUpdate) -> Result<()> {
+        let terminal = !matches!(
+            ExecutionStatus::try_from(update.status).unwrap_or(ExecutionStatus::Unspecified),
+            ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
+        );
+        if !terminal {
+            return Ok(());
+        }
+        let key = kv_key(&update.workflow);
+        let holder = self.active.entry(&key).await.map_err(|e| Error::kv("entry", e))?;
+        if let Some(entry) = holder {
+            if entry.value.as_ref() == update.execution_id.as_bytes() {
+                // Only delete what we read, so a newer holder is never released by mistake.
+                self.active
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+                    .map_err(|e| Error::kv("delete", e))?;
+                debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The shard job: decoding, the per-attempt identity, template substitution and shell quoting.
+
+use std::path::{Path, PathBuf};
+
+use assay_proto::ShardJob;
+use base64::Engine as _;
+use prost::Message as _;
+
+use crate::{Error, Result};
+
+/// Largest job accepted (a job carries scripts and maybe thousands of test ids).
+pub const MAX_JOB_BYTES: usize = 16 * 1024 * 1024;
+
+/// Decodes `ASSAY_SHARD_JOB`: standard base64 of a protobuf [`ShardJob`].
+pub fn decode_base64(text: &str) -> Result<ShardJob> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| Error::InvalidJob(format!("ASSAY_SHARD_JOB is not standard base64: {e}")))?;
+    decode_bytes(&bytes)
+}
+
+/// Decodes raw protobuf bytes of a [`ShardJob`] (the `--job-file` form).
+pub fn decode_bytes(bytes: &[u8]) -> Result<ShardJob> {
+    if bytes.len() > MAX_JOB_BYTES {
+        return Err(Error::InvalidJob(format!(
+            "job is {} bytes, over the limit of {MAX_JOB_BYTES}",
+            bytes.len()
+        )));
+    }
+    let job = ShardJob::decode(bytes)
+        .map_err(|e| Error::InvalidJob(format!("not a protobuf assay.v1.ShardJob: {e}")))?;
+    if job.execution_id.is_empty() {
+        return Err(Error::InvalidJob(
+            "execution_id is empty; the scheduler must set it".to_string(),
+        ));
+    }
+    Ok(job)
+}
+
+/// Who this attempt is: the parts of every subject and idempotency key.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub execution: String,
+    pub workflow: String,
+    pub shard: u32,
+    pub shard_count: u32,
+    pub attempt: u32,
+    /// `traceparent` of the job, continued by everything the runner publishes.
+    pub parent_trace: Option<String>,
+}
+
+impl Identity {
+    pub fn of(job: &ShardJob) -> Identity {
+        Identity {
+            execution: job.execution_id.clone(),
+            workflow: job.workflow.clone(),
+            shard: job.shard_index,
+            shard_count: job.shard_count,
+            attempt: job.attempt,
+            parent_trace: job
+                .header
+                .as_ref()
+                .map(|h| h.traceparent.clone())
+                .filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// `<exec>/<shard>/<attempt>/<suffix>`
+    pub fn key(&self, suffix: &str) -> String {
+        format!(
+            "{}/{}/{}/{suffix}",
+            self.execution, self.shard, self.attempt
+        )
+    }
+
+    /// A message header for `suffix`, continuing the job's trace.
+    pub fn header(&self, suffix: &str) -> assay_proto::Header {
+        assay_bus::header("assay-runner", self.key(suffix), self.parent_trace.as_deref())
+    }
+
+    /// Variables every process of the shard sees, besides the job's own env.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("ASSAY_EXECUTION_ID".into(), self.execution.clone()),
+            ("ASSAY_WORKFLOW".into(), self.workflow.clone()),
+            ("ASSAY_SHARD_INDEX".into(), self.shard.to_string()),
+            ("ASSAY_SHARD_COUNT".into(), self.shard_count.to_string()),
+            ("ASSAY_ATTEMPT".into(), self.attempt.to_string()),
+        ]
+    }
+
+    /// `<workdir>/.assay/reports/shard-<index>-attempt-<attempt>.xml`
+    pub fn report_path(&self, workdir: &Path) -> PathBuf {
+        workdir.join(".assay").join("reports").join(format!(
+            "shard-{}-attempt-{}.xml",
+            self.shard, self.attempt
+        ))
+    }
+}
+
+/// Single-quotes `s` for POSIX `sh`: `it's` becomes `'it'\''s'`.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Quotes `s` only when `sh` would otherwise split or expand it.
+pub fn quote_if_needed(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c));
+    if safe { s.to_string() } else { quote(s) }
+}
+
+/// The `{tests}` value: every id single-quoted, joined by spaces.
+pub fn quote_all(ids: &[String]) -> String {
+    ids.iter().map(|id| quote(id)).collect::<Vec<_>>().join(" ")
+}
+
+/// Expands `{tests}` and `{report}` in a `tests.run` template. `tests` is already quoted;
+/// `report` is quoted here if it needs to be.
+pub fn render_run(template: &str, tests: &str, report: &Path) -> String {
+    let report = quote_if_needed(&report.to_string_lossy());
+    // One pass, so that a `{report}` inside a test id is left alone.
+    let mut out = String::with_capacity(template.len() + tests.len());
+    let mut rest = template;
+    while let Some(pos) = rest.find('{') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("{tests}") {
+            out.push_str(tests);
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("{report}") {
+            out.push_str(&report);
+            rest = after;
+        } else {
+            out.push('{');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Expands `{report}` in a report glob (escaped, so the path matches literally) and makes it
+/// absolute against `workdir`.
+pub fn render_report_glob(pattern: &str, report: &Path, workdir: &Path) -> String {
+    let escaped = glob::Pattern::escape(&report.to_string_lossy());
+    let pattern = pattern.replace("{report}", &escaped);
+    if Path::new(&pattern).is_absolute() {
+        pattern
+    } else {
+        let base = glob::Pattern::escape(&workdir.to_string_lossy());
+        format!("{}/{}", base.trim_end_matches('/'), pattern)
+    }
+}
+
+/// Non-empty trimmed lines, first occurrence kept; returns the ids and the duplicates seen.
+pub fn parse_ids(listing: &str) -> (Vec<String>, Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    let mut dups = Vec::new();
+    for line in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if seen.insert(line) {
+            ids.push(line.to_string());
+        } else if !dups.iter().any(|d| d == line) {
+            dups.push(line.to_string());
+        }
+    }
+    (ids, dups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote_if_needed("/tmp/x-1.xml"), "/tmp/x-1.xml");
+        assert_eq!(quote_if_needed("/tmp/my dir/x.xml"), "'/tmp/my dir/x.xml'");
+        assert_eq!(quote_if_needed("$HOME"), "'$HOME'");
+        assert_eq!(
+            quote_all(&["t::a".into(), "t::b[1 2]".into()]),
+            "'t::a' 't::b[1 2]'"
+        );
+    }
+
+    #[test]
+    fn quoted_ids_survive_the_shell() {
+        let ids = vec![
+            "it's".to_string(),
+            "a b".into(),
+            "$(rm -rf /)".into(),
+            "\"q\"".into(),
+        ];
+        let script = format!("printf '%s\\n' {}", quote_all(&ids));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().collect::<Vec<_>>(), ids);
+    }
+
+    #[test]
+    fn substitution() {
+        let report = Path::new("/w/.assay/reports/shard-0-attempt-1.xml");
+        assert_eq!(
+            render_run("pytest {tests} --junitxml={report}", "'a' 'b'", report),
+            "pytest 'a' 'b' --junitxml=/w/.assay/reports/shard-0-attempt-1.xml"
+        );
+        assert_eq!(
+            render_run("run {tests}", "'{report}'", report),
+            "run '{report}'"
+        );
+        assert_eq!(render_run("echo {x} {", "", report), "echo {x} {");
+        assert_eq!(render_run("go test ./... {tests}", "", report), "go test ./... ");
+        assert_eq!(
+            render_report_glob("{report}", Path::new("/w/[a]/r.xml"), Path::new("/w")),
+            "/w/[[]a[]]/r.xml"
+        );
+        assert_eq!(
+            render_report_glob("target/*.xml", report, Path::new("/w/")),
+            "/w/target/*.xml"
+        );
+    }
+
+    #[test]
+    fn ids_are_trimmed_and_deduplicated() {
+        let (ids, dups) = parse_ids(" a\n\nb\na\n  \nc\nb\na\n");
+        assert_eq!(ids, vec!["a", "b", "c"]);
+        assert_eq!(dups, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn jobs_decode_and_reject_garbage() {
+        let job = ShardJob {
+            execution_id: "e1".into(),
+            attempt: 2,
+            ..Default::default()
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+        assert_eq!(decode_base64(&b64).unwrap().attempt, 2);
+        assert!(decode_base64("%%%").is_err());
+        assert!(decode_bytes(&[0xff, 0xff]).is_err());
+        let err = decode_bytes(&ShardJob::default().encode_to_vec()).unwrap_err();
+        assert!(err.to_string().contains("execution_id is empty"));
+        let id = Identity::of(&job);
+        assert_eq!(id.key("final"), "e1/0/2/final");
+    }
+}

@@ -1,0 +1,234 @@
+//! Command-line flags (clap derive).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// NATS URL of the local stack (`assay up` listens on 4223 so that it never clashes with a
+/// system nats-server on 4222).
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4223";
+/// The result-aggregator's gRPC API.
+pub const DEFAULT_API: &str = "http://127.0.0.1:7070";
+
+/// assay: decoupled test orchestration.
+#[derive(Debug, Parser)]
+#[command(name = "assay", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// NATS server URL.
+    #[arg(long, global = true, env = "ASSAY_NATS_URL", default_value = DEFAULT_NATS)]
+    pub nats: String,
+    /// Result API (the result-aggregator's gRPC address).
+    #[arg(long, global = true, env = "ASSAY_API", default_value = DEFAULT_API)]
+    pub api: String,
+    /// Directory of TestWorkflow / TestTrigger definitions.
+    #[arg(long, global = true, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
+    pub workflows: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check definitions and list the workflows and triggers found.
+    Validate(ValidateArgs),
+    /// Run the local stack (nats-server and the four services) in one process.
+    Up(UpArgs),
+    /// Run a workflow and follow it to the end.
+    Run(RunArgs),
+    /// Show workflows, executions or one execution.
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Print the logs of an execution.
+    Logs(LogsArgs),
+    /// Publish a trigger event.
+    Trigger(TriggerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// File or directory to validate (default: --workflows).
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory for the NATS store, the result database and logs.
+    #[arg(long, default_value = ".assay/data")]
+    pub data: PathBuf,
+    /// Port of the nats-server started by `up`.
+    #[arg(long, default_value_t = 4223)]
+    pub nats_port: u16,
+    /// Shards run at once (default: number of CPUs).
+    #[arg(long)]
+    pub capacity: Option<usize>,
+    /// Address of the result API (gRPC).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub grpc: SocketAddr,
+    /// Address of the trigger-watcher's HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub http: SocketAddr,
+    /// Do not start a nats-server; use the one at --nats.
+    #[arg(long)]
+    pub external_nats: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of the workflow to run.
+    pub workflow: String,
+    /// Override a workflow parameter (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Stream the shards' log lines while it runs.
+    #[arg(long, short)]
+    pub watch: bool,
+    /// Print the execution id and return at once.
+    #[arg(long, short, conflicts_with = "watch")]
+    pub detach: bool,
+    /// Stop waiting after this long (e.g. 30s, 10m); the execution keeps running.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// Workflows of the local catalog (--workflows).
+    Workflows {
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Recent executions.
+    Executions {
+        /// Only executions of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Most executions shown.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// One execution with its shards and failing tests.
+    Execution {
+        id: String,
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Execution id.
+    pub id: String,
+    /// Keep printing new lines until the execution ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// Event source (subject assay.v1.events.<source>).
+    #[arg(long)]
+    pub source: String,
+    /// Event type, e.g. push, deploy.
+    #[arg(long = "type", default_value = "")]
+    pub r#type: String,
+    /// Event label (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// JSON payload.
+    #[arg(long)]
+    pub payload: Option<String>,
+}
+
+/// Output format of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+    Name,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    assay_spec::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = Cli::try_parse_from([
+            "assay", "run", "e2e", "--set", "a=1", "--set", "b=x=y", "--watch", "--timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.workflow, "e2e");
+        assert_eq!(run.set, vec!["a=1", "b=x=y"]);
+        assert!(run.watch);
+        assert_eq!(run.timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn bad_timeout_is_rejected() {
+        assert!(Cli::try_parse_from(["assay", "run", "e2e", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn detach_conflicts_with_watch() {
+        assert!(Cli::try_parse_from(["assay", "run", "e2e", "--watch", "--detach"]).is_err());
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let cli = Cli::try_parse_from([
+            "assay",
+            "get",
+            "executions",
+            "--api",
+            "http://h:1",
+            "-o",
+            "json",
+            "--limit",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.api, "http://h:1");
+        let Command::Get(GetCommand::Executions { limit, output, .. }) = cli.command else {
+            panic!("expected get executions")
+        };
+        assert_eq!(limit, 5);
+        assert_eq!(output, Output::Json);
+    }
+
+    #[test]
+    fn up_defaults() {
+        let cli = Cli::try_parse_from(["assay", "up"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("expected up")
+        };
+        assert_eq!(up.nats_port, 4223);
+        assert_eq!(up.grpc.to_string(), "127.0.0.1:7070");
+        assert_eq!(up.http.to_string(), "127.0.0.1:7071");
+        assert!(!up.external_nats);
+    }
+}

@@ -1,0 +1,183 @@
+//! `assay get workflows|executions|execution`.
+
+use anyhow::Result;
+use assay_proto::{GetExecutionRequest, ListExecutionsRequest};
+use serde::Serialize;
+
+use crate::args::{GetCommand, Global, Output};
+use crate::format::{self, Table, cell};
+use crate::style::{Color, Palette, execution_color};
+use crate::view::{ExecutionView, WorkflowView, labels_summary};
+use crate::{api, report};
+
+pub async fn run(global: &Global, cmd: GetCommand, palette: Palette) -> Result<u8> {
+    match cmd {
+        GetCommand::Workflows { output } => workflows(global, output, &palette),
+        GetCommand::Executions {
+            workflow,
+            limit,
+            output,
+        } => executions(global, workflow, limit, output, &palette).await,
+        GetCommand::Execution { id, output } => execution(global, &id, output, &palette).await,
+    }
+}
+
+/// Prints `value` as JSON or YAML.
+pub fn print_structured<T: Serialize>(value: &T, output: Output) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_norway::to_string(value)?),
+        Output::Table | Output::Name => {}
+    }
+    Ok(())
+}
+
+fn workflows(global: &Global, output: Output, palette: &Palette) -> Result<u8> {
+    let catalog = match crate::cmd::validate::load(&global.workflows) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::cmd::validate::print_errors(&e, palette);
+            eprintln!(
+                "fix the definitions above (`assay validate {}` shows them again)",
+                global.workflows.display()
+            );
+            return Ok(1);
+        }
+    };
+    let views: Vec<WorkflowView> = catalog.workflows().map(WorkflowView::from_workflow).collect();
+    match output {
+        Output::Json | Output::Yaml => print_structured(&views, output)?,
+        Output::Name => {
+            for v in &views {
+                println!("{}", v.name);
+            }
+        }
+        Output::Table => {
+            if views.is_empty() {
+                eprintln!("no workflows in {}", global.workflows.display());
+                return Ok(0);
+            }
+            let mut table = Table::new(["NAME", "LABELS", "SHARDS", "PARAMETERS", "FILE"]);
+            for v in &views {
+                table.row(vec![
+                    (v.name.clone(), Color::Bold),
+                    cell(labels_summary(&v.labels)),
+                    cell(v.shards.to_string()),
+                    cell(v.parameters_summary()),
+                    (v.file.clone(), Color::Dim),
+                ]);
+            }
+            print!("{}", table.render(palette));
+        }
+    }
+    Ok(0)
+}
+
+async fn executions(
+    global: &Global,
+    workflow: Option<String>,
+    limit: u32,
+    output: Output,
+    palette: &Palette,
+) -> Result<u8> {
+    let mut client = api::connect(&global.api).await?;
+    let list = client
+        .list_executions(ListExecutionsRequest {
+            workflow: workflow.clone().unwrap_or_default(),
+            limit,
+        })
+        .await
+        .map_err(|s| api::call_error(&global.api, "list executions", &s))?
+        .into_inner();
+    let now = assay_bus::now_ms();
+    match output {
+        Output::Json | Output::Yaml => {
+            let views: Vec<ExecutionView> = list
+                .executions
+                .iter()
+                .map(|u| ExecutionView::from_update(u, now))
+                .collect();
+            print_structured(&views, output)?;
+        }
+        Output::Name => {
+            for u in &list.executions {
+                println!("{}", u.execution_id);
+            }
+        }
+        Output::Table => {
+            if list.executions.is_empty() {
+                match workflow {
+                    Some(w) => eprintln!("no executions of {w} yet; start one with `assay run {w}`"),
+                    None => eprintln!("no executions yet; start one with `assay run WORKFLOW`"),
+                }
+                return Ok(0);
+            }
+            let mut table = Table::new([
+                "ID", "WORKFLOW", "STATUS", "PASSED", "FAILED", "SKIPPED", "AGE", "DURATION",
+            ]);
+            for u in &list.executions {
+                let status = u.status();
+                let failed = u.failed + u.errored;
+                table.row(vec![
+                    cell(u.execution_id.clone()),
+                    cell(u.workflow.clone()),
+                    (
+                        format::execution_status(status).to_string(),
+                        execution_color(status),
+                    ),
+                    cell(u.passed.to_string()),
+                    (
+                        failed.to_string(),
+                        if failed > 0 { Color::Red } else { Color::Plain },
+                    ),
+                    cell(u.skipped.to_string()),
+                    cell(if u.created_at_ms > 0 {
+                        format::age(now - u.created_at_ms)
+                    } else {
+                        "-".into()
+                    }),
+                    cell(
+                        format::execution_ms(u.created_at_ms, u.finished_at_ms, now)
+                            .map(format::elapsed)
+                            .unwrap_or_else(|| "-".into()),
+                    ),
+                ]);
+            }
+            print!("{}", table.render(palette));
+        }
+    }
+    Ok(0)
+}
+
+async fn execution(global: &Global, id: &str, output: Output, palette: &Palette) -> Result<u8> {
+    let mut client = api::connect(&global.api).await?;
+    let detail = client
+        .get_execution(GetExecutionRequest { id: id.to_string() })
+        .await
+        .map_err(|s| api::call_error(&global.api, &format!("get execution {id}"), &s))?
+        .into_inner();
+    let now = assay_bus::now_ms();
+    match output {
+        Output::Json | Output::Yaml => {
+            print_structured(&ExecutionView::from_detail(&detail, now), output)?;
+        }
+        Output::Name => {
+            let execution = detail.execution.unwrap_or_default();
+            println!("{}", execution.execution_id);
+        }
+        Output::Table => {
+            let execution = detail.execution.clone().unwrap_or_default();
+            print!("{}", report::header_block(&execution, now, palette));
+            if !detail.shards.is_empty() {
+                println!();
+                print!("{}", report::shard_table(&detail.shards, palette));
+            }
+            let failures = report::failures(&detail.shards, palette);
+            if !failures.is_empty() {
+                println!();
+                print!("{failures}");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod get;
+pub mod logs;
+pub mod run;
+pub mod trigger;
+pub mod up;
+pub mod validate;

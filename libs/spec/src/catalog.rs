@@ -1,0 +1,226 @@
+//! The set of workflows and triggers read from one directory (or from custom resources).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::model::{Definition, Trigger, Workflow};
+use crate::{Diagnostic, Error, Result, did_you_mean, parse_str};
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    dir: PathBuf,
+    workflows: BTreeMap<String, Workflow>,
+    triggers: BTreeMap<String, Trigger>,
+}
+
+impl Catalog {
+    /// Reads every `*.yaml` / `*.yml` below `dir` (recursively, in sorted order), validates
+    /// them and checks names are unique and triggers name existing workflows and parameters.
+    /// Every problem in every file is reported at once.
+    pub fn load(dir: &Path) -> Result<Catalog> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::metadata(dir).map_err(io(dir))?;
+        let mut files = Vec::new();
+        collect_files(dir, &mut files)?;
+        files.sort();
+
+        let mut defs = Vec::new();
+        let mut diags = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(io(file))?;
+            match parse_str(file, &text) {
+                Ok(mut d) => defs.append(&mut d),
+                Err(Error::Invalid(mut d)) => diags.append(&mut d),
+                Err(e) => return Err(e),
+            }
+        }
+        let catalog = match Catalog::from_definitions(dir.to_path_buf(), defs) {
+            Ok(c) => Some(c),
+            Err(Error::Invalid(mut d)) => {
+                diags.append(&mut d);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(c) = &catalog {
+            diags.extend(c.check_references());
+        }
+        match catalog {
+            Some(c) if diags.is_empty() => Ok(c),
+            _ => Err(Error::Invalid(diags)),
+        }
+    }
+
+    /// Builds a catalog from already parsed definitions; duplicate names are an error that
+    /// names both places.
+    pub fn from_definitions(dir: PathBuf, defs: Vec<Definition>) -> Result<Catalog> {
+        let mut catalog = Catalog {
+            dir,
+            ..Catalog::default()
+        };
+        let mut diags = Vec::new();
+        for def in defs {
+            let first = match &def {
+                Definition::Workflow(w) => catalog
+                    .workflows
+                    .get(&w.name)
+                    .map(|f| ("workflow", f.source.clone())),
+                Definition::Trigger(t) => catalog
+                    .triggers
+                    .get(&t.name)
+                    .map(|f| ("trigger", f.source.clone())),
+            };
+            match (first, def) {
+                (None, Definition::Workflow(w)) => {
+                    catalog.workflows.insert(w.name.clone(), w);
+                }
+                (None, Definition::Trigger(t)) => {
+                    catalog.triggers.insert(t.name.clone(), t);
+                }
+                (Some((kind, first)), def) => {
+                    let name = def.name();
+                    let second = def.source();
+                    diags.push(
+                        Diagnostic::new(
+                            second.clone(),
+                            format!(
+                                "duplicate {kind} name \"{name}\": defined in {first} and {second}"
+                            ),
+                        )
+                        .hint(format!("rename one of them; {kind} names must be unique")),
+                    );
+                }
+            }
+        }
+        if diags.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(Error::Invalid(diags))
+        }
+    }
+
+    /// Triggers that run a workflow that does not exist or set parameters it does not declare.
+    fn check_references(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        let known: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+        for t in self.triggers.values() {
+            let run = &t.spec.run;
+            let targets: Vec<&Workflow> = match (&run.workflow, &run.selector) {
+                (Some(name), _) => match self.workflows.get(name) {
+                    Some(w) => vec![w],
+                    None => {
+                        let mut hint = format!("known workflows: {}", or_none(&known));
+                        if let Some(best) = did_you_mean(name, known.iter().copied()) {
+                            hint = format!("did you mean \"{best}\"? ({hint})");
+                        }
+                        out.push(
+                            Diagnostic::new(
+                                t.source.clone(),
+                                format!(
+                                    "trigger \"{}\" runs workflow \"{name}\", which is not defined",
+                                    t.name
+                                ),
+                            )
+                            .hint(hint),
+                        );
+                        continue;
+                    }
+                },
+                (None, Some(sel)) => self.select(sel),
+                (None, None) => continue,
+            };
+            for w in targets {
+                for key in run.config.keys() {
+                    if !w.spec.config.contains_key(key) {
+                        let declared: Vec<&str> =
+                            w.spec.config.keys().map(String::as_str).collect();
+                        let mut hint = format!("declared: {}", or_none(&declared));
+                        if let Some(best) = did_you_mean(key, declared.iter().copied()) {
+                            hint = format!("did you mean \"{best}\"? ({hint})");
+                        }
+                        out.push(
+                            Diagnostic::new(
+                                t.source.clone(),
+                                format!(
+                                    "trigger \"{}\" sets parameter \"{key}\" that workflow \"{}\" does not declare",
+                                    t.name, w.name
+                                ),
+                            )
+                            .hint(hint),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn workflow(&self, name: &str) -> Result<&Workflow> {
+        self.workflows
+            .get(name)
+            .ok_or_else(|| Error::WorkflowNotFound {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+                known: self.workflows.keys().cloned().collect(),
+            })
+    }
+
+    pub fn trigger(&self, name: &str) -> Result<&Trigger> {
+        self.triggers
+            .get(name)
+            .ok_or_else(|| Error::TriggerNotFound {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+                known: self.triggers.keys().cloned().collect(),
+            })
+    }
+
+    /// All workflows, sorted by name.
+    pub fn workflows(&self) -> impl Iterator<Item = &Workflow> {
+        self.workflows.values()
+    }
+
+    /// All triggers, sorted by name.
+    pub fn triggers(&self) -> impl Iterator<Item = &Trigger> {
+        self.triggers.values()
+    }
+
+    /// Workflows whose labels contain every pair of `selector`, sorted by name.
+    pub fn select(&self, selector: &BTreeMap<String, String>) -> Vec<&Workflow> {
+        self.workflows
+            .values()
+            .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .collect()
+    }
+}
+
+fn or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Semantic checks on parsed definitions; every check reports the key path it is about.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::template_refs;
+use crate::did_you_mean;
+use crate::locate::{Seg, kp};
+use crate::model::{Concurrency, Metadata, Policy, Step, Strategy, TriggerSpec, WorkflowSpec};
+use crate::trigger::{Schedule, parse_timezone};
+
+pub(crate) struct Problem {
+    pub path: Vec<Seg>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn problem(path: Vec<Seg>, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem {
+        path,
+        message: message.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+/// A DNS-1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_param_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub(crate) fn metadata(m: &Metadata) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if !is_dns_label(&m.name) {
+        out.push(problem(
+            kp!["metadata", "name"],
+            format!("invalid name `{}`", m.name),
+            "use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+        ));
+    }
+    out
+}
+
+pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let declared: Vec<&str> = spec.config.keys().map(String::as_str).collect();
+
+    for (name, p) in &spec.config {
+        let at = kp!["spec", "config", name.as_str()];
+        if !is_param_name(name) {
+            out.push(problem(
+                at.clone(),
+                format!("invalid parameter name `{name}`"),
+                "use letters, digits, '_' and '-', starting with a letter or '_'",
+            ));
+        }
+        if let Some(default) = &p.default
+            && p.r#type.check(default).is_none()
+        {
+            let mut at = at;
+            at.push("default".into());
+            out.push(problem(
+                at,
+                format!(
+                    "default `{default}` of parameter `{name}` is not {}",
+                    p.r#type.expected()
+                ),
+                format!("change the default or the type (`type: {}`)", p.r#type),
+            ));
+        }
+    }
+
+    let check_template = |out: &mut Vec<Problem>, at: Vec<Seg>, text: &str| {
+        for name in template_refs(text) {
+            if !spec.config.contains_key(name) {
+                let mut hint = format!(
+                    "declare it under spec.config (declared: {})",
+                    list(&declared)
+                );
+                if let Some(best) = did_you_mean(name, declared.iter().copied()) {
+                    hint = format!("did you mean `{best}`? or {hint}");
+                }
+                out.push(problem(
+                    at.clone(),
+                    format!("template refers to undeclared parameter `config.{name}`"),
+                    hint,
+                ));
+            }
+        }
+    };
+
+    for (k, v) in &spec.env {
+        check_template(&mut out, kp!["spec", "env", k.as_str()], v);
+    }
+    if let Some(c) = &spec.container {
+        for (k, v) in &c.env {
+            check_template(&mut out, kp!["spec", "container", "env", k.as_str()], v);
+        }
+    }
+
+    let mut step_names: BTreeMap<&str, &str> = BTreeMap::new();
+    for (section, steps) in [
+        ("setup", &spec.setup),
+        ("steps", &spec.steps),
+        ("after", &spec.after),
+    ] {
+        for (i, step) in steps.iter().enumerate() {
+            let at = kp!["spec", section, i];
+            step_problems(&mut out, &at, step);
+            let mut run_at = at.clone();
+            run_at.push("run".into());
+            check_template(&mut out, run_at, &step.run);
+            for (k, v) in &step.env {
+                let mut env_at = at.clone();
+                env_at.extend(kp!["env", k.as_str()]);
+                check_template(&mut out, env_at, v);
+            }
+            if let Some(first) = step_names.insert(step.name.as_str(), section) {
+                let mut name_at = at.clone();
+                name_at.push("name".into());
+                out.push(problem(
+                    name_at,
+                    format!("duplicate step name `{}` (also in {first})", step.name),
+                    "give every step of a workflow its own name",
+                ));
+            }
+        }
+    }
+
+    if let Some(tests) = &spec.tests {
+        if tests.run.trim().is_empty() {
+            out.push(problem(
+                kp!["spec", "tests", "run"],
+                "tests.run is empty",
+                "give the command that runs tests, e.g. `pytest {tests} --junitxml={report}`",
+            ));
+        }
+        check_template(&mut out, kp!["spec", "tests", "run"], &tests.run);
+        if let Some(list) = &tests.list {
+            check_template(&mut out, kp!["spec", "tests", "list"], list);
+            if !tests.run.contains("{tests}") {
+                out.push(problem(
+                    kp!["spec", "tests", "run"],
+                    "tests.run has no `{tests}` placeholder although tests.list is given",
+                    "put `{tests}` where the test ids go, e.g. `pytest {tests}`, or remove tests.list",
+                ));
+            }
+        }
+        let wants_report = tests.reports.iter().any(|r| r.contains("{report}"));
+        if wants_report && !tests.run.contains("{report}") {
+            out.push(problem(
+                kp!["spec", "tests", "run"],
+                "tests.reports uses `{report}` but tests.run never writes it",
+                "pass `{report}` to the test command, e.g. `--junitxml={report}`",
+            ));
+        }
+        for (i, r) in tests.reports.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(&r.replace("{report}", "report")) {
+                out.push(problem(
+                    kp!["spec", "tests", "reports", i],
+                    format!("invalid report glob `{r}`: {e}"),
+                    "write a glob such as `reports/*.xml`",
+                ));
+            }
+        }
+    } else if spec.steps.is_empty() {
+        out.push(problem(
+            kp!["spec"],
+            "workflow has neither tests nor steps",
+            "add `tests: {run: ...}` or at least one entry under `steps`",
+        ));
+    }
+
+    for (i, a) in spec.artifacts.iter().enumerate() {
+        if let Err(e) = glob::Pattern::new(a) {
+            out.push(problem(
+                kp!["spec", "artifacts", i],
+                format!("invalid artifact glob `{a}`: {e}"),
+                "write a glob such as `screenshots/**`",
+            ));
+        }
+    }
+
+    let par = &spec.parallel;
+    if par.count == 0 {
+        out.push(problem(
+            kp!["spec", "parallel", "count"],
+            "parallel.count must be at least 1, got 0",
+            "set `count: 1` or more, or remove it to run one shard",
+        ));
+    }
+    if let Some(max) = par.max_count
+        && max < par.count.max(1)
+    {
+        out.push(problem(
+            kp!["spec", "parallel", "maxCount"],
+            format!(
+                "parallel.maxCount ({max}) is less than parallel.count ({})",
+                par.count
+            ),
+            "raise maxCount or remove it",
+        ));
+    }
+    if par.strategy != Strategy::Count {
+        let name = match par.strategy {
+            Strategy::Duration => "duration",
+            _ => "queue",
+        };
+        out.push(problem(
+            kp!["spec", "parallel", "strategy"],
+            format!("parallel strategy `{name}` is not supported yet"),
+            "use `strategy: count` (the default) or remove it",
+        ));
+    }
+    if par.matrix.is_some() {
+        out.push(problem(
+            kp!["spec", "parallel", "matrix"],
+            "parallel.matrix is not supported yet",
+            "remove matrix and define one workflow per combination for now",
+        ));
+    }
+
+    concurrency(&mut out, kp!["spec", "concurrency"], &spec.concurrency);
+
+    if spec.timeout.is_some_and(|t| t.is_zero()) {
+        out.push(problem(
+            kp!["spec", "timeout"],
+            "timeout must be longer than 0s",
+            "remove it for no timeout or give a duration such as `20m`",
+        ));
+    }
+    out
+}
+
+fn step_problems(out: &mut Vec<Problem>, at: &[Seg], step: &Step) {
+    let sub = |key: &str| {
+        let mut p = at.to_vec();
+        p.push(key.into());
+        p
+    };
+    if step.name.trim().is_empty() {
+        out.push(problem(
+            sub("name"),
+            "step name is empty",
+            "give the step a short name such as `install`",
+        ));
+    }
+    if step.run.trim().is_empty() {
+        out.push(problem(
+            sub("run"),
+            format!("step `{}` has an empty run script", step.name),
+            "give the shell command to run",
+        ));
+    }
+    if step.timeout.is_some_and(|t| t.is_zero()) {
+        out.push(problem(
+            sub("timeout"),
+            "step timeout must be longer than 0s",
+            "remove it or give a duration such as `5m`",
+        ));
+    }
+}
+
+fn concurrency(out: &mut Vec<Problem>, at: Vec<Seg>, c: &Concurrency) {
+    let sub = |key: &str| {
+        let mut p = at.clone();
+        p.push(key.into());
+        p
+    };
+    match c.policy {
+        Policy::Allow | Policy::Forbid => {}
+        Policy::Replace | Policy::Queue => out.push(problem(
+            sub("policy"),
+            format!(
+                "concurrency policy `{}` is not supported yet",
+                if c.policy == Policy::Replace {
+                    "replace"
+                } else {
+                    "queue"
+                }
+            ),
+            "use `policy: allow` or `policy: forbid`",
+        )),
+    }
+    if c.max == Some(0) {
+        out.push(problem(
+            sub("max"),
+            "concurrency.max must be at least 1",
+            "set `max: 1` or more, or remove it",
+        ));
+    }
+}
+
+pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let on = &spec.on;
+    let named: Vec<&str> = [
+        ("event", on.event.is_some()),
+        ("cron", on.cron.is_some()),
+        ("kubernetes", on.kubernetes.is_some()),
+        ("webhook", on.webhook.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(n, set)| set.then_some(n))
+    .collect();
+    match named.as_slice() {
+        [] => out.push(problem(
+            kp!["spec", "on"],
+            "spec.on names nothing to react to",
+            "add `event: {source: ..., type: ...}` or `cron: {schedule: \"0 3 * * *\"}`",
+        )),
+        [_] => {}
+        [first, second, ..] => out.push(problem(
+            kp!["spec", "on", *second],
+            format!("spec.on names both `{first}` and `{second}`"),
+            "a trigger reacts to exactly one thing; split it into two triggers",
+        )),
+    }
+    if on.kubernetes.is_some() {
+        out.push(problem(
+            kp!["spec", "on", "kubernetes"],
+            "kubernetes triggers are not supported yet",
+            "use `on.event` or `on.cron` for now",
+        ));
+    }
+    if on.webhook.is_some() {
+        out.push(problem(
+            kp!["spec", "on", "webhook"],
+            "webhook triggers are not supported yet",
+            "use `on.event` to match events posted over HTTP or the bus",
+        ));
+    }
+    if let Some(cron) = &on.cron {
+        let tz = match cron.timezone.as_deref().map(parse_timezone).transpose() {
+            Ok(tz) => tz.unwrap_or(chrono_tz::UTC),
+            Err(e) => {
+                out.push(problem(
+                    kp!["spec", "on", "cron", "timezone"],
+                    e,
+                    "use an IANA time zone name such as `Europe/Berlin` or `UTC`",
+                ));
+                chrono_tz::UTC
+            }
+        };
+        if let Err(e) = Schedule::new(&cron.schedule, tz) {
+            out.push(problem(
+                kp!["spec", "on", "cron", "schedule"],
+                e,
+                "write 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, e.g. `0 3 * * *`",
+            ));
+        }
+    }
+
+    let run = &spec.run;
+    match (&run.workflow, &run.selector) {
+        (Some(_), Some(_)) => out.push(problem(
+            kp!["spec", "run", "selector"],
+            "spec.run names both `workflow` and `selector`",
+            "keep exactly one: `workflow: NAME` or `selector: {label: value}`",
+        )),
+        (None, None) => out.push(problem(
+            kp!["spec", "run"],
+            "spec.run names neither `workflow` nor `selector`",
+            "add `workflow: NAME` or `selector: {label: value}`",
+        )),
+        (Some(w), None) if !is_dns_label(w) => out.push(problem(
+            kp!["spec", "run", "workflow"],
+            format!("invalid workflow name `{w}`"),
+            "workflow names are lowercase letters, digits and '-'",
+        )),
+        (None, Some(sel)) if sel.is_empty() => out.push(problem(
+            kp!["spec", "run", "selector"],
+            "spec.run.selector is empty",
+            "add at least one label, e.g. `selector: {suite: e2e}`",
+        )),
+        _ => {}
+    }
+    if let Some(c) = &spec.concurrency {
+        concurrency(&mut out, kp!["spec", "concurrency"], c);
+    }
+    out
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

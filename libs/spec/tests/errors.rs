@@ -1,0 +1,270 @@
+//! Error messages users see: location, what was wrong, and a hint.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use assay_spec::{Catalog, Definition, Diagnostic, Error, parse_overrides, parse_str};
+
+fn diags(text: &str) -> Vec<Diagnostic> {
+    match parse_str(Path::new("wf/file.yaml"), text) {
+        Err(Error::Invalid(d)) => d,
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+fn one(text: &str) -> String {
+    let d = diags(text);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    d[0].to_string()
+}
+
+const HEAD: &str = "apiVersion: assay.dev/v1alpha1\nkind: TestWorkflow\nmetadata:\n  name: api\n";
+const TRIGGER: &str =
+    "apiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata:\n  name: nightly\n";
+
+#[test]
+fn invalid_yaml_has_line_and_column() {
+    let text = format!("{HEAD}spec:\n  steps: [\n  x: : y\n");
+    let msg = one(&text);
+    assert!(msg.starts_with("wf/file.yaml:7:6: invalid YAML: "), "{msg}");
+    assert!(msg.contains("check indentation"), "{msg}");
+}
+
+#[test]
+fn unknown_field_did_you_mean() {
+    let text = format!("{HEAD}spec:\n  paralel: {{count: 2}}\n  steps: [{{name: a, run: b}}]\n");
+    let msg = one(&text);
+    assert!(
+        msg.starts_with(
+            "wf/file.yaml:6:3: unknown field `paralel` in `spec`; did you mean `parallel`? (expected one of: config, "
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_top_level_field() {
+    let text = format!("{HEAD}spek: {{}}\n");
+    let msg = one(&text);
+    assert!(
+        msg.contains("5:1: unknown field `spek` at the top level; did you mean `spec`?"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_required_field_points_at_mapping() {
+    let text = format!("{HEAD}spec:\n  tests:\n    list: pytest --collect-only\n");
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:6:3: missing field `run` in `spec.tests`; add `run:` to `spec.tests`"
+    );
+    let text = format!("{HEAD}spec:\n  steps:\n    - name: a\n      run: b\n    - name: c\n");
+    let msg = one(&text);
+    assert!(
+        msg.starts_with("wf/file.yaml:9:5: missing field `run` in `spec.steps[1]`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_spec() {
+    assert_eq!(
+        one(HEAD),
+        "wf/file.yaml:1:1: missing field `spec`; add `spec:` to the document"
+    );
+}
+
+#[test]
+fn count_zero() {
+    let text = format!("{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel:\n    count: 0\n");
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:8:5: parallel.count must be at least 1, got 0; set `count: 1` or more, or remove it to run one shard"
+    );
+}
+
+#[test]
+fn unsupported_features_are_named() {
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 2, strategy: queue, matrix: {{os: [a, b]}}}}\n  concurrency: {{policy: replace}}\n"
+    );
+    let d = diags(&text);
+    let all: Vec<String> = d.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert!(all[0].contains("parallel strategy `queue` is not supported yet"));
+    assert!(all[1].contains("parallel.matrix is not supported yet"));
+    assert!(
+        all[2].contains("8:17: concurrency policy `replace` is not supported yet"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn bad_duration_and_variant_locations() {
+    let text = format!("{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  timeout: 5x\n");
+    let msg = one(&text);
+    assert!(
+        msg.starts_with("wf/file.yaml:7:12: invalid duration \"5x\""),
+        "{msg}"
+    );
+    let text =
+        format!("{HEAD}spec:\n  steps:\n    - name: a\n      run: b\n      condition: sometimes\n");
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:9:18: unknown value `sometimes` for `spec.steps[0].condition`; use one of: always, success, failure"
+    );
+}
+
+#[test]
+fn unknown_kind_lists_known() {
+    let text = "apiVersion: assay.dev/v1alpha1\nkind: TestWorkflw\nmetadata: {name: a}\nspec: {}\n";
+    assert_eq!(
+        one(text),
+        "wf/file.yaml:2:1: unknown kind `TestWorkflw`; did you mean `TestWorkflow`? (expected one of: TestWorkflow, TestTrigger)"
+    );
+    let msg = one("apiVersion: assay.dev/v1alpha1\nkind: Pod\nmetadata: {name: a}\n");
+    assert!(
+        msg.ends_with("expected one of: TestWorkflow, TestTrigger"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_api_version_and_name() {
+    let text = "apiVersion: assay.dev/v1\nkind: TestWorkflow\nmetadata: {name: Api_E2E}\nspec: {steps: [{name: a, run: b}]}\n";
+    let d = diags(text);
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!(
+        d[0].to_string(),
+        "wf/file.yaml:1:1: unsupported apiVersion `assay.dev/v1`; use `apiVersion: assay.dev/v1alpha1`"
+    );
+    assert!(
+        d[1].to_string()
+            .starts_with("wf/file.yaml:3:12: invalid name `Api_E2E`"),
+        "{}",
+        d[1]
+    );
+}
+
+#[test]
+fn bad_cron_and_timezone() {
+    let text = format!(
+        "{TRIGGER}spec:\n  on:\n    cron:\n      schedule: \"61 * * * *\"\n      timezone: Europe/Berln\n  run: {{workflow: api}}\n"
+    );
+    let d = diags(&text);
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert!(
+        d[0].to_string()
+            .starts_with("wf/file.yaml:9:7: unknown time zone \"Europe/Berln\"; use an IANA"),
+        "{}",
+        d[0]
+    );
+    assert!(
+        d[1].to_string()
+            .starts_with("wf/file.yaml:8:7: invalid cron schedule \"61 * * * *\""),
+        "{}",
+        d[1]
+    );
+    let text = format!(
+        "{TRIGGER}spec:\n  on: {{cron: {{schedule: \"* * *\"}}}}\n  run: {{workflow: api}}\n"
+    );
+    assert!(one(&text).contains("expected 5 or 6 fields, got 3"));
+}
+
+#[test]
+fn trigger_with_workflow_and_selector() {
+    let text = format!(
+        "{TRIGGER}spec:\n  on:\n    event: {{source: ci, type: push}}\n  run:\n    workflow: api\n    selector: {{suite: e2e}}\n"
+    );
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:10:5: spec.run names both `workflow` and `selector`; keep exactly one: `workflow: NAME` or `selector: {label: value}`"
+    );
+}
+
+#[test]
+fn kubernetes_trigger_not_supported() {
+    let text = format!(
+        "{TRIGGER}spec:\n  on:\n    kubernetes: {{kind: Deployment}}\n  run: {{workflow: api}}\n"
+    );
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:7:5: kubernetes triggers are not supported yet; use `on.event` or `on.cron` for now"
+    );
+}
+
+#[test]
+fn undeclared_template_reference() {
+    let text = format!(
+        "{HEAD}spec:\n  config:\n    baseUrl: {{default: x}}\n  env: {{URL: \"{{{{ config.baseUrll }}}}\"}}\n  steps: [{{name: a, run: b}}]\n"
+    );
+    let msg = one(&text);
+    assert!(
+        msg.contains("undeclared parameter `config.baseUrll`; did you mean `baseUrl`?"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn collects_all_errors_across_documents() {
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 0}}\n---\n{TRIGGER}spec:\n  on: {{}}\n  run: {{}}\n"
+    );
+    let d = diags(&text);
+    let lines: Vec<usize> = d.iter().map(|d| d.location.line).collect();
+    assert_eq!(lines, vec![7, 14, 15], "{d:#?}");
+    let joined = Error::Invalid(d).to_string();
+    assert_eq!(joined.lines().count(), 3);
+}
+
+#[test]
+fn set_undeclared_parameter() {
+    let text = format!(
+        "{HEAD}spec:\n  config:\n    baseUrl: {{type: string, default: \"http://localhost\"}}\n    workers: {{type: integer}}\n  steps: [{{name: a, run: \"echo {{{{ config.baseUrl }}}}\"}}]\n"
+    );
+    let defs = parse_str(Path::new("f.yaml"), &text).unwrap();
+    let Definition::Workflow(w) = &defs[0] else {
+        panic!()
+    };
+
+    let err = w
+        .resolve_config(&parse_overrides(&["basUrl=x".into()]).unwrap())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown parameter \"basUrl\" for workflow \"api\"; did you mean \"baseUrl\"? (known: baseUrl, workers); declare it under spec.config to make it settable"
+    );
+    let err = w.resolve_config(&BTreeMap::new()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "parameter \"workers\" of workflow \"api\" has no default; pass --set workers=VALUE"
+    );
+    let err = w
+        .resolve_config(&parse_overrides(&["workers=many".into()]).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, Error::BadParameterValue { .. }), "{err}");
+    let got = w
+        .resolve_config(&parse_overrides(&["workers=4".into()]).unwrap())
+        .unwrap();
+    assert_eq!(got["baseUrl"], "http://localhost");
+    assert_eq!(got["workers"], "4");
+    assert_eq!(
+        assay_spec::expand(&w.spec.steps[0].run, &got).unwrap(),
+        "echo http://localhost"
+    );
+    assert_eq!(w.parameters().len(), 2);
+    assert!(w.parameters()[1].required);
+}
+
+#[test]
+fn duplicate_names_name_both_files() {
+    let text = format!("{HEAD}spec: {{steps: [{{name: a, run: b}}]}}\n");
+    let mut defs = parse_str(Path::new("a.yaml"), &text).unwrap();
+    defs.extend(parse_str(Path::new("b.yaml"), &format!("# x\n{text}")).unwrap());
+    let err = Catalog::from_definitions(".assay".into(), defs).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "b.yaml:2:1: duplicate workflow name \"api\": defined in a.yaml:1:1 and b.yaml:2:1; rename one of them; workflow names must be unique"
+    );
+}

@@ -1,0 +1,581 @@
+//! Behaviour of the SQLite result store against real files.
+
+use assay_proto::v1::{
+    Execution, ExecutionStatus, ExecutionUpdate, Header, ShardState, ShardStatus, TestCaseBatch,
+    TestCaseResult, TestStatus,
+};
+use assay_store::Store;
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+fn open() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("nested/dir/results.db")).unwrap();
+    (dir, store)
+}
+
+fn plan(id: &str, workflow: &str, shards: u32) -> Execution {
+    Execution {
+        header: Some(Header {
+            occurred_at_ms: 1_000,
+            ..Header::default()
+        }),
+        id: id.into(),
+        workflow: workflow.into(),
+        shard_count: shards,
+        status: ExecutionStatus::Queued.into(),
+        trigger: "on-push".into(),
+        cause: "evt-1".into(),
+        config: [("baseUrl".to_string(), "http://x".to_string())].into(),
+        labels: [("team".to_string(), "payments".to_string())].into(),
+        created_at_ms: 1_000,
+        timeout_ms: 60_000,
+        ..Execution::default()
+    }
+}
+
+fn status(id: &str, shard: u32, attempt: u32, state: ShardState) -> ShardStatus {
+    let terminal = assay_store::shard_state_is_terminal(state);
+    ShardStatus {
+        execution_id: id.into(),
+        shard_index: shard,
+        attempt,
+        state: state.into(),
+        started_at_ms: if state == ShardState::Queued {
+            0
+        } else {
+            2_000
+        },
+        finished_at_ms: if terminal {
+            5_000 + i64::from(shard)
+        } else {
+            0
+        },
+        reporter: "runner".into(),
+        ..ShardStatus::default()
+    }
+}
+
+fn finished(id: &str, shard: u32, state: ShardState, batches: u32) -> ShardStatus {
+    ShardStatus {
+        result_batches: batches,
+        exit_code: if state == ShardState::Passed { 0 } else { 1 },
+        ..status(id, shard, 1, state)
+    }
+}
+
+fn test(id: &str, status: TestStatus) -> TestCaseResult {
+    TestCaseResult {
+        id: id.into(),
+        name: id.into(),
+        classname: "suite".into(),
+        status: status.into(),
+        duration_ms: 7,
+        ..TestCaseResult::default()
+    }
+}
+
+fn batch(id: &str, shard: u32, n: u32, results: Vec<TestCaseResult>) -> TestCaseBatch {
+    TestCaseBatch {
+        execution_id: id.into(),
+        shard_index: shard,
+        attempt: 1,
+        batch: n,
+        results,
+        ..TestCaseBatch::default()
+    }
+}
+
+async fn update(store: &Store, id: &str) -> ExecutionUpdate {
+    store.execution_update(id).await.unwrap().unwrap()
+}
+
+fn status_of(u: &ExecutionUpdate) -> ExecutionStatus {
+    ExecutionStatus::try_from(u.status).unwrap()
+}
+
+#[tokio::test]
+async fn full_run_passes_and_counts_tests() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000A";
+    assert!(store.record_execution(plan(id, "e2e", 2)).await.unwrap());
+    assert_eq!(
+        status_of(&update(&store, id).await),
+        ExecutionStatus::Queued
+    );
+
+    store
+        .record_shard_status(status(id, 0, 1, ShardState::Running))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&update(&store, id).await),
+        ExecutionStatus::Running
+    );
+
+    store
+        .record_batch(batch(
+            id,
+            0,
+            0,
+            vec![
+                test("a", TestStatus::Passed),
+                test("b", TestStatus::Skipped),
+            ],
+        ))
+        .await
+        .unwrap();
+    store
+        .record_batch(batch(id, 1, 0, vec![test("c", TestStatus::Passed)]))
+        .await
+        .unwrap();
+    store
+        .record_shard_status(finished(id, 0, ShardState::Passed, 1))
+        .await
+        .unwrap();
+    store
+        .record_shard_status(finished(id, 1, ShardState::Passed, 1))
+        .await
+        .unwrap();
+
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Passed);
+    assert_eq!((u.passed, u.failed, u.errored, u.skipped), (2, 0, 0, 1));
+    assert_eq!(u.workflow, "e2e");
+    assert_eq!(u.created_at_ms, 1_000);
+    assert_eq!(u.finished_at_ms, 5_001);
+    assert_eq!(u.shards.len(), 2);
+    assert_eq!(u.shards[0].duration_ms, 3_000);
+    assert_eq!(u.shards[0].passed, 1);
+    assert_eq!(u.shards[0].skipped, 1);
+
+    let detail = store.execution_detail(id).await.unwrap().unwrap();
+    assert_eq!(detail.execution.as_ref(), Some(&u));
+    let ids: Vec<_> = detail.shards[0]
+        .tests
+        .iter()
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(detail.shards[1].exit_code, 0);
+    assert!(store.non_terminal_executions().await.unwrap().is_empty());
+
+    let record = store.execution(id).await.unwrap().unwrap();
+    assert_eq!(record.labels["team"], "payments");
+    assert_eq!(record.status, i32::from(ExecutionStatus::Passed));
+}
+
+#[tokio::test]
+async fn recording_everything_twice_gives_the_same_update() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000B";
+    let messages = || {
+        (
+            plan(id, "unit", 1),
+            status(id, 0, 1, ShardState::Running),
+            batch(id, 0, 0, vec![test("a", TestStatus::Failed)]),
+            finished(id, 0, ShardState::Failed, 1),
+        )
+    };
+    let (p, r, b, f) = messages();
+    assert!(store.record_execution(p).await.unwrap());
+    assert!(store.record_shard_status(r).await.unwrap());
+    assert!(store.record_batch(b).await.unwrap());
+    assert!(store.record_shard_status(f).await.unwrap());
+    let first = store.execution_detail(id).await.unwrap();
+
+    let (p, r, b, f) = messages();
+    assert!(!store.record_execution(p).await.unwrap());
+    assert!(!store.record_shard_status(r).await.unwrap());
+    assert!(!store.record_batch(b).await.unwrap());
+    assert!(!store.record_shard_status(f).await.unwrap());
+    assert_eq!(store.execution_detail(id).await.unwrap(), first);
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Failed);
+    assert_eq!(u.failed, 1);
+}
+
+#[tokio::test]
+async fn status_before_plan_is_kept_and_plan_fills_in() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000C";
+    assert!(store.execution_update(id).await.unwrap().is_none());
+    assert_eq!(store.bump_revision(id).await.unwrap(), 1);
+    store
+        .record_shard_status(status(id, 2, 1, ShardState::Running))
+        .await
+        .unwrap();
+
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Running);
+    assert_eq!(u.workflow, "");
+    assert_eq!(
+        u.shards.len(),
+        3,
+        "shard count guessed from the highest index"
+    );
+    assert_eq!(u.shards[0].state, i32::from(ShardState::Queued));
+    assert_eq!(u.revision, 1);
+    assert!(
+        store.list_executions(None, 10).await.unwrap().is_empty(),
+        "unplanned executions are not listed"
+    );
+
+    assert!(store.record_execution(plan(id, "e2e", 4)).await.unwrap());
+    let u = update(&store, id).await;
+    assert_eq!(u.workflow, "e2e");
+    assert_eq!(u.shards.len(), 4);
+    assert_eq!(u.revision, 1, "the plan keeps the revision");
+    assert_eq!(store.bump_revision(id).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn terminal_status_waits_for_its_batches() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000D";
+    store.record_execution(plan(id, "e2e", 1)).await.unwrap();
+    store
+        .record_shard_status(finished(id, 0, ShardState::Passed, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&update(&store, id).await),
+        ExecutionStatus::Running
+    );
+
+    store
+        .record_batch(batch(id, 0, 1, vec![test("b", TestStatus::Passed)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&update(&store, id).await),
+        ExecutionStatus::Running
+    );
+    assert_eq!(store.non_terminal_executions().await.unwrap().len(), 1);
+
+    store
+        .record_batch(batch(id, 0, 0, vec![test("a", TestStatus::Errored)]))
+        .await
+        .unwrap();
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Failed);
+    assert_eq!(u.reason, "1 test failed");
+    assert!(store.non_terminal_executions().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn first_terminal_state_wins() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000E";
+    store.record_execution(plan(id, "e2e", 2)).await.unwrap();
+
+    // Runner first, launcher later.
+    assert!(
+        store
+            .record_shard_status(finished(id, 0, ShardState::Passed, 0))
+            .await
+            .unwrap()
+    );
+    let late = ShardStatus {
+        reason: "pod deleted".into(),
+        reporter: "launcher".into(),
+        ..finished(id, 0, ShardState::Errored, 0)
+    };
+    assert!(!store.record_shard_status(late).await.unwrap());
+    // Launcher first, runner later.
+    let early = ShardStatus {
+        reason: "OOMKilled".into(),
+        ..finished(id, 1, ShardState::Errored, 0)
+    };
+    assert!(store.record_shard_status(early).await.unwrap());
+    assert!(
+        !store
+            .record_shard_status(finished(id, 1, ShardState::Passed, 0))
+            .await
+            .unwrap()
+    );
+    // Nor does a late running status move a shard back.
+    assert!(
+        !store
+            .record_shard_status(status(id, 1, 1, ShardState::Running))
+            .await
+            .unwrap()
+    );
+
+    let u = update(&store, id).await;
+    assert_eq!(u.shards[0].state, i32::from(ShardState::Passed));
+    assert_eq!(u.shards[1].state, i32::from(ShardState::Errored));
+    assert_eq!(status_of(&u), ExecutionStatus::Errored);
+    assert_eq!(u.reason, "shard 1: OOMKilled");
+}
+
+#[tokio::test]
+async fn rejection_and_finalize_end_an_execution_once() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000F";
+    store.record_execution(plan(id, "e2e", 1)).await.unwrap();
+    let rejected = Execution {
+        status: ExecutionStatus::Cancelled.into(),
+        reason: "concurrency policy forbid".into(),
+        ..plan(id, "e2e", 1)
+    };
+    assert!(store.record_execution(rejected.clone()).await.unwrap());
+    assert!(!store.record_execution(rejected).await.unwrap());
+    assert!(
+        !store
+            .finalize(id, ExecutionStatus::TimedOut, "timeout", 9)
+            .await
+            .unwrap()
+    );
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Cancelled);
+    assert_eq!(u.reason, "concurrency policy forbid");
+    assert_eq!(u.finished_at_ms, 1_000);
+
+    let other = "01J0000000000000000000000G";
+    store.record_execution(plan(other, "e2e", 1)).await.unwrap();
+    assert_eq!(
+        store.non_terminal_executions().await.unwrap(),
+        [(other.to_string(), 1_000, 60_000)]
+    );
+    assert!(
+        store
+            .finalize(
+                other,
+                ExecutionStatus::TimedOut,
+                "timed out after 1m",
+                61_000
+            )
+            .await
+            .unwrap()
+    );
+    // A shard finishing afterwards does not flip it back.
+    store
+        .record_shard_status(finished(other, 0, ShardState::Passed, 0))
+        .await
+        .unwrap();
+    let u = update(&store, other).await;
+    assert_eq!(status_of(&u), ExecutionStatus::TimedOut);
+    assert_eq!(u.finished_at_ms, 61_000);
+    assert_eq!(u.shards[0].state, i32::from(ShardState::Passed));
+
+    let err = store
+        .finalize(other, ExecutionStatus::Running, "", 0)
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn invalid_messages_are_permanent_errors() {
+    let (_dir, store) = open();
+    let bad_state = ShardStatus {
+        state: 42,
+        ..status("x", 0, 1, ShardState::Running)
+    };
+    let err = store.record_shard_status(bad_state).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let err = store
+        .record_batch(batch("x", 0, 0, vec![test("", TestStatus::Passed)]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let err = store
+        .record_execution(plan("", "e2e", 1))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+}
+
+#[tokio::test]
+async fn list_is_newest_first_and_filters_by_workflow() {
+    let (_dir, store) = open();
+    let ids = [
+        ("01J0000000000000000000000K", "a"),
+        ("01J0000000000000000000000M", "b"),
+        ("01J0000000000000000000000N", "a"),
+        ("01J0000000000000000000000P", "a"),
+    ];
+    // Recorded out of order: the id (a ULID) decides.
+    for (id, workflow) in [ids[2], ids[0], ids[3], ids[1]] {
+        store.record_execution(plan(id, workflow, 1)).await.unwrap();
+    }
+    let listed =
+        |v: Vec<ExecutionUpdate>| v.into_iter().map(|u| u.execution_id).collect::<Vec<_>>();
+    assert_eq!(
+        listed(store.list_executions(None, 0).await.unwrap()),
+        [ids[3].0, ids[2].0, ids[1].0, ids[0].0]
+    );
+    assert_eq!(
+        listed(store.list_executions(Some("a"), 2).await.unwrap()),
+        [ids[3].0, ids[2].0]
+    );
+    assert!(
+        store
+            .list_executions(Some("nope"), 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn data_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.db");
+    let id = "01J0000000000000000000000Q";
+    let before = {
+        let store = Store::open(&path).unwrap();
+        store.record_execution(plan(id, "e2e", 1)).await.unwrap();
+        store
+            .record_batch(batch(id, 0, 0, vec![test("a", TestStatus::Passed)]))
+            .await
+            .unwrap();
+        store
+            .record_shard_status(finished(id, 0, ShardState::Passed, 1))
+            .await
+            .unwrap();
+        store.bump_revision(id).await.unwrap();
+        store.execution_detail(id).await.unwrap().unwrap()
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.execution_detail(id).await.unwrap().unwrap(), before);
+    assert_eq!(store.bump_revision(id).await.unwrap(), 2);
+    assert!(
+        !store
+            .record_batch(batch(id, 0, 0, vec![test("a", TestStatus::Passed)]))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_clones_share_one_store() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000R";
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.bump_revision(id).await })
+        })
+        .collect();
+    let mut revisions = Vec::new();
+    for task in tasks {
+        revisions.push(task.await.unwrap().unwrap());
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=16).collect::<Vec<u64>>());
+}
+
+/// Every message of one execution, each shard with one attempt and one terminal outcome.
+#[derive(Debug, Clone)]
+enum Message {
+    Plan(Execution),
+    Status(ShardStatus),
+    Batch(TestCaseBatch),
+}
+
+fn execution_messages() -> impl Strategy<Value = Vec<Message>> {
+    let outcome = prop_oneof![
+        Just(ShardState::Passed),
+        Just(ShardState::Failed),
+        Just(ShardState::Errored),
+        Just(ShardState::Cancelled),
+        Just(ShardState::TimedOut),
+    ];
+    let test_status = prop_oneof![
+        Just(TestStatus::Passed),
+        Just(TestStatus::Failed),
+        Just(TestStatus::Errored),
+        Just(TestStatus::Skipped),
+    ];
+    // Per shard: an outcome and batches of test statuses.
+    let shard = (
+        outcome,
+        prop::collection::vec(prop::collection::vec(test_status, 0..4), 0..4),
+    );
+    prop::collection::vec(shard, 1..4).prop_map(|shards| {
+        let id = "01J0000000000000000000000S";
+        let mut messages = vec![Message::Plan(plan(id, "prop", shards.len() as u32))];
+        for (index, (outcome, batches)) in shards.into_iter().enumerate() {
+            let index = index as u32;
+            messages.push(Message::Status(status(id, index, 1, ShardState::Queued)));
+            messages.push(Message::Status(status(id, index, 1, ShardState::Running)));
+            messages.push(Message::Status(finished(
+                id,
+                index,
+                outcome,
+                batches.len() as u32,
+            )));
+            for (n, statuses) in batches.into_iter().enumerate() {
+                let results = statuses
+                    .into_iter()
+                    .enumerate()
+                    .map(|(t, s)| test(&format!("s{index}b{n}t{t}"), s))
+                    .collect();
+                messages.push(Message::Batch(batch(id, index, n as u32, results)));
+            }
+        }
+        messages
+    })
+}
+
+async fn apply(store: &Store, messages: &[Message]) {
+    for message in messages.iter().cloned() {
+        match message {
+            Message::Plan(e) => store.record_execution(e).await.unwrap(),
+            Message::Status(s) => store.record_shard_status(s).await.unwrap(),
+            Message::Batch(b) => store.record_batch(b).await.unwrap(),
+        };
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn shuffled_and_duplicated_delivery_gives_the_same_result(
+        (messages, shuffled) in execution_messages().prop_flat_map(|messages| {
+            let duplicates = prop::collection::vec(any::<prop::sample::Index>(), 0..6);
+            (Just(messages.clone()), duplicates).prop_flat_map(|(messages, duplicates)| {
+                let mut delivered = messages.clone();
+                delivered.extend(duplicates.iter().map(|i| i.get(&messages).clone()));
+                (Just(messages), Just(delivered).prop_shuffle())
+            })
+        })
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (in_order, out_of_order) = runtime.block_on(async {
+            let (_a, a) = open();
+            let (_b, b) = open();
+            apply(&a, &messages).await;
+            apply(&b, &shuffled).await;
+            let id = "01J0000000000000000000000S";
+            (
+                a.execution_detail(id).await.unwrap(),
+                b.execution_detail(id).await.unwrap(),
+            )
+        });
+        let in_order = in_order.unwrap();
+        let status = in_order.execution.as_ref().map(|u| u.status);
+        prop_assert!(status.is_some_and(|s| ExecutionStatus::try_from(s)
+            .is_ok_and(assay_store::execution_status_is_terminal)));
+        prop_assert_eq!(Some(in_order), out_of_order);
+    }
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.db");
+    drop(Store::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(&path).unwrap_err();
+    assert!(
+        matches!(err, assay_store::Error::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+}

@@ -1,0 +1,184 @@
+//! The gRPC query API (`assay.v1.Results`).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use assay_bus::{Bus, BusMessage, streams, subjects};
+use assay_proto::results_server::Results;
+use assay_proto::{
+    ExecutionDetail, ExecutionStatus, ExecutionUpdate, GetExecutionRequest, ListExecutionsRequest,
+    ListExecutionsResponse, LogChunk, StreamLogsRequest, WatchExecutionRequest,
+};
+use assay_store::Store;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::Error;
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves the query API from the store (executions, test cases) and JetStream (logs, live
+/// updates).
+#[derive(Clone)]
+pub struct ResultsApi {
+    bus: Bus,
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+impl ResultsApi {
+    pub fn new(bus: Bus, store: Store, shutdown: CancellationToken) -> ResultsApi {
+        ResultsApi { bus, store, shutdown }
+    }
+
+    async fn is_terminal(&self, id: &str) -> bool {
+        match self.store.execution_update(id).await {
+            Ok(Some(u)) => is_terminal(u.status),
+            _ => false,
+        }
+    }
+
+    /// Streams the messages of `filter` in `stream` from the start into a channel.
+    /// `done(msg)` ends the stream after a message; `idle_end` is asked after each quiet
+    /// second (and right away when nothing is pending) whether to end.
+    fn relay<M, D, I, IF>(&self, stream: &'static str, filter: String, done: D, idle_end: I) -> Streamed<M>
+    where
+        M: BusMessage,
+        D: Fn(&M) -> bool + Send + 'static,
+        I: Fn(ResultsApi) -> IF + Send + 'static,
+        IF: std::future::Future<Output = bool> + Send,
+    {
+        let (tx, rx) = mpsc::channel::<Result<M, Status>>(256);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let messages = async {
+                let stream = api.bus.jetstream().get_stream(stream).await?;
+                let consumer = stream
+                    .create_consumer(pull::OrderedConfig {
+                        filter_subject: filter.clone(),
+                        deliver_policy: DeliverPolicy::All,
+                        ..Default::default()
+                    })
+                    .await?;
+                consumer.messages().await.map_err(anyhow_like)
+            }
+            .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(format!("cannot read {filter}: {e}")))).await;
+                    return;
+                }
+            };
+            let mut caught_up = false;
+            loop {
+                let next = tokio::select! {
+                    n = tokio::time::timeout(Duration::from_millis(if caught_up { 1000 } else { 300 }), messages.next()) => n,
+                    _ = api.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                };
+                match next {
+                    Ok(Some(Ok(msg))) => {
+                        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+                        caught_up = pending == 0;
+                        let decoded = assay_bus::decode::<M>(&msg.subject, &msg.payload, 4 * 1024 * 1024);
+                        match decoded {
+                            Ok(m) => {
+                                let end = done(&m);
+                                if tx.send(Ok(m)).await.is_err() || end {
+                                    return;
+                                }
+                            }
+                            Err(e) => debug!(error = %e, "skipping undecodable message"),
+                        }
+                        if caught_up && idle_end(api.clone()).await {
+                            return;
+                        }
+                    }
+                    Ok(Some(Err(e))) => debug!(error = %e, "relay stream error"),
+                    Ok(None) => return,
+                    Err(_) => {
+                        caught_up = true;
+                        if idle_end(api.clone()).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+fn anyhow_like<E: std::fmt::Display>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
+    e.to_string().into()
+}
+
+fn is_terminal(status: i32) -> bool {
+    !matches!(
+        ExecutionStatus::try_from(status).unwrap_or(ExecutionStatus::Unspecified),
+        ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
+    )
+}
+
+#[tonic::async_trait]
+impl Results for ResultsApi {
+    async fn list_executions(
+        &self,
+        request: Request<ListExecutionsRequest>,
+    ) -> Result<Response<ListExecutionsResponse>, Status> {
+        let req = request.into_inner();
+        let workflow = (!req.workflow.is_empty()).then_some(req.workflow.as_str());
+        let executions = self
+            .store
+            .list_executions(workflow, req.limit)
+            .await
+            .map_err(|e| Error::from(e).to_status())?;
+        Ok(Response::new(ListExecutionsResponse { executions }))
+    }
+
+    async fn get_execution(&self, request: Request<GetExecutionRequest>) -> Result<Response<ExecutionDetail>, Status> {
+        let id = request.into_inner().id;
+        match self.store.execution_detail(&id).await {
+            Ok(Some(d)) if d.execution.as_ref().is_some_and(|e| !e.workflow.is_empty()) => Ok(Response::new(d)),
+            Ok(_) => Err(Status::not_found(format!(
+                "execution {id} not found (list them with `assay get executions`)"
+            ))),
+            Err(e) => Err(Error::from(e).to_status()),
+        }
+    }
+
+    type StreamLogsStream = Streamed<LogChunk>;
+
+    async fn stream_logs(&self, request: Request<StreamLogsRequest>) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let req = request.into_inner();
+        let follow = req.follow;
+        let id = req.execution_id.clone();
+        let stream = self.relay(streams::LOGS, subjects::logs_of(&req.execution_id), |_: &LogChunk| false, move |api| {
+            let id = id.clone();
+            async move { !follow || api.is_terminal(&id).await }
+        });
+        Ok(Response::new(stream))
+    }
+
+    type WatchExecutionStream = Streamed<ExecutionUpdate>;
+
+    async fn watch_execution(
+        &self,
+        request: Request<WatchExecutionRequest>,
+    ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let id = request.into_inner().execution_id;
+        let stream = self.relay(
+            streams::EXECUTIONS,
+            subjects::execution_updates_of(&id),
+            |u: &ExecutionUpdate| is_terminal(u.status),
+            |_| async { false },
+        );
+        Ok(Response::new(stream))
+    }
+}
