@@ -33,6 +33,9 @@ pub async fn connect(api: &str) -> Result<Client> {
 pub fn call_error(api: &str, what: &str, status: &tonic::Status) -> anyhow::Error {
     match status.code() {
         Code::Unavailable => unreachable(api, status.message()),
+        Code::NotFound if status.message().contains("assay get") => {
+            anyhow!("{what}: {}", status.message())
+        }
         Code::NotFound => anyhow!(
             "{what}: {}; list recent executions with `assay get executions`",
             status.message()
@@ -75,7 +78,11 @@ mod tests {
 
     #[test]
     fn not_found_points_at_listing() {
-        let e = call_error("x", "get execution X", &tonic::Status::not_found("no such execution"));
+        let e = call_error(
+            "x",
+            "get execution X",
+            &tonic::Status::not_found("no such execution"),
+        );
         assert!(e.to_string().contains("assay get executions"));
     }
 }

@@ -175,7 +175,15 @@ mod tests {
     #[test]
     fn run_flags() {
         let cli = Cli::try_parse_from([
-            "assay", "run", "e2e", "--set", "a=1", "--set", "b=x=y", "--watch", "--timeout",
+            "assay",
+            "run",
+            "e2e",
+            "--set",
+            "a=1",
+            "--set",
+            "b=x=y",
+            "--watch",
+            "--timeout",
             "1m30s",
         ])
         .unwrap();

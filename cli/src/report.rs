@@ -30,7 +30,11 @@ pub fn detail_from_update(u: &ExecutionUpdate) -> ExecutionDetail {
 /// `42 passed, 1 failed, 3 skipped` (zero counts other than passed are left out).
 pub fn counts(passed: u32, failed: u32, errored: u32, skipped: u32) -> String {
     let mut parts = vec![format!("{passed} passed")];
-    for (n, word) in [(failed, "failed"), (errored, "errored"), (skipped, "skipped")] {
+    for (n, word) in [
+        (failed, "failed"),
+        (errored, "errored"),
+        (skipped, "skipped"),
+    ] {
         if n > 0 {
             parts.push(format!("{n} {word}"));
         }
@@ -93,6 +97,9 @@ pub fn header_block(u: &ExecutionUpdate, now_ms: i64, palette: &Palette) -> Stri
 
 /// One row per shard; a NOTE column when some shard has a reason or a non-zero exit code.
 pub fn shard_table(shards: &[ShardDetail], palette: &Palette) -> String {
+    if shards.is_empty() {
+        return String::new();
+    }
     let with_note = shards.iter().any(|s| !note(s).is_empty());
     let mut headers = vec![
         "SHARD", "STATE", "PASSED", "FAILED", "ERRORED", "SKIPPED", "DURATION",
@@ -160,7 +167,7 @@ pub fn slowest(shards: &[ShardDetail], n: usize, palette: &Palette) -> String {
     if tests.is_empty() {
         return String::new();
     }
-    tests.sort_by(|a, b| b.1.duration_ms.cmp(&a.1.duration_ms));
+    tests.sort_by_key(|t| std::cmp::Reverse(t.1.duration_ms));
     let mut out = format!("{}\n", palette.paint(Color::Bold, "Slowest tests"));
     for (shard, t) in tests.into_iter().take(n) {
         out.push_str(&format!(
@@ -296,7 +303,10 @@ mod tests {
             failed: 2,
             ..Default::default()
         };
-        assert_eq!(final_line(&u, 0, &Palette::plain()), "FAILED 1 passed, 2 failed");
+        assert_eq!(
+            final_line(&u, 0, &Palette::plain()),
+            "FAILED 1 passed, 2 failed"
+        );
     }
 
     #[test]

@@ -294,7 +294,7 @@ spec:
     baseUrl: {type: string, default: "http://x"}
     token: {type: string, default: "s3cret", sensitive: true}
     region: {type: string}
-  parallel: {count: 4, strategy: queue}
+  parallel: {count: 4}
   steps:
     - name: t
       run: echo hi
@@ -305,7 +305,7 @@ spec:
         };
         let v = WorkflowView::from_workflow(w);
         assert_eq!(v.shards, 4);
-        assert_eq!(v.strategy, "queue");
+        assert_eq!(v.strategy, "count");
         assert_eq!(labels_summary(&v.labels), "team=pay");
         assert!(v.file.starts_with("w.yaml:"));
         let summary = v.parameters_summary();

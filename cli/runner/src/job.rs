@@ -75,7 +75,11 @@ impl Identity {
 
     /// A message header for `suffix`, continuing the job's trace.
     pub fn header(&self, suffix: &str) -> assay_proto::Header {
-        assay_bus::header("assay-runner", self.key(suffix), self.parent_trace.as_deref())
+        assay_bus::header(
+            "assay-runner",
+            self.key(suffix),
+            self.parent_trace.as_deref(),
+        )
     }
 
     /// Variables every process of the shard sees, besides the job's own env.
@@ -91,10 +95,10 @@ impl Identity {
 
     /// `<workdir>/.assay/reports/shard-<index>-attempt-<attempt>.xml`
     pub fn report_path(&self, workdir: &Path) -> PathBuf {
-        workdir.join(".assay").join("reports").join(format!(
-            "shard-{}-attempt-{}.xml",
-            self.shard, self.attempt
-        ))
+        workdir
+            .join(".assay")
+            .join("reports")
+            .join(format!("shard-{}-attempt-{}.xml", self.shard, self.attempt))
     }
 }
 
@@ -217,7 +221,10 @@ mod tests {
             "run '{report}'"
         );
         assert_eq!(render_run("echo {x} {", "", report), "echo {x} {");
-        assert_eq!(render_run("go test ./... {tests}", "", report), "go test ./... ");
+        assert_eq!(
+            render_run("go test ./... {tests}", "", report),
+            "go test ./... "
+        );
         assert_eq!(
             render_report_glob("{report}", Path::new("/w/[a]/r.xml"), Path::new("/w")),
             "/w/[[]a[]]/r.xml"

@@ -1,1 +1,528 @@
-//! assay-runner
+//! assay-runner: executes one shard of an execution.
+//!
+//! It runs the job's `setup`, `steps`, tests and `after` steps as `sh -c` processes in the
+//! shard's working directory, streams their output as [`assay_proto::LogChunk`]s, parses
+//! JUnit reports into [`assay_proto::TestCaseBatch`]es and ends with a final
+//! [`assay_proto::ShardStatus`], published only after every log chunk and result batch was
+//! acked. The NATS connection is made while the first step already runs: the time from the
+//! event to the first test process is what users wait for.
+//!
+//! Exit codes of the binary: 0 shard passed, 1 shard did not pass (both after the final
+//! status was published), 2 no final status could be published, 3 the launcher went away.
+
+pub mod job;
+pub mod junit;
+pub mod outcome;
+pub mod publish;
+pub mod steps;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use assay_bus::{Bus, NatsOptions, now_ms, subjects};
+use assay_proto::{ShardJob, ShardState, ShardStatus, TestCaseResult};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::job::{Identity, quote_all, render_report_glob, render_run};
+use crate::outcome::Verdict;
+use crate::publish::{LogSink, RETRY_BUDGET, publish_retrying, wait_bus};
+use crate::steps::{StepDef, StepRunner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid shard job: {0}")]
+    InvalidJob(String),
+    #[error("cannot connect to nats, so no result can be reported: {0}")]
+    Connect(String),
+    #[error("cannot publish {what} (gave up after retrying): {source}")]
+    Publish {
+        what: &'static str,
+        #[source]
+        source: assay_bus::Error,
+    },
+    #[error("the launcher (parent pid {parent}) went away; killed the shard's processes")]
+    Orphaned { parent: i32 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the runner reported as the final status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOutcome {
+    pub state: ShardState,
+    pub reason: String,
+    pub exit_code: i32,
+    pub test_cases: u32,
+    pub result_batches: u32,
+}
+
+impl ShardOutcome {
+    /// 0 when the shard passed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.state == ShardState::Passed {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// How often the orphan guard looks at the parent pid.
+const ORPHAN_CHECK: Duration = Duration::from_millis(500);
+
+/// Runs the shard and reports it. `Err` means no final status was published.
+pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
+    let parent = nix::unistd::getppid();
+    // Orphaned grandchildren (`server &` in a setup step) re-parent to us instead of init,
+    // so the process tree walked at the end and by the orphan guard still holds them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        warn!(error = %e, "cannot become a child subreaper; background processes may outlive the shard");
+    }
+    let started_at_ms = now_ms();
+    let id = Identity::of(&job);
+
+    let (bus_tx, bus_rx) = watch::channel(None);
+    let opts = NatsOptions {
+        url: nats_url,
+        connect_attempts: 10,
+        name: "assay-runner".to_string(),
+        ..NatsOptions::default()
+    };
+    tokio::spawn(async move {
+        let result = Bus::connect(&opts, &CancellationToken::new())
+            .await
+            .map_err(|e| e.to_string());
+        let _ = bus_tx.send(Some(result));
+    });
+    let (logs, log_task) = publish::spawn_log_publisher(id.clone(), bus_rx.clone());
+    let running = {
+        let (id, mut bus_rx) = (id.clone(), bus_rx.clone());
+        tokio::spawn(async move {
+            let bus = wait_bus(&mut bus_rx).await?;
+            let status = status(&id, ShardState::Running, started_at_ms, "running");
+            publish_retrying(
+                &bus,
+                &subjects::shard_status(&id.execution, id.shard),
+                &status,
+                RETRY_BUDGET,
+            )
+            .await
+        })
+    };
+
+    let work = async {
+        let (verdict, results) = execute(&job, &id, logs).await;
+        // Everything else first: the final status promises all of it was acked.
+        let chunks = log_task
+            .await
+            .map_err(|e| Error::Connect(format!("log publisher stopped: {e}")))??;
+        running
+            .await
+            .map_err(|e| Error::Connect(format!("status publisher stopped: {e}")))??;
+        let mut bus_rx = bus_rx.clone();
+        let bus = wait_bus(&mut bus_rx).await?;
+        let test_cases = results.len() as u32;
+        let result_batches = publish::publish_results(&bus, &id, results).await?;
+        let mut final_status = status(&id, verdict.state, started_at_ms, "final");
+        final_status.reason = verdict.reason.clone();
+        final_status.exit_code = verdict.exit_code;
+        final_status.result_batches = result_batches;
+        final_status.test_cases = test_cases;
+        final_status.finished_at_ms = now_ms();
+        publish_retrying(
+            &bus,
+            &subjects::shard_status(&id.execution, id.shard),
+            &final_status,
+            RETRY_BUDGET,
+        )
+        .await?;
+        info!(state = ?verdict.state, test_cases, result_batches, log_chunks = chunks, "shard reported");
+        Ok(ShardOutcome {
+            state: verdict.state,
+            reason: verdict.reason,
+            exit_code: verdict.exit_code,
+            test_cases,
+            result_batches,
+        })
+    };
+
+    tokio::select! {
+        // Polled first: the first step starts before anything else gets a turn.
+        biased;
+        outcome = work => outcome,
+        e = publish::bus_failed(bus_rx.clone()) => {
+            steps::kill_descendants();
+            Err(e)
+        }
+        parent = orphaned(parent) => {
+            steps::kill_descendants();
+            Err(Error::Orphaned { parent })
+        }
+    }
+}
+
+/// Resolves when the parent process changed (the launcher died and we were re-parented).
+async fn orphaned(parent: nix::unistd::Pid) -> i32 {
+    let mut tick = tokio::time::interval(ORPHAN_CHECK);
+    loop {
+        tick.tick().await;
+        if nix::unistd::getppid() != parent {
+            return parent.as_raw();
+        }
+    }
+}
+
+fn status(id: &Identity, state: ShardState, started_at_ms: i64, key: &str) -> ShardStatus {
+    ShardStatus {
+        header: Some(id.header(key)),
+        execution_id: id.execution.clone(),
+        shard_index: id.shard,
+        attempt: id.attempt,
+        state: state as i32,
+        workflow: id.workflow.clone(),
+        reporter: "runner".to_string(),
+        started_at_ms,
+        ..Default::default()
+    }
+}
+
+/// The working directory: the job's (which must exist) or a fresh temporary one, removed
+/// when the returned guard drops.
+fn workdir(job: &ShardJob) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    if job.working_dir.is_empty() {
+        let dir = tempfile::Builder::new()
+            .prefix("assay-shard-")
+            .tempdir()
+            .map_err(|e| {
+                format!(
+                    "cannot create a temporary working directory: {e}; check TMPDIR and free space"
+                )
+            })?;
+        return Ok((dir.path().to_path_buf(), Some(dir)));
+    }
+    let path = Path::new(&job.working_dir);
+    if !path.is_dir() {
+        return Err(format!(
+            "working directory {} does not exist; create it or leave working_dir empty for a temporary one",
+            path.display()
+        ));
+    }
+    let abs = path
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve working directory {}: {e}", path.display()))?;
+    Ok((abs, None))
+}
+
+/// Runs every step and the tests; never fails: what goes wrong becomes the verdict.
+async fn execute(job: &ShardJob, id: &Identity, logs: LogSink) -> (Verdict, Vec<TestCaseResult>) {
+    let (dir, _temp) = match workdir(job) {
+        Ok(d) => d,
+        Err(reason) => {
+            logs.system("runner", &reason).await;
+            return (Verdict::errored(reason), Vec::new());
+        }
+    };
+    let mut env: Vec<(String, String)> = job
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+    env.extend(id.env());
+    let runner = StepRunner::new(dir, env, logs).kill_leftovers(true);
+
+    let mut verdict = Verdict::passed();
+    let mut results = Vec::new();
+    for step in &job.setup {
+        let run = runner.run(&StepDef::from(step), false).await;
+        if !run.exit.success() {
+            verdict = Verdict::setup_failed(&step.name, &run.exit);
+            break;
+        }
+    }
+    if verdict.state == ShardState::Passed {
+        for step in &job.steps {
+            let run = runner.run(&StepDef::from(step), false).await;
+            if !run.exit.success() {
+                verdict = Verdict::step_failed(&step.name, &run.exit);
+                break;
+            }
+        }
+    }
+    if verdict.state == ShardState::Passed
+        && let Some(tests) = job.tests.as_ref().filter(|t| !t.run.is_empty())
+    {
+        (verdict, results) = run_tests(job, tests, id, &runner).await;
+    }
+    if verdict.state != ShardState::Passed {
+        runner
+            .logs()
+            .system(
+                "runner",
+                format!("shard {}: {}", state_name(verdict.state), verdict.reason),
+            )
+            .await;
+    }
+    for step in &job.after {
+        let run = runner.run(&StepDef::from(step), false).await;
+        if !run.exit.success() {
+            verdict.after_failed(&step.name, &run.exit);
+        }
+    }
+    runner.finish().await;
+    (verdict, results)
+}
+
+fn state_name(state: ShardState) -> &'static str {
+    match state {
+        ShardState::Passed => "passed",
+        ShardState::Failed => "failed",
+        ShardState::Errored => "errored",
+        ShardState::TimedOut => "timed out",
+        ShardState::Cancelled => "cancelled",
+        _ => "not passed",
+    }
+}
+
+const TESTS: &str = "tests";
+
+/// Lists (or takes) this shard's test ids, runs them and reads their reports.
+async fn run_tests(
+    job: &ShardJob,
+    tests: &assay_proto::TestsSpec,
+    id: &Identity,
+    runner: &StepRunner,
+) -> (Verdict, Vec<TestCaseResult>) {
+    let logs = runner.logs();
+    let errored = |reason: String| (Verdict::errored(reason), Vec::new());
+
+    let report = id.report_path(runner.workdir());
+    if let Some(parent) = report.parent()
+        && let Err(e) = std::fs::create_dir_all(parent)
+    {
+        return errored(format!(
+            "cannot create the report directory {}: {e}; is the working directory writable?",
+            parent.display()
+        ));
+    }
+    // A report left by an earlier run in the same directory must not count as ours.
+    let _ = std::fs::remove_file(&report);
+
+    let ids: Option<Vec<String>> = if !job.test_ids.is_empty() {
+        logs.system(
+            TESTS,
+            format!(
+                "this shard runs {} test ids given by the scheduler",
+                job.test_ids.len()
+            ),
+        )
+        .await;
+        Some(job.test_ids.clone())
+    } else if !tests.list.is_empty() {
+        let list = StepDef {
+            name: "list".to_string(),
+            run: tests.list.clone(),
+            timeout: None,
+            retries: 0,
+        };
+        let run = runner.run(&list, true).await;
+        if !run.exit.success() {
+            let mut v = Verdict::errored(format!("tests.list failed: {}", run.exit.describe()));
+            v.exit_code = run.exit.code();
+            return (v, Vec::new());
+        }
+        let (all, dups) = job::parse_ids(&String::from_utf8_lossy(&run.stdout));
+        if all.is_empty() {
+            return errored("tests.list printed no test ids".to_string());
+        }
+        if !dups.is_empty() {
+            let shown: Vec<&str> = dups.iter().take(20).map(String::as_str).collect();
+            let more = dups.len().saturating_sub(shown.len());
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            logs.system(
+                TESTS,
+                format!(
+                    "tests.list printed {} duplicate id(s), kept the first of each: {}{tail}",
+                    dups.len(),
+                    shown.join(", ")
+                ),
+            )
+            .await;
+        }
+        let share = assay_spec::shard::shard_of_count(
+            &all,
+            id.shard as usize,
+            id.shard_count.max(1) as usize,
+        );
+        logs.system(
+            TESTS,
+            format!(
+                "listed {} tests, this shard runs {}",
+                all.len(),
+                share.len()
+            ),
+        )
+        .await;
+        Some(share)
+    } else {
+        None
+    };
+    if ids.as_ref().is_some_and(Vec::is_empty) {
+        logs.system(
+            TESTS,
+            format!(
+                "shard {} of {} has no tests to run; skipping tests.run",
+                id.shard, id.shard_count
+            ),
+        )
+        .await;
+        return (Verdict::passed(), Vec::new());
+    }
+
+    let quoted = ids.as_deref().map(quote_all).unwrap_or_default();
+    let step = StepDef {
+        name: TESTS.to_string(),
+        run: render_run(&tests.run, &quoted, &report),
+        timeout: None,
+        retries: 0,
+    };
+    let started = SystemTime::now();
+    let run = runner.run(&step, false).await;
+
+    if tests.reports.is_empty() {
+        return (Verdict::of_tests(&[], &run.exit), Vec::new());
+    }
+    match collect_reports(&tests.reports, &report, runner.workdir(), started) {
+        Ok((files, results, stale)) => {
+            for path in &stale {
+                logs.system(
+                    TESTS,
+                    format!("ignored report {}: it predates this run", path.display()),
+                )
+                .await;
+            }
+            logs.system(
+                TESTS,
+                format!("read {} test cases from {} report(s)", results.len(), files),
+            )
+            .await;
+            (Verdict::of_tests(&results, &run.exit), results)
+        }
+        Err(mut reason) => {
+            if !run.exit.success() {
+                reason.push_str(&format!(
+                    " (the test command ended with {})",
+                    run.exit.describe()
+                ));
+            }
+            let mut v = Verdict::errored(reason);
+            v.exit_code = run.exit.code();
+            (v, Vec::new())
+        }
+    }
+}
+
+/// Finds and parses the reports. Returns (files read, results, stale files ignored).
+fn collect_reports(
+    patterns: &[String],
+    report: &Path,
+    workdir: &Path,
+    started: SystemTime,
+) -> Result<(usize, Vec<TestCaseResult>, Vec<PathBuf>), String> {
+    // Coarse file-system clocks: allow two seconds of slack.
+    let not_before = started
+        .checked_sub(Duration::from_secs(2))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stale = Vec::new();
+    for pattern in patterns {
+        let glob_pattern = render_report_glob(pattern, report, workdir);
+        let paths = glob::glob(&glob_pattern)
+            .map_err(|e| format!("report glob {pattern:?} is invalid: {e}"))?;
+        for path in paths.filter_map(std::result::Result::ok) {
+            if !path.is_file() || files.contains(&path) || stale.contains(&path) {
+                continue;
+            }
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            if modified.is_some_and(|m| m < not_before) {
+                stale.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    if files.is_empty() {
+        let mut reason = format!(
+            "no JUnit report matched {patterns:?} in {}",
+            workdir.display()
+        );
+        if !stale.is_empty() {
+            reason.push_str(&format!(
+                " ({} older file(s) ignored because they predate this run)",
+                stale.len()
+            ));
+        }
+        return Err(reason);
+    }
+    let mut results = Vec::new();
+    for path in &files {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read report {}: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let parsed = junit::parse(&text)
+            .map_err(|e| format!("report {} is not valid JUnit XML: {e}", path.display()))?;
+        results.extend(parsed);
+    }
+    Ok((files.len(), results, stale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_found_parsed_and_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join(".assay/reports/shard-0-attempt-1.xml");
+        std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+        let started = SystemTime::now();
+        let patterns = vec!["{report}".to_string(), "out/*.xml".to_string()];
+
+        let err = collect_reports(&patterns, &report, dir.path(), started).unwrap_err();
+        assert!(
+            err.starts_with("no JUnit report matched [\"{report}\", \"out/*.xml\"] in "),
+            "{err}"
+        );
+
+        std::fs::write(&report, "<testsuite><testcase name=\"a\"/></testsuite>").unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        std::fs::write(
+            dir.path().join("out/b.xml"),
+            "<testsuite><testcase name=\"b\"><failure/></testcase></testsuite>",
+        )
+        .unwrap();
+        let (files, results, stale) =
+            collect_reports(&patterns, &report, dir.path(), started).unwrap();
+        assert_eq!((files, results.len(), stale.len()), (2, 2, 0));
+
+        std::fs::write(
+            dir.path().join("out/c.xml"),
+            "<testsuite>\n  <x></testsuite>",
+        )
+        .unwrap();
+        let err = collect_reports(&patterns, &report, dir.path(), started).unwrap_err();
+        assert!(err.contains("out/c.xml is not valid JUnit XML"), "{err}");
+        assert!(err.contains("line 2, column"), "{err}");
+
+        // Files from long before the run started are someone else's.
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let err = collect_reports(&patterns, &report, dir.path(), later).unwrap_err();
+        assert!(err.contains("3 older file(s) ignored"), "{err}");
+    }
+}

@@ -135,7 +135,10 @@ mod tests {
     fn steps_decide_the_state() {
         let v = Verdict::setup_failed("install", &Exit::Code(127));
         assert_eq!(v.state, ShardState::Errored);
-        assert_eq!(v.reason, "setup step install failed: exit code 127 (command not found)");
+        assert_eq!(
+            v.reason,
+            "setup step install failed: exit code 127 (command not found)"
+        );
         assert_eq!(v.exit_code, 127);
         let v = Verdict::step_failed("build", &Exit::Code(2));
         assert_eq!(v.state, ShardState::Failed);

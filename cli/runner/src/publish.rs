@@ -213,7 +213,11 @@ pub fn batches(
 }
 
 /// Publishes the results as [`TestCaseBatch`]es 0, 1, … and returns how many.
-pub async fn publish_results(bus: &Bus, id: &Identity, results: Vec<TestCaseResult>) -> Result<u32> {
+pub async fn publish_results(
+    bus: &Bus,
+    id: &Identity,
+    results: Vec<TestCaseResult>,
+) -> Result<u32> {
     let subject = subjects::results(&id.execution, id.shard);
     let mut n = 0u32;
     for cases in batches(results, BATCH_CASES, BATCH_BYTES) {
@@ -247,7 +251,10 @@ mod tests {
     #[test]
     fn batches_respect_count_and_size() {
         let b = batches((0..1201).map(|i| case(i, 0)).collect(), 500, BATCH_BYTES);
-        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![500, 500, 201]);
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![500, 500, 201]
+        );
         let b = batches((0..10).map(|i| case(i, 60_000)).collect(), 500, BATCH_BYTES);
         assert!(b.len() >= 3);
         for batch in &b {

@@ -100,7 +100,7 @@ pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 != 0 {
+    } else if !ms.is_multiple_of(1000) {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         let s = d.as_secs();
@@ -185,7 +185,11 @@ impl StepRunner {
                     stdout,
                 };
             }
-            let mut line = format!("step {} failed: {} (after {took})", step.name, exit.describe());
+            let mut line = format!(
+                "step {} failed: {} (after {took})",
+                step.name,
+                exit.describe()
+            );
             if attempt < total {
                 line.push_str(&format!("; retrying (attempt {} of {total})", attempt + 1));
             }
@@ -311,11 +315,15 @@ impl StepRunner {
                 .await;
         }
         // Give readers a moment to see EOF after the kills, then stop them.
-        let lingering = std::mem::take(&mut *self.lingering.lock().unwrap_or_else(|p| p.into_inner()));
+        let lingering =
+            std::mem::take(&mut *self.lingering.lock().unwrap_or_else(|p| p.into_inner()));
         let deadline = tokio::time::Instant::now() + PIPE_GRACE;
         let mut rest = Vec::new();
         for mut reader in lingering {
-            if tokio::time::timeout_at(deadline, &mut reader).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut reader)
+                .await
+                .is_err()
+            {
                 rest.push(reader);
             }
         }
@@ -395,7 +403,11 @@ fn process_table() -> Vec<(i32, i32)> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter_map(|s| parse_stat(&s))
         .collect()
@@ -485,7 +497,10 @@ mod tests {
 
     #[test]
     fn exits_describe_themselves() {
-        assert_eq!(Exit::Code(127).describe(), "exit code 127 (command not found)");
+        assert_eq!(
+            Exit::Code(127).describe(),
+            "exit code 127 (command not found)"
+        );
         assert_eq!(Exit::Code(126).describe(), "exit code 126 (not executable)");
         assert_eq!(Exit::Code(3).describe(), "exit code 3");
         assert_eq!(
@@ -509,7 +524,15 @@ mod tests {
 
     #[test]
     fn descendants_of_a_tree() {
-        let table = [(1, 0), (10, 1), (11, 10), (12, 10), (13, 11), (20, 1), (30, 30)];
+        let table = [
+            (1, 0),
+            (10, 1),
+            (11, 10),
+            (12, 10),
+            (13, 11),
+            (20, 1),
+            (30, 30),
+        ];
         let mut d = descendants_in(&table, 10);
         d.sort_unstable();
         assert_eq!(d, vec![11, 12, 13]);
@@ -551,7 +574,10 @@ mod tests {
             sink,
         );
         let run = runner
-            .run(&step("hello", "echo \"$GREETING\"; echo oops >&2; pwd"), true)
+            .run(
+                &step("hello", "echo \"$GREETING\"; echo oops >&2; pwd"),
+                true,
+            )
             .await;
         assert!(run.exit.success());
         let out = String::from_utf8(run.stdout).unwrap();
@@ -574,7 +600,12 @@ mod tests {
         let run = runner.run(&def, false).await;
         assert_eq!(run.exit, Exit::Code(127));
         assert_eq!(run.attempts, 3);
-        let run = runner.run(&step("ok-after-2", "test -f marker || { touch marker; exit 1; }"), false).await;
+        let run = runner
+            .run(
+                &step("ok-after-2", "test -f marker || { touch marker; exit 1; }"),
+                false,
+            )
+            .await;
         assert_eq!(run.exit, Exit::Code(1));
         runner.finish().await;
         let system = text(&collect(rx).await, LogStream::System);
@@ -609,7 +640,10 @@ mod tests {
         assert!(is_zombie(pid), "sleep {pid} survived the timeout");
         runner.finish().await;
         let system = text(&collect(rx).await, LogStream::System);
-        assert!(system.contains("step slow failed: timed out after 500ms"), "{system}");
+        assert!(
+            system.contains("step slow failed: timed out after 500ms"),
+            "{system}"
+        );
     }
 
     #[tokio::test]

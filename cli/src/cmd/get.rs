@@ -44,7 +44,10 @@ fn workflows(global: &Global, output: Output, palette: &Palette) -> Result<u8> {
             return Ok(1);
         }
     };
-    let views: Vec<WorkflowView> = catalog.workflows().map(WorkflowView::from_workflow).collect();
+    let views: Vec<WorkflowView> = catalog
+        .workflows()
+        .map(WorkflowView::from_workflow)
+        .collect();
     match output {
         Output::Json | Output::Yaml => print_structured(&views, output)?,
         Output::Name => {
@@ -107,7 +110,9 @@ async fn executions(
         Output::Table => {
             if list.executions.is_empty() {
                 match workflow {
-                    Some(w) => eprintln!("no executions of {w} yet; start one with `assay run {w}`"),
+                    Some(w) => {
+                        eprintln!("no executions of {w} yet; start one with `assay run {w}`")
+                    }
                     None => eprintln!("no executions yet; start one with `assay run WORKFLOW`"),
                 }
                 return Ok(0);

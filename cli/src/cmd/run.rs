@@ -26,6 +26,8 @@ const MAX_BYTES: usize = streams::MAX_MESSAGE_BYTES as usize;
 const LOG_QUIET: Duration = Duration::from_millis(300);
 /// ... but never longer than this.
 const LOG_DRAIN_MAX: Duration = Duration::from_secs(3);
+/// Consecutive errors of the update stream before giving up.
+const MAX_STREAM_ERRORS: u64 = 10;
 
 pub async fn run(global: &Global, args: RunArgs, palette: Palette) -> Result<u8> {
     let config = assay_spec::parse_overrides(&args.set)?;
@@ -110,6 +112,7 @@ async fn follow(
     let deadline = args.timeout.map(|d| Instant::now() + d);
     let mut progress = Progress::new(id, &args.workflow, palette);
     let mut last: Option<ExecutionUpdate> = None;
+    let mut errors = 0u64;
 
     loop {
         tokio::select! {
@@ -117,11 +120,17 @@ async fn follow(
                 let msg = match msg {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
+                        errors += 1;
+                        if errors > MAX_STREAM_ERRORS {
+                            anyhow::bail!("lost the execution updates ({e}); follow the execution with `assay get execution {id}`");
+                        }
                         tracing::warn!(error = %e, "execution updates interrupted; resuming");
+                        tokio::time::sleep(Duration::from_millis(100 * errors)).await;
                         continue;
                     }
                     None => anyhow::bail!("the execution update stream closed; follow the execution with `assay get execution {id}`"),
                 };
+                errors = 0;
                 let update: ExecutionUpdate = match assay_bus::decode(&msg.subject, &msg.payload, MAX_BYTES) {
                     Ok(u) => u,
                     Err(e) => {
@@ -146,7 +155,7 @@ async fn follow(
             },
             () = sleep_until(deadline) => {
                 progress.finish();
-                let waited = args.timeout.map(|d| assay_spec::format_duration(d)).unwrap_or_default();
+                let waited = args.timeout.map(assay_spec::format_duration).unwrap_or_default();
                 eprintln!(
                     "{} execution {id} is still running after {waited}; follow it with `assay get execution {id}` or `assay logs {id} --follow`",
                     palette.paint(Color::Yellow, "timeout:"),
@@ -190,9 +199,8 @@ async fn follow(
     };
     let execution = detail.execution.clone().unwrap_or(last);
     let now = assay_bus::now_ms();
-    println!();
-    print!("{}", report::shard_table(&detail.shards, &palette));
     for section in [
+        report::shard_table(&detail.shards, &palette),
         report::slowest(&detail.shards, 5, &palette),
         report::failures(&detail.shards, &palette),
     ] {
@@ -203,7 +211,11 @@ async fn follow(
     }
     println!();
     if !execution.reason.is_empty() {
-        println!("{} {}", palette.paint(Color::Bold, "reason:"), execution.reason);
+        println!(
+            "{} {}",
+            palette.paint(Color::Bold, "reason:"),
+            execution.reason
+        );
     }
     println!("{}", report::final_line(&execution, now, &palette));
     Ok(if execution.status() == ExecutionStatus::Passed {
@@ -299,9 +311,10 @@ impl Progress {
         let changed = self.seen.get(&s.index) != Some(&(state, s.attempt));
         self.seen.insert(s.index, (state, s.attempt));
         let counts = format!("✓{} ✗{} ↷{}", s.passed, s.failed + s.errored, s.skipped);
-        let state_text = self
-            .palette
-            .paint(shard_color(state), &format!("{:<9}", format::shard_state(state)));
+        let state_text = self.palette.paint(
+            shard_color(state),
+            &format!("{:<9}", format::shard_state(state)),
+        );
         let Some(multi) = &self.multi else {
             if changed {
                 let mut line = format!("shard {}: {}", s.index, format::shard_state(state));
@@ -337,8 +350,10 @@ impl Progress {
                 self.palette.paint(Color::Red, "✗")
             };
             bar.set_style(spinner_style("  {prefix:.bold} {msg}"));
-            let mut msg =
-                format!("{mark} {state_text} {counts}  {}", format::elapsed(s.duration_ms));
+            let mut msg = format!(
+                "{mark} {state_text} {counts}  {}",
+                format::elapsed(s.duration_ms)
+            );
             if !s.reason.is_empty() {
                 msg.push_str(&format!("  {}", self.palette.paint(Color::Dim, &s.reason)));
             }
@@ -395,12 +410,16 @@ mod tests {
 
     #[test]
     fn request_carries_overrides_and_id() {
-        let config = assay_spec::parse_overrides(&["a=1".to_string(), "url=http://x?q=1".to_string()])
-            .unwrap();
+        let config =
+            assay_spec::parse_overrides(&["a=1".to_string(), "url=http://x?q=1".to_string()])
+                .unwrap();
         let r = run_request("01J", "e2e", config);
         assert_eq!(r.execution_id, "01J");
         assert_eq!(r.requested_by, "cli");
-        assert_eq!(r.config.get("url").map(String::as_str), Some("http://x?q=1"));
+        assert_eq!(
+            r.config.get("url").map(String::as_str),
+            Some("http://x?q=1")
+        );
         let h = r.header.unwrap();
         assert_eq!(h.idempotency_key, "run/01J");
         assert_eq!(h.producer, "assay-cli");

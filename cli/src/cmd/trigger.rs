@@ -28,8 +28,11 @@ pub fn parse_payload(payload: Option<&str>) -> Result<Vec<u8>> {
     let Some(text) = payload else {
         return Ok(Vec::new());
     };
-    serde_json::from_str::<serde_json::Value>(text)
-        .with_context(|| format!("--payload is not valid JSON: {text}; quote it, e.g. --payload '{{\"ref\": \"main\"}}'"))?;
+    serde_json::from_str::<serde_json::Value>(text).with_context(|| {
+        format!(
+            "--payload is not valid JSON: {text}; quote it, e.g. --payload '{{\"ref\": \"main\"}}'"
+        )
+    })?;
     Ok(text.as_bytes().to_vec())
 }
 
@@ -57,10 +60,7 @@ pub async fn run(global: &Global, args: TriggerArgs) -> Result<u8> {
     bus.publish(subjects::event(&args.source), &event)
         .await
         .context("cannot publish the event")?;
-    println!(
-        "{}",
-        event.header.map(|h| h.event_id).unwrap_or_default()
-    );
+    println!("{}", event.header.map(|h| h.event_id).unwrap_or_default());
     Ok(0)
 }
 

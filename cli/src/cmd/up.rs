@@ -242,7 +242,16 @@ pub async fn run(global: &Global, args: UpArgs, palette: Palette) -> Result<u8> 
             ),
         )
     };
-    let result = serve(global, &args, &catalog, &nats_url, &nats_note, palette, &mut nats_child).await;
+    let result = serve(
+        global,
+        &args,
+        &catalog,
+        &nats_url,
+        &nats_note,
+        palette,
+        &mut nats_child,
+    )
+    .await;
     if let Some(child) = nats_child.as_mut() {
         stop_nats(child).await;
     }
@@ -258,8 +267,12 @@ async fn serve(
     palette: Palette,
     nats_child: &mut Option<Child>,
 ) -> Result<u8> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("cannot create {}; pass another --data DIR", args.data.display()))?;
+    std::fs::create_dir_all(&args.data).with_context(|| {
+        format!(
+            "cannot create {}; pass another --data DIR",
+            args.data.display()
+        )
+    })?;
     let database = args.data.join("results.db");
     let names: Vec<&str> = catalog.workflows().map(|w| w.name.as_str()).collect();
     let triggers = catalog.triggers().count();
@@ -331,6 +344,8 @@ async fn serve(
         });
     }
     {
+        // Options may gain fields; the update keeps this compiling with their defaults.
+        #[allow(clippy::needless_update)]
         let options = assay_trigger_watcher::Options {
             nats: nats("assay-trigger-watcher"),
             workflows: global.workflows.clone(),
@@ -352,7 +367,10 @@ async fn serve(
         match r {
             Ok((_, Ok(()))) if stopping => false,
             Ok((name, Ok(()))) => {
-                eprintln!("{} {name} stopped on its own", palette.paint(Color::Red, "error:"));
+                eprintln!(
+                    "{} {name} stopped on its own",
+                    palette.paint(Color::Red, "error:")
+                );
                 true
             }
             Ok((name, Err(e))) => {
@@ -360,7 +378,10 @@ async fn serve(
                 true
             }
             Err(e) => {
-                eprintln!("{} a service crashed: {e}", palette.paint(Color::Red, "error:"));
+                eprintln!(
+                    "{} a service crashed: {e}",
+                    palette.paint(Color::Red, "error:")
+                );
                 true
             }
         }
@@ -406,7 +427,10 @@ mod tests {
 
     #[test]
     fn versions_are_parsed() {
-        assert_eq!(parse_version("nats-server: v2.15.1\n").as_deref(), Some("2.15.1"));
+        assert_eq!(
+            parse_version("nats-server: v2.15.1\n").as_deref(),
+            Some("2.15.1")
+        );
         assert_eq!(parse_version("2.9.10").as_deref(), Some("2.9.10"));
         assert_eq!(parse_version("command not found"), None);
     }

@@ -33,7 +33,10 @@ pub fn render_diagnostic(d: &Diagnostic, palette: &Palette) -> String {
         d.message
     );
     if let Some(hint) = &d.hint {
-        out.push_str(&format!("\n    {} {hint}", palette.paint(Color::Cyan, "hint:")));
+        out.push_str(&format!(
+            "\n    {} {hint}",
+            palette.paint(Color::Cyan, "hint:")
+        ));
     }
     out
 }

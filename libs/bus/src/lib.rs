@@ -257,7 +257,7 @@ impl Bus {
                 ..Default::default()
             })
             .await
-            .or_else(|e| Err(Error::js(format!("create bucket {bucket}"), e)))
+            .map_err(|e| Error::js(format!("create bucket {bucket}"), e))
     }
 
     /// Publishes to a JetStream subject with `Nats-Msg-Id` (the header's idempotency key)

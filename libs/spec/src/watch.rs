@@ -44,7 +44,12 @@ impl SharedCatalog {
     /// Polls the directory every `every`; reloads when a definition file is added, removed
     /// or modified. An invalid new version is refused with a warning naming every problem,
     /// and the previous catalog stays in force. `changed` is called after each reload.
-    pub async fn watch(self, every: Duration, shutdown: CancellationToken, changed: impl Fn(&Catalog)) {
+    pub async fn watch(
+        self,
+        every: Duration,
+        shutdown: CancellationToken,
+        changed: impl Fn(&Catalog),
+    ) {
         let mut last = fingerprint(&self.dir);
         loop {
             tokio::select! {
@@ -62,7 +67,9 @@ impl SharedCatalog {
                     changed(&c);
                     self.set(c);
                 }
-                Err(e) => warn!(dir = %self.dir.display(), error = %e, "definitions changed but are invalid; keeping the previous ones"),
+                Err(e) => {
+                    warn!(dir = %self.dir.display(), error = %e, "definitions changed but are invalid; keeping the previous ones")
+                }
             }
         }
     }

@@ -27,7 +27,8 @@ impl Format {
 /// Installs the global subscriber, writing to stderr. `default_filter` applies when
 /// `RUST_LOG` is unset. Safe to call twice (the second call does nothing).
 pub fn init(service: &str, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -47,13 +48,14 @@ pub const DEFAULT_FILTER: &str = "warn,assay=info,assay_bus=info,assay_scheduler
 /// Cancels `token` on the first SIGINT or SIGTERM; a second signal exits the process at once.
 pub fn cancel_on_signals(token: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         for n in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

@@ -29,7 +29,9 @@ use tracing::{debug, info, warn};
 pub enum Error {
     #[error(transparent)]
     Bus(#[from] assay_bus::Error),
-    #[error("assay-runner not found (looked in {looked}); build it with `cargo build --bins` or set ASSAY_RUNNER to its path")]
+    #[error(
+        "assay-runner not found (looked in {looked}); build it with `cargo build --bins` or set ASSAY_RUNNER to its path"
+    )]
     RunnerNotFound { looked: String },
     #[error("cannot start {runner}: {reason}")]
     Spawn { runner: String, reason: String },
@@ -70,7 +72,9 @@ pub fn find_runner(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Ok(p) = std::env::var("ASSAY_RUNNER") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| Error::RunnerNotFound { looked: e.to_string() })?;
+    let exe = std::env::current_exe().map_err(|e| Error::RunnerNotFound {
+        looked: e.to_string(),
+    })?;
     let mut looked = Vec::new();
     for dir in exe.ancestors().skip(1).take(2) {
         let candidate = dir.join("assay-runner");
@@ -139,10 +143,16 @@ pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
     };
     match (status.code(), status.signal()) {
         (Some(0 | 1), _) => Ended::Reported,
-        (Some(code), _) => Ended::Died(format!("runner exited with code {code} without reporting{tail}")),
+        (Some(code), _) => Ended::Died(format!(
+            "runner exited with code {code} without reporting{tail}"
+        )),
         (None, Some(sig)) => {
-            let name = Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| sig.to_string());
-            Ended::Died(format!("runner was killed by {name} before it reported{tail}"))
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| sig.to_string());
+            Ended::Died(format!(
+                "runner was killed by {name} before it reported{tail}"
+            ))
         }
         (None, None) => Ended::Died(format!("runner ended without an exit status{tail}")),
     }
@@ -224,20 +234,28 @@ impl Launcher {
                     Ended::Died(reason) => Some(final_status(ShardState::Errored, reason)),
                 }
             }
-            Outcome::Exited(Err(e)) => Some(final_status(ShardState::Errored, format!("cannot wait for the runner: {e}"))),
+            Outcome::Exited(Err(e)) => Some(final_status(
+                ShardState::Errored,
+                format!("cannot wait for the runner: {e}"),
+            )),
             Outcome::TimedOut => {
                 let _ = child.wait().await;
                 let t = timeout.unwrap_or_default();
                 Some(final_status(
                     ShardState::TimedOut,
-                    format!("shard exceeded its timeout of {}s; its processes were killed", t.as_secs()),
+                    format!(
+                        "shard exceeded its timeout of {}s; its processes were killed",
+                        t.as_secs()
+                    ),
                 ))
             }
             Outcome::Shutdown => {
                 let _ = child.wait().await;
                 warn!(execution = %exec, shard, attempt, "launcher stopping; shard will run again as the next attempt");
                 // Not acked: redelivered to the next launcher as a new attempt.
-                return Err(Failure::Retry("launcher shut down while the shard ran".into()));
+                return Err(Failure::Retry(
+                    "launcher shut down while the shard ran".into(),
+                ));
             }
         };
         if let Some(status) = report {
@@ -306,7 +324,10 @@ mod tests {
         assert_eq!(classify(ExitStatus::from_raw(0), ""), Ended::Reported);
         assert_eq!(classify(ExitStatus::from_raw(1 << 8), ""), Ended::Reported);
         match classify(ExitStatus::from_raw(2 << 8), "cannot reach nats") {
-            Ended::Died(r) => assert_eq!(r, "runner exited with code 2 without reporting: cannot reach nats"),
+            Ended::Died(r) => assert_eq!(
+                r,
+                "runner exited with code 2 without reporting: cannot reach nats"
+            ),
             other => panic!("{other:?}"),
         }
         match classify(ExitStatus::from_raw(9), "") {
@@ -317,6 +338,9 @@ mod tests {
 
     #[test]
     fn explicit_runner_wins() {
-        assert_eq!(find_runner(Some(Path::new("/x/r"))).unwrap(), PathBuf::from("/x/r"));
+        assert_eq!(
+            find_runner(Some(Path::new("/x/r"))).unwrap(),
+            PathBuf::from("/x/r")
+        );
     }
 }

@@ -7,7 +7,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "assay executor-launcher: runs shard jobs as assay-runner processes")]
+#[command(
+    version,
+    about = "assay executor-launcher: runs shard jobs as assay-runner processes"
+)]
 struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = "nats://127.0.0.1:4223")]

@@ -33,7 +33,11 @@ pub struct ResultsApi {
 
 impl ResultsApi {
     pub fn new(bus: Bus, store: Store, shutdown: CancellationToken) -> ResultsApi {
-        ResultsApi { bus, store, shutdown }
+        ResultsApi {
+            bus,
+            store,
+            shutdown,
+        }
     }
 
     async fn is_terminal(&self, id: &str) -> bool {
@@ -46,7 +50,13 @@ impl ResultsApi {
     /// Streams the messages of `filter` in `stream` from the start into a channel.
     /// `done(msg)` ends the stream after a message; `idle_end` is asked after each quiet
     /// second (and right away when nothing is pending) whether to end.
-    fn relay<M, D, I, IF>(&self, stream: &'static str, filter: String, done: D, idle_end: I) -> Streamed<M>
+    fn relay<M, D, I, IF>(
+        &self,
+        stream: &'static str,
+        filter: String,
+        done: D,
+        idle_end: I,
+    ) -> Streamed<M>
     where
         M: BusMessage,
         D: Fn(&M) -> bool + Send + 'static,
@@ -71,7 +81,11 @@ impl ResultsApi {
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = tx.send(Err(Status::unavailable(format!("cannot read {filter}: {e}")))).await;
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "cannot read {filter}: {e}"
+                        ))))
+                        .await;
                     return;
                 }
             };
@@ -86,7 +100,8 @@ impl ResultsApi {
                     Ok(Some(Ok(msg))) => {
                         let pending = msg.info().map(|i| i.pending).unwrap_or(0);
                         caught_up = pending == 0;
-                        let decoded = assay_bus::decode::<M>(&msg.subject, &msg.payload, 4 * 1024 * 1024);
+                        let decoded =
+                            assay_bus::decode::<M>(&msg.subject, &msg.payload, 4 * 1024 * 1024);
                         match decoded {
                             Ok(m) => {
                                 let end = done(&m);
@@ -142,10 +157,15 @@ impl Results for ResultsApi {
         Ok(Response::new(ListExecutionsResponse { executions }))
     }
 
-    async fn get_execution(&self, request: Request<GetExecutionRequest>) -> Result<Response<ExecutionDetail>, Status> {
+    async fn get_execution(
+        &self,
+        request: Request<GetExecutionRequest>,
+    ) -> Result<Response<ExecutionDetail>, Status> {
         let id = request.into_inner().id;
         match self.store.execution_detail(&id).await {
-            Ok(Some(d)) if d.execution.as_ref().is_some_and(|e| !e.workflow.is_empty()) => Ok(Response::new(d)),
+            Ok(Some(d)) if d.execution.as_ref().is_some_and(|e| !e.workflow.is_empty()) => {
+                Ok(Response::new(d))
+            }
             Ok(_) => Err(Status::not_found(format!(
                 "execution {id} not found (list them with `assay get executions`)"
             ))),
@@ -155,14 +175,22 @@ impl Results for ResultsApi {
 
     type StreamLogsStream = Streamed<LogChunk>;
 
-    async fn stream_logs(&self, request: Request<StreamLogsRequest>) -> Result<Response<Self::StreamLogsStream>, Status> {
+    async fn stream_logs(
+        &self,
+        request: Request<StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let req = request.into_inner();
         let follow = req.follow;
         let id = req.execution_id.clone();
-        let stream = self.relay(streams::LOGS, subjects::logs_of(&req.execution_id), |_: &LogChunk| false, move |api| {
-            let id = id.clone();
-            async move { !follow || api.is_terminal(&id).await }
-        });
+        let stream = self.relay(
+            streams::LOGS,
+            subjects::logs_of(&req.execution_id),
+            |_: &LogChunk| false,
+            move |api| {
+                let id = id.clone();
+                async move { !follow || api.is_terminal(&id).await }
+            },
+        );
         Ok(Response::new(stream))
     }
 

@@ -46,7 +46,9 @@ impl Error {
     /// The gRPC status an error maps to.
     pub fn to_status(&self) -> tonic::Status {
         match self {
-            Error::Store(e) if !e.is_retryable() => tonic::Status::invalid_argument(self.to_string()),
+            Error::Store(e) if !e.is_retryable() => {
+                tonic::Status::invalid_argument(self.to_string())
+            }
             _ => tonic::Status::unavailable(self.to_string()),
         }
     }
@@ -197,7 +199,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
             move |d: Delivery<Execution>| {
                 let a = a.clone();
-                async move { a.on_execution(d.msg, d.delivered).await.map_err(Error::failure) }
+                async move {
+                    a.on_execution(d.msg, d.delivered)
+                        .await
+                        .map_err(Error::failure)
+                }
             },
         )
     };
@@ -209,7 +215,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
             move |d: Delivery<ShardStatus>| {
                 let a = a.clone();
-                async move { a.on_status(d.msg, d.delivered).await.map_err(Error::failure) }
+                async move {
+                    a.on_status(d.msg, d.delivered)
+                        .await
+                        .map_err(Error::failure)
+                }
             },
         )
     };

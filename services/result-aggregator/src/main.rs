@@ -8,13 +8,20 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "assay result-aggregator: stores results, serves the query API")]
+#[command(
+    version,
+    about = "assay result-aggregator: stores results, serves the query API"
+)]
 struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = "nats://127.0.0.1:4223")]
     nats: String,
     /// SQLite database file.
-    #[arg(long, env = "ASSAY_AGGREGATOR__DATABASE", default_value = ".assay/data/results.db")]
+    #[arg(
+        long,
+        env = "ASSAY_AGGREGATOR__DATABASE",
+        default_value = ".assay/data/results.db"
+    )]
     database: PathBuf,
     /// gRPC listen address.
     #[arg(long, env = "ASSAY_AGGREGATOR__GRPC", default_value = "127.0.0.1:7070")]

