@@ -305,10 +305,10 @@ async fn an_orphaned_runner_kills_its_steps_and_reports_nothing() -> Result<()> 
         "(exec sleep 60) & echo $! > bg.pid; echo $$ > step.pid; sleep 60",
     )];
     let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
-    // The launcher stand-in starts the runner and dies at once.
+    // The launcher stand-in starts the runner and dies once the step runs.
     let status = tokio::process::Command::new("sh")
         .arg("-c")
-        .arg(r#""$RUNNER" & echo $! > runner.pid"#)
+        .arg(r#""$RUNNER" & echo $! > runner.pid; while [ ! -s step.pid ]; do sleep 0.02; done"#)
         .current_dir(dir.path())
         .env("RUNNER", env!("CARGO_BIN_EXE_assay-runner"))
         .env("ASSAY_SHARD_JOB", b64)

