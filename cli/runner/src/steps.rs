@@ -206,7 +206,8 @@ impl StepRunner {
     }
 
     fn command(&self, step: &StepDef) -> std::io::Result<Command> {
-        let mut cmd = Command::new("sh");
+        // Absolute: no PATH search on the way to the first test process.
+        let mut cmd = Command::new("/bin/sh");
         if step.run.len() > MAX_INLINE_SCRIPT {
             let n = {
                 let mut n = self.scripts.lock().unwrap_or_else(|p| p.into_inner());

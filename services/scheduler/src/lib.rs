@@ -358,18 +358,18 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let policy = policy_override.unwrap_or(w.spec.concurrency.policy);
-        if policy == Policy::Forbid {
-            if let Some(running) = self.acquire(workflow, &id).await? {
-                let reason = format!(
-                    "concurrency policy forbid: execution {running} of workflow \"{workflow}\" is still running"
-                );
-                warn!(execution = %id, workflow, %reason, "execution rejected");
-                let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason);
-                self.bus
-                    .publish(subjects::execution_plan(&id), &exec)
-                    .await?;
-                return self.mark_done(cause, &id).await;
-            }
+        if policy == Policy::Forbid
+            && let Some(running) = self.acquire(workflow, &id).await?
+        {
+            let reason = format!(
+                "concurrency policy forbid: execution {running} of workflow \"{workflow}\" is still running"
+            );
+            warn!(execution = %id, workflow, %reason, "execution rejected");
+            let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason);
+            self.bus
+                .publish(subjects::execution_plan(&id), &exec)
+                .await?;
+            return self.mark_done(cause, &id).await;
         }
         self.publish(&plan).await?;
         self.mark_done(cause, &id).await?;
@@ -425,15 +425,15 @@ impl Scheduler {
             .entry(&key)
             .await
             .map_err(|e| Error::kv("entry", e))?;
-        if let Some(entry) = holder {
-            if entry.value.as_ref() == update.execution_id.as_bytes() {
-                // Only delete what we read, so a newer holder is never released by mistake.
-                self.active
-                    .delete_expect_revision(&key, Some(entry.revision))
-                    .await
-                    .map_err(|e| Error::kv("delete", e))?;
-                debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
-            }
+        if let Some(entry) = holder
+            && entry.value.as_ref() == update.execution_id.as_bytes()
+        {
+            // Only delete what we read, so a newer holder is never released by mistake.
+            self.active
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+                .map_err(|e| Error::kv("delete", e))?;
+            debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
         }
         Ok(())
     }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use assay_integration::Sandbox;
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn read_stamp(path: &Path) -> Option<u128> {
@@ -60,7 +63,10 @@ fn stats(mut ms: Vec<f64>) -> Stats {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let runs: usize = std::env::var("ASSAY_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let runs: usize = std::env::var("ASSAY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let warmup = 20;
     let marks = tempfile::tempdir().expect("temp dir");
     let dir = marks.path().display().to_string();
@@ -91,10 +97,10 @@ spec:
             .spawn()
             .expect("spawn sh");
         let _ = child.wait();
-        if let Some(stamp) = read_stamp(&mark) {
-            if i >= warmup {
-                baseline.push((stamp.saturating_sub(t0)) as f64 / 1e6);
-            }
+        if let Some(stamp) = read_stamp(&mark)
+            && i >= warmup
+        {
+            baseline.push((stamp.saturating_sub(t0)) as f64 / 1e6);
         }
     }
 
@@ -106,19 +112,28 @@ spec:
         let id = ulid::Ulid::new().to_string();
         let mark = marks.path().join(&id);
         let t0 = now_ns();
-        sb.run_with_key("latency", &[], &id, &format!("bench/{id}")).await;
+        sb.run_with_key("latency", &[], &id, &format!("bench/{id}"))
+            .await;
         match wait_stamp(&mark, Duration::from_secs(30)).await {
             Some(stamp) if i >= warmup => assay.push((stamp.saturating_sub(t0)) as f64 / 1e6),
             Some(_) => {}
             None => missing += 1,
         }
         if (i + 1) % 100 == 0 {
-            eprintln!("  {} / {} runs ({:.1}s)", i + 1, runs + warmup, started.elapsed().as_secs_f64());
+            eprintln!(
+                "  {} / {} runs ({:.1}s)",
+                i + 1,
+                runs + warmup,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     let a = stats(assay.clone());
     let b = stats(baseline.clone());
-    let rows = [("assay event → first process", &a, assay.len()), ("bare fork/exec (baseline)", &b, baseline.len())];
+    let rows = [
+        ("assay event → first process", &a, assay.len()),
+        ("bare fork/exec (baseline)", &b, baseline.len()),
+    ];
     let mut out = String::new();
     out.push_str(&format!(
         "\n{:<30} {:>6} {:>9} {:>9} {:>9} {:>9}\n",
@@ -134,10 +149,16 @@ spec:
         "ratio assay/baseline: p50 {:.1}x, p99 {:.1}x   (bar: p50 <= 5 ms, p99 <= 20 ms: {})\n",
         a.p50 / b.p50,
         a.p99 / b.p99,
-        if a.p50 <= 5.0 && a.p99 <= 20.0 { "met" } else { "NOT met" }
+        if a.p50 <= 5.0 && a.p99 <= 20.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     ));
     if missing > 0 {
-        out.push_str(&format!("{missing} runs never started their process within 30 s\n"));
+        out.push_str(&format!(
+            "{missing} runs never started their process within 30 s\n"
+        ));
     }
     eprint!("{out}");
     drop(sb);

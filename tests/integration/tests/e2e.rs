@@ -634,10 +634,10 @@ fn runner_pid(execution: &str) -> Option<i32> {
         for var in env.split(|b| *b == 0) {
             if let Some(v) = var.strip_prefix(b"ASSAY_SHARD_JOB=") {
                 use base64::Engine;
-                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v) {
-                    if bytes.windows(needle.len()).any(|w| w == needle) {
-                        return Some(pid);
-                    }
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v)
+                    && bytes.windows(needle.len()).any(|w| w == needle)
+                {
+                    return Some(pid);
                 }
             }
         }
