@@ -10,17 +10,38 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use assay_proto::ShardJob;
 
-const USAGE: &str = "usage: assay-runner [--job-file PATH] [--nats URL]
-  job:  --job-file PATH (raw protobuf assay.v1.ShardJob) or ASSAY_SHARD_JOB (base64 of it)
+const USAGE: &str = "usage: assay-runner [--job-file PATH | --job-stdin] [--nats URL]
+  job:  --job-file PATH (raw protobuf assay.v1.ShardJob), ASSAY_SHARD_JOB (base64 of it), or
+        --job-stdin: start, get ready, then wait for one base64 line on stdin (a warm runner)
   nats: --nats URL or ASSAY_NATS_URL (default nats://127.0.0.1:4222)";
 
 struct Args {
-    job: ShardJob,
+    job: JobSource,
     nats_url: String,
+}
+
+enum JobSource {
+    Ready(Box<ShardJob>),
+    /// A warm runner: the job arrives later as one base64 line on stdin.
+    Stdin,
+}
+
+/// Waits for the job of a warm runner. `None`: stdin closed first (the launcher went away
+/// or no longer needs this runner).
+fn job_from_stdin() -> anyhow::Result<Option<ShardJob>> {
+    let mut line = String::new();
+    let n = std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the job from stdin")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(assay_runner::job::decode_base64(line.trim())?))
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut job_file = None;
+    let mut stdin = false;
     let mut nats = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -37,6 +58,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         match flag.as_str() {
             "--job-file" => job_file = Some(value("--job-file")?),
             "--nats" => nats = Some(value("--nats")?),
+            "--job-stdin" => stdin = true,
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -45,11 +67,14 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         Some(path) => {
             let bytes =
                 std::fs::read(&path).with_context(|| format!("cannot read job file {path}"))?;
-            assay_runner::job::decode_bytes(&bytes)?
+            JobSource::Ready(Box::new(assay_runner::job::decode_bytes(&bytes)?))
         }
+        None if stdin => JobSource::Stdin,
         None => match std::env::var("ASSAY_SHARD_JOB") {
-            Ok(b64) => assay_runner::job::decode_base64(&b64)?,
-            Err(_) => bail!("no job: set ASSAY_SHARD_JOB or pass --job-file PATH\n{USAGE}"),
+            Ok(b64) => JobSource::Ready(Box::new(assay_runner::job::decode_base64(&b64)?)),
+            Err(_) => {
+                bail!("no job: set ASSAY_SHARD_JOB, pass --job-file PATH or --job-stdin\n{USAGE}")
+            }
         },
     };
     let nats_url = nats
@@ -85,7 +110,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(assay_runner::run(args.job, args.nats_url)) {
+    let job = match args.job {
+        JobSource::Ready(job) => *job,
+        JobSource::Stdin => match job_from_stdin() {
+            Ok(Some(job)) => job,
+            Ok(None) => return ExitCode::from(3),
+            Err(e) => {
+                eprintln!("assay-runner: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match runtime.block_on(assay_runner::run(job, args.nats_url)) {
         Ok(outcome) => {
             if !outcome.reason.is_empty() {
                 eprintln!(

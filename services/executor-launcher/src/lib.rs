@@ -50,6 +50,9 @@ pub struct Options {
     /// How long an unacknowledged job waits before redelivery (kept alive by progress acks
     /// while its runner works).
     pub ack_wait: Duration,
+    /// Runners started ahead of time and waiting for a job on stdin, so a shard does not
+    /// wait for a process to load (0: start every runner when its job arrives).
+    pub warm: usize,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             capacity: num_cpus::get().max(1),
             runner: None,
             ack_wait: Duration::from_secs(30),
+            warm: 2,
         }
     }
 }
@@ -93,12 +97,22 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let runner = find_runner(options.runner.as_deref())?;
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
+    let runner = Arc::new(runner);
+    let nats_url = Arc::new(options.nats.url.clone());
+    let warm = Arc::new(WarmPool {
+        idle: Mutex::new(VecDeque::new()),
+        target: options.warm.min(options.capacity),
+        runner: runner.clone(),
+        nats_url: nats_url.clone(),
+    });
+    warm.refill();
     let launcher = Launcher {
         bus: bus.clone(),
-        runner: Arc::new(runner),
-        nats_url: Arc::new(options.nats.url.clone()),
+        runner,
+        nats_url,
         ack_wait: options.ack_wait,
         shutdown: shutdown.clone(),
+        warm: warm.clone(),
     };
     let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
         .concurrency(options.capacity)
@@ -110,6 +124,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         async move { l.launch(d).await }
     })
     .await?;
+    warm.drain();
     info!("executor-launcher stopped");
     Ok(())
 }
@@ -121,6 +136,63 @@ struct Launcher {
     nats_url: Arc<String>,
     ack_wait: Duration,
     shutdown: CancellationToken,
+    warm: Arc<WarmPool>,
+}
+
+/// Runners started ahead of time (`assay-runner --job-stdin`), each in its own process
+/// group, blocked reading one job line from stdin. A runner whose launcher goes away sees
+/// stdin close and exits.
+struct WarmPool {
+    idle: Mutex<VecDeque<Child>>,
+    target: usize,
+    runner: Arc<PathBuf>,
+    nats_url: Arc<String>,
+}
+
+impl WarmPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Child>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle runner that is still alive.
+    fn take(&self) -> Option<Child> {
+        let mut idle = self.lock();
+        while let Some(mut child) = idle.pop_front() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Some(child);
+            }
+        }
+        None
+    }
+
+    /// Starts runners until `target` are idle.
+    fn refill(&self) {
+        let mut idle = self.lock();
+        while idle.len() < self.target {
+            let spawned = Command::new(self.runner.as_path())
+                .arg("--job-stdin")
+                .env("ASSAY_NATS_URL", self.nats_url.as_str())
+                .env_remove("ASSAY_SHARD_JOB")
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            match spawned {
+                Ok(child) => idle.push_back(child),
+                Err(e) => {
+                    warn!(runner = %self.runner.display(), error = %e, "cannot start a warm runner; shards will start cold");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops the idle runners (their stdin closes and they are killed).
+    fn drain(&self) {
+        self.lock().clear();
+    }
 }
 
 /// How a runner ended, from the launcher's point of view.
@@ -165,26 +237,15 @@ impl Launcher {
         job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
         let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
-        let mut child = Command::new(self.runner.as_path())
-            .env("ASSAY_SHARD_JOB", encoded)
-            .env("ASSAY_NATS_URL", self.nats_url.as_str())
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| {
-                Failure::Retry(
-                    Error::Spawn {
-                        runner: self.runner.display().to_string(),
-                        reason: e.to_string(),
-                    }
-                    .to_string(),
-                )
-            })?;
+        let (mut child, warm) = match self.start_warm(&encoded).await {
+            Some(child) => (child, true),
+            None => (self.start_cold(&encoded)?, false),
+        };
+        // Keep the pool full, off this shard's path.
+        let pool = self.warm.clone();
+        tokio::task::spawn_blocking(move || pool.refill());
         let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-        info!(execution = %exec, shard, attempt, pid = ?child.id(), "runner started");
+        info!(execution = %exec, shard, attempt, pid = ?child.id(), warm, "runner started");
         let tail = capture_stderr(&mut child, format!("{exec}/{shard}"));
 
         let timeout = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms));
@@ -268,6 +329,44 @@ impl Launcher {
             debug!(execution = %exec, shard, attempt, "runner reported and exited");
         }
         Ok(())
+    }
+}
+
+impl Launcher {
+    /// Hands the job to a warm runner; `None` when none is idle or it would not take it.
+    async fn start_warm(&self, encoded: &str) -> Option<Child> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self.warm.take()?;
+        let mut stdin = child.stdin.take()?;
+        let line = format!("{encoded}\n");
+        match stdin.write_all(line.as_bytes()).await {
+            Ok(()) => Some(child),
+            Err(e) => {
+                debug!(error = %e, "warm runner did not take its job; starting one cold");
+                None
+            }
+        }
+    }
+
+    fn start_cold(&self, encoded: &str) -> std::result::Result<Child, Failure> {
+        Command::new(self.runner.as_path())
+            .env("ASSAY_SHARD_JOB", encoded)
+            .env("ASSAY_NATS_URL", self.nats_url.as_str())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                Failure::Retry(
+                    Error::Spawn {
+                        runner: self.runner.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                    .to_string(),
+                )
+            })
     }
 }
 

@@ -397,16 +397,22 @@ impl Scheduler {
         }
     }
 
+    /// Publishes the shard jobs first (the launcher can start while the rest is written),
+    /// all at once, then the plan; returns when the streams acked everything.
     async fn publish(&self, plan: &Plan) -> Result<()> {
         let id = &plan.execution.id;
-        self.bus
-            .publish(subjects::execution_plan(id), &plan.execution)
-            .await?;
-        for job in &plan.shards {
+        let shards = plan.shards.iter().map(|job| {
             self.bus
                 .publish(subjects::shard_job(id, job.shard_index), job)
-                .await?;
+        });
+        let plan_record = self
+            .bus
+            .publish(subjects::execution_plan(id), &plan.execution);
+        let (shards, plan_record) = tokio::join!(futures::future::join_all(shards), plan_record);
+        for r in shards {
+            r?;
         }
+        plan_record?;
         Ok(())
     }
 

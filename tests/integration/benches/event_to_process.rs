@@ -114,6 +114,9 @@ spec:
         let t0 = now_ns();
         sb.run_with_key("latency", &[], &id, &format!("bench/{id}"))
             .await;
+        if std::env::var_os("ASSAY_BENCH_TRACE").is_some() {
+            eprintln!("run {id}: published at {t0} ns");
+        }
         match wait_stamp(&mark, Duration::from_secs(30)).await {
             Some(stamp) if i >= warmup => assay.push((stamp.saturating_sub(t0)) as f64 / 1e6),
             Some(_) => {}

@@ -426,7 +426,11 @@ async fn a_runner_killed_mid_shard_errors_its_shard_instead_of_hanging() {
     assert!(reason.contains("SIGKILL"), "{reason}");
     // The test process (sleep 60) went with its group.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(runner_pid(&id).is_none());
+    assert_eq!(
+        processes_of(&id),
+        Vec::<i32>::new(),
+        "processes of the shard outlived it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -618,29 +622,56 @@ spec:
     assert!(n >= 2, "cron fired {n} times in 15s");
 }
 
-/// The pid of the assay-runner process working on `execution` (found through /proc).
+/// The pid of the assay-runner process working on `execution`, found through /proc: the
+/// nearest assay-runner ancestor of a process whose environment names the execution.
 fn runner_pid(execution: &str) -> Option<i32> {
-    let needle = execution.as_bytes();
+    let marker = format!("ASSAY_EXECUTION_ID={execution}");
+    let is_runner = |pid: i32| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmd).contains("assay-runner")
+    };
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid …; comm may hold spaces, so split after the last ')'.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmd).contains("assay-runner") {
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if !env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) || is_runner(pid) {
             continue;
         }
-        // The job travels base64-encoded in the environment; decode and look for the id.
-        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        for var in env.split(|b| *b == 0) {
-            if let Some(v) = var.strip_prefix(b"ASSAY_SHARD_JOB=") {
-                use base64::Engine;
-                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v)
-                    && bytes.windows(needle.len()).any(|w| w == needle)
-                {
-                    return Some(pid);
-                }
+        let mut p = pid;
+        for _ in 0..8 {
+            p = parent(p)?;
+            if is_runner(p) {
+                return Some(p);
             }
         }
     }
     None
+}
+
+/// Every process whose environment names the execution.
+fn processes_of(execution: &str) -> Vec<i32> {
+    let marker = format!("ASSAY_EXECUTION_ID={execution}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|b| *b == 0)
+                .any(|v| v == marker.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
 }
