@@ -151,3 +151,47 @@ async fn poison_and_oversized_messages_go_to_dead_letters_and_others_flow() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A server that speaks just enough of the NATS protocol to announce itself as 2.9.
+fn fake_old_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut w = stream.try_clone().unwrap();
+            let info = format!(
+                "INFO {{\"server_id\":\"fake\",\"server_name\":\"fake\",\"version\":\"2.9.25\",\"proto\":1,\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576}}\r\n"
+            );
+            let _ = w.write_all(info.as_bytes());
+            let mut r = BufReader::new(stream);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("PING") {
+                    let _ = w.write_all(b"PONG\r\n");
+                }
+                line.clear();
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_server_older_than_2_10_is_refused_with_its_version() {
+    let port = fake_old_server();
+    let opts = NatsOptions {
+        url: format!("nats://127.0.0.1:{port}"),
+        connect_attempts: 1,
+        ..Default::default()
+    };
+    let err = Bus::connect(&opts, &CancellationToken::new())
+        .await
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("version 2.9.25") && text.contains("needs 2.10 or newer"),
+        "{text}"
+    );
+}

@@ -675,3 +675,207 @@ fn processes_of(execution: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_that_is_not_xml_errors_the_shard_with_the_file_named() {
+    let yaml = |w: &std::path::Path| {
+        format!(
+            r#"apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {{name: broken}}
+spec:
+  workingDir: {}
+  tests:
+    run: echo 'this is not xml <' > {{report}}
+    reports: ["{{report}}"]
+"#,
+            w.display()
+        )
+    };
+    let sb = sandbox(|w| vec![("broken.yaml".into(), yaml(w))], &[]).await;
+    let id = sb.run("broken", &[]).await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(
+        d.execution.clone().unwrap().status,
+        ExecutionStatus::Errored as i32,
+        "{}",
+        describe(&d)
+    );
+    let reason = &d.shards[0].summary.as_ref().unwrap().reason;
+    assert!(reason.contains("is not valid JUnit XML"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_streams_logs_and_watches_an_execution_to_its_end() {
+    use assay_proto::{StreamLogsRequest, WatchExecutionRequest};
+    use futures::StreamExt;
+    let all: Vec<String> = (0..6).map(|i| format!("t{i}_ok")).collect();
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("api", w, 2, ""))],
+        &all,
+    )
+    .await;
+    let id = sb.run("api", &[]).await;
+    let mut client = sb.client().await;
+    // Watch from the start: updates arrive with growing revisions and end at the terminal one.
+    let mut updates = client
+        .watch_execution(WatchExecutionRequest {
+            execution_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(u) = tokio::time::timeout(LONG, updates.next())
+        .await
+        .expect("an update in time")
+    {
+        seen.push(u.unwrap());
+    }
+    let last = seen.last().expect("updates");
+    assert_eq!(last.status, ExecutionStatus::Passed as i32);
+    assert!(
+        seen.windows(2).all(|w| w[0].revision < w[1].revision),
+        "revisions grow"
+    );
+    // Logs of both shards, ending by themselves once the execution is over.
+    let mut logs = client
+        .stream_logs(StreamLogsRequest {
+            execution_id: id.clone(),
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    let mut shards = std::collections::BTreeSet::new();
+    while let Some(chunk) = tokio::time::timeout(LONG, logs.next())
+        .await
+        .expect("logs end in time")
+    {
+        let chunk = chunk.unwrap();
+        shards.insert(chunk.shard_index);
+        text.push_str(&String::from_utf8_lossy(&chunk.data));
+    }
+    assert_eq!(shards.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    assert!(text.contains("tests"), "{text}");
+    // An unknown execution is NOT_FOUND with a hint.
+    let err = client
+        .get_execution(assay_proto::GetExecutionRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("assay get executions"));
+}
+
+/// The `assay` binary next to this test (built by `cargo build --bins`, which `make test` runs).
+fn assay_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("assay"))
+        .find(|p| p.is_file())
+        .expect("target/*/assay: run `cargo build --bins` first")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assay_run_exits_0_for_a_passing_workflow_and_1_for_a_failing_one() {
+    let pass: Vec<String> = (0..4).map(|i| format!("t{i}_ok")).collect();
+    let sb = sandbox(
+        |w| {
+            std::fs::write(w.join("failing.txt"), "a_ok\nb_fail\n").unwrap();
+            let failing = workflow("red", w, 2, "").replace("cat ids.txt", "cat failing.txt");
+            vec![
+                ("green.yaml".into(), workflow("green", w, 2, "")),
+                ("red.yaml".into(), failing),
+            ]
+        },
+        &pass,
+    )
+    .await;
+    let run = |wf: &str| {
+        let mut cmd = tokio::process::Command::new(assay_bin());
+        cmd.args(["run", wf, "--timeout", "60s"])
+            .env("ASSAY_NATS_URL", sb.nats.url())
+            .env("ASSAY_API", format!("http://{}", sb.grpc))
+            .env("NO_COLOR", "1");
+        cmd
+    };
+    let green = run("green").output().await.unwrap();
+    let out = String::from_utf8_lossy(&green.stdout);
+    assert_eq!(
+        green.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&green.stderr)
+    );
+    assert!(out.contains("PASSED 4 passed"), "{out}");
+    let red = run("red").output().await.unwrap();
+    let out = String::from_utf8_lossy(&red.stdout);
+    assert_eq!(red.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("suite::b_fail") && out.contains("expected 1, got 2"),
+        "{out}"
+    );
+    let unknown = run("nope").output().await.unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&unknown.stdout),
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    assert_eq!(unknown.status.code(), Some(1), "{all}");
+    assert!(all.contains("workflow \"nope\" not found"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_aborted_mid_run_lose_nothing_and_count_nothing_twice() {
+    let all: Vec<String> = (0..12)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("t{i}_slow")
+            } else {
+                format!("t{i}_ok")
+            }
+        })
+        .collect();
+    let mut sb = sandbox(
+        |w| {
+            vec![(
+                "suite.yaml".into(),
+                workflow("crash", w, 3, "  env: {SLOW: \"1\"}\n"),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let id = sb.run("crash", &[]).await;
+    sb.wait_for(&id, LONG, "a running shard", |d| {
+        d.shards.iter().any(|s| {
+            s.summary
+                .as_ref()
+                .is_some_and(|x| x.state == ShardState::Running as i32)
+        })
+    })
+    .await;
+    // No graceful stop: the tasks vanish at their current await point, unacked messages
+    // are redelivered after the ack wait.
+    sb.crash_service(Service::Aggregator);
+    sb.crash_service(Service::Launcher);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sb.start_service(Service::Aggregator);
+    sb.start_service(Service::Launcher);
+    let d = sb.wait_for_terminal(&id, Duration::from_secs(90)).await;
+    assert_eq!(
+        d.execution.as_ref().unwrap().status,
+        ExecutionStatus::Passed as i32,
+        "{}",
+        describe(&d)
+    );
+    let mut got = test_ids(&d);
+    got.sort();
+    let mut want: Vec<String> = all.iter().map(|i| format!("suite::{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "{}", describe(&d));
+    assert_eq!(d.execution.as_ref().unwrap().passed, 12);
+}
