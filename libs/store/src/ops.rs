@@ -458,7 +458,13 @@ fn settle(tx: &Transaction<'_>, id: &str) -> Result<()> {
     info!(
         execution = %id,
         workflow = %row.workflow,
-        status = view.verdict.status.as_str_name(),
+        status = %view
+            .verdict
+            .status
+            .as_str_name()
+            .trim_start_matches("EXECUTION_STATUS_")
+            .to_lowercase()
+            .replace('_', "-"),
         reason = %view.verdict.reason,
         "execution finished"
     );
