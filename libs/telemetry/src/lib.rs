@@ -32,6 +32,7 @@ pub fn init(service: &str, default_filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colours())
         .with_target(false);
     let result = match Format::from_env() {
         Format::Json => builder.json().flatten_event(true).try_init(),
@@ -40,6 +41,12 @@ pub fn init(service: &str, default_filter: &str) {
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
     }
+}
+
+/// Colours only on a terminal, and never with `NO_COLOR` set.
+fn colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// The default filter for a service binary: its own crates at `info`, dependencies at `warn`.
