@@ -59,12 +59,13 @@ pub struct ShardOutcome {
 }
 
 impl ShardOutcome {
-    /// 0 when the shard passed, 1 otherwise.
+    /// 0 when the shard passed, 4 when it errored, 1 otherwise (the launcher reads the
+    /// state from it to decide on a retry).
     pub fn exit_code(&self) -> i32 {
-        if self.state == ShardState::Passed {
-            0
-        } else {
-            1
+        match self.state {
+            ShardState::Passed => 0,
+            ShardState::Errored => 4,
+            _ => 1,
         }
     }
 }
@@ -130,6 +131,7 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         final_status.exit_code = verdict.exit_code;
         final_status.result_batches = result_batches;
         final_status.test_cases = test_cases;
+        final_status.will_retry = assay_bus::retry::should_retry(&job, verdict.state);
         final_status.finished_at_ms = now_ms();
         publish_retrying(
             &bus,

@@ -229,7 +229,8 @@ async fn missing_commands_and_directories_are_reported() -> Result<()> {
     let mut job2 = job("exec3");
     job2.working_dir = "/definitely/not/here".to_string();
     let out = run_runner(&job2, &server.url()).await?;
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    // 4: errored, and the final status was published.
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", stderr(&out));
     let statuses: Vec<(String, ShardStatus)> =
         read(&bus, streams::STATUS, &subjects::shard_status("exec3", 0)).await?;
     let last = &statuses.last().context("no status")?.1;

@@ -10,6 +10,7 @@
 //!   and move poison messages to `assay.v1.dead.<stream>` with the reason.
 
 pub mod consumer;
+pub mod retry;
 pub mod streams;
 pub mod subjects;
 pub mod trace;

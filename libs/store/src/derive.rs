@@ -23,6 +23,8 @@ pub struct ShardProgress {
     pub failed: u32,
     pub errored: u32,
     pub skipped: u32,
+    /// The latest attempt ended but announced another attempt.
+    pub will_retry: bool,
 }
 
 impl ShardProgress {
@@ -42,12 +44,15 @@ impl ShardProgress {
             failed: 0,
             errored: 0,
             skipped: 0,
+            will_retry: false,
         }
     }
 
     /// Terminal, and every batch the terminal status announced has been recorded.
     pub fn is_complete(&self) -> bool {
-        shard_state_is_terminal(self.state) && self.batches_seen >= self.result_batches
+        shard_state_is_terminal(self.state)
+            && !self.will_retry
+            && self.batches_seen >= self.result_batches
     }
 
     pub fn duration_ms(&self) -> u64 {
@@ -66,6 +71,11 @@ impl ShardProgress {
         } else {
             self.state
         };
+        let reason = if self.will_retry {
+            format!("attempt {} {}; retrying", self.attempt, self.reason)
+        } else {
+            self.reason.clone()
+        };
         ShardSummary {
             index: self.index,
             state: state.into(),
@@ -74,7 +84,7 @@ impl ShardProgress {
             failed: self.failed,
             errored: self.errored,
             skipped: self.skipped,
-            reason: self.reason.clone(),
+            reason,
             duration_ms: self.duration_ms(),
         }
     }

@@ -130,8 +130,9 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
         None => {
             tx.execute(
                 "INSERT INTO shard_attempts (execution_id, shard_index, attempt, state, reason,
-                     exit_code, result_batches, test_cases, started_at_ms, finished_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     exit_code, result_batches, test_cases, started_at_ms, finished_at_ms,
+                     will_retry)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     s.execution_id,
                     s.shard_index,
@@ -143,6 +144,7 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
                     s.test_cases,
                     s.started_at_ms,
                     s.finished_at_ms,
+                    s.will_retry,
                 ],
             )?;
             true
@@ -155,7 +157,7 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
                     "UPDATE shard_attempts SET state = ?4, reason = ?5, exit_code = ?6,
                          result_batches = ?7, test_cases = ?8,
                          started_at_ms = CASE WHEN ?9 != 0 THEN ?9 ELSE started_at_ms END,
-                         finished_at_ms = ?10
+                         finished_at_ms = ?10, will_retry = ?11
                      WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3",
                     params![
                         s.execution_id,
@@ -168,6 +170,7 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
                         s.test_cases,
                         s.started_at_ms,
                         s.finished_at_ms,
+                        s.will_retry,
                     ],
                 )?;
                 true
@@ -515,6 +518,7 @@ impl View {
 /// A status row of one shard attempt.
 struct AttemptRow {
     state: ShardState,
+    will_retry: bool,
     reason: String,
     exit_code: i32,
     result_batches: u32,
@@ -580,7 +584,7 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
     {
         let mut stmt = conn.prepare(
             "SELECT shard_index, attempt, state, reason, exit_code, result_batches,
-                 started_at_ms, finished_at_ms
+                 started_at_ms, finished_at_ms, will_retry
              FROM shard_attempts WHERE execution_id = ?1",
         )?;
         let mut rows = stmt.query([id])?;
@@ -590,6 +594,7 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
                 (r.get(0)?, r.get(1)?),
                 AttemptRow {
                     state,
+                    will_retry: r.get(8)?,
                     reason: r.get(3)?,
                     exit_code: r.get(4)?,
                     result_batches: r.get(5)?,
@@ -666,6 +671,7 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
             match attempts.remove(&key) {
                 Some(a) => {
                     progress.state = a.state;
+                    progress.will_retry = a.will_retry;
                     progress.reason = a.reason;
                     progress.exit_code = a.exit_code;
                     progress.result_batches = a.result_batches;

@@ -70,6 +70,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (execution_id, shard_index, attempt, test_id)
     ) WITHOUT ROWID;
     "#,
+    // 2: shard attempts that announce a retry do not end their shard.
+    r#"
+    ALTER TABLE shard_attempts ADD COLUMN will_retry INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

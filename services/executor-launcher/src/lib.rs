@@ -198,14 +198,15 @@ impl WarmPool {
 /// How a runner ended, from the launcher's point of view.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
-    /// The runner published its final status (exit 0: passed, 1: not passed).
-    Reported,
+    /// The runner published its final status, which ended in this state.
+    Reported(ShardState),
     /// It died or gave up without reporting: the shard is errored for this reason.
     Died(String),
 }
 
-/// Classifies a runner's exit. Exit 0 and 1 mean it reported its own final status; 3 means
-/// it saw its launcher die and stopped without reporting; anything else is an error.
+/// Classifies a runner's exit. Exit 0 (passed), 1 (failed) and 4 (errored) mean it reported
+/// its own final status; 3 means it saw its launcher die and stopped without reporting;
+/// anything else is an error.
 pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
     use std::os::unix::process::ExitStatusExt;
     let tail = if stderr_tail.is_empty() {
@@ -214,7 +215,9 @@ pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
         format!(": {stderr_tail}")
     };
     match (status.code(), status.signal()) {
-        (Some(0 | 1), _) => Ended::Reported,
+        (Some(0), _) => Ended::Reported(ShardState::Passed),
+        (Some(1), _) => Ended::Reported(ShardState::Failed),
+        (Some(4), _) => Ended::Reported(ShardState::Errored),
         (Some(code), _) => Ended::Died(format!(
             "runner exited with code {code} without reporting{tail}"
         )),
@@ -287,11 +290,15 @@ impl Launcher {
             finished_at_ms: assay_bus::now_ms(),
             ..Default::default()
         };
+        let mut ended = ShardState::Errored;
         let report = match outcome {
             Outcome::Exited(Ok(status)) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), tail.done.notified()).await;
                 match classify(status, &tail.text()) {
-                    Ended::Reported => None,
+                    Ended::Reported(state) => {
+                        ended = state;
+                        None
+                    }
                     Ended::Died(reason) => Some(final_status(ShardState::Errored, reason)),
                 }
             }
@@ -300,6 +307,7 @@ impl Launcher {
                 format!("cannot wait for the runner: {e}"),
             )),
             Outcome::TimedOut => {
+                ended = ShardState::TimedOut;
                 let _ = child.wait().await;
                 let t = timeout.unwrap_or_default();
                 Some(final_status(
@@ -319,7 +327,9 @@ impl Launcher {
                 ));
             }
         };
-        if let Some(status) = report {
+        let retry = assay_bus::retry::should_retry(&job, ended);
+        if let Some(mut status) = report {
+            status.will_retry = retry;
             warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report");
             self.bus
                 .publish(subjects::shard_status(&exec, shard), &status)
@@ -327,6 +337,16 @@ impl Launcher {
                 .map_err(|e| Failure::Retry(e.to_string()))?;
         } else {
             debug!(execution = %exec, shard, attempt, "runner reported and exited");
+        }
+        if retry {
+            // The ended attempt's status already says a retry follows; publish it before
+            // acking this job, so a crash in between redelivers the job instead.
+            let next = assay_bus::retry::next_attempt(&job, "executor-launcher");
+            info!(execution = %exec, shard, attempt = next.attempt, "retrying shard");
+            self.bus
+                .publish(subjects::shard_job(&exec, shard), &next)
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
         }
         Ok(())
     }
@@ -420,8 +440,18 @@ mod tests {
 
     #[test]
     fn classifies_runner_exits() {
-        assert_eq!(classify(ExitStatus::from_raw(0), ""), Ended::Reported);
-        assert_eq!(classify(ExitStatus::from_raw(1 << 8), ""), Ended::Reported);
+        assert_eq!(
+            classify(ExitStatus::from_raw(0), ""),
+            Ended::Reported(ShardState::Passed)
+        );
+        assert_eq!(
+            classify(ExitStatus::from_raw(1 << 8), ""),
+            Ended::Reported(ShardState::Failed)
+        );
+        assert_eq!(
+            classify(ExitStatus::from_raw(4 << 8), ""),
+            Ended::Reported(ShardState::Errored)
+        );
         match classify(ExitStatus::from_raw(2 << 8), "cannot reach nats") {
             Ended::Died(r) => assert_eq!(
                 r,

@@ -149,6 +149,8 @@ pub fn plan(
             timeout_ms,
             working_dir: working_dir.clone(),
             test_ids: Vec::new(),
+            retries: spec.retries.count,
+            retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
         })
         .collect();
     Ok(Plan { execution, shards })

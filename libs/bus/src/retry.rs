@@ -1,0 +1,64 @@
+//! When a shard attempt is retried: one rule for the runner (which marks its final status)
+//! and the launcher (which publishes the next attempt).
+
+use assay_proto::{ShardJob, ShardState};
+
+/// Whether an attempt of `job` that ended in `state` is followed by another attempt.
+/// Errored ends are retried; failed ends only with `retry_on: failed`; timeouts and
+/// cancellations never (the workflow's time is up).
+pub fn should_retry(job: &ShardJob, state: ShardState) -> bool {
+    let retryable = match state {
+        ShardState::Errored => true,
+        ShardState::Failed => job.retry_on == "failed",
+        _ => false,
+    };
+    retryable && job.attempt.max(1) <= job.retries
+}
+
+/// The job of the next attempt, with a header keyed `<execution>/<shard>/<attempt>`.
+pub fn next_attempt(job: &ShardJob, producer: &str) -> ShardJob {
+    let attempt = job.attempt.max(1) + 1;
+    let mut next = job.clone();
+    next.attempt = attempt;
+    next.header = Some(crate::header(
+        producer,
+        format!("{}/{}/{attempt}", job.execution_id, job.shard_index),
+        job.header.as_ref().map(|h| h.traceparent.as_str()),
+    ));
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(attempt: u32, retries: u32, on: &str) -> ShardJob {
+        ShardJob {
+            attempt,
+            retries,
+            retry_on: on.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retries_errored_until_the_count_is_used() {
+        assert!(should_retry(&job(1, 1, ""), ShardState::Errored));
+        assert!(!should_retry(&job(2, 1, ""), ShardState::Errored));
+        assert!(!should_retry(&job(1, 0, ""), ShardState::Errored));
+        assert!(!should_retry(&job(1, 1, "errored"), ShardState::Failed));
+        assert!(should_retry(&job(1, 2, "failed"), ShardState::Failed));
+        assert!(!should_retry(&job(1, 2, "failed"), ShardState::TimedOut));
+        assert!(!should_retry(&job(1, 2, "failed"), ShardState::Passed));
+    }
+
+    #[test]
+    fn next_attempt_is_keyed_by_its_number() {
+        let mut j = job(1, 2, "");
+        j.execution_id = "E".into();
+        j.shard_index = 3;
+        let n = next_attempt(&j, "t");
+        assert_eq!(n.attempt, 2);
+        assert_eq!(n.header.unwrap().idempotency_key, "E/3/2");
+    }
+}
