@@ -33,6 +33,24 @@ pub struct Global {
     /// Directory of TestWorkflow / TestTrigger definitions.
     #[arg(long, global = true, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
     pub workflows: PathBuf,
+    /// Whether `--nats` was given on the command line (then `up` uses that server).
+    #[arg(skip)]
+    pub nats_given: bool,
+}
+
+impl Cli {
+    /// Parses the command line, noting which flags were given explicitly.
+    pub fn parse_noting_sources() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let given = |m: &clap::ArgMatches| {
+            m.value_source("nats") == Some(clap::parser::ValueSource::CommandLine)
+        };
+        cli.global.nats_given =
+            given(&matches) || matches.subcommand().is_some_and(|(_, sub)| given(sub));
+        cli
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +93,7 @@ pub struct UpArgs {
     /// Address of the trigger-watcher's HTTP endpoint.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub http: SocketAddr,
-    /// Do not start a nats-server; use the one at --nats.
+    /// Do not start a nats-server; use the one at --nats (implied when --nats is given).
     #[arg(long)]
     pub external_nats: bool,
 }

@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = assay_cli::args::Cli::parse();
+    let cli = assay_cli::args::Cli::parse_noting_sources();
     assay_telemetry::init("assay", assay_cli::log_filter(&cli.command));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

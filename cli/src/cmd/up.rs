@@ -219,7 +219,8 @@ pub async fn run(global: &Global, args: UpArgs, palette: Palette) -> Result<u8> 
     };
 
     let mut nats_child = None;
-    let (nats_url, nats_note) = if args.external_nats {
+    // `--nats URL` on the command line (or --external-nats): use that server, start none.
+    let (nats_url, nats_note) = if args.external_nats || global.nats_given {
         (global.nats.clone(), "external".to_string())
     } else {
         let env = std::env::var("ASSAY_NATS_SERVER").ok();
