@@ -68,6 +68,21 @@ pub enum Command {
     Logs(LogsArgs),
     /// Publish a trigger event.
     Trigger(TriggerArgs),
+    /// Duration and outcome history of a workflow's tests (what the planner splits by).
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Workflow name.
+    pub workflow: String,
+    /// One test id (e.g. `tests.test_cart::test_add_one`); all tests when absent.
+    pub test: Option<String>,
+    /// Most tests shown in the table (slowest first; 0 for all).
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

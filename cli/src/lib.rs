@@ -62,5 +62,6 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Get(g) => cmd::get::run(&global, g, palette).await,
         Command::Logs(a) => cmd::logs::run(&global, a, palette).await,
         Command::Trigger(a) => cmd::trigger::run(&global, a).await,
+        Command::History(a) => cmd::history::run(&global, a, &palette).await,
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod get;
+pub mod history;
 pub mod logs;
 pub mod run;
 pub mod trigger;

@@ -7,6 +7,7 @@
 
 mod derive;
 mod error;
+pub mod history;
 mod ops;
 mod schema;
 
@@ -165,6 +166,18 @@ impl Store {
             }))
         })
         .await
+    }
+
+    /// Duration and outcome history of a workflow's tests (one test when `test` is given),
+    /// slowest first.
+    pub async fn history(
+        &self,
+        workflow: &str,
+        test: Option<&str>,
+    ) -> Result<Vec<assay_proto::TestHistory>> {
+        let (workflow, test) = (workflow.to_owned(), test.map(str::to_owned));
+        self.run(move |conn| history::list(conn, &workflow, test.as_deref()))
+            .await
     }
 
     pub async fn bump_revision(&self, id: &str) -> Result<u64> {

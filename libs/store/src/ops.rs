@@ -245,8 +245,20 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                  classname, file, status, duration_ms, failure_message, output)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
+        let workflow = if b.workflow.is_empty() {
+            tx.query_row(
+                "SELECT workflow FROM executions WHERE id = ?1",
+                [&b.execution_id],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()?
+            .unwrap_or_default()
+        } else {
+            b.workflow.clone()
+        };
+        let now = crate::history::now_ms();
         for r in &b.results {
-            insert.execute(params![
+            let new = insert.execute(params![
                 b.execution_id,
                 b.shard_index,
                 b.attempt,
@@ -259,6 +271,10 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 r.failure_message,
                 r.output,
             ])?;
+            // Only a test case seen for the first time counts, so redelivery changes nothing.
+            if new == 1 && !workflow.is_empty() {
+                crate::history::record(&tx, &workflow, r, now)?;
+            }
         }
     }
     settle(&tx, &b.execution_id)?;

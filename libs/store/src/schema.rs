@@ -74,6 +74,24 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE shard_attempts ADD COLUMN will_retry INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: per workflow and test, what its runs took and how they ended (for planning).
+    // `recent_ms` holds the last durations (JSON array, newest last) for percentiles.
+    r#"
+    CREATE TABLE test_history (
+        workflow      TEXT    NOT NULL,
+        test_id       TEXT    NOT NULL,
+        runs          INTEGER NOT NULL DEFAULT 0,
+        passed        INTEGER NOT NULL DEFAULT 0,
+        failed        INTEGER NOT NULL DEFAULT 0,
+        errored       INTEGER NOT NULL DEFAULT 0,
+        skipped       INTEGER NOT NULL DEFAULT 0,
+        ewma_ms       REAL    NOT NULL DEFAULT 0,
+        last_ms       INTEGER NOT NULL DEFAULT 0,
+        recent_ms     TEXT    NOT NULL DEFAULT '[]',
+        updated_at_ms INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (workflow, test_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -579,3 +579,51 @@ fn a_newer_schema_is_refused() {
     );
     assert!(!err.is_retryable());
 }
+
+#[tokio::test]
+async fn history_follows_each_new_result_once_and_ignores_skips_for_durations() {
+    let (_dir, store) = open();
+    let timed = |id: &str, status: TestStatus, ms: u64| TestCaseResult {
+        duration_ms: ms,
+        ..test(id, status)
+    };
+    // Two executions of "w"; the batch of the second is delivered twice.
+    for (exec, ms) in [("E1", 100), ("E2", 200)] {
+        store.record_execution(plan(exec, "w", 1)).await.unwrap();
+        let b = batch(
+            exec,
+            0,
+            0,
+            vec![
+                timed("slow", TestStatus::Passed, ms),
+                timed(
+                    "flaky",
+                    if exec == "E1" {
+                        TestStatus::Failed
+                    } else {
+                        TestStatus::Passed
+                    },
+                    10,
+                ),
+                timed("off", TestStatus::Skipped, 0),
+            ],
+        );
+        store.record_batch(b.clone()).await.unwrap();
+        store.record_batch(b).await.unwrap();
+    }
+    let h = store.history("w", None).await.unwrap();
+    let ids: Vec<_> = h.iter().map(|t| t.test_id.as_str()).collect();
+    assert_eq!(ids, ["slow", "flaky", "off"], "slowest first");
+    let slow = &h[0];
+    assert_eq!((slow.runs, slow.passed, slow.samples), (2, 2, 2));
+    // EWMA: 100, then 0.3 * 200 + 0.7 * 100 = 130.
+    assert!((slow.mean_ms - 130.0).abs() < 1e-9, "{}", slow.mean_ms);
+    assert_eq!((slow.p50_ms, slow.p90_ms, slow.last_ms), (100, 200, 200));
+    let flaky = &h[1];
+    assert_eq!((flaky.passed, flaky.failed), (1, 1));
+    let off = &h[2];
+    assert_eq!((off.runs, off.skipped, off.samples), (2, 2, 0));
+    // One test, and another workflow sees nothing.
+    assert_eq!(store.history("w", Some("flaky")).await.unwrap().len(), 1);
+    assert!(store.history("other", None).await.unwrap().is_empty());
+}

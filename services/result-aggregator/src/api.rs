@@ -6,8 +6,9 @@ use std::time::Duration;
 use assay_bus::{Bus, BusMessage, streams, subjects};
 use assay_proto::results_server::Results;
 use assay_proto::{
-    ExecutionDetail, ExecutionStatus, ExecutionUpdate, GetExecutionRequest, ListExecutionsRequest,
-    ListExecutionsResponse, LogChunk, StreamLogsRequest, WatchExecutionRequest,
+    ExecutionDetail, ExecutionStatus, ExecutionUpdate, GetExecutionRequest, GetHistoryRequest,
+    GetHistoryResponse, ListExecutionsRequest, ListExecutionsResponse, LogChunk, StreamLogsRequest,
+    WatchExecutionRequest,
 };
 use assay_store::Store;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -192,6 +193,31 @@ impl Results for ResultsApi {
             },
         );
         Ok(Response::new(stream))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<GetHistoryRequest>,
+    ) -> Result<Response<GetHistoryResponse>, Status> {
+        let req = request.into_inner();
+        if req.workflow.is_empty() {
+            return Err(Status::invalid_argument(
+                "name a workflow (assay history WORKFLOW [TEST])",
+            ));
+        }
+        let test = (!req.test_id.is_empty()).then_some(req.test_id.as_str());
+        let tests = self
+            .store
+            .history(&req.workflow, test)
+            .await
+            .map_err(|e| Error::from(e).to_status())?;
+        if tests.is_empty() && test.is_some() {
+            return Err(Status::not_found(format!(
+                "no history for test \"{}\" of workflow \"{}\" (list its tests with `assay history {}`)",
+                req.test_id, req.workflow, req.workflow
+            )));
+        }
+        Ok(Response::new(GetHistoryResponse { tests }))
     }
 
     type WatchExecutionStream = Streamed<ExecutionUpdate>;

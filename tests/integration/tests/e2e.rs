@@ -108,6 +108,20 @@ async fn multi_shard_suite_runs_end_to_end_and_every_test_lands_once() {
         .find(|t| t.status == TestStatus::Failed as i32)
         .unwrap();
     assert_eq!(failing.failure_message, "expected 1, got 2");
+    // Every test now has a history entry for the planner.
+    let history = sb
+        .client()
+        .await
+        .get_history(assay_proto::GetHistoryRequest {
+            workflow: "suite".into(),
+            test_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tests;
+    assert_eq!(history.len(), 40);
+    assert!(history.iter().all(|t| t.runs == 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

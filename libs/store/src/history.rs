@@ -1,0 +1,153 @@
+//! Per workflow and test: how often it ran, how it ended, and what it took — an
+//! exponentially weighted mean and a high percentile over the recent runs. The planner
+//! reads these to split suites by duration.
+
+use assay_proto::{TestCaseResult, TestHistory, TestStatus};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::Result;
+
+/// Weight of the newest run in the moving mean.
+pub const EWMA_ALPHA: f64 = 0.3;
+/// Durations kept for percentiles.
+pub const RECENT: usize = 32;
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The q-quantile (0..=1) of `values` by nearest rank; 0 for none.
+pub fn quantile(values: &[u64], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = (q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Folds one new result into its history row.
+pub(crate) fn record(
+    tx: &Transaction<'_>,
+    workflow: &str,
+    r: &TestCaseResult,
+    now: i64,
+) -> Result<()> {
+    let status = TestStatus::try_from(r.status).unwrap_or(TestStatus::Unspecified);
+    let row: Option<(f64, String, i64)> = tx
+        .query_row(
+            "SELECT ewma_ms, recent_ms, runs FROM test_history WHERE workflow = ?1 AND test_id = ?2",
+            params![workflow, r.id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let (mut ewma, mut recent, runs) = match row {
+        Some((e, json, runs)) => (
+            e,
+            serde_json::from_str::<Vec<u64>>(&json).unwrap_or_default(),
+            runs,
+        ),
+        None => (0.0, Vec::new(), 0),
+    };
+    // A skipped test says nothing about how long the test takes.
+    if status != TestStatus::Skipped {
+        let d = r.duration_ms as f64;
+        ewma = if recent.is_empty() {
+            d
+        } else {
+            EWMA_ALPHA * d + (1.0 - EWMA_ALPHA) * ewma
+        };
+        recent.push(r.duration_ms);
+        if recent.len() > RECENT {
+            recent.remove(0);
+        }
+    }
+    let json = serde_json::to_string(&recent).unwrap_or_else(|_| "[]".to_string());
+    let (p, f, e, s) = match status {
+        TestStatus::Passed => (1, 0, 0, 0),
+        TestStatus::Failed => (0, 1, 0, 0),
+        TestStatus::Errored => (0, 0, 1, 0),
+        TestStatus::Skipped => (0, 0, 0, 1),
+        TestStatus::Unspecified => (0, 0, 0, 0),
+    };
+    tx.execute(
+        "INSERT INTO test_history (workflow, test_id, runs, passed, failed, errored, skipped,
+             ewma_ms, last_ms, recent_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (workflow, test_id) DO UPDATE SET
+             runs = ?3, passed = passed + ?4, failed = failed + ?5, errored = errored + ?6,
+             skipped = skipped + ?7, ewma_ms = ?8, last_ms = ?9, recent_ms = ?10,
+             updated_at_ms = ?11",
+        params![
+            workflow,
+            r.id,
+            runs + 1,
+            p,
+            f,
+            e,
+            s,
+            ewma,
+            r.duration_ms as i64,
+            json,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// History rows of a workflow (one test when `test` is given), slowest first.
+pub(crate) fn list(
+    conn: &rusqlite::Connection,
+    workflow: &str,
+    test: Option<&str>,
+) -> Result<Vec<TestHistory>> {
+    let mut stmt = conn.prepare(
+        "SELECT test_id, runs, passed, failed, errored, skipped, ewma_ms, last_ms, recent_ms,
+                updated_at_ms
+         FROM test_history WHERE workflow = ?1 AND (?2 IS NULL OR test_id = ?2)",
+    )?;
+    let mut rows = stmt.query(params![workflow, test])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let recent: Vec<u64> = serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default();
+        out.push(TestHistory {
+            test_id: row.get(0)?,
+            runs: row.get(1)?,
+            passed: row.get(2)?,
+            failed: row.get(3)?,
+            errored: row.get(4)?,
+            skipped: row.get(5)?,
+            mean_ms: row.get(6)?,
+            last_ms: row.get::<_, i64>(7)?.max(0) as u64,
+            p50_ms: quantile(&recent, 0.5),
+            p90_ms: quantile(&recent, 0.9),
+            samples: recent.len() as u32,
+            updated_at_ms: row.get(9)?,
+        });
+    }
+    out.sort_by(|a, b| {
+        b.mean_ms
+            .total_cmp(&a.mean_ms)
+            .then_with(|| a.test_id.cmp(&b.test_id))
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        assert_eq!(quantile(&[], 0.9), 0);
+        assert_eq!(quantile(&[5], 0.9), 5);
+        let v: Vec<u64> = (1..=10).collect();
+        assert_eq!(quantile(&v, 0.5), 5);
+        assert_eq!(quantile(&v, 0.9), 9);
+        assert_eq!(quantile(&v, 1.0), 10);
+    }
+}
