@@ -51,6 +51,10 @@ bench: tools ## Event -> first test process latency (release build, 1000 runs) b
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p assay-integration --bench event_to_process
 
+.PHONY: bench-sharding
+bench-sharding: ## Simulated makespan / lower bound of count, duration and queue sharding (exits 1 when a bar is missed)
+	$(CARGO) run --release -p assay-plan --bin bench-sharding
+
 .PHONY: clean
 clean: ## Remove build output and local data (keeps ./.tools)
 	$(CARGO) clean

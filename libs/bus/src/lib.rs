@@ -237,7 +237,7 @@ impl Bus {
                 Err(e) => return Err(Error::js(format!("create stream {name}"), e)),
             }
         }
-        for bucket in [streams::KV_DEDUP, streams::KV_ACTIVE] {
+        for bucket in [streams::KV_DEDUP, streams::KV_ACTIVE, streams::KV_HISTORY] {
             self.kv(bucket).await?;
         }
         Ok(())
@@ -254,7 +254,12 @@ impl Bus {
                 history: 1,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: self.replicas,
-                max_age: Duration::from_secs(7 * 24 * 3600),
+                // Duration history is kept until replaced; dedup keys and slots age out.
+                max_age: if bucket == streams::KV_HISTORY {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(7 * 24 * 3600)
+                },
                 ..Default::default()
             })
             .await

@@ -18,6 +18,8 @@ pub const DEAD: &str = "ASSAY_DEAD";
 pub const KV_DEDUP: &str = "assay_dedup";
 /// KV bucket: workflow → its active (non-terminal) execution, for `concurrency: forbid`.
 pub const KV_ACTIVE: &str = "assay_active";
+/// KV bucket: workflow → `HistorySnapshot` of its tests' durations, for planning.
+pub const KV_HISTORY: &str = "assay_history";
 
 /// Largest message any stream accepts (bytes). Consumers check their own, smaller limit
 /// before decoding.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use assay_bus::{Bus, BusMessage, streams, subjects};
 use assay_proto::results_server::Results;
 use assay_proto::{
-    ExecutionDetail, ExecutionStatus, ExecutionUpdate, GetExecutionRequest, GetHistoryRequest,
-    GetHistoryResponse, ListExecutionsRequest, ListExecutionsResponse, LogChunk, StreamLogsRequest,
+    ExecutionDetail, ExecutionUpdate, GetExecutionRequest, GetHistoryRequest, GetHistoryResponse,
+    ListExecutionsRequest, ListExecutionsResponse, LogChunk, StreamLogsRequest,
     WatchExecutionRequest,
 };
 use assay_store::Store;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::Error;
+use crate::{Error, is_terminal};
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -133,13 +133,6 @@ impl ResultsApi {
 
 fn anyhow_like<E: std::fmt::Display>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
     e.to_string().into()
-}
-
-fn is_terminal(status: i32) -> bool {
-    !matches!(
-        ExecutionStatus::try_from(status).unwrap_or(ExecutionStatus::Unspecified),
-        ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
-    )
 }
 
 #[tonic::async_trait]

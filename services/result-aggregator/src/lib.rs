@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
-use assay_proto::{Execution, ExecutionStatus, ShardStatus, TestCaseBatch};
+use assay_proto::{
+    Execution, ExecutionStatus, HistorySnapshot, ShardStatus, TestCaseBatch, TestEstimate,
+};
 use assay_store::Store;
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -115,6 +118,36 @@ impl Aggregator {
         self.bus
             .publish(subjects::execution_update(&update.workflow, id), &update)
             .await?;
+        if is_terminal(update.status) {
+            self.snapshot_history(&update.workflow).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the workflow's duration estimates to the `assay_history` bucket, where the
+    /// scheduler reads them to plan `strategy: duration` executions.
+    pub async fn snapshot_history(&self, workflow: &str) -> Result<()> {
+        let tests = self.store.history(workflow, None).await?;
+        let snapshot = HistorySnapshot {
+            workflow: workflow.to_string(),
+            tests: tests
+                .iter()
+                .filter(|t| t.samples > 0)
+                .map(|t| TestEstimate {
+                    id: t.test_id.clone(),
+                    mean_ms: t.mean_ms,
+                    p90_ms: t.p90_ms,
+                })
+                .collect(),
+            updated_at_ms: assay_bus::now_ms(),
+        };
+        let kv = self.bus.kv(streams::KV_HISTORY).await?;
+        kv.put(assay_bus::kv_key(workflow), snapshot.encode_to_vec().into())
+            .await
+            .map_err(|e| assay_bus::Error::JetStream {
+                what: format!("history snapshot of {workflow}"),
+                reason: e.to_string(),
+            })?;
         Ok(())
     }
 
@@ -170,6 +203,13 @@ impl Aggregator {
         }
         Ok(ended)
     }
+}
+
+fn is_terminal(status: i32) -> bool {
+    !matches!(
+        ExecutionStatus::try_from(status).unwrap_or(ExecutionStatus::Unspecified),
+        ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
+    )
 }
 
 fn handler_spec(durable: &str, filter: &str, concurrency: usize) -> ConsumerSpec {

@@ -1,0 +1,128 @@
+//! Shard planning for assay: which runner runs which test.
+//!
+//! Everything here is pure (no I/O, no clocks, no randomness): the same input gives the same
+//! plan on every runner, which is what lets each runner list its tests itself and still run
+//! every test exactly once across shards.
+//!
+//! - [`count_split`]: contiguous split by count, the baseline.
+//! - [`lpt`]: longest-processing-time-first plan from a [`History`] of durations
+//!   (`duration` strategy); [`duration_share`] is what one runner takes from it, with tests the
+//!   plan does not know placed by [`hash_shard`].
+//! - [`queue_batches`] + [`LeaseQueue`]: the `queue` strategy's work queue and its lease-based
+//!   state machine.
+//! - [`auto_count`], [`expand_matrix`], [`dedup`]: shard count, matrix and listing helpers.
+//! - [`sim`]: a discrete-event simulation of the three strategies (used by `bench-sharding`).
+//!
+//! `m` (the number of shards or workers) of 0 is treated as 1 throughout.
+
+mod error;
+mod history;
+mod matrix;
+mod queue;
+pub mod sim;
+mod split;
+
+pub use error::{Error, Result};
+pub use history::{Estimate, History};
+pub use matrix::{dedup, expand_matrix};
+pub use queue::{Batch, LeaseQueue, queue_batches};
+pub use split::{
+    Plan, auto_count, count_split, duration_share, hash_shard, lower_bound, lpt, share_from_hashes,
+    stable_hash,
+};
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A test's id as the runner lists it (e.g. `pkg::module::test_name`).
+pub type TestId = String;
+
+/// How an execution's tests are spread over its shards (`parallel.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Contiguous split by count: the baseline.
+    Count,
+    /// Longest-processing-time-first plan from history.
+    Duration,
+    /// Workers pull batches from a per-execution queue, longest first.
+    Queue,
+}
+
+impl Strategy {
+    /// The default: `queue` when the workflow lists its tests, otherwise `count`.
+    pub fn default_for(lists_tests: bool) -> Self {
+        if lists_tests {
+            Strategy::Queue
+        } else {
+            Strategy::Count
+        }
+    }
+
+    /// The name used in definitions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Count => "count",
+            Strategy::Duration => "duration",
+            Strategy::Queue => "queue",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "count" => Ok(Strategy::Count),
+            "duration" => Ok(Strategy::Duration),
+            "queue" => Ok(Strategy::Queue),
+            other => Err(Error::UnknownStrategy(other.to_owned())),
+        }
+    }
+}
+
+/// A total order on `f64` (via [`f64::total_cmp`]) for heaps of loads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Ms(pub(crate) f64);
+
+impl Eq for Ms {}
+
+impl PartialOrd for Ms {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ms {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_round_trips() {
+        for s in [Strategy::Count, Strategy::Duration, Strategy::Queue] {
+            assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
+        }
+        let err = "fastest".parse::<Strategy>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown sharding strategy \"fastest\" (known: count, duration, queue)"
+        );
+        assert_eq!(Strategy::default_for(true), Strategy::Queue);
+        assert_eq!(Strategy::default_for(false), Strategy::Count);
+    }
+}
