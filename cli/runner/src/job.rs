@@ -259,3 +259,99 @@ mod tests {
         assert_eq!(id.key("final"), "e1/0/2/final");
     }
 }
+
+/// A test id reduced to dotted form, so a listing's `tests/test_cart.py::test_add` and a
+/// JUnit report's `tests.test_cart::test_add` compare equal.
+pub fn normalize_id(id: &str) -> String {
+    id.replace(".py::", "::")
+        .replace(['/', '\\'], ".")
+        .replace("::", ".")
+}
+
+/// Renames each result to the listed id it reports on, so results, history and plans all
+/// speak the listing's ids: an exact match of the normalized forms, or else the unique listed
+/// id whose normalized form ends the result's at a `.` boundary (JUnit adds a classname the
+/// listing may not have). Results that match nothing keep their id. Returns how many were
+/// renamed.
+pub fn map_to_listed(results: &mut [assay_proto::TestCaseResult], listed: &[String]) -> usize {
+    use std::collections::HashMap;
+    let mut by_key: HashMap<String, Option<&str>> = HashMap::with_capacity(listed.len());
+    for id in listed {
+        by_key
+            .entry(normalize_id(id))
+            .and_modify(|e| *e = None) // ambiguous
+            .or_insert(Some(id.as_str()));
+    }
+    let exact: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+    let mut renamed = 0;
+    for r in results.iter_mut() {
+        if exact.contains(r.id.as_str()) {
+            continue;
+        }
+        let key = normalize_id(&r.id);
+        let mut found = by_key.get(&key).copied().flatten();
+        if found.is_none() {
+            // Suffixes at '.' boundaries, longest first.
+            found = key
+                .match_indices('.')
+                .map(|(i, _)| &key[i + 1..])
+                .find_map(|suffix| by_key.get(suffix).copied().flatten());
+        }
+        if let Some(id) = found {
+            r.id = id.to_string();
+            renamed += 1;
+        }
+    }
+    renamed
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+    use assay_proto::TestCaseResult;
+
+    fn result(id: &str) -> TestCaseResult {
+        TestCaseResult {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn maps_pytest_and_bare_ids_to_the_listing() {
+        let listed: Vec<String> = [
+            "tests/test_cart.py::test_add",
+            "tests/test_inventory.py::test_in_stock[apple]",
+            "big_900",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut results = vec![
+            result("tests.test_cart::test_add"),
+            result("tests.test_inventory::test_in_stock[apple]"),
+            result("timed::big_900"),
+            result("other::unknown"),
+            result("big_900"),
+        ];
+        assert_eq!(map_to_listed(&mut results, &listed), 3);
+        let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "tests/test_cart.py::test_add",
+                "tests/test_inventory.py::test_in_stock[apple]",
+                "big_900",
+                "other::unknown",
+                "big_900"
+            ]
+        );
+    }
+
+    #[test]
+    fn ambiguous_listings_are_left_alone() {
+        let listed = vec!["a/x.py::t".to_string(), "a.x::t".to_string()];
+        let mut results = vec![result("a.x::t2"), result("q.a.x.t")];
+        assert_eq!(map_to_listed(&mut results, &listed), 0);
+    }
+}

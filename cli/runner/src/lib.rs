@@ -312,7 +312,8 @@ async fn run_tests(
     // A report left by an earlier run in the same directory must not count as ours.
     let _ = std::fs::remove_file(&report);
 
-    let ids: Option<Vec<String>> = if !job.test_ids.is_empty() {
+    let by_duration = job.strategy == "duration" && !tests.list.is_empty();
+    let ids: Option<Vec<String>> = if !job.test_ids.is_empty() && !by_duration {
         logs.system(
             TESTS,
             format!(
@@ -357,15 +358,35 @@ async fn run_tests(
             )
             .await;
         }
-        let share = assay_spec::shard::shard_of_count(
-            &all,
-            id.shard as usize,
-            id.shard_count.max(1) as usize,
-        );
+        let (share, how) = if by_duration {
+            // The planned tests of this shard, plus tests no shard was planned for (new ones)
+            // whose stable hash falls here: every listed test runs on exactly one shard.
+            let planned: std::collections::HashSet<u64> =
+                job.planned_hashes.iter().copied().collect();
+            let share = assay_plan::share_from_hashes(
+                &all,
+                &job.test_ids,
+                &planned,
+                id.shard as usize,
+                id.shard_count.max(1) as usize,
+            );
+            let new = share
+                .iter()
+                .filter(|t| !planned.contains(&assay_plan::stable_hash(t)))
+                .count();
+            (share, format!("by duration history; {new} of them new"))
+        } else {
+            let share = assay_spec::shard::shard_of_count(
+                &all,
+                id.shard as usize,
+                id.shard_count.max(1) as usize,
+            );
+            (share, "by count".to_string())
+        };
         logs.system(
             TESTS,
             format!(
-                "listed {} tests, this shard runs {}",
+                "listed {} tests, this shard runs {} ({how})",
                 all.len(),
                 share.len()
             ),
@@ -401,7 +422,17 @@ async fn run_tests(
         return (Verdict::of_tests(&[], &run.exit), Vec::new());
     }
     match collect_reports(&tests.reports, &report, runner.workdir(), started) {
-        Ok((files, results, stale)) => {
+        Ok((files, mut results, stale)) => {
+            if let Some(listed) = ids.as_deref() {
+                let mapped = job::map_to_listed(&mut results, listed);
+                if mapped > 0 {
+                    logs.system(
+                        TESTS,
+                        format!("{mapped} report ids mapped to the listed test ids"),
+                    )
+                    .await;
+                }
+            }
             for path in &stale {
                 logs.system(
                     TESTS,

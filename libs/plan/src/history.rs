@@ -52,6 +52,11 @@ impl History {
         true
     }
 
+    /// The ids with an estimate, sorted.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+
     pub fn get(&self, id: &str) -> Option<&Estimate> {
         self.by_id.get(id)
     }

@@ -212,15 +212,11 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
             "raise maxCount or remove it",
         ));
     }
-    if par.strategy != Strategy::Count {
-        let name = match par.strategy {
-            Strategy::Duration => "duration",
-            _ => "queue",
-        };
+    if par.strategy == Strategy::Queue {
         out.push(problem(
             kp!["spec", "parallel", "strategy"],
-            format!("parallel strategy `{name}` is not supported yet"),
-            "use `strategy: count` (the default) or remove it",
+            "parallel strategy `queue` is not supported yet",
+            "use `strategy: duration` or `count` (the default)",
         ));
     }
     if par.matrix.is_some() {

@@ -99,6 +99,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         bus: bus.clone(),
         dedup: bus.kv(streams::KV_DEDUP).await?,
         active: bus.kv(streams::KV_ACTIVE).await?,
+        history: bus.kv(streams::KV_HISTORY).await?,
         defs: defs.clone(),
     };
     let watch = tokio::spawn(defs.watch(Duration::from_secs(2), shutdown.clone(), |_| {}));
@@ -161,6 +162,7 @@ struct Scheduler {
     bus: Bus,
     dedup: kv::Store,
     active: kv::Store,
+    history: kv::Store,
     defs: SharedCatalog,
 }
 
@@ -338,12 +340,18 @@ impl Scheduler {
             Seen::New(id) | Seen::Pending(id) => id,
         };
         let catalog = self.defs.get();
+        let history = match catalog.workflow(workflow) {
+            Ok(w) if w.spec.parallel.strategy == assay_spec::Strategy::Duration => {
+                self.history(workflow).await?
+            }
+            _ => assay_plan::History::new(),
+        };
         let planned = catalog
             .workflow(workflow)
             .map_err(Error::spec)
             .and_then(|w| {
                 let config = w.resolve_config(overrides).map_err(Error::spec)?;
-                plan::plan(&id, w, config, cause).map(|p| (w, p))
+                plan::plan(&id, w, config, cause, &history).map(|p| (w, p))
             });
         let (w, plan) = match planned {
             Ok(ok) => ok,
@@ -375,6 +383,38 @@ impl Scheduler {
         self.mark_done(cause, &id).await?;
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
         Ok(())
+    }
+
+    /// The workflow's duration estimates, as the aggregator last wrote them (empty before
+    /// its first finished execution; an unreadable snapshot is planned without, and said).
+    async fn history(&self, workflow: &str) -> Result<assay_plan::History> {
+        let raw = self
+            .history
+            .get(kv_key(workflow))
+            .await
+            .map_err(|e| Error::kv("get", e))?;
+        let Some(raw) = raw else {
+            return Ok(assay_plan::History::new());
+        };
+        match <assay_proto::HistorySnapshot as prost::Message>::decode(raw.as_ref()) {
+            Ok(snapshot) => Ok(snapshot
+                .tests
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.id,
+                        assay_plan::Estimate {
+                            mean_ms: t.mean_ms,
+                            p90_ms: t.p90_ms as f64,
+                        },
+                    )
+                })
+                .collect()),
+            Err(e) => {
+                warn!(workflow, error = %e, "history snapshot unreadable; planning without it");
+                Ok(assay_plan::History::new())
+            }
+        }
     }
 
     /// Takes the workflow's `forbid` slot; returns the holder if another execution has it.

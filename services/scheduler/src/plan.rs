@@ -78,12 +78,16 @@ fn steps(list: &[assay_spec::Step], config: &BTreeMap<String, String>) -> Result
         .collect()
 }
 
-/// Plans `workflow` with `config` (already resolved) into `parallel.count` shards.
+/// Plans `workflow` with `config` (already resolved) into `parallel.count` shards. With
+/// `strategy: duration`, the tests `history` knows are split longest-first (LPT) and each
+/// shard is told its own and the hashes of all planned tests; tests without history are
+/// placed by the runners with a stable hash.
 pub fn plan(
     id: &str,
     workflow: &Workflow,
     config: BTreeMap<String, String>,
     cause: &Cause,
+    history: &assay_plan::History,
 ) -> Result<Plan> {
     let spec = &workflow.spec;
     let shard_count = spec.parallel.count.max(1);
@@ -129,6 +133,21 @@ pub fn plan(
         timeout_ms,
     };
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
+    let by_duration = spec.parallel.strategy == assay_spec::Strategy::Duration;
+    let (planned, planned_hashes): (Vec<Vec<String>>, Vec<u64>) = if by_duration {
+        let known: Vec<String> = history.ids().map(str::to_string).collect();
+        let p = assay_plan::lpt(&known, history, shard_count as usize);
+        let hashes = p
+            .shards
+            .iter()
+            .flatten()
+            .map(|t| assay_plan::stable_hash(t))
+            .collect();
+        (p.shards, hashes)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let strategy = if by_duration { "duration" } else { "count" };
     let shards = (0..shard_count)
         .map(|i| ShardJob {
             header: Some(assay_bus::header(
@@ -148,7 +167,9 @@ pub fn plan(
             env: env.clone().into_iter().collect(),
             timeout_ms,
             working_dir: working_dir.clone(),
-            test_ids: Vec::new(),
+            test_ids: planned.get(i as usize).cloned().unwrap_or_default(),
+            strategy: strategy.to_string(),
+            planned_hashes: planned_hashes.clone(),
             retries: spec.retries.count,
             retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
         })
@@ -200,7 +221,7 @@ spec:
             key: "k".into(),
             ..Default::default()
         };
-        let p = plan("E1", &w, config, &cause).unwrap();
+        let p = plan("E1", &w, config, &cause, &assay_plan::History::new()).unwrap();
         assert_eq!(p.execution.shard_count, 3);
         assert_eq!(p.execution.timeout_ms, 120_000);
         assert_eq!(p.shards.len(), 3);
@@ -227,8 +248,9 @@ spec:
     fn plan_is_deterministic_apart_from_headers() {
         let w = workflow(W);
         let c = w.resolve_config(&BTreeMap::new()).unwrap();
-        let a = plan("E", &w, c.clone(), &Cause::default()).unwrap();
-        let b = plan("E", &w, c, &Cause::default()).unwrap();
+        let h = assay_plan::History::new();
+        let a = plan("E", &w, c.clone(), &Cause::default(), &h).unwrap();
+        let b = plan("E", &w, c, &Cause::default(), &h).unwrap();
         let strip = |mut j: ShardJob| {
             j.header = None;
             j

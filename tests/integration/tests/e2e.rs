@@ -93,7 +93,7 @@ async fn multi_shard_suite_runs_end_to_end_and_every_test_lands_once() {
     assert_eq!(d.shards.len(), 4);
     let mut got = test_ids(&d);
     got.sort();
-    let mut want: Vec<String> = all.iter().map(|i| format!("suite::{i}")).collect();
+    let mut want: Vec<String> = all.clone();
     want.sort();
     assert_eq!(got, want, "every test exactly once");
     assert_eq!((e.passed, e.failed, e.skipped), (32, 4, 4));
@@ -263,7 +263,7 @@ async fn services_restarted_mid_run_lose_nothing() {
     );
     let mut got = test_ids(&d);
     got.sort();
-    let mut want: Vec<String> = all.iter().map(|i| format!("suite::{i}")).collect();
+    let mut want: Vec<String> = all.clone();
     want.sort();
     assert_eq!(got, want, "{}", describe(&d));
     assert_eq!(d.execution.as_ref().unwrap().passed, 16);
@@ -893,7 +893,7 @@ async fn services_aborted_mid_run_lose_nothing_and_count_nothing_twice() {
     );
     let mut got = test_ids(&d);
     got.sort();
-    let mut want: Vec<String> = all.iter().map(|i| format!("suite::{i}")).collect();
+    let mut want: Vec<String> = all.clone();
     want.sort();
     assert_eq!(got, want, "{}", describe(&d));
     assert_eq!(d.execution.as_ref().unwrap().passed, 12);
@@ -951,4 +951,94 @@ async fn an_errored_shard_is_retried_up_to_the_workflow_retries() {
         "1 + 2 retries: {}",
         describe(&d)
     );
+}
+
+const TIMED_SH: &str = r#"#!/bin/sh
+# usage: timed.sh REPORT ID...  — ids end in _<ms>; the report says each took that long.
+report=$1; shift
+{
+echo '<?xml version="1.0" encoding="UTF-8"?>'
+echo "<testsuite name=\"timed\" tests=\"$#\">"
+for id in "$@"; do
+  ms=${id##*_}
+  echo "<testcase classname=\"timed\" name=\"$id\" time=\"$(awk "BEGIN{print $ms/1000}")\"/>"
+done
+echo "</testsuite>"
+} > "$report"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duration_strategy_balances_shards_from_history_and_runs_new_tests_once() {
+    let mut ids: Vec<String> = vec!["big_900".into(), "mid_500".into(), "mid_400".into()];
+    ids.extend((0..6).map(|i| format!("small{i}_100")));
+    let sb = sandbox(
+        |w| {
+            std::fs::write(w.join("timed.sh"), TIMED_SH).unwrap();
+            let yaml = workflow("dur", w, 2, "")
+                .replace("sh suite.sh", "sh timed.sh")
+                .replace(
+                    "parallel: {count: 2}",
+                    "parallel: {count: 2, strategy: duration}",
+                );
+            vec![("dur.yaml".into(), yaml)]
+        },
+        &ids,
+    )
+    .await;
+    let load = |d: &assay_proto::ExecutionDetail| -> Vec<u64> {
+        d.shards
+            .iter()
+            .map(|s| s.tests.iter().map(|t| t.duration_ms).sum())
+            .collect()
+    };
+    // First run: no history, tests spread by hash; it teaches the planner their durations.
+    let first = sb.run("dur", &[]).await;
+    let d1 = sb.wait_for_terminal(&first, LONG).await;
+    assert_eq!(
+        d1.execution.clone().unwrap().status,
+        ExecutionStatus::Passed as i32,
+        "{}",
+        describe(&d1)
+    );
+    assert_eq!(test_ids(&d1).len(), 9);
+    // The aggregator writes the workflow's history snapshot when an execution ends.
+    let kv = sb.bus.kv(assay_bus::streams::KV_HISTORY).await.unwrap();
+    for _ in 0..100 {
+        if kv.get(assay_bus::kv_key("dur")).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Second run: longest first onto the least-loaded shard: 900+100+100+100 | 500+400+100+100+100 → 1200 | 1200.
+    let second = sb.run("dur", &[]).await;
+    let d2 = sb.wait_for_terminal(&second, LONG).await;
+    let loads = load(&d2);
+    assert_eq!(loads.iter().sum::<u64>(), 2400, "{}", describe(&d2));
+    assert!(
+        loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 100,
+        "loads {loads:?}: {}",
+        describe(&d2)
+    );
+    // A new test appears: it runs exactly once, on the shard its hash picks.
+    let ids_file = {
+        // The sandbox's working directory is the one holding timed.sh.
+        let wf = std::fs::read_to_string(sb.workflows_dir().join("dur.yaml")).unwrap();
+        let dir = wf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("workingDir: "))
+            .unwrap()
+            .to_string();
+        std::path::PathBuf::from(dir).join("ids.txt")
+    };
+    let mut listed = std::fs::read_to_string(&ids_file).unwrap();
+    listed.push_str("fresh_300\n");
+    std::fs::write(&ids_file, listed).unwrap();
+    let third = sb.run("dur", &[]).await;
+    let d3 = sb.wait_for_terminal(&third, LONG).await;
+    let mut got = test_ids(&d3);
+    got.sort();
+    assert_eq!(got.len(), 10, "{}", describe(&d3));
+    got.dedup();
+    assert_eq!(got.len(), 10, "every test once: {}", describe(&d3));
+    assert!(got.contains(&"fresh_300".to_string()));
 }
