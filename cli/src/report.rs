@@ -24,6 +24,7 @@ pub fn detail_from_update(u: &ExecutionUpdate) -> ExecutionDetail {
                 exit_code: 0,
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -267,6 +267,7 @@ mod tests {
                     ..Default::default()
                 }],
             }],
+            ..Default::default()
         };
         let v = ExecutionView::from_detail(&detail, 0);
         let tests = v.shards[0].tests.as_ref().unwrap();

@@ -125,7 +125,7 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         let mut bus_rx = bus_rx.clone();
         let bus = wait_bus(&mut bus_rx).await?;
         let test_cases = results.len() as u32;
-        let result_batches = publish::publish_results(&bus, &id, results).await?;
+        let result_batches = publish::publish_results(&bus, &id, results, 0, 0).await?;
         let mut final_status = status(&id, verdict.state, started_at_ms, "final");
         final_status.reason = verdict.reason.clone();
         final_status.exit_code = verdict.exit_code;

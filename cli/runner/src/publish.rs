@@ -212,23 +212,28 @@ pub fn batches(
     out
 }
 
-/// Publishes the results as [`TestCaseBatch`]es 0, 1, … and returns how many.
+/// Publishes the results as [`TestCaseBatch`]es numbered from `first` and returns how many.
+/// `queue_batch` is 1 + the work-queue batch they belong to (0 outside queue mode).
 pub async fn publish_results(
     bus: &Bus,
     id: &Identity,
     results: Vec<TestCaseResult>,
+    first: u32,
+    queue_batch: u32,
 ) -> Result<u32> {
     let subject = subjects::results(&id.execution, id.shard);
     let mut n = 0u32;
     for cases in batches(results, BATCH_CASES, BATCH_BYTES) {
+        let number = first + n;
         let batch = TestCaseBatch {
-            header: Some(id.header(&format!("results/{n}"))),
+            header: Some(id.header(&format!("results/{number}"))),
             execution_id: id.execution.clone(),
             shard_index: id.shard,
             attempt: id.attempt,
-            batch: n,
+            batch: number,
             results: cases,
             workflow: id.workflow.clone(),
+            queue_batch,
         };
         publish_retrying(bus, &subject, &batch, RETRY_BUDGET).await?;
         n += 1;

@@ -57,6 +57,7 @@ pub fn run_request(id: &str, workflow: &str, config: BTreeMap<String, String>) -
         config: config.into_iter().collect(),
         requested_by: "cli".to_string(),
         execution_id: id.to_string(),
+        ..Default::default()
     }
 }
 

@@ -56,15 +56,16 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
             tx.execute(
                 "INSERT INTO executions (id, planned, workflow, shard_count, status, reason,
                      trigger_name, cause, config_json, labels_json, created_at_ms,
-                     finished_at_ms, timeout_ms)
-                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     finished_at_ms, timeout_ms, rerun_of)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (id) DO UPDATE SET
                      planned = 1, workflow = excluded.workflow,
                      shard_count = excluded.shard_count, status = excluded.status,
                      reason = excluded.reason, trigger_name = excluded.trigger_name,
                      cause = excluded.cause, config_json = excluded.config_json,
                      labels_json = excluded.labels_json, created_at_ms = excluded.created_at_ms,
-                     finished_at_ms = excluded.finished_at_ms, timeout_ms = excluded.timeout_ms",
+                     finished_at_ms = excluded.finished_at_ms, timeout_ms = excluded.timeout_ms,
+                     rerun_of = excluded.rerun_of",
                 params![
                     e.id,
                     e.workflow,
@@ -78,6 +79,7 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
                     e.created_at_ms,
                     finished_at_ms,
                     clamp_u64(e.timeout_ms),
+                    e.rerun_of,
                 ],
             )?;
             true
@@ -239,6 +241,33 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
     if inserted == 0 {
         return Ok(false);
     }
+    if b.queue_batch > 0 {
+        tx.execute(
+            "INSERT OR IGNORE INTO queue_claims (execution_id, queue_batch, shard_index, attempt)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![b.execution_id, b.queue_batch, b.shard_index, b.attempt],
+        )?;
+        let owner: (u32, u32) = tx.query_row(
+            "SELECT shard_index, attempt FROM queue_claims
+             WHERE execution_id = ?1 AND queue_batch = ?2",
+            params![b.execution_id, b.queue_batch],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        if owner != (b.shard_index, b.attempt) {
+            // Another worker reported this queue batch first (this one's lease had
+            // expired): keep the ledger entry so the shard completes, count no test twice.
+            debug!(
+                execution = %b.execution_id,
+                queue_batch = b.queue_batch - 1,
+                shard = b.shard_index,
+                owner = owner.0,
+                "queue batch already reported by another shard; results ignored"
+            );
+            settle(&tx, &b.execution_id)?;
+            tx.commit()?;
+            return Ok(true);
+        }
+    }
     {
         let mut insert = tx.prepare(
             "INSERT OR IGNORE INTO test_cases (execution_id, shard_index, attempt, test_id, name,
@@ -349,7 +378,7 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
     let row = conn
         .query_row(
             "SELECT workflow, shard_count, status, reason, trigger_name, cause, config_json,
-                 labels_json, created_at_ms, timeout_ms
+                 labels_json, created_at_ms, timeout_ms, rerun_of
              FROM executions WHERE id = ?1 AND planned = 1",
             [id],
             |row| {
@@ -367,6 +396,7 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
                         labels: HashMap::new(),
                         created_at_ms: row.get(8)?,
                         timeout_ms: u64::try_from(row.get::<_, i64>(9)?).unwrap_or(0),
+                        rerun_of: row.get(10)?,
                     },
                     row.get::<_, String>(6)?,
                     row.get::<_, String>(7)?,
@@ -418,9 +448,15 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
             exit_code: shard.exit_code,
         });
     }
+    let (config, rerun_of) = match get_execution(conn, id)? {
+        Some(e) => (e.config, e.rerun_of),
+        None => (HashMap::new(), String::new()),
+    };
     Ok(Some(ExecutionDetail {
         execution: Some(view.update()),
         shards,
+        config,
+        rerun_of,
     }))
 }
 

@@ -92,6 +92,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (workflow, test_id)
     ) WITHOUT ROWID;
     "#,
+    // 4: reruns link to the execution they rerun; queue batches are owned by the first
+    // shard attempt that reports them, so a batch re-run after a lease expired counts once.
+    r#"
+    ALTER TABLE executions ADD COLUMN rerun_of TEXT NOT NULL DEFAULT '';
+    CREATE TABLE queue_claims (
+        execution_id TEXT    NOT NULL,
+        queue_batch  INTEGER NOT NULL,
+        shard_index  INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        PRIMARY KEY (execution_id, queue_batch)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

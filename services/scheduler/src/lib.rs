@@ -157,6 +157,14 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// What a run request asks beyond the workflow: a selection of tests and the execution it
+/// reruns.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    selection: plan::Selection,
+    rerun_of: String,
+}
+
 #[derive(Clone)]
 struct Scheduler {
     bus: Bus,
@@ -193,7 +201,20 @@ impl Scheduler {
             ulid::Ulid::new().to_string()
         };
         let overrides: BTreeMap<String, String> = req.config.into_iter().collect();
-        self.start(&req.workflow, &overrides, &cause, proposed, None)
+        let selection = if !req.shards.is_empty() {
+            plan::Selection::Frozen(req.shards.into_iter().map(|s| s.ids).collect())
+        } else if !req.test_ids.is_empty() {
+            plan::Selection::Ids(req.test_ids)
+        } else if !req.rerun_of.is_empty() {
+            plan::Selection::Ids(Vec::new()) // a rerun of nothing: rejected with the reason
+        } else {
+            plan::Selection::Listed
+        };
+        let run = Run {
+            selection,
+            rerun_of: req.rerun_of,
+        };
+        self.start(&req.workflow, &overrides, &cause, proposed, None, &run)
             .await
     }
 
@@ -262,6 +283,7 @@ impl Scheduler {
                     &cause,
                     ulid::Ulid::new().to_string(),
                     policy,
+                    &Run::default(),
                 )
                 .await?;
             }
@@ -331,6 +353,7 @@ impl Scheduler {
         cause: &Cause,
         proposed: String,
         policy_override: Option<Policy>,
+        run: &Run,
     ) -> Result<()> {
         let id = match self.claim(cause, &proposed).await? {
             Seen::Done(id) => {
@@ -351,7 +374,16 @@ impl Scheduler {
             .map_err(Error::spec)
             .and_then(|w| {
                 let config = w.resolve_config(overrides).map_err(Error::spec)?;
-                plan::plan(&id, w, config, cause, &history).map(|p| (w, p))
+                plan::plan(
+                    &id,
+                    w,
+                    config,
+                    cause,
+                    &history,
+                    &run.selection,
+                    &run.rerun_of,
+                )
+                .map(|p| (w, p))
             });
         let (w, plan) = match planned {
             Ok(ok) => ok,

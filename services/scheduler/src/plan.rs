@@ -78,6 +78,19 @@ fn steps(list: &[assay_spec::Step], config: &BTreeMap<String, String>) -> Result
         .collect()
 }
 
+/// Which tests an execution runs.
+#[derive(Debug, Clone, Default)]
+pub enum Selection {
+    /// Whatever `tests.list` prints, split by the workflow's strategy.
+    #[default]
+    Listed,
+    /// Only these ids (a rerun of failed tests), split by count over at most
+    /// `parallel.count` shards.
+    Ids(Vec<String>),
+    /// A frozen shard plan to replay (`assay rerun --same-plan`): one list per shard.
+    Frozen(Vec<Vec<String>>),
+}
+
 /// Plans `workflow` with `config` (already resolved) into `parallel.count` shards. With
 /// `strategy: duration`, the tests `history` knows are split longest-first (LPT) and each
 /// shard is told its own and the hashes of all planned tests; tests without history are
@@ -88,9 +101,30 @@ pub fn plan(
     config: BTreeMap<String, String>,
     cause: &Cause,
     history: &assay_plan::History,
+    selection: &Selection,
+    rerun_of: &str,
 ) -> Result<Plan> {
     let spec = &workflow.spec;
-    let shard_count = spec.parallel.count.max(1);
+    // Explicit selections fix the shards: no empty shard (it would list the whole suite).
+    let fixed: Option<Vec<Vec<String>>> = match selection {
+        Selection::Listed => None,
+        Selection::Ids(ids) => {
+            let n = (spec.parallel.count as usize).min(ids.len()).max(1);
+            Some(assay_spec::shard::split_by_count(ids, n))
+        }
+        Selection::Frozen(shards) => {
+            Some(shards.iter().filter(|s| !s.is_empty()).cloned().collect())
+        }
+    };
+    if fixed.as_ref().is_some_and(|f| f.iter().all(Vec::is_empty)) {
+        return Err(Error::Spec(
+            "nothing to rerun: the selection names no test".to_string(),
+        ));
+    }
+    let shard_count = match &fixed {
+        Some(f) => f.len() as u32,
+        None => spec.parallel.count.max(1),
+    };
     let timeout_ms = spec.timeout.map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut env = BTreeMap::new();
     for (k, v) in &spec.env {
@@ -131,10 +165,13 @@ pub fn plan(
         labels: workflow.labels.clone().into_iter().collect(),
         created_at_ms: assay_bus::now_ms(),
         timeout_ms,
+        rerun_of: rerun_of.to_string(),
     };
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
-    let by_duration = spec.parallel.strategy == assay_spec::Strategy::Duration;
-    let (planned, planned_hashes): (Vec<Vec<String>>, Vec<u64>) = if by_duration {
+    let by_duration = fixed.is_none() && spec.parallel.strategy == assay_spec::Strategy::Duration;
+    let (planned, planned_hashes): (Vec<Vec<String>>, Vec<u64>) = if let Some(f) = fixed {
+        (f, Vec::new())
+    } else if by_duration {
         let known: Vec<String> = history.ids().map(str::to_string).collect();
         let p = assay_plan::lpt(&known, history, shard_count as usize);
         let hashes = p
@@ -172,6 +209,7 @@ pub fn plan(
             planned_hashes: planned_hashes.clone(),
             retries: spec.retries.count,
             retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
+            batch_overhead_ms: 0,
         })
         .collect();
     Ok(Plan { execution, shards })
@@ -221,7 +259,16 @@ spec:
             key: "k".into(),
             ..Default::default()
         };
-        let p = plan("E1", &w, config, &cause, &assay_plan::History::new()).unwrap();
+        let p = plan(
+            "E1",
+            &w,
+            config,
+            &cause,
+            &assay_plan::History::new(),
+            &Selection::Listed,
+            "",
+        )
+        .unwrap();
         assert_eq!(p.execution.shard_count, 3);
         assert_eq!(p.execution.timeout_ms, 120_000);
         assert_eq!(p.shards.len(), 3);
@@ -249,8 +296,17 @@ spec:
         let w = workflow(W);
         let c = w.resolve_config(&BTreeMap::new()).unwrap();
         let h = assay_plan::History::new();
-        let a = plan("E", &w, c.clone(), &Cause::default(), &h).unwrap();
-        let b = plan("E", &w, c, &Cause::default(), &h).unwrap();
+        let a = plan(
+            "E",
+            &w,
+            c.clone(),
+            &Cause::default(),
+            &h,
+            &Selection::Listed,
+            "",
+        )
+        .unwrap();
+        let b = plan("E", &w, c, &Cause::default(), &h, &Selection::Listed, "").unwrap();
         let strip = |mut j: ShardJob| {
             j.header = None;
             j
@@ -258,5 +314,32 @@ spec:
         let a: Vec<_> = a.shards.into_iter().map(strip).collect();
         let b: Vec<_> = b.shards.into_iter().map(strip).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn reruns_fix_the_shards_and_never_leave_one_empty() {
+        let w = workflow(W);
+        let c = w.resolve_config(&BTreeMap::new()).unwrap();
+        let h = assay_plan::History::new();
+        let ids = Selection::Ids(vec!["a".into(), "b".into()]);
+        let p = plan("E", &w, c.clone(), &Cause::default(), &h, &ids, "OLD").unwrap();
+        assert_eq!(p.execution.rerun_of, "OLD");
+        assert_eq!(p.shards.len(), 2, "count 3 but only 2 tests");
+        assert_eq!(p.shards[1].test_ids, ["b"]);
+        assert_eq!(p.shards[1].strategy, "count");
+        let frozen =
+            Selection::Frozen(vec![vec!["x".into()], vec![], vec!["y".into(), "z".into()]]);
+        let p = plan("E", &w, c.clone(), &Cause::default(), &h, &frozen, "OLD").unwrap();
+        let got: Vec<_> = p.shards.iter().map(|s| s.test_ids.clone()).collect();
+        assert_eq!(
+            got,
+            vec![
+                vec!["x".to_string()],
+                vec!["y".to_string(), "z".to_string()]
+            ]
+        );
+        assert_eq!(p.execution.shard_count, 2);
+        let none = Selection::Ids(vec![]);
+        assert!(plan("E", &w, c, &Cause::default(), &h, &none, "OLD").is_err());
     }
 }

@@ -201,6 +201,7 @@ async fn post_run(
         config: body.config.into_iter().collect(),
         requested_by: "http".into(),
         execution_id: execution_id.clone(),
+        ..Default::default()
     };
     match app
         .bus

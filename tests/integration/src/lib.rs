@@ -244,9 +244,15 @@ impl Sandbox {
                 .collect(),
             requested_by: "test".into(),
             execution_id: id.to_string(),
+            ..Default::default()
         };
+        self.publish_request(&req).await;
+    }
+
+    /// Publishes any run request (reruns, selections).
+    pub async fn publish_request(&self, req: &RunRequest) {
         self.bus
-            .publish(subjects::RUN_REQUESTED.to_string(), &req)
+            .publish(subjects::RUN_REQUESTED.to_string(), req)
             .await
             .expect("publish run request");
     }
