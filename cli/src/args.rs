@@ -61,6 +61,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run a workflow and follow it to the end.
     Run(RunArgs),
+    /// Run the failed tests of a finished execution again (or its whole shard plan).
+    Rerun(RerunArgs),
     /// Show workflows, executions or one execution.
     #[command(subcommand)]
     Get(GetCommand),
@@ -120,6 +122,13 @@ pub struct RunArgs {
     /// Override a workflow parameter (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+/// How `run` and `rerun` follow the execution they start.
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
     /// Stream the shards' log lines while it runs.
     #[arg(long, short)]
     pub watch: bool,
@@ -129,6 +138,28 @@ pub struct RunArgs {
     /// Stop waiting after this long (e.g. 30s, 10m); the execution keeps running.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// Id of the finished execution to rerun.
+    pub execution: String,
+    /// Rerun only the tests that failed or errored (the default unless --same-plan is given).
+    #[arg(long)]
+    pub failed: bool,
+    /// Replay the original shard plan: every shard runs the tests it ran before (with
+    /// --failed, only its failed or errored ones).
+    #[arg(long)]
+    pub same_plan: bool,
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+impl RerunArgs {
+    /// Whether only failed and errored tests are rerun: `--failed`, or no `--same-plan`.
+    pub fn failed_only(&self) -> bool {
+        self.failed || !self.same_plan
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,8 +256,32 @@ mod tests {
         };
         assert_eq!(run.workflow, "e2e");
         assert_eq!(run.set, vec!["a=1", "b=x=y"]);
-        assert!(run.watch);
-        assert_eq!(run.timeout, Some(Duration::from_secs(90)));
+        assert!(run.follow.watch);
+        assert_eq!(run.follow.timeout, Some(Duration::from_secs(90)));
+    }
+
+    fn rerun(args: &[&str]) -> RerunArgs {
+        let cli = Cli::try_parse_from(["assay", "rerun"].iter().chain(args)).unwrap();
+        let Command::Rerun(rerun) = cli.command else {
+            panic!("expected rerun")
+        };
+        rerun
+    }
+
+    #[test]
+    fn rerun_flags() {
+        let r = rerun(&["01J", "--failed", "--timeout", "60s", "--watch"]);
+        assert_eq!(r.execution, "01J");
+        assert!(r.failed_only() && !r.same_plan);
+        assert!(r.follow.watch);
+        assert_eq!(r.follow.timeout, Some(Duration::from_secs(60)));
+        // Failed tests by default; --same-plan alone replays every test of the plan.
+        assert!(rerun(&["01J"]).failed_only());
+        assert!(!rerun(&["01J", "--same-plan"]).failed_only());
+        assert!(rerun(&["01J", "--same-plan", "--failed"]).failed_only());
+        assert!(rerun(&["01J", "--detach"]).follow.detach);
+        assert!(Cli::try_parse_from(["assay", "rerun", "01J", "--watch", "--detach"]).is_err());
+        assert!(Cli::try_parse_from(["assay", "rerun"]).is_err());
     }
 
     #[test]

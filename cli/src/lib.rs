@@ -1,7 +1,7 @@
-//! The `assay` command: `validate`, `up` (the local stack in one process), `run`, `get`,
-//! `logs` and `trigger`.
+//! The `assay` command: `validate`, `up` (the local stack in one process), `run`, `rerun`,
+//! `get`, `logs`, `trigger` and `history`.
 //!
-//! Exit codes: 0 success (for `run`: the execution passed), 1 failure (invalid definitions,
+//! Exit codes: 0 success (for `run` and `rerun`: the execution passed), 1 failure (invalid definitions,
 //! a failed execution, an unreachable service, a timeout), 2 `assay up` found no usable
 //! nats-server, 130 interrupted.
 
@@ -59,6 +59,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Up(a) => cmd::up::run(&global, a, palette).await,
         Command::Run(a) => cmd::run::run(&global, a, palette).await,
+        Command::Rerun(a) => cmd::rerun::run(&global, a, palette).await,
         Command::Get(g) => cmd::get::run(&global, g, palette).await,
         Command::Logs(a) => cmd::logs::run(&global, a, palette).await,
         Command::Trigger(a) => cmd::trigger::run(&global, a).await,

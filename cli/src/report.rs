@@ -59,17 +59,21 @@ pub fn final_line(u: &ExecutionUpdate, now_ms: i64, palette: &Palette) -> String
     format!("{} {text}", palette.paint(color, &label))
 }
 
-/// The key/value block at the top of `get execution`.
-pub fn header_block(u: &ExecutionUpdate, now_ms: i64, palette: &Palette) -> String {
+/// The key/value block at the top of `get execution`; `rerun_of` is the execution it
+/// reruns (empty if none).
+pub fn header_block(u: &ExecutionUpdate, rerun_of: &str, now_ms: i64, palette: &Palette) -> String {
     let status = u.status();
     let mut rows: Vec<(&str, String)> = vec![
         ("Execution", u.execution_id.clone()),
         ("Workflow", u.workflow.clone()),
-        (
-            "Status",
-            palette.paint(execution_color(status), format::execution_status(status)),
-        ),
     ];
+    if !rerun_of.is_empty() {
+        rows.push(("Rerun of", rerun_of.to_string()));
+    }
+    rows.push((
+        "Status",
+        palette.paint(execution_color(status), format::execution_status(status)),
+    ));
     if !u.reason.is_empty() {
         rows.push(("Reason", u.reason.clone()));
     }
@@ -247,6 +251,20 @@ mod tests {
             output: output.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn header_block_links_a_rerun_to_its_original() {
+        let u = ExecutionUpdate {
+            execution_id: "01NEW".into(),
+            workflow: "shop".into(),
+            status: ExecutionStatus::Passed as i32,
+            ..Default::default()
+        };
+        let palette = Palette::plain();
+        let text = header_block(&u, "01ORIG", 0, &palette);
+        assert!(text.contains("Rerun of   01ORIG\n"), "{text}");
+        assert!(!header_block(&u, "", 0, &palette).contains("Rerun of"));
     }
 
     fn shards() -> Vec<ShardDetail> {

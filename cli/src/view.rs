@@ -38,7 +38,7 @@ impl WorkflowView {
             name: w.name.clone(),
             labels: w.labels.clone(),
             shards: w.spec.parallel.count,
-            strategy: format!("{:?}", w.spec.parallel.strategy).to_lowercase(),
+            strategy: format!("{:?}", w.spec.strategy()).to_lowercase(),
             parameters: w
                 .parameters()
                 .into_iter()
@@ -100,6 +100,9 @@ pub struct ExecutionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     pub revision: u64,
+    /// The execution this one reruns (`assay rerun`); only in the detail view.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub rerun_of: String,
     pub shards: Vec<ShardView>,
 }
 
@@ -153,6 +156,7 @@ impl ExecutionView {
             finished_at: format::timestamp(u.finished_at_ms),
             duration_ms: format::execution_ms(u.created_at_ms, u.finished_at_ms, now_ms),
             revision: u.revision,
+            rerun_of: String::new(),
             shards: u.shards.iter().map(ShardView::from_summary).collect(),
         }
     }
@@ -161,6 +165,7 @@ impl ExecutionView {
     pub fn from_detail(d: &ExecutionDetail, now_ms: i64) -> ExecutionView {
         let empty = ExecutionUpdate::default();
         let mut view = ExecutionView::from_update(d.execution.as_ref().unwrap_or(&empty), now_ms);
+        view.rerun_of = d.rerun_of.clone();
         if !d.shards.is_empty() {
             view.shards = d.shards.iter().map(ShardView::from_detail).collect();
         }
@@ -270,11 +275,31 @@ mod tests {
             ..Default::default()
         };
         let v = ExecutionView::from_detail(&detail, 0);
+        assert!(
+            serde_json::to_value(&v).unwrap().get("rerun_of").is_none(),
+            "not a rerun: no link"
+        );
         let tests = v.shards[0].tests.as_ref().unwrap();
         assert_eq!(tests[0].status, "failed");
         assert_eq!(v.shards[0].exit_code, Some(1));
         let yaml = serde_norway::to_string(&v).unwrap();
         assert!(yaml.contains("failure_message: boom"));
+    }
+
+    #[test]
+    fn detail_view_links_the_rerun_original() {
+        let detail = ExecutionDetail {
+            execution: Some(update()),
+            rerun_of: "01ORIG".into(),
+            ..Default::default()
+        };
+        let v = ExecutionView::from_detail(&detail, 0);
+        assert_eq!(serde_json::to_value(&v).unwrap()["rerun_of"], "01ORIG");
+        assert!(
+            serde_norway::to_string(&v)
+                .unwrap()
+                .contains("rerun_of: 01ORIG")
+        );
     }
 
     #[test]

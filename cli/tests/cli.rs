@@ -189,3 +189,36 @@ fn unreachable_api_says_what_to_do() {
         "{all}"
     );
 }
+
+#[test]
+fn rerun_needs_the_result_api_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let out = assay(
+        tmp.path(),
+        &["rerun", "01JNOPE", "--failed", "--api", &api],
+        &[],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("cannot reach the result API at {api}")),
+        "{all}"
+    );
+    let out = assay(tmp.path(), &["rerun", "--help"], &[]);
+    let help = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{help}");
+    for flag in [
+        "--failed",
+        "--same-plan",
+        "--watch",
+        "--detach",
+        "--timeout",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from: {help}");
+    }
+}

@@ -14,6 +14,7 @@ pub mod job;
 pub mod junit;
 pub mod outcome;
 pub mod publish;
+mod queue;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -114,7 +115,7 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
     };
 
     let work = async {
-        let (verdict, results) = execute(&job, &id, logs).await;
+        let (verdict, results, published) = execute(&job, &id, logs, &bus_rx).await;
         // Everything else first: the final status promises all of it was acked.
         let chunks = log_task
             .await
@@ -124,8 +125,9 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
             .map_err(|e| Error::Connect(format!("status publisher stopped: {e}")))??;
         let mut bus_rx = bus_rx.clone();
         let bus = wait_bus(&mut bus_rx).await?;
-        let test_cases = results.len() as u32;
-        let result_batches = publish::publish_results(&bus, &id, results, 0, 0).await?;
+        let test_cases = published.cases + results.len() as u32;
+        let result_batches = published.batches
+            + publish::publish_results(&bus, &id, results, published.batches, 0).await?;
         let mut final_status = status(&id, verdict.state, started_at_ms, "final");
         final_status.reason = verdict.reason.clone();
         final_status.exit_code = verdict.exit_code;
@@ -217,15 +219,30 @@ fn workdir(job: &ShardJob) -> Result<(PathBuf, Option<tempfile::TempDir>), Strin
     Ok((abs, None))
 }
 
+/// Result batches already published while the shard ran (queue mode).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Published {
+    pub batches: u32,
+    pub cases: u32,
+}
+
+type BusSlot = publish::BusState;
+
 /// Runs every step and the tests; never fails: what goes wrong becomes the verdict.
-async fn execute(job: &ShardJob, id: &Identity, logs: LogSink) -> (Verdict, Vec<TestCaseResult>) {
+async fn execute(
+    job: &ShardJob,
+    id: &Identity,
+    logs: LogSink,
+    bus_rx: &BusSlot,
+) -> (Verdict, Vec<TestCaseResult>, Published) {
     let (dir, _temp) = match workdir(job) {
         Ok(d) => d,
         Err(reason) => {
             logs.system("runner", &reason).await;
-            return (Verdict::errored(reason), Vec::new());
+            return (Verdict::errored(reason), Vec::new(), Published::default());
         }
     };
+    let mut published = Published::default();
     let mut env: Vec<(String, String)> = job
         .env
         .iter()
@@ -256,7 +273,7 @@ async fn execute(job: &ShardJob, id: &Identity, logs: LogSink) -> (Verdict, Vec<
     if verdict.state == ShardState::Passed
         && let Some(tests) = job.tests.as_ref().filter(|t| !t.run.is_empty())
     {
-        (verdict, results) = run_tests(job, tests, id, &runner).await;
+        (verdict, results, published) = run_tests(job, tests, id, &runner, bus_rx).await;
     }
     if verdict.state != ShardState::Passed {
         runner
@@ -274,7 +291,7 @@ async fn execute(job: &ShardJob, id: &Identity, logs: LogSink) -> (Verdict, Vec<
         }
     }
     runner.finish().await;
-    (verdict, results)
+    (verdict, results, published)
 }
 
 fn state_name(state: ShardState) -> &'static str {
@@ -290,15 +307,18 @@ fn state_name(state: ShardState) -> &'static str {
 
 const TESTS: &str = "tests";
 
-/// Lists (or takes) this shard's test ids, runs them and reads their reports.
+/// Lists (or takes) this shard's test ids, runs them and reads their reports. Queue mode
+/// publishes each batch's results itself (before acking the batch) and returns how many
+/// result batches it published, so the caller numbers the rest after them.
 async fn run_tests(
     job: &ShardJob,
     tests: &assay_proto::TestsSpec,
     id: &Identity,
     runner: &StepRunner,
-) -> (Verdict, Vec<TestCaseResult>) {
+    bus_rx: &BusSlot,
+) -> (Verdict, Vec<TestCaseResult>, Published) {
     let logs = runner.logs();
-    let errored = |reason: String| (Verdict::errored(reason), Vec::new());
+    let errored = |reason: String| (Verdict::errored(reason), Vec::new(), Published::default());
 
     let report = id.report_path(runner.workdir());
     if let Some(parent) = report.parent()
@@ -313,7 +333,8 @@ async fn run_tests(
     let _ = std::fs::remove_file(&report);
 
     let by_duration = job.strategy == "duration" && !tests.list.is_empty();
-    let ids: Option<Vec<String>> = if !job.test_ids.is_empty() && !by_duration {
+    let by_queue = job.strategy == "queue" && !tests.list.is_empty() && job.test_ids.is_empty();
+    if !job.test_ids.is_empty() && !by_duration {
         logs.system(
             TESTS,
             format!(
@@ -322,81 +343,119 @@ async fn run_tests(
             ),
         )
         .await;
-        Some(job.test_ids.clone())
-    } else if !tests.list.is_empty() {
-        let list = StepDef {
-            name: "list".to_string(),
-            run: tests.list.clone(),
-            timeout: None,
-            retries: 0,
+        let (v, r) = run_subset(tests, id, runner, Some(&job.test_ids), &report).await;
+        return (v, r, Published::default());
+    }
+    if tests.list.is_empty() {
+        let (v, r) = run_subset(tests, id, runner, None, &report).await;
+        return (v, r, Published::default());
+    }
+    let all = match list_tests(tests, runner).await {
+        Ok(all) => all,
+        Err(v) => return (v, Vec::new(), Published::default()),
+    };
+    if by_queue {
+        let mut bus_rx = bus_rx.clone();
+        let bus = match wait_bus(&mut bus_rx).await {
+            Ok(bus) => bus,
+            Err(e) => return errored(e.to_string()),
         };
-        let run = runner.run(&list, true).await;
-        if !run.exit.success() {
-            let mut v = Verdict::errored(format!("tests.list failed: {}", run.exit.describe()));
-            v.exit_code = run.exit.code();
-            return (v, Vec::new());
-        }
-        let (all, dups) = job::parse_ids(&String::from_utf8_lossy(&run.stdout));
-        if all.is_empty() {
-            return errored("tests.list printed no test ids".to_string());
-        }
-        if !dups.is_empty() {
-            let shown: Vec<&str> = dups.iter().take(20).map(String::as_str).collect();
-            let more = dups.len().saturating_sub(shown.len());
-            let tail = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            logs.system(
-                TESTS,
-                format!(
-                    "tests.list printed {} duplicate id(s), kept the first of each: {}{tail}",
-                    dups.len(),
-                    shown.join(", ")
-                ),
-            )
-            .await;
-        }
-        let (share, how) = if by_duration {
-            // The planned tests of this shard, plus tests no shard was planned for (new ones)
-            // whose stable hash falls here: every listed test runs on exactly one shard.
-            let planned: std::collections::HashSet<u64> =
-                job.planned_hashes.iter().copied().collect();
-            let share = assay_plan::share_from_hashes(
-                &all,
-                &job.test_ids,
-                &planned,
-                id.shard as usize,
-                id.shard_count.max(1) as usize,
-            );
-            let new = share
-                .iter()
-                .filter(|t| !planned.contains(&assay_plan::stable_hash(t)))
-                .count();
-            (share, format!("by duration history; {new} of them new"))
+        return queue::run(job, tests, id, runner, &bus, &all).await;
+    }
+    let (share, how) = if by_duration {
+        // The planned tests of this shard, plus tests no shard was planned for (new ones)
+        // whose stable hash falls here: every listed test runs on exactly one shard.
+        let planned: std::collections::HashSet<u64> = job.planned_hashes.iter().copied().collect();
+        let share = assay_plan::share_from_hashes(
+            &all,
+            &job.test_ids,
+            &planned,
+            id.shard as usize,
+            id.shard_count.max(1) as usize,
+        );
+        let new = share
+            .iter()
+            .filter(|t| !planned.contains(&assay_plan::stable_hash(t)))
+            .count();
+        (share, format!("by duration history; {new} of them new"))
+    } else {
+        let share = assay_spec::shard::shard_of_count(
+            &all,
+            id.shard as usize,
+            id.shard_count.max(1) as usize,
+        );
+        (share, "by count".to_string())
+    };
+    logs.system(
+        TESTS,
+        format!(
+            "listed {} tests, this shard runs {} ({how})",
+            all.len(),
+            share.len()
+        ),
+    )
+    .await;
+    let (v, r) = run_subset(tests, id, runner, Some(&share), &report).await;
+    (v, r, Published::default())
+}
+
+/// Runs `tests.list` and returns the ids it printed, once each (duplicates are reported).
+async fn list_tests(
+    tests: &assay_proto::TestsSpec,
+    runner: &StepRunner,
+) -> std::result::Result<Vec<String>, Verdict> {
+    let logs = runner.logs();
+    let list = StepDef {
+        name: "list".to_string(),
+        run: tests.list.clone(),
+        timeout: None,
+        retries: 0,
+    };
+    let run = runner.run(&list, true).await;
+    if !run.exit.success() {
+        let mut v = Verdict::errored(format!("tests.list failed: {}", run.exit.describe()));
+        v.exit_code = run.exit.code();
+        return Err(v);
+    }
+    let (all, dups) = job::parse_ids(&String::from_utf8_lossy(&run.stdout));
+    if all.is_empty() {
+        return Err(Verdict::errored(
+            "tests.list printed no test ids".to_string(),
+        ));
+    }
+    if !dups.is_empty() {
+        let shown: Vec<&str> = dups.iter().take(20).map(String::as_str).collect();
+        let more = dups.len().saturating_sub(shown.len());
+        let tail = if more > 0 {
+            format!(" and {more} more")
         } else {
-            let share = assay_spec::shard::shard_of_count(
-                &all,
-                id.shard as usize,
-                id.shard_count.max(1) as usize,
-            );
-            (share, "by count".to_string())
+            String::new()
         };
         logs.system(
             TESTS,
             format!(
-                "listed {} tests, this shard runs {} ({how})",
-                all.len(),
-                share.len()
+                "tests.list printed {} duplicate id(s), kept the first of each: {}{tail}",
+                dups.len(),
+                shown.join(", ")
             ),
         )
         .await;
-        Some(share)
-    } else {
-        None
-    };
-    if ids.as_ref().is_some_and(Vec::is_empty) {
+    }
+    Ok(all)
+}
+
+/// Runs `tests.run` for `ids` (all tests when `None`) with `report` as `{report}`, and reads
+/// the JUnit reports it wrote.
+pub(crate) async fn run_subset(
+    tests: &assay_proto::TestsSpec,
+    id: &Identity,
+    runner: &StepRunner,
+    ids: Option<&[String]>,
+    report: &Path,
+) -> (Verdict, Vec<TestCaseResult>) {
+    let logs = runner.logs();
+    let _ = std::fs::remove_file(report);
+    if ids.is_some_and(<[String]>::is_empty) {
         logs.system(
             TESTS,
             format!(
@@ -408,10 +467,10 @@ async fn run_tests(
         return (Verdict::passed(), Vec::new());
     }
 
-    let quoted = ids.as_deref().map(quote_all).unwrap_or_default();
+    let quoted = ids.map(quote_all).unwrap_or_default();
     let step = StepDef {
         name: TESTS.to_string(),
-        run: render_run(&tests.run, &quoted, &report),
+        run: render_run(&tests.run, &quoted, report),
         timeout: None,
         retries: 0,
     };
@@ -421,9 +480,9 @@ async fn run_tests(
     if tests.reports.is_empty() {
         return (Verdict::of_tests(&[], &run.exit), Vec::new());
     }
-    match collect_reports(&tests.reports, &report, runner.workdir(), started) {
+    match collect_reports(&tests.reports, report, runner.workdir(), started) {
         Ok((files, mut results, stale)) => {
-            if let Some(listed) = ids.as_deref() {
+            if let Some(listed) = ids {
                 let mapped = job::map_to_listed(&mut results, listed);
                 if mapped > 0 {
                     logs.system(

@@ -172,7 +172,10 @@ async fn execution(global: &Global, id: &str, output: Output, palette: &Palette)
         }
         Output::Table => {
             let execution = detail.execution.clone().unwrap_or_default();
-            print!("{}", report::header_block(&execution, now, palette));
+            print!(
+                "{}",
+                report::header_block(&execution, &detail.rerun_of, now, palette)
+            );
             if !detail.shards.is_empty() {
                 println!();
                 print!("{}", report::shard_table(&detail.shards, palette));

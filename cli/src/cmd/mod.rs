@@ -3,6 +3,7 @@
 pub mod get;
 pub mod history;
 pub mod logs;
+pub mod rerun;
 pub mod run;
 pub mod trigger;
 pub mod up;

@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Global, RunArgs};
+use crate::args::{FollowArgs, Global, RunArgs};
 use crate::style::{Color, Palette, execution_color, shard_color};
 use crate::{api, format, logline, report};
 
@@ -31,23 +31,35 @@ const MAX_STREAM_ERRORS: u64 = 10;
 
 pub async fn run(global: &Global, args: RunArgs, palette: Palette) -> Result<u8> {
     let config = assay_spec::parse_overrides(&args.set)?;
+    let id = ulid::Ulid::new().to_string();
+    let request = run_request(&id, &args.workflow, config);
+    start(global, &request, &args.follow, palette).await
+}
+
+/// Publishes `request` (its `execution_id` set) and, unless `--detach`, follows the
+/// execution to its end; 0 iff it passed. Shared by `run` and `rerun`.
+pub async fn start(
+    global: &Global,
+    request: &RunRequest,
+    follow_args: &FollowArgs,
+    palette: Palette,
+) -> Result<u8> {
     let shutdown = CancellationToken::new();
     let bus = crate::connect_bus(&global.nats, "assay-cli", &shutdown).await?;
     bus.ensure_topology()
         .await
         .context("cannot create the assay streams")?;
 
-    let id = ulid::Ulid::new().to_string();
-    let request = run_request(&id, &args.workflow, config);
-    bus.publish(subjects::RUN_REQUESTED.to_string(), &request)
+    let id = request.execution_id.as_str();
+    bus.publish(subjects::RUN_REQUESTED.to_string(), request)
         .await
-        .with_context(|| format!("cannot request a run of \"{}\"", args.workflow))?;
-    if args.detach {
+        .with_context(|| format!("cannot request a run of \"{}\"", request.workflow))?;
+    if follow_args.detach {
         println!("{id}");
         return Ok(0);
     }
     tracing::debug!(execution = %id, "run requested");
-    follow(global, &bus, &id, &args, palette).await
+    follow(global, &bus, id, &request.workflow, follow_args, palette).await
 }
 
 pub fn run_request(id: &str, workflow: &str, config: BTreeMap<String, String>) -> RunRequest {
@@ -101,7 +113,8 @@ async fn follow(
     global: &Global,
     bus: &Bus,
     id: &str,
-    args: &RunArgs,
+    workflow: &str,
+    args: &FollowArgs,
     palette: Palette,
 ) -> Result<u8> {
     let mut updates = ordered(bus, streams::EXECUTIONS, subjects::execution_updates_of(id)).await?;
@@ -111,7 +124,7 @@ async fn follow(
         None
     };
     let deadline = args.timeout.map(|d| Instant::now() + d);
-    let mut progress = Progress::new(id, &args.workflow, palette);
+    let mut progress = Progress::new(id, workflow, palette);
     let mut last: Option<ExecutionUpdate> = None;
     let mut errors = 0u64;
 

@@ -150,6 +150,7 @@ macro_rules! bus_message {
     )*};
 }
 bus_message!(
+    QueueBatch,
     TriggerEvent,
     RunRequest,
     Execution,
@@ -237,7 +238,12 @@ impl Bus {
                 Err(e) => return Err(Error::js(format!("create stream {name}"), e)),
             }
         }
-        for bucket in [streams::KV_DEDUP, streams::KV_ACTIVE, streams::KV_HISTORY] {
+        for bucket in [
+            streams::KV_DEDUP,
+            streams::KV_ACTIVE,
+            streams::KV_HISTORY,
+            streams::KV_QUEUES,
+        ] {
             self.kv(bucket).await?;
         }
         Ok(())
@@ -264,6 +270,29 @@ impl Bus {
             })
             .await
             .map_err(|e| Error::js(format!("create bucket {bucket}"), e))
+    }
+
+    /// The workflow's duration history as the aggregator last wrote it (`None` before its
+    /// first finished execution).
+    pub async fn history_snapshot(
+        &self,
+        workflow: &str,
+    ) -> Result<Option<assay_proto::HistorySnapshot>> {
+        let kv = self.kv(streams::KV_HISTORY).await?;
+        let raw = kv
+            .get(kv_key(workflow))
+            .await
+            .map_err(|e| Error::js(format!("history of {workflow}"), e))?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => assay_proto::HistorySnapshot::decode(raw.as_ref())
+                .map(Some)
+                .map_err(|e| Error::Decode {
+                    what: "HistorySnapshot",
+                    subject: format!("{}/{workflow}", streams::KV_HISTORY),
+                    reason: e.to_string(),
+                }),
+        }
     }
 
     /// Publishes to a JetStream subject with `Nats-Msg-Id` (the header's idempotency key)

@@ -13,6 +13,7 @@ pub const RESULTS: &str = "ASSAY_RESULTS";
 pub const LOGS: &str = "ASSAY_LOGS";
 pub const EXECUTIONS: &str = "ASSAY_EXECUTIONS";
 pub const DEAD: &str = "ASSAY_DEAD";
+pub const QUEUE: &str = "ASSAY_QUEUE";
 
 /// KV bucket: idempotency key of a trigger event or run request → execution id.
 pub const KV_DEDUP: &str = "assay_dedup";
@@ -20,6 +21,15 @@ pub const KV_DEDUP: &str = "assay_dedup";
 pub const KV_ACTIVE: &str = "assay_active";
 /// KV bucket: workflow → `HistorySnapshot` of its tests' durations, for planning.
 pub const KV_HISTORY: &str = "assay_history";
+/// KV bucket: execution → state of its work queue (`filling`, `sealed:<batches>`); the first
+/// runner to create the key fills the queue.
+pub const KV_QUEUES: &str = "assay_queues";
+
+/// Durable consumer name of an execution's work queue (one per execution, shared by its
+/// runners; removed by the server after an hour unused).
+pub fn queue_consumer(execution: &str) -> String {
+    format!("queue-{}", crate::subjects::token(execution))
+}
 
 /// Largest message any stream accepts (bytes). Consumers check their own, smaller limit
 /// before decoding.
@@ -61,6 +71,11 @@ pub fn all(replicas: usize) -> Vec<Config> {
         Config {
             max_age: 30 * DAY,
             ..base(DEAD, vec![subjects::DEAD_ALL])
+        },
+        Config {
+            retention: RetentionPolicy::WorkQueue,
+            max_age: DAY,
+            ..base(QUEUE, vec![subjects::QUEUE_ALL])
         },
     ]
 }

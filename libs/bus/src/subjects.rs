@@ -17,6 +17,7 @@ pub const RESULTS_ALL: &str = "assay.v1.results.>";
 pub const LOGS_ALL: &str = "assay.v1.logs.>";
 pub const EXECUTIONS_ALL: &str = "assay.v1.executions.>";
 pub const DEAD_ALL: &str = "assay.v1.dead.>";
+pub const QUEUE_ALL: &str = "assay.v1.queue.>";
 
 /// Makes a value safe as one subject token: `.`, `*`, `>`, whitespace become `_`;
 /// empty becomes `_`.
@@ -80,6 +81,12 @@ pub fn execution_update(workflow: &str, execution: &str) -> String {
 /// `assay.v1.executions.*.<execution>`: updates of one execution, whatever its workflow.
 pub fn execution_updates_of(execution: &str) -> String {
     format!("{PREFIX}.executions.*.{}", token(execution))
+}
+
+/// `assay.v1.queue.<execution>`: the work queue of a `strategy: queue` execution
+/// ([`assay_proto::QueueBatch`]).
+pub fn queue(execution: &str) -> String {
+    format!("{PREFIX}.queue.{}", token(execution))
 }
 
 /// `assay.v1.dead.<stream>`: poison messages of a stream, with the reason in headers.

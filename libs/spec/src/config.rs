@@ -1,5 +1,6 @@
 //! Workflow parameters: `--set` overrides, resolution and `{{ config.NAME }}` expansion.
 
+use crate::{Strategy, WorkflowSpec};
 use std::collections::BTreeMap;
 
 use crate::model::{ParameterInfo, Workflow};
@@ -76,6 +77,20 @@ pub fn expand(template: &str, config: &BTreeMap<String, String>) -> Result<Strin
     }
     out.push_str(&template[last..]);
     Ok(out)
+}
+
+impl WorkflowSpec {
+    /// The sharding strategy in force: the declared one, else `queue` when the workflow lists
+    /// its tests (workers pull batches, so shards finish together) and `count` when it does not.
+    pub fn strategy(&self) -> Strategy {
+        self.parallel
+            .strategy
+            .unwrap_or(if self.tests.as_ref().is_some_and(|t| t.list.is_some()) {
+                Strategy::Queue
+            } else {
+                Strategy::Count
+            })
+    }
 }
 
 impl Workflow {

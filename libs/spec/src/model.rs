@@ -266,10 +266,20 @@ pub struct Parallel {
     pub count: u32,
     #[serde(default)]
     pub max_count: Option<u32>,
+    /// Absent: `queue` when the workflow lists its tests, else `count` (see
+    /// [`WorkflowSpec::strategy`]).
     #[serde(default)]
-    pub strategy: Strategy,
+    pub strategy: Option<Strategy>,
     #[serde(default)]
     pub fail_fast: bool,
+    /// Queue mode: what dispatching one batch costs (starting `tests.run`); batches are sized
+    /// so it stays under 1 % of their run time. Default 100ms.
+    #[serde(default, with = "duration::opt")]
+    pub batch_overhead: Option<Duration>,
+    /// Queue mode: how long a worker holds a batch without a sign of life before it goes back
+    /// to the queue. Default 30s.
+    #[serde(default, with = "duration::opt")]
+    pub lease: Option<Duration>,
     /// Parsed but not supported yet.
     #[serde(default)]
     pub matrix: Option<BTreeMap<String, Vec<serde_norway::Value>>>,
@@ -280,8 +290,10 @@ impl Default for Parallel {
         Parallel {
             count: 1,
             max_count: None,
-            strategy: Strategy::Count,
+            strategy: None,
             fail_fast: false,
+            batch_overhead: None,
+            lease: None,
             matrix: None,
         }
     }

@@ -212,11 +212,12 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
             "raise maxCount or remove it",
         ));
     }
-    if par.strategy == Strategy::Queue {
+    let lists = spec.tests.as_ref().is_some_and(|t| t.list.is_some());
+    if matches!(par.strategy, Some(Strategy::Queue | Strategy::Duration)) && !lists {
         out.push(problem(
             kp!["spec", "parallel", "strategy"],
-            "parallel strategy `queue` is not supported yet",
-            "use `strategy: duration` or `count` (the default)",
+            "parallel strategies `queue` and `duration` split the tests that `tests.list` prints, and this workflow has no tests.list",
+            "add tests.list (one test id per line) or use `strategy: count`",
         ));
     }
     if par.matrix.is_some() {

@@ -85,14 +85,17 @@ fn count_zero() {
 }
 
 #[test]
-fn unsupported_features_are_named() {
+fn unsupported_features_and_a_queue_without_a_listing_are_named() {
     let text = format!(
         "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 2, strategy: queue, matrix: {{os: [a, b]}}}}\n  concurrency: {{policy: replace}}\n"
     );
     let d = diags(&text);
     let all: Vec<String> = d.iter().map(ToString::to_string).collect();
     assert_eq!(all.len(), 3, "{all:#?}");
-    assert!(all[0].contains("parallel strategy `queue` is not supported yet"));
+    assert!(
+        all[0].contains("strategies `queue` and `duration` split the tests that `tests.list` prints"),
+        "{all:#?}"
+    );
     assert!(all[1].contains("parallel.matrix is not supported yet"));
     assert!(
         all[2].contains("8:17: concurrency policy `replace` is not supported yet"),

@@ -416,20 +416,34 @@ pub(crate) fn execution_update(conn: &Connection, id: &str) -> Result<Option<Exe
     Ok(load(conn, id)?.map(|view| view.update()))
 }
 
+/// Whether the execution's results came through a work queue (`strategy: queue`).
+fn is_queue_mode(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM queue_claims WHERE execution_id = ?1 LIMIT 1",
+            [id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
     let Some(view) = load(conn, id)? else {
         return Ok(None);
     };
+    // Queue mode: a shard's tests are those of every attempt (each batch is stored once).
+    let queue_mode = is_queue_mode(conn, id)?;
     let mut stmt = conn.prepare(
         "SELECT test_id, name, classname, file, status, duration_ms, failure_message, output
          FROM test_cases
-         WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3
+         WHERE execution_id = ?1 AND shard_index = ?2 AND (attempt = ?3 OR ?4)
          ORDER BY test_id",
     )?;
     let mut shards = Vec::with_capacity(view.shards.len());
     for shard in &view.shards {
         let tests = stmt
-            .query_map(params![id, shard.index, shard.attempt], |row| {
+            .query_map(params![id, shard.index, shard.attempt, queue_mode], |row| {
                 Ok(TestCaseResult {
                     id: row.get(0)?,
                     name: row.get(1)?,
@@ -687,6 +701,10 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
         }
     }
 
+    // Queue mode: results belong to the work-queue batch, not to a shard attempt. Only the
+    // first report of each batch is stored, so every attempt's rows count.
+    let queue_mode = is_queue_mode(conn, id)?;
+
     // The latest attempt of each shard is the highest one seen in a status or a batch.
     let mut latest: BTreeMap<u32, u32> = BTreeMap::new();
     for &(shard, attempt) in attempts.keys().chain(batches.keys()) {
@@ -710,7 +728,20 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
             };
             let key = (index, attempt);
             let batches_seen = batches.get(&key).copied().unwrap_or(0);
-            let c = counts.remove(&key).unwrap_or_default();
+            let c = if queue_mode {
+                counts.iter().filter(|((s, _), _)| *s == index).fold(
+                    Counts::default(),
+                    |mut acc, (_, c)| {
+                        acc.passed += c.passed;
+                        acc.failed += c.failed;
+                        acc.errored += c.errored;
+                        acc.skipped += c.skipped;
+                        acc
+                    },
+                )
+            } else {
+                counts.remove(&key).unwrap_or_default()
+            };
             let mut progress = ShardProgress {
                 attempt,
                 batches_seen,

@@ -364,7 +364,12 @@ impl Scheduler {
         };
         let catalog = self.defs.get();
         let history = match catalog.workflow(workflow) {
-            Ok(w) if w.spec.parallel.strategy == assay_spec::Strategy::Duration => {
+            Ok(w)
+                if matches!(
+                    w.spec.strategy(),
+                    assay_spec::Strategy::Duration | assay_spec::Strategy::Queue
+                ) =>
+            {
                 self.history(workflow).await?
             }
             _ => assay_plan::History::new(),

@@ -78,6 +78,10 @@ fn steps(list: &[assay_spec::Step], config: &BTreeMap<String, String>) -> Result
         .collect()
 }
 
+fn ms(d: Option<std::time::Duration>, default_ms: u64) -> u64 {
+    d.map(|d| d.as_millis() as u64).unwrap_or(default_ms)
+}
+
 /// Which tests an execution runs.
 #[derive(Debug, Clone, Default)]
 pub enum Selection {
@@ -168,7 +172,8 @@ pub fn plan(
         rerun_of: rerun_of.to_string(),
     };
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
-    let by_duration = fixed.is_none() && spec.parallel.strategy == assay_spec::Strategy::Duration;
+    let by_duration = fixed.is_none() && spec.strategy() == assay_spec::Strategy::Duration;
+    let by_queue = fixed.is_none() && spec.strategy() == assay_spec::Strategy::Queue;
     let (planned, planned_hashes): (Vec<Vec<String>>, Vec<u64>) = if let Some(f) = fixed {
         (f, Vec::new())
     } else if by_duration {
@@ -184,7 +189,13 @@ pub fn plan(
     } else {
         (Vec::new(), Vec::new())
     };
-    let strategy = if by_duration { "duration" } else { "count" };
+    let strategy = if by_duration {
+        "duration"
+    } else if by_queue {
+        "queue"
+    } else {
+        "count"
+    };
     let shards = (0..shard_count)
         .map(|i| ShardJob {
             header: Some(assay_bus::header(
@@ -209,7 +220,8 @@ pub fn plan(
             planned_hashes: planned_hashes.clone(),
             retries: spec.retries.count,
             retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
-            batch_overhead_ms: 0,
+            batch_overhead_ms: ms(spec.parallel.batch_overhead, 100),
+            lease_ms: ms(spec.parallel.lease, 30_000),
         })
         .collect();
     Ok(Plan { execution, shards })

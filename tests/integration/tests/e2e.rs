@@ -44,6 +44,15 @@ spec:
     )
 }
 
+/// The same workflow split by count (contiguous shares), for tests that check the split.
+fn counted(yaml: String) -> String {
+    yaml.replacen(
+        "parallel: {count: ",
+        "parallel: {strategy: count, count: ",
+        1,
+    )
+}
+
 /// A sandbox whose working directory holds suite.sh and `ids`.
 async fn sandbox(
     defs: impl Fn(&std::path::Path) -> Vec<(String, String)>,
@@ -77,7 +86,7 @@ const LONG: Duration = Duration::from_secs(60);
 async fn multi_shard_suite_runs_end_to_end_and_every_test_lands_once() {
     let all = ids(40);
     let sb = sandbox(
-        |w| vec![("suite.yaml".into(), workflow("suite", w, 4, ""))],
+        |w| vec![("suite.yaml".into(), counted(workflow("suite", w, 4, "")))],
         &all,
     )
     .await;
@@ -422,7 +431,15 @@ async fn a_runner_killed_mid_shard_errors_its_shard_instead_of_hanging() {
         })
     })
     .await;
-    let pid = runner_pid(&id).expect("the shard's assay-runner process");
+    let mut pid = None;
+    for _ in 0..200 {
+        pid = runner_pid(&id);
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the shard's assay-runner process, with its test running");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -912,7 +929,7 @@ async fn an_errored_shard_is_retried_up_to_the_workflow_retries() {
     let sb = sandbox(
         |w| {
             vec![
-                ("flaky.yaml".into(), workflow("flaky", w, 2, flaky)),
+                ("flaky.yaml".into(), counted(workflow("flaky", w, 2, flaky))),
                 ("always.yaml".into(), workflow("always", w, 1, always)),
             ]
         },
@@ -1041,4 +1058,102 @@ async fn duration_strategy_balances_shards_from_history_and_runs_new_tests_once(
     got.dedup();
     assert_eq!(got.len(), 10, "every test once: {}", describe(&d3));
     assert!(got.contains(&"fresh_300".to_string()));
+}
+
+/// The pid of the process whose command line has the argument `needle` (e.g. a test id
+/// passed to the suite script), and its process group (its shard's runner's group).
+fn process_with_arg(needle: &str) -> Option<(i32, i32)> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // After the ')' of comm: state, ppid, pgrp, …
+            let pgrp = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(2)?
+                .parse()
+                .ok()?;
+            return Some((pid, pgrp));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_mode_survives_a_stalled_worker_and_counts_every_test_once() {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let mut all: Vec<String> = (0..10).map(|i| format!("t{i}_ok")).collect();
+    all.push("zz_stall_slow".into());
+    let extra = "  env: {SLOW: \"3\"}\n";
+    let sb = sandbox(
+        |w| {
+            let yaml = workflow("queued", w, 2, extra).replace(
+                "parallel: {count: 2}",
+                "parallel: {count: 2, strategy: queue, lease: 2s, batchOverhead: 1ms}",
+            );
+            vec![("queued.yaml".into(), yaml)]
+        },
+        &all,
+    )
+    .await;
+    let id = sb.run("queued", &[]).await;
+    // Find the worker running the slow test and freeze its whole process group past the lease.
+    let mut found = None;
+    for _ in 0..400 {
+        found = process_with_arg("zz_stall_slow");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_script, pgrp) = found.expect("the suite script running the slow test");
+    let group = Pid::from_raw(pgrp);
+    killpg(group, Signal::SIGSTOP).unwrap_or_else(|e| {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "pid,pgid,ppid,stat,args"])
+            .output()
+            .unwrap();
+        panic!(
+            "SIGSTOP to group {pgrp} ({found:?}): {e}\n{}",
+            String::from_utf8_lossy(&ps.stdout)
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    killpg(group, Signal::SIGCONT).unwrap();
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_eq!(
+        d.execution.clone().unwrap().status,
+        ExecutionStatus::Passed as i32,
+        "{}",
+        describe(&d)
+    );
+    let mut got = test_ids(&d);
+    got.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(got, want, "every test exactly once: {}", describe(&d));
+    assert_eq!(d.execution.unwrap().passed, 11);
+    // The frozen worker's batch went to the other one after its lease.
+    use futures::StreamExt;
+    let mut logs = sb
+        .client()
+        .await
+        .stream_logs(assay_proto::StreamLogsRequest {
+            execution_id: id.clone(),
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = logs.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.data));
+    }
+    assert!(text.contains("taken over after a lease expired"), "{text}");
 }

@@ -1,0 +1,340 @@
+//! `strategy: queue`: the shards of an execution share one work queue of test batches,
+//! longest first, and each worker pulls the next batch when it is free, so slow or late
+//! workers do not stretch the run.
+//!
+//! The first runner of the execution to list its tests fills the queue (a stream subject
+//! per execution, batches sized from the workflow's duration history) and marks it sealed in
+//! the `assay_queues` bucket; the others wait for the seal. A worker holds a batch under a
+//! lease (the consumer's ack wait), renewed while the batch runs; a worker that dies or
+//! stalls loses it to another after the lease. Results are published, tagged with the batch,
+//! before the batch is acked: nothing is lost, and the result store keeps only the first
+//! report of a batch, so no test counts twice.
+
+use std::time::Duration;
+
+use assay_bus::{Bus, streams, subjects};
+use assay_proto::{QueueBatch, ShardJob, ShardState, TestCaseResult, TestStatus};
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use tracing::debug;
+
+use crate::job::Identity;
+use crate::outcome::Verdict;
+use crate::steps::StepRunner;
+use crate::{Published, TESTS, publish, run_subset};
+
+/// How long the other workers wait for the first one to fill the queue.
+const FILL_WAIT: Duration = Duration::from_secs(600);
+
+pub(crate) async fn run(
+    job: &ShardJob,
+    tests: &assay_proto::TestsSpec,
+    id: &Identity,
+    runner: &StepRunner,
+    bus: &Bus,
+    listed: &[String],
+) -> (Verdict, Vec<TestCaseResult>, Published) {
+    let logs = runner.logs();
+    let mut published = Published::default();
+    if let Err(reason) = fill_or_wait(job, id, bus, listed, runner).await {
+        return (Verdict::errored(reason), Vec::new(), published);
+    }
+    let lease = Duration::from_millis(job.lease_ms.max(1000));
+    let mut consumer = match consumer(bus, &id.execution, lease, id.shard_count).await {
+        Ok(c) => c,
+        Err(reason) => return (Verdict::errored(reason), Vec::new(), published),
+    };
+    let (mut batches, mut failed, mut errored, mut total) = (0u32, 0usize, 0usize, 0usize);
+    let mut run_failed: Option<String> = None;
+    loop {
+        let next = match consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+        {
+            Ok(mut msgs) => msgs.next().await,
+            Err(e) => {
+                debug!(error = %e, "queue fetch failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                debug!(error = %e, "queue message error");
+                continue;
+            }
+            None => {
+                // Nothing to take now: done when nothing is waiting and nobody holds a batch
+                // that could come back.
+                match consumer.info().await {
+                    Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        debug!(error = %e, "queue info failed");
+                        continue;
+                    }
+                }
+            }
+        };
+        let batch =
+            match assay_bus::decode::<QueueBatch>(&msg.subject, &msg.payload, 8 * 1024 * 1024) {
+                Ok(b) => b,
+                Err(e) => {
+                    logs.system(TESTS, format!("dropping an unreadable queue batch: {e}"))
+                        .await;
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+        let deliveries = msg.info().map(|i| i.delivered).unwrap_or(1);
+        logs.system(
+            TESTS,
+            format!(
+                "batch {} ({} tests, ~{}){}",
+                batch.seq,
+                batch.test_ids.len(),
+                human_ms(batch.expected_ms),
+                if deliveries > 1 {
+                    format!(", taken over after a lease expired (delivery {deliveries})")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .await;
+        // Renew the lease while the batch runs.
+        let heartbeat = {
+            let msg = msg.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            })
+        };
+        let report = runner
+            .workdir()
+            .join(".assay")
+            .join("reports")
+            .join(format!(
+                "shard-{}-attempt-{}-batch-{}.xml",
+                id.shard, id.attempt, batch.seq
+            ));
+        let (verdict, results) =
+            run_subset(tests, id, runner, Some(&batch.test_ids), &report).await;
+        heartbeat.abort();
+        if verdict.state == ShardState::Errored {
+            // Give the batch back at once: another worker may manage where this one cannot.
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return (verdict, Vec::new(), published);
+        }
+        if verdict.state != ShardState::Passed && run_failed.is_none() {
+            run_failed = Some(verdict.reason.clone());
+        }
+        total += results.len();
+        failed += results
+            .iter()
+            .filter(|r| r.status() == TestStatus::Failed)
+            .count();
+        errored += results
+            .iter()
+            .filter(|r| r.status() == TestStatus::Errored)
+            .count();
+        let cases = results.len() as u32;
+        match publish::publish_results(bus, id, results, published.batches, batch.seq + 1).await {
+            Ok(n) => {
+                published.batches += n;
+                published.cases += cases;
+            }
+            Err(e) => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                return (Verdict::errored(e.to_string()), Vec::new(), published);
+            }
+        }
+        if let Err(e) = msg.double_ack().await {
+            logs.system(
+                TESTS,
+                format!("batch {}: its lease ended before it finished ({e}); the first report of it counts", batch.seq),
+            )
+            .await;
+        }
+        batches += 1;
+    }
+    logs.system(
+        TESTS,
+        format!("queue drained: this shard ran {batches} batches, {total} tests"),
+    )
+    .await;
+    let verdict = if failed + errored > 0 {
+        let mut v = Verdict::passed();
+        v.state = ShardState::Failed;
+        v.reason = format!("{} failed of {total} tests", failed + errored);
+        v.exit_code = 1;
+        v
+    } else if let Some(reason) = run_failed {
+        let mut v = Verdict::passed();
+        v.state = ShardState::Failed;
+        v.reason = reason;
+        v.exit_code = 1;
+        v
+    } else {
+        Verdict::passed()
+    };
+    (verdict, Vec::new(), published)
+}
+
+fn human_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!("{ms:.0}ms")
+    }
+}
+
+/// The first worker fills the queue; the others wait until it is sealed. A later attempt of
+/// the shard that was filling takes over (batches are deterministic and keyed, so a second
+/// fill publishes nothing new).
+async fn fill_or_wait(
+    job: &ShardJob,
+    id: &Identity,
+    bus: &Bus,
+    listed: &[String],
+    runner: &StepRunner,
+) -> Result<(), String> {
+    let logs = runner.logs();
+    let kv = bus
+        .kv(streams::KV_QUEUES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = assay_bus::kv_key(&id.execution);
+    let me = format!("filling:{}", id.shard);
+    let fill = match kv.create(&key, me.clone().into()).await {
+        Ok(_) => true,
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+        Err(e) => return Err(format!("cannot claim the work queue: {e}")),
+    };
+    let deadline = tokio::time::Instant::now() + FILL_WAIT;
+    let mut fill = fill;
+    if !fill {
+        loop {
+            let state = kv
+                .get(&key)
+                .await
+                .map_err(|e| format!("cannot read the work queue state: {e}"))?
+                .map(|v| String::from_utf8_lossy(&v).to_string())
+                .unwrap_or_default();
+            if state.starts_with("sealed") {
+                break;
+            }
+            if state == me && id.attempt > 1 {
+                fill = true; // our shard's earlier attempt died while filling
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the work queue was not filled within {}s (state: {state})",
+                    FILL_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    if !fill {
+        return Ok(());
+    }
+    let history: assay_plan::History = match bus.history_snapshot(&job.workflow).await {
+        Ok(Some(s)) => s
+            .tests
+            .into_iter()
+            .map(|t| {
+                (
+                    t.id,
+                    assay_plan::Estimate {
+                        mean_ms: t.mean_ms,
+                        p90_ms: t.p90_ms as f64,
+                    },
+                )
+            })
+            .collect(),
+        Ok(None) => assay_plan::History::new(),
+        Err(e) => {
+            logs.system(
+                TESTS,
+                format!("no duration history ({e}); batches by count"),
+            )
+            .await;
+            assay_plan::History::new()
+        }
+    };
+    let overhead = job.batch_overhead_ms.max(1) as f64;
+    let batches =
+        assay_plan::queue_batches(listed, &history, id.shard_count.max(1) as usize, overhead);
+    let subject = subjects::queue(&id.execution);
+    for b in &batches {
+        let msg = QueueBatch {
+            header: Some(id.header(&format!("queue/{}", b.seq))),
+            execution_id: id.execution.clone(),
+            seq: b.seq,
+            test_ids: b.tests.clone(),
+            expected_ms: b.expected_ms,
+        };
+        // Keyed `<execution>/queue/<seq>` (the header's key), so a second fill adds nothing.
+        if let Err(e) = publish::publish_retrying(bus, &subject, &msg, publish::RETRY_BUDGET).await
+        {
+            return Err(format!("cannot fill the work queue: {e}"));
+        }
+    }
+    kv.put(&key, format!("sealed:{}", batches.len()).into())
+        .await
+        .map_err(|e| format!("cannot seal the work queue: {e}"))?;
+    let known = listed.iter().filter(|t| history.get(t).is_some()).count();
+    logs.system(
+        TESTS,
+        format!(
+            "filled the work queue: {} tests in {} batches, longest first ({known} with duration history)",
+            listed.len(),
+            batches.len()
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+async fn consumer(
+    bus: &Bus,
+    execution: &str,
+    lease: Duration,
+    workers: u32,
+) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, String> {
+    let stream = bus
+        .jetstream()
+        .get_stream(streams::QUEUE)
+        .await
+        .map_err(|e| format!("work queue stream: {e}"))?;
+    let name = streams::queue_consumer(execution);
+    stream
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subjects::queue(execution),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: lease,
+                max_deliver: -1,
+                max_ack_pending: i64::from(workers.max(1)) * 2,
+                inactive_threshold: Duration::from_secs(3600),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("work queue consumer: {e}"))
+}
