@@ -52,8 +52,10 @@ bench: tools ## Event -> first test process latency (release build, 1000 runs) b
 	$(CARGO) bench -p assay-integration --bench event_to_process
 
 .PHONY: bench-sharding
-bench-sharding: ## Simulated makespan / lower bound of count, duration and queue sharding (exits 1 when a bar is missed)
-	$(CARGO) run --release -p assay-plan --bin bench-sharding
+bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 400-test run with count, duration and queue
+	-$(CARGO) run --release -p assay-plan --bin bench-sharding
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p assay-integration --bench sharding_real
 
 .PHONY: clean
 clean: ## Remove build output and local data (keeps ./.tools)

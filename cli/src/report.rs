@@ -28,9 +28,14 @@ pub fn detail_from_update(u: &ExecutionUpdate) -> ExecutionDetail {
     }
 }
 
-/// `42 passed, 1 failed, 3 skipped` (zero counts other than passed are left out).
-pub fn counts(passed: u32, failed: u32, errored: u32, skipped: u32) -> String {
-    let mut parts = vec![format!("{passed} passed")];
+/// `42 passed (2 flaky), 1 failed, 3 skipped` (zero counts other than passed are left out;
+/// flaky tests passed on a retry and are among the passed).
+pub fn counts(passed: u32, flaky: u32, failed: u32, errored: u32, skipped: u32) -> String {
+    let mut parts = vec![if flaky > 0 {
+        format!("{passed} passed ({flaky} flaky)")
+    } else {
+        format!("{passed} passed")
+    }];
     for (n, word) in [
         (failed, "failed"),
         (errored, "errored"),
@@ -43,6 +48,11 @@ pub fn counts(passed: u32, failed: u32, errored: u32, skipped: u32) -> String {
     parts.join(", ")
 }
 
+/// The counts of an update: `42 passed (2 flaky), 3 skipped`.
+pub fn update_counts(u: &ExecutionUpdate) -> String {
+    counts(u.passed, u.flaky, u.failed, u.errored, u.skipped)
+}
+
 /// `PASSED 42 passed, 3 skipped in 12.3s`, bold green or bold red.
 pub fn final_line(u: &ExecutionUpdate, now_ms: i64, palette: &Palette) -> String {
     let status = u.status();
@@ -52,7 +62,7 @@ pub fn final_line(u: &ExecutionUpdate, now_ms: i64, palette: &Palette) -> String
     } else {
         Color::BoldRed
     };
-    let mut text = counts(u.passed, u.failed, u.errored, u.skipped);
+    let mut text = update_counts(u);
     if let Some(ms) = format::execution_ms(u.created_at_ms, u.finished_at_ms, now_ms) {
         text.push_str(&format!(" in {}", format::elapsed(ms)));
     }
@@ -94,7 +104,7 @@ pub fn header_block(u: &ExecutionUpdate, rerun_of: &str, now_ms: i64, palette: &
         rows.push(("Duration", format::elapsed(ms)));
     }
     rows.push(("Shards", u.shards.len().to_string()));
-    rows.push(("Tests", counts(u.passed, u.failed, u.errored, u.skipped)));
+    rows.push(("Tests", update_counts(u)));
     rows.iter()
         .map(|(k, v)| format!("{}  {v}\n", palette.paint(Color::Bold, &format!("{k:<9}"))))
         .collect()
@@ -185,6 +195,30 @@ pub fn slowest(shards: &[ShardDetail], n: usize, palette: &Palette) -> String {
     out
 }
 
+/// Every test that passed only on a retry, with how many times it ran.
+pub fn flaky(shards: &[ShardDetail], palette: &Palette) -> String {
+    let flaky: Vec<_> = all_tests(shards)
+        .into_iter()
+        .filter(|(_, t)| t.flaky)
+        .collect();
+    if flaky.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{}\n", palette.paint(Color::Bold, "Flaky"));
+    for (shard, t) in flaky {
+        out.push_str(&format!(
+            "{} {} {}\n",
+            palette.paint(Color::Yellow, "~"),
+            format::test_name(&t.classname, &t.name, &t.id),
+            palette.paint(
+                Color::Dim,
+                &format!("[{} attempts, shard {shard}]", t.attempts.max(1))
+            ),
+        ));
+    }
+    out
+}
+
 /// Every failed or errored test with its message and the head of its output.
 pub fn failures(shards: &[ShardDetail], palette: &Palette) -> String {
     let failing: Vec<_> = all_tests(shards)
@@ -206,9 +240,14 @@ pub fn failures(shards: &[ShardDetail], palette: &Palette) -> String {
             palette.paint(
                 Color::Dim,
                 &format!(
-                    "[{}, shard {shard}, {}]",
+                    "[{}, shard {shard}, {}{}]",
                     format::test_status(t.status()),
-                    format::elapsed(t.duration_ms)
+                    format::elapsed(t.duration_ms),
+                    if t.attempts > 1 {
+                        format!(", {} attempts", t.attempts)
+                    } else {
+                        String::new()
+                    }
                 )
             ),
         ));
@@ -325,6 +364,40 @@ mod tests {
         assert_eq!(
             final_line(&u, 0, &Palette::plain()),
             "FAILED 1 passed, 2 failed"
+        );
+    }
+
+    #[test]
+    fn flaky_tests_are_counted_and_listed_with_their_attempts() {
+        let u = ExecutionUpdate {
+            status: ExecutionStatus::Passed as i32,
+            passed: 40,
+            flaky: 2,
+            skipped: 3,
+            created_at_ms: 1_000,
+            finished_at_ms: 13_000,
+            ..Default::default()
+        };
+        let palette = Palette::plain();
+        assert_eq!(
+            final_line(&u, 0, &palette),
+            "PASSED 40 passed (2 flaky), 3 skipped in 12.0s"
+        );
+        assert!(header_block(&u, "", 0, &palette).contains("40 passed (2 flaky), 3 skipped"));
+
+        let mut shards = shards();
+        assert_eq!(flaky(&shards, &palette), "", "no flaky tests: no section");
+        shards[0].tests[0].flaky = true;
+        shards[0].tests[0].attempts = 2;
+        shards[1].tests[0].attempts = 3;
+        assert_eq!(
+            flaky(&shards, &palette),
+            "Flaky\n~ c::fast [2 attempts, shard 0]\n"
+        );
+        let text = failures(&shards, &palette);
+        assert!(
+            text.contains("✗ c::broken [failed, shard 1, 500ms, 3 attempts]"),
+            "{text}"
         );
     }
 

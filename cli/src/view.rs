@@ -37,7 +37,7 @@ impl WorkflowView {
         WorkflowView {
             name: w.name.clone(),
             labels: w.labels.clone(),
-            shards: w.spec.parallel.count,
+            shards: w.spec.parallel.max_shards(),
             strategy: format!("{:?}", w.spec.strategy()).to_lowercase(),
             parameters: w
                 .parameters()
@@ -94,6 +94,8 @@ pub struct ExecutionView {
     pub failed: u32,
     pub errored: u32,
     pub skipped: u32,
+    /// Passed only on a retry (also counted in `passed`).
+    pub flaky: u32,
     pub created_at: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub finished_at: String,
@@ -115,6 +117,7 @@ pub struct ShardView {
     pub failed: u32,
     pub errored: u32,
     pub skipped: u32,
+    pub flaky: u32,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -133,6 +136,10 @@ pub struct TestView {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub file: String,
     pub status: String,
+    /// How many times the test ran (per-test retries).
+    pub attempts: u32,
+    /// Failed or errored first, then passed on a retry.
+    pub flaky: bool,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub failure_message: String,
@@ -152,6 +159,7 @@ impl ExecutionView {
             failed: u.failed,
             errored: u.errored,
             skipped: u.skipped,
+            flaky: u.flaky,
             created_at: format::timestamp(u.created_at_ms),
             finished_at: format::timestamp(u.finished_at_ms),
             duration_ms: format::execution_ms(u.created_at_ms, u.finished_at_ms, now_ms),
@@ -183,6 +191,7 @@ impl ShardView {
             failed: s.failed,
             errored: s.errored,
             skipped: s.skipped,
+            flaky: s.flaky,
             duration_ms: s.duration_ms,
             reason: s.reason.clone(),
             exit_code: None,
@@ -208,6 +217,8 @@ impl TestView {
             classname: t.classname.clone(),
             file: t.file.clone(),
             status: format::test_status(t.status()).to_string(),
+            attempts: t.attempts.max(1),
+            flaky: t.flaky,
             duration_ms: t.duration_ms,
             failure_message: t.failure_message.clone(),
             output: t.output.clone(),
@@ -281,9 +292,41 @@ mod tests {
         );
         let tests = v.shards[0].tests.as_ref().unwrap();
         assert_eq!(tests[0].status, "failed");
+        assert_eq!((tests[0].attempts, tests[0].flaky), (1, false), "ran once");
         assert_eq!(v.shards[0].exit_code, Some(1));
         let yaml = serde_norway::to_string(&v).unwrap();
         assert!(yaml.contains("failure_message: boom"));
+    }
+
+    #[test]
+    fn views_carry_attempts_and_flaky() {
+        let mut u = update();
+        u.flaky = 1;
+        u.shards[0].flaky = 1;
+        let detail = ExecutionDetail {
+            execution: Some(u.clone()),
+            shards: vec![ShardDetail {
+                summary: Some(u.shards[0].clone()),
+                tests: vec![TestCaseResult {
+                    id: "a::b".into(),
+                    status: TestStatus::Passed as i32,
+                    attempts: 2,
+                    flaky: true,
+                    ..Default::default()
+                }],
+                exit_code: 0,
+            }],
+            ..Default::default()
+        };
+        let v = ExecutionView::from_detail(&detail, 0);
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["flaky"], 1);
+        assert_eq!(json["shards"][0]["flaky"], 1);
+        assert_eq!(json["shards"][0]["tests"][0]["attempts"], 2);
+        assert_eq!(json["shards"][0]["tests"][0]["flaky"], true);
+        let yaml = serde_norway::to_string(&v).unwrap();
+        assert!(yaml.contains("attempts: 2"), "{yaml}");
+        assert!(yaml.contains("flaky: true"), "{yaml}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod junit;
 pub mod outcome;
 pub mod publish;
 mod queue;
+pub mod retries;
 pub mod steps;
 
 use std::path::{Path, PathBuf};
@@ -343,10 +344,18 @@ async fn run_tests(
             ),
         )
         .await;
-        let (v, r) = run_subset(tests, id, runner, Some(&job.test_ids), &report).await;
+        let (v, r) =
+            retries::run_with_retries(job, tests, id, runner, &job.test_ids, &report).await;
         return (v, r, Published::default());
     }
     if tests.list.is_empty() {
+        if job.retries > 0 {
+            logs.system(
+                TESTS,
+                "no tests.list, so failing tests cannot be run again by id: no per-test retries",
+            )
+            .await;
+        }
         let (v, r) = run_subset(tests, id, runner, None, &report).await;
         return (v, r, Published::default());
     }
@@ -395,7 +404,7 @@ async fn run_tests(
         ),
     )
     .await;
-    let (v, r) = run_subset(tests, id, runner, Some(&share), &report).await;
+    let (v, r) = retries::run_with_retries(job, tests, id, runner, &share, &report).await;
     (v, r, Published::default())
 }
 

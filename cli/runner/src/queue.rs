@@ -23,7 +23,7 @@ use tracing::debug;
 use crate::job::Identity;
 use crate::outcome::Verdict;
 use crate::steps::StepRunner;
-use crate::{Published, TESTS, publish, run_subset};
+use crate::{Published, TESTS, publish, retries};
 
 /// How long the other workers wait for the first one to fill the queue.
 const FILL_WAIT: Duration = Duration::from_secs(600);
@@ -129,7 +129,7 @@ pub(crate) async fn run(
                 id.shard, id.attempt, batch.seq
             ));
         let (verdict, results) =
-            run_subset(tests, id, runner, Some(&batch.test_ids), &report).await;
+            retries::run_with_retries(job, tests, id, runner, &batch.test_ids, &report).await;
         heartbeat.abort();
         if verdict.state == ShardState::Errored {
             // Give the batch back at once: another worker may manage where this one cannot.

@@ -180,10 +180,14 @@ async fn execution(global: &Global, id: &str, output: Output, palette: &Palette)
                 println!();
                 print!("{}", report::shard_table(&detail.shards, palette));
             }
-            let failures = report::failures(&detail.shards, palette);
-            if !failures.is_empty() {
-                println!();
-                print!("{failures}");
+            for section in [
+                report::flaky(&detail.shards, palette),
+                report::failures(&detail.shards, palette),
+            ] {
+                if !section.is_empty() {
+                    println!();
+                    print!("{section}");
+                }
             }
         }
     }

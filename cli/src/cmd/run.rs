@@ -216,6 +216,7 @@ async fn follow(
     for section in [
         report::shard_table(&detail.shards, &palette),
         report::slowest(&detail.shards, 5, &palette),
+        report::flaky(&detail.shards, &palette),
         report::failures(&detail.shards, &palette),
     ] {
         if !section.is_empty() {
@@ -299,7 +300,7 @@ impl Progress {
             self.palette
                 .paint(execution_color(status), format::execution_status(status)),
             u.shards.len(),
-            report::counts(u.passed, u.failed, u.errored, u.skipped),
+            report::update_counts(u),
         );
         match (&self.multi, &self.header) {
             (Some(_), Some(header)) => header.set_message(headline),

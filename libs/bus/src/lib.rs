@@ -243,6 +243,7 @@ impl Bus {
             streams::KV_ACTIVE,
             streams::KV_HISTORY,
             streams::KV_QUEUES,
+            streams::KV_CANCELLED,
         ] {
             self.kv(bucket).await?;
         }
@@ -270,6 +271,20 @@ impl Bus {
             })
             .await
             .map_err(|e| Error::js(format!("create bucket {bucket}"), e))
+    }
+
+    /// Cancels an execution: every launcher stops its runners and reports its remaining
+    /// shards cancelled with `reason`. The first reason wins; cancelling twice is harmless.
+    pub async fn cancel(&self, execution: &str, reason: &str) -> Result<()> {
+        let kv = self.kv(streams::KV_CANCELLED).await?;
+        match kv
+            .create(kv_key(execution), reason.to_string().into())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::js(format!("cancel {execution}"), e)),
+        }
     }
 
     /// The workflow's duration history as the aggregator last wrote it (`None` before its

@@ -4,12 +4,16 @@
 use assay_proto::{ShardJob, ShardState};
 
 /// Whether an attempt of `job` that ended in `state` is followed by another attempt.
-/// Errored ends are retried; failed ends only with `retry_on: failed`; timeouts and
+/// Errored ends are retried. Failed ends only with `retry_on: failed` and only when the
+/// runner cannot retry the failing tests themselves (no test ids: no `tests.list` and none
+/// given), since per-test retries already ran inside the attempt. Timeouts and
 /// cancellations never (the workflow's time is up).
 pub fn should_retry(job: &ShardJob, state: ShardState) -> bool {
+    let knows_ids =
+        !job.test_ids.is_empty() || job.tests.as_ref().is_some_and(|t| !t.list.is_empty());
     let retryable = match state {
         ShardState::Errored => true,
-        ShardState::Failed => job.retry_on == "failed",
+        ShardState::Failed => job.retry_on == "failed" && !knows_ids,
         _ => false,
     };
     retryable && job.attempt.max(1) <= job.retries
@@ -48,6 +52,16 @@ mod tests {
         assert!(!should_retry(&job(1, 0, ""), ShardState::Errored));
         assert!(!should_retry(&job(1, 1, "errored"), ShardState::Failed));
         assert!(should_retry(&job(1, 2, "failed"), ShardState::Failed));
+        // With test ids the runner retried the failing tests already.
+        let listed = ShardJob {
+            tests: Some(assay_proto::TestsSpec {
+                list: "ls".into(),
+                ..Default::default()
+            }),
+            ..job(1, 2, "failed")
+        };
+        assert!(!should_retry(&listed, ShardState::Failed));
+        assert!(should_retry(&listed, ShardState::Errored));
         assert!(!should_retry(&job(1, 2, "failed"), ShardState::TimedOut));
         assert!(!should_retry(&job(1, 2, "failed"), ShardState::Passed));
     }

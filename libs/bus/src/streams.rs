@@ -21,6 +21,9 @@ pub const KV_DEDUP: &str = "assay_dedup";
 pub const KV_ACTIVE: &str = "assay_active";
 /// KV bucket: workflow → `HistorySnapshot` of its tests' durations, for planning.
 pub const KV_HISTORY: &str = "assay_history";
+/// KV bucket: execution → why it was cancelled. Launchers watch it, stop the execution's
+/// runners and report its remaining shards cancelled.
+pub const KV_CANCELLED: &str = "assay_cancelled";
 /// KV bucket: execution → state of its work queue (`filling`, `sealed:<batches>`); the first
 /// runner to create the key fills the queue.
 pub const KV_QUEUES: &str = "assay_queues";

@@ -35,6 +35,9 @@ impl Estimate {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     by_id: BTreeMap<TestId, Estimate>,
+    /// Measured cost of starting one shard (scheduling, process start, set-up), if known.
+    #[serde(default)]
+    shard_start_ms: Option<f64>,
 }
 
 impl History {
@@ -50,6 +53,16 @@ impl History {
         }
         self.by_id.insert(id.into(), estimate);
         true
+    }
+
+    /// Records the measured cost of starting one shard (ignored unless finite and ≥ 0).
+    pub fn set_shard_start_ms(&mut self, ms: f64) {
+        self.shard_start_ms = (ms.is_finite() && ms >= 0.0).then_some(ms);
+    }
+
+    /// The measured cost of starting one shard, if known.
+    pub fn shard_start_ms(&self) -> Option<f64> {
+        self.shard_start_ms
     }
 
     /// The ids with an estimate, sorted.

@@ -262,8 +262,13 @@ pub struct Tests {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Parallel {
-    #[serde(default = "one")]
-    pub count: u32,
+    /// A number of shards, or `auto`: as many as the duration history says are needed to
+    /// meet `targetDuration`, at most `maxCount`.
+    #[serde(default)]
+    pub count: ShardCount,
+    /// With `count: auto`: the makespan to aim for.
+    #[serde(default, with = "duration::opt")]
+    pub target_duration: Option<Duration>,
     #[serde(default)]
     pub max_count: Option<u32>,
     /// Absent: `queue` when the workflow lists its tests, else `count` (see
@@ -285,10 +290,75 @@ pub struct Parallel {
     pub matrix: Option<BTreeMap<String, Vec<serde_norway::Value>>>,
 }
 
+/// `parallel.count`: a number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardCount {
+    Fixed(u32),
+    Auto,
+}
+
+impl Default for ShardCount {
+    fn default() -> Self {
+        ShardCount::Fixed(1)
+    }
+}
+
+impl Serialize for ShardCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ShardCount::Fixed(n) => s.serialize_u32(*n),
+            ShardCount::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ShardCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ShardCount;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of shards or `auto`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ShardCount, E> {
+                u32::try_from(v)
+                    .map(ShardCount::Fixed)
+                    .map_err(|_| E::custom(format!("{v} shards is too many")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ShardCount, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("parallel.count must be at least 1, got {v}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ShardCount, E> {
+                if v == "auto" {
+                    Ok(ShardCount::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "expected a number of shards or `auto`, got `{v}`"
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Parallel {
+    /// The shard count when fixed; with `count: auto`, `maxCount` (the most it may pick).
+    pub fn max_shards(&self) -> u32 {
+        match self.count {
+            ShardCount::Fixed(n) => n.max(1),
+            ShardCount::Auto => self.max_count.unwrap_or(1).max(1),
+        }
+    }
+}
+
 impl Default for Parallel {
     fn default() -> Self {
         Parallel {
-            count: 1,
+            count: ShardCount::Fixed(1),
+            target_duration: None,
             max_count: None,
             strategy: None,
             fail_fast: false,
@@ -297,10 +367,6 @@ impl Default for Parallel {
             matrix: None,
         }
     }
-}
-
-fn one() -> u32 {
-    1
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

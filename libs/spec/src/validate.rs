@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::template_refs;
 use crate::did_you_mean;
 use crate::locate::{Seg, kp};
-use crate::model::{Concurrency, Metadata, Policy, Step, Strategy, TriggerSpec, WorkflowSpec};
+use crate::model::{
+    Concurrency, Metadata, Policy, ShardCount, Step, Strategy, TriggerSpec, WorkflowSpec,
+};
 use crate::trigger::{Schedule, parse_timezone};
 
 pub(crate) struct Problem {
@@ -193,22 +195,35 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
     }
 
     let par = &spec.parallel;
-    if par.count == 0 {
+    if par.count == ShardCount::Fixed(0) {
         out.push(problem(
             kp!["spec", "parallel", "count"],
             "parallel.count must be at least 1, got 0",
             "set `count: 1` or more, or remove it to run one shard",
         ));
     }
-    if let Some(max) = par.max_count
-        && max < par.count.max(1)
+    if par.max_count == Some(0) {
+        out.push(problem(
+            kp!["spec", "parallel", "maxCount"],
+            "parallel.maxCount must be at least 1, got 0",
+            "set `maxCount: 1` or more, or remove it",
+        ));
+    }
+    if par.count == ShardCount::Auto && (par.max_count.is_none() || par.target_duration.is_none()) {
+        out.push(problem(
+            kp!["spec", "parallel", "count"],
+            "`count: auto` needs `targetDuration` (the makespan to aim for) and `maxCount` (the most shards it may use)",
+            "add e.g. `targetDuration: 5m` and `maxCount: 16`",
+        ));
+    }
+    if let ShardCount::Fixed(count) = par.count
+        && let Some(max) = par.max_count
+        && max >= 1
+        && max < count.max(1)
     {
         out.push(problem(
             kp!["spec", "parallel", "maxCount"],
-            format!(
-                "parallel.maxCount ({max}) is less than parallel.count ({})",
-                par.count
-            ),
+            format!("parallel.maxCount ({max}) is less than parallel.count ({count})"),
             "raise maxCount or remove it",
         ));
     }
@@ -276,18 +291,11 @@ fn concurrency(out: &mut Vec<Problem>, at: Vec<Seg>, c: &Concurrency) {
         p
     };
     match c.policy {
-        Policy::Allow | Policy::Forbid => {}
-        Policy::Replace | Policy::Queue => out.push(problem(
+        Policy::Allow | Policy::Forbid | Policy::Replace => {}
+        Policy::Queue => out.push(problem(
             sub("policy"),
-            format!(
-                "concurrency policy `{}` is not supported yet",
-                if c.policy == Policy::Replace {
-                    "replace"
-                } else {
-                    "queue"
-                }
-            ),
-            "use `policy: allow` or `policy: forbid`",
+            "concurrency policy `queue` is not supported yet",
+            "use `allow`, `forbid` or `replace`",
         )),
     }
     if c.max == Some(0) {

@@ -81,7 +81,7 @@ fn loads_both_kinds_from_a_directory() {
     assert_eq!(names, ["nightly", "on-push"]);
 
     let w = catalog.workflow("api-e2e").unwrap();
-    assert_eq!(w.spec.parallel.count, 4);
+    assert_eq!(w.spec.parallel.count, assay_spec::ShardCount::Fixed(4));
     assert_eq!(w.spec.concurrency.policy, Policy::Forbid);
     assert_eq!(w.spec.env["PORT"], "8080");
     assert_eq!(w.spec.timeout, Some(std::time::Duration::from_secs(1200)));

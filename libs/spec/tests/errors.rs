@@ -87,18 +87,19 @@ fn count_zero() {
 #[test]
 fn unsupported_features_and_a_queue_without_a_listing_are_named() {
     let text = format!(
-        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 2, strategy: queue, matrix: {{os: [a, b]}}}}\n  concurrency: {{policy: replace}}\n"
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 2, strategy: queue, matrix: {{os: [a, b]}}}}\n  concurrency: {{policy: queue}}\n"
     );
     let d = diags(&text);
     let all: Vec<String> = d.iter().map(ToString::to_string).collect();
     assert_eq!(all.len(), 3, "{all:#?}");
     assert!(
-        all[0].contains("strategies `queue` and `duration` split the tests that `tests.list` prints"),
+        all[0]
+            .contains("strategies `queue` and `duration` split the tests that `tests.list` prints"),
         "{all:#?}"
     );
     assert!(all[1].contains("parallel.matrix is not supported yet"));
     assert!(
-        all[2].contains("8:17: concurrency policy `replace` is not supported yet"),
+        all[2].contains("8:17: concurrency policy `queue` is not supported yet"),
         "{all:#?}"
     );
 }
@@ -269,5 +270,30 @@ fn duplicate_names_name_both_files() {
     assert_eq!(
         err.to_string(),
         "b.yaml:2:1: duplicate workflow name \"api\": defined in a.yaml:1:1 and b.yaml:2:1; rename one of them; workflow names must be unique"
+    );
+}
+
+#[test]
+fn count_auto_needs_a_target_and_a_bound_and_max_count_must_be_positive() {
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: auto, maxCount: 0}}\n"
+    );
+    let all: Vec<String> = diags(&text).iter().map(ToString::to_string).collect();
+    assert!(
+        all.iter()
+            .any(|d| d.contains("parallel.maxCount must be at least 1, got 0")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|d| d.contains("`count: auto` needs `targetDuration`")),
+        "{all:#?}"
+    );
+    let text =
+        format!("{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: many}}\n");
+    let all: Vec<String> = diags(&text).iter().map(ToString::to_string).collect();
+    assert!(
+        all[0].contains("expected a number of shards or `auto`, got `many`"),
+        "{all:#?}"
     );
 }

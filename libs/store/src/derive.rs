@@ -23,6 +23,8 @@ pub struct ShardProgress {
     pub failed: u32,
     pub errored: u32,
     pub skipped: u32,
+    /// Tests that passed only on a retry (also counted in `passed`).
+    pub flaky: u32,
     /// The latest attempt ended but announced another attempt.
     pub will_retry: bool,
 }
@@ -44,6 +46,7 @@ impl ShardProgress {
             failed: 0,
             errored: 0,
             skipped: 0,
+            flaky: 0,
             will_retry: false,
         }
     }
@@ -86,6 +89,7 @@ impl ShardProgress {
             skipped: self.skipped,
             reason,
             duration_ms: self.duration_ms(),
+            flaky: self.flaky,
         }
     }
 }

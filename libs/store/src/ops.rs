@@ -271,8 +271,8 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
     {
         let mut insert = tx.prepare(
             "INSERT OR IGNORE INTO test_cases (execution_id, shard_index, attempt, test_id, name,
-                 classname, file, status, duration_ms, failure_message, output)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 classname, file, status, duration_ms, failure_message, output, attempts, flaky)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let workflow = if b.workflow.is_empty() {
             tx.query_row(
@@ -299,6 +299,8 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 clamp_u64(r.duration_ms),
                 r.failure_message,
                 r.output,
+                r.attempts.max(1),
+                r.flaky && r.status() == TestStatus::Passed,
             ])?;
             // Only a test case seen for the first time counts, so redelivery changes nothing.
             if new == 1 && !workflow.is_empty() {
@@ -435,7 +437,8 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
     // Queue mode: a shard's tests are those of every attempt (each batch is stored once).
     let queue_mode = is_queue_mode(conn, id)?;
     let mut stmt = conn.prepare(
-        "SELECT test_id, name, classname, file, status, duration_ms, failure_message, output
+        "SELECT test_id, name, classname, file, status, duration_ms, failure_message, output,
+             attempts, flaky
          FROM test_cases
          WHERE execution_id = ?1 AND shard_index = ?2 AND (attempt = ?3 OR ?4)
          ORDER BY test_id",
@@ -453,6 +456,8 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
                     duration_ms: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
                     failure_message: row.get(6)?,
                     output: row.get(7)?,
+                    attempts: row.get(8)?,
+                    flaky: row.get(9)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -574,6 +579,7 @@ impl View {
             failed: sum(|s| s.failed),
             errored: sum(|s| s.errored),
             skipped: sum(|s| s.skipped),
+            flaky: sum(|s| s.flaky),
             created_at_ms: self.row.as_ref().map(|r| r.created_at_ms).unwrap_or(0),
             finished_at_ms: self.verdict.finished_at_ms,
             revision: self.revision,
@@ -598,6 +604,8 @@ struct Counts {
     failed: u32,
     errored: u32,
     skipped: u32,
+    /// Passed only on a retry; also counted in `passed`.
+    flaky: u32,
 }
 
 fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
@@ -684,13 +692,14 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
     let mut counts: BTreeMap<(u32, u32), Counts> = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT shard_index, attempt, status, COUNT(*) FROM test_cases
+            "SELECT shard_index, attempt, status, COUNT(*), SUM(flaky) FROM test_cases
              WHERE execution_id = ?1 GROUP BY shard_index, attempt, status",
         )?;
         let mut rows = stmt.query([id])?;
         while let Some(r) = rows.next()? {
             let entry = counts.entry((r.get(0)?, r.get(1)?)).or_default();
             let n: u32 = r.get(3)?;
+            entry.flaky += r.get::<_, u32>(4)?;
             match TestStatus::try_from(r.get::<_, i32>(2)?) {
                 Ok(TestStatus::Passed) => entry.passed += n,
                 Ok(TestStatus::Failed) => entry.failed += n,
@@ -736,6 +745,7 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
                         acc.failed += c.failed;
                         acc.errored += c.errored;
                         acc.skipped += c.skipped;
+                        acc.flaky += c.flaky;
                         acc
                     },
                 )
@@ -749,6 +759,7 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
                 failed: c.failed,
                 errored: c.errored,
                 skipped: c.skipped,
+                flaky: c.flaky,
                 ..ShardProgress::queued(index)
             };
             match attempts.remove(&key) {

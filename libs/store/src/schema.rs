@@ -104,6 +104,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (execution_id, queue_batch)
     ) WITHOUT ROWID;
     "#,
+    // 5: per-test retries: how many times a test ran in its shard attempt, and whether it
+    // passed only on a retry. Rows from before ran once.
+    r#"
+    ALTER TABLE test_cases ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE test_cases ADD COLUMN flaky INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

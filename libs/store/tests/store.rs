@@ -627,3 +627,118 @@ async fn history_follows_each_new_result_once_and_ignores_skips_for_durations() 
     assert_eq!(store.history("w", Some("flaky")).await.unwrap().len(), 1);
     assert!(store.history("other", None).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn retried_tests_keep_their_attempts_and_flaky_ones_are_counted_as_passed() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000F";
+    let retried = |id: &str, status: TestStatus, attempts: u32, flaky: bool| TestCaseResult {
+        attempts,
+        flaky,
+        ..test(id, status)
+    };
+    let messages = || {
+        (
+            plan(id, "flaky", 2),
+            batch(
+                id,
+                0,
+                0,
+                vec![
+                    retried("a", TestStatus::Passed, 2, true),
+                    retried("b", TestStatus::Passed, 1, false),
+                    // From a runner before per-test retries: ran once.
+                    retried("c", TestStatus::Skipped, 0, false),
+                ],
+            ),
+            batch(
+                id,
+                1,
+                0,
+                vec![
+                    retried("d", TestStatus::Failed, 3, false),
+                    retried("e", TestStatus::Passed, 3, true),
+                    // Only a pass can be flaky.
+                    retried("f", TestStatus::Errored, 2, true),
+                ],
+            ),
+            finished(id, 0, ShardState::Passed, 1),
+            finished(id, 1, ShardState::Failed, 1),
+        )
+    };
+    let (p, b0, b1, f0, f1) = messages();
+    store.record_execution(p).await.unwrap();
+    assert!(store.record_batch(b0).await.unwrap());
+    assert!(store.record_batch(b1).await.unwrap());
+    store.record_shard_status(f0).await.unwrap();
+    store.record_shard_status(f1).await.unwrap();
+
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Failed);
+    assert_eq!(
+        (u.passed, u.failed, u.errored, u.skipped, u.flaky),
+        (3, 1, 1, 1, 2)
+    );
+    assert_eq!((u.shards[0].flaky, u.shards[1].flaky), (1, 1));
+    assert_eq!(u.shards[0].passed, 2);
+
+    let detail = store.execution_detail(id).await.unwrap().unwrap();
+    let got: Vec<(&str, u32, bool)> = detail
+        .shards
+        .iter()
+        .flat_map(|s| &s.tests)
+        .map(|t| (t.id.as_str(), t.attempts, t.flaky))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", 2, true),
+            ("b", 1, false),
+            ("c", 1, false),
+            ("d", 3, false),
+            ("e", 3, true),
+            ("f", 2, false),
+        ]
+    );
+
+    // Redelivery changes nothing.
+    let (p, b0, b1, f0, f1) = messages();
+    assert!(!store.record_execution(p).await.unwrap());
+    assert!(!store.record_batch(b0).await.unwrap());
+    assert!(!store.record_batch(b1).await.unwrap());
+    assert!(!store.record_shard_status(f0).await.unwrap());
+    assert!(!store.record_shard_status(f1).await.unwrap());
+    assert_eq!(store.execution_detail(id).await.unwrap().unwrap(), detail);
+    // History keeps one (the final) result per test case.
+    let history = store.history("flaky", Some("d")).await.unwrap();
+    assert_eq!((history[0].runs, history[0].failed), (1, 1));
+}
+
+#[tokio::test]
+async fn test_cases_stored_before_the_attempts_column_ran_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.db");
+    let id = "01J0000000000000000000000G";
+    {
+        let store = Store::open(&path).unwrap();
+        store.record_execution(plan(id, "old", 1)).await.unwrap();
+    }
+    // A row as schema version 4 wrote it: no attempts or flaky.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO test_cases (execution_id, shard_index, attempt, test_id, status)
+         VALUES (?1, 0, 1, 'old', 1)",
+        [id],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    store
+        .record_shard_status(finished(id, 0, ShardState::Passed, 0))
+        .await
+        .unwrap();
+    let detail = store.execution_detail(id).await.unwrap().unwrap();
+    let t = &detail.shards[0].tests[0];
+    assert_eq!((t.id.as_str(), t.attempts, t.flaky), ("old", 1, false));
+    assert_eq!(update(&store, id).await.flaky, 0);
+}

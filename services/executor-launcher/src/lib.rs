@@ -106,6 +106,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         nats_url: nats_url.clone(),
     });
     warm.refill();
+    let cancels = Cancellations::default();
+    let watcher = tokio::spawn(cancels.clone().follow(bus.clone(), shutdown.clone()));
     let launcher = Launcher {
         bus: bus.clone(),
         runner,
@@ -113,6 +115,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         ack_wait: options.ack_wait,
         shutdown: shutdown.clone(),
         warm: warm.clone(),
+        cancels,
     };
     let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
         .concurrency(options.capacity)
@@ -124,6 +127,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         async move { l.launch(d).await }
     })
     .await?;
+    watcher.abort();
     warm.drain();
     info!("executor-launcher stopped");
     Ok(())
@@ -137,6 +141,75 @@ struct Launcher {
     ack_wait: Duration,
     shutdown: CancellationToken,
     warm: Arc<WarmPool>,
+    cancels: Cancellations,
+}
+
+/// Cancelled executions, followed from the `assay_cancelled` bucket (its current keys, then
+/// every new one), with a generation counter that wakes running shards to look.
+#[derive(Clone, Default)]
+struct Cancellations {
+    reasons: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Cancellations {
+    fn reason(&self, execution: &str) -> Option<String> {
+        self.reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(execution)
+            .cloned()
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    async fn follow(self, bus: Bus, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        let mut delay = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let watch = match bus.kv(streams::KV_CANCELLED).await {
+                Ok(kv) => kv.watch_with_history(">").await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let mut watch = match watch {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?delay, "cannot follow cancellations; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    e = watch.next() => e,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                let execution = decode_kv_key(&entry.key);
+                let reason = String::from_utf8_lossy(&entry.value).to_string();
+                info!(execution = %execution, %reason, "execution cancelled");
+                self.reasons
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(execution, reason);
+                self.generation.send_modify(|g| *g += 1);
+            }
+        }
+    }
+}
+
+/// Inverse of [`assay_bus::kv_key`] (hex).
+fn decode_kv_key(key: &str) -> String {
+    let bytes: Vec<u8> = (0..key.len() / 2)
+        .filter_map(|i| u8::from_str_radix(key.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8_lossy(&bytes).to_string()
 }
 
 /// Runners started ahead of time (`assay-runner --job-stdin`), each in its own process
@@ -239,6 +312,33 @@ impl Launcher {
         // A redelivered job is a new attempt: the old runner may have produced partial output.
         job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
+        let mut cancelled = self.cancels.subscribe();
+        if let Some(reason) = self.cancels.reason(&exec) {
+            let status = ShardStatus {
+                header: Some(assay_bus::header(
+                    "executor-launcher",
+                    format!("{exec}/{shard}/{attempt}/final"),
+                    job.header.as_ref().map(|h| h.traceparent.as_str()),
+                )),
+                execution_id: exec.clone(),
+                shard_index: shard,
+                attempt,
+                state: ShardState::Cancelled as i32,
+                reason,
+                exit_code: -1,
+                workflow: job.workflow.clone(),
+                reporter: "launcher".into(),
+                finished_at_ms: assay_bus::now_ms(),
+                ..Default::default()
+            };
+            info!(execution = %exec, shard, "execution cancelled; shard not started");
+            return self
+                .bus
+                .publish(subjects::shard_status(&exec, shard), &status)
+                .await
+                .map(|_| ())
+                .map_err(|e| Failure::Retry(e.to_string()));
+        }
         let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
         let (mut child, warm) = match self.start_warm(&encoded).await {
             Some(child) => (child, true),
@@ -267,6 +367,11 @@ impl Launcher {
                 _ = &mut deadline => break Outcome::TimedOut,
                 _ = self.shutdown.cancelled() => break Outcome::Shutdown,
                 _ = progress.tick() => d.progress().await,
+                Ok(()) = cancelled.changed() => {
+                    if let Some(reason) = self.cancels.reason(&exec) {
+                        break Outcome::Cancelled(reason);
+                    }
+                }
             }
         };
         // Whatever happened, nothing of this shard may outlive it: kill the group.
@@ -299,8 +404,19 @@ impl Launcher {
                         ended = state;
                         None
                     }
+                    // Killed because its execution was cancelled, not broken.
+                    Ended::Died(_) if self.cancels.reason(&exec).is_some() => {
+                        ended = ShardState::Cancelled;
+                        let reason = self.cancels.reason(&exec).unwrap_or_default();
+                        Some(final_status(ShardState::Cancelled, reason))
+                    }
                     Ended::Died(reason) => Some(final_status(ShardState::Errored, reason)),
                 }
+            }
+            Outcome::Cancelled(reason) => {
+                ended = ShardState::Cancelled;
+                let _ = child.wait().await;
+                Some(final_status(ShardState::Cancelled, reason))
             }
             Outcome::Exited(Err(e)) => Some(final_status(
                 ShardState::Errored,
@@ -337,6 +453,21 @@ impl Launcher {
                 .map_err(|e| Failure::Retry(e.to_string()))?;
         } else {
             debug!(execution = %exec, shard, attempt, "runner reported and exited");
+        }
+        if job.fail_fast && !retry && matches!(ended, ShardState::Failed | ShardState::Errored) {
+            let reason = format!(
+                "fail-fast: shard {shard} {}",
+                if ended == ShardState::Failed {
+                    "failed"
+                } else {
+                    "errored"
+                }
+            );
+            info!(execution = %exec, %reason, "cancelling the other shards");
+            self.bus
+                .cancel(&exec, &reason)
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
         }
         if retry {
             // The ended attempt's status already says a retry follows; publish it before
@@ -394,6 +525,7 @@ enum Outcome {
     Exited(std::io::Result<ExitStatus>),
     TimedOut,
     Shutdown,
+    Cancelled(String),
 }
 
 /// The last lines a runner wrote to stderr, for the reason of an abnormal end.

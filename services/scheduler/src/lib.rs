@@ -416,6 +416,18 @@ impl Scheduler {
                 .await?;
             return self.mark_done(cause, &id).await;
         }
+        if policy == Policy::Replace
+            && let Some(running) = self.acquire(workflow, &id).await?
+        {
+            // The newer execution wins: stop the running one and take its slot.
+            let reason = format!("replaced by execution {id} (concurrency policy replace)");
+            info!(execution = %running, workflow, replaced_by = %id, "cancelling the running execution");
+            self.bus.cancel(&running, &reason).await?;
+            self.active
+                .put(kv_key(workflow), Bytes::from(id.clone()))
+                .await
+                .map_err(|e| Error::kv("put", e))?;
+        }
         self.publish(&plan).await?;
         self.mark_done(cause, &id).await?;
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");

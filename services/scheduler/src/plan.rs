@@ -78,6 +78,35 @@ fn steps(list: &[assay_spec::Step], config: &BTreeMap<String, String>) -> Result
         .collect()
 }
 
+/// Per-shard start cost assumed by `count: auto` until the history measures it.
+pub const DEFAULT_SHARD_START_MS: f64 = 1000.0;
+
+/// The shard count: fixed, or with `count: auto` the fewest shards whose longest-first plan
+/// over the known tests (plus the start cost of a shard) meets `targetDuration`, at most
+/// `maxCount`; `maxCount` when there is no history to judge by.
+pub fn shard_count_for(spec: &assay_spec::WorkflowSpec, history: &assay_plan::History) -> u32 {
+    let par = &spec.parallel;
+    match par.count {
+        assay_spec::ShardCount::Fixed(n) => n.max(1),
+        assay_spec::ShardCount::Auto => {
+            let max = par.max_shards();
+            let target = par
+                .target_duration
+                .map(|d| d.as_millis() as f64)
+                .unwrap_or(0.0);
+            if history.is_empty() || target <= 0.0 {
+                return max;
+            }
+            let known: Vec<String> = history.ids().map(str::to_string).collect();
+            let start = history.shard_start_ms().unwrap_or(DEFAULT_SHARD_START_MS);
+            assay_plan::auto_count(&known, history, target, max as usize, start)
+                .map(|n| n as u32)
+                .unwrap_or(max)
+                .clamp(1, max)
+        }
+    }
+}
+
 fn ms(d: Option<std::time::Duration>, default_ms: u64) -> u64 {
     d.map(|d| d.as_millis() as u64).unwrap_or(default_ms)
 }
@@ -113,7 +142,7 @@ pub fn plan(
     let fixed: Option<Vec<Vec<String>>> = match selection {
         Selection::Listed => None,
         Selection::Ids(ids) => {
-            let n = (spec.parallel.count as usize).min(ids.len()).max(1);
+            let n = (spec.parallel.max_shards() as usize).min(ids.len()).max(1);
             Some(assay_spec::shard::split_by_count(ids, n))
         }
         Selection::Frozen(shards) => {
@@ -127,7 +156,7 @@ pub fn plan(
     }
     let shard_count = match &fixed {
         Some(f) => f.len() as u32,
-        None => spec.parallel.count.max(1),
+        None => shard_count_for(spec, history),
     };
     let timeout_ms = spec.timeout.map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut env = BTreeMap::new();
@@ -222,6 +251,7 @@ pub fn plan(
             retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
             batch_overhead_ms: ms(spec.parallel.batch_overhead, 100),
             lease_ms: ms(spec.parallel.lease, 30_000),
+            fail_fast: spec.parallel.fail_fast,
         })
         .collect();
     Ok(Plan { execution, shards })
@@ -353,5 +383,36 @@ spec:
         assert_eq!(p.execution.shard_count, 2);
         let none = Selection::Ids(vec![]);
         assert!(plan("E", &w, c, &Cause::default(), &h, &none, "OLD").is_err());
+    }
+
+    #[test]
+    fn count_auto_picks_the_fewest_shards_that_meet_the_target() {
+        let yaml = W.replace(
+            "parallel: {count: 3}",
+            "parallel: {count: auto, maxCount: 8, targetDuration: 2s}",
+        );
+        let w = workflow(&yaml);
+        let mut h: assay_plan::History = (0..10)
+            .map(|i| (format!("t{i}"), assay_plan::Estimate::exact(1000.0)))
+            .collect();
+        h.set_shard_start_ms(0.0);
+        assert_eq!(shard_count_for(&w.spec, &h), 5, "10 s of work, 2 s target");
+        h.set_shard_start_ms(500.0);
+        assert_eq!(
+            shard_count_for(&w.spec, &h),
+            8,
+            "1.5 s per shard needs 7; at most 8"
+        );
+        h.set_shard_start_ms(1500.0);
+        assert_eq!(shard_count_for(&w.spec, &h), 8, "cannot meet it: maxCount");
+        assert_eq!(
+            shard_count_for(&w.spec, &assay_plan::History::new()),
+            8,
+            "no history: maxCount"
+        );
+        let c = w.resolve_config(&BTreeMap::new()).unwrap();
+        h.set_shard_start_ms(0.0);
+        let p = plan("E", &w, c, &Cause::default(), &h, &Selection::Listed, "").unwrap();
+        assert_eq!(p.shards.len(), 5);
     }
 }

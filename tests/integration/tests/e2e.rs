@@ -1157,3 +1157,48 @@ async fn queue_mode_survives_a_stalled_worker_and_counts_every_test_once() {
     }
     assert!(text.contains("taken over after a lease expired"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fail_fast_cancels_the_other_shards_at_the_first_failure() {
+    // Shard 0 fails at once; shards 1 and 2 would sleep 30 s each.
+    let all: Vec<String> = vec!["a_fail".into(), "b_slow".into(), "c_slow".into()];
+    let sb = sandbox(
+        |w| {
+            let yaml = counted(workflow("ff", w, 3, "  env: {SLOW: \"30\"}\n")).replace(
+                "strategy: count, count: 3}",
+                "strategy: count, count: 3, failFast: true}",
+            );
+            vec![("ff.yaml".into(), yaml)]
+        },
+        &all,
+    )
+    .await;
+    let id = sb.run("ff", &[]).await;
+    let d = sb.wait_for_terminal(&id, Duration::from_secs(25)).await;
+    assert_eq!(
+        d.execution.clone().unwrap().status,
+        ExecutionStatus::Failed as i32,
+        "{}",
+        describe(&d)
+    );
+    let states: Vec<i32> = d
+        .shards
+        .iter()
+        .map(|s| s.summary.as_ref().unwrap().state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ShardState::Failed as i32,
+            ShardState::Cancelled as i32,
+            ShardState::Cancelled as i32
+        ],
+        "{}",
+        describe(&d)
+    );
+    let reason = &d.shards[1].summary.as_ref().unwrap().reason;
+    assert!(reason.contains("fail-fast: shard 0 failed"), "{reason}");
+    // Nothing of the cancelled shards keeps running.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(processes_of(&id), Vec::<i32>::new());
+}
