@@ -72,6 +72,17 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Duration and outcome history of a workflow's tests (what the planner splits by).
     History(HistoryArgs),
+    /// Cancel a running execution: its runners stop and its shards end cancelled.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Execution id.
+    pub id: String,
+    /// Why (shown as the shards' reason).
+    #[arg(long, default_value = "cancelled by a user (assay cancel)")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]

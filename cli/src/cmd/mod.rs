@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cancel;
 pub mod get;
 pub mod history;
 pub mod logs;

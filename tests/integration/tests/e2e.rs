@@ -1202,3 +1202,87 @@ async fn fail_fast_cancels_the_other_shards_at_the_first_failure() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(processes_of(&id), Vec::<i32>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assay_cancel_stops_a_running_execution_and_replace_cancels_the_older_one() {
+    let all: Vec<String> = vec!["a_slow".into(), "b_slow".into()];
+    let sb = sandbox(
+        |w| {
+            vec![
+                (
+                    "long.yaml".into(),
+                    counted(workflow("long", w, 2, "  env: {SLOW: \"30\"}\n")),
+                ),
+                (
+                    "newest.yaml".into(),
+                    counted(workflow(
+                        "newest",
+                        w,
+                        1,
+                        "  env: {SLOW: \"30\"}\n  concurrency: {policy: replace}\n",
+                    )),
+                ),
+            ]
+        },
+        &all,
+    )
+    .await;
+    let running = |d: &assay_proto::ExecutionDetail| {
+        d.shards.iter().any(|s| {
+            s.summary
+                .as_ref()
+                .is_some_and(|x| x.state == ShardState::Running as i32)
+        })
+    };
+    // assay cancel
+    let id = sb.run("long", &[]).await;
+    sb.wait_for(&id, LONG, "a running shard", running).await;
+    let out = tokio::process::Command::new(assay_bin())
+        .args(["cancel", &id, "--reason", "not needed any more"])
+        .env("ASSAY_NATS_URL", sb.nats.url())
+        .env("ASSAY_API", format!("http://{}", sb.grpc))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = sb.wait_for_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(
+        d.execution.clone().unwrap().status,
+        ExecutionStatus::Cancelled as i32,
+        "{}",
+        describe(&d)
+    );
+    assert!(
+        d.shards
+            .iter()
+            .all(|s| s.summary.as_ref().unwrap().reason == "not needed any more"),
+        "{}",
+        describe(&d)
+    );
+
+    // concurrency: replace
+    let first = sb.run("newest", &[]).await;
+    sb.wait_for(&first, LONG, "a running shard", running).await;
+    let second = sb.run("newest", &[]).await;
+    let d1 = sb.wait_for_terminal(&first, Duration::from_secs(20)).await;
+    assert_eq!(
+        d1.execution.clone().unwrap().status,
+        ExecutionStatus::Cancelled as i32,
+        "{}",
+        describe(&d1)
+    );
+    assert!(
+        d1.shards[0]
+            .summary
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains(&format!("replaced by execution {second}"))
+    );
+    sb.wait_for(&second, LONG, "a running shard", running).await;
+}
