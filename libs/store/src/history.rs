@@ -151,3 +151,21 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), 10);
     }
 }
+
+/// The median time from an execution's creation to the start of its shards' first attempts,
+/// over the workflow's 50 most recent such shards; `None` before any shard started.
+pub(crate) fn shard_start_ms(conn: &rusqlite::Connection, workflow: &str) -> Result<Option<f64>> {
+    let mut stmt = conn.prepare(
+        "SELECT sa.started_at_ms - e.created_at_ms
+         FROM shard_attempts sa JOIN executions e ON e.id = sa.execution_id
+         WHERE e.workflow = ?1 AND sa.attempt = 1 AND sa.started_at_ms > 0
+           AND e.created_at_ms > 0 AND sa.started_at_ms >= e.created_at_ms
+         ORDER BY sa.execution_id DESC LIMIT 50",
+    )?;
+    let values: Vec<u64> = stmt
+        .query_map(params![workflow], |row| row.get::<_, i64>(0))?
+        .filter_map(|v| v.ok())
+        .map(|v| v.max(0) as u64)
+        .collect();
+    Ok((!values.is_empty()).then(|| quantile(&values, 0.5) as f64))
+}

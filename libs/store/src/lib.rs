@@ -180,6 +180,14 @@ impl Store {
             .await
     }
 
+    /// Measured cost of starting a shard of `workflow` (median creation-to-start of recent
+    /// first attempts), if any shard started yet.
+    pub async fn shard_start_ms(&self, workflow: &str) -> Result<Option<f64>> {
+        let workflow = workflow.to_owned();
+        self.run(move |conn| history::shard_start_ms(conn, &workflow))
+            .await
+    }
+
     pub async fn bump_revision(&self, id: &str) -> Result<u64> {
         let id = id.to_owned();
         self.run(move |conn| ops::bump_revision(conn, &id)).await

@@ -742,3 +742,21 @@ async fn test_cases_stored_before_the_attempts_column_ran_once() {
     assert_eq!((t.id.as_str(), t.attempts, t.flaky), ("old", 1, false));
     assert_eq!(update(&store, id).await.flaky, 0);
 }
+
+#[tokio::test]
+async fn shard_start_cost_is_the_median_creation_to_start_of_first_attempts() {
+    let (_dir, store) = open();
+    assert_eq!(store.shard_start_ms("w").await.unwrap(), None);
+    store.record_execution(plan("E1", "w", 3)).await.unwrap();
+    for (shard, started) in [(0, 1_200), (1, 1_400), (2, 1_300)] {
+        let mut s = status("E1", shard, 1, ShardState::Running);
+        s.started_at_ms = started;
+        store.record_shard_status(s).await.unwrap();
+    }
+    // A retry's late start is not a start cost.
+    let mut retry = status("E1", 0, 2, ShardState::Running);
+    retry.started_at_ms = 90_000;
+    store.record_shard_status(retry).await.unwrap();
+    assert_eq!(store.shard_start_ms("w").await.unwrap(), Some(300.0));
+    assert_eq!(store.shard_start_ms("other").await.unwrap(), None);
+}

@@ -140,6 +140,7 @@ impl Aggregator {
                 })
                 .collect(),
             updated_at_ms: assay_bus::now_ms(),
+            shard_start_ms: self.store.shard_start_ms(workflow).await?.unwrap_or(0.0),
         };
         let kv = self.bus.kv(streams::KV_HISTORY).await?;
         kv.put(assay_bus::kv_key(workflow), snapshot.encode_to_vec().into())

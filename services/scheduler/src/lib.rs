@@ -446,19 +446,25 @@ impl Scheduler {
             return Ok(assay_plan::History::new());
         };
         match <assay_proto::HistorySnapshot as prost::Message>::decode(raw.as_ref()) {
-            Ok(snapshot) => Ok(snapshot
-                .tests
-                .into_iter()
-                .map(|t| {
-                    (
-                        t.id,
-                        assay_plan::Estimate {
-                            mean_ms: t.mean_ms,
-                            p90_ms: t.p90_ms as f64,
-                        },
-                    )
-                })
-                .collect()),
+            Ok(snapshot) => {
+                let mut history: assay_plan::History = snapshot
+                    .tests
+                    .into_iter()
+                    .map(|t| {
+                        (
+                            t.id,
+                            assay_plan::Estimate {
+                                mean_ms: t.mean_ms,
+                                p90_ms: t.p90_ms as f64,
+                            },
+                        )
+                    })
+                    .collect();
+                if snapshot.shard_start_ms > 0.0 {
+                    history.set_shard_start_ms(snapshot.shard_start_ms);
+                }
+                Ok(history)
+            }
             Err(e) => {
                 warn!(workflow, error = %e, "history snapshot unreadable; planning without it");
                 Ok(assay_plan::History::new())
