@@ -118,7 +118,9 @@ impl Aggregator {
         self.bus
             .publish(subjects::execution_update(&update.workflow, id), &update)
             .await?;
-        if is_terminal(update.status) {
+        // Only executions that produced test results change what planning knows.
+        let tests = update.passed + update.failed + update.errored + update.skipped;
+        if is_terminal(update.status) && tests > 0 {
             self.snapshot_history(&update.workflow).await?;
         }
         Ok(())
