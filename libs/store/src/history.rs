@@ -137,21 +137,6 @@ pub(crate) fn list(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_by_nearest_rank() {
-        assert_eq!(quantile(&[], 0.9), 0);
-        assert_eq!(quantile(&[5], 0.9), 5);
-        let v: Vec<u64> = (1..=10).collect();
-        assert_eq!(quantile(&v, 0.5), 5);
-        assert_eq!(quantile(&v, 0.9), 9);
-        assert_eq!(quantile(&v, 1.0), 10);
-    }
-}
-
 /// The median time from an execution's creation to the start of its shards' first attempts,
 /// over the workflow's 50 most recent such shards; `None` before any shard started.
 pub(crate) fn shard_start_ms(conn: &rusqlite::Connection, workflow: &str) -> Result<Option<f64>> {
@@ -168,4 +153,19 @@ pub(crate) fn shard_start_ms(conn: &rusqlite::Connection, workflow: &str) -> Res
         .map(|v| v.max(0) as u64)
         .collect();
     Ok((!values.is_empty()).then(|| quantile(&values, 0.5) as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        assert_eq!(quantile(&[], 0.9), 0);
+        assert_eq!(quantile(&[5], 0.9), 5);
+        let v: Vec<u64> = (1..=10).collect();
+        assert_eq!(quantile(&v, 0.5), 5);
+        assert_eq!(quantile(&v, 0.9), 9);
+        assert_eq!(quantile(&v, 1.0), 10);
+    }
 }
