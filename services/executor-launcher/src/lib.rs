@@ -192,6 +192,14 @@ impl Cancellations {
                 };
                 let Some(Ok(entry)) = entry else { break };
                 let execution = decode_kv_key(&entry.key);
+                if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                    // Aged out or purged: forget it.
+                    self.reasons
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&execution);
+                    continue;
+                }
                 let reason = String::from_utf8_lossy(&entry.value).to_string();
                 info!(execution = %execution, %reason, "execution cancelled");
                 self.reasons
@@ -595,6 +603,13 @@ mod tests {
             Ended::Died(r) => assert_eq!(r, "runner was killed by SIGKILL before it reported"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn kv_keys_decode_back_to_execution_ids() {
+        let id = "01M8E0VY02JJP6PKESJ4CQE23D";
+        assert_eq!(decode_kv_key(&assay_bus::kv_key(id)), id);
+        assert_eq!(decode_kv_key("zz"), "");
     }
 
     #[test]
