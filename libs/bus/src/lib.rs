@@ -314,22 +314,8 @@ impl Bus {
     /// and `traceparent`, and waits for the stream's ack. Returns whether the stream saw
     /// it as a duplicate.
     pub async fn publish<M: BusMessage>(&self, subject: String, msg: &M) -> Result<bool> {
-        let headers = headers_for(msg);
         let payload = Bytes::from(msg.encode_to_vec());
-        let ack = self
-            .js
-            .publish_with_headers(subject.clone(), headers, payload)
-            .await
-            .map_err(|e| Error::Publish {
-                subject: subject.clone(),
-                reason: e.to_string(),
-            })?
-            .await
-            .map_err(|e| Error::Publish {
-                subject: subject.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(ack.duplicate)
+        self.publish_acked(subject, headers_for(msg), payload).await
     }
 
     /// Publishes raw bytes to a JetStream subject (tests, tools, dead letters).
@@ -339,19 +325,30 @@ impl Bus {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<()> {
-        self.js
+        self.publish_acked(subject, headers, payload)
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes and waits for the stream's ack; returns whether it was a duplicate.
+    async fn publish_acked(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<bool> {
+        let failed = |e: &dyn std::fmt::Display| Error::Publish {
+            subject: subject.clone(),
+            reason: e.to_string(),
+        };
+        let ack = self
+            .js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
-            .map_err(|e| Error::Publish {
-                subject: subject.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| failed(&e))?
             .await
-            .map_err(|e| Error::Publish {
-                subject,
-                reason: e.to_string(),
-            })?;
-        Ok(())
+            .map_err(|e| failed(&e))?;
+        Ok(ack.duplicate)
     }
 }
 

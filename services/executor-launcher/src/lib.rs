@@ -322,23 +322,7 @@ impl Launcher {
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
         let mut cancelled = self.cancels.subscribe();
         if let Some(reason) = self.cancels.reason(&exec) {
-            let status = ShardStatus {
-                header: Some(assay_bus::header(
-                    "executor-launcher",
-                    format!("{exec}/{shard}/{attempt}/final"),
-                    job.header.as_ref().map(|h| h.traceparent.as_str()),
-                )),
-                execution_id: exec.clone(),
-                shard_index: shard,
-                attempt,
-                state: ShardState::Cancelled as i32,
-                reason,
-                exit_code: -1,
-                workflow: job.workflow.clone(),
-                reporter: "launcher".into(),
-                finished_at_ms: assay_bus::now_ms(),
-                ..Default::default()
-            };
+            let status = launcher_status(&job, ShardState::Cancelled, reason);
             info!(execution = %exec, shard, "execution cancelled; shard not started");
             return self
                 .bus
@@ -386,23 +370,7 @@ impl Launcher {
         if let Some(pgid) = pgid {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
-        let final_status = |state: ShardState, reason: String| ShardStatus {
-            header: Some(assay_bus::header(
-                "executor-launcher",
-                format!("{exec}/{shard}/{attempt}/final"),
-                job.header.as_ref().map(|h| h.traceparent.as_str()),
-            )),
-            execution_id: exec.clone(),
-            shard_index: shard,
-            attempt,
-            state: state as i32,
-            reason,
-            exit_code: -1,
-            workflow: job.workflow.clone(),
-            reporter: "launcher".into(),
-            finished_at_ms: assay_bus::now_ms(),
-            ..Default::default()
-        };
+        let final_status = |state: ShardState, reason: String| launcher_status(&job, state, reason);
         let mut ended = ShardState::Errored;
         let report = match outcome {
             Outcome::Exited(Ok(status)) => {
@@ -526,6 +494,30 @@ impl Launcher {
                     .to_string(),
                 )
             })
+    }
+}
+
+/// A final status the launcher reports for a shard attempt (cancelled, timed out, or a
+/// runner that died unreported). Keyed like the runner's own final status, so whichever is
+/// first is the one the stream keeps.
+fn launcher_status(job: &ShardJob, state: ShardState, reason: String) -> ShardStatus {
+    let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
+    ShardStatus {
+        header: Some(assay_bus::header(
+            "executor-launcher",
+            format!("{exec}/{shard}/{attempt}/final"),
+            job.header.as_ref().map(|h| h.traceparent.as_str()),
+        )),
+        execution_id: exec.clone(),
+        shard_index: shard,
+        attempt,
+        state: state as i32,
+        reason,
+        exit_code: -1,
+        workflow: job.workflow.clone(),
+        reporter: "launcher".into(),
+        finished_at_ms: assay_bus::now_ms(),
+        ..Default::default()
     }
 }
 
