@@ -333,6 +333,47 @@ impl Sandbox {
     }
 }
 
+/// The `assay` binary next to the running test (built by `cargo build --bins`, which
+/// `make test` runs first).
+pub fn assay_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("assay"))
+        .find(|p| p.is_file())
+        .expect("target/*/assay: run `cargo build --bins` first")
+}
+
+impl Sandbox {
+    /// Runs the `assay` CLI against this sandbox (its NATS and result API), without colours.
+    pub async fn assay(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(assay_bin())
+            .args(args)
+            .env("ASSAY_NATS_URL", self.nats.url())
+            .env("ASSAY_API", format!("http://{}", self.grpc))
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .expect("run the assay binary")
+    }
+}
+
+/// stdout and stderr of a finished command, for assertions and failure messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The status of an execution detail.
+pub fn status_of(d: &ExecutionDetail) -> ExecutionStatus {
+    ExecutionStatus::try_from(d.execution.as_ref().map(|e| e.status).unwrap_or(0))
+        .unwrap_or_default()
+}
+
 /// One line about an execution, for failure messages.
 pub fn describe(d: &ExecutionDetail) -> String {
     let e = d.execution.clone().unwrap_or_default();

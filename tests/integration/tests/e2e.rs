@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use assay_integration::{Sandbox, Service, describe, test_ids};
+use assay_integration::{Sandbox, Service, assay_bin, describe, test_ids};
 use assay_proto::{ExecutionStatus, ShardState, TestStatus};
 
 const SUITE_SH: &str = r#"#!/bin/sh
@@ -802,17 +802,6 @@ async fn the_api_streams_logs_and_watches_an_execution_to_its_end() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("assay get executions"));
-}
-
-/// The `assay` binary next to this test (built by `cargo build --bins`, which `make test` runs).
-fn assay_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("assay"))
-        .find(|p| p.is_file())
-        .expect("target/*/assay: run `cargo build --bins` first")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

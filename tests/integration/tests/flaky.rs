@@ -2,12 +2,11 @@
 //! assay-runner child processes and the built `assay` binary (build them first:
 //! `cargo build --bins`, which `make test` does).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::Duration;
 
 use assay_bus::{streams, subjects};
-use assay_integration::{Sandbox, describe};
+use assay_integration::{Sandbox, describe, output_text, status_of};
 use assay_proto::{
     ExecutionDetail, ExecutionStatus, ExecutionUpdate, LogChunk, LogStream, ShardState,
     TestCaseResult, TestStatus,
@@ -78,41 +77,6 @@ const IDS: [&str; 8] = [
     "t07_ok",
 ];
 
-/// The `assay` binary next to this test (built by `cargo build --bins`, which `make test` runs).
-fn assay_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("assay"))
-        .find(|p| p.is_file())
-        .expect("target/*/assay: run `cargo build --bins` first")
-}
-
-async fn assay(sb: &Sandbox, args: &[&str]) -> Output {
-    tokio::process::Command::new(assay_bin())
-        .args(args)
-        .env("ASSAY_NATS_URL", sb.nats.url())
-        .env("ASSAY_API", format!("http://{}", sb.grpc))
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn status(d: &ExecutionDetail) -> ExecutionStatus {
-    ExecutionStatus::try_from(d.execution.as_ref().map(|e| e.status).unwrap_or(0))
-        .unwrap_or_default()
-}
-
 fn test<'a>(d: &'a ExecutionDetail, id: &str) -> &'a TestCaseResult {
     d.shards
         .iter()
@@ -168,7 +132,7 @@ async fn failing_tests_are_retried_and_a_pass_on_retry_is_flaky() {
     let id = sb.run(WORKFLOW, &[]).await;
     let d = sb.wait_for_terminal(&id, LONG).await;
     let why = describe(&d);
-    assert_eq!(status(&d), ExecutionStatus::Failed, "{why}");
+    assert_eq!(status_of(&d), ExecutionStatus::Failed, "{why}");
 
     // Shard 0: the flaky test failed once and passed on its first retry.
     let flaky = test(&d, "t01_flaky");
@@ -224,14 +188,14 @@ async fn failing_tests_are_retried_and_a_pass_on_retry_is_flaky() {
     );
 
     // The CLI shows the flaky count and lists the test with its attempts.
-    let out = assay(&sb, &["get", "execution", &id]).await;
-    let all = text(&out);
+    let out = sb.assay(&["get", "execution", &id]).await;
+    let all = output_text(&out);
     assert!(all.contains("7 passed (1 flaky), 1 failed"), "{all}");
     assert!(
         all.contains("Flaky\n~ suite::t01_flaky [2 attempts, shard 0]"),
         "{all}"
     );
-    let out = assay(&sb, &["get", "execution", &id, "-o", "json"]).await;
+    let out = sb.assay(&["get", "execution", &id, "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["flaky"], 1, "{json}");
     let tests = json["shards"][0]["tests"].as_array().unwrap();

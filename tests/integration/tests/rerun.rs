@@ -2,11 +2,10 @@
 //! assay-runner child processes and the built `assay` binary (build them first:
 //! `cargo build --bins`, which `make test` does).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::Duration;
 
-use assay_integration::{Sandbox, describe, test_ids};
+use assay_integration::{Sandbox, describe, output_text, status_of, test_ids};
 use assay_proto::{ExecutionDetail, ExecutionStatus, ListExecutionsRequest, TestStatus};
 
 /// usage: suite.sh REPORT ID... — writes a JUnit report. An id containing `flaky` fails the
@@ -76,46 +75,11 @@ async fn sandbox() -> Sandbox {
     Sandbox::start(&[("flaky.yaml", &workflow(&work))]).await
 }
 
-/// The `assay` binary next to this test (built by `cargo build --bins`, which `make test` runs).
-fn assay_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("assay"))
-        .find(|p| p.is_file())
-        .expect("target/*/assay: run `cargo build --bins` first")
-}
-
-async fn assay(sb: &Sandbox, args: &[&str]) -> Output {
-    tokio::process::Command::new(assay_bin())
-        .args(args)
-        .env("ASSAY_NATS_URL", sb.nats.url())
-        .env("ASSAY_API", format!("http://{}", sb.grpc))
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn status(d: &ExecutionDetail) -> ExecutionStatus {
-    ExecutionStatus::try_from(d.execution.as_ref().map(|e| e.status).unwrap_or(0))
-        .unwrap_or_default()
-}
-
 /// The first run: 9 pass, the 3 flaky ones fail.
 async fn failing_original(sb: &Sandbox) -> (String, ExecutionDetail) {
     let id = sb.run(WORKFLOW, &[]).await;
     let d = sb.wait_for_terminal(&id, LONG).await;
-    assert_eq!(status(&d), ExecutionStatus::Failed, "{}", describe(&d));
+    assert_eq!(status_of(&d), ExecutionStatus::Failed, "{}", describe(&d));
     assert_eq!(d.shards.len(), 3, "{}", describe(&d));
     let e = d.execution.as_ref().unwrap();
     assert_eq!((e.passed, e.failed), (9, 3), "{}", describe(&d));
@@ -161,8 +125,10 @@ async fn rerun_failed_runs_exactly_the_failed_tests_and_links_the_original() {
         ["t01_flaky", "t05_flaky", "t09_flaky"]
     );
 
-    let out = assay(&sb, &["rerun", &original, "--failed", "--timeout", "60s"]).await;
-    let all = text(&out);
+    let out = sb
+        .assay(&["rerun", &original, "--failed", "--timeout", "60s"])
+        .await;
+    let all = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!("rerun of {original} (3 tests: 3 failed)")),
@@ -172,7 +138,7 @@ async fn rerun_failed_runs_exactly_the_failed_tests_and_links_the_original() {
 
     let rerun = newest(&sb, &original).await;
     assert_eq!(
-        status(&rerun),
+        status_of(&rerun),
         ExecutionStatus::Passed,
         "{}",
         describe(&rerun)
@@ -186,20 +152,22 @@ async fn rerun_failed_runs_exactly_the_failed_tests_and_links_the_original() {
     let rerun_id = rerun.execution.as_ref().unwrap().execution_id.clone();
 
     // The link shows in `get execution`, as a table row and in JSON.
-    let out = assay(&sb, &["get", "execution", &rerun_id]).await;
+    let out = sb.assay(&["get", "execution", &rerun_id]).await;
     assert!(
-        text(&out).contains(&format!("Rerun of   {original}")),
+        output_text(&out).contains(&format!("Rerun of   {original}")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    let out = assay(&sb, &["get", "execution", &rerun_id, "-o", "json"]).await;
+    let out = sb
+        .assay(&["get", "execution", &rerun_id, "-o", "json"])
+        .await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["rerun_of"], original.as_str());
 
     // Nothing failed in the rerun: nothing to rerun, exit 0, no new execution.
     let before = sb.execution_count(WORKFLOW).await;
-    let out = assay(&sb, &["rerun", &rerun_id, "--failed"]).await;
-    let all = text(&out);
+    let out = sb.assay(&["rerun", &rerun_id, "--failed"]).await;
+    let all = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!(
@@ -208,8 +176,8 @@ async fn rerun_failed_runs_exactly_the_failed_tests_and_links_the_original() {
         "{all}"
     );
     // An unknown execution.
-    let out = assay(&sb, &["rerun", "01JZZZZZZZZZZZZZZZZZZZZZZZ"]).await;
-    let all = text(&out);
+    let out = sb.assay(&["rerun", "01JZZZZZZZZZZZZZZZZZZZZZZZ"]).await;
+    let all = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
         all.contains(
@@ -226,12 +194,10 @@ async fn rerun_same_plan_replays_every_shard_with_the_same_tests() {
     let sb = sandbox().await;
     let (original, first) = failing_original(&sb).await;
 
-    let out = assay(
-        &sb,
-        &["rerun", &original, "--same-plan", "--timeout", "60s"],
-    )
-    .await;
-    let all = text(&out);
+    let out = sb
+        .assay(&["rerun", &original, "--same-plan", "--timeout", "60s"])
+        .await;
+    let all = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
         all.contains(&format!(
@@ -242,7 +208,7 @@ async fn rerun_same_plan_replays_every_shard_with_the_same_tests() {
 
     let rerun = newest(&sb, &original).await;
     assert_eq!(
-        status(&rerun),
+        status_of(&rerun),
         ExecutionStatus::Passed,
         "{}",
         describe(&rerun)
