@@ -82,6 +82,61 @@ fn ids(n: usize) -> Vec<String> {
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Whether any shard of the execution is running.
+fn shard_running(d: &assay_proto::ExecutionDetail) -> bool {
+    d.shards.iter().any(|s| {
+        s.summary
+            .as_ref()
+            .is_some_and(|x| x.state == ShardState::Running as i32)
+    })
+}
+
+/// A sandbox running `n` tests (every `slow_every`-th sleeps `slow` seconds) over `shards`
+/// shards, with one execution started and one of its shards running.
+async fn running_suite(
+    name: &str,
+    n: usize,
+    slow_every: usize,
+    shards: u32,
+    slow: &str,
+) -> (Sandbox, String, Vec<String>) {
+    let all: Vec<String> = (0..n)
+        .map(|i| {
+            if i % slow_every == 0 {
+                format!("t{i}_slow")
+            } else {
+                format!("t{i}_ok")
+            }
+        })
+        .collect();
+    let extra = format!("  env: {{SLOW: \"{slow}\"}}\n");
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow(name, w, shards, &extra))],
+        &all,
+    )
+    .await;
+    let id = sb.run(name, &[]).await;
+    sb.wait_for(&id, LONG, "a running shard", shard_running)
+        .await;
+    (sb, id, all)
+}
+
+/// The execution passed and every listed test landed exactly once.
+fn assert_passed_once(d: &assay_proto::ExecutionDetail, all: &[String]) {
+    assert_eq!(
+        d.execution.as_ref().unwrap().status,
+        ExecutionStatus::Passed as i32,
+        "{}",
+        describe(d)
+    );
+    let mut got = test_ids(d);
+    got.sort();
+    let mut want = all.to_vec();
+    want.sort();
+    assert_eq!(got, want, "{}", describe(d));
+    assert_eq!(d.execution.as_ref().unwrap().passed as usize, all.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn multi_shard_suite_runs_end_to_end_and_every_test_lands_once() {
     let all = ids(40);
@@ -226,36 +281,9 @@ async fn every_message_delivered_twice_leaves_the_same_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_restarted_mid_run_lose_nothing() {
-    let all: Vec<String> = (0..16)
-        .map(|i| {
-            if i % 4 == 0 {
-                format!("t{i}_slow")
-            } else {
-                format!("t{i}_ok")
-            }
-        })
-        .collect();
-    let mut sb = sandbox(
-        |w| {
-            vec![(
-                "suite.yaml".into(),
-                workflow("restart", w, 4, "  env: {SLOW: \"2\"}\n"),
-            )]
-        },
-        &all,
-    )
-    .await;
-    let id = sb.run("restart", &[]).await;
-    // Once shards are running, take the aggregator and the scheduler away, and crash the
-    // launcher (its runners see their parent go and stop; the jobs come back as attempt 2).
-    sb.wait_for(&id, LONG, "a running shard", |d| {
-        d.shards.iter().any(|s| {
-            s.summary
-                .as_ref()
-                .is_some_and(|x| x.state == ShardState::Running as i32)
-        })
-    })
-    .await;
+    let (mut sb, id, all) = running_suite("restart", 16, 4, 4, "2").await;
+    // Once shards are running, take the aggregator and the scheduler away, and stop the
+    // launcher (its runners are killed; the jobs come back as attempt 2).
     sb.stop_service(Service::Aggregator).await;
     sb.stop_service(Service::Scheduler).await;
     sb.stop_service(Service::Launcher).await;
@@ -264,18 +292,7 @@ async fn services_restarted_mid_run_lose_nothing() {
     sb.start_service(Service::Scheduler);
     sb.start_service(Service::Aggregator);
     let d = sb.wait_for_terminal(&id, Duration::from_secs(90)).await;
-    assert_eq!(
-        d.execution.as_ref().unwrap().status,
-        ExecutionStatus::Passed as i32,
-        "{}",
-        describe(&d)
-    );
-    let mut got = test_ids(&d);
-    got.sort();
-    let mut want: Vec<String> = all.clone();
-    want.sort();
-    assert_eq!(got, want, "{}", describe(&d));
-    assert_eq!(d.execution.as_ref().unwrap().passed, 16);
+    assert_passed_once(&d, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -423,14 +440,8 @@ async fn a_runner_killed_mid_shard_errors_its_shard_instead_of_hanging() {
     )
     .await;
     let id = sb.run("killme", &[]).await;
-    sb.wait_for(&id, LONG, "a running shard", |d| {
-        d.shards.iter().any(|s| {
-            s.summary
-                .as_ref()
-                .is_some_and(|x| x.state == ShardState::Running as i32)
-        })
-    })
-    .await;
+    sb.wait_for(&id, LONG, "a running shard", shard_running)
+        .await;
     let mut pid = None;
     for _ in 0..200 {
         pid = runner_pid(&id);
@@ -855,34 +866,7 @@ async fn assay_run_exits_0_for_a_passing_workflow_and_1_for_a_failing_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_aborted_mid_run_lose_nothing_and_count_nothing_twice() {
-    let all: Vec<String> = (0..12)
-        .map(|i| {
-            if i % 3 == 0 {
-                format!("t{i}_slow")
-            } else {
-                format!("t{i}_ok")
-            }
-        })
-        .collect();
-    let mut sb = sandbox(
-        |w| {
-            vec![(
-                "suite.yaml".into(),
-                workflow("crash", w, 3, "  env: {SLOW: \"1\"}\n"),
-            )]
-        },
-        &all,
-    )
-    .await;
-    let id = sb.run("crash", &[]).await;
-    sb.wait_for(&id, LONG, "a running shard", |d| {
-        d.shards.iter().any(|s| {
-            s.summary
-                .as_ref()
-                .is_some_and(|x| x.state == ShardState::Running as i32)
-        })
-    })
-    .await;
+    let (mut sb, id, all) = running_suite("crash", 12, 3, 3, "1").await;
     // No graceful stop: the tasks vanish at their current await point, unacked messages
     // are redelivered after the ack wait.
     sb.crash_service(Service::Aggregator);
@@ -891,18 +875,7 @@ async fn services_aborted_mid_run_lose_nothing_and_count_nothing_twice() {
     sb.start_service(Service::Aggregator);
     sb.start_service(Service::Launcher);
     let d = sb.wait_for_terminal(&id, Duration::from_secs(90)).await;
-    assert_eq!(
-        d.execution.as_ref().unwrap().status,
-        ExecutionStatus::Passed as i32,
-        "{}",
-        describe(&d)
-    );
-    let mut got = test_ids(&d);
-    got.sort();
-    let mut want: Vec<String> = all.clone();
-    want.sort();
-    assert_eq!(got, want, "{}", describe(&d));
-    assert_eq!(d.execution.as_ref().unwrap().passed, 12);
+    assert_passed_once(&d, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
