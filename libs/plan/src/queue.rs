@@ -32,7 +32,9 @@ const GSS_DIVISOR_BLIND: f64 = 8.0;
 /// expected time reaches the target `max(per_batch_overhead_ms * 100, remaining / (2m))`,
 /// where `remaining` is the expected time of everything not yet batched: early batches are
 /// large, the tail is cut finer so the last batches are short, and a test longer than the
-/// target is a batch alone. The first term keeps dispatch overhead under 1 % of a batch.
+/// target is a batch alone. The first term keeps dispatch overhead under 1 % of a batch, but
+/// never exceeds the suite's work divided by `m`: a short suite still spreads over every
+/// worker rather than landing in one batch.
 ///
 /// When the history knows none of the tests, every test weighs the same and the order says
 /// nothing about durations, so one unlucky batch can hold several long tests: the divisor is
@@ -64,10 +66,13 @@ pub fn queue_batches(
     for i in (0..order.len()).rev() {
         remaining[i] = remaining[i + 1] + order[i].1;
     }
+    // A suite too small to keep the overhead under 1 % on every worker still uses them all:
+    // parallelism beats the overhead rule when the whole run is short.
+    let cap = remaining[0] / m;
     let mut batches = Vec::new();
     let mut i = 0;
     while i < order.len() {
-        let target = floor.max(remaining[i] / (divisor * m));
+        let target = floor.min(cap).max(remaining[i] / (divisor * m));
         let mut tests = Vec::new();
         let mut expected_ms = 0.0;
         while i < order.len() {
@@ -238,6 +243,19 @@ mod tests {
             .map(|(id, &d)| (id.clone(), Estimate::exact(d)))
             .collect();
         (tests, history)
+    }
+
+    #[test]
+    fn a_short_suite_still_spreads_over_every_worker() {
+        // 13 tests of 20 ms with 100 ms per batch: the 1 % rule would ask for 10 s batches,
+        // one batch in all; capped at the work per worker instead.
+        let (tests, history) = suite(&[20.0; 13]);
+        let batches = queue_batches(&tests, &history, 2, 100.0);
+        assert!(batches.len() >= 2, "{batches:?}");
+        assert!(
+            batches.iter().all(|b| b.expected_ms <= 130.0 + 20.0),
+            "{batches:?}"
+        );
     }
 
     #[test]
