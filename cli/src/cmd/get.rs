@@ -22,6 +22,30 @@ pub async fn run(global: &Global, cmd: GetCommand, palette: Palette) -> Result<u
     }
 }
 
+/// Place in line of each queued execution, per workflow, oldest first (ids are ULIDs, so
+/// they sort by creation time).
+pub fn queue_positions(
+    executions: &[assay_proto::ExecutionUpdate],
+) -> std::collections::HashMap<&str, usize> {
+    let mut queued: Vec<&assay_proto::ExecutionUpdate> = executions
+        .iter()
+        .filter(|u| u.status() == assay_proto::ExecutionStatus::Queued)
+        .collect();
+    queued.sort_by(|a, b| (&a.workflow, &a.execution_id).cmp(&(&b.workflow, &b.execution_id)));
+    let mut out = std::collections::HashMap::new();
+    let mut last = "";
+    let mut n = 0;
+    for u in queued {
+        if u.workflow != last {
+            last = &u.workflow;
+            n = 0;
+        }
+        n += 1;
+        out.insert(u.execution_id.as_str(), n);
+    }
+    out
+}
+
 /// Prints `value` as JSON or YAML.
 pub fn print_structured<T: Serialize>(value: &T, output: Output) -> Result<()> {
     match output {
@@ -120,16 +144,18 @@ async fn executions(
             let mut table = Table::new([
                 "ID", "WORKFLOW", "STATUS", "PASSED", "FAILED", "SKIPPED", "AGE", "DURATION",
             ]);
+            let positions = queue_positions(&list.executions);
             for u in &list.executions {
                 let status = u.status();
                 let failed = u.failed + u.errored;
+                let shown = match positions.get(u.execution_id.as_str()) {
+                    Some(p) => format!("{} #{p}", format::execution_status(status)),
+                    None => format::execution_status(status).to_string(),
+                };
                 table.row(vec![
                     cell(u.execution_id.clone()),
                     cell(u.workflow.clone()),
-                    (
-                        format::execution_status(status).to_string(),
-                        execution_color(status),
-                    ),
+                    (shown, execution_color(status)),
                     cell(u.passed.to_string()),
                     (
                         failed.to_string(),
@@ -192,4 +218,29 @@ async fn execution(global: &Global, id: &str, output: Output, palette: &Palette)
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_executions_get_their_place_per_workflow() {
+        use assay_proto::{ExecutionStatus, ExecutionUpdate};
+        let u = |id: &str, wf: &str, st: ExecutionStatus| ExecutionUpdate {
+            execution_id: id.into(),
+            workflow: wf.into(),
+            status: st as i32,
+            ..Default::default()
+        };
+        let list = vec![
+            u("03", "a", ExecutionStatus::Queued),
+            u("02", "a", ExecutionStatus::Queued),
+            u("01", "a", ExecutionStatus::Running),
+            u("04", "b", ExecutionStatus::Queued),
+        ];
+        let p = queue_positions(&list);
+        assert_eq!((p["02"], p["03"], p["04"]), (1, 2, 1));
+        assert!(!p.contains_key("01"));
+    }
 }

@@ -244,6 +244,7 @@ impl Bus {
             streams::KV_HISTORY,
             streams::KV_QUEUES,
             streams::KV_CANCELLED,
+            streams::KV_WAITING,
         ] {
             self.kv(bucket).await?;
         }

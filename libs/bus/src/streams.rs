@@ -21,6 +21,9 @@ pub const KV_DEDUP: &str = "assay_dedup";
 pub const KV_ACTIVE: &str = "assay_active";
 /// KV bucket: workflow → `HistorySnapshot` of its tests' durations, for planning.
 pub const KV_HISTORY: &str = "assay_history";
+/// KV bucket: `<workflow>.<execution>` → `PendingPlan` of an execution waiting for its
+/// workflow's slot (`concurrency.policy: queue`); ULID ids keep the keys in FIFO order.
+pub const KV_WAITING: &str = "assay_waiting";
 /// KV bucket: execution → why it was cancelled. Launchers watch it, stop the execution's
 /// runners and report its remaining shards cancelled.
 pub const KV_CANCELLED: &str = "assay_cancelled";

@@ -291,12 +291,7 @@ fn concurrency(out: &mut Vec<Problem>, at: Vec<Seg>, c: &Concurrency) {
         p
     };
     match c.policy {
-        Policy::Allow | Policy::Forbid | Policy::Replace => {}
-        Policy::Queue => out.push(problem(
-            sub("policy"),
-            "concurrency policy `queue` is not supported yet",
-            "use `allow`, `forbid` or `replace`",
-        )),
+        Policy::Allow | Policy::Forbid | Policy::Replace | Policy::Queue => {}
     }
     if c.max == Some(0) {
         out.push(problem(

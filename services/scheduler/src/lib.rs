@@ -100,6 +100,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         dedup: bus.kv(streams::KV_DEDUP).await?,
         active: bus.kv(streams::KV_ACTIVE).await?,
         history: bus.kv(streams::KV_HISTORY).await?,
+        waiting: bus.kv(streams::KV_WAITING).await?,
         defs: defs.clone(),
     };
     let watch = tokio::spawn(defs.watch(Duration::from_secs(2), shutdown.clone(), |_| {}));
@@ -157,6 +158,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// Key of a waiting execution: the workflow, then the (time-ordered) execution id.
+fn waiting_key(workflow: &str, execution: &str) -> String {
+    format!("{}.{}", kv_key(workflow), execution)
+}
+
 /// What a run request asks beyond the workflow: a selection of tests and the execution it
 /// reruns.
 #[derive(Debug, Clone, Default)]
@@ -171,6 +177,7 @@ struct Scheduler {
     dedup: kv::Store,
     active: kv::Store,
     history: kv::Store,
+    waiting: kv::Store,
     defs: SharedCatalog,
 }
 
@@ -416,6 +423,30 @@ impl Scheduler {
                 .await?;
             return self.mark_done(cause, &id).await;
         }
+        if policy == Policy::Queue
+            && let Some(running) = self.acquire(workflow, &id).await?
+        {
+            // Wait for the slot: recorded as queued now, started when the running one ends.
+            let pending = assay_proto::PendingPlan {
+                execution: Some(plan.execution.clone()),
+                shards: plan.shards.clone(),
+            };
+            self.waiting
+                .put(
+                    waiting_key(workflow, &id),
+                    prost::Message::encode_to_vec(&pending).into(),
+                )
+                .await
+                .map_err(|e| Error::kv("put", e))?;
+            // Recorded as queued (no shard runs yet); `assay get executions` shows its place.
+            self.bus
+                .publish(subjects::execution_plan(&id), &plan.execution)
+                .await?;
+            self.mark_done(cause, &id).await?;
+            info!(execution = %id, workflow, after = %running, "execution queued");
+            // The running one may have ended meanwhile.
+            return self.start_waiting(workflow).await;
+        }
         if policy == Policy::Replace
             && let Some(running) = self.acquire(workflow, &id).await?
         {
@@ -492,6 +523,19 @@ impl Scheduler {
         }
     }
 
+    /// Publishes only the shard jobs (the plan record is out already), all at once.
+    async fn publish_shards(&self, plan: &Plan) -> Result<()> {
+        let id = &plan.execution.id;
+        let shards = plan.shards.iter().map(|job| {
+            self.bus
+                .publish(subjects::shard_job(id, job.shard_index), job)
+        });
+        for r in futures::future::join_all(shards).await {
+            r?;
+        }
+        Ok(())
+    }
+
     /// Publishes the shard jobs first (the launcher can start while the rest is written),
     /// all at once, then the plan; returns when the streams acked everything.
     async fn publish(&self, plan: &Plan) -> Result<()> {
@@ -536,6 +580,63 @@ impl Scheduler {
                 .map_err(|e| Error::kv("delete", e))?;
             debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
         }
+        self.start_waiting(&update.workflow).await
+    }
+
+    /// Starts the oldest execution waiting for the workflow's slot, if the slot is free.
+    /// Safe to call any time and from several schedulers: the slot is taken with a
+    /// compare-and-set create, and the waiting entry is removed only after its shards
+    /// are published.
+    async fn start_waiting(&self, workflow: &str) -> Result<()> {
+        let prefix = format!("{}.", kv_key(workflow));
+        let mut keys: Vec<String> = {
+            use futures::TryStreamExt;
+            self.waiting
+                .keys()
+                .await
+                .map_err(|e| Error::kv("keys", e))?
+                .try_collect::<Vec<String>>()
+                .await
+                .map_err(|e| Error::kv("keys", e))?
+        };
+        keys.retain(|k| k.starts_with(&prefix));
+        keys.sort();
+        let Some(next) = keys.first() else {
+            return Ok(());
+        };
+        let Some(raw) = self
+            .waiting
+            .get(next)
+            .await
+            .map_err(|e| Error::kv("get", e))?
+        else {
+            return Ok(());
+        };
+        let pending = match <assay_proto::PendingPlan as prost::Message>::decode(raw.as_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(key = %next, error = %e, "unreadable waiting execution dropped");
+                let _ = self.waiting.delete(next).await;
+                return Ok(());
+            }
+        };
+        let Some(execution) = pending.execution.clone() else {
+            let _ = self.waiting.delete(next).await;
+            return Ok(());
+        };
+        if self.acquire(workflow, &execution.id).await?.is_some() {
+            return Ok(()); // still held: its end starts us
+        }
+        let plan = Plan {
+            execution,
+            shards: pending.shards,
+        };
+        self.publish_shards(&plan).await?;
+        self.waiting
+            .delete(next)
+            .await
+            .map_err(|e| Error::kv("delete", e))?;
+        info!(execution = %plan.execution.id, workflow, "queued execution started");
         Ok(())
     }
 }

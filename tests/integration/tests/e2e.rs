@@ -1248,3 +1248,51 @@ async fn assay_cancel_stops_a_running_execution_and_replace_cancels_the_older_on
     );
     sb.wait_for(&second, LONG, "a running shard", running).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_queue_runs_waiting_executions_one_at_a_time_in_order() {
+    let all: Vec<String> = vec!["a_slow".into()];
+    let sb = sandbox(
+        |w| {
+            vec![(
+                "line.yaml".into(),
+                counted(workflow(
+                    "line",
+                    w,
+                    1,
+                    "  env: {SLOW: \"1\"}\n  concurrency: {policy: queue}\n",
+                )),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(sb.run("line", &[]).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The later two wait, queued, while the first runs; `assay get executions` shows places.
+    sb.wait_for(&ids[0], LONG, "a running shard", shard_running)
+        .await;
+    let d2 = sb.wait_for(&ids[2], LONG, "being recorded", |_| true).await;
+    assert_eq!(d2.execution.unwrap().status, ExecutionStatus::Queued as i32);
+    let out = sb.assay(&["get", "executions", "--workflow", "line"]).await;
+    let table = assay_integration::output_text(&out);
+    assert!(
+        table.contains("queued #1") && table.contains("queued #2"),
+        "{table}"
+    );
+    // All three pass, never two at once, in order.
+    let mut spans = Vec::new();
+    for id in &ids {
+        let d = sb.wait_for_terminal(id, LONG).await;
+        let e = d.execution.clone().unwrap();
+        assert_eq!(e.status, ExecutionStatus::Passed as i32, "{}", describe(&d));
+        let s = d.shards[0].summary.clone().unwrap();
+        spans.push((e.finished_at_ms - s.duration_ms as i64, e.finished_at_ms));
+    }
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0 + 50, "overlapping runs: {spans:?}");
+    }
+}
