@@ -93,13 +93,33 @@ impl Identity {
         ]
     }
 
-    /// `<workdir>/.assay/reports/shard-<index>-attempt-<attempt>.xml`
+    /// `<workdir>/.assay/reports/<execution>/shard-<index>-attempt-<attempt>.xml`: unique per
+    /// execution, so executions sharing a working directory never read each other's reports.
     pub fn report_path(&self, workdir: &Path) -> PathBuf {
+        self.report_dir(workdir)
+            .join(format!("shard-{}-attempt-{}.xml", self.shard, self.attempt))
+    }
+
+    /// `<workdir>/.assay/reports/<execution>`
+    pub fn report_dir(&self, workdir: &Path) -> PathBuf {
         workdir
             .join(".assay")
             .join("reports")
-            .join(format!("shard-{}-attempt-{}.xml", self.shard, self.attempt))
+            .join(crate::job::path_safe(&self.execution))
     }
+}
+
+/// `s` with anything but ASCII letters, digits, `-` and `_` replaced, for a path component.
+pub fn path_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Single-quotes `s` for POSIX `sh`: `it's` becomes `'it'\''s'`.

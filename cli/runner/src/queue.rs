@@ -120,14 +120,10 @@ pub(crate) async fn run(
                 }
             })
         };
-        let report = runner
-            .workdir()
-            .join(".assay")
-            .join("reports")
-            .join(format!(
-                "shard-{}-attempt-{}-batch-{}.xml",
-                id.shard, id.attempt, batch.seq
-            ));
+        let report = id.report_dir(runner.workdir()).join(format!(
+            "shard-{}-attempt-{}-batch-{}.xml",
+            id.shard, id.attempt, batch.seq
+        ));
         let (verdict, results) =
             retries::run_with_retries(job, tests, id, runner, &batch.test_ids, &report).await;
         heartbeat.abort();

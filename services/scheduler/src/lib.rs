@@ -158,9 +158,46 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Key of a waiting execution: the workflow, then the (time-ordered) execution id.
-fn waiting_key(workflow: &str, execution: &str) -> String {
-    format!("{}.{}", kv_key(workflow), execution)
+/// Where an execution's concurrency limit applies: its workflow, or the `concurrency.group`
+/// it shares with other workflows, with `max` slots (default 1).
+#[derive(Debug, Clone)]
+struct Scope {
+    /// Key prefix in the slot and waiting buckets.
+    key: String,
+    /// For messages: `workflow "x"` or `group "db"`.
+    name: String,
+    max: u32,
+}
+
+impl Scope {
+    fn of(workflow: &Workflow) -> Scope {
+        let c = &workflow.spec.concurrency;
+        let (raw, name) = match &c.group {
+            Some(g) => (format!("group/{g}"), format!("group \"{g}\"")),
+            None => (
+                format!("workflow/{}", workflow.name),
+                format!("workflow \"{}\"", workflow.name),
+            ),
+        };
+        Scope {
+            key: kv_key(&raw),
+            name,
+            max: c.max.unwrap_or(1).max(1),
+        }
+    }
+
+    fn slot(&self, n: u32) -> String {
+        format!("{}.{n}", self.key)
+    }
+
+    /// Key of a waiting execution: the scope, then the (time-ordered) execution id.
+    fn waiting(&self, execution: &str) -> String {
+        format!("{}.{execution}", self.key)
+    }
+
+    fn prefix(&self) -> String {
+        format!("{}.", self.key)
+    }
 }
 
 /// What a run request asks beyond the workflow: a selection of tests and the execution it
@@ -410,11 +447,15 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let policy = policy_override.unwrap_or(w.spec.concurrency.policy);
+        let scope = Scope::of(w);
         if policy == Policy::Forbid
-            && let Some(running) = self.acquire(workflow, &id).await?
+            && let Some((_, running)) = self.acquire(&scope, &id).await?
         {
             let reason = format!(
-                "concurrency policy forbid: execution {running} of workflow \"{workflow}\" is still running"
+                "concurrency policy forbid: execution {running} of {} is still running ({} slot{} in use)",
+                scope.name,
+                scope.max,
+                if scope.max == 1 { "" } else { "s" }
             );
             warn!(execution = %id, workflow, %reason, "execution rejected");
             let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason);
@@ -424,7 +465,7 @@ impl Scheduler {
             return self.mark_done(cause, &id).await;
         }
         if policy == Policy::Queue
-            && let Some(running) = self.acquire(workflow, &id).await?
+            && let Some((_, running)) = self.acquire(&scope, &id).await?
         {
             // Wait for the slot: recorded as queued now, started when the running one ends.
             let pending = assay_proto::PendingPlan {
@@ -433,7 +474,7 @@ impl Scheduler {
             };
             self.waiting
                 .put(
-                    waiting_key(workflow, &id),
+                    scope.waiting(&id),
                     prost::Message::encode_to_vec(&pending).into(),
                 )
                 .await
@@ -445,17 +486,17 @@ impl Scheduler {
             self.mark_done(cause, &id).await?;
             info!(execution = %id, workflow, after = %running, "execution queued");
             // The running one may have ended meanwhile.
-            return self.start_waiting(workflow).await;
+            return self.start_waiting(&scope).await;
         }
         if policy == Policy::Replace
-            && let Some(running) = self.acquire(workflow, &id).await?
+            && let Some((slot, running)) = self.acquire(&scope, &id).await?
         {
             // The newer execution wins: stop the running one and take its slot.
             let reason = format!("replaced by execution {id} (concurrency policy replace)");
             info!(execution = %running, workflow, replaced_by = %id, "cancelling the running execution");
             self.bus.cancel(&running, &reason).await?;
             self.active
-                .put(kv_key(workflow), Bytes::from(id.clone()))
+                .put(slot, Bytes::from(id.clone()))
                 .await
                 .map_err(|e| Error::kv("put", e))?;
         }
@@ -503,24 +544,47 @@ impl Scheduler {
         }
     }
 
-    /// Takes the workflow's `forbid` slot; returns the holder if another execution has it.
-    async fn acquire(&self, workflow: &str, id: &str) -> Result<Option<String>> {
-        let key = kv_key(workflow);
-        match self.active.create(&key, Bytes::from(id.to_string())).await {
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let holder = self
-                    .active
-                    .get(&key)
-                    .await
-                    .map_err(|e| Error::kv("get", e))?
-                    .map(|v| String::from_utf8_lossy(&v).to_string())
-                    .unwrap_or_default();
-                // A redelivery of our own request holds the slot already.
-                Ok((holder != id).then_some(holder))
+    /// Takes a free slot of the scope (each slot is a key taken with a compare-and-set
+    /// create); when all are held, returns the first slot and its holder.
+    async fn acquire(&self, scope: &Scope, id: &str) -> Result<Option<(String, String)>> {
+        let mut first_held = None;
+        for n in 0..scope.max {
+            let key = scope.slot(n);
+            match self.active.create(&key, Bytes::from(id.to_string())).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let holder = self
+                        .active
+                        .get(&key)
+                        .await
+                        .map_err(|e| Error::kv("get", e))?
+                        .map(|v| String::from_utf8_lossy(&v).to_string())
+                        .unwrap_or_default();
+                    // A redelivery of our own request holds a slot already.
+                    if holder == id {
+                        return Ok(None);
+                    }
+                    first_held.get_or_insert((key, holder));
+                }
+                Err(e) => return Err(Error::kv("create", e)),
             }
-            Err(e) => Err(Error::kv("create", e)),
         }
+        Ok(first_held)
+    }
+
+    /// Keys of `store` that start with `prefix`, sorted.
+    async fn keys_with_prefix(store: &kv::Store, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let mut keys: Vec<String> = store
+            .keys()
+            .await
+            .map_err(|e| Error::kv("keys", e))?
+            .try_collect()
+            .await
+            .map_err(|e| Error::kv("keys", e))?;
+        keys.retain(|k| k.starts_with(prefix));
+        keys.sort();
+        Ok(keys)
     }
 
     /// Publishes only the shard jobs (the plan record is out already), all at once.
@@ -564,43 +628,38 @@ impl Scheduler {
         if !terminal {
             return Ok(());
         }
-        let key = kv_key(&update.workflow);
-        let holder = self
-            .active
-            .entry(&key)
-            .await
-            .map_err(|e| Error::kv("entry", e))?;
-        if let Some(entry) = holder
-            && entry.value.as_ref() == update.execution_id.as_bytes()
-        {
-            // Only delete what we read, so a newer holder is never released by mistake.
-            self.active
-                .delete_expect_revision(&key, Some(entry.revision))
+        let catalog = self.defs.get();
+        let Ok(w) = catalog.workflow(&update.workflow) else {
+            return Ok(()); // a workflow no longer defined holds no slot we could find
+        };
+        let scope = Scope::of(w);
+        for key in Self::keys_with_prefix(&self.active, &scope.prefix()).await? {
+            let entry = self
+                .active
+                .entry(&key)
                 .await
-                .map_err(|e| Error::kv("delete", e))?;
-            debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
+                .map_err(|e| Error::kv("entry", e))?;
+            if let Some(entry) = entry
+                && entry.operation == kv::Operation::Put
+                && entry.value.as_ref() == update.execution_id.as_bytes()
+            {
+                // Only delete what we read, so a newer holder is never released by mistake.
+                self.active
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+                    .map_err(|e| Error::kv("delete", e))?;
+                debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
+            }
         }
-        self.start_waiting(&update.workflow).await
+        self.start_waiting(&scope).await
     }
 
     /// Starts the oldest execution waiting for the workflow's slot, if the slot is free.
     /// Safe to call any time and from several schedulers: the slot is taken with a
     /// compare-and-set create, and the waiting entry is removed only after its shards
     /// are published.
-    async fn start_waiting(&self, workflow: &str) -> Result<()> {
-        let prefix = format!("{}.", kv_key(workflow));
-        let mut keys: Vec<String> = {
-            use futures::TryStreamExt;
-            self.waiting
-                .keys()
-                .await
-                .map_err(|e| Error::kv("keys", e))?
-                .try_collect::<Vec<String>>()
-                .await
-                .map_err(|e| Error::kv("keys", e))?
-        };
-        keys.retain(|k| k.starts_with(&prefix));
-        keys.sort();
+    async fn start_waiting(&self, scope: &Scope) -> Result<()> {
+        let keys = Self::keys_with_prefix(&self.waiting, &scope.prefix()).await?;
         let Some(next) = keys.first() else {
             return Ok(());
         };
@@ -624,7 +683,7 @@ impl Scheduler {
             let _ = self.waiting.delete(next).await;
             return Ok(());
         };
-        if self.acquire(workflow, &execution.id).await?.is_some() {
+        if self.acquire(scope, &execution.id).await?.is_some() {
             return Ok(()); // still held: its end starts us
         }
         let plan = Plan {
@@ -636,7 +695,7 @@ impl Scheduler {
             .delete(next)
             .await
             .map_err(|e| Error::kv("delete", e))?;
-        info!(execution = %plan.execution.id, workflow, "queued execution started");
+        info!(execution = %plan.execution.id, workflow = %plan.execution.workflow, scope = %scope.name, "queued execution started");
         Ok(())
     }
 }

@@ -1296,3 +1296,43 @@ async fn concurrency_queue_runs_waiting_executions_one_at_a_time_in_order() {
         assert!(w[0].1 <= w[1].0 + 50, "overlapping runs: {spans:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrency_group_limits_executions_across_workflows() {
+    let all: Vec<String> = vec!["a_slow".into()];
+    let extra = "  env: {SLOW: \"1\"}\n  concurrency: {policy: queue, group: db, max: 2}\n";
+    let sb = sandbox(
+        |w| {
+            vec![
+                ("a.yaml".into(), counted(workflow("wa", w, 1, extra))),
+                ("b.yaml".into(), counted(workflow("wb", w, 1, extra))),
+            ]
+        },
+        &all,
+    )
+    .await;
+    let mut ids = Vec::new();
+    for wf in ["wa", "wb", "wa"] {
+        ids.push(sb.run(wf, &[]).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sb.wait_for(&ids[1], LONG, "a running shard", shard_running)
+        .await;
+    let third = sb.wait_for(&ids[2], LONG, "being recorded", |_| true).await;
+    assert_eq!(
+        third.execution.unwrap().status,
+        ExecutionStatus::Queued as i32,
+        "two slots in group db are taken"
+    );
+    let mut spans = Vec::new();
+    for id in &ids {
+        let d = sb.wait_for_terminal(id, LONG).await;
+        let e = d.execution.clone().unwrap();
+        assert_eq!(e.status, ExecutionStatus::Passed as i32, "{}", describe(&d));
+        let s = d.shards[0].summary.clone().unwrap();
+        spans.push((e.finished_at_ms - s.duration_ms as i64, e.finished_at_ms));
+    }
+    // The third started only after one of the first two ended.
+    let first_end = spans[0].1.min(spans[1].1);
+    assert!(spans[2].0 + 50 >= first_end, "{spans:?}");
+}
