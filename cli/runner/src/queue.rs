@@ -246,21 +246,8 @@ async fn fill_or_wait(
     if !fill {
         return Ok(());
     }
-    let history: assay_plan::History = match bus.history_snapshot(&job.workflow).await {
-        Ok(Some(s)) => s
-            .tests
-            .into_iter()
-            .map(|t| {
-                (
-                    t.id,
-                    assay_plan::Estimate {
-                        mean_ms: t.mean_ms,
-                        p90_ms: t.p90_ms as f64,
-                    },
-                )
-            })
-            .collect(),
-        Ok(None) => assay_plan::History::new(),
+    let history = match bus.planning_history(&job.workflow).await {
+        Ok(h) => h,
         Err(e) => {
             logs.system(
                 TESTS,

@@ -311,6 +311,29 @@ impl Bus {
         }
     }
 
+    /// The workflow's duration history as planners use it: test estimates and the measured
+    /// shard start cost; empty before the workflow's first finished execution.
+    pub async fn planning_history(&self, workflow: &str) -> Result<assay_plan::History> {
+        let Some(snapshot) = self.history_snapshot(workflow).await? else {
+            return Ok(assay_plan::History::new());
+        };
+        let mut history: assay_plan::History = snapshot
+            .tests
+            .into_iter()
+            .map(|t| {
+                let estimate = assay_plan::Estimate {
+                    mean_ms: t.mean_ms,
+                    p90_ms: t.p90_ms as f64,
+                };
+                (t.id, estimate)
+            })
+            .collect();
+        if snapshot.shard_start_ms > 0.0 {
+            history.set_shard_start_ms(snapshot.shard_start_ms);
+        }
+        Ok(history)
+    }
+
     /// Publishes to a JetStream subject with `Nats-Msg-Id` (the header's idempotency key)
     /// and `traceparent`, and waits for the stream's ack. Returns whether the stream saw
     /// it as a duplicate.
@@ -398,9 +421,24 @@ pub fn kv_key(raw: &str) -> String {
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Inverse of [`kv_key`]; invalid hex decodes to what it can.
+pub fn kv_key_decode(key: &str) -> String {
+    let bytes: Vec<u8> = (0..key.len() / 2)
+        .filter_map(|i| u8::from_str_radix(key.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8_lossy(&bytes).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_keys_decode_back() {
+        let id = "01M8E0VY02JJP6PKESJ4CQE23D";
+        assert_eq!(kv_key_decode(&kv_key(id)), id);
+        assert_eq!(kv_key_decode("zz"), "");
+    }
 
     #[test]
     fn versions() {

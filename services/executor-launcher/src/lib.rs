@@ -191,7 +191,7 @@ impl Cancellations {
                     _ = shutdown.cancelled() => return,
                 };
                 let Some(Ok(entry)) = entry else { break };
-                let execution = decode_kv_key(&entry.key);
+                let execution = assay_bus::kv_key_decode(&entry.key);
                 if entry.operation != async_nats::jetstream::kv::Operation::Put {
                     // Aged out or purged: forget it.
                     self.reasons
@@ -210,14 +210,6 @@ impl Cancellations {
             }
         }
     }
-}
-
-/// Inverse of [`assay_bus::kv_key`] (hex).
-fn decode_kv_key(key: &str) -> String {
-    let bytes: Vec<u8> = (0..key.len() / 2)
-        .filter_map(|i| u8::from_str_radix(key.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8_lossy(&bytes).to_string()
 }
 
 /// Runners started ahead of time (`assay-runner --job-stdin`), each in its own process
@@ -595,13 +587,6 @@ mod tests {
             Ended::Died(r) => assert_eq!(r, "runner was killed by SIGKILL before it reported"),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn kv_keys_decode_back_to_execution_ids() {
-        let id = "01M8E0VY02JJP6PKESJ4CQE23D";
-        assert_eq!(decode_kv_key(&assay_bus::kv_key(id)), id);
-        assert_eq!(decode_kv_key("zz"), "");
     }
 
     #[test]

@@ -89,11 +89,17 @@ impl Default for Options {
 pub struct Aggregator {
     bus: Bus,
     store: Store,
+    /// The `assay_history` bucket, opened on first use.
+    history: std::sync::Arc<tokio::sync::OnceCell<async_nats::jetstream::kv::Store>>,
 }
 
 impl Aggregator {
     pub fn new(bus: Bus, store: Store) -> Aggregator {
-        Aggregator { bus, store }
+        Aggregator {
+            bus,
+            store,
+            history: Default::default(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -144,7 +150,10 @@ impl Aggregator {
             updated_at_ms: assay_bus::now_ms(),
             shard_start_ms: self.store.shard_start_ms(workflow).await?.unwrap_or(0.0),
         };
-        let kv = self.bus.kv(streams::KV_HISTORY).await?;
+        let kv = self
+            .history
+            .get_or_try_init(|| self.bus.kv(streams::KV_HISTORY))
+            .await?;
         kv.put(assay_bus::kv_key(workflow), snapshot.encode_to_vec().into())
             .await
             .map_err(|e| assay_bus::Error::JetStream {

@@ -99,7 +99,6 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         bus: bus.clone(),
         dedup: bus.kv(streams::KV_DEDUP).await?,
         active: bus.kv(streams::KV_ACTIVE).await?,
-        history: bus.kv(streams::KV_HISTORY).await?,
         waiting: bus.kv(streams::KV_WAITING).await?,
         defs: defs.clone(),
     };
@@ -144,7 +143,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
             move |d: Delivery<ExecutionUpdate>| {
                 let s = s.clone();
-                async move { s.on_update(d.msg).await.map_err(Error::failure) }
+                async move {
+                    s.on_update(d.msg, d.delivered)
+                        .await
+                        .map_err(Error::failure)
+                }
             },
         )
     };
@@ -213,7 +216,6 @@ struct Scheduler {
     bus: Bus,
     dedup: kv::Store,
     active: kv::Store,
-    history: kv::Store,
     waiting: kv::Store,
     defs: SharedCatalog,
 }
@@ -509,34 +511,9 @@ impl Scheduler {
     /// The workflow's duration estimates, as the aggregator last wrote them (empty before
     /// its first finished execution; an unreadable snapshot is planned without, and said).
     async fn history(&self, workflow: &str) -> Result<assay_plan::History> {
-        let raw = self
-            .history
-            .get(kv_key(workflow))
-            .await
-            .map_err(|e| Error::kv("get", e))?;
-        let Some(raw) = raw else {
-            return Ok(assay_plan::History::new());
-        };
-        match <assay_proto::HistorySnapshot as prost::Message>::decode(raw.as_ref()) {
-            Ok(snapshot) => {
-                let mut history: assay_plan::History = snapshot
-                    .tests
-                    .into_iter()
-                    .map(|t| {
-                        (
-                            t.id,
-                            assay_plan::Estimate {
-                                mean_ms: t.mean_ms,
-                                p90_ms: t.p90_ms as f64,
-                            },
-                        )
-                    })
-                    .collect();
-                if snapshot.shard_start_ms > 0.0 {
-                    history.set_shard_start_ms(snapshot.shard_start_ms);
-                }
-                Ok(history)
-            }
+        match self.bus.planning_history(workflow).await {
+            Ok(history) => Ok(history),
+            Err(e) if e.is_retryable() => Err(e.into()),
             Err(e) => {
                 warn!(workflow, error = %e, "history snapshot unreadable; planning without it");
                 Ok(assay_plan::History::new())
@@ -600,27 +577,21 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Publishes the shard jobs first (the launcher can start while the rest is written),
-    /// all at once, then the plan; returns when the streams acked everything.
+    /// Publishes the shard jobs and the plan record at once; returns when the streams acked
+    /// everything.
     async fn publish(&self, plan: &Plan) -> Result<()> {
         let id = &plan.execution.id;
-        let shards = plan.shards.iter().map(|job| {
-            self.bus
-                .publish(subjects::shard_job(id, job.shard_index), job)
-        });
-        let plan_record = self
+        let record = self
             .bus
             .publish(subjects::execution_plan(id), &plan.execution);
-        let (shards, plan_record) = tokio::join!(futures::future::join_all(shards), plan_record);
-        for r in shards {
-            r?;
-        }
-        plan_record?;
+        let (shards, record) = tokio::join!(self.publish_shards(plan), record);
+        shards?;
+        record?;
         Ok(())
     }
 
     /// Releases a `forbid` slot when its execution ends.
-    async fn on_update(&self, update: ExecutionUpdate) -> Result<()> {
+    async fn on_update(&self, update: ExecutionUpdate, delivered: i64) -> Result<()> {
         let terminal = !matches!(
             ExecutionStatus::try_from(update.status).unwrap_or(ExecutionStatus::Unspecified),
             ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
@@ -633,7 +604,9 @@ impl Scheduler {
             return Ok(()); // a workflow no longer defined holds no slot we could find
         };
         let scope = Scope::of(w);
-        for key in Self::keys_with_prefix(&self.active, &scope.prefix()).await? {
+        let mut released = false;
+        for n in 0..scope.max {
+            let key = scope.slot(n);
             let entry = self
                 .active
                 .entry(&key)
@@ -649,9 +622,15 @@ impl Scheduler {
                     .await
                     .map_err(|e| Error::kv("delete", e))?;
                 debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
+                released = true;
             }
         }
-        self.start_waiting(&scope).await
+        // Only a freed slot lets a waiting execution start (a redelivery may be the retry of
+        // a release whose start did not happen).
+        if released || delivered > 1 {
+            self.start_waiting(&scope).await?;
+        }
+        Ok(())
     }
 
     /// Starts the oldest execution waiting for the workflow's slot, if the slot is free.
