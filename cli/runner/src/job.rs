@@ -45,6 +45,19 @@ pub struct Identity {
     pub shard: u32,
     pub shard_count: u32,
     pub attempt: u32,
+    /// This shard's place among the shards of its matrix combination and their number:
+    /// what the count, duration and queue splits go by. The whole execution without matrix.
+    pub split_index: u32,
+    pub split_count: u32,
+    /// The matrix combination's label (empty without matrix); reported test ids carry it.
+    pub variant: String,
+    /// The combination's parameters, exported as `ASSAY_MATRIX_<NAME>`.
+    pub matrix: Vec<(String, String)>,
+    /// Key of the work queue the shard's group shares (`strategy: queue`): the execution id,
+    /// plus `-m<group>` for a matrix combination.
+    pub queue: String,
+    /// The group's number, which places its queue batches apart from other groups'.
+    pub group: u32,
     /// `traceparent` of the job, continued by everything the runner publishes.
     pub parent_trace: Option<String>,
 }
@@ -57,6 +70,28 @@ impl Identity {
             shard: job.shard_index,
             shard_count: job.shard_count,
             attempt: job.attempt,
+            split_index: if job.group_shard_count == 0 {
+                job.shard_index
+            } else {
+                job.group_shard_index
+            },
+            split_count: if job.group_shard_count == 0 {
+                job.shard_count
+            } else {
+                job.group_shard_count
+            },
+            variant: job.variant.clone(),
+            matrix: job
+                .matrix
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            queue: if job.variant.is_empty() {
+                job.execution_id.clone()
+            } else {
+                format!("{}-m{}", job.execution_id, job.group)
+            },
+            group: job.group,
             parent_trace: job
                 .header
                 .as_ref()
@@ -84,13 +119,35 @@ impl Identity {
 
     /// Variables every process of the shard sees, besides the job's own env.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("ASSAY_EXECUTION_ID".into(), self.execution.clone()),
             ("ASSAY_WORKFLOW".into(), self.workflow.clone()),
             ("ASSAY_SHARD_INDEX".into(), self.shard.to_string()),
             ("ASSAY_SHARD_COUNT".into(), self.shard_count.to_string()),
             ("ASSAY_ATTEMPT".into(), self.attempt.to_string()),
-        ]
+        ];
+        if !self.variant.is_empty() {
+            env.push(("ASSAY_MATRIX".into(), self.variant.clone()));
+            for (k, v) in &self.matrix {
+                let name: String = k
+                    .chars()
+                    .map(|c| {
+                        if c == '-' {
+                            '_'
+                        } else {
+                            c.to_ascii_uppercase()
+                        }
+                    })
+                    .collect();
+                env.push((format!("ASSAY_MATRIX_{name}"), v.clone()));
+            }
+        }
+        env
+    }
+
+    /// A listed test id as results carry it: with the matrix combination appended.
+    pub fn qualify(&self, test_id: &str) -> String {
+        assay_plan::qualify(test_id, &self.variant)
     }
 
     /// `<workdir>/.assay/reports/<execution>/shard-<index>-attempt-<attempt>.xml`: unique per

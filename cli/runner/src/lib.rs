@@ -379,8 +379,8 @@ async fn run_tests(
             &all,
             &job.test_ids,
             &planned,
-            id.shard as usize,
-            id.shard_count.max(1) as usize,
+            id.split_index as usize,
+            id.split_count.max(1) as usize,
         );
         let new = share
             .iter()
@@ -390,8 +390,8 @@ async fn run_tests(
     } else {
         let share = assay_spec::shard::shard_of_count(
             &all,
-            id.shard as usize,
-            id.shard_count.max(1) as usize,
+            id.split_index as usize,
+            id.split_count.max(1) as usize,
         );
         (share, "by count".to_string())
     };

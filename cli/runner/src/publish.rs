@@ -222,6 +222,12 @@ pub async fn publish_results(
     queue_batch: u32,
 ) -> Result<u32> {
     let subject = subjects::results(&id.execution, id.shard);
+    let mut results = results;
+    if !id.variant.is_empty() {
+        for r in &mut results {
+            r.id = id.qualify(&r.id);
+        }
+    }
     let mut n = 0u32;
     for cases in batches(results, BATCH_CASES, BATCH_BYTES) {
         let number = first + n;

@@ -25,6 +25,10 @@ use crate::outcome::Verdict;
 use crate::steps::StepRunner;
 use crate::{Published, TESTS, publish, retries};
 
+/// Queue batch numbers of matrix combination `g` start at `g << QUEUE_GROUP_SHIFT` (about
+/// a million batches per combination).
+const QUEUE_GROUP_SHIFT: u32 = 20;
+
 /// How long the other workers wait for the first one to fill the queue.
 const FILL_WAIT: Duration = Duration::from_secs(600);
 
@@ -42,7 +46,7 @@ pub(crate) async fn run(
         return (Verdict::errored(reason), Vec::new(), published);
     }
     let lease = Duration::from_millis(job.lease_ms.max(1000));
-    let mut consumer = match consumer(bus, &id.execution, lease, id.shard_count).await {
+    let mut consumer = match consumer(bus, &id.queue, lease, id.split_count).await {
         Ok(c) => c,
         Err(reason) => return (Verdict::errored(reason), Vec::new(), published),
     };
@@ -210,7 +214,7 @@ async fn fill_or_wait(
         .kv(streams::KV_QUEUES)
         .await
         .map_err(|e| e.to_string())?;
-    let key = assay_bus::kv_key(&id.execution);
+    let key = assay_bus::kv_key(&id.queue);
     let me = format!("filling:{}", id.shard);
     let fill = match kv.create(&key, me.clone().into()).await {
         Ok(_) => true,
@@ -247,7 +251,7 @@ async fn fill_or_wait(
         return Ok(());
     }
     let history = match bus.planning_history(&job.workflow).await {
-        Ok(h) => h,
+        Ok(h) => h.for_variant(&id.variant),
         Err(e) => {
             logs.system(
                 TESTS,
@@ -259,13 +263,16 @@ async fn fill_or_wait(
     };
     let overhead = job.batch_overhead_ms.max(1) as f64;
     let batches =
-        assay_plan::queue_batches(listed, &history, id.shard_count.max(1) as usize, overhead);
-    let subject = subjects::queue(&id.execution);
+        assay_plan::queue_batches(listed, &history, id.split_count.max(1) as usize, overhead);
+    let subject = subjects::queue(&id.queue);
     for b in &batches {
+        // Numbered apart per matrix combination: results name their batch, and the store
+        // keeps the first report of each batch of the execution.
+        let seq = (id.group << QUEUE_GROUP_SHIFT) | b.seq;
         let msg = QueueBatch {
-            header: Some(id.header(&format!("queue/{}", b.seq))),
+            header: Some(id.header(&format!("queue/{seq}"))),
             execution_id: id.execution.clone(),
-            seq: b.seq,
+            seq,
             test_ids: b.tests.clone(),
             expected_ms: b.expected_ms,
         };

@@ -97,6 +97,25 @@ impl History {
         self.mean_of_known().unwrap_or(1.0)
     }
 
+    /// The estimates of one matrix combination: the ids qualified with `variant` (see
+    /// [`crate::qualify`]) without the suffix, and the shard start cost. The whole history
+    /// for the empty variant (a workflow without matrix).
+    pub fn for_variant(&self, variant: &str) -> History {
+        if variant.is_empty() {
+            return self.clone();
+        }
+        History {
+            by_id: self
+                .by_id
+                .iter()
+                .filter_map(|(id, e)| {
+                    crate::unqualify(id, variant).map(|raw| (raw.to_string(), *e))
+                })
+                .collect(),
+            shard_start_ms: self.shard_start_ms,
+        }
+    }
+
     /// The planning estimate of `id`: its mean when known, otherwise `fallback`.
     pub fn estimate_ms(&self, id: &str, fallback: f64) -> f64 {
         self.get(id).map_or(fallback, |e| e.mean_ms)

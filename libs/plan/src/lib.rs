@@ -39,6 +39,28 @@ use serde::{Deserialize, Serialize};
 /// A test's id as the runner lists it (e.g. `pkg::module::test_name`).
 pub type TestId = String;
 
+/// A test id as results carry it: `id [variant]` for a matrix combination's shard
+/// (`tests/a.py::t [os=linux,python=3.12]`), `id` itself without matrix.
+pub fn qualify(id: &str, variant: &str) -> String {
+    if variant.is_empty() {
+        id.to_string()
+    } else {
+        format!("{id} [{variant}]")
+    }
+}
+
+/// The listed id inside `qualified` when it carries `variant` (the inverse of [`qualify`]);
+/// `None` when it belongs to another combination. The empty variant matches every id.
+pub fn unqualify<'a>(qualified: &'a str, variant: &str) -> Option<&'a str> {
+    if variant.is_empty() {
+        return Some(qualified);
+    }
+    qualified
+        .strip_suffix(']')
+        .and_then(|s| s.strip_suffix(variant))
+        .and_then(|s| s.strip_suffix(" ["))
+}
+
 /// How an execution's tests are spread over its shards (`parallel.strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +127,41 @@ impl PartialOrd for Ms {
 impl Ord for Ms {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod qualify_tests {
+    use super::*;
+
+    #[test]
+    fn qualify_round_trips_and_tells_combinations_apart() {
+        let q = qualify("tests/a.py::t[1-2]", "os=linux,py=3.12");
+        assert_eq!(q, "tests/a.py::t[1-2] [os=linux,py=3.12]");
+        assert_eq!(
+            unqualify(&q, "os=linux,py=3.12"),
+            Some("tests/a.py::t[1-2]")
+        );
+        assert_eq!(
+            unqualify(&q, "py=3.12"),
+            None,
+            "a suffix of the label is not the label"
+        );
+        assert_eq!(unqualify(&q, "os=mac,py=3.12"), None);
+        assert_eq!(qualify("t", ""), "t");
+        assert_eq!(unqualify("t [x=1]", ""), Some("t [x=1]"));
+        let h: History = [
+            (q.clone(), Estimate::exact(5.0)),
+            (
+                "tests/b.py::u [os=mac,py=3.12]".into(),
+                Estimate::exact(7.0),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let linux = h.for_variant("os=linux,py=3.12");
+        assert_eq!(linux.ids().collect::<Vec<_>>(), ["tests/a.py::t[1-2]"]);
+        assert_eq!(h.for_variant("").len(), 2);
     }
 }
 

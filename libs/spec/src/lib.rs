@@ -20,7 +20,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use catalog::Catalog;
-pub use config::{expand, parse_overrides};
+pub use config::{
+    DEFAULT_MATRIX_LIMIT, expand, expand_matrix, matrix_limit, parse_overrides, variant_label,
+};
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
 pub use parse::parse_str;
@@ -132,6 +134,13 @@ pub enum Error {
         known_suffix(.name, .known)
     )]
     UnknownTemplateVariable { name: String, known: Vec<String> },
+    #[error(
+        "template refers to unknown matrix parameter \"matrix.{name}\"{}",
+        known_suffix(.name, .known)
+    )]
+    UnknownMatrixKey { name: String, known: Vec<String> },
+    #[error("{0}")]
+    Matrix(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

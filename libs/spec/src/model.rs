@@ -285,7 +285,9 @@ pub struct Parallel {
     /// to the queue. Default 30s.
     #[serde(default, with = "duration::opt")]
     pub lease: Option<Duration>,
-    /// Parsed but not supported yet.
+    /// Parameter lists whose cartesian product runs as separate shard groups, each with
+    /// `count` shards; `{{ matrix.KEY }}` in commands and env, `ASSAY_MATRIX_KEY` in the
+    /// environment, and test ids suffixed ` [key=value,...]`.
     #[serde(default)]
     pub matrix: Option<BTreeMap<String, Vec<serde_norway::Value>>>,
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::template_refs;
+use crate::config::{Ref, template_refs};
 use crate::did_you_mean;
 use crate::locate::{Seg, kp};
 use crate::model::{
@@ -83,21 +83,49 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         }
     }
 
+    let matrix_keys: Vec<&str> = spec
+        .parallel
+        .matrix
+        .as_ref()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
     let check_template = |out: &mut Vec<Problem>, at: Vec<Seg>, text: &str| {
-        for name in template_refs(text) {
-            if !spec.config.contains_key(name) {
-                let mut hint = format!(
-                    "declare it under spec.config (declared: {})",
-                    list(&declared)
-                );
-                if let Some(best) = did_you_mean(name, declared.iter().copied()) {
-                    hint = format!("did you mean `{best}`? or {hint}");
+        for target in template_refs(text) {
+            match target {
+                Ref::Config(name) if !spec.config.contains_key(name) => {
+                    let mut hint = format!(
+                        "declare it under spec.config (declared: {})",
+                        list(&declared)
+                    );
+                    if let Some(best) = did_you_mean(name, declared.iter().copied()) {
+                        hint = format!("did you mean `{best}`? or {hint}");
+                    }
+                    out.push(problem(
+                        at.clone(),
+                        format!("template refers to undeclared parameter `config.{name}`"),
+                        hint,
+                    ));
                 }
-                out.push(problem(
-                    at.clone(),
-                    format!("template refers to undeclared parameter `config.{name}`"),
-                    hint,
-                ));
+                Ref::Matrix(key) if !matrix_keys.contains(&key) => {
+                    let mut hint = if matrix_keys.is_empty() {
+                        "declare it under spec.parallel.matrix (this workflow has no matrix)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "declare it under spec.parallel.matrix (declared: {})",
+                            list(&matrix_keys)
+                        )
+                    };
+                    if let Some(best) = did_you_mean(key, matrix_keys.iter().copied()) {
+                        hint = format!("did you mean `{best}`? or {hint}");
+                    }
+                    out.push(problem(
+                        at.clone(),
+                        format!("template refers to undeclared matrix parameter `matrix.{key}`"),
+                        hint,
+                    ));
+                }
+                _ => {}
             }
         }
     };
@@ -235,12 +263,8 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
             "add tests.list (one test id per line) or use `strategy: count`",
         ));
     }
-    if par.matrix.is_some() {
-        out.push(problem(
-            kp!["spec", "parallel", "matrix"],
-            "parallel.matrix is not supported yet",
-            "remove matrix and define one workflow per combination for now",
-        ));
+    if let Some(matrix) = &par.matrix {
+        matrix_problems(&mut out, matrix);
     }
 
     concurrency(&mut out, kp!["spec", "concurrency"], &spec.concurrency);
@@ -253,6 +277,70 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// Matrix parameters: identifier keys, scalar values, at least one value each, and no more
+/// combinations than [`crate::matrix_limit`].
+fn matrix_problems(out: &mut Vec<Problem>, matrix: &BTreeMap<String, Vec<serde_norway::Value>>) {
+    use serde_norway::Value;
+    if matrix.is_empty() {
+        out.push(problem(
+            kp!["spec", "parallel", "matrix"],
+            "parallel.matrix has no parameters",
+            "add parameters such as `python: [\"3.11\", \"3.12\"]` or remove matrix",
+        ));
+        return;
+    }
+    let mut combinations: u128 = 1;
+    for (key, values) in matrix {
+        let at = kp!["spec", "parallel", "matrix", key.as_str()];
+        let ident = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ident {
+            out.push(problem(
+                at.clone(),
+                format!("invalid matrix parameter name `{key}`"),
+                "use letters, digits, '_' and '-', starting with a letter or '_' (it becomes ASSAY_MATRIX_<NAME>)",
+            ));
+        }
+        if values.is_empty() {
+            out.push(problem(
+                at.clone(),
+                format!("matrix parameter `{key}` has no values"),
+                "give it at least one value or remove it",
+            ));
+        }
+        for (i, v) in values.iter().enumerate() {
+            if !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+                let mut at = at.clone();
+                at.push(Seg::Index(i));
+                out.push(problem(
+                    at,
+                    format!(
+                        "matrix value {} of `{key}` is not a string, number or boolean",
+                        i + 1
+                    ),
+                    "matrix values are scalars; give one combination per value",
+                ));
+            }
+        }
+        combinations = combinations.saturating_mul(values.len() as u128);
+    }
+    let limit = crate::matrix_limit();
+    if combinations > limit as u128 {
+        out.push(problem(
+            kp!["spec", "parallel", "matrix"],
+            format!(
+                "parallel.matrix expands to {combinations} combinations, over the limit of {limit}"
+            ),
+            "drop parameter values, split the workflow, or raise the limit with ASSAY_MATRIX_LIMIT",
+        ));
+    }
 }
 
 fn step_problems(out: &mut Vec<Problem>, at: &[Seg], step: &Step) {

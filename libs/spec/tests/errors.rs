@@ -85,19 +85,58 @@ fn count_zero() {
 }
 
 #[test]
-fn unsupported_features_and_a_queue_without_a_listing_are_named() {
+fn a_queue_without_a_listing_is_named() {
     let text = format!(
         "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 2, strategy: queue, matrix: {{os: [a, b]}}}}\n  concurrency: {{policy: queue}}\n"
     );
     let d = diags(&text);
     let all: Vec<String> = d.iter().map(ToString::to_string).collect();
-    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all.len(), 1, "{all:#?}");
     assert!(
         all[0]
             .contains("strategies `queue` and `duration` split the tests that `tests.list` prints"),
         "{all:#?}"
     );
-    assert!(all[1].contains("parallel.matrix is not supported yet"));
+}
+
+#[test]
+fn matrix_problems_are_located() {
+    // 9 values x 9 values x 4 values = 324 combinations, over the default limit of 256.
+    let nine = "[1, 2, 3, 4, 5, 6, 7, 8, 9]";
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: 'echo {{{{ matrix.pyton }}}}'}}]\n  parallel:\n    matrix:\n      python: {nine}\n      os: {nine}\n      db: [a, b, c, d]\n"
+    );
+    let all: Vec<String> = diags(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter().any(|m| m.starts_with(
+            "wf/file.yaml:8:5: parallel.matrix expands to 324 combinations, over the limit of 256"
+        )),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter().any(|m| m.starts_with("wf/file.yaml:6:")
+            && m.contains("undeclared matrix parameter `matrix.pyton`")
+            && m.contains("did you mean `python`?")),
+        "{all:#?}"
+    );
+
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel:\n    matrix:\n      os: []\n      db: [a, {{x: 1}}]\n"
+    );
+    let all: Vec<String> = diags(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter()
+            .any(|m| m.starts_with("wf/file.yaml:9:7: matrix parameter `os` has no values")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter().any(|m| m.starts_with(
+            "wf/file.yaml:10:11: matrix value 2 of `db` is not a string, number or boolean"
+        )),
+        "{all:#?}"
+    );
 }
 
 #[test]

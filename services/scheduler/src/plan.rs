@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use assay_proto::{Execution, ExecutionStatus, ShardJob, Step, TestsSpec};
-use assay_spec::{Workflow, expand};
+use assay_spec::{Workflow, expand_matrix, variant_label};
 
 use crate::{Error, Result};
 
@@ -59,19 +59,24 @@ pub fn rejected(
     }
 }
 
-fn steps(list: &[assay_spec::Step], config: &BTreeMap<String, String>) -> Result<Vec<Step>> {
+fn steps(
+    list: &[assay_spec::Step],
+    config: &BTreeMap<String, String>,
+    combination: &BTreeMap<String, String>,
+) -> Result<Vec<Step>> {
+    let x = |t: &str| expand_matrix(t, config, combination).map_err(Error::spec);
     list.iter()
         .map(|s| {
             Ok(Step {
                 name: s.name.clone(),
-                run: expand(&s.run, config).map_err(Error::spec)?,
+                run: x(&s.run)?,
                 timeout_ms: s.timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
                 retries: s.retries,
                 condition: format!("{:?}", s.condition).to_lowercase(),
                 env: s
                     .env
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), expand(v, config).map_err(Error::spec)?)))
+                    .map(|(k, v)| Ok((k.clone(), x(v)?)))
                     .collect::<Result<_>>()?,
             })
         })
@@ -124,10 +129,36 @@ pub enum Selection {
     Frozen(Vec<Vec<String>>),
 }
 
-/// Plans `workflow` with `config` (already resolved) into `parallel.count` shards. With
-/// `strategy: duration`, the tests `history` knows are split longest-first (LPT) and each
-/// shard is told its own and the hashes of all planned tests; tests without history are
-/// placed by the runners with a stable hash.
+/// One matrix combination's shards (the whole workflow when it has no matrix).
+struct Group {
+    combination: BTreeMap<String, String>,
+    variant: String,
+    /// The shards' explicit test ids (listed ids, without the variant suffix); empty lists
+    /// when the runners list the tests themselves.
+    shards: Vec<Vec<String>>,
+    /// Duration mode: stable hashes of every test the group's plan assigned.
+    planned_hashes: Vec<u64>,
+}
+
+/// Which group a qualified test id belongs to, and the listed id inside it.
+fn group_of<'a>(variants: &[String], id: &'a str) -> Option<(usize, &'a str)> {
+    variants
+        .iter()
+        .enumerate()
+        .find_map(|(g, v)| assay_plan::unqualify(id, v).map(|raw| (g, raw)))
+}
+
+fn unknown_variant(workflow: &str, id: &str) -> Error {
+    Error::Spec(format!(
+        "test id \"{id}\" belongs to no matrix combination of workflow \"{workflow}\" (did its matrix change?); run the workflow again instead"
+    ))
+}
+
+/// Plans `workflow` with `config` (already resolved). Each matrix combination (one without
+/// matrix) is a group of `parallel.count` shards that splits the suite among themselves.
+/// With `strategy: duration`, the tests `history` knows for the combination are split
+/// longest-first (LPT) and each shard is told its own and the hashes of all planned tests;
+/// tests without history are placed by the runners with a stable hash.
 pub fn plan(
     id: &str,
     workflow: &Workflow,
@@ -138,44 +169,82 @@ pub fn plan(
     rerun_of: &str,
 ) -> Result<Plan> {
     let spec = &workflow.spec;
-    // Explicit selections fix the shards: no empty shard (it would list the whole suite).
-    let fixed: Option<Vec<Vec<String>>> = match selection {
-        Selection::Listed => None,
+    let combinations = spec.combinations().map_err(Error::spec)?;
+    let variants: Vec<String> = combinations.iter().map(variant_label).collect();
+    let strategy = spec.strategy();
+    let by_duration =
+        matches!(selection, Selection::Listed) && strategy == assay_spec::Strategy::Duration;
+    let by_queue =
+        matches!(selection, Selection::Listed) && strategy == assay_spec::Strategy::Queue;
+    let mut groups: Vec<Group> = combinations
+        .into_iter()
+        .zip(&variants)
+        .map(|(combination, variant)| Group {
+            combination,
+            variant: variant.clone(),
+            shards: Vec::new(),
+            planned_hashes: Vec::new(),
+        })
+        .collect();
+    match selection {
+        Selection::Listed => {
+            for g in &mut groups {
+                let h = history.for_variant(&g.variant);
+                let n = shard_count_for(spec, &h) as usize;
+                g.shards = if by_duration {
+                    let known: Vec<String> = h.ids().map(str::to_string).collect();
+                    let p = assay_plan::lpt(&known, &h, n);
+                    g.planned_hashes = p
+                        .shards
+                        .iter()
+                        .flatten()
+                        .map(|t| assay_plan::stable_hash(t))
+                        .collect();
+                    p.shards
+                } else {
+                    vec![Vec::new(); n]
+                };
+            }
+        }
+        // Explicit selections fix the shards: no empty shard (it would list the whole suite).
         Selection::Ids(ids) => {
-            let n = (spec.parallel.max_shards() as usize).min(ids.len()).max(1);
-            Some(assay_spec::shard::split_by_count(ids, n))
+            let mut by_group: Vec<Vec<String>> = vec![Vec::new(); groups.len()];
+            for qualified in ids {
+                let (g, raw) = group_of(&variants, qualified)
+                    .ok_or_else(|| unknown_variant(&workflow.name, qualified))?;
+                by_group[g].push(raw.to_string());
+            }
+            for (g, ids) in groups.iter_mut().zip(by_group) {
+                if ids.is_empty() {
+                    continue;
+                }
+                let n = (spec.parallel.max_shards() as usize).min(ids.len()).max(1);
+                g.shards = assay_spec::shard::split_by_count(&ids, n);
+            }
         }
         Selection::Frozen(shards) => {
-            Some(shards.iter().filter(|s| !s.is_empty()).cloned().collect())
+            for shard in shards.iter().filter(|s| !s.is_empty()) {
+                let (g, _) = group_of(&variants, &shard[0])
+                    .ok_or_else(|| unknown_variant(&workflow.name, &shard[0]))?;
+                let raw = shard
+                    .iter()
+                    .map(|t| {
+                        assay_plan::unqualify(t, &variants[g])
+                            .map(str::to_string)
+                            .ok_or_else(|| unknown_variant(&workflow.name, t))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                groups[g].shards.push(raw);
+            }
         }
-    };
-    if fixed.as_ref().is_some_and(|f| f.iter().all(Vec::is_empty)) {
+    }
+    let shard_count: u32 = groups.iter().map(|g| g.shards.len() as u32).sum();
+    if shard_count == 0 {
         return Err(Error::Spec(
             "nothing to rerun: the selection names no test".to_string(),
         ));
     }
-    let shard_count = match &fixed {
-        Some(f) => f.len() as u32,
-        None => shard_count_for(spec, history),
-    };
     let timeout_ms = spec.timeout.map(|d| d.as_millis() as u64).unwrap_or(0);
-    let mut env = BTreeMap::new();
-    for (k, v) in &spec.env {
-        env.insert(k.clone(), expand(v, &config).map_err(Error::spec)?);
-    }
-    let tests = match &spec.tests {
-        Some(t) => Some(TestsSpec {
-            list: expand(t.list.as_deref().unwrap_or(""), &config).map_err(Error::spec)?,
-            run: expand(&t.run, &config).map_err(Error::spec)?,
-            reports: t.reports.clone(),
-        }),
-        None => None,
-    };
-    let (setup, main, after) = (
-        steps(&spec.setup, &config)?,
-        steps(&spec.steps, &config)?,
-        steps(&spec.after, &config)?,
-    );
     let working_dir = spec
         .working_dir
         .as_ref()
@@ -201,23 +270,6 @@ pub fn plan(
         rerun_of: rerun_of.to_string(),
     };
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
-    let by_duration = fixed.is_none() && spec.strategy() == assay_spec::Strategy::Duration;
-    let by_queue = fixed.is_none() && spec.strategy() == assay_spec::Strategy::Queue;
-    let (planned, planned_hashes): (Vec<Vec<String>>, Vec<u64>) = if let Some(f) = fixed {
-        (f, Vec::new())
-    } else if by_duration {
-        let known: Vec<String> = history.ids().map(str::to_string).collect();
-        let p = assay_plan::lpt(&known, history, shard_count as usize);
-        let hashes = p
-            .shards
-            .iter()
-            .flatten()
-            .map(|t| assay_plan::stable_hash(t))
-            .collect();
-        (p.shards, hashes)
-    } else {
-        (Vec::new(), Vec::new())
-    };
     let strategy = if by_duration {
         "duration"
     } else if by_queue {
@@ -225,35 +277,67 @@ pub fn plan(
     } else {
         "count"
     };
-    let shards = (0..shard_count)
-        .map(|i| ShardJob {
-            header: Some(assay_bus::header(
-                PRODUCER,
-                format!("{id}/{i}/1"),
-                trace.as_deref(),
-            )),
-            execution_id: id.to_string(),
-            workflow: workflow.name.clone(),
-            shard_index: i,
-            shard_count,
-            attempt: 1,
-            setup: setup.clone(),
-            steps: main.clone(),
-            after: after.clone(),
-            tests: tests.clone(),
-            env: env.clone().into_iter().collect(),
-            timeout_ms,
-            working_dir: working_dir.clone(),
-            test_ids: planned.get(i as usize).cloned().unwrap_or_default(),
-            strategy: strategy.to_string(),
-            planned_hashes: planned_hashes.clone(),
-            retries: spec.retries.count,
-            retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
-            batch_overhead_ms: ms(spec.parallel.batch_overhead, 100),
-            lease_ms: ms(spec.parallel.lease, 30_000),
-            fail_fast: spec.parallel.fail_fast,
-        })
-        .collect();
+    let mut shards = Vec::with_capacity(shard_count as usize);
+    for (group, g) in groups.iter().enumerate() {
+        if g.shards.is_empty() {
+            continue;
+        }
+        let c = &g.combination;
+        let x = |t: &str| expand_matrix(t, &config, c).map_err(Error::spec);
+        let mut env = BTreeMap::new();
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), x(v)?);
+        }
+        let tests = match &spec.tests {
+            Some(t) => Some(TestsSpec {
+                list: x(t.list.as_deref().unwrap_or(""))?,
+                run: x(&t.run)?,
+                reports: t.reports.clone(),
+            }),
+            None => None,
+        };
+        let (setup, main, after) = (
+            steps(&spec.setup, &config, c)?,
+            steps(&spec.steps, &config, c)?,
+            steps(&spec.after, &config, c)?,
+        );
+        let group_shard_count = g.shards.len() as u32;
+        for (j, test_ids) in g.shards.iter().enumerate() {
+            let i = shards.len() as u32;
+            shards.push(ShardJob {
+                header: Some(assay_bus::header(
+                    PRODUCER,
+                    format!("{id}/{i}/1"),
+                    trace.as_deref(),
+                )),
+                execution_id: id.to_string(),
+                workflow: workflow.name.clone(),
+                shard_index: i,
+                shard_count,
+                attempt: 1,
+                setup: setup.clone(),
+                steps: main.clone(),
+                after: after.clone(),
+                tests: tests.clone(),
+                env: env.clone().into_iter().collect(),
+                timeout_ms,
+                working_dir: working_dir.clone(),
+                test_ids: test_ids.clone(),
+                strategy: strategy.to_string(),
+                planned_hashes: g.planned_hashes.clone(),
+                retries: spec.retries.count,
+                retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
+                batch_overhead_ms: ms(spec.parallel.batch_overhead, 100),
+                lease_ms: ms(spec.parallel.lease, 30_000),
+                fail_fast: spec.parallel.fail_fast,
+                matrix: c.clone().into_iter().collect(),
+                variant: g.variant.clone(),
+                group: group as u32,
+                group_shard_index: j as u32,
+                group_shard_count,
+            });
+        }
+    }
     Ok(Plan { execution, shards })
 }
 
@@ -414,5 +498,114 @@ spec:
         h.set_shard_start_ms(0.0);
         let p = plan("E", &w, c, &Cause::default(), &h, &Selection::Listed, "").unwrap();
         assert_eq!(p.shards.len(), 5);
+    }
+
+    const M: &str = r#"
+apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {name: mx}
+spec:
+  env: {PY: "python{{ matrix.py }}"}
+  steps:
+    - name: hello
+      run: echo {{ matrix.os }} {{ config.url }}
+  config:
+    url: {type: string, default: "http://a"}
+  tests:
+    list: ls tests-{{ matrix.os }}
+    run: run {tests} --out {report}
+  parallel: {count: 2, strategy: duration, matrix: {os: [linux, mac], py: ["3.11", "3.12"]}}
+"#;
+
+    #[test]
+    fn matrix_plans_a_group_of_shards_per_combination() {
+        let w = workflow(M);
+        let c = w.resolve_config(&BTreeMap::new()).unwrap();
+        let history: assay_plan::History = [
+            ("a [os=linux,py=3.11]", 5.0),
+            ("b [os=linux,py=3.11]", 3.0),
+            ("c [os=linux,py=3.11]", 1.0),
+            ("a [os=mac,py=3.12]", 2.0),
+        ]
+        .into_iter()
+        .map(|(id, ms)| (id.to_string(), assay_plan::Estimate::exact(ms)))
+        .collect();
+        let p = plan(
+            "E",
+            &w,
+            c.clone(),
+            &Cause::default(),
+            &history,
+            &Selection::Listed,
+            "",
+        )
+        .unwrap();
+        assert_eq!(p.execution.shard_count, 8, "4 combinations x 2 shards");
+        let got: Vec<(u32, u32, u32, u32, &str)> = p
+            .shards
+            .iter()
+            .map(|s| {
+                (
+                    s.shard_index,
+                    s.group,
+                    s.group_shard_index,
+                    s.group_shard_count,
+                    s.variant.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got[0], (0, 0, 0, 2, "os=linux,py=3.11"));
+        assert_eq!(got[3], (3, 1, 1, 2, "os=linux,py=3.12"));
+        assert_eq!(got[7], (7, 3, 1, 2, "os=mac,py=3.12"));
+        let s5 = &p.shards[5];
+        assert_eq!(s5.matrix.get("os").map(String::as_str), Some("mac"));
+        assert_eq!(s5.steps[0].run, "echo mac http://a");
+        assert_eq!(s5.env["PY"], "python3.11");
+        assert_eq!(s5.tests.as_ref().unwrap().list, "ls tests-mac");
+        // Duration plans per combination, on that combination's own history, by listed id.
+        assert_eq!(p.shards[0].test_ids, ["a"]);
+        assert_eq!(p.shards[1].test_ids, ["b", "c"]);
+        assert_eq!(p.shards[0].planned_hashes.len(), 3);
+        assert!(p.shards[2].test_ids.is_empty() && p.shards[2].planned_hashes.is_empty());
+        assert_eq!(p.shards[6].test_ids, ["a"]);
+
+        // A rerun of failed ids runs each in its own combination, and only those.
+        let ids = Selection::Ids(vec![
+            "x [os=mac,py=3.12]".into(),
+            "y [os=linux,py=3.11]".into(),
+            "z [os=mac,py=3.12]".into(),
+        ]);
+        let p = plan("R", &w, c.clone(), &Cause::default(), &history, &ids, "E").unwrap();
+        let got: Vec<(&str, Vec<String>)> = p
+            .shards
+            .iter()
+            .map(|s| (s.variant.as_str(), s.test_ids.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("os=linux,py=3.11", vec!["y".to_string()]),
+                ("os=mac,py=3.12", vec!["x".to_string()]),
+                ("os=mac,py=3.12", vec!["z".to_string()]),
+            ]
+        );
+        assert_eq!(p.shards[2].group_shard_index, 1);
+        let bad = Selection::Ids(vec!["x [os=win,py=3.12]".into()]);
+        let err = plan("R", &w, c.clone(), &Cause::default(), &history, &bad, "E").unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to no matrix combination"),
+            "{err}"
+        );
+
+        // A frozen plan goes back to the combinations its shards ran in.
+        let frozen = Selection::Frozen(vec![vec![
+            "q [os=mac,py=3.11]".into(),
+            "r [os=mac,py=3.11]".into(),
+        ]]);
+        let p = plan("F", &w, c, &Cause::default(), &history, &frozen, "E").unwrap();
+        assert_eq!(p.shards.len(), 1);
+        assert_eq!(p.shards[0].variant, "os=mac,py=3.11");
+        assert_eq!(p.shards[0].test_ids, ["q", "r"]);
+        assert_eq!(p.shards[0].steps[0].run, "echo mac http://a");
     }
 }
