@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// Override a workflow parameter (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Place among executions waiting for the same concurrency slot: higher starts first
+    /// (-1000 to 1000; default: the workflow's `concurrency.priority`).
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub priority: Option<i32>,
     #[command(flatten)]
     pub follow: FollowArgs,
 }

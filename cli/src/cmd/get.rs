@@ -22,8 +22,9 @@ pub async fn run(global: &Global, cmd: GetCommand, palette: Palette) -> Result<u
     }
 }
 
-/// Place in line of each queued execution, per workflow, oldest first (ids are ULIDs, so
-/// they sort by creation time).
+/// Place in line of each queued execution: as the API reports it (the scheduler's start
+/// order: priority, then arrival, per workflow or concurrency group), else per workflow,
+/// oldest first (ids are ULIDs, so they sort by creation time).
 pub fn queue_positions(
     executions: &[assay_proto::ExecutionUpdate],
 ) -> std::collections::HashMap<&str, usize> {
@@ -42,6 +43,11 @@ pub fn queue_positions(
         }
         n += 1;
         out.insert(u.execution_id.as_str(), n);
+    }
+    for u in executions {
+        if u.queue_position > 0 && u.status() == assay_proto::ExecutionStatus::Queued {
+            out.insert(u.execution_id.as_str(), u.queue_position as usize);
+        }
     }
     out
 }
@@ -242,5 +248,11 @@ mod tests {
         let p = queue_positions(&list);
         assert_eq!((p["02"], p["03"], p["04"]), (1, 2, 1));
         assert!(!p.contains_key("01"));
+        // The API's order (priority first) wins over arrival.
+        let mut list = list;
+        list[0].queue_position = 1;
+        list[1].queue_position = 2;
+        let p = queue_positions(&list);
+        assert_eq!((p["03"], p["02"]), (1, 2));
     }
 }

@@ -257,6 +257,7 @@ pub fn rerun_request(
             .flatten()
             .map(|ids| TestIdList { ids: ids.clone() })
             .collect(),
+        priority: None,
     }
 }
 

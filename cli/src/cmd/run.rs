@@ -32,7 +32,8 @@ const MAX_STREAM_ERRORS: u64 = 10;
 pub async fn run(global: &Global, args: RunArgs, palette: Palette) -> Result<u8> {
     let config = assay_spec::parse_overrides(&args.set)?;
     let id = ulid::Ulid::new().to_string();
-    let request = run_request(&id, &args.workflow, config);
+    let mut request = run_request(&id, &args.workflow, config);
+    request.priority = args.priority;
     start(global, &request, &args.follow, palette).await
 }
 

@@ -21,9 +21,28 @@ pub const KV_DEDUP: &str = "assay_dedup";
 pub const KV_ACTIVE: &str = "assay_active";
 /// KV bucket: workflow → `HistorySnapshot` of its tests' durations, for planning.
 pub const KV_HISTORY: &str = "assay_history";
-/// KV bucket: `<workflow>.<execution>` → `PendingPlan` of an execution waiting for its
-/// workflow's slot (`concurrency.policy: queue`); ULID ids keep the keys in FIFO order.
+/// KV bucket: `<scope>.<rank>.<execution>` → `PendingPlan` of an execution waiting for its
+/// workflow's or group's slot (`concurrency.policy: queue`); see [`waiting_key`]. Sorted keys
+/// are the order executions start in: higher priority first, then oldest first.
 pub const KV_WAITING: &str = "assay_waiting";
+
+/// Lowest and highest `concurrency.priority`.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Key of a waiting execution: the scope (a [`crate::kv_key`]), the rank (`1000 - priority`,
+/// four digits, so a higher priority sorts first) and the execution id (a ULID, so equal
+/// priorities keep their arrival order).
+pub fn waiting_key(scope: &str, priority: i32, execution: &str) -> String {
+    let p = priority.clamp(*PRIORITY_RANGE.start(), *PRIORITY_RANGE.end());
+    format!("{scope}.{:04}.{execution}", 1000 - p)
+}
+
+/// The scope and execution of a [`waiting_key`].
+pub fn parse_waiting_key(key: &str) -> Option<(&str, &str)> {
+    let (rest, execution) = key.rsplit_once('.')?;
+    let (scope, rank) = rest.rsplit_once('.')?;
+    (rank.len() == 4 && rank.bytes().all(|b| b.is_ascii_digit())).then_some((scope, execution))
+}
 /// KV bucket: execution → why it was cancelled. Launchers watch it, stop the execution's
 /// runners and report its remaining shards cancelled.
 pub const KV_CANCELLED: &str = "assay_cancelled";
@@ -84,4 +103,31 @@ pub fn all(replicas: usize) -> Vec<Config> {
             ..base(QUEUE, vec![subjects::QUEUE_ALL])
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_keys_sort_by_priority_then_arrival() {
+        let mut keys = [
+            waiting_key("ab", 0, "01B"),
+            waiting_key("ab", 5, "01C"),
+            waiting_key("ab", 0, "01A"),
+            waiting_key("ab", -3, "010"),
+            waiting_key("ab", 5000, "01D"),
+        ];
+        keys.sort();
+        let order: Vec<&str> = keys
+            .iter()
+            .map(|k| parse_waiting_key(k).unwrap().1)
+            .collect();
+        assert_eq!(order, ["01D", "01C", "01A", "01B", "010"]);
+        assert_eq!(
+            parse_waiting_key(&waiting_key("a.b", 1, "X")),
+            Some(("a.b", "X"))
+        );
+        assert_eq!(parse_waiting_key("scope.exec"), None);
+    }
 }

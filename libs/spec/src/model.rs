@@ -389,6 +389,11 @@ pub struct Concurrency {
     pub group: Option<String>,
     #[serde(default)]
     pub max: Option<u32>,
+    /// Order among executions waiting for the same slot (`policy: queue`): higher first,
+    /// oldest first among equals; -1000 to 1000, default 0. A trigger's or a run request's
+    /// priority overrides the workflow's.
+    #[serde(default)]
+    pub priority: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

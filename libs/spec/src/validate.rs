@@ -388,6 +388,15 @@ fn concurrency(out: &mut Vec<Problem>, at: Vec<Seg>, c: &Concurrency) {
             "set `max: 1` or more, or remove it",
         ));
     }
+    if let Some(p) = c.priority
+        && !(-1000..=1000).contains(&p)
+    {
+        out.push(problem(
+            sub("priority"),
+            format!("concurrency.priority must be between -1000 and 1000, got {p}"),
+            "higher runs first among queued executions; 0 is the default",
+        ));
+    }
 }
 
 pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {

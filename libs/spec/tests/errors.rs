@@ -332,3 +332,14 @@ fn count_auto_needs_a_target_and_a_bound_and_max_count_must_be_positive() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn priority_out_of_range_is_located() {
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  concurrency:\n    policy: queue\n    priority: 5000\n"
+    );
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:9:5: concurrency.priority must be between -1000 and 1000, got 5000; higher runs first among queued executions; 0 is the default"
+    );
+}

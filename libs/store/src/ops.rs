@@ -56,8 +56,8 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
             tx.execute(
                 "INSERT INTO executions (id, planned, workflow, shard_count, status, reason,
                      trigger_name, cause, config_json, labels_json, created_at_ms,
-                     finished_at_ms, timeout_ms, rerun_of)
-                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     finished_at_ms, timeout_ms, rerun_of, priority)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (id) DO UPDATE SET
                      planned = 1, workflow = excluded.workflow,
                      shard_count = excluded.shard_count, status = excluded.status,
@@ -65,7 +65,7 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
                      cause = excluded.cause, config_json = excluded.config_json,
                      labels_json = excluded.labels_json, created_at_ms = excluded.created_at_ms,
                      finished_at_ms = excluded.finished_at_ms, timeout_ms = excluded.timeout_ms,
-                     rerun_of = excluded.rerun_of",
+                     rerun_of = excluded.rerun_of, priority = excluded.priority",
                 params![
                     e.id,
                     e.workflow,
@@ -80,6 +80,7 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
                     finished_at_ms,
                     clamp_u64(e.timeout_ms),
                     e.rerun_of,
+                    e.priority,
                 ],
             )?;
             true
@@ -380,7 +381,7 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
     let row = conn
         .query_row(
             "SELECT workflow, shard_count, status, reason, trigger_name, cause, config_json,
-                 labels_json, created_at_ms, timeout_ms, rerun_of
+                 labels_json, created_at_ms, timeout_ms, rerun_of, priority
              FROM executions WHERE id = ?1 AND planned = 1",
             [id],
             |row| {
@@ -399,6 +400,7 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
                         created_at_ms: row.get(8)?,
                         timeout_ms: u64::try_from(row.get::<_, i64>(9)?).unwrap_or(0),
                         rerun_of: row.get(10)?,
+                        priority: row.get(11)?,
                     },
                     row.get::<_, String>(6)?,
                     row.get::<_, String>(7)?,
@@ -583,6 +585,7 @@ impl View {
             created_at_ms: self.row.as_ref().map(|r| r.created_at_ms).unwrap_or(0),
             finished_at_ms: self.verdict.finished_at_ms,
             revision: self.revision,
+            queue_position: 0,
         }
     }
 }

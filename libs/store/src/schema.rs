@@ -110,6 +110,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE test_cases ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE test_cases ADD COLUMN flaky INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: an execution's priority among those waiting for its concurrency slot.
+    r#"
+    ALTER TABLE executions ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

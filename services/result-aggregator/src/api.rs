@@ -1,5 +1,6 @@
 //! The gRPC query API (`assay.v1.Results`).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -38,6 +39,58 @@ impl ResultsApi {
             bus,
             store,
             shutdown,
+        }
+    }
+
+    /// The place in line of every execution waiting for a concurrency slot, read from the
+    /// scheduler's `assay_waiting` keys (sorted keys are its start order: priority, then
+    /// arrival, per workflow or group). Empty when the bucket cannot be read.
+    async fn queue_positions(&self) -> HashMap<String, u32> {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = match self.bus.kv(streams::KV_WAITING).await {
+            Ok(kv) => match kv.keys().await {
+                Ok(keys) => keys.try_collect().await.unwrap_or_default(),
+                Err(e) => {
+                    debug!(error = %e, "waiting keys unreadable");
+                    Vec::new()
+                }
+            },
+            Err(e) => {
+                debug!(error = %e, "waiting bucket unavailable");
+                Vec::new()
+            }
+        };
+        let mut parsed: Vec<(&str, &str, &str)> = keys
+            .iter()
+            .filter_map(|k| {
+                streams::parse_waiting_key(k).map(|(scope, id)| (scope, k.as_str(), id))
+            })
+            .collect();
+        parsed.sort();
+        let mut out = HashMap::new();
+        let (mut scope, mut n) = ("", 0u32);
+        for (s, _, id) in parsed {
+            if s != scope {
+                (scope, n) = (s, 0);
+            }
+            n += 1;
+            out.insert(id.to_string(), n);
+        }
+        out
+    }
+
+    async fn with_positions(&self, updates: &mut [ExecutionUpdate]) {
+        if !updates
+            .iter()
+            .any(|u| u.status() == assay_proto::ExecutionStatus::Queued)
+        {
+            return;
+        }
+        let positions = self.queue_positions().await;
+        for u in updates {
+            if u.status() == assay_proto::ExecutionStatus::Queued {
+                u.queue_position = positions.get(&u.execution_id).copied().unwrap_or(0);
+            }
         }
     }
 
@@ -143,11 +196,12 @@ impl Results for ResultsApi {
     ) -> Result<Response<ListExecutionsResponse>, Status> {
         let req = request.into_inner();
         let workflow = (!req.workflow.is_empty()).then_some(req.workflow.as_str());
-        let executions = self
+        let mut executions = self
             .store
             .list_executions(workflow, req.limit)
             .await
             .map_err(|e| Error::from(e).to_status())?;
+        self.with_positions(&mut executions).await;
         Ok(Response::new(ListExecutionsResponse { executions }))
     }
 
@@ -157,7 +211,10 @@ impl Results for ResultsApi {
     ) -> Result<Response<ExecutionDetail>, Status> {
         let id = request.into_inner().id;
         match self.store.execution_detail(&id).await {
-            Ok(Some(d)) if d.execution.as_ref().is_some_and(|e| !e.workflow.is_empty()) => {
+            Ok(Some(mut d)) if d.execution.as_ref().is_some_and(|e| !e.workflow.is_empty()) => {
+                if let Some(u) = d.execution.as_mut() {
+                    self.with_positions(std::slice::from_mut(u)).await;
+                }
                 Ok(Response::new(d))
             }
             Ok(_) => Err(Status::not_found(format!(

@@ -193,9 +193,10 @@ impl Scope {
         format!("{}.{n}", self.key)
     }
 
-    /// Key of a waiting execution: the scope, then the (time-ordered) execution id.
-    fn waiting(&self, execution: &str) -> String {
-        format!("{}.{execution}", self.key)
+    /// Key of a waiting execution: the scope, its priority's rank, then the (time-ordered)
+    /// execution id.
+    fn waiting(&self, priority: i32, execution: &str) -> String {
+        streams::waiting_key(&self.key, priority, execution)
     }
 
     fn prefix(&self) -> String {
@@ -209,6 +210,8 @@ impl Scope {
 struct Run {
     selection: plan::Selection,
     rerun_of: String,
+    /// Overrides the workflow's `concurrency.priority` (a run request's or a trigger's).
+    priority: Option<i32>,
 }
 
 #[derive(Clone)]
@@ -259,6 +262,7 @@ impl Scheduler {
         let run = Run {
             selection,
             rerun_of: req.rerun_of,
+            priority: req.priority,
         };
         self.start(&req.workflow, &overrides, &cause, proposed, None, &run)
             .await
@@ -329,7 +333,10 @@ impl Scheduler {
                     &cause,
                     ulid::Ulid::new().to_string(),
                     policy,
-                    &Run::default(),
+                    &Run {
+                        priority: trigger.spec.concurrency.as_ref().and_then(|c| c.priority),
+                        ..Run::default()
+                    },
                 )
                 .await?;
             }
@@ -436,7 +443,7 @@ impl Scheduler {
                 )
                 .map(|p| (w, p))
             });
-        let (w, plan) = match planned {
+        let (w, mut plan) = match planned {
             Ok(ok) => ok,
             Err(Error::Spec(reason)) => {
                 warn!(execution = %id, workflow, %reason, "execution rejected");
@@ -449,6 +456,14 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let policy = policy_override.unwrap_or(w.spec.concurrency.policy);
+        plan.execution.priority = run
+            .priority
+            .or(w.spec.concurrency.priority)
+            .unwrap_or(0)
+            .clamp(
+                *streams::PRIORITY_RANGE.start(),
+                *streams::PRIORITY_RANGE.end(),
+            );
         let scope = Scope::of(w);
         if policy == Policy::Forbid
             && let Some((_, running)) = self.acquire(&scope, &id).await?
@@ -476,7 +491,7 @@ impl Scheduler {
             };
             self.waiting
                 .put(
-                    scope.waiting(&id),
+                    scope.waiting(plan.execution.priority, &id),
                     prost::Message::encode_to_vec(&pending).into(),
                 )
                 .await
@@ -486,7 +501,7 @@ impl Scheduler {
                 .publish(subjects::execution_plan(&id), &plan.execution)
                 .await?;
             self.mark_done(cause, &id).await?;
-            info!(execution = %id, workflow, after = %running, "execution queued");
+            info!(execution = %id, workflow, after = %running, priority = plan.execution.priority, "execution queued");
             // The running one may have ended meanwhile.
             return self.start_waiting(&scope).await;
         }
@@ -633,7 +648,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Starts the oldest execution waiting for the workflow's slot, if the slot is free.
+    /// Starts the first execution waiting for the scope's slot (highest priority, then
+    /// oldest), if the slot is free.
     /// Safe to call any time and from several schedulers: the slot is taken with a
     /// compare-and-set create, and the waiting entry is removed only after its shards
     /// are published.

@@ -268,6 +268,7 @@ pub fn plan(
         created_at_ms: assay_bus::now_ms(),
         timeout_ms,
         rerun_of: rerun_of.to_string(),
+        priority: spec.concurrency.priority.unwrap_or(0),
     };
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
     let strategy = if by_duration {

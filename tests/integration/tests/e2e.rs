@@ -1336,3 +1336,92 @@ async fn a_concurrency_group_limits_executions_across_workflows() {
     let first_end = spans[0].1.min(spans[1].1);
     assert!(spans[2].0 + 50 >= first_end, "{spans:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_executions_start_by_priority_then_in_arrival_order() {
+    let all: Vec<String> = vec!["a_slow".into()];
+    let sb = sandbox(
+        |w| {
+            vec![(
+                "line.yaml".into(),
+                counted(workflow(
+                    "line",
+                    w,
+                    1,
+                    "  env: {SLOW: \"1\"}\n  concurrency: {policy: queue, priority: -5}\n",
+                )),
+            )]
+        },
+        &all,
+    )
+    .await;
+    let first = sb.run("line", &[]).await;
+    sb.wait_for(&first, LONG, "a running shard", shard_running)
+        .await;
+    // Two at the workflow's priority (-5), then one asked for at priority 10: it goes first.
+    let mut ids = Vec::new();
+    for priority in [None, None, Some(10)] {
+        let id = ulid::Ulid::new().to_string();
+        sb.publish_request(&assay_proto::RunRequest {
+            header: Some(assay_bus::header("test", format!("run/{id}"), None)),
+            workflow: "line".into(),
+            execution_id: id.clone(),
+            priority,
+            ..Default::default()
+        })
+        .await;
+        sb.wait_for(&id, LONG, "being recorded", |_| true).await;
+        ids.push(id);
+    }
+    let list = sb
+        .client()
+        .await
+        .list_executions(assay_proto::ListExecutionsRequest {
+            workflow: "line".into(),
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .executions;
+    let place = |id: &str| {
+        list.iter()
+            .find(|u| u.execution_id == id)
+            .map(|u| u.queue_position)
+    };
+    assert_eq!(
+        (place(&ids[2]), place(&ids[0]), place(&ids[1])),
+        (Some(1), Some(2), Some(3)),
+        "{list:#?}"
+    );
+    let out = sb.assay(&["get", "executions", "--workflow", "line"]).await;
+    let table = assay_integration::output_text(&out);
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(row(&ids[2]).contains("queued #1"), "{table}");
+    assert!(row(&ids[1]).contains("queued #3"), "{table}");
+    // They run one at a time: the high-priority one first, then the other two in order.
+    let mut starts = Vec::new();
+    for id in &ids {
+        let d = sb.wait_for_terminal(id, LONG).await;
+        let e = d.execution.clone().unwrap();
+        assert_eq!(e.status, ExecutionStatus::Passed as i32, "{}", describe(&d));
+        let s = d.shards[0].summary.clone().unwrap();
+        starts.push(e.finished_at_ms - s.duration_ms as i64);
+    }
+    assert!(
+        starts[2] < starts[0] && starts[0] < starts[1],
+        "start order by priority, then arrival: {starts:?}"
+    );
+    let d = sb.detail(&ids[2]).await.unwrap();
+    assert_eq!(
+        d.execution.unwrap().queue_position,
+        0,
+        "no place once it ran"
+    );
+}
