@@ -58,6 +58,8 @@ pub struct Identity {
     pub queue: String,
     /// The group's number, which places its queue batches apart from other groups'.
     pub group: u32,
+    /// Values of the workflow's sensitive parameters, masked in logs and results.
+    pub masker: crate::mask::Masker,
     /// `traceparent` of the job, continued by everything the runner publishes.
     pub parent_trace: Option<String>,
 }
@@ -92,6 +94,7 @@ impl Identity {
                 format!("{}-m{}", job.execution_id, job.group)
             },
             group: job.group,
+            masker: crate::mask::Masker::new(&job.masked),
             parent_trace: job
                 .header
                 .as_ref()

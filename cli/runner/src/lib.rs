@@ -12,6 +12,7 @@
 
 pub mod job;
 pub mod junit;
+pub mod mask;
 pub mod outcome;
 pub mod publish;
 mod queue;
@@ -99,7 +100,8 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
             .map_err(|e| e.to_string());
         let _ = bus_tx.send(Some(result));
     });
-    let (logs, log_task) = publish::spawn_log_publisher(id.clone(), bus_rx.clone());
+    let (logs, log_task) =
+        publish::spawn_log_publisher(id.clone(), bus_rx.clone(), id.masker.clone());
     let running = {
         let (id, mut bus_rx) = (id.clone(), bus_rx.clone());
         tokio::spawn(async move {

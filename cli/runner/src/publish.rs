@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::job::Identity;
+use crate::mask::Masker;
 use crate::{Error, Result};
 
 /// Log chunks buffered while NATS is not (yet) reachable; producers wait beyond this.
@@ -95,6 +96,7 @@ pub struct LogLine {
 #[derive(Clone)]
 pub struct LogSink {
     tx: mpsc::Sender<LogLine>,
+    masker: Masker,
 }
 
 impl LogSink {
@@ -103,13 +105,26 @@ impl LogSink {
         if data.is_empty() {
             return;
         }
+        let data = if self.masker.is_empty() {
+            data
+        } else {
+            self.masker.mask(&data)
+        };
         // The publisher only goes away after a fatal error, which `run` reports itself.
+        let _ = self.tx.send(LogLine { step, stream, data }).await;
+    }
+
+    /// Queues output already masked (by [`Masker::mask_prefix`]).
+    pub async fn send_masked(&self, step: Arc<str>, stream: LogStream, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
         let _ = self.tx.send(LogLine { step, stream, data }).await;
     }
 
     /// A line of the runner's own (the SYSTEM stream).
     pub async fn system(&self, step: &str, line: impl Into<String>) {
-        let mut line = line.into();
+        let mut line = self.masker.mask_str(&line.into());
         debug!(step, "{line}");
         line.push('\n');
         self.send(Arc::from(step), LogStream::System, line.into_bytes())
@@ -118,15 +133,29 @@ impl LogSink {
 
     /// A sink whose lines go nowhere but into the returned receiver (tests).
     pub fn channel(capacity: usize) -> (LogSink, mpsc::Receiver<LogLine>) {
+        Self::masked(capacity, Masker::default())
+    }
+
+    /// A sink that masks `masker`'s values in everything sent through it.
+    pub fn masked(capacity: usize, masker: Masker) -> (LogSink, mpsc::Receiver<LogLine>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (LogSink { tx }, rx)
+        (LogSink { tx, masker }, rx)
+    }
+
+    /// The values this sink masks (a streaming writer holds back a possibly started one).
+    pub fn masker(&self) -> &Masker {
+        &self.masker
     }
 }
 
 /// Starts the log publisher. It waits for the connection (the channel buffers meanwhile),
 /// then publishes chunks in order with `seq` 0, 1, … and returns how many it published.
-pub fn spawn_log_publisher(id: Identity, bus: BusState) -> (LogSink, JoinHandle<Result<u64>>) {
-    let (sink, rx) = LogSink::channel(LOG_QUEUE);
+pub fn spawn_log_publisher(
+    id: Identity,
+    bus: BusState,
+    masker: Masker,
+) -> (LogSink, JoinHandle<Result<u64>>) {
+    let (sink, rx) = LogSink::masked(LOG_QUEUE, masker);
     let task = tokio::spawn(publish_logs(id, bus, rx));
     (sink, task)
 }
@@ -223,10 +252,11 @@ pub async fn publish_results(
 ) -> Result<u32> {
     let subject = subjects::results(&id.execution, id.shard);
     let mut results = results;
-    if !id.variant.is_empty() {
-        for r in &mut results {
+    for r in &mut results {
+        if !id.variant.is_empty() {
             r.id = id.qualify(&r.id);
         }
+        id.masker.result(r);
     }
     let mut n = 0u32;
     for cases in batches(results, BATCH_CASES, BATCH_BYTES) {

@@ -372,19 +372,31 @@ async fn pump<R: AsyncRead + Unpin>(
                         c.extend_from_slice(&read[..room]);
                     }
                     if buf.len() >= CHUNK_BYTES {
-                        logs.send(step.clone(), stream, std::mem::take(&mut buf)).await;
+                        send_safe(&logs, &step, stream, &mut buf).await;
                     }
                 }
             },
             _ = tick.tick() => {
                 if !buf.is_empty() {
-                    logs.send(step.clone(), stream, std::mem::take(&mut buf)).await;
+                    send_safe(&logs, &step, stream, &mut buf).await;
                 }
             }
             () = shutdown.cancelled() => break,
         }
     }
     logs.send(step, stream, buf).await;
+}
+
+/// Sends `buf` masked, but for a tail that may be the start of a masked value (kept in
+/// `buf` until the next read tells), so a value split across two reads is still masked.
+async fn send_safe(logs: &LogSink, step: &Arc<str>, stream: LogStream, buf: &mut Vec<u8>) {
+    if logs.masker().is_empty() {
+        logs.send(step.clone(), stream, std::mem::take(buf)).await;
+        return;
+    }
+    let (out, used) = logs.masker().mask_prefix(buf);
+    buf.drain(..used);
+    logs.send_masked(step.clone(), stream, out).await;
 }
 
 /// `(pid, ppid)` from the text of `/proc/<pid>/stat`; the command name may hold spaces and

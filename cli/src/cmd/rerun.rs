@@ -246,7 +246,14 @@ pub fn rerun_request(
             .as_ref()
             .map(|e| e.workflow.clone())
             .unwrap_or_default(),
-        config: original.config.clone(),
+        // Sensitive values are recorded masked: the rerun takes the workflow's own value
+        // (its default) rather than "***".
+        config: original
+            .config
+            .iter()
+            .filter(|(_, v)| v.as_str() != "***")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         requested_by: "cli".to_string(),
         execution_id: id.to_string(),
         rerun_of: original_id.to_string(),

@@ -10,6 +10,9 @@ use crate::{Error, Result};
 
 const PRODUCER: &str = "scheduler";
 
+/// What an execution's record shows for a sensitive parameter's value.
+pub const MASKED: &str = "***";
+
 /// What caused an execution.
 #[derive(Debug, Clone, Default)]
 pub struct Cause {
@@ -245,6 +248,24 @@ pub fn plan(
         ));
     }
     let timeout_ms = spec.timeout.map(|d| d.as_millis() as u64).unwrap_or(0);
+    // Sensitive values: masked by the runners, and never in the execution's record.
+    let sensitive = |k: &str| spec.config.get(k).is_some_and(|p| p.sensitive);
+    let masked: Vec<String> = config
+        .iter()
+        .filter(|(k, v)| sensitive(k) && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .collect();
+    let recorded_config = config
+        .iter()
+        .map(|(k, v)| {
+            let v = if sensitive(k) {
+                MASKED.to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect();
     let working_dir = spec
         .working_dir
         .as_ref()
@@ -263,7 +284,7 @@ pub fn plan(
         reason: String::new(),
         trigger: cause.trigger.clone(),
         cause: cause.key.clone(),
-        config: config.clone().into_iter().collect(),
+        config: recorded_config,
         labels: workflow.labels.clone().into_iter().collect(),
         created_at_ms: assay_bus::now_ms(),
         timeout_ms,
@@ -336,6 +357,7 @@ pub fn plan(
                 group: group as u32,
                 group_shard_index: j as u32,
                 group_shard_count,
+                masked: masked.clone(),
             });
         }
     }
