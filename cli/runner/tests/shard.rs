@@ -341,3 +341,52 @@ async fn an_orphaned_runner_kills_its_steps_and_reports_nothing() -> Result<()> 
     );
     Ok(())
 }
+
+/// The runner authenticates with the same `ASSAY_NATS_*` variables as the services (the
+/// launcher's environment reaches it): with the token it reports; with a wrong one it says
+/// the server refused it.
+#[tokio::test]
+async fn authenticates_with_the_environment_settings() -> Result<()> {
+    let server = NatsServer::start_with_config("authorization { token: \"runner-t0ken\" }\n");
+    let opts = NatsOptions {
+        url: server.url(),
+        auth: assay_bus::NatsAuth {
+            token: Some("runner-t0ken".into()),
+            ..Default::default()
+        },
+        ..NatsOptions::default()
+    };
+    let bus = Bus::connect(&opts, &CancellationToken::new()).await?;
+    bus.ensure_topology().await?;
+    let mut job = job("exec-auth");
+    job.steps = vec![step("hello", "echo hi")];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+    let run = |token: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_assay-runner"))
+            .env("ASSAY_SHARD_JOB", &b64)
+            .env("ASSAY_NATS_URL", server.url())
+            .env("ASSAY_NATS_TOKEN", token)
+            .output()
+    };
+    let out = run("runner-t0ken").await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let statuses: Vec<(String, ShardStatus)> = read(
+        &bus,
+        streams::STATUS,
+        &subjects::shard_status("exec-auth", 0),
+    )
+    .await?;
+    assert_eq!(
+        statuses.last().map(|s| s.1.state()),
+        Some(ShardState::Passed)
+    );
+
+    let out = run("wrong-token").await?;
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("(token)") && err.contains("check the ASSAY_NATS_* settings"),
+        "{err}"
+    );
+    Ok(())
+}

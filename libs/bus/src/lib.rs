@@ -9,6 +9,7 @@
 //!   the handler's own write succeeded, retry with backoff up to a finite `max_deliver`,
 //!   and move poison messages to `assay.v1.dead.<stream>` with the reason.
 
+pub mod auth;
 pub mod consumer;
 pub mod retry;
 pub mod streams;
@@ -25,6 +26,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use auth::NatsAuth;
 pub use consumer::{ConsumerSpec, Delivery, Failure};
 
 /// NATS header carrying the dedup key.
@@ -68,6 +70,19 @@ pub enum Error {
         subject: String,
         reason: String,
     },
+    /// Bad authentication or TLS settings.
+    #[error("nats auth: {0}")]
+    Auth(String),
+    /// The server refused the credentials or the TLS handshake failed: retrying will not
+    /// help.
+    #[error(
+        "cannot connect to nats at {url} ({method}): {reason}; retrying will not help, check the ASSAY_NATS_* settings"
+    )]
+    Refused {
+        url: String,
+        method: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,6 +114,9 @@ pub struct NatsOptions {
     pub replicas: usize,
     /// Name shown in the server's connection list.
     pub name: String,
+    /// Authentication and TLS; when empty, the `ASSAY_NATS_*` environment variables are
+    /// read at connect time (see [`auth`]).
+    pub auth: NatsAuth,
 }
 
 impl Default for NatsOptions {
@@ -108,6 +126,7 @@ impl Default for NatsOptions {
             connect_attempts: 20,
             replicas: 1,
             name: "assay".to_string(),
+            auth: NatsAuth::default(),
         }
     }
 }
@@ -175,14 +194,36 @@ impl Bus {
     pub async fn connect(opts: &NatsOptions, shutdown: &CancellationToken) -> Result<Bus> {
         let mut attempt = 0usize;
         let mut delay = Duration::from_millis(100);
+        let auth = if opts.auth.is_empty() {
+            NatsAuth::from_env()?
+        } else {
+            opts.auth.clone()
+        };
         let client = loop {
             attempt += 1;
-            let connect = async_nats::ConnectOptions::new()
-                .name(&opts.name)
-                .connection_timeout(Duration::from_secs(5))
-                .connect(opts.url.as_str());
-            match connect.await {
+            let options = auth
+                .apply(
+                    async_nats::ConnectOptions::new()
+                        .name(&opts.name)
+                        .connection_timeout(Duration::from_secs(5)),
+                )
+                .await?;
+            match options.connect(opts.url.as_str()).await {
                 Ok(c) => break c,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                            | async_nats::ConnectErrorKind::Tls
+                    ) || e.to_string().contains("invalid peer certificate") =>
+                {
+                    return Err(Error::Refused {
+                        url: opts.url.clone(),
+                        method: auth.method(),
+                        reason: e.to_string(),
+                    });
+                }
                 Err(e) => {
                     if opts.connect_attempts != 0 && attempt >= opts.connect_attempts {
                         return Err(Error::Unreachable {
@@ -207,7 +248,7 @@ impl Bus {
                 found: version,
             });
         }
-        info!(url = %opts.url, server_version = %version, "connected to nats");
+        info!(url = %opts.url, server_version = %version, auth = auth.method(), "connected to nats");
         let js = jetstream::new(client.clone());
         Ok(Bus {
             client,

@@ -79,6 +79,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     binary: PathBuf,
+    /// A configuration file passed with `-c` (authorization, TLS, ...).
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -92,13 +94,37 @@ impl NatsServer {
             port: free_port(),
             store,
             binary,
+            config: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server like [`NatsServer::start`], also reading `config` (nats-server
+    /// configuration text: `authorization { ... }`, `tls { ... }`, `accounts { ... }`).
+    /// The port and store still come from the command line.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let path = store.path().join("nats-server.conf");
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            binary,
+            config: Some(path),
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
