@@ -149,6 +149,7 @@ impl Sandbox {
                     nats,
                     workflows,
                     http: self.http,
+                    ..Default::default()
                 };
                 tokio::spawn(async move {
                     assay_trigger_watcher::run(o, t)
