@@ -79,7 +79,10 @@ mod tests {
         let l = list(&["main", "release/*"]);
         assert!(l.matches("main"));
         assert!(l.matches("release/1.2"));
-        assert!(!l.matches("release/1.2/hotfix"), "`*` stays within a segment");
+        assert!(
+            !l.matches("release/1.2/hotfix"),
+            "`*` stays within a segment"
+        );
         assert!(!l.matches("feature/x"));
         assert!(!l.matches("mainline"));
     }

@@ -241,7 +241,10 @@ mod tests {
         let feature = labels(&[("provider", "github"), ("branch", "feature/x")]);
         assert!(!m.matches(&view("push", &feature, Some(&src))));
         let tag = labels(&[("provider", "github"), ("tag", "v1.0.0")]);
-        assert!(!m.matches(&view("tag", &tag, None)), "events leave out tags");
+        assert!(
+            !m.matches(&view("tag", &tag, None)),
+            "events leave out tags"
+        );
     }
 
     #[test]

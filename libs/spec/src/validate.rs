@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::template_refs;
 use crate::did_you_mean;
-use crate::locate::{Seg, kp};
 use crate::filter::GlobList;
+use crate::locate::{Seg, kp};
 use crate::model::{
     Concurrency, Metadata, Policy, ShardCount, Step, Strategy, TriggerSpec, WebhookMatch,
     WorkflowSpec,

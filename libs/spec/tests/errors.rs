@@ -316,7 +316,9 @@ fn webhook_trigger_unknown_event_and_provider() {
     let all: Vec<String> = d.iter().map(ToString::to_string).collect();
     assert_eq!(all.len(), 2, "{all:#?}");
     assert!(
-        all[0].starts_with("wf/file.yaml:8:7: unknown webhook provider `githb`; did you mean `github`?"),
+        all[0].starts_with(
+            "wf/file.yaml:8:7: unknown webhook provider `githb`; did you mean `github`?"
+        ),
         "{all:#?}"
     );
     assert!(
