@@ -153,7 +153,7 @@ impl WebhookEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// Publish it.
-    Event(WebhookEvent),
+    Event(Box<WebhookEvent>),
     /// Valid, but it starts nothing (a ping, a label change, a branch deletion); says why.
     Ignored { event: String, reason: String },
 }
@@ -414,7 +414,7 @@ pub fn parse_github(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseErr
             if !p.sender.login.is_empty() {
                 ev.extra.insert("sender".into(), p.sender.login);
             }
-            Ok(Parsed::Event(ev))
+            Ok(Parsed::Event(Box::new(ev)))
         }
         "pull_request" => {
             let p: GhPullRequestEvent =
@@ -439,7 +439,7 @@ pub fn parse_github(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseErr
             if !p.sender.login.is_empty() {
                 ev.extra.insert("sender".into(), p.sender.login);
             }
-            Ok(Parsed::Event(ev))
+            Ok(Parsed::Event(Box::new(ev)))
         }
         other => Ok(ignored(
             other,
@@ -546,7 +546,7 @@ pub fn parse_gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseErr
             if let Some(user) = p.user_username.filter(|u| !u.is_empty()) {
                 ev.extra.insert("sender".into(), user);
             }
-            Ok(Parsed::Event(ev))
+            Ok(Parsed::Event(Box::new(ev)))
         }
         "Merge Request Hook" => {
             let m: GlMergeRequest =
@@ -579,7 +579,7 @@ pub fn parse_gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseErr
             if !m.user.username.is_empty() {
                 ev.extra.insert("sender".into(), m.user.username);
             }
-            Ok(Parsed::Event(ev))
+            Ok(Parsed::Event(Box::new(ev)))
         }
         other => Ok(ignored(
             other,
@@ -645,7 +645,7 @@ pub fn parse_generic(
         (Some(br), None) => Some(format!("refs/heads/{br}")),
         (None, None) => None,
     };
-    Ok(Parsed::Event(WebhookEvent {
+    Ok(Parsed::Event(Box::new(WebhookEvent {
         provider: Provider::Generic,
         delivery,
         source: b
@@ -661,7 +661,7 @@ pub fn parse_generic(
         git_ref,
         changed_paths,
         extra: b.labels,
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -700,7 +700,7 @@ mod tests {
             "GitHub always sends the sha256= prefix"
         );
         assert_eq!(
-            verify_hmac(&secret, "X-Sig", Some(sig[7..].as_bytes()), body, true),
+            verify_hmac(&secret, "X-Sig", Some(&sig.as_bytes()[7..]), body, true),
             Ok(())
         );
         assert_eq!(
