@@ -260,10 +260,7 @@ async fn receive(
         app.metrics.rejection(name, e.reason());
         app.metrics.delivery(name, "rejected");
         warn!(provider = name, reason = e.reason(), "webhook refused: {e}");
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            format!("{name} webhook refused: {e}"),
-        );
+        return problem(e.status(), format!("{name} webhook refused: {e}"));
     }
     let event = match parse() {
         Ok(Parsed::Event(ev)) => ev,
@@ -274,7 +271,7 @@ async fn receive(
         }
         Err(e) => {
             app.metrics.delivery(name, "invalid");
-            return problem(StatusCode::BAD_REQUEST, format!("{name} webhook: {e}"));
+            return problem(e.status(), format!("{name} webhook: {e}"));
         }
     };
     publish_once(app, &event, traceparent(headers)).await

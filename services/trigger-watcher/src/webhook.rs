@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use assay_auth::Secret;
 use assay_proto::TriggerEvent;
 use assay_spec::webhook_labels;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -158,13 +158,20 @@ pub enum Parsed {
     Ignored { event: String, reason: String },
 }
 
-/// A delivery that cannot be read (HTTP 400).
+/// A delivery that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("missing {0} header")]
     MissingHeader(String),
     #[error("invalid {what} payload: {reason}")]
     Body { what: String, reason: String },
+}
+
+impl ParseError {
+    /// 400: the sender must fix the request; retrying it as is cannot help.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
 }
 
 /// Why a signature was refused (HTTP 401).
@@ -179,6 +186,11 @@ pub enum SignatureError {
 }
 
 impl SignatureError {
+    /// 401: the request is not from who shares the secret.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::UNAUTHORIZED
+    }
+
     /// `missing`, `malformed`, `mismatch`: the metrics label.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -668,6 +680,52 @@ pub fn parse_generic(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives, parsing answers (an event, ignored, or an error), never panics.
+        #[test]
+        fn parsers_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            event in prop_oneof![
+                Just("push"), Just("pull_request"), Just("ping"),
+                Just("Push Hook"), Just("Tag Push Hook"), Just("Merge Request Hook"),
+            ],
+        ) {
+            let h = headers(&[
+                (GITHUB_EVENT, event), (GITHUB_DELIVERY, "d"),
+                (GITLAB_EVENT, event), (GITLAB_DELIVERY, "d"), ("X-Delivery-Id", "d"),
+            ]);
+            let _ = parse_github(&h, &body);
+            let _ = parse_gitlab(&h, &body);
+            let _ = parse_generic(&h, &body, "X-Delivery-Id");
+            let secret = Secret::new("k").unwrap();
+            prop_assert!(verify_hmac(&secret, "X-Sig", Some(&body), &body, true).is_err());
+        }
+
+        /// A JSON-shaped push with any refs and paths parses, and its paths come out sorted
+        /// and unique.
+        #[test]
+        fn push_paths_are_a_sorted_union(
+            branch in "[a-z]{1,8}(/[a-z0-9.]{1,8})?",
+            paths in proptest::collection::vec("[a-z]{1,5}(/[a-z]{1,5}){0,3}", 1..20),
+        ) {
+            let h = headers(&[(GITHUB_EVENT, "push"), (GITHUB_DELIVERY, "d")]);
+            let body = serde_json::json!({
+                "ref": format!("refs/heads/{branch}"), "after": "abc",
+                "repository": {"full_name": "a/b"},
+                "commits": [{"added": paths, "modified": paths, "removed": []}],
+            });
+            let parsed = parse_github(&h, body.to_string().as_bytes()).unwrap();
+            let Parsed::Event(ev) = parsed else { panic!("expected an event") };
+            prop_assert_eq!(ev.branch.as_deref(), Some(branch.as_str()));
+            let got = ev.changed_paths.unwrap();
+            let mut want = paths.clone();
+            want.sort();
+            want.dedup();
+            prop_assert_eq!(got, want);
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
