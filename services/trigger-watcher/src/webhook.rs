@@ -165,6 +165,8 @@ pub enum ParseError {
     MissingHeader(String),
     #[error("invalid {what} payload: {reason}")]
     Body { what: String, reason: String },
+    #[error("invalid {header} header: send at most {max} visible ASCII characters, such as a UUID")]
+    BadDeliveryId { header: String, max: usize },
 }
 
 impl ParseError {
@@ -220,6 +222,21 @@ fn header_str(headers: &HeaderMap, name: &str) -> Result<String, ParseError> {
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .ok_or_else(|| ParseError::MissingHeader(name.to_string()))
+}
+
+/// Longest delivery id accepted (providers send UUIDs; the id becomes a KV key).
+pub const MAX_DELIVERY_ID: usize = 128;
+
+/// The delivery id header: present, at most [`MAX_DELIVERY_ID`] visible ASCII characters.
+fn delivery_id(headers: &HeaderMap, name: &str) -> Result<String, ParseError> {
+    let id = header_str(headers, name)?;
+    if id.len() > MAX_DELIVERY_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ParseError::BadDeliveryId {
+            header: name.to_string(),
+            max: MAX_DELIVERY_ID,
+        });
+    }
+    Ok(id)
 }
 
 /// Checks an HMAC-SHA256 signature header (`sha256=<hex>`, or bare hex when `bare_ok`) of
@@ -386,7 +403,7 @@ const GITHUB_PR_ACTIONS: &[&str] = &["opened", "synchronize", "reopened"];
 /// Parses a GitHub delivery (the signature is checked apart, by [`verify_github`]).
 pub fn parse_github(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseError> {
     let event = header_str(headers, GITHUB_EVENT)?;
-    let delivery = header_str(headers, GITHUB_DELIVERY)?;
+    let delivery = delivery_id(headers, GITHUB_DELIVERY)?;
     let base = |kind: Kind, repository: String, sha: String| WebhookEvent {
         provider: Provider::GitHub,
         delivery: delivery.clone(),
@@ -516,7 +533,7 @@ struct GlMergeRequest {
 /// Parses a GitLab delivery (the token is checked apart, by [`verify_gitlab`]).
 pub fn parse_gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseError> {
     let event = header_str(headers, GITLAB_EVENT)?;
-    let delivery = header_str(headers, GITLAB_DELIVERY)?;
+    let delivery = delivery_id(headers, GITLAB_DELIVERY)?;
     let base = |kind: Kind, repository: String, sha: String| WebhookEvent {
         provider: Provider::GitLab,
         delivery: delivery.clone(),
@@ -634,7 +651,7 @@ pub fn parse_generic(
     body: &[u8],
     delivery_header: &str,
 ) -> Result<Parsed, ParseError> {
-    let delivery = header_str(headers, delivery_header)?;
+    let delivery = delivery_id(headers, delivery_header)?;
     let b: GenericBody = serde_json::from_slice(body).map_err(|e| {
         let mut err = body_error("generic webhook", e);
         if let ParseError::Body { reason, .. } = &mut err {
@@ -868,6 +885,11 @@ mod tests {
         assert_eq!(ev.source, "webhook");
         assert_eq!(ev.changed_paths, Some(vec!["a".into(), "b".into()]));
         assert_eq!(ev.key(), "generic/g-1");
+        let long = headers(&[("X-Delivery-Id", &"x".repeat(MAX_DELIVERY_ID + 1))]);
+        assert!(matches!(
+            parse_generic(&long, body, "X-Delivery-Id"),
+            Err(ParseError::BadDeliveryId { .. })
+        ));
         let e = parse_generic(&h, b"{\"typo\":1}", "X-Delivery-Id").unwrap_err();
         assert!(e.to_string().contains("expected {\"type\""), "{e}");
     }
