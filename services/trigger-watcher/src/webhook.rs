@@ -11,11 +11,13 @@
 //! Each accepted delivery becomes one [`WebhookEvent`], published as a `TriggerEvent` whose
 //! idempotency key is `<provider>/<delivery id>`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use assay_auth::Secret;
 use assay_proto::TriggerEvent;
 use assay_spec::webhook_labels;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -400,10 +402,36 @@ struct GhPullRequestEvent {
 /// Pull request actions that bring new code (GitHub Actions' defaults).
 const GITHUB_PR_ACTIONS: &[&str] = &["opened", "synchronize", "reopened"];
 
-/// Parses a GitHub delivery (the signature is checked apart, by [`verify_github`]).
+/// The JSON of a GitHub delivery: the body, or its `payload` field when the webhook's
+/// content type is `application/x-www-form-urlencoded` (GitHub's default).
+fn github_json<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Cow<'a, [u8]>, ParseError> {
+    let form = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Ok(Cow::Borrowed(body));
+    }
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| Cow::Owned(v.into_owned().into_bytes()))
+        .ok_or_else(|| ParseError::Body {
+            what: "GitHub form".into(),
+            reason: "no `payload` field; set the webhook's content type to application/json".into(),
+        })
+}
+
+/// Parses a GitHub delivery (the signature is checked apart, by [`verify_github`]), sent as
+/// `application/json` or `application/x-www-form-urlencoded`.
 pub fn parse_github(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseError> {
     let event = header_str(headers, GITHUB_EVENT)?;
     let delivery = delivery_id(headers, GITHUB_DELIVERY)?;
+    let json = github_json(headers, body)?;
+    let body: &[u8] = &json;
     let base = |kind: Kind, repository: String, sha: String| WebhookEvent {
         provider: Provider::GitHub,
         delivery: delivery.clone(),
@@ -829,6 +857,25 @@ mod tests {
         assert_eq!(labels["repository"], "acme/shop");
         assert_eq!(labels["sender"], "octo");
         assert_eq!(labels["ref"], "refs/heads/main");
+    }
+
+    #[test]
+    fn github_form_encoded_payload() {
+        let json = r#"{"ref":"refs/heads/main","after":"b1","repository":{"full_name":"acme/shop"},"commits":[]}"#;
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", json)
+            .finish();
+        let h = headers(&[
+            (GITHUB_EVENT, "push"),
+            (GITHUB_DELIVERY, "d"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ]);
+        let Parsed::Event(ev) = parse_github(&h, body.as_bytes()).unwrap() else {
+            panic!("expected an event")
+        };
+        assert_eq!(ev.repository, "acme/shop");
+        let e = parse_github(&h, b"other=1").unwrap_err();
+        assert!(e.to_string().contains("application/json"), "{e}");
     }
 
     #[test]
