@@ -2,12 +2,17 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
+use assay_auth::SendBearer;
 use assay_proto::results_client::ResultsClient;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-pub type Client = ResultsClient<Channel>;
+use crate::args::Global;
+
+/// The result API client; every call carries the bearer token when one is configured.
+pub type Client = ResultsClient<InterceptedService<Channel, SendBearer>>;
 
 fn unreachable(api: &str, detail: impl std::fmt::Display) -> anyhow::Error {
     anyhow!(
@@ -15,18 +20,47 @@ fn unreachable(api: &str, detail: impl std::fmt::Display) -> anyhow::Error {
     )
 }
 
-/// Connects to `api` (e.g. `http://127.0.0.1:7070`).
-pub async fn connect(api: &str) -> Result<Client> {
-    let endpoint = Endpoint::from_shared(api.to_string())
+/// Connects to the result API named by `--api` (e.g. `http://127.0.0.1:7070`, or
+/// `https://…` for TLS, verified against `--ca-file` or the system's roots), sending the
+/// token of `--token-file` / `ASSAY_TOKEN_FILE` / `ASSAY_TOKEN`.
+pub async fn connect(global: &Global) -> Result<Client> {
+    let api = global.api.as_str();
+    let token = assay_auth::load_token(global.token_file.as_deref())?;
+    let bearer = SendBearer::new(token.as_ref())?;
+    let mut endpoint = Endpoint::from_shared(api.to_string())
         .map_err(|e| {
-            anyhow!("invalid result API address {api:?}: {e}; write it as http://HOST:PORT")
+            anyhow!("invalid result API address {api:?}: {e}; write it as http://HOST:PORT or https://HOST:PORT")
         })?
         .connect_timeout(Duration::from_secs(3));
+    if let Some(tls) = tls_config(api, global.ca_file.as_deref())? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow!("cannot use TLS for {api}: {e}"))?;
+    }
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| unreachable(api, error_chain(&e)))?;
-    Ok(ResultsClient::new(channel))
+    Ok(ResultsClient::with_interceptor(channel, bearer))
+}
+
+/// TLS settings for an `https://` API: the `--ca-file` certificate, else the system's roots.
+fn tls_config(api: &str, ca_file: Option<&std::path::Path>) -> Result<Option<ClientTlsConfig>> {
+    let https = api.starts_with("https://");
+    match (https, ca_file) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(anyhow!(
+            "--ca-file is set but the result API address {api} is not https://; write it as https://HOST:PORT"
+        )),
+        (true, None) => Ok(Some(ClientTlsConfig::new().with_native_roots())),
+        (true, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            Ok(Some(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            ))
+        }
+    }
 }
 
 /// Turns a failed call into a message that says what to do.
@@ -41,6 +75,10 @@ pub fn call_error(api: &str, what: &str, status: &tonic::Status) -> anyhow::Erro
             status.message()
         ),
         Code::InvalidArgument => anyhow!("{what}: {}", status.message()),
+        Code::Unauthenticated => anyhow!(
+            "{what}: the result API at {api} refused the call: {}",
+            status.message()
+        ),
         code => anyhow!(
             "{what}: the result API at {api} answered {code:?}: {}",
             status.message()

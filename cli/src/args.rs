@@ -33,6 +33,14 @@ pub struct Global {
     /// Directory of TestWorkflow / TestTrigger definitions.
     #[arg(long, global = true, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
     pub workflows: PathBuf,
+    /// File holding the bearer token sent to the result API (else $ASSAY_TOKEN); `assay up`
+    /// requires it on its gRPC API and HTTP routes.
+    #[arg(long, global = true, env = "ASSAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the result API's TLS certificate, for an https:// --api
+    /// (without it, the system's roots).
+    #[arg(long, global = true, env = "ASSAY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Whether `--nats` was given on the command line (then `up` uses that server).
     #[arg(skip)]
     pub nats_given: bool,

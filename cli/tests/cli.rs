@@ -42,6 +42,9 @@ fn assay(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         "ASSAY_API",
         "ASSAY_WORKFLOWS",
         "ASSAY_NATS_SERVER",
+        "ASSAY_TOKEN",
+        "ASSAY_TOKEN_FILE",
+        "ASSAY_CA_FILE",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);

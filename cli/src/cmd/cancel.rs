@@ -11,7 +11,7 @@ use crate::format;
 pub async fn run(global: &Global, args: CancelArgs) -> Result<u8> {
     // Refuse what cannot be cancelled, when the result API can tell; cancel regardless when
     // it cannot be reached (the launchers act on the bucket, not on the API).
-    if let Ok(mut client) = api::connect(&global.api).await {
+    if let Ok(mut client) = api::connect(global).await {
         match client
             .get_execution(GetExecutionRequest {
                 id: args.id.clone(),

@@ -113,7 +113,7 @@ async fn executions(
     output: Output,
     palette: &Palette,
 ) -> Result<u8> {
-    let mut client = api::connect(&global.api).await?;
+    let mut client = api::connect(global).await?;
     let list = client
         .list_executions(ListExecutionsRequest {
             workflow: workflow.clone().unwrap_or_default(),
@@ -187,7 +187,7 @@ async fn executions(
 }
 
 async fn execution(global: &Global, id: &str, output: Output, palette: &Palette) -> Result<u8> {
-    let mut client = api::connect(&global.api).await?;
+    let mut client = api::connect(global).await?;
     let detail = client
         .get_execution(GetExecutionRequest { id: id.to_string() })
         .await

@@ -68,7 +68,7 @@ pub fn bar(value: f64, max: f64, width: usize) -> String {
 }
 
 pub async fn run(global: &Global, args: HistoryArgs, palette: &Palette) -> Result<u8> {
-    let mut client = api::connect(&global.api).await?;
+    let mut client = api::connect(global).await?;
     let tests = client
         .get_history(GetHistoryRequest {
             workflow: args.workflow.clone(),

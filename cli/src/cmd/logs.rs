@@ -9,7 +9,7 @@ use crate::style::Palette;
 use crate::{api, logline};
 
 pub async fn run(global: &Global, args: LogsArgs, palette: Palette) -> Result<u8> {
-    let mut client = api::connect(&global.api).await?;
+    let mut client = api::connect(global).await?;
     let what = format!("logs of execution {}", args.id);
     let mut stream = client
         .stream_logs(StreamLogsRequest {

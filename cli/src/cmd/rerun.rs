@@ -16,7 +16,7 @@ use crate::style::{Color, Palette};
 use crate::{api, format};
 
 pub async fn run(global: &Global, args: RerunArgs, palette: Palette) -> Result<u8> {
-    let original = fetch(&global.api, &args.execution).await?;
+    let original = fetch(global, &args.execution).await?;
     let execution = original.execution.clone().unwrap_or_default();
     // The id as the API spells it (the argument may differ in case).
     let id = if execution.execution_id.is_empty() {
@@ -64,8 +64,9 @@ pub async fn run(global: &Global, args: RerunArgs, palette: Palette) -> Result<u
     crate::cmd::run::start(global, &request, &args.follow, palette).await
 }
 
-async fn fetch(api_url: &str, id: &str) -> Result<ExecutionDetail> {
-    let mut client = api::connect(api_url).await?;
+async fn fetch(global: &Global, id: &str) -> Result<ExecutionDetail> {
+    let api_url = global.api.as_str();
+    let mut client = api::connect(global).await?;
     match client
         .get_execution(GetExecutionRequest { id: id.to_string() })
         .await

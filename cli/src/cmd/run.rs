@@ -202,7 +202,7 @@ async fn follow(
     let Some(last) = last else {
         anyhow::bail!("execution {id} ended without an update");
     };
-    let detail = match fetch_detail(&global.api, id).await {
+    let detail = match fetch_detail(global, id).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!(
@@ -241,8 +241,9 @@ async fn follow(
     })
 }
 
-async fn fetch_detail(api_url: &str, id: &str) -> Result<assay_proto::ExecutionDetail> {
-    let mut client = api::connect(api_url).await?;
+async fn fetch_detail(global: &Global, id: &str) -> Result<assay_proto::ExecutionDetail> {
+    let api_url = global.api.as_str();
+    let mut client = api::connect(global).await?;
     client
         .get_execution(GetExecutionRequest { id: id.to_string() })
         .await

@@ -46,7 +46,7 @@ pub fn event(args: &TriggerArgs) -> Result<TriggerEvent> {
         r#type: args.r#type.clone(),
         labels: parse_labels(&args.labels)?.into_iter().collect(),
         payload: parse_payload(args.payload.as_deref())?,
-        trigger: String::new(),
+        ..Default::default()
     })
 }
 

@@ -275,6 +275,9 @@ async fn serve(
         )
     })?;
     let database = args.data.join("results.db");
+    // `--token-file` / ASSAY_TOKEN_FILE / ASSAY_TOKEN: the same token guards the gRPC API and
+    // the HTTP routes (none: both stay open, as suits a laptop, and each service says so).
+    let api_token = assay_auth::load_token(global.token_file.as_deref())?;
     let names: Vec<&str> = catalog.workflows().map(|w| w.name.as_str()).collect();
     let triggers = catalog.triggers().count();
     let bold = |s: &str| palette.paint(Color::Bold, s);
@@ -308,6 +311,7 @@ async fn serve(
             nats: nats("assay-result-aggregator"),
             database,
             grpc: args.grpc,
+            token: api_token.clone(),
             ..Default::default()
         };
         let token = token.clone();
@@ -351,6 +355,7 @@ async fn serve(
             nats: nats("assay-trigger-watcher"),
             workflows: global.workflows.clone(),
             http: args.http,
+            token: api_token.clone(),
             ..Default::default()
         };
         let token = token.clone();

@@ -145,8 +145,20 @@ pub fn trigger_on(t: &Trigger) -> String {
         }
     } else if on.kubernetes.is_some() {
         "kubernetes".to_string()
-    } else if on.webhook.is_some() {
-        "webhook".to_string()
+    } else if let Some(w) = &on.webhook {
+        let mut parts = vec![format!("webhook {}", w.provider.as_deref().unwrap_or("*"))];
+        for (key, values) in [
+            ("events", &w.events),
+            ("repositories", &w.repositories),
+            ("branches", &w.branches),
+            ("tags", &w.tags),
+            ("paths", &w.paths),
+        ] {
+            if !values.is_empty() {
+                parts.push(format!("{key}={}", values.join(",")));
+            }
+        }
+        parts.join(" ")
     } else {
         "-".to_string()
     }

@@ -315,6 +315,23 @@ impl Bus {
             .map_err(|e| Error::js(format!("create bucket {bucket}"), e))
     }
 
+    /// Opens the webhook delivery bucket ([`streams::KV_WEBHOOK_DELIVERIES`]) with `window` as
+    /// its `max_age`, creating it or updating the window when it changed.
+    pub async fn webhook_deliveries(&self, window: Duration) -> Result<kv::Store> {
+        let bucket = streams::KV_WEBHOOK_DELIVERIES;
+        self.js
+            .create_or_update_key_value(kv::Config {
+                bucket: bucket.to_string(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: self.replicas,
+                max_age: window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::js(format!("create bucket {bucket}"), e))
+    }
+
     /// Cancels an execution: every launcher stops its runners and reports its remaining
     /// shards cancelled with `reason`. The first reason wins; cancelling twice is harmless.
     pub async fn cancel(&self, execution: &str, reason: &str) -> Result<()> {

@@ -49,6 +49,11 @@ pub const KV_CANCELLED: &str = "assay_cancelled";
 /// KV bucket: execution → state of its work queue (`filling`, `sealed:<batches>`); the first
 /// runner to create the key fills the queue.
 pub const KV_QUEUES: &str = "assay_queues";
+/// KV bucket: `<provider>/<delivery id>` (hex, see [`crate::kv_key`]) of every webhook
+/// delivery the trigger-watchers accepted. Its `max_age` is the replay window: a delivery id
+/// seen within it is not published again, whichever replica receives it. Opened with
+/// [`crate::Bus::webhook_deliveries`].
+pub const KV_WEBHOOK_DELIVERIES: &str = "assay_webhook_deliveries";
 
 /// Durable consumer name of an execution's work queue (one per execution, shared by its
 /// runners; removed by the server after an hour unused).

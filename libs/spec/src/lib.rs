@@ -8,6 +8,7 @@
 mod catalog;
 mod config;
 mod duration;
+pub mod filter;
 mod locate;
 mod model;
 mod parse;
@@ -26,7 +27,7 @@ pub use config::{
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
 pub use parse::parse_str;
-pub use trigger::{EventView, Schedule};
+pub use trigger::{EventView, Schedule, webhook_labels};
 pub use watch::SharedCatalog;
 
 /// The `apiVersion` every definition must carry.

@@ -450,9 +450,41 @@ pub struct On {
     /// Parsed but not supported yet.
     #[serde(default)]
     pub kubernetes: Option<serde_norway::Value>,
-    /// Parsed but not supported yet.
+    /// Events from signed webhooks (GitHub, GitLab, generic), filtered by repository,
+    /// branch, tag and changed paths.
     #[serde(default)]
-    pub webhook: Option<serde_norway::Value>,
+    pub webhook: Option<WebhookMatch>,
+}
+
+/// Matches webhook events (those the trigger-watcher publishes from `/v1/webhooks/*`).
+///
+/// Every list is a list of globs, read in order: a pattern starting with `!` excludes what
+/// it matches, the last pattern that matches decides, and a list with only exclusions starts
+/// from "everything". `*` stays within one path segment, `**` crosses them. Empty lists
+/// match anything, except that naming only `branches` leaves out tag pushes and naming only
+/// `tags` leaves out branch pushes and pull requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookMatch {
+    /// `github`, `gitlab` or `generic`; any provider when absent.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// `push`, `tag`, `pull_request` (`merge_request` is the same); any when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Repository names (`owner/name`, GitLab's `group/sub/name`).
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Branch names; for pull requests, the branch they merge into.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Tag names.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Changed file paths: the event matches when at least one changed path is included.
+    /// Events whose provider sends no complete list (pull requests, tags) pass.
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 /// Matches bus/HTTP events: empty source/type match any; every label must be equal.

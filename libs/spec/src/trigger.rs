@@ -7,7 +7,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
-use crate::model::Trigger;
+use crate::filter::GlobList;
+use crate::model::{Trigger, WebhookMatch};
 
 /// An event as seen by trigger matching (from the bus or HTTP).
 #[derive(Debug, Clone, Copy)]
@@ -15,7 +16,32 @@ pub struct EventView<'a> {
     pub source: &'a str,
     pub r#type: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    /// The files the event changed, when the whole list is known (webhook pushes).
+    pub changed_paths: Option<&'a [String]>,
 }
+
+/// Labels the trigger-watcher sets on webhook events (a public contract, see README).
+pub mod webhook_labels {
+    /// `github`, `gitlab` or `generic`; present on every webhook event.
+    pub const PROVIDER: &str = "provider";
+    /// `owner/name` (GitLab: `group/sub/name`).
+    pub const REPOSITORY: &str = "repository";
+    /// The branch pushed to, or the branch a pull request merges into.
+    pub const BRANCH: &str = "branch";
+    /// The tag pushed.
+    pub const TAG: &str = "tag";
+}
+
+/// `merge_request` is GitLab's word for a pull request.
+pub(crate) fn normalize_webhook_event(name: &str) -> &str {
+    match name {
+        "merge_request" => "pull_request",
+        other => other,
+    }
+}
+
+/// Event types a webhook trigger can name.
+pub(crate) const WEBHOOK_EVENTS: &[&str] = &["push", "tag", "pull_request", "merge_request"];
 
 /// A parsed cron schedule in a time zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +120,9 @@ impl Trigger {
     /// Whether an event fires this trigger: source and type equal when the trigger names them,
     /// and every label of the trigger present with the same value. Cron triggers never match.
     pub fn matches(&self, ev: &EventView<'_>) -> bool {
+        if let Some(w) = &self.spec.on.webhook {
+            return w.matches(ev);
+        }
         let Some(m) = &self.spec.on.event else {
             return false;
         };
@@ -116,10 +145,141 @@ impl Trigger {
     }
 }
 
+impl WebhookMatch {
+    /// Whether a webhook event passes this filter (see [`WebhookMatch`]). Events without a
+    /// `provider` label did not come from a webhook and never match. Invalid globs (refused
+    /// by validation) match nothing.
+    pub fn matches(&self, ev: &EventView<'_>) -> bool {
+        self.check(ev).unwrap_or(false)
+    }
+
+    fn check(&self, ev: &EventView<'_>) -> Option<bool> {
+        use webhook_labels::*;
+        let label = |k: &str| ev.labels.get(k).map(String::as_str);
+        let provider = label(PROVIDER)?;
+        if self.provider.as_deref().is_some_and(|p| p != provider) {
+            return Some(false);
+        }
+        if !self.events.is_empty()
+            && !self
+                .events
+                .iter()
+                .any(|e| normalize_webhook_event(e) == ev.r#type)
+        {
+            return Some(false);
+        }
+        let glob = |patterns: &[String]| GlobList::new(patterns).ok();
+        let repositories = glob(&self.repositories)?;
+        if !repositories.is_empty() && !repositories.matches(label(REPOSITORY).unwrap_or("")) {
+            return Some(false);
+        }
+        let (branches, tags) = (glob(&self.branches)?, glob(&self.tags)?);
+        let ref_ok = match (label(BRANCH), label(TAG)) {
+            (_, Some(tag)) if !tags.is_empty() => tags.matches(tag),
+            (_, Some(_)) => branches.is_empty(),
+            (Some(branch), None) if !branches.is_empty() => branches.matches(branch),
+            (Some(_), None) => tags.is_empty(),
+            (None, None) => branches.is_empty() && tags.is_empty(),
+        };
+        if !ref_ok {
+            return Some(false);
+        }
+        let paths = glob(&self.paths)?;
+        if let Some(changed) = ev.changed_paths
+            && !paths.is_empty()
+            && !paths.matches_any(changed)
+        {
+            return Some(false);
+        }
+        Some(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn webhook(yaml: &str) -> WebhookMatch {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn view<'a>(
+        ty: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        paths: Option<&'a [String]>,
+    ) -> EventView<'a> {
+        EventView {
+            source: "github",
+            r#type: ty,
+            labels,
+            changed_paths: paths,
+        }
+    }
+
+    #[test]
+    fn webhook_branch_and_path_filters() {
+        let m = webhook(
+            "{events: [push, pull_request], branches: [main, 'release/*'], paths: ['src/**', '!docs/**']}",
+        );
+        let main = labels(&[("provider", "github"), ("branch", "main")]);
+        let src = vec!["docs/a.md".to_string(), "src/lib.rs".to_string()];
+        let docs = vec!["docs/a.md".to_string()];
+        assert!(m.matches(&view("push", &main, Some(&src))));
+        assert!(!m.matches(&view("push", &main, Some(&docs))), "docs only");
+        assert!(!m.matches(&view("push", &main, Some(&[]))), "no change");
+        assert!(m.matches(&view("push", &main, None)), "unknown paths pass");
+        let release = labels(&[("provider", "gitlab"), ("branch", "release/2.0")]);
+        assert!(m.matches(&view("pull_request", &release, None)));
+        let feature = labels(&[("provider", "github"), ("branch", "feature/x")]);
+        assert!(!m.matches(&view("push", &feature, Some(&src))));
+        let tag = labels(&[("provider", "github"), ("tag", "v1.0.0")]);
+        assert!(
+            !m.matches(&view("tag", &tag, None)),
+            "events leave out tags"
+        );
+    }
+
+    #[test]
+    fn webhook_tags_and_branches_exclude_each_other() {
+        let only_branches = webhook("{branches: [main]}");
+        let only_tags = webhook("{tags: ['v*']}");
+        let tag = labels(&[("provider", "github"), ("tag", "v1.2.0")]);
+        let main = labels(&[("provider", "github"), ("branch", "main")]);
+        assert!(!only_branches.matches(&view("tag", &tag, None)));
+        assert!(only_branches.matches(&view("push", &main, None)));
+        assert!(only_tags.matches(&view("tag", &tag, None)));
+        assert!(!only_tags.matches(&view("push", &main, None)));
+        let any = webhook("{}");
+        assert!(any.matches(&view("tag", &tag, None)));
+        assert!(any.matches(&view("push", &main, None)));
+    }
+
+    #[test]
+    fn webhook_provider_repository_and_origin() {
+        let m = webhook("{provider: gitlab, events: [merge_request], repositories: ['acme/*']}");
+        let mr = labels(&[
+            ("provider", "gitlab"),
+            ("repository", "acme/shop"),
+            ("branch", "main"),
+        ]);
+        assert!(m.matches(&view("pull_request", &mr, None)));
+        assert!(!m.matches(&view("push", &mr, None)));
+        let other = labels(&[("provider", "gitlab"), ("repository", "other/shop")]);
+        assert!(!m.matches(&view("pull_request", &other, None)));
+        let github = labels(&[("provider", "github"), ("repository", "acme/shop")]);
+        assert!(!m.matches(&view("pull_request", &github, None)));
+        // An event that did not come from a webhook never matches a webhook trigger.
+        let plain = labels(&[("branch", "main")]);
+        assert!(!webhook("{}").matches(&view("push", &plain, None)));
+    }
 
     #[test]
     fn berlin_is_dst_aware() {

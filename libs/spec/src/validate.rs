@@ -4,11 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Ref, template_refs};
 use crate::did_you_mean;
+use crate::filter::GlobList;
 use crate::locate::{Seg, kp};
 use crate::model::{
-    Concurrency, Metadata, Policy, ShardCount, Step, Strategy, TriggerSpec, WorkflowSpec,
+    Concurrency, Metadata, Policy, ShardCount, Step, Strategy, TriggerSpec, WebhookMatch,
+    WorkflowSpec,
 };
-use crate::trigger::{Schedule, parse_timezone};
+use crate::trigger::{Schedule, WEBHOOK_EVENTS, parse_timezone};
 
 pub(crate) struct Problem {
     pub path: Vec<Seg>,
@@ -415,7 +417,7 @@ pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
         [] => out.push(problem(
             kp!["spec", "on"],
             "spec.on names nothing to react to",
-            "add `event: {source: ..., type: ...}` or `cron: {schedule: \"0 3 * * *\"}`",
+            "add `event: {source: ..., type: ...}`, `webhook: {branches: [main]}` or `cron: {schedule: \"0 3 * * *\"}`",
         )),
         [_] => {}
         [first, second, ..] => out.push(problem(
@@ -431,12 +433,8 @@ pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
             "use `on.event` or `on.cron` for now",
         ));
     }
-    if on.webhook.is_some() {
-        out.push(problem(
-            kp!["spec", "on", "webhook"],
-            "webhook triggers are not supported yet",
-            "use `on.event` to match events posted over HTTP or the bus",
-        ));
+    if let Some(w) = &on.webhook {
+        webhook(&mut out, w);
     }
     if let Some(cron) = &on.cron {
         let tz = match cron.timezone.as_deref().map(parse_timezone).transpose() {
@@ -488,6 +486,54 @@ pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
     }
     out
 }
+
+fn webhook(out: &mut Vec<Problem>, w: &WebhookMatch) {
+    if let Some(p) = &w.provider
+        && !WEBHOOK_PROVIDERS.contains(&p.as_str())
+    {
+        let mut hint = format!("use one of {}", WEBHOOK_PROVIDERS.join(", "));
+        if let Some(best) = did_you_mean(p, WEBHOOK_PROVIDERS.iter().copied()) {
+            hint = format!("did you mean `{best}`? {hint}");
+        }
+        out.push(problem(
+            kp!["spec", "on", "webhook", "provider"],
+            format!("unknown webhook provider `{p}`"),
+            hint,
+        ));
+    }
+    for (i, e) in w.events.iter().enumerate() {
+        if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+            let mut hint = format!("use {}", WEBHOOK_EVENTS.join(", "));
+            if let Some(best) = did_you_mean(e, WEBHOOK_EVENTS.iter().copied()) {
+                hint = format!("did you mean `{best}`? {hint}");
+            }
+            out.push(problem(
+                kp!["spec", "on", "webhook", "events", i],
+                format!("unknown webhook event `{e}`"),
+                hint,
+            ));
+        }
+    }
+    for (key, patterns, example) in [
+        ("repositories", &w.repositories, "`acme/*`"),
+        ("branches", &w.branches, "`release/*`"),
+        ("tags", &w.tags, "`v*`"),
+        ("paths", &w.paths, "`src/**` or `!docs/**`"),
+    ] {
+        if let Err((i, e)) = GlobList::new(patterns) {
+            out.push(problem(
+                kp!["spec", "on", "webhook", key, i],
+                format!("{key}[{i}]: {e}"),
+                format!(
+                    "write a glob such as {example}: `*` matches within a segment, `**` across segments, a leading `!` excludes"
+                ),
+            ));
+        }
+    }
+}
+
+/// Providers a webhook trigger can name.
+const WEBHOOK_PROVIDERS: &[&str] = &["github", "gitlab", "generic"];
 
 fn list(names: &[&str]) -> String {
     if names.is_empty() {

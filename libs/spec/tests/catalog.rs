@@ -116,6 +116,7 @@ fn loads_both_kinds_from_a_directory() {
         source: "ci",
         r#type: "push",
         labels: &labels,
+        changed_paths: None,
     };
     assert!(push.matches(&ev));
     assert!(!push.matches(&EventView {

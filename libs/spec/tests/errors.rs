@@ -343,3 +343,60 @@ fn priority_out_of_range_is_located() {
         "wf/file.yaml:9:5: concurrency.priority must be between -1000 and 1000, got 5000; higher runs first among queued executions; 0 is the default"
     );
 }
+
+#[test]
+fn webhook_trigger_bad_glob_points_at_the_pattern() {
+    let text = format!(
+        "{TRIGGER}spec:\n  on:\n    webhook:\n      branches: [main]\n      paths:\n        - \"src/**\"\n        - \"!docs/**x\"\n  run: {{workflow: api}}\n"
+    );
+    let msg = one(&text);
+    assert!(
+        msg.starts_with("wf/file.yaml:11:9: paths[1]: invalid glob `!docs/**x`: "),
+        "{msg}"
+    );
+    assert!(msg.contains("a leading `!` excludes"), "{msg}");
+}
+
+#[test]
+fn webhook_trigger_unknown_event_and_provider() {
+    let text = format!(
+        "{TRIGGER}spec:\n  on:\n    webhook:\n      provider: githb\n      events: [push, pull_requests]\n  run: {{workflow: api}}\n"
+    );
+    let d = diags(&text);
+    let all: Vec<String> = d.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all[0].starts_with(
+            "wf/file.yaml:8:7: unknown webhook provider `githb`; did you mean `github`?"
+        ),
+        "{all:#?}"
+    );
+    assert!(
+        all[1].contains("unknown webhook event `pull_requests`; did you mean `pull_request`?"),
+        "{all:#?}"
+    );
+    assert!(all[1].starts_with("wf/file.yaml:9:"), "{all:#?}");
+}
+
+#[test]
+fn webhook_trigger_is_accepted_and_matches() {
+    let text = format!(
+        "{TRIGGER}spec:\n  on:\n    webhook:\n      events: [push]\n      branches: [main, \"release/*\"]\n      paths: [\"src/**\", \"!docs/**\"]\n  run: {{workflow: api}}\n"
+    );
+    let defs = parse_str(Path::new("wf/file.yaml"), &text).unwrap();
+    let Definition::Trigger(t) = &defs[0] else {
+        panic!("expected a trigger")
+    };
+    let labels: BTreeMap<String, String> = [("provider", "github"), ("branch", "release/1.0")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let changed = vec!["src/app.py".to_string()];
+    let view = assay_spec::EventView {
+        source: "github",
+        r#type: "push",
+        labels: &labels,
+        changed_paths: Some(&changed),
+    };
+    assert!(t.matches(&view));
+}

@@ -28,6 +28,8 @@ pub enum Error {
     Store(#[from] assay_store::Error),
     #[error("cannot serve gRPC on {addr}: {reason}")]
     Serve { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Auth(#[from] assay_auth::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,6 +40,7 @@ impl Error {
             Error::Bus(e) => e.is_retryable(),
             Error::Store(e) => e.is_retryable(),
             Error::Serve { .. } => true,
+            Error::Auth(_) => false,
         };
         if retry {
             Failure::Retry(self.to_string())
@@ -70,6 +73,10 @@ pub struct Options {
     pub timeout_grace: Duration,
     /// How often timeouts are checked.
     pub sweep_every: Duration,
+    /// Bearer token every gRPC call must carry; open (with a warning at start) when `None`.
+    pub token: Option<assay_auth::Secret>,
+    /// Serve gRPC over TLS with this certificate and key.
+    pub tls: Option<assay_auth::TlsFiles>,
 }
 
 impl Default for Options {
@@ -80,6 +87,8 @@ impl Default for Options {
             grpc: SocketAddr::from(([127, 0, 0, 1], 7070)),
             timeout_grace: Duration::from_secs(30),
             sweep_every: Duration::from_secs(2),
+            token: None,
+            tls: None,
         }
     }
 }
@@ -237,6 +246,18 @@ fn handler_spec(durable: &str, filter: &str, concurrency: usize) -> ConsumerSpec
 
 /// Runs the aggregator until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
+    let bearer = assay_auth::Bearer::new(options.token.clone());
+    bearer.warn_if_open("assay-result-aggregator", "the gRPC Results API");
+    let tls = match &options.tls {
+        Some(files) => {
+            let (cert, key) = files.read()?;
+            Some(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+        }
+        None => None,
+    };
     let store = Store::open(&options.database)?;
     info!(database = %options.database.display(), "result store open");
     let bus = Bus::connect(&options.nats, &shutdown).await?;
@@ -312,8 +333,17 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         let api = ResultsApi::new(bus.clone(), store.clone(), shutdown.clone());
         let shutdown = shutdown.clone();
         async move {
-            tonic::transport::Server::builder()
-                .add_service(assay_proto::results_server::ResultsServer::new(api))
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).map_err(|e| Error::Serve {
+                    addr,
+                    reason: format!("invalid TLS certificate or key: {e}"),
+                })?;
+            }
+            builder
+                .add_service(
+                    assay_proto::results_server::ResultsServer::with_interceptor(api, bearer),
+                )
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
                     shutdown.cancelled_owned(),
@@ -325,7 +355,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                 })
         }
     };
-    info!(grpc = %addr, "result-aggregator running");
+    info!(grpc = %addr, tls = options.tls.is_some(), "result-aggregator running");
     let (p, s, r, (), g) = tokio::join!(plans, statuses, results, sweeper, server);
     p?;
     s?;

@@ -26,12 +26,35 @@ struct Args {
     /// gRPC listen address.
     #[arg(long, env = "ASSAY_AGGREGATOR__GRPC", default_value = "127.0.0.1:7070")]
     grpc: SocketAddr,
+    /// File holding the bearer token every gRPC call must carry (else $ASSAY_TOKEN; none:
+    /// open, with a warning).
+    #[arg(long, env = "ASSAY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); serve gRPC over TLS with --tls-key.
+    #[arg(long, env = "ASSAY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "ASSAY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     assay_telemetry::init("assay-result-aggregator", assay_telemetry::DEFAULT_FILTER);
     let args = Args::parse();
+    let auth = assay_auth::load_token(args.token_file.as_deref()).and_then(|token| {
+        Ok((
+            token,
+            assay_auth::TlsFiles::from_flags(args.tls_cert, args.tls_key)?,
+        ))
+    });
+    let (token, tls) = match auth {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = assay_result_aggregator::Options {
         nats: assay_bus::NatsOptions {
             url: args.nats,
@@ -40,6 +63,8 @@ async fn main() -> ExitCode {
         },
         database: args.database,
         grpc: args.grpc,
+        token,
+        tls,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

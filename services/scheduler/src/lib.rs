@@ -281,6 +281,9 @@ impl Scheduler {
             source: &ev.source,
             r#type: &ev.r#type,
             labels: &labels,
+            changed_paths: ev
+                .changed_paths_known
+                .then_some(ev.changed_paths.as_slice()),
         };
         let fired: Vec<_> = catalog
             .triggers()

@@ -36,6 +36,7 @@ pub fn cron_event(trigger: &str, at: DateTime<Utc>) -> TriggerEvent {
             .collect(),
         payload: Vec::new(),
         trigger: trigger.to_string(),
+        ..Default::default()
     }
 }
 

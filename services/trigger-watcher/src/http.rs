@@ -1,22 +1,42 @@
-//! The HTTP front door: generic events and direct run requests.
+//! The HTTP front door: generic events, direct run requests, signed webhooks, metrics.
+//!
+//! Every route but `/healthz` and the webhooks (which carry their own signatures) needs the
+//! bearer token when one is configured.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use assay_bus::{Bus, subjects};
+use assay_auth::{Bearer, Secret};
+use assay_bus::{Bus, kv_key, subjects};
 use assay_proto::{RunRequest, TriggerEvent};
 use assay_spec::SharedCatalog;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use async_nats::jetstream::kv;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::WebhookOptions;
+use crate::metrics::Metrics;
+use crate::webhook::{self, Parsed, Provider, SignatureError, WebhookEvent};
+
+/// Largest webhook body accepted (GitHub caps its payloads at 25 MB).
+pub const MAX_WEBHOOK_BYTES: usize = 25 * 1024 * 1024;
+
+/// What the HTTP handlers share. Cheap to clone.
 #[derive(Clone)]
-struct AppState {
-    bus: Bus,
-    catalog: SharedCatalog,
+pub struct AppState {
+    pub bus: Bus,
+    pub catalog: SharedCatalog,
+    pub bearer: Bearer,
+    pub metrics: Metrics,
+    pub webhooks: Arc<WebhookOptions>,
+    /// The replay-window bucket ([`assay_bus::streams::KV_WEBHOOK_DELIVERIES`]).
+    pub deliveries: kv::Store,
 }
 
 /// Body of `POST /v1/events`.
@@ -80,12 +100,258 @@ fn idempotency_key(headers: &HeaderMap) -> String {
 }
 
 /// The HTTP routes, for `run` and for tests.
-pub fn router(bus: Bus, catalog: SharedCatalog) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
         .route("/v1/events", post(post_event))
         .route("/v1/workflows/{name}/run", post(post_run))
-        .with_state(AppState { bus, catalog })
+        .route("/metrics", get(get_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
+        ));
+    let webhooks = Router::new()
+        .route("/v1/webhooks/github", post(post_github))
+        .route("/v1/webhooks/gitlab", post(post_gitlab))
+        .route("/v1/webhooks/generic", post(post_generic))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(protected)
+        .merge(webhooks)
+        .with_state(state)
+}
+
+/// 401 unless the request carries the configured bearer token.
+async fn require_bearer(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match app.bearer.check(value) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => {
+            app.metrics.unauthorized(denied.reason());
+            warn!(path = %request.uri().path(), reason = denied.reason(), "request refused: bearer token");
+            let mut response = problem(StatusCode::UNAUTHORIZED, denied.to_string());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+async fn get_metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Answer to a webhook that was verified.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookAnswer {
+    published: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r#type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+fn not_published(status: StatusCode, reason: String) -> Response {
+    (
+        status,
+        Json(WebhookAnswer {
+            published: false,
+            event_id: None,
+            idempotency_key: None,
+            r#type: None,
+            reason: Some(reason),
+        }),
+    )
+        .into_response()
+}
+
+async fn post_github(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let secret = app.webhooks.github_secret.clone();
+    receive(
+        &app,
+        Provider::GitHub,
+        secret.as_ref(),
+        &headers,
+        |s| webhook::verify_github(s, &headers, &body),
+        || webhook::parse_github(&headers, &body),
+    )
+    .await
+}
+
+async fn post_gitlab(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let secret = app.webhooks.gitlab_token.clone();
+    receive(
+        &app,
+        Provider::GitLab,
+        secret.as_ref(),
+        &headers,
+        |s| webhook::verify_gitlab(s, &headers),
+        || webhook::parse_gitlab(&headers, &body),
+    )
+    .await
+}
+
+async fn post_generic(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let hooks = app.webhooks.clone();
+    let secret = hooks.generic_secret.clone();
+    let signature = headers
+        .get(hooks.generic_signature_header.as_str())
+        .map(HeaderValue::as_bytes);
+    receive(
+        &app,
+        Provider::Generic,
+        secret.as_ref(),
+        &headers,
+        |s| webhook::verify_hmac(s, &hooks.generic_signature_header, signature, &body, true),
+        || webhook::parse_generic(&headers, &body, &hooks.generic_delivery_header),
+    )
+    .await
+}
+
+/// Verify, parse, claim the delivery id, publish: the one path of every provider.
+async fn receive(
+    app: &AppState,
+    provider: Provider,
+    secret: Option<&Secret>,
+    headers: &HeaderMap,
+    verify: impl FnOnce(&Secret) -> Result<(), SignatureError>,
+    parse: impl FnOnce() -> Result<Parsed, webhook::ParseError>,
+) -> Response {
+    let name = provider.as_str();
+    let Some(secret) = secret else {
+        app.metrics.delivery(name, "disabled");
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{name} webhooks are off: no secret is configured; {}",
+                WebhookOptions::how_to_enable(provider)
+            ),
+        );
+    };
+    if let Err(e) = verify(secret) {
+        app.metrics.rejection(name, e.reason());
+        app.metrics.delivery(name, "rejected");
+        warn!(provider = name, reason = e.reason(), "webhook refused: {e}");
+        return problem(e.status(), format!("{name} webhook refused: {e}"));
+    }
+    let event = match parse() {
+        Ok(Parsed::Event(ev)) => ev,
+        Ok(Parsed::Ignored { event, reason }) => {
+            app.metrics.delivery(name, "ignored");
+            info!(provider = name, event, "webhook ignored: {reason}");
+            return not_published(StatusCode::OK, format!("nothing published: {reason}"));
+        }
+        Err(e) => {
+            app.metrics.delivery(name, "invalid");
+            return problem(e.status(), format!("{name} webhook: {e}"));
+        }
+    };
+    publish_once(app, &event, traceparent(headers)).await
+}
+
+/// Claims the delivery id in the replay-window bucket, then publishes; a delivery already
+/// claimed within the window is acknowledged and not published again.
+async fn publish_once(app: &AppState, ev: &WebhookEvent, parent: Option<&str>) -> Response {
+    let name = ev.provider.as_str();
+    let key = ev.key();
+    let claim = kv_key(&key);
+    match app
+        .deliveries
+        .create(&claim, assay_bus::now_ms().to_string().into())
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            app.metrics.delivery(name, "replayed");
+            info!(provider = name, delivery = %ev.delivery, "webhook delivery seen before; not published again");
+            return not_published(
+                StatusCode::OK,
+                format!(
+                    "delivery {} was already received within the replay window ({}); not published again",
+                    ev.delivery,
+                    assay_spec::format_duration(app.webhooks.replay_window)
+                ),
+            );
+        }
+        Err(e) => {
+            app.metrics.delivery(name, "failed");
+            warn!(error = %e, "cannot record webhook delivery");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot record the delivery id: {e}; deliver it again later"),
+            );
+        }
+    }
+    let event = ev.to_trigger_event(parent);
+    let event_id = event
+        .header
+        .as_ref()
+        .map(|h| h.event_id.clone())
+        .unwrap_or_default();
+    match app.bus.publish(subjects::event(&ev.source), &event).await {
+        Ok(_) => {
+            app.metrics.delivery(name, "published");
+            info!(
+                provider = name,
+                delivery = %ev.delivery,
+                repository = %ev.repository,
+                r#type = %ev.r#type,
+                sha = %ev.sha,
+                "webhook published"
+            );
+            (
+                StatusCode::ACCEPTED,
+                Json(WebhookAnswer {
+                    published: true,
+                    event_id: Some(event_id),
+                    idempotency_key: Some(key),
+                    r#type: Some(ev.r#type.clone()),
+                    reason: None,
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            // Release the claim so the provider's retry is not taken for a replay.
+            if let Err(d) = app.deliveries.delete(&claim).await {
+                warn!(error = %d, "cannot release webhook delivery claim");
+            }
+            app.metrics.delivery(name, "failed");
+            warn!(error = %e, "cannot publish webhook event");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; deliver it again"),
+            )
+        }
+    }
 }
 
 async fn post_event(
@@ -122,7 +388,7 @@ async fn post_event(
             .payload
             .map(|p| p.to_string().into_bytes())
             .unwrap_or_default(),
-        trigger: String::new(),
+        ..Default::default()
     };
     match app.bus.publish(subjects::event(&source), &event).await {
         Ok(_) => (

@@ -5,24 +5,36 @@
 //! - cron: every `TestTrigger` with `on.cron` fires a `TriggerEvent` (source `cron`) at each
 //!   scheduled time, in the trigger's time zone; the idempotency key is the trigger and the
 //!   scheduled instant, so several replicas fire once;
+//! - signed webhooks: `POST /v1/webhooks/{github,gitlab,generic}` (→ `TriggerEvent` on
+//!   `assay.v1.events.<github|gitlab|webhook>`, see [`webhook`]), each delivery id published
+//!   once within the replay window;
 //! - the bus itself: any NATS client may publish `TriggerEvent`s directly (see README).
+//!
+//! Every HTTP route but `/healthz` and the webhooks needs the bearer token when one is
+//! configured; the server speaks TLS when given a certificate and key.
 //!
 //! Kubernetes watches come with their own issue.
 
 mod cron;
 mod http;
+pub mod metrics;
+mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use assay_auth::{Bearer, Secret, TlsFiles};
 use assay_bus::{Bus, NatsOptions};
 use assay_spec::SharedCatalog;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use cron::next_fires;
-pub use http::router;
+pub use http::{AppState, MAX_WEBHOOK_BYTES, router};
+pub use webhook::Provider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +44,10 @@ pub enum Error {
     Spec(#[from] assay_spec::Error),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Auth(#[from] assay_auth::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -44,6 +60,12 @@ pub struct Options {
     pub workflows: PathBuf,
     /// HTTP listen address.
     pub http: SocketAddr,
+    /// Bearer token every HTTP route but `/healthz` and the webhooks requires; open (with a
+    /// warning at start) when `None`.
+    pub token: Option<Secret>,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    pub webhooks: WebhookOptions,
 }
 
 impl Default for Options {
@@ -52,15 +74,111 @@ impl Default for Options {
             nats: NatsOptions::default(),
             workflows: PathBuf::from(".assay"),
             http: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            token: None,
+            tls: None,
+            webhooks: WebhookOptions::default(),
         }
+    }
+}
+
+/// Webhook secrets and settings. A provider without a secret is off (its endpoint answers
+/// 404 saying how to turn it on).
+#[derive(Debug, Clone)]
+pub struct WebhookOptions {
+    /// GitHub's webhook secret (`X-Hub-Signature-256`).
+    pub github_secret: Option<Secret>,
+    /// GitLab's secret token (`X-Gitlab-Token`).
+    pub gitlab_token: Option<Secret>,
+    /// The generic endpoint's HMAC-SHA256 secret.
+    pub generic_secret: Option<Secret>,
+    /// Header carrying the generic endpoint's signature (`sha256=<hex>` or bare hex).
+    pub generic_signature_header: String,
+    /// Header carrying the generic endpoint's delivery id.
+    pub generic_delivery_header: String,
+    /// A delivery id seen within this window is not published again.
+    pub replay_window: Duration,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        WebhookOptions {
+            github_secret: None,
+            gitlab_token: None,
+            generic_secret: None,
+            generic_signature_header: "X-Signature-256".into(),
+            generic_delivery_header: "X-Delivery-Id".into(),
+            replay_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl WebhookOptions {
+    /// Says which flag or variable turns `provider` on.
+    pub fn how_to_enable(provider: Provider) -> &'static str {
+        match provider {
+            Provider::GitHub => {
+                "set --github-secret-file (ASSAY_TRIGGER_WATCHER__GITHUB_SECRET_FILE) or ASSAY_TRIGGER_WATCHER__GITHUB_SECRET"
+            }
+            Provider::GitLab => {
+                "set --gitlab-token-file (ASSAY_TRIGGER_WATCHER__GITLAB_TOKEN_FILE) or ASSAY_TRIGGER_WATCHER__GITLAB_TOKEN"
+            }
+            Provider::Generic => {
+                "set --webhook-secret-file (ASSAY_TRIGGER_WATCHER__WEBHOOK_SECRET_FILE) or ASSAY_TRIGGER_WATCHER__WEBHOOK_SECRET"
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (flag, name) in [
+            ("--webhook-signature-header", &self.generic_signature_header),
+            ("--webhook-delivery-header", &self.generic_delivery_header),
+        ] {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Error::Config(format!(
+                    "{flag} \"{name}\" is not a valid HTTP header name; use letters, digits and '-', e.g. X-Signature-256"
+                )));
+            }
+        }
+        if self.replay_window.is_zero() {
+            return Err(Error::Config(
+                "the webhook replay window must be longer than 0s; give e.g. --replay-window 24h"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn enabled(&self) -> Vec<&'static str> {
+        [
+            (Provider::GitHub, self.github_secret.is_some()),
+            (Provider::GitLab, self.gitlab_token.is_some()),
+            (Provider::Generic, self.generic_secret.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(p, on)| on.then_some(p.as_str()))
+        .collect()
     }
 }
 
 /// Runs the trigger-watcher until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
+    options.webhooks.validate()?;
+    let tls = options
+        .tls
+        .as_ref()
+        .map(|t| t.server_config(&[b"h2", b"http/1.1"]))
+        .transpose()?;
+    let bearer = Bearer::new(options.token.clone());
+    bearer.warn_if_open(
+        "assay-trigger-watcher",
+        "/v1/events, /v1/workflows/{name}/run and /metrics",
+    );
     let catalog = SharedCatalog::load(&options.workflows)?;
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
+    let deliveries = bus
+        .webhook_deliveries(options.webhooks.replay_window)
+        .await?;
     let listener = tokio::net::TcpListener::bind(options.http)
         .await
         .map_err(|e| Error::Listen {
@@ -68,25 +186,50 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             reason: e.to_string(),
         })?;
     let addr = listener.local_addr().unwrap_or(options.http);
-    let app = http::router(bus.clone(), catalog.clone());
+    let webhooks = options.webhooks.enabled();
+    if webhooks.is_empty() {
+        info!("no webhook secret configured: /v1/webhooks/* are off");
+    }
+    let app = http::router(AppState {
+        bus: bus.clone(),
+        catalog: catalog.clone(),
+        bearer,
+        metrics: metrics::Metrics::default(),
+        webhooks: Arc::new(options.webhooks.clone()),
+        deliveries,
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let server = {
         let shutdown = shutdown.clone();
         async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .map_err(|e| Error::Listen {
-                    addr,
-                    reason: e.to_string(),
-                })
+            match tls {
+                Some(config) => {
+                    tls::serve(listener, app, config, shutdown).await;
+                    Ok(())
+                }
+                None => axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+                    .map_err(|e| Error::Listen {
+                        addr,
+                        reason: e.to_string(),
+                    }),
+            }
         }
     };
     let watch = catalog
         .clone()
         .watch(Duration::from_secs(2), shutdown.clone(), |_| {});
     let cron = cron::run(bus, catalog, shutdown.clone());
-    info!(http = %addr, "trigger-watcher running");
+    if webhooks.is_empty() {
+        info!(%scheme, http = %addr, "trigger-watcher running");
+    } else {
+        info!(%scheme, http = %addr, webhooks = %webhooks.join(","), "trigger-watcher running");
+    }
     let (served, (), ()) = tokio::join!(server, watch, cron);
+    if let Err(e) = &served {
+        warn!(error = %e, "http server failed");
+    }
     served?;
     info!("trigger-watcher stopped");
     Ok(())

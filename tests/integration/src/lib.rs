@@ -149,6 +149,7 @@ impl Sandbox {
                     nats,
                     workflows,
                     http: self.http,
+                    ..Default::default()
                 };
                 tokio::spawn(async move {
                     assay_trigger_watcher::run(o, t)
@@ -176,6 +177,7 @@ impl Sandbox {
                     grpc: self.grpc,
                     timeout_grace: Duration::from_secs(5),
                     sweep_every: Duration::from_millis(500),
+                    ..Default::default()
                 };
                 tokio::spawn(async move {
                     assay_result_aggregator::run(o, t)

@@ -1,0 +1,138 @@
+//! The `assay` binary against a result API that wants a bearer token over TLS.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use assay_testkit::{NatsServer, free_port};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "cli-t0ken";
+
+fn assay(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
+    cmd.args(args).env("NO_COLOR", "1");
+    for var in [
+        "ASSAY_NATS_URL",
+        "ASSAY_API",
+        "ASSAY_TOKEN",
+        "ASSAY_TOKEN_FILE",
+        "ASSAY_CA_FILE",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the assay binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_sends_the_token_and_verifies_tls_with_the_ca_file() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let tls = assay_auth::TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&tls.cert, cert.cert.pem()).unwrap();
+    std::fs::write(&tls.key, cert.signing_key.serialize_pem()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let options = assay_result_aggregator::Options {
+        nats: assay_bus::NatsOptions {
+            url: nats.url(),
+            name: "test".into(),
+            ..Default::default()
+        },
+        database: dir.path().join("results.db"),
+        grpc: addr,
+        token: assay_auth::Secret::new(TOKEN),
+        tls: Some(tls.clone()),
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let t = shutdown.clone();
+    tokio::spawn(async move { assay_result_aggregator::run(options, t).await });
+    for attempt in 0.. {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        assert!(attempt < 1500, "aggregator did not listen within 15s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let api = format!("https://localhost:{}", addr.port());
+    let ca = tls.cert.to_str().unwrap().to_string();
+    let tf = token_file.to_str().unwrap().to_string();
+    let run = move |args: Vec<String>, env: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assay(&args, &env)
+        })
+    };
+    let base = |extra: &[&str]| {
+        let mut a: Vec<String> = ["get", "executions", "-o", "json", "--api", &api]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // Token from a file, CA from a flag.
+    let out = run(base(&["--ca-file", &ca, "--token-file", &tf]), vec![])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Token and CA from the environment.
+    let out = run(
+        base(&[]),
+        vec![
+            ("ASSAY_TOKEN".into(), TOKEN.into()),
+            ("ASSAY_CA_FILE".into(), ca.clone()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // No token: refused, and the message says what to do.
+    let out = run(base(&["--ca-file", &ca]), vec![]).await.unwrap();
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("refused the call: missing bearer token"),
+        "{msg}"
+    );
+    assert!(msg.contains("--token-file"), "{msg}");
+    // A wrong token.
+    let out = run(
+        base(&["--ca-file", &ca]),
+        vec![("ASSAY_TOKEN".into(), "wrong".into())],
+    )
+    .await
+    .unwrap();
+    assert!(
+        text(&out).contains("invalid bearer token"),
+        "{}",
+        text(&out)
+    );
+    // Without the CA the self-signed certificate is not trusted.
+    let out = run(base(&["--token-file", &tf]), vec![]).await.unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    shutdown.cancel();
+}

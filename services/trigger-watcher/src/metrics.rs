@@ -1,0 +1,106 @@
+//! Counters of the trigger-watcher, served at `GET /metrics` in the Prometheus text format.
+//!
+//! - `assay_trigger_watcher_webhook_deliveries_total{provider, outcome}`: every webhook
+//!   request by what came of it (`published`, `ignored`, `replayed`, `rejected`, `invalid`,
+//!   `failed`, `disabled`);
+//! - `assay_trigger_watcher_webhook_rejections_total{provider, reason}`: signatures refused
+//!   (`missing`, `malformed`, `mismatch`);
+//! - `assay_trigger_watcher_http_unauthorized_total{reason}`: requests refused for want of the
+//!   bearer token (`missing`, `malformed`, `wrong`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+const HELP: &[(&str, &str)] = &[
+    (
+        "assay_trigger_watcher_http_unauthorized_total",
+        "HTTP requests refused for a missing, malformed or wrong bearer token.",
+    ),
+    (
+        "assay_trigger_watcher_webhook_deliveries_total",
+        "Webhook requests by provider and outcome.",
+    ),
+    (
+        "assay_trigger_watcher_webhook_rejections_total",
+        "Webhook requests refused for a missing, malformed or wrong signature.",
+    ),
+];
+
+/// The counters; cheap to clone, shared by every request.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    // (metric name, rendered labels) -> value; few series, rarely touched.
+    counters: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
+}
+
+impl Metrics {
+    fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
+        let rendered = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Ok(mut c) = self.counters.lock() {
+            *c.entry((name, rendered)).or_default() += 1;
+        }
+    }
+
+    pub fn delivery(&self, provider: &str, outcome: &str) {
+        self.inc(
+            "assay_trigger_watcher_webhook_deliveries_total",
+            &[("provider", provider), ("outcome", outcome)],
+        );
+    }
+
+    pub fn rejection(&self, provider: &str, reason: &str) {
+        self.inc(
+            "assay_trigger_watcher_webhook_rejections_total",
+            &[("provider", provider), ("reason", reason)],
+        );
+    }
+
+    pub fn unauthorized(&self, reason: &str) {
+        self.inc(
+            "assay_trigger_watcher_http_unauthorized_total",
+            &[("reason", reason)],
+        );
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self) -> String {
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut out = String::new();
+        for (name, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for ((n, labels), v) in &counters {
+                if n == name {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.rejection("github", "mismatch");
+        m.rejection("github", "mismatch");
+        m.unauthorized("wrong");
+        let text = m.render();
+        assert!(text.contains("# TYPE assay_trigger_watcher_webhook_rejections_total counter\n"));
+        assert!(text.contains(
+            "assay_trigger_watcher_webhook_rejections_total{provider=\"github\",reason=\"mismatch\"} 2\n"
+        ));
+        assert!(
+            text.contains("assay_trigger_watcher_http_unauthorized_total{reason=\"wrong\"} 1\n")
+        );
+    }
+}
