@@ -124,11 +124,21 @@ impl Default for NatsOptions {
         NatsOptions {
             url: "nats://127.0.0.1:4222".to_string(),
             connect_attempts: 20,
-            replicas: 1,
+            replicas: replicas_from_env(),
             name: "assay".to_string(),
             auth: NatsAuth::default(),
         }
     }
+}
+
+/// Stream and bucket replicas: `ASSAY_NATS_REPLICAS` (1 to 5; 3 on a cluster, see
+/// `deploy/k8s`), else 1. Every service creates the topology with it, so set it alike.
+fn replicas_from_env() -> usize {
+    std::env::var("ASSAY_NATS_REPLICAS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=5).contains(n))
+        .unwrap_or(1)
 }
 
 /// Unix time in milliseconds.
