@@ -157,6 +157,41 @@ impl NatsAuth {
         [plain, over_tls, mutual][tls]
     }
 
+    /// These settings as the `ASSAY_NATS_*` variables that reproduce them in a child
+    /// process (the launcher hands them to its runners).
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut out: Vec<(&str, String)> = Vec::new();
+        if let Some(v) = &self.user {
+            out.push(("ASSAY_NATS_USER", v.clone()));
+        }
+        if let Some(v) = &self.password {
+            out.push(("ASSAY_NATS_PASSWORD", v.clone()));
+        }
+        if let Some(v) = &self.token {
+            out.push(("ASSAY_NATS_TOKEN", v.clone()));
+        }
+        if let Some(v) = &self.nkey_seed_file {
+            out.push(("ASSAY_NATS_NKEY_FILE", path(v)));
+        }
+        if let Some(v) = &self.creds_file {
+            out.push(("ASSAY_NATS_CREDS", path(v)));
+        }
+        if let Some(v) = &self.tls_ca {
+            out.push(("ASSAY_NATS_CA", path(v)));
+        }
+        if let Some(v) = &self.tls_cert {
+            out.push(("ASSAY_NATS_CERT", path(v)));
+        }
+        if let Some(v) = &self.tls_key {
+            out.push(("ASSAY_NATS_KEY", path(v)));
+        }
+        if self.tls_required {
+            out.push(("ASSAY_NATS_TLS", "1".to_string()));
+        }
+        out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
     /// Refuses contradictory settings, saying which.
     pub fn check(&self) -> Result<()> {
         let methods: Vec<&str> = [
@@ -257,6 +292,14 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(a.method(), "user/password");
+        let back = NatsAuth::from_lookup(|k| {
+            a.env_vars()
+                .into_iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v)
+        })
+        .unwrap();
+        assert_eq!(back, a, "env_vars round-trips");
         assert!(!format!("{a:?}").contains("pw"), "Debug hides the password");
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");

@@ -98,7 +98,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
     let runner = Arc::new(runner);
-    let nats_url = Arc::new(options.nats.url.clone());
+    // What a runner needs to reach NATS as this launcher does: the URL and, when the
+    // launcher was given its credentials in code, those (from the environment they are
+    // inherited anyway).
+    let mut env = vec![("ASSAY_NATS_URL".to_string(), options.nats.url.clone())];
+    env.extend(options.nats.auth.env_vars());
+    let nats_url = Arc::new(env);
     let warm = Arc::new(WarmPool {
         idle: Mutex::new(VecDeque::new()),
         target: options.warm.min(options.capacity),
@@ -137,7 +142,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
 struct Launcher {
     bus: Bus,
     runner: Arc<PathBuf>,
-    nats_url: Arc<String>,
+    nats_url: Arc<Vec<(String, String)>>,
     ack_wait: Duration,
     shutdown: CancellationToken,
     warm: Arc<WarmPool>,
@@ -219,7 +224,7 @@ struct WarmPool {
     idle: Mutex<VecDeque<Child>>,
     target: usize,
     runner: Arc<PathBuf>,
-    nats_url: Arc<String>,
+    nats_url: Arc<Vec<(String, String)>>,
 }
 
 impl WarmPool {
@@ -244,7 +249,7 @@ impl WarmPool {
         while idle.len() < self.target {
             let spawned = Command::new(self.runner.as_path())
                 .arg("--job-stdin")
-                .env("ASSAY_NATS_URL", self.nats_url.as_str())
+                .envs(self.nats_url.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env_remove("ASSAY_SHARD_JOB")
                 .process_group(0)
                 .stdin(Stdio::piped())
@@ -470,7 +475,7 @@ impl Launcher {
     fn start_cold(&self, encoded: &str) -> std::result::Result<Child, Failure> {
         Command::new(self.runner.as_path())
             .env("ASSAY_SHARD_JOB", encoded)
-            .env("ASSAY_NATS_URL", self.nats_url.as_str())
+            .envs(self.nats_url.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -46,6 +46,21 @@ pub struct Sandbox {
     pub http: SocketAddr,
     pub capacity: usize,
     running: Vec<(Service, Running)>,
+    /// NATS credentials per user (`scheduler`, `executor-launcher`, `result-aggregator`,
+    /// `trigger-watcher`, `cli`); empty: the server has no authorization.
+    auth: std::collections::HashMap<String, assay_bus::NatsAuth>,
+}
+
+impl Service {
+    /// The NATS user the service runs as in `deploy/nats/permissions.conf`.
+    pub fn user(self) -> &'static str {
+        match self {
+            Service::TriggerWatcher => "trigger-watcher",
+            Service::Scheduler => "scheduler",
+            Service::Launcher => "executor-launcher",
+            Service::Aggregator => "result-aggregator",
+        }
+    }
 }
 
 fn init_logs() {
@@ -71,20 +86,37 @@ impl Sandbox {
 
     /// nats-server and the definitions, but no service running yet.
     pub async fn empty(files: &[(&str, &str)]) -> Sandbox {
+        Sandbox::with_nats(NatsServer::start(), Default::default(), files).await
+    }
+
+    /// A sandbox whose nats-server was started with `config` (authorization), each service
+    /// and the CLI connecting with its own credentials from `auth` (keyed by
+    /// [`Service::user`] and `cli`; the CLI's user is the sandbox's own client too).
+    pub async fn secured(
+        nats: NatsServer,
+        auth: std::collections::HashMap<String, assay_bus::NatsAuth>,
+        files: &[(&str, &str)],
+    ) -> Sandbox {
+        Sandbox::with_nats(nats, auth, files).await
+    }
+
+    async fn with_nats(
+        nats: NatsServer,
+        auth: std::collections::HashMap<String, assay_bus::NatsAuth>,
+        files: &[(&str, &str)],
+    ) -> Sandbox {
         init_logs();
-        let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let defs = dir.path().join(".assay");
         std::fs::create_dir_all(&defs).expect("create .assay");
         for (name, yaml) in files {
             std::fs::write(defs.join(name), yaml).expect("write definition");
         }
-        let bus = Bus::connect(
-            &Sandbox::nats_options(&nats.url()),
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("connect to the test nats-server");
+        let mut own = Sandbox::nats_options(&nats.url());
+        own.auth = auth.get("cli").cloned().unwrap_or_default();
+        let bus = Bus::connect(&own, &CancellationToken::new())
+            .await
+            .expect("connect to the test nats-server");
         bus.ensure_topology().await.expect("topology");
         Sandbox {
             nats,
@@ -94,6 +126,7 @@ impl Sandbox {
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             capacity: 8,
             running: Vec::new(),
+            auth,
         }
     }
 
@@ -130,7 +163,8 @@ impl Sandbox {
     /// Starts one service (in this process, on its own cancellation token).
     pub fn start_service(&mut self, service: Service) {
         let token = CancellationToken::new();
-        let nats = Sandbox::nats_options(&self.nats.url());
+        let mut nats = Sandbox::nats_options(&self.nats.url());
+        nats.auth = self.auth.get(service.user()).cloned().unwrap_or_default();
         let workflows = self.workflows_dir();
         let t = token.clone();
         let handle = match service {
@@ -350,8 +384,14 @@ pub fn assay_bin() -> PathBuf {
 impl Sandbox {
     /// Runs the `assay` CLI against this sandbox (its NATS and result API), without colours.
     pub async fn assay(&self, args: &[&str]) -> std::process::Output {
+        let auth = self
+            .auth
+            .get("cli")
+            .map(assay_bus::NatsAuth::env_vars)
+            .unwrap_or_default();
         tokio::process::Command::new(assay_bin())
             .args(args)
+            .envs(auth)
             .env("ASSAY_NATS_URL", self.nats.url())
             .env("ASSAY_API", format!("http://{}", self.grpc))
             .env("NO_COLOR", "1")
