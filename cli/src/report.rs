@@ -110,15 +110,37 @@ pub fn header_block(u: &ExecutionUpdate, rerun_of: &str, now_ms: i64, palette: &
         .collect()
 }
 
-/// One row per shard; a NOTE column when some shard has a reason or a non-zero exit code.
+/// The matrix combination a shard ran, read off its test ids (`id [os=linux,py=3.12]`):
+/// the suffix every one of them carries. `None` without tests or matrix.
+pub fn shard_variant(shard: &ShardDetail) -> Option<&str> {
+    let first = &shard.tests.first()?.id;
+    let open = first.rfind(" [")?;
+    let suffix = &first[open..];
+    if !suffix.ends_with(']') || suffix.len() < 4 {
+        return None;
+    }
+    shard
+        .tests
+        .iter()
+        .all(|t| t.id.ends_with(suffix))
+        .then(|| &suffix[2..suffix.len() - 1])
+}
+
+/// One row per shard; a MATRIX column when the shards ran matrix combinations, a NOTE
+/// column when some shard has a reason or a non-zero exit code.
 pub fn shard_table(shards: &[ShardDetail], palette: &Palette) -> String {
     if shards.is_empty() {
         return String::new();
     }
     let with_note = shards.iter().any(|s| !note(s).is_empty());
-    let mut headers = vec![
-        "SHARD", "STATE", "PASSED", "FAILED", "ERRORED", "SKIPPED", "DURATION",
-    ];
+    let with_matrix = shards.iter().any(|s| shard_variant(s).is_some());
+    let mut headers = vec!["SHARD"];
+    if with_matrix {
+        headers.push("MATRIX");
+    }
+    headers.extend([
+        "STATE", "PASSED", "FAILED", "ERRORED", "SKIPPED", "DURATION",
+    ]);
     if with_note {
         headers.push("NOTE");
     }
@@ -126,15 +148,18 @@ pub fn shard_table(shards: &[ShardDetail], palette: &Palette) -> String {
     for shard in shards {
         let s = shard.summary.clone().unwrap_or_default();
         let state = s.state();
-        let mut row = vec![
-            cell(s.index.to_string()),
+        let mut row = vec![cell(s.index.to_string())];
+        if with_matrix {
+            row.push(cell(shard_variant(shard).unwrap_or("").to_string()));
+        }
+        row.extend([
             (format::shard_state(state).to_string(), shard_color(state)),
             cell(s.passed.to_string()),
             count_cell(s.failed),
             count_cell(s.errored),
             cell(s.skipped.to_string()),
             cell(format::elapsed(s.duration_ms)),
-        ];
+        ]);
         if with_note {
             row.push((note(shard), Color::Dim));
         }
@@ -418,6 +443,22 @@ mod tests {
         assert!(text.contains("line 10\n"));
         assert!(!text.contains("line 11\n"));
         assert!(text.contains("… 5 more lines"));
+    }
+
+    #[test]
+    fn shard_table_names_matrix_combinations() {
+        let mut s = shards();
+        assert!(!shard_table(&s, &Palette::plain()).contains("MATRIX"));
+        for t in &mut s[0].tests {
+            t.id = format!("{} [os=mac]", t.id);
+        }
+        s[1].tests[0].id = "broken[1-2] [os=linux]".into();
+        assert_eq!(shard_variant(&s[1]), Some("os=linux"));
+        let text = shard_table(&s, &Palette::plain());
+        assert!(text.starts_with("SHARD  MATRIX"), "{text}");
+        assert!(text.contains("os=mac"), "{text}");
+        s[0].tests[1].id = "slow".into();
+        assert_eq!(shard_variant(&s[0]), None, "not every test carries it");
     }
 
     #[test]

@@ -105,6 +105,10 @@ async fn matrix_runs_every_combination_in_its_own_shards_and_reruns_only_where_i
             .map(|t| t.id.clone())
             .collect();
         assert_eq!(failed, ["t03 [db=pg,os=mac]"], "{}", describe(&d));
+        let out = sb.assay(&["get", "execution", &id]).await;
+        let table = output_text(&out);
+        assert!(table.contains("SHARD  MATRIX"), "{table}");
+        assert_eq!(table.matches("db=pg,os=mac ").count(), 2, "{table}");
 
         let out = sb
             .assay(&["rerun", &id, "--failed", "--timeout", "60s"])
