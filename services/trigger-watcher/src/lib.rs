@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use cron::next_fires;
-pub use http::router;
+pub use http::{EventBody, parse_event_body, router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
