@@ -158,7 +158,9 @@ fn workflow(w: &Workflow) {
 }
 
 fn trigger(t: &Trigger) {
-    t.spec.settle.map(roundtrip_duration);
+    if let Some(settle) = t.spec.settle {
+        roundtrip_duration(settle);
+    }
     if let Some(cron) = &t.spec.on.cron {
         let Some(schedule) = t.cron() else {
             panic!("validated trigger {}: cron {cron:?} does not parse", t.name);
