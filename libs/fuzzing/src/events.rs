@@ -49,8 +49,16 @@ fn line_column(s: &str) -> Option<(usize, usize)> {
     Some((line.parse().ok()?, column.parse().ok()?))
 }
 
-/// A subject NATS accepts for publishing: non-empty tokens without wildcards or whitespace.
+/// A subject NATS accepts for publishing: non-empty tokens without wildcards or whitespace,
+/// and short: the server drops a connection whose control line (`HPUB <subject> …`) is
+/// over 4 KiB.
 fn check_subject(subject: &str) {
+    assert!(
+        subject.len() <= 256,
+        "subject of {} bytes: {:?}…",
+        subject.len(),
+        subject.chars().take(60).collect::<String>()
+    );
     assert!(
         subject
             .split('.')
