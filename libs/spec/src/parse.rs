@@ -1,5 +1,6 @@
 //! Splitting a file into documents, typed parsing and turning serde errors into diagnostics.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -39,9 +40,10 @@ pub(crate) struct Doc {
 ///
 /// Returns [`Error::Invalid`] with every problem found when any document is invalid.
 pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Definition>> {
+    let text = normalize_breaks(text);
     let mut defs = Vec::new();
     let mut diags = Vec::new();
-    for doc in split_documents(text) {
+    for doc in split_documents(&text) {
         let mut ctx = Ctx {
             file,
             doc: &doc,
@@ -57,6 +59,26 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Definition>> {
     } else {
         Err(Error::Invalid(diags))
     }
+}
+
+/// Turns `\r\n`, a lone `\r` and NEL into `\n`. YAML counts each as one line break (and
+/// reads each as `\n` inside scalars), while document splitting and key lookup split on
+/// `\n`; without this a file with old Mac line ends had its later documents' errors
+/// reported lines away from where they are.
+fn normalize_breaks(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\r', '\u{85}']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' | '\u{85}' => out.push('\n'),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub(crate) fn split_documents(text: &str) -> Vec<Doc> {
@@ -420,6 +442,20 @@ mod tests {
             "did not find expected key, while parsing a block mapping"
         );
         assert_eq!(strip_marks("look at me"), "look at me");
+    }
+
+    #[test]
+    fn old_mac_and_windows_line_ends_keep_line_numbers() {
+        let doc = "apiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {name: t}\nspec: {on: {}, run: {workflow: w}}\n";
+        let broken = "apiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {name: t2\n";
+        for eol in ["\n", "\r\n", "\r", "\u{85}"] {
+            let text = format!("{doc}---\n{broken}").replace('\n', eol);
+            let Err(Error::Invalid(diags)) = parse_str(Path::new("f.yaml"), &text) else {
+                panic!("accepted a broken document");
+            };
+            let last = diags.last().expect("a diagnostic");
+            assert_eq!(last.location.line, 9, "line ends {eol:?}: {last}");
+        }
     }
 
     #[test]
