@@ -113,14 +113,25 @@ pub(crate) fn split_documents(text: &str) -> Vec<Doc> {
             current.push((i, format!("   {}", &line[3..])));
         } else if is_marker("...") {
             flush(&mut current, &mut docs);
-        } else if line.starts_with('%') {
-            // Directives (`%YAML 1.2`) belong to the next document; nothing here needs them.
+        } else if line.starts_with('%') && !has_content(&current) {
+            // A directive (`%YAML 1.2`) before a document; nothing here needs it. Kept as an
+            // empty line so that the lines after it keep their numbers. Inside a document a
+            // `%` line is not a directive, and YAML itself says what is wrong with it.
+            current.push((i, String::new()));
         } else {
             current.push((i, line.to_string()));
         }
     }
     flush(&mut current, &mut docs);
     docs
+}
+
+/// Whether `lines` hold anything but blank lines and comments.
+fn has_content(lines: &[(usize, String)]) -> bool {
+    lines.iter().any(|(_, l)| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    })
 }
 
 struct Ctx<'a> {
@@ -456,6 +467,25 @@ mod tests {
             let last = diags.last().expect("a diagnostic");
             assert_eq!(last.location.line, 9, "line ends {eol:?}: {last}");
         }
+    }
+
+    #[test]
+    fn a_percent_line_inside_a_document_is_not_dropped() {
+        let text = "%YAML 1.1\n---\napiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata:\n% x\n  name: t\n";
+        let Err(Error::Invalid(diags)) = parse_str(Path::new("f.yaml"), text) else {
+            panic!("accepted a `%` line inside a document");
+        };
+        assert_eq!(
+            (diags[0].location.line, diags[0].location.column),
+            (6, 2),
+            "{}",
+            crate::join_lines(&diags)
+        );
+        let ok = "%YAML 1.1\n---\n# c\napiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {name: t}\nspec: {on: {}, run: {workflow: w}, settle: 5 minutes}\n";
+        let Err(Error::Invalid(diags)) = parse_str(Path::new("f.yaml"), ok) else {
+            panic!("accepted a bad duration");
+        };
+        assert_eq!(diags[0].location.line, 7, "{}", diags[0]);
     }
 
     #[test]
