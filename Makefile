@@ -57,7 +57,35 @@ bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 40
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p assay-integration --bench sharding_real
 
+# cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, sanitizer coverage);
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them for the fuzz build only.
+FUZZ_TIME ?= 30
+FUZZ_TARGETS ?= bus_proto definitions_yaml junit_xml event_json
+FUZZ_SANITIZER ?= address
+CARGO_FUZZ_VERSION := 0.13.2
+
+.PHONY: fuzz-tools
+fuzz-tools: ## Install cargo-fuzz (into cargo's bin) if it is missing
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
+		$(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+.PHONY: fuzz-smoke
+fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_TIME seconds (default 30; FUZZ_TARGETS picks some); fails on a crash
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/corpus/$$t; \
+		echo "== fuzzing $$t for $(FUZZ_TIME)s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --debug-assertions --sanitizer $(FUZZ_SANITIZER) $$t \
+			$(CURDIR)/fuzz/target/corpus/$$t $(CURDIR)/fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			|| failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then \
+		echo "fuzz-smoke: crash in:$$failed (inputs under fuzz/artifacts/; fix, then add them to fuzz/regressions/<target>/)"; \
+		exit 1; \
+	fi
+
 .PHONY: clean
 clean: ## Remove build output and local data (keeps ./.tools)
 	$(CARGO) clean
-	rm -rf .assay/data
+	rm -rf .assay/data fuzz/target

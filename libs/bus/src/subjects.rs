@@ -19,19 +19,42 @@ pub const EXECUTIONS_ALL: &str = "assay.v1.executions.>";
 pub const DEAD_ALL: &str = "assay.v1.dead.>";
 pub const QUEUE_ALL: &str = "assay.v1.queue.>";
 
+/// Longest token [`token`] returns, in bytes. Tokens come from outside input (an event's
+/// `source` from `POST /v1/events`, an execution id from a run request), and a subject
+/// longer than nats-server's control line (4 KiB) makes the server answer `maximum control
+/// line exceeded` and drop the publisher's connection, with every service sharing it.
+pub const MAX_TOKEN_BYTES: usize = 128;
+
 /// Makes a value safe as one subject token: `.`, `*`, `>`, whitespace become `_`;
-/// empty becomes `_`.
+/// empty becomes `_`. A value longer than [`MAX_TOKEN_BYTES`] keeps its head and ends in
+/// `~` and a hash of the whole value, so that long values stay apart.
 pub fn token(s: &str) -> String {
     if s.is_empty() {
         return "_".to_string();
     }
-    s.chars()
+    let safe: String = s
+        .chars()
         .map(|c| match c {
             '.' | '*' | '>' => '_',
             c if c.is_whitespace() || c.is_control() => '_',
             c => c,
         })
-        .collect()
+        .collect();
+    if safe.len() <= MAX_TOKEN_BYTES {
+        return safe;
+    }
+    let mut end = MAX_TOKEN_BYTES - 17;
+    while !safe.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}~{:016x}", &safe[..end], fnv1a(s.as_bytes()))
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// `assay.v1.events.<source>`
@@ -105,5 +128,19 @@ mod tests {
         assert_eq!(execution_update("a.b", "x"), "assay.v1.executions.a_b.x");
         assert_eq!(token(""), "_");
         assert_eq!(token("a *>b"), "a___b");
+    }
+
+    #[test]
+    fn long_tokens_are_bounded_and_stay_apart() {
+        let exact = "a".repeat(MAX_TOKEN_BYTES);
+        assert_eq!(token(&exact), exact);
+        let (a, b) = (format!("{exact}a"), format!("{exact}b"));
+        assert_eq!(token(&a).len(), MAX_TOKEN_BYTES);
+        assert_ne!(token(&a), token(&b));
+        assert_eq!(token(&a), token(&a));
+        let wide = "é.".repeat(1000);
+        let t = token(&wide);
+        assert!(t.len() <= MAX_TOKEN_BYTES && t.starts_with("é_é_"), "{t}");
+        assert!(event(&"x".repeat(5000)).len() < 200);
     }
 }

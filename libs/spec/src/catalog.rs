@@ -26,18 +26,28 @@ impl Catalog {
         let mut files = Vec::new();
         collect_files(dir, &mut files)?;
         files.sort();
+        let mut sources = Vec::with_capacity(files.len());
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+            sources.push((file, text));
+        }
+        Catalog::from_sources(dir.to_path_buf(), &sources)
+    }
 
+    /// What [`Catalog::load`] does once the files are read: parses and validates every
+    /// `(path, text)` in order, checks names are unique and triggers name existing workflows
+    /// and parameters, and reports every problem at once. Pure: no I/O.
+    pub fn from_sources(dir: PathBuf, sources: &[(PathBuf, String)]) -> Result<Catalog> {
         let mut defs = Vec::new();
         let mut diags = Vec::new();
-        for file in &files {
-            let text = std::fs::read_to_string(file).map_err(io(file))?;
-            match parse_str(file, &text) {
+        for (file, text) in sources {
+            match parse_str(file, text) {
                 Ok(mut d) => defs.append(&mut d),
                 Err(Error::Invalid(mut d)) => diags.append(&mut d),
                 Err(e) => return Err(e),
             }
         }
-        let catalog = match Catalog::from_definitions(dir.to_path_buf(), defs) {
+        let catalog = match Catalog::from_definitions(dir, defs) {
             Ok(c) => Some(c),
             Err(Error::Invalid(mut d)) => {
                 diags.append(&mut d);

@@ -92,7 +92,16 @@ pub(crate) fn locate(doc: &str, path: &[Seg]) -> Option<((usize, usize), usize)>
             None => break,
         }
     }
-    found
+    found.map(|((line, col), depth)| ((line, char_column(doc, line, col)), depth))
+}
+
+/// Turns a 1-based column in bytes (what the search works in) into one in chars, as YAML
+/// errors and editors count.
+fn char_column(doc: &str, line: usize, col: usize) -> usize {
+    doc.lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.get(..col.saturating_sub(1)))
+        .map_or(col, |before| before.chars().count() + 1)
 }
 
 /// The non-blank, non-comment content of a line, with its column.
@@ -250,6 +259,15 @@ spec:
     fn flow_keys() {
         assert_eq!(at(&kp!["metadata", "labels", "team"]), Some((3, 32)));
         assert_eq!(at(&kp!["spec", "tests", "list"]), Some((13, 19)));
+    }
+
+    #[test]
+    fn columns_count_chars_not_bytes() {
+        let doc = "metadata: {name: \"héé\", labels: {team: x}}\n";
+        assert_eq!(
+            locate(doc, &kp!["metadata", "labels"]).map(|(at, _)| at),
+            Some((1, 25))
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Splitting a file into documents, typed parsing and turning serde errors into diagnostics.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -39,9 +40,10 @@ pub(crate) struct Doc {
 ///
 /// Returns [`Error::Invalid`] with every problem found when any document is invalid.
 pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Definition>> {
+    let text = normalize_breaks(text);
     let mut defs = Vec::new();
     let mut diags = Vec::new();
-    for doc in split_documents(text) {
+    for doc in split_documents(&text) {
         let mut ctx = Ctx {
             file,
             doc: &doc,
@@ -57,6 +59,26 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Definition>> {
     } else {
         Err(Error::Invalid(diags))
     }
+}
+
+/// Turns `\r\n`, a lone `\r` and NEL into `\n`. YAML counts each as one line break (and
+/// reads each as `\n` inside scalars), while document splitting and key lookup split on
+/// `\n`; without this a file with old Mac line ends had its later documents' errors
+/// reported lines away from where they are.
+fn normalize_breaks(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\r', '\u{85}']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' | '\u{85}' => out.push('\n'),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 pub(crate) fn split_documents(text: &str) -> Vec<Doc> {
@@ -91,14 +113,25 @@ pub(crate) fn split_documents(text: &str) -> Vec<Doc> {
             current.push((i, format!("   {}", &line[3..])));
         } else if is_marker("...") {
             flush(&mut current, &mut docs);
-        } else if line.starts_with('%') {
-            // Directives (`%YAML 1.2`) belong to the next document; nothing here needs them.
+        } else if line.starts_with('%') && !has_content(&current) {
+            // A directive (`%YAML 1.2`) before a document; nothing here needs it. Kept as an
+            // empty line so that the lines after it keep their numbers. Inside a document a
+            // `%` line is not a directive, and YAML itself says what is wrong with it.
+            current.push((i, String::new()));
         } else {
             current.push((i, line.to_string()));
         }
     }
     flush(&mut current, &mut docs);
     docs
+}
+
+/// Whether `lines` hold anything but blank lines and comments.
+fn has_content(lines: &[(usize, String)]) -> bool {
+    lines.iter().any(|(_, l)| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    })
 }
 
 struct Ctx<'a> {
@@ -420,6 +453,39 @@ mod tests {
             "did not find expected key, while parsing a block mapping"
         );
         assert_eq!(strip_marks("look at me"), "look at me");
+    }
+
+    #[test]
+    fn old_mac_and_windows_line_ends_keep_line_numbers() {
+        let doc = "apiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {name: t}\nspec: {on: {}, run: {workflow: w}}\n";
+        let broken = "apiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {name: t2\n";
+        for eol in ["\n", "\r\n", "\r", "\u{85}"] {
+            let text = format!("{doc}---\n{broken}").replace('\n', eol);
+            let Err(Error::Invalid(diags)) = parse_str(Path::new("f.yaml"), &text) else {
+                panic!("accepted a broken document");
+            };
+            let last = diags.last().expect("a diagnostic");
+            assert_eq!(last.location.line, 9, "line ends {eol:?}: {last}");
+        }
+    }
+
+    #[test]
+    fn a_percent_line_inside_a_document_is_not_dropped() {
+        let text = "%YAML 1.1\n---\napiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata:\n% x\n  name: t\n";
+        let Err(Error::Invalid(diags)) = parse_str(Path::new("f.yaml"), text) else {
+            panic!("accepted a `%` line inside a document");
+        };
+        assert_eq!(
+            (diags[0].location.line, diags[0].location.column),
+            (6, 2),
+            "{}",
+            crate::join_lines(&diags)
+        );
+        let ok = "%YAML 1.1\n---\n# c\napiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {name: t}\nspec: {on: {}, run: {workflow: w}, settle: 5 minutes}\n";
+        let Err(Error::Invalid(diags)) = parse_str(Path::new("f.yaml"), ok) else {
+            panic!("accepted a bad duration");
+        };
+        assert_eq!(diags[0].location.line, 7, "{}", diags[0]);
     }
 
     #[test]

@@ -54,6 +54,22 @@ pub struct EventBody {
     pub payload: Option<serde_json::Value>,
 }
 
+/// Parses and checks the body of `POST /v1/events`; the error is the 400 response's message.
+/// Pure, so that it can be fuzzed (`assay-fuzzing`).
+pub fn parse_event_body(body: &[u8]) -> Result<EventBody, String> {
+    let body: EventBody = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "invalid event body at line {} column {}: {e}; expected {{\"type\": \"...\", \"source\"?: \"...\", \"labels\"?: {{...}}, \"payload\"?: ...}}",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if body.r#type.trim().is_empty() {
+        return Err("event \"type\" must not be empty".to_string());
+    }
+    Ok(body)
+}
+
 /// Body of `POST /v1/workflows/{name}/run` (optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -359,22 +375,10 @@ async fn post_event(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: EventBody = match serde_json::from_slice(&body) {
+    let body = match parse_event_body(&body) {
         Ok(b) => b,
-        Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "invalid event body at line {} column {}: {e}; expected {{\"type\": \"...\", \"source\"?: \"...\", \"labels\"?: {{...}}, \"payload\"?: ...}}",
-                    e.line(),
-                    e.column()
-                ),
-            );
-        }
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e),
     };
-    if body.r#type.trim().is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "event \"type\" must not be empty");
-    }
     let key = idempotency_key(&headers);
     let source = body.source.unwrap_or_else(|| "http".to_string());
     let header = assay_bus::header("trigger-watcher", key.clone(), traceparent(&headers));

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use cron::next_fires;
-pub use http::{AppState, MAX_WEBHOOK_BYTES, router};
+pub use http::{AppState, EventBody, MAX_WEBHOOK_BYTES, parse_event_body, router};
 pub use webhook::Provider;
 
 #[derive(Debug, thiserror::Error)]
