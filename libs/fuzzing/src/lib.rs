@@ -11,6 +11,7 @@ pub mod definitions;
 pub mod events;
 pub mod junit;
 pub mod proto;
+pub mod webhooks;
 
 /// One fuzz target: its name in `fuzz/fuzz_targets/<name>.rs`, `fuzz/corpus/<name>/` and
 /// `fuzz/regressions/<name>/`, and its harness.
@@ -37,6 +38,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "event_json",
         run: events::event_json,
+    },
+    Target {
+        name: "webhook_payload",
+        run: webhooks::webhook_payload,
     },
 ];
 

@@ -84,6 +84,11 @@ fn event_json_corpus_and_regressions() {
 
 /// Every harness has a cargo-fuzz target and the other way round.
 #[test]
+fn webhook_payload_corpus_and_regressions() {
+    check("webhook_payload");
+}
+
+#[test]
 fn every_target_has_a_fuzz_target_file() {
     let dir = fuzz_dir().join("fuzz_targets");
     let mut on_disk: Vec<String> = files(&dir)
