@@ -51,6 +51,11 @@ bench: tools ## Event -> first test process latency (release build, 1000 runs) b
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p assay-integration --bench event_to_process
 
+.PHONY: bench-load
+bench-load: tools ## Scheduler under open-loop trigger events (planned/s, p50/p99 latency), a 100,000-event burst, RSS idle and peak per service
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p assay-integration --bench load
+
 .PHONY: bench-sharding
 bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 400-test run with count, duration and queue
 	-$(CARGO) run --release -p assay-plan --bin bench-sharding

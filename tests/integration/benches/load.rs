@@ -1,0 +1,331 @@
+//! `make bench-load`: the scheduler under an open-loop load of trigger events, with the
+//! services as separate release processes (scheduler, result-aggregator, trigger-watcher and
+//! executor-launcher) on a real nats-server.
+//!
+//! - Open loop: events are sent on a fixed schedule (rate R for a few seconds) whatever the
+//!   system does; each event's latency runs from its *scheduled* send time to the moment its
+//!   execution plan appears on `assay.v1.plans.>`, so a stalled system cannot hide its
+//!   queueing delay (no coordinated omission). Reports planned/s and p50/p99 latency per rate.
+//! - Burst: 100,000 events published as fast as JetStream acknowledges them; waits until
+//!   every one is planned, without any manual step.
+//! - RSS (VmRSS from /proc) of each service idle, and its peak under load.
+//!
+//! The launcher is stopped before the load (every execution would start a process); its
+//! idle RSS is measured first. Figures are printed, not asserted.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use assay_bus::{Bus, NatsOptions, header, subjects};
+use assay_proto::{Execution, TriggerEvent};
+use assay_testkit::{NatsServer, free_port};
+use futures::StreamExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+const RATES: [u64; 5] = [500, 1_000, 2_000, 5_000, 10_000];
+const STEP: Duration = Duration::from_secs(5);
+const BURST: usize = 100_000;
+
+const DEFS: &str = r#"apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {name: load}
+spec:
+  steps: [{name: a, run: "true"}]
+---
+apiVersion: assay.dev/v1alpha1
+kind: TestTrigger
+metadata: {name: on-load}
+spec:
+  on: {event: {source: load, type: go}}
+  run: {workflow: load}
+"#;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name}: run `cargo build --release --bins` first"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Services {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Services {
+    fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.id())
+    }
+    fn stop(&mut self, name: &str) {
+        if let Some(pos) = self.children.iter().position(|(n, _)| *n == name) {
+            let (_, mut c) = self.children.remove(pos);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(nats: &NatsServer, dir: &std::path::Path) -> Services {
+    let defs = dir.join("defs");
+    std::fs::create_dir_all(&defs).unwrap();
+    std::fs::write(defs.join("load.yaml"), DEFS).unwrap();
+    let spawn = |name: &'static str, args: Vec<String>| {
+        let child = Command::new(bin(name))
+            .args(args)
+            .env("ASSAY_NATS_URL", nats.url())
+            .env("ASSAY_WORKFLOWS", &defs)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        (name, child)
+    };
+    Services {
+        children: vec![
+            spawn("assay-scheduler", vec![]),
+            spawn(
+                "assay-result-aggregator",
+                vec![
+                    "--database".into(),
+                    dir.join("results.db").display().to_string(),
+                    "--grpc".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                ],
+            ),
+            spawn(
+                "assay-trigger-watcher",
+                vec!["--http".into(), format!("127.0.0.1:{}", free_port())],
+            ),
+            spawn("assay-executor-launcher", vec![]),
+        ],
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut services = start(&nats, dir.path());
+    let bus = Bus::connect(
+        &NatsOptions {
+            url: nats.url(),
+            ..Default::default()
+        },
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    bus.ensure_topology().await.unwrap();
+
+    // Plans as they are published: cause key -> arrival.
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut sub = bus.client().subscribe(subjects::PLANS_ALL).await.unwrap();
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Ok(e) = Execution::decode(msg.payload) {
+                    seen.lock().unwrap().insert(e.cause, Instant::now());
+                }
+            }
+        });
+    }
+    // Warm up: one event through, then idle RSS.
+    publish(&bus, "warm").await;
+    wait_for(&seen, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names = [
+        "assay-scheduler",
+        "assay-result-aggregator",
+        "assay-trigger-watcher",
+        "assay-executor-launcher",
+    ];
+    let idle: Vec<(String, u64)> = names
+        .iter()
+        .map(|n| (n.to_string(), services.pid(n).map(rss_kib).unwrap_or(0)))
+        .collect();
+    services.stop("assay-executor-launcher");
+
+    // Peak RSS sampler.
+    let peaks: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
+    let pids: Vec<(String, u32)> = names[..3]
+        .iter()
+        .filter_map(|n| services.pid(n).map(|p| (n.to_string(), p)))
+        .collect();
+    {
+        let (peaks, pids) = (peaks.clone(), pids.clone());
+        tokio::spawn(async move {
+            loop {
+                for (_, pid) in &pids {
+                    let r = rss_kib(*pid);
+                    let mut p = peaks.lock().unwrap();
+                    let e = p.entry(*pid).or_default();
+                    *e = (*e).max(r);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    println!("bench-load: scheduler under open-loop trigger events (release binaries, one nats-server)");
+    println!("{:>8} {:>8} {:>12} {:>10} {:>10} {:>10}", "rate/s", "sent", "planned/s", "p50 ms", "p99 ms", "max ms");
+    for rate in RATES {
+        let tag = format!("r{rate}");
+        let n = (rate * STEP.as_secs()) as usize;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        let mut scheduled = Vec::with_capacity(n);
+        for i in 0..n {
+            let at = start + interval * i as u32;
+            tokio::time::sleep_until(at.into()).await;
+            let key = format!("{tag}/{i}");
+            scheduled.push((format!("{key}/on-load/load"), at));
+            let bus = bus.clone();
+            tokio::spawn(async move { publish(&bus, &key).await });
+        }
+        let done = wait_for_keys(&seen, scheduled.iter().map(|(k, _)| k.as_str()), Duration::from_secs(120)).await;
+        let map = seen.lock().unwrap().clone();
+        let mut lat: Vec<f64> = scheduled
+            .iter()
+            .filter_map(|(k, at)| map.get(k).map(|t| t.duration_since(*at).as_secs_f64() * 1000.0))
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        let last = scheduled
+            .iter()
+            .filter_map(|(k, _)| map.get(k))
+            .max()
+            .copied()
+            .unwrap_or(start);
+        let planned_per_s = lat.len() as f64 / last.duration_since(start).as_secs_f64().max(STEP.as_secs_f64());
+        println!(
+            "{rate:>8} {n:>8} {planned_per_s:>12.0} {:>10.1} {:>10.1} {:>10.1}{}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            if done { "" } else { "  (not all planned within 120 s)" }
+        );
+        if !done {
+            break;
+        }
+    }
+
+    // Burst.
+    let start = Instant::now();
+    let sent: Vec<String> = futures::stream::iter(0..BURST)
+        .map(|i| {
+            let bus = bus.clone();
+            async move {
+                let key = format!("burst/{i}");
+                publish(&bus, &key).await;
+                format!("{key}/on-load/load")
+            }
+        })
+        .buffer_unordered(512)
+        .collect()
+        .await;
+    let accepted = start.elapsed();
+    let done = wait_for_keys(&seen, sent.iter().map(String::as_str), Duration::from_secs(900)).await;
+    println!(
+        "burst: {BURST} events accepted by JetStream in {:.1} s; {} planned after {:.1} s ({:.0} planned/s)",
+        accepted.as_secs_f64(),
+        if done { "all" } else { "NOT all" },
+        start.elapsed().as_secs_f64(),
+        BURST as f64 / start.elapsed().as_secs_f64()
+    );
+
+    println!("{:<26} {:>10} {:>12}", "service", "idle MiB", "peak MiB");
+    let peaks = peaks.lock().unwrap().clone();
+    for (name, kib) in idle {
+        let peak = pids
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, p)| peaks.get(p))
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .unwrap_or_else(|| "(stopped)".into());
+        println!("{name:<26} {:>10.1} {peak:>12}", kib as f64 / 1024.0);
+    }
+}
+
+async fn publish(bus: &Bus, key: &str) {
+    let ev = TriggerEvent {
+        header: Some(header("bench-load", key, None)),
+        source: "load".into(),
+        r#type: "go".into(),
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        if bus.publish(subjects::event("load"), &ev).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("event {key} not acknowledged after 5 tries");
+}
+
+async fn wait_for(seen: &Arc<Mutex<HashMap<String, Instant>>>, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_keys<'a>(
+    seen: &Arc<Mutex<HashMap<String, Instant>>>,
+    keys: impl Iterator<Item = &'a str>,
+    within: Duration,
+) -> bool {
+    let keys: Vec<&str> = keys.collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let missing = {
+            let map = seen.lock().unwrap();
+            keys.iter().filter(|k| !map.contains_key(**k)).count()
+        };
+        if missing == 0 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
