@@ -1,0 +1,419 @@
+//! The five invariants, checked against the final state: the aggregator's database and
+//! gRPC API, the `ASSAY_RESULTS` stream, the harness's own ledger of acknowledged
+//! submissions, and what the process monitor saw.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use assay_proto::{ExecutionDetail, ExecutionStatus, TestCaseBatch};
+
+use crate::load::{Acked, Ledger};
+use crate::monitor::Observed;
+
+/// Extra time past an execution's timeout within which it must be terminal (invariant 4),
+/// and how long a runner may outlive its execution (invariant 5).
+pub const GRACE_MS: i64 = 60_000;
+
+#[derive(Debug, Clone)]
+pub struct ExecRow {
+    pub id: String,
+    pub workflow: String,
+    pub status: i32,
+    pub reason: String,
+    pub cause: String,
+    pub created_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub timeout_ms: i64,
+}
+
+impl ExecRow {
+    pub fn terminal(&self) -> bool {
+        self.status >= ExecutionStatus::Passed as i32
+    }
+    pub fn status_name(&self) -> &'static str {
+        ExecutionStatus::try_from(self.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("?")
+    }
+}
+
+pub type Key = (String, u32, u32, String);
+
+/// What the database holds at the end.
+#[derive(Debug, Default)]
+pub struct Db {
+    pub executions: Vec<ExecRow>,
+    pub rows: HashSet<Key>,
+    /// (execution, queue batch) → (shard, attempt) of its first report.
+    pub claims: HashMap<(String, u32), (u32, u32)>,
+}
+
+pub fn read_db(path: &Path) -> anyhow::Result<Db> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut db = Db::default();
+    let mut stmt = conn.prepare(
+        "SELECT id, workflow, status, reason, cause, created_at_ms, finished_at_ms, timeout_ms
+         FROM executions WHERE planned = 1",
+    )?;
+    db.executions = stmt
+        .query_map([], |r| {
+            Ok(ExecRow {
+                id: r.get(0)?,
+                workflow: r.get(1)?,
+                status: r.get(2)?,
+                reason: r.get(3)?,
+                cause: r.get(4)?,
+                created_at_ms: r.get(5)?,
+                finished_at_ms: r.get(6)?,
+                timeout_ms: r.get(7)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt =
+        conn.prepare("SELECT execution_id, shard_index, attempt, test_id FROM test_cases")?;
+    db.rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn
+        .prepare("SELECT execution_id, queue_batch, shard_index, attempt FROM queue_claims")?;
+    db.claims = stmt
+        .query_map([], |r| {
+            Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(db)
+}
+
+/// One invariant's verdict, with the numbers behind it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub name: &'static str,
+    pub held: bool,
+    pub evidence: String,
+    pub violations: Vec<String>,
+}
+
+fn verdict(name: &'static str, evidence: String, violations: Vec<String>) -> Verdict {
+    Verdict {
+        name,
+        held: violations.is_empty(),
+        evidence,
+        violations,
+    }
+}
+
+pub struct Inputs<'a> {
+    pub db: &'a Db,
+    pub stream: &'a [TestCaseBatch],
+    pub api: &'a HashMap<String, Result<ExecutionDetail, String>>,
+    pub ledger: &'a Ledger,
+    pub observed: &'a Observed,
+    pub suite_size: usize,
+}
+
+pub fn all(i: &Inputs<'_>) -> Vec<Verdict> {
+    vec![
+        results_once(i),
+        one_runner(i),
+        triggers(i),
+        terminal(i),
+        no_orphans(i),
+    ]
+}
+
+/// 1. Every test-case result in the `ASSAY_RESULTS` stream (all of it was acknowledged to
+/// a runner) is in the store exactly once under (execution, shard, attempt, test id). A
+/// queue batch reported by two workers counts under its first report (the store keeps that
+/// one by design), and the API never shows a test twice in an execution.
+fn results_once(i: &Inputs<'_>) -> Verdict {
+    let mut keys: BTreeMap<Key, u32> = BTreeMap::new();
+    for b in i.stream {
+        for r in &b.results {
+            keys.entry((b.execution_id.clone(), b.shard_index, b.attempt, r.id.clone()))
+                .or_insert(b.queue_batch);
+        }
+    }
+    let mut violations = Vec::new();
+    let (mut direct, mut superseded) = (0usize, 0usize);
+    for ((exec, shard, attempt, test), qb) in &keys {
+        let owner = if *qb == 0 {
+            Some((*shard, *attempt))
+        } else {
+            i.db.claims.get(&(exec.clone(), *qb)).copied()
+        };
+        match owner {
+            Some(o) if o == (*shard, *attempt) => {
+                if i.db.rows.contains(&(exec.clone(), *shard, *attempt, test.clone())) {
+                    direct += 1;
+                } else {
+                    violations.push(format!(
+                        "lost: {exec}/{shard}/{attempt} {test} is in ASSAY_RESULTS but not in the store"
+                    ));
+                }
+            }
+            Some((os, oa)) => {
+                if i.db.rows.contains(&(exec.clone(), os, oa, test.clone())) {
+                    superseded += 1;
+                } else {
+                    violations.push(format!(
+                        "lost: {exec}/{shard}/{attempt} {test} (queue batch {}) reported first by {os}/{oa}, which the store does not hold",
+                        qb - 1
+                    ));
+                }
+            }
+            None => violations.push(format!(
+                "lost: {exec}/{shard}/{attempt} {test}: queue batch {} has no claim in the store",
+                qb - 1
+            )),
+        }
+    }
+    let stream_keys: HashSet<&Key> = keys.keys().collect();
+    let phantoms = i.db.rows.iter().filter(|k| !stream_keys.contains(k)).count();
+    if phantoms > 0 {
+        violations.push(format!(
+            "{phantoms} stored test cases were never published on ASSAY_RESULTS"
+        ));
+    }
+    // The API view: a test appears at most once per execution; a passed execution shows
+    // its whole suite.
+    let (mut views, mut complete) = (0usize, 0usize);
+    for (id, detail) in i.api {
+        let Ok(d) = detail else { continue };
+        views += 1;
+        let mut seen: HashMap<&str, u32> = HashMap::new();
+        for s in &d.shards {
+            for t in &s.tests {
+                *seen.entry(t.id.as_str()).or_default() += 1;
+            }
+        }
+        let twice: Vec<&str> = seen.iter().filter(|(_, n)| **n > 1).map(|(t, _)| *t).collect();
+        if !twice.is_empty() {
+            violations.push(format!(
+                "execution {id}: the API shows {} tests more than once (e.g. {})",
+                twice.len(),
+                twice[0]
+            ));
+        }
+        let status = d.execution.as_ref().map(|e| e.status).unwrap_or(0);
+        if status == ExecutionStatus::Passed as i32 {
+            if seen.len() == i.suite_size {
+                complete += 1;
+            } else {
+                violations.push(format!(
+                    "execution {id} passed but the API shows {} of its {} tests",
+                    seen.len(),
+                    i.suite_size
+                ));
+            }
+        }
+    }
+    verdict(
+        "1 acked results stored exactly once",
+        format!(
+            "{} result batches, {} distinct acked results: {direct} stored under their own key, \
+             {superseded} under the first report of their queue batch; {} rows in the store; \
+             {views} executions read back through the API, {complete} passed with all {} tests once",
+            i.stream.len(),
+            keys.len(),
+            i.db.rows.len(),
+            i.suite_size
+        ),
+        violations,
+    )
+}
+
+/// 2. At most one live runner per (execution, shard, attempt), in every process-table sample.
+fn one_runner(i: &Inputs<'_>) -> Verdict {
+    let o = i.observed;
+    verdict(
+        "2 at most one live runner per shard attempt",
+        format!(
+            "{} process-table samples, {} runner processes seen, {} shard attempts identified, \
+             at most {} runners alive at once",
+            o.samples,
+            o.runners_seen,
+            o.attempt_last_seen.len(),
+            o.max_live
+        ),
+        o.twins.clone(),
+    )
+}
+
+/// 3. Every acknowledged trigger event or run request yields exactly one execution (planned,
+/// or rejected with a reason), readable through the API.
+fn triggers(i: &Inputs<'_>) -> Verdict {
+    let mut by_cause: HashMap<&str, Vec<&ExecRow>> = HashMap::new();
+    for e in &i.db.executions {
+        by_cause.entry(e.cause.as_str()).or_default().push(e);
+    }
+    let mut violations = Vec::new();
+    let (mut planned, mut rejected, mut duplicates) = (0usize, 0usize, 0usize);
+    let mut by_via: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in &i.ledger.acked {
+        *by_via.entry(a.via.name()).or_default() += 1;
+        if a.acks > 1 {
+            duplicates += 1;
+        }
+        let found = by_cause.get(a.cause.as_str()).cloned().unwrap_or_default();
+        match found.as_slice() {
+            [] => violations.push(describe_missing(a)),
+            [e] => {
+                if let Some(want) = &a.execution
+                    && *want != e.id
+                {
+                    violations.push(format!(
+                        "{} for {}: asked for execution {want}, got {}",
+                        a.via.name(),
+                        a.cause,
+                        e.id
+                    ));
+                }
+                match i.api.get(&e.id) {
+                    Some(Ok(d)) if d.execution.as_ref().is_some_and(|x| x.execution_id == e.id) => {}
+                    Some(Err(err)) => violations.push(format!(
+                        "execution {} ({}) is in the store but the API says: {err}",
+                        e.id, a.cause
+                    )),
+                    _ => violations.push(format!(
+                        "execution {} ({}) is in the store but not readable through the API",
+                        e.id, a.cause
+                    )),
+                }
+                let is_rejection = e.terminal()
+                    && e.status != ExecutionStatus::Passed as i32
+                    && e.reason.contains("concurrency policy");
+                if is_rejection {
+                    rejected += 1;
+                } else {
+                    planned += 1;
+                }
+            }
+            many => violations.push(format!(
+                "{} for {} yielded {} executions: {}",
+                a.via.name(),
+                a.cause,
+                many.len(),
+                many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+    let vias = by_via
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    verdict(
+        "3 acked trigger -> exactly one execution or rejection",
+        format!(
+            "{} acknowledged ({vias}); {duplicates} of them submitted twice on purpose; \
+             {} retried submissions, {} never acknowledged (not counted); \
+             {planned} executions, {rejected} explicit rejections",
+            i.ledger.acked.len(),
+            i.ledger.retries,
+            i.ledger.unacked
+        ),
+        violations,
+    )
+}
+
+fn describe_missing(a: &Acked) -> String {
+    format!(
+        "{} acknowledged at {} for workflow {} (cause {}) yielded no execution and no rejection",
+        a.via.name(),
+        a.at_ms,
+        a.workflow,
+        a.cause
+    )
+}
+
+/// 4. Every execution is terminal within its timeout plus 60 s.
+fn terminal(i: &Inputs<'_>) -> Verdict {
+    let mut violations = Vec::new();
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut worst: i64 = i64::MIN;
+    for e in &i.db.executions {
+        *by_status.entry(e.status_name()).or_default() += 1;
+        if !e.terminal() {
+            violations.push(format!(
+                "execution {} ({}) is still {} at the end (created {} ms ago, timeout {} ms)",
+                e.id,
+                e.workflow,
+                e.status_name(),
+                assay_bus::now_ms() - e.created_at_ms,
+                e.timeout_ms
+            ));
+            continue;
+        }
+        let took = e.finished_at_ms - e.created_at_ms;
+        let over = took - e.timeout_ms;
+        worst = worst.max(over);
+        if over > GRACE_MS {
+            violations.push(format!(
+                "execution {} ({}) ended {} after {} ms, {} ms past its timeout of {} ms: {}",
+                e.id,
+                e.workflow,
+                e.status_name(),
+                took,
+                over,
+                e.timeout_ms,
+                e.reason
+            ));
+        }
+    }
+    let statuses = by_status
+        .iter()
+        .map(|(k, n)| format!("{n} {}", k.trim_start_matches("EXECUTION_STATUS_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    verdict(
+        "4 every execution terminal within timeout + 60s",
+        format!(
+            "{} executions: {statuses}; latest end relative to the timeout: {:+.1}s",
+            i.db.executions.len(),
+            if worst == i64::MIN { 0.0 } else { worst as f64 / 1000.0 }
+        ),
+        violations,
+    )
+}
+
+/// 5. No runner process (or a process it started) is alive 60 s after its execution ended.
+fn no_orphans(i: &Inputs<'_>) -> Verdict {
+    let o = i.observed;
+    let ended: HashMap<&str, &ExecRow> = i
+        .db
+        .executions
+        .iter()
+        .filter(|e| e.terminal())
+        .map(|e| (e.id.as_str(), e))
+        .collect();
+    let mut violations = o.orphans.clone();
+    let mut checked = 0;
+    for ((exec, shard, attempt), last) in &o.attempt_last_seen {
+        let Some(e) = ended.get(exec.as_str()) else {
+            continue;
+        };
+        checked += 1;
+        if *last > e.finished_at_ms + GRACE_MS {
+            violations.push(format!(
+                "a process of {exec}/{shard}/{attempt} was alive {:.1}s after its execution ended ({})",
+                (*last - e.finished_at_ms) as f64 / 1000.0,
+                e.status_name()
+            ));
+        }
+    }
+    violations.extend(o.leftovers.iter().cloned());
+    verdict(
+        "5 no runner outlives its execution by 60s",
+        format!(
+            "{checked} shard attempts of ended executions followed in /proc ({} runner processes, \
+             {} test processes); {} runners left after the stack stopped",
+            o.runners_seen,
+            o.tests_seen,
+            o.leftovers.len()
+        ),
+        violations,
+    )
+}
