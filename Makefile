@@ -57,6 +57,11 @@ bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 40
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p assay-integration --bench sharding_real
 
+.PHONY: chaos
+chaos: tools ## Fault harness, nightly size: 1,000 seeded faults on the real processes, 5 invariants (SEED=N replays)
+	$(CARGO) build --release --bins
+	target/release/assay-chaos $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+
 .PHONY: clean
 clean: ## Remove build output and local data (keeps ./.tools)
 	$(CARGO) clean

@@ -349,7 +349,9 @@ fn terminal(i: &Inputs<'_>) -> Verdict {
         }
         let took = e.finished_at_ms - e.created_at_ms;
         let over = took - e.timeout_ms;
-        worst = worst.max(over);
+        if e.timeout_ms > 0 {
+            worst = worst.max(over);
+        }
         if over > GRACE_MS {
             violations.push(format!(
                 "execution {} ({}) ended {} after {} ms, {} ms past its timeout of {} ms: {}",
@@ -371,7 +373,7 @@ fn terminal(i: &Inputs<'_>) -> Verdict {
     verdict(
         "4 every execution terminal within timeout + 60s",
         format!(
-            "{} executions: {statuses}; latest end relative to the timeout: {:+.1}s",
+            "{} executions: {statuses}; latest end relative to its timeout: {:+.1}s",
             i.db.executions.len(),
             if worst == i64::MIN { 0.0 } else { worst as f64 / 1000.0 }
         ),

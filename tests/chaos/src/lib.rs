@@ -86,7 +86,6 @@ impl Config {
             trigger_every: Duration::from_secs(10),
             test_ms: 20,
             timeout: Duration::from_secs(60),
-            unwritable: (Duration::from_secs(3), Duration::from_secs(15)),
             ..Config::nightly(seed)
         }
     }
@@ -94,7 +93,7 @@ impl Config {
     /// The command line that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p assay-chaos -- --seed {} --faults {} --gap-ms {} --trigger-ms {} --tests {} --shards {} --test-ms {} --timeout-s {}",
+            "make chaos SEED={} CHAOS_ARGS='--faults {} --gap-ms {} --trigger-ms {} --tests {} --shards {} --test-ms {} --timeout-s {}'",
             self.seed,
             self.faults,
             self.mean_gap.as_millis(),
@@ -159,10 +158,10 @@ impl Report {
             out.push_str(&format!(" {} {} ({})", t.name(), starts, exits.len()));
         }
         out.push_str("\n\n");
-        out.push_str(&format!("{:<52} {:<6} evidence\n", "invariant", "held"));
+        out.push_str(&format!("{:<54} {:<6} evidence\n", "invariant", "held"));
         for v in &self.invariants {
             out.push_str(&format!(
-                "{:<52} {:<6} {}\n",
+                "{:<54} {:<6} {}\n",
                 v.name,
                 if v.held { "yes" } else { "NO" },
                 v.evidence
