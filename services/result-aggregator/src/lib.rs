@@ -203,6 +203,11 @@ impl Aggregator {
                 "execution exceeded its timeout of {}s and no shard reported an end",
                 timeout_ms / 1000
             );
+            // Cancel first (idempotent), then end it: launchers kill the runners still at
+            // work and start no further attempt of a shard, so nothing outlives the
+            // execution. Ending it first would lose the cancellation if NATS were down,
+            // since the next sweep no longer sees the execution.
+            self.bus.cancel(&id, &reason).await?;
             if self
                 .store
                 .finalize(&id, ExecutionStatus::TimedOut, &reason, now)

@@ -77,12 +77,10 @@ pub fn read_db(path: &Path) -> anyhow::Result<Db> {
     db.rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
-    let mut stmt = conn
-        .prepare("SELECT execution_id, queue_batch, shard_index, attempt FROM queue_claims")?;
+    let mut stmt =
+        conn.prepare("SELECT execution_id, queue_batch, shard_index, attempt FROM queue_claims")?;
     db.claims = stmt
-        .query_map([], |r| {
-            Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
-        })?
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))?
         .collect::<Result<_, _>>()?;
     Ok(db)
 }
@@ -124,7 +122,7 @@ pub fn all(i: &Inputs<'_>) -> Vec<Verdict> {
     ]
 }
 
-/// 1. Every test-case result in the `ASSAY_RESULTS` stream (all of it was acknowledged to
+/// Invariant 1: Every test-case result in the `ASSAY_RESULTS` stream (all of it was acknowledged to
 /// a runner) is in the store exactly once under (execution, shard, attempt, test id). A
 /// queue batch reported by two workers counts under its first report (the store keeps that
 /// one by design), and the API never shows a test twice in an execution.
@@ -132,8 +130,13 @@ fn results_once(i: &Inputs<'_>) -> Verdict {
     let mut keys: BTreeMap<Key, u32> = BTreeMap::new();
     for b in i.stream {
         for r in &b.results {
-            keys.entry((b.execution_id.clone(), b.shard_index, b.attempt, r.id.clone()))
-                .or_insert(b.queue_batch);
+            keys.entry((
+                b.execution_id.clone(),
+                b.shard_index,
+                b.attempt,
+                r.id.clone(),
+            ))
+            .or_insert(b.queue_batch);
         }
     }
     let mut violations = Vec::new();
@@ -146,7 +149,10 @@ fn results_once(i: &Inputs<'_>) -> Verdict {
         };
         match owner {
             Some(o) if o == (*shard, *attempt) => {
-                if i.db.rows.contains(&(exec.clone(), *shard, *attempt, test.clone())) {
+                if i.db
+                    .rows
+                    .contains(&(exec.clone(), *shard, *attempt, test.clone()))
+                {
                     direct += 1;
                 } else {
                     violations.push(format!(
@@ -171,7 +177,11 @@ fn results_once(i: &Inputs<'_>) -> Verdict {
         }
     }
     let stream_keys: HashSet<&Key> = keys.keys().collect();
-    let phantoms = i.db.rows.iter().filter(|k| !stream_keys.contains(k)).count();
+    let phantoms =
+        i.db.rows
+            .iter()
+            .filter(|k| !stream_keys.contains(k))
+            .count();
     if phantoms > 0 {
         violations.push(format!(
             "{phantoms} stored test cases were never published on ASSAY_RESULTS"
@@ -189,7 +199,11 @@ fn results_once(i: &Inputs<'_>) -> Verdict {
                 *seen.entry(t.id.as_str()).or_default() += 1;
             }
         }
-        let twice: Vec<&str> = seen.iter().filter(|(_, n)| **n > 1).map(|(t, _)| *t).collect();
+        let twice: Vec<&str> = seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(t, _)| *t)
+            .collect();
         if !twice.is_empty() {
             violations.push(format!(
                 "execution {id}: the API shows {} tests more than once (e.g. {})",
@@ -225,7 +239,7 @@ fn results_once(i: &Inputs<'_>) -> Verdict {
     )
 }
 
-/// 2. At most one live runner per (execution, shard, attempt), in every process-table sample.
+/// Invariant 2: At most one live runner per (execution, shard, attempt), in every process-table sample.
 fn one_runner(i: &Inputs<'_>) -> Verdict {
     let o = i.observed;
     verdict(
@@ -242,7 +256,7 @@ fn one_runner(i: &Inputs<'_>) -> Verdict {
     )
 }
 
-/// 3. Every acknowledged trigger event or run request yields exactly one execution (planned,
+/// Invariant 3: Every acknowledged trigger event or run request yields exactly one execution (planned,
 /// or rejected with a reason), readable through the API.
 fn triggers(i: &Inputs<'_>) -> Verdict {
     let mut by_cause: HashMap<&str, Vec<&ExecRow>> = HashMap::new();
@@ -272,7 +286,8 @@ fn triggers(i: &Inputs<'_>) -> Verdict {
                     ));
                 }
                 match i.api.get(&e.id) {
-                    Some(Ok(d)) if d.execution.as_ref().is_some_and(|x| x.execution_id == e.id) => {}
+                    Some(Ok(d)) if d.execution.as_ref().is_some_and(|x| x.execution_id == e.id) => {
+                    }
                     Some(Err(err)) => violations.push(format!(
                         "execution {} ({}) is in the store but the API says: {err}",
                         e.id, a.cause
@@ -296,7 +311,10 @@ fn triggers(i: &Inputs<'_>) -> Verdict {
                 a.via.name(),
                 a.cause,
                 many.len(),
-                many.iter().map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|e| e.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -329,7 +347,7 @@ fn describe_missing(a: &Acked) -> String {
     )
 }
 
-/// 4. Every execution is terminal within its timeout plus 60 s.
+/// Invariant 4: Every execution is terminal within its timeout plus 60 s.
 fn terminal(i: &Inputs<'_>) -> Verdict {
     let mut violations = Vec::new();
     let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
@@ -367,7 +385,12 @@ fn terminal(i: &Inputs<'_>) -> Verdict {
     }
     let statuses = by_status
         .iter()
-        .map(|(k, n)| format!("{n} {}", k.trim_start_matches("EXECUTION_STATUS_").to_lowercase()))
+        .map(|(k, n)| {
+            format!(
+                "{n} {}",
+                k.trim_start_matches("EXECUTION_STATUS_").to_lowercase()
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     verdict(
@@ -375,22 +398,25 @@ fn terminal(i: &Inputs<'_>) -> Verdict {
         format!(
             "{} executions: {statuses}; latest end relative to its timeout: {:+.1}s",
             i.db.executions.len(),
-            if worst == i64::MIN { 0.0 } else { worst as f64 / 1000.0 }
+            if worst == i64::MIN {
+                0.0
+            } else {
+                worst as f64 / 1000.0
+            }
         ),
         violations,
     )
 }
 
-/// 5. No runner process (or a process it started) is alive 60 s after its execution ended.
+/// Invariant 5: No runner process (or a process it started) is alive 60 s after its execution ended.
 fn no_orphans(i: &Inputs<'_>) -> Verdict {
     let o = i.observed;
-    let ended: HashMap<&str, &ExecRow> = i
-        .db
-        .executions
-        .iter()
-        .filter(|e| e.terminal())
-        .map(|e| (e.id.as_str(), e))
-        .collect();
+    let ended: HashMap<&str, &ExecRow> =
+        i.db.executions
+            .iter()
+            .filter(|e| e.terminal())
+            .map(|e| (e.id.as_str(), e))
+            .collect();
     let mut violations = o.orphans.clone();
     let mut checked = 0;
     for ((exec, shard, attempt), last) in &o.attempt_last_seen {

@@ -17,7 +17,7 @@ pub mod stack;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -303,8 +303,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
             false
         }
     };
+    // Drawn with spares: a fault whose target is down (between restarts) is skipped and the
+    // next one in the schedule counts instead, so the run injects `cfg.faults`.
     let shape = Shape {
-        faults: cfg.faults,
+        faults: cfg.faults + cfg.faults / 4 + 8,
         mean_gap: cfg.mean_gap,
         pause: cfg.pause,
         unwritable: cfg.unwritable,
@@ -314,8 +316,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     say(format!(
         "seed {}: {} faults over ~{:.0}s, run directory {}",
         cfg.seed,
-        schedule.len(),
-        schedule.last().map(|f| f.at.as_secs_f64()).unwrap_or(0.0),
+        cfg.faults,
+        schedule
+            .get(cfg.faults.saturating_sub(1))
+            .map(|f| f.at.as_secs_f64())
+            .unwrap_or(0.0),
         layout.dir.display()
     ));
 
@@ -348,7 +353,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         (layout.grpc.port(), "aggregator gRPC"),
     ] {
         if !stack::wait_port(port, Duration::from_secs(60)).await {
-            anyhow::bail!("{what} did not listen on port {port} within 60s (see {})", layout.logs().display());
+            anyhow::bail!(
+                "{what} did not listen on port {port} within 60s (see {})",
+                layout.logs().display()
+            );
         }
     }
     // The scheduler is ready once it has loaded the definitions and opened its consumers.
@@ -356,7 +364,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
 
     let monitor = monitor::Monitor::new(layout.nats_url(), work.clone());
     let monitor_stop = CancellationToken::new();
-    let monitor_task = monitor.spawn(stack.clone(), Duration::from_millis(250), monitor_stop.clone());
+    let monitor_task = monitor.spawn(
+        stack.clone(),
+        Duration::from_millis(250),
+        monitor_stop.clone(),
+    );
 
     // Load: triggers until the fault phase ends.
     let ledger = Arc::new(tokio::sync::Mutex::new(Ledger::default()));
@@ -381,21 +393,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     };
 
     // Faults.
-    let counts: Arc<Mutex<(BTreeMap<Kind, u64>, BTreeMap<Kind, u64>)>> = Arc::default();
+    let (mut faults, mut skipped) = (BTreeMap::<Kind, u64>::new(), BTreeMap::<Kind, u64>::new());
     let immutable = Arc::new(Immutable::default());
     let mut holds = Vec::new();
     let t0 = tokio::time::Instant::now();
-    for (n, f) in schedule.iter().enumerate() {
+    let mut injected_total = 0usize;
+    for f in &schedule {
+        if injected_total >= cfg.faults {
+            break;
+        }
         tokio::time::sleep_until(t0 + f.at).await;
         let injected = inject(&stack, f, &layout, &immutable, &mut holds).await;
-        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
         if injected {
-            *c.0.entry(f.kind).or_default() += 1;
+            *faults.entry(f.kind).or_default() += 1;
+            injected_total += 1;
+            if injected_total % 25 == 0 || injected_total == cfg.faults {
+                say(format!("{injected_total} / {} faults", cfg.faults));
+            }
         } else {
-            *c.1.entry(f.kind).or_default() += 1;
-        }
-        if (n + 1) % 25 == 0 || n + 1 == schedule.len() {
-            say(format!("{} / {} faults", n + 1, schedule.len()));
+            *skipped.entry(f.kind).or_default() += 1;
         }
     }
     load_stop.cancel();
@@ -423,7 +439,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
             Ok(db) => {
                 let causes: std::collections::HashSet<&str> =
                     db.executions.iter().map(|e| e.cause.as_str()).collect();
-                ledger.acked.iter().all(|a| causes.contains(a.cause.as_str()))
+                ledger
+                    .acked
+                    .iter()
+                    .all(|a| causes.contains(a.cause.as_str()))
                     && db.executions.iter().all(|e| e.terminal())
             }
             Err(_) => false,
@@ -435,7 +454,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     }
     // Invariant 5 needs 60 s after the last end only if processes of ended executions live.
     let db = check::read_db(&layout.database()).unwrap_or_default();
-    let last_end = db.executions.iter().map(|e| e.finished_at_ms).max().unwrap_or(0);
+    let last_end = db
+        .executions
+        .iter()
+        .map(|e| e.finished_at_ms)
+        .max()
+        .unwrap_or(0);
     while monitor.sample(stack.pid(Target::Launcher).map(|p| p as i32)) > 0
         && assay_bus::now_ms() < last_end + check::GRACE_MS + 5_000
     {
@@ -467,7 +491,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         observed: &observed,
         suite_size: cfg.tests,
     });
-    let (faults, skipped) = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut report = Report {
         seed: cfg.seed,
         replay: cfg.replay_command(),
@@ -494,6 +517,21 @@ async fn inject(
     immutable: &Arc<Immutable>,
     holds: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> bool {
+    // A target between two restarts: wait a little for it to be back.
+    let target = match f.kind {
+        Kind::Kill(t) | Kind::Pause(t) => Some(t),
+        Kind::NatsRestart => Some(Target::Nats),
+        Kind::MachineLoss => Some(Target::Launcher),
+        Kind::DbUnwritable | Kind::RunnerKill => None,
+    };
+    if let Some(t) = target {
+        for _ in 0..50 {
+            if stack.pid(t).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     match f.kind {
         Kind::Kill(t) => stack.kill9(t, f.hold).is_some(),
         Kind::NatsRestart => stack.kill9(Target::Nats, f.hold).is_some(),

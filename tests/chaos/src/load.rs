@@ -184,7 +184,11 @@ impl Load {
         }
     }
 
-    async fn publish<M: assay_bus::BusMessage>(&self, subject: String, m: &M) -> Result<(), String> {
+    async fn publish<M: assay_bus::BusMessage>(
+        &self,
+        subject: String,
+        m: &M,
+    ) -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(5), self.bus.publish(subject, m)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

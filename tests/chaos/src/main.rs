@@ -51,7 +51,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let seed = args.seed.unwrap_or_else(|| assay_bus::now_ms() as u64 % 1_000_000);
+    let seed = args
+        .seed
+        .unwrap_or_else(|| assay_bus::now_ms() as u64 % 1_000_000);
     let mut cfg = if args.short {
         assay_chaos::Config::short(seed)
     } else {
@@ -81,7 +83,21 @@ async fn main() -> ExitCode {
     cfg.bin_dir = args.bin_dir;
     cfg.keep = args.keep;
     eprintln!("assay-chaos seed {seed}; replay: {}", cfg.replay_command());
-    match assay_chaos::run(cfg).await {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("assay-chaos: cannot handle SIGTERM: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // On a signal the run is dropped: its processes are killed (kill on drop) and the
+    // database made writable again before exiting.
+    let outcome = tokio::select! {
+        r = assay_chaos::run(cfg) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
+    match outcome {
         Ok(report) => {
             #[allow(clippy::print_stdout)]
             {

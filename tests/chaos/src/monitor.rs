@@ -58,7 +58,12 @@ impl Monitor {
     }
 
     /// Samples until `stop`.
-    pub fn spawn(&self, stack: Stack, every: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        &self,
+        stack: Stack,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
@@ -97,7 +102,12 @@ impl Monitor {
                             r.ppid,
                             (now - since) as f64 / 1000.0
                         );
-                        if !st.observed.orphans.iter().any(|o| o.starts_with(&format!("runner pid {pid} "))) {
+                        if !st
+                            .observed
+                            .orphans
+                            .iter()
+                            .any(|o| o.starts_with(&format!("runner pid {pid} ")))
+                        {
                             st.observed.orphans.push(msg);
                         }
                     }

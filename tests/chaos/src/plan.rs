@@ -152,7 +152,10 @@ pub fn schedule(seed: u64, shape: &Shape) -> Vec<Fault> {
 }
 
 fn between(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
-    let (lo, hi) = (lo.as_millis() as u64, hi.as_millis().max(lo.as_millis()) as u64);
+    let (lo, hi) = (
+        lo.as_millis() as u64,
+        hi.as_millis().max(lo.as_millis()) as u64,
+    );
     Duration::from_millis(rng.random_range(lo..=hi))
 }
 

@@ -106,7 +106,11 @@ pub struct RunnerView {
 
 /// Reads the process table once. `known` maps runners identified earlier (pid, start) to
 /// their attempt, since a runner between two steps has no child to read it from.
-pub fn snapshot(nats_url: &str, workdir: &Path, known: &mut HashMap<(i32, u64), Attempt>) -> Snapshot {
+pub fn snapshot(
+    nats_url: &str,
+    workdir: &Path,
+    known: &mut HashMap<(i32, u64), Attempt>,
+) -> Snapshot {
     let procs = table();
     let by_pid: HashMap<i32, &Proc> = procs.iter().map(|p| (p.pid, p)).collect();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -115,8 +119,23 @@ pub fn snapshot(nats_url: &str, workdir: &Path, known: &mut HashMap<(i32, u64), 
     }
     let mut snap = Snapshot::default();
     let mut ours: HashSet<i32> = HashSet::new();
-    for p in procs.iter().filter(|p| p.alive() && p.comm == "assay-runner") {
+    for p in procs
+        .iter()
+        .filter(|p| p.alive() && p.comm == "assay-runner")
+    {
+        // A runner's fork on its way to exec a step still carries the runner's name: a
+        // runner is never the child of another.
+        if by_pid
+            .get(&p.ppid)
+            .is_some_and(|pp| pp.comm == "assay-runner")
+        {
+            continue;
+        }
         let env = environ(p.pid);
+        // The process may have exec'd something else since the table was read.
+        if read_stat(p.pid).is_none_or(|now| now.comm != "assay-runner" || now.start != p.start) {
+            continue;
+        }
         if env.get("ASSAY_NATS_URL").map(String::as_str) != Some(nats_url) {
             continue;
         }

@@ -403,9 +403,9 @@ impl Immutable {
         use std::io::Write;
         let path = dir.join(".chattr-probe");
         let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
-        chattr(&[path.clone()], true)?;
+        chattr(std::slice::from_ref(&path), true)?;
         let write = f.write_all(b"x").and_then(|()| f.sync_all());
-        chattr(&[path.clone()], false)?;
+        chattr(std::slice::from_ref(&path), false)?;
         let _ = std::fs::remove_file(&path);
         match write {
             Err(_) => Ok(()),

@@ -14,6 +14,10 @@ async fn short_chaos_run_keeps_every_invariant() {
         .expect("the harness could not run");
     let table = report.render();
     eprintln!("{table}");
-    assert!(report.injected() >= 20, "only {} faults injected\n{table}", report.injected());
+    assert!(
+        report.injected() >= 20,
+        "only {} faults injected\n{table}",
+        report.injected()
+    );
     assert!(report.passed(), "{table}");
 }
