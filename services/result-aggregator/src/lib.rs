@@ -66,7 +66,9 @@ pub struct Options {
     /// gRPC listen address.
     pub grpc: SocketAddr,
     /// Extra time past an execution's timeout before it is declared timed out (its
-    /// launcher normally reports first).
+    /// launcher normally reports first). Kept well under the 60 s within which every
+    /// execution must end, so that the aggregator's own outages (a restart, a paused
+    /// process, a disk that refuses writes for a while) still fit in that budget.
     pub timeout_grace: Duration,
     /// How often timeouts are checked.
     pub sweep_every: Duration,
@@ -78,7 +80,7 @@ impl Default for Options {
             nats: NatsOptions::default(),
             database: PathBuf::from(".assay/data/results.db"),
             grpc: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            timeout_grace: Duration::from_secs(30),
+            timeout_grace: Duration::from_secs(10),
             sweep_every: Duration::from_secs(2),
         }
     }

@@ -110,6 +110,8 @@ pub struct Inputs<'a> {
     pub ledger: &'a Ledger,
     pub observed: &'a Observed,
     pub suite_size: usize,
+    /// When the harness made the aggregator unable to write: (from, to, fault), unix ms.
+    pub aggregator_outages: &'a [(i64, i64, String)],
 }
 
 pub fn all(i: &Inputs<'_>) -> Vec<Verdict> {
@@ -371,14 +373,34 @@ fn terminal(i: &Inputs<'_>) -> Verdict {
             worst = worst.max(over);
         }
         if over > GRACE_MS {
+            // Triage: how long the aggregator could not write after the deadline.
+            let deadline = e.created_at_ms + e.timeout_ms;
+            let mut blocked: Vec<(i64, i64)> = i
+                .aggregator_outages
+                .iter()
+                .map(|(a, b, _)| ((*a).max(deadline), (*b).min(e.finished_at_ms)))
+                .filter(|(a, b)| a < b)
+                .collect();
+            blocked.sort();
+            let mut down = 0;
+            let mut reach = i64::MIN;
+            for (a, b) in blocked {
+                let a = a.max(reach);
+                if b > a {
+                    down += b - a;
+                }
+                reach = reach.max(b);
+            }
             violations.push(format!(
-                "execution {} ({}) ended {} after {} ms, {} ms past its timeout of {} ms: {}",
+                "execution {} ({}) ended {} after {} ms, {} ms past its timeout of {} ms \
+                 (the aggregator was paused, killed or its database unwritable for {} ms of that): {}",
                 e.id,
                 e.workflow,
                 e.status_name(),
                 took,
                 over,
                 e.timeout_ms,
+                down,
                 e.reason
             ));
         }

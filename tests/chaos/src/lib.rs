@@ -398,6 +398,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     let mut holds = Vec::new();
     let t0 = tokio::time::Instant::now();
     let mut injected_total = 0usize;
+    let mut outages: Vec<(i64, i64, String)> = Vec::new();
     for f in &schedule {
         if injected_total >= cfg.faults {
             break;
@@ -405,6 +406,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         tokio::time::sleep_until(t0 + f.at).await;
         let injected = inject(&stack, f, &layout, &immutable, &mut holds).await;
         if injected {
+            // When the aggregator could not write (for the triage of invariant 4).
+            let start = assay_bus::now_ms();
+            let len = f.hold.as_millis() as i64;
+            match f.kind {
+                Kind::Pause(Target::Aggregator) | Kind::DbUnwritable => {
+                    outages.push((start, start + len, f.kind.to_string()));
+                }
+                Kind::Kill(Target::Aggregator) => {
+                    outages.push((start, start + len + 1_000, f.kind.to_string()));
+                }
+                _ => {}
+            }
             *faults.entry(f.kind).or_default() += 1;
             injected_total += 1;
             if injected_total % 25 == 0 || injected_total == cfg.faults {
@@ -490,6 +503,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         ledger: &ledger,
         observed: &observed,
         suite_size: cfg.tests,
+        aggregator_outages: &outages,
     });
     let mut report = Report {
         seed: cfg.seed,
