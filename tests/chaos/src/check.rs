@@ -467,3 +467,144 @@ fn no_orphans(i: &Inputs<'_>) -> Verdict {
         violations,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Via;
+    use assay_proto::TestCaseResult;
+
+    fn batch(exec: &str, shard: u32, attempt: u32, qb: u32, ids: &[&str]) -> TestCaseBatch {
+        TestCaseBatch {
+            execution_id: exec.into(),
+            shard_index: shard,
+            attempt,
+            queue_batch: qb,
+            results: ids
+                .iter()
+                .map(|id| TestCaseResult {
+                    id: id.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn key(exec: &str, shard: u32, attempt: u32, id: &str) -> Key {
+        (exec.into(), shard, attempt, id.into())
+    }
+
+    fn exec(id: &str, cause: &str, status: ExecutionStatus) -> ExecRow {
+        ExecRow {
+            id: id.into(),
+            workflow: "w".into(),
+            status: status as i32,
+            reason: String::new(),
+            cause: cause.into(),
+            created_at_ms: 1_000,
+            finished_at_ms: 2_000,
+            timeout_ms: 10_000,
+        }
+    }
+
+    fn check(db: &Db, stream: &[TestCaseBatch], ledger: &Ledger) -> Vec<Verdict> {
+        let api = db
+            .executions
+            .iter()
+            .map(|e| {
+                let d = ExecutionDetail {
+                    execution: Some(assay_proto::ExecutionUpdate {
+                        execution_id: e.id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                (e.id.clone(), Ok(d))
+            })
+            .collect();
+        all(&Inputs {
+            db,
+            stream,
+            api: &api,
+            ledger,
+            observed: &Observed::default(),
+            suite_size: 2,
+            aggregator_outages: &[],
+        })
+    }
+
+    #[test]
+    fn a_lost_result_breaks_invariant_1_and_a_superseded_queue_batch_does_not() {
+        let stream = vec![
+            batch("e", 0, 1, 0, &["a", "b"]),
+            // Queue batch 0 (1 on the wire), reported by shard 1 first, then shard 2.
+            batch("e", 1, 1, 1, &["c"]),
+            batch("e", 2, 1, 1, &["c"]),
+        ];
+        let mut db = Db::default();
+        db.rows.insert(key("e", 0, 1, "a"));
+        db.rows.insert(key("e", 0, 1, "b"));
+        db.rows.insert(key("e", 1, 1, "c"));
+        db.claims.insert(("e".into(), 1), (1, 1));
+        let v = check(&db, &stream, &Ledger::default());
+        assert!(v[0].held, "{:?}", v[0]);
+        db.rows.remove(&key("e", 0, 1, "b"));
+        let v = check(&db, &stream, &Ledger::default());
+        assert!(!v[0].held);
+        assert!(
+            v[0].violations[0].contains("e/0/1 b"),
+            "{:?}",
+            v[0].violations
+        );
+    }
+
+    #[test]
+    fn an_acked_trigger_needs_exactly_one_execution() {
+        let acked = |cause: &str| Acked {
+            via: Via::BusEvent,
+            workflow: "w".into(),
+            cause: cause.into(),
+            execution: None,
+            acks: 1,
+            at_ms: 0,
+        };
+        let ledger = Ledger {
+            acked: vec![acked("k1/t/w"), acked("k2/t/w"), acked("k3/t/w")],
+            ..Default::default()
+        };
+        let db = Db {
+            executions: vec![
+                exec("x1", "k1/t/w", ExecutionStatus::Passed),
+                exec("x2", "k2/t/w", ExecutionStatus::Passed),
+                exec("x3", "k2/t/w", ExecutionStatus::Passed),
+            ],
+            ..Default::default()
+        };
+        let v = check(&db, &[], &ledger);
+        assert!(!v[2].held);
+        assert_eq!(v[2].violations.len(), 2, "{:?}", v[2].violations);
+        assert!(
+            v[2].violations
+                .iter()
+                .any(|m| m.contains("yielded 2 executions"))
+        );
+        assert!(v[2].violations.iter().any(|m| m.contains("k3/t/w")));
+    }
+
+    #[test]
+    fn late_or_unfinished_executions_break_invariant_4() {
+        let mut late = exec("x1", "c1", ExecutionStatus::TimedOut);
+        late.finished_at_ms = late.created_at_ms + late.timeout_ms + GRACE_MS + 1;
+        let db = Db {
+            executions: vec![
+                late,
+                exec("x2", "c2", ExecutionStatus::Running),
+                exec("x3", "c3", ExecutionStatus::Passed),
+            ],
+            ..Default::default()
+        };
+        let v = check(&db, &[], &Ledger::default());
+        assert_eq!(v[3].violations.len(), 2, "{:?}", v[3].violations);
+    }
+}
