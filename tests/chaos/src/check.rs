@@ -455,11 +455,23 @@ fn no_orphans(i: &Inputs<'_>) -> Verdict {
         }
     }
     violations.extend(o.leftovers.iter().cloned());
+    // Not a violation by itself, but what makes one when shards run long: attempts that
+    // started after their execution had ended (a redelivered job, a retry).
+    let late_starts = o
+        .attempt_first_seen
+        .iter()
+        .filter(|((exec, _, _), first)| {
+            ended
+                .get(exec.as_str())
+                .is_some_and(|e| **first > e.finished_at_ms + 1_000)
+        })
+        .count();
     verdict(
         "5 no runner outlives its execution by 60s",
         format!(
             "{checked} shard attempts of ended executions followed in /proc ({} runner processes, \
-             {} test processes); {} runners left after the stack stopped",
+             {} test processes), {late_starts} of them started after their execution ended; \
+             {} runners left after the stack stopped",
             o.runners_seen,
             o.tests_seen,
             o.leftovers.len()

@@ -24,6 +24,8 @@ pub struct Observed {
     pub twins: Vec<String>,
     /// Attempt → last time (unix ms) a runner or a test process of it was alive.
     pub attempt_last_seen: BTreeMap<Attempt, i64>,
+    /// Attempt → first time it was seen alive.
+    pub attempt_first_seen: BTreeMap<Attempt, i64>,
     /// Runners whose launcher was gone for more than 60 s and whose attempt is unknown.
     pub orphans: Vec<String>,
     /// Runners or test processes still alive after the stack was stopped.
@@ -92,6 +94,7 @@ impl Monitor {
                 Some(a) => {
                     live.entry(a.clone()).or_default().push(*pid);
                     st.observed.attempt_last_seen.insert(a.clone(), now);
+                    st.observed.attempt_first_seen.entry(a.clone()).or_insert(now);
                 }
                 None if Some(r.ppid) != launcher => {
                     // Not a warm runner of the live launcher, and no job known.
@@ -118,6 +121,7 @@ impl Monitor {
         for (pid, a) in &snap.tests {
             st.tests.insert(*pid);
             st.observed.attempt_last_seen.insert(a.clone(), now);
+            st.observed.attempt_first_seen.entry(a.clone()).or_insert(now);
         }
         for (a, pids) in live {
             if pids.len() > 1 && st.twins_seen.insert(a.clone()) {
