@@ -441,26 +441,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         .map(|m| m.into_inner())
         .unwrap_or_default();
     let last_trigger = ledger.acked.iter().map(|a| a.at_ms).max().unwrap_or(0);
-    let deadline = Instant::now()
-        + Duration::from_millis(
-            (last_trigger + cfg.timeout.as_millis() as i64 + check::GRACE_MS + 30_000
-                - assay_bus::now_ms())
-            .max(30_000) as u64,
-        );
+    // Wait as long as the invariants allow: until every execution is past its own bound
+    // (created + timeout + 60 s), and long enough after the last trigger for its execution
+    // to be created; at most 15 minutes.
+    let cap = assay_bus::now_ms() + 15 * 60_000;
     loop {
-        let settled = match check::read_db(&layout.database()) {
+        let now = assay_bus::now_ms();
+        let (settled, bound) = match check::read_db(&layout.database()) {
             Ok(db) => {
                 let causes: std::collections::HashSet<&str> =
                     db.executions.iter().map(|e| e.cause.as_str()).collect();
-                ledger
+                let settled = ledger
                     .acked
                     .iter()
                     .all(|a| causes.contains(a.cause.as_str()))
-                    && db.executions.iter().all(|e| e.terminal())
+                    && db.executions.iter().all(|e| e.terminal());
+                let bound = db
+                    .executions
+                    .iter()
+                    .filter(|e| !e.terminal())
+                    .map(|e| e.created_at_ms + e.timeout_ms + check::GRACE_MS + 5_000)
+                    .max()
+                    .unwrap_or(0)
+                    .max(last_trigger + cfg.timeout.as_millis() as i64 + check::GRACE_MS);
+                (settled, bound)
             }
-            Err(_) => false,
+            Err(_) => (false, now + 2_000),
         };
-        if settled || Instant::now() > deadline {
+        if settled || now > bound.min(cap) {
             break;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
