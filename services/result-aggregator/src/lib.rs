@@ -93,6 +93,10 @@ pub struct Aggregator {
     store: Store,
     /// The `assay_history` bucket, opened on first use.
     history: std::sync::Arc<tokio::sync::OnceCell<async_nats::jetstream::kv::Store>>,
+    /// Executions the timeout sweep ended whose cancellation or final update did not go
+    /// out yet (NATS was down): retried by every sweep, since the next sweep no longer
+    /// sees them among the running ones. Execution → reason.
+    followups: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Aggregator {
@@ -101,6 +105,7 @@ impl Aggregator {
             bus,
             store,
             history: Default::default(),
+            followups: Default::default(),
         }
     }
 
@@ -205,22 +210,44 @@ impl Aggregator {
                 "execution exceeded its timeout of {}s and no shard reported an end",
                 timeout_ms / 1000
             );
-            // Cancel first (idempotent), then end it: launchers kill the runners still at
-            // work and start no further attempt of a shard, so nothing outlives the
-            // execution. Ending it first would lose the cancellation if NATS were down,
-            // since the next sweep no longer sees the execution.
-            self.bus.cancel(&id, &reason).await?;
             if self
                 .store
                 .finalize(&id, ExecutionStatus::TimedOut, &reason, now)
                 .await?
             {
                 warn!(execution = %id, %reason, "execution timed out");
-                self.publish_update(&id).await?;
+                self.followups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, reason);
                 ended += 1;
             }
         }
+        self.follow_up().await?;
         Ok(ended)
+    }
+
+    /// For each execution the sweep ended: cancel it, so launchers kill its runners and
+    /// start no further attempt of its shards (nothing outlives the execution), and publish
+    /// its final update (which frees its concurrency slot). Both are idempotent; an
+    /// execution stays on the list until both went out.
+    async fn follow_up(&self) -> Result<()> {
+        let pending: Vec<(String, String)> = self
+            .followups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, reason) in pending {
+            self.bus.cancel(&id, &reason).await?;
+            self.publish_update(&id).await?;
+            self.followups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        Ok(())
     }
 }
 

@@ -322,21 +322,21 @@ fn triggers(i: &Inputs<'_>) -> Verdict {
     }
     // Not a violation of the invariant (each is an explicit rejection), but a sign of a
     // concurrency slot never released: rejections citing a holder that had ended earlier.
-    let by_id: HashMap<&str, &ExecRow> = i.db.executions.iter().map(|e| (e.id.as_str(), e)).collect();
-    let stale = i
-        .db
-        .executions
-        .iter()
-        .filter(|e| e.reason.contains("concurrency policy"))
-        .filter(|e| {
-            e.reason
-                .split_whitespace()
-                .skip_while(|w| *w != "execution")
-                .nth(1)
-                .and_then(|holder| by_id.get(holder))
-                .is_some_and(|h| h.terminal() && h.finished_at_ms + 10_000 < e.created_at_ms)
-        })
-        .count();
+    let by_id: HashMap<&str, &ExecRow> =
+        i.db.executions.iter().map(|e| (e.id.as_str(), e)).collect();
+    let stale =
+        i.db.executions
+            .iter()
+            .filter(|e| e.reason.contains("concurrency policy"))
+            .filter(|e| {
+                e.reason
+                    .split_whitespace()
+                    .skip_while(|w| *w != "execution")
+                    .nth(1)
+                    .and_then(|holder| by_id.get(holder))
+                    .is_some_and(|h| h.terminal() && h.finished_at_ms + 10_000 < e.created_at_ms)
+            })
+            .count();
     let vias = by_via
         .iter()
         .map(|(k, n)| format!("{n} {k}"))

@@ -94,7 +94,10 @@ impl Monitor {
                 Some(a) => {
                     live.entry(a.clone()).or_default().push(*pid);
                     st.observed.attempt_last_seen.insert(a.clone(), now);
-                    st.observed.attempt_first_seen.entry(a.clone()).or_insert(now);
+                    st.observed
+                        .attempt_first_seen
+                        .entry(a.clone())
+                        .or_insert(now);
                 }
                 None if Some(r.ppid) != launcher => {
                     // Not a warm runner of the live launcher, and no job known.
@@ -121,7 +124,10 @@ impl Monitor {
         for (pid, a) in &snap.tests {
             st.tests.insert(*pid);
             st.observed.attempt_last_seen.insert(a.clone(), now);
-            st.observed.attempt_first_seen.entry(a.clone()).or_insert(now);
+            st.observed
+                .attempt_first_seen
+                .entry(a.clone())
+                .or_insert(now);
         }
         for (a, pids) in live {
             if pids.len() > 1 && st.twins_seen.insert(a.clone()) {
