@@ -65,7 +65,7 @@ impl Config {
             seed,
             faults: 1000,
             mean_gap: Duration::from_millis(1500),
-            trigger_every: Duration::from_secs(8),
+            trigger_every: Duration::from_secs(12),
             tests: 1000,
             shards: 4,
             test_ms: 30,
