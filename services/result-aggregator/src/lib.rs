@@ -258,6 +258,40 @@ fn is_terminal(status: i32) -> bool {
     )
 }
 
+/// Runs a handler until the store takes its write. A store that cannot write for a while
+/// (a read-only or failing disk, a full one, a lock) is not the message's fault: naking
+/// would spend the message's `max_deliver` in about 20 s and dead-letter acknowledged test
+/// results, statuses and plans, which then never reach the store. The message is held
+/// instead, its ack deadline extended, while the store is retried with backoff; at most
+/// `max_ack_pending` messages wait so, which is the backpressure. Other failures (a bus
+/// error, an invalid message) take the consumer's usual path.
+async fn until_stored<M, F, Fut>(
+    d: &Delivery<M>,
+    shutdown: &CancellationToken,
+    handle: F,
+) -> std::result::Result<(), Failure>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match handle().await {
+            Ok(()) => return Ok(()),
+            Err(Error::Store(e)) if e.is_retryable() => {
+                warn!(subject = %d.subject, error = %e, retry_in = ?delay, "result store unavailable; holding the message until it takes the write");
+                d.progress().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Err(Failure::Retry(e.to_string())),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.failure()),
+        }
+    }
+}
+
 fn handler_spec(durable: &str, filter: &str, concurrency: usize) -> ConsumerSpec {
     let stream = if filter == subjects::RESULTS_ALL {
         streams::RESULTS
@@ -278,46 +312,40 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let agg = Aggregator::new(bus.clone(), store.clone());
 
     let plans = {
-        let a = agg.clone();
+        let (a, stop) = (agg.clone(), shutdown.clone());
         consumer::run(
             bus.clone(),
             handler_spec("result-aggregator-plans", subjects::PLANS_ALL, 16),
             shutdown.clone(),
             move |d: Delivery<Execution>| {
-                let a = a.clone();
+                let (a, stop) = (a.clone(), stop.clone());
                 async move {
-                    a.on_execution(d.msg, d.delivered)
-                        .await
-                        .map_err(Error::failure)
+                    until_stored(&d, &stop, || a.on_execution(d.msg.clone(), d.delivered)).await
                 }
             },
         )
     };
     let statuses = {
-        let a = agg.clone();
+        let (a, stop) = (agg.clone(), shutdown.clone());
         consumer::run(
             bus.clone(),
             handler_spec("result-aggregator-status", subjects::STATUS_ALL, 16),
             shutdown.clone(),
             move |d: Delivery<ShardStatus>| {
-                let a = a.clone();
-                async move {
-                    a.on_status(d.msg, d.delivered)
-                        .await
-                        .map_err(Error::failure)
-                }
+                let (a, stop) = (a.clone(), stop.clone());
+                async move { until_stored(&d, &stop, || a.on_status(d.msg.clone(), d.delivered)).await }
             },
         )
     };
     let results = {
-        let a = agg.clone();
+        let (a, stop) = (agg.clone(), shutdown.clone());
         consumer::run(
             bus.clone(),
             handler_spec("result-aggregator-results", subjects::RESULTS_ALL, 16),
             shutdown.clone(),
             move |d: Delivery<TestCaseBatch>| {
-                let a = a.clone();
-                async move { a.on_batch(d.msg, d.delivered).await.map_err(Error::failure) }
+                let (a, stop) = (a.clone(), stop.clone());
+                async move { until_stored(&d, &stop, || a.on_batch(d.msg.clone(), d.delivered)).await }
             },
         )
     };
