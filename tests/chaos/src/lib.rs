@@ -420,7 +420,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
             }
             *faults.entry(f.kind).or_default() += 1;
             injected_total += 1;
-            if injected_total % 25 == 0 || injected_total == cfg.faults {
+            if injected_total.is_multiple_of(25) || injected_total == cfg.faults {
                 say(format!("{injected_total} / {} faults", cfg.faults));
             }
         } else {
