@@ -227,6 +227,21 @@ impl Aggregator {
         Ok(ended)
     }
 
+    /// Queues the follow-up of every execution timed out in the last `window`: the list of
+    /// follow-ups lives in memory, so a crash between ending an execution and cancelling it
+    /// would otherwise leave its runners (and later attempts of its shards) running.
+    /// Cancelling and publishing again is harmless.
+    pub async fn resume_follow_ups(&self, window: Duration) -> Result<usize> {
+        let since = assay_bus::now_ms() - window.as_millis() as i64;
+        let ended = self.store.timed_out_since(since).await?;
+        let n = ended.len();
+        self.followups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ended);
+        Ok(n)
+    }
+
     /// For each execution the sweep ended: cancel it, so launchers kill its runners and
     /// start no further attempt of its shards (nothing outlives the execution), and publish
     /// its final update (which frees its concurrency slot). Both are idempotent; an
@@ -310,6 +325,14 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
     let agg = Aggregator::new(bus.clone(), store.clone());
+    // The first sweep cancels them again (idempotent), in case the last run crashed first.
+    let resumed = agg.resume_follow_ups(Duration::from_secs(600)).await?;
+    if resumed > 0 {
+        info!(
+            executions = resumed,
+            "re-checking the cancellation of recently timed-out executions"
+        );
+    }
 
     let plans = {
         let (a, stop) = (agg.clone(), shutdown.clone());
