@@ -65,7 +65,7 @@ bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 40
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer, sanitizer coverage);
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them for the fuzz build only.
 FUZZ_TIME ?= 30
-FUZZ_TARGETS ?= bus_proto definitions_yaml junit_xml event_json
+FUZZ_TARGETS ?= bus_proto definitions_yaml junit_xml event_json webhook_payload
 FUZZ_SANITIZER ?= address
 CARGO_FUZZ_VERSION := 0.13.2
 
@@ -89,6 +89,11 @@ fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_TIME seconds (default 30; F
 		echo "fuzz-smoke: crash in:$$failed (inputs under fuzz/artifacts/; fix, then add them to fuzz/regressions/<target>/)"; \
 		exit 1; \
 	fi
+
+.PHONY: chaos
+chaos: tools ## Fault harness, nightly size: 1,000 seeded faults on the real processes, 5 invariants (SEED=N replays)
+	$(CARGO) build --release --bins
+	target/release/assay-chaos $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 .PHONY: clean
 clean: ## Remove build output and local data (keeps ./.tools)

@@ -147,6 +147,12 @@ impl Store {
             .await
     }
 
+    /// `(id, reason)` of the executions that timed out at or after `since_ms`.
+    pub async fn timed_out_since(&self, since_ms: i64) -> Result<Vec<(String, String)>> {
+        self.run(move |conn| ops::timed_out_since(conn, since_ms))
+            .await
+    }
+
     /// `(id, created_at_ms, timeout_ms)` of every planned execution not terminal yet.
     pub async fn non_terminal_executions(&self) -> Result<Vec<(String, i64, u64)>> {
         self.run(|conn| ops::non_terminal_executions(conn)).await

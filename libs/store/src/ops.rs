@@ -347,6 +347,17 @@ pub(crate) fn finalize(
     Ok(changed > 0)
 }
 
+pub(crate) fn timed_out_since(conn: &Connection, since_ms: i64) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, reason FROM executions
+         WHERE planned = 1 AND status = ?1 AND finished_at_ms >= ?2 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![ExecutionStatus::TimedOut as i32, since_ms], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub(crate) fn non_terminal_executions(conn: &Connection) -> Result<Vec<(String, i64, u64)>> {
     let mut stmt = conn.prepare(
         "SELECT id, created_at_ms, timeout_ms FROM executions

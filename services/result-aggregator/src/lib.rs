@@ -69,7 +69,9 @@ pub struct Options {
     /// gRPC listen address.
     pub grpc: SocketAddr,
     /// Extra time past an execution's timeout before it is declared timed out (its
-    /// launcher normally reports first).
+    /// launcher normally reports first). Kept well under the 60 s within which every
+    /// execution must end, so that the aggregator's own outages (a restart, a paused
+    /// process, a disk that refuses writes for a while) still fit in that budget.
     pub timeout_grace: Duration,
     /// How often timeouts are checked.
     pub sweep_every: Duration,
@@ -85,7 +87,7 @@ impl Default for Options {
             nats: NatsOptions::default(),
             database: PathBuf::from(".assay/data/results.db"),
             grpc: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            timeout_grace: Duration::from_secs(30),
+            timeout_grace: Duration::from_secs(10),
             sweep_every: Duration::from_secs(2),
             token: None,
             tls: None,
@@ -100,6 +102,10 @@ pub struct Aggregator {
     store: Store,
     /// The `assay_history` bucket, opened on first use.
     history: std::sync::Arc<tokio::sync::OnceCell<async_nats::jetstream::kv::Store>>,
+    /// Executions the timeout sweep ended whose cancellation or final update did not go
+    /// out yet (NATS was down): retried by every sweep, since the next sweep no longer
+    /// sees them among the running ones. Execution → reason.
+    followups: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Aggregator {
@@ -108,6 +114,7 @@ impl Aggregator {
             bus,
             store,
             history: Default::default(),
+            followups: Default::default(),
         }
     }
 
@@ -218,11 +225,53 @@ impl Aggregator {
                 .await?
             {
                 warn!(execution = %id, %reason, "execution timed out");
-                self.publish_update(&id).await?;
+                self.followups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, reason);
                 ended += 1;
             }
         }
+        self.follow_up().await?;
         Ok(ended)
+    }
+
+    /// Queues the follow-up of every execution timed out in the last `window`: the list of
+    /// follow-ups lives in memory, so a crash between ending an execution and cancelling it
+    /// would otherwise leave its runners (and later attempts of its shards) running.
+    /// Cancelling and publishing again is harmless.
+    pub async fn resume_follow_ups(&self, window: Duration) -> Result<usize> {
+        let since = assay_bus::now_ms() - window.as_millis() as i64;
+        let ended = self.store.timed_out_since(since).await?;
+        let n = ended.len();
+        self.followups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ended);
+        Ok(n)
+    }
+
+    /// For each execution the sweep ended: cancel it, so launchers kill its runners and
+    /// start no further attempt of its shards (nothing outlives the execution), and publish
+    /// its final update (which frees its concurrency slot). Both are idempotent; an
+    /// execution stays on the list until both went out.
+    async fn follow_up(&self) -> Result<()> {
+        let pending: Vec<(String, String)> = self
+            .followups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, reason) in pending {
+            self.bus.cancel(&id, &reason).await?;
+            self.publish_update(&id).await?;
+            self.followups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +280,40 @@ fn is_terminal(status: i32) -> bool {
         ExecutionStatus::try_from(status).unwrap_or(ExecutionStatus::Unspecified),
         ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
     )
+}
+
+/// Runs a handler until the store takes its write. A store that cannot write for a while
+/// (a read-only or failing disk, a full one, a lock) is not the message's fault: naking
+/// would spend the message's `max_deliver` in about 20 s and dead-letter acknowledged test
+/// results, statuses and plans, which then never reach the store. The message is held
+/// instead, its ack deadline extended, while the store is retried with backoff; at most
+/// `max_ack_pending` messages wait so, which is the backpressure. Other failures (a bus
+/// error, an invalid message) take the consumer's usual path.
+async fn until_stored<M, F, Fut>(
+    d: &Delivery<M>,
+    shutdown: &CancellationToken,
+    handle: F,
+) -> std::result::Result<(), Failure>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match handle().await {
+            Ok(()) => return Ok(()),
+            Err(Error::Store(e)) if e.is_retryable() => {
+                warn!(subject = %d.subject, error = %e, retry_in = ?delay, "result store unavailable; holding the message until it takes the write");
+                d.progress().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Err(Failure::Retry(e.to_string())),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.failure()),
+        }
+    }
 }
 
 fn handler_spec(durable: &str, filter: &str, concurrency: usize) -> ConsumerSpec {
@@ -263,48 +346,50 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
     let agg = Aggregator::new(bus.clone(), store.clone());
+    // The first sweep cancels them again (idempotent), in case the last run crashed first.
+    let resumed = agg.resume_follow_ups(Duration::from_secs(600)).await?;
+    if resumed > 0 {
+        info!(
+            executions = resumed,
+            "re-checking the cancellation of recently timed-out executions"
+        );
+    }
 
     let plans = {
-        let a = agg.clone();
+        let (a, stop) = (agg.clone(), shutdown.clone());
         consumer::run(
             bus.clone(),
             handler_spec("result-aggregator-plans", subjects::PLANS_ALL, 16),
             shutdown.clone(),
             move |d: Delivery<Execution>| {
-                let a = a.clone();
+                let (a, stop) = (a.clone(), stop.clone());
                 async move {
-                    a.on_execution(d.msg, d.delivered)
-                        .await
-                        .map_err(Error::failure)
+                    until_stored(&d, &stop, || a.on_execution(d.msg.clone(), d.delivered)).await
                 }
             },
         )
     };
     let statuses = {
-        let a = agg.clone();
+        let (a, stop) = (agg.clone(), shutdown.clone());
         consumer::run(
             bus.clone(),
             handler_spec("result-aggregator-status", subjects::STATUS_ALL, 16),
             shutdown.clone(),
             move |d: Delivery<ShardStatus>| {
-                let a = a.clone();
-                async move {
-                    a.on_status(d.msg, d.delivered)
-                        .await
-                        .map_err(Error::failure)
-                }
+                let (a, stop) = (a.clone(), stop.clone());
+                async move { until_stored(&d, &stop, || a.on_status(d.msg.clone(), d.delivered)).await }
             },
         )
     };
     let results = {
-        let a = agg.clone();
+        let (a, stop) = (agg.clone(), shutdown.clone());
         consumer::run(
             bus.clone(),
             handler_spec("result-aggregator-results", subjects::RESULTS_ALL, 16),
             shutdown.clone(),
             move |d: Delivery<TestCaseBatch>| {
-                let a = a.clone();
-                async move { a.on_batch(d.msg, d.delivered).await.map_err(Error::failure) }
+                let (a, stop) = (a.clone(), stop.clone());
+                async move { until_stored(&d, &stop, || a.on_batch(d.msg.clone(), d.delivered)).await }
             },
         )
     };

@@ -206,8 +206,13 @@ async fn main() {
         });
     }
 
-    println!("bench-load: scheduler under open-loop trigger events (release binaries, one nats-server)");
-    println!("{:>8} {:>8} {:>12} {:>10} {:>10} {:>10}", "rate/s", "sent", "planned/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "bench-load: scheduler under open-loop trigger events (release binaries, one nats-server)"
+    );
+    println!(
+        "{:>8} {:>8} {:>12} {:>10} {:>10} {:>10}",
+        "rate/s", "sent", "planned/s", "p50 ms", "p99 ms", "max ms"
+    );
     for rate in RATES {
         let tag = format!("r{rate}");
         let n = (rate * STEP.as_secs()) as usize;
@@ -222,11 +227,19 @@ async fn main() {
             let bus = bus.clone();
             tokio::spawn(async move { publish(&bus, &key).await });
         }
-        let done = wait_for_keys(&seen, scheduled.iter().map(|(k, _)| k.as_str()), Duration::from_secs(120)).await;
+        let done = wait_for_keys(
+            &seen,
+            scheduled.iter().map(|(k, _)| k.as_str()),
+            Duration::from_secs(120),
+        )
+        .await;
         let map = seen.lock().unwrap().clone();
         let mut lat: Vec<f64> = scheduled
             .iter()
-            .filter_map(|(k, at)| map.get(k).map(|t| t.duration_since(*at).as_secs_f64() * 1000.0))
+            .filter_map(|(k, at)| {
+                map.get(k)
+                    .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
+            })
             .collect();
         lat.sort_by(f64::total_cmp);
         let last = scheduled
@@ -235,13 +248,21 @@ async fn main() {
             .max()
             .copied()
             .unwrap_or(start);
-        let planned_per_s = lat.len() as f64 / last.duration_since(start).as_secs_f64().max(STEP.as_secs_f64());
+        let planned_per_s = lat.len() as f64
+            / last
+                .duration_since(start)
+                .as_secs_f64()
+                .max(STEP.as_secs_f64());
         println!(
             "{rate:>8} {n:>8} {planned_per_s:>12.0} {:>10.1} {:>10.1} {:>10.1}{}",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN),
-            if done { "" } else { "  (not all planned within 120 s)" }
+            if done {
+                ""
+            } else {
+                "  (not all planned within 120 s)"
+            }
         );
         if !done {
             break;
@@ -263,7 +284,12 @@ async fn main() {
         .collect()
         .await;
     let accepted = start.elapsed();
-    let done = wait_for_keys(&seen, sent.iter().map(String::as_str), Duration::from_secs(900)).await;
+    let done = wait_for_keys(
+        &seen,
+        sent.iter().map(String::as_str),
+        Duration::from_secs(900),
+    )
+    .await;
     println!(
         "burst: {BURST} events accepted by JetStream in {:.1} s; {} planned after {:.1} s ({:.0} planned/s)",
         accepted.as_secs_f64(),
