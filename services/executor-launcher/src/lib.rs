@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
-use assay_proto::{ShardJob, ShardState, ShardStatus};
+use assay_proto::{ExecutionStatus, ExecutionUpdate, ShardJob, ShardState, ShardStatus};
 use base64::Engine;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -312,11 +312,43 @@ pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
 }
 
 impl Launcher {
+    /// The execution's terminal status, if its last update on `assay.v1.executions` is one.
+    /// `None` when it is still going or the update cannot be read (the job then runs).
+    async fn ended(&self, job: &ShardJob) -> Option<ExecutionStatus> {
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(streams::EXECUTIONS)
+            .await
+            .ok()?;
+        let msg = stream
+            .get_last_raw_message_by_subject(&subjects::execution_update(
+                &job.workflow,
+                &job.execution_id,
+            ))
+            .await
+            .ok()?;
+        let update = <ExecutionUpdate as prost::Message>::decode(msg.payload).ok()?;
+        let status = update.status();
+        (!matches!(
+            status,
+            ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
+        ))
+        .then_some(status)
+    }
+
     async fn launch(&self, d: Delivery<ShardJob>) -> std::result::Result<(), Failure> {
         let mut job = d.msg.clone();
         // A redelivered job is a new attempt: the old runner may have produced partial output.
         job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
+        // A job of an execution that has ended (typically redelivered because its ack was
+        // lost to a NATS restart or a launcher crash after the runner reported) has nothing
+        // left to do: running it again would start a runner for an execution that is over.
+        if let Some(status) = self.ended(&job).await {
+            info!(execution = %exec, shard, attempt, status = ?status, "execution already ended; shard job dropped");
+            return Ok(());
+        }
         let mut cancelled = self.cancels.subscribe();
         if let Some(reason) = self.cancels.reason(&exec) {
             let status = launcher_status(&job, ShardState::Cancelled, reason);

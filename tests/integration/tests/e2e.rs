@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use assay_integration::{Sandbox, Service, assay_bin, describe, test_ids};
+use assay_integration::{Sandbox, Service, assay_bin, describe, status_of, test_ids};
 use assay_proto::{ExecutionStatus, ShardState, TestStatus};
 
 const SUITE_SH: &str = r#"#!/bin/sh
@@ -1424,4 +1424,85 @@ async fn queued_executions_start_by_priority_then_in_arrival_order() {
         0,
         "no place once it ran"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_job_of_an_ended_execution_starts_no_runner() {
+    use prost::Message as _;
+    let all = ids(4);
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("over", w, 1, ""))],
+        &all,
+    )
+    .await;
+    let id = sb.run("over", &[]).await;
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_ne!(status_of(&d), ExecutionStatus::Running, "{}", describe(&d));
+    let statuses = |sb: &Sandbox| {
+        let (bus, subject) = (sb.bus.clone(), assay_bus::subjects::shard_status(&id, 0));
+        async move {
+            let mut stream = bus
+                .jetstream()
+                .get_stream(assay_bus::streams::STATUS)
+                .await
+                .unwrap();
+            let info = stream.info().await.unwrap().state.clone();
+            let mut n = 0;
+            for seq in info.first_sequence..=info.last_sequence {
+                if let Ok(m) = stream.get_raw_message(seq).await
+                    && m.subject.as_str() == subject
+                {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    let before = statuses(&sb).await;
+    assert!(before >= 2, "running and final statuses of shard 0");
+    // The shard job again, as a redelivery after a lost ack would bring it.
+    let job = assay_proto::ShardJob {
+        header: Some(assay_bus::header("test", format!("{id}/0/late"), None)),
+        execution_id: id.clone(),
+        workflow: "over".into(),
+        shard_index: 0,
+        shard_count: 1,
+        attempt: 2,
+        steps: vec![assay_proto::Step {
+            name: "late".into(),
+            run: "echo late".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    sb.bus
+        .publish_raw(
+            assay_bus::subjects::shard_job(&id, 0),
+            Default::default(),
+            job.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    // Consumed (the work-queue stream empties) without a runner or a status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = sb
+            .bus
+            .jetstream()
+            .get_stream(assay_bus::streams::SHARDS)
+            .await
+            .unwrap();
+        if s.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(statuses(&sb).await, before, "no new attempt reported");
+    let after = sb.detail(&id).await.unwrap();
+    assert_eq!(after.shards[0].summary.as_ref().unwrap().attempt, 1);
 }
