@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 /// What a masked value turns into.
-pub const MASK: &[u8] = b"***";
+pub const MASK: &[u8] = assay_spec::MASKED.as_bytes();
 /// Shorter values are not masked.
 pub const MIN_SECRET_LEN: usize = 4;
 

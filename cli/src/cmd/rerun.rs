@@ -248,11 +248,11 @@ pub fn rerun_request(
             .map(|e| e.workflow.clone())
             .unwrap_or_default(),
         // Sensitive values are recorded masked: the rerun takes the workflow's own value
-        // (its default) rather than "***".
+        // (its default) rather than the mask.
         config: original
             .config
             .iter()
-            .filter(|(_, v)| v.as_str() != "***")
+            .filter(|(_, v)| v.as_str() != assay_spec::MASKED)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         requested_by: "cli".to_string(),

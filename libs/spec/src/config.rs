@@ -138,6 +138,10 @@ pub fn matrix_limit() -> usize {
 /// numbered in a range of their own, 4,096 ranges in all).
 pub const MAX_MATRIX_LIMIT: usize = 4096;
 
+/// What a `sensitive: true` parameter's value shows as wherever assay prints or records it
+/// (logs, results, execution records).
+pub const MASKED: &str = "***";
+
 /// Default of [`matrix_limit`].
 pub const DEFAULT_MATRIX_LIMIT: usize = 256;
 

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 
 pub use catalog::Catalog;
 pub use config::{
-    DEFAULT_MATRIX_LIMIT, expand, expand_matrix, matrix_limit, parse_overrides, variant_label,
+    DEFAULT_MATRIX_LIMIT, MASKED, expand, expand_matrix, matrix_limit, parse_overrides,
+    variant_label,
 };
 pub use duration::{format_duration, parse_duration};
 pub use model::*;

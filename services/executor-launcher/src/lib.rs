@@ -103,12 +103,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     // inherited anyway).
     let mut env = vec![("ASSAY_NATS_URL".to_string(), options.nats.url.clone())];
     env.extend(options.nats.auth.env_vars());
-    let nats_url = Arc::new(env);
+    let runner_env = Arc::new(env);
     let warm = Arc::new(WarmPool {
         idle: Mutex::new(VecDeque::new()),
         target: options.warm.min(options.capacity),
         runner: runner.clone(),
-        nats_url: nats_url.clone(),
+        runner_env: runner_env.clone(),
     });
     warm.refill();
     let cancels = Cancellations::default();
@@ -116,7 +116,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let launcher = Launcher {
         bus: bus.clone(),
         runner,
-        nats_url,
+        runner_env,
         ack_wait: options.ack_wait,
         shutdown: shutdown.clone(),
         warm: warm.clone(),
@@ -142,7 +142,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
 struct Launcher {
     bus: Bus,
     runner: Arc<PathBuf>,
-    nats_url: Arc<Vec<(String, String)>>,
+    /// `ASSAY_NATS_URL` and the NATS credentials every runner gets.
+    runner_env: Arc<Vec<(String, String)>>,
     ack_wait: Duration,
     shutdown: CancellationToken,
     warm: Arc<WarmPool>,
@@ -224,7 +225,8 @@ struct WarmPool {
     idle: Mutex<VecDeque<Child>>,
     target: usize,
     runner: Arc<PathBuf>,
-    nats_url: Arc<Vec<(String, String)>>,
+    /// `ASSAY_NATS_URL` and the NATS credentials every runner gets.
+    runner_env: Arc<Vec<(String, String)>>,
 }
 
 impl WarmPool {
@@ -249,7 +251,11 @@ impl WarmPool {
         while idle.len() < self.target {
             let spawned = Command::new(self.runner.as_path())
                 .arg("--job-stdin")
-                .envs(self.nats_url.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(
+                    self.runner_env
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
                 .env_remove("ASSAY_SHARD_JOB")
                 .process_group(0)
                 .stdin(Stdio::piped())
@@ -315,10 +321,11 @@ impl Launcher {
     /// The execution's terminal status, if its last update on `assay.v1.executions` is one.
     /// `None` when it is still going or the update cannot be read (the job then runs).
     async fn ended(&self, job: &ShardJob) -> Option<ExecutionStatus> {
+        // One request per job: the stream handle without its info round trip.
         let stream = self
             .bus
             .jetstream()
-            .get_stream(streams::EXECUTIONS)
+            .get_stream_no_info(streams::EXECUTIONS)
             .await
             .ok()?;
         let msg = stream
@@ -507,7 +514,11 @@ impl Launcher {
     fn start_cold(&self, encoded: &str) -> std::result::Result<Child, Failure> {
         Command::new(self.runner.as_path())
             .env("ASSAY_SHARD_JOB", encoded)
-            .envs(self.nats_url.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.runner_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

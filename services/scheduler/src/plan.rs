@@ -4,14 +4,11 @@
 use std::collections::BTreeMap;
 
 use assay_proto::{Execution, ExecutionStatus, ShardJob, Step, TestsSpec};
-use assay_spec::{Workflow, expand_matrix, variant_label};
+use assay_spec::{MASKED, Workflow, expand_matrix, variant_label};
 
 use crate::{Error, Result};
 
 const PRODUCER: &str = "scheduler";
-
-/// What an execution's record shows for a sensitive parameter's value.
-pub const MASKED: &str = "***";
 
 /// What caused an execution.
 #[derive(Debug, Clone, Default)]

@@ -327,6 +327,48 @@ impl Sandbox {
         .unwrap_or(0)
     }
 
+    /// The newest `limit` executions of `workflow`, newest first, as the API lists them.
+    pub async fn executions(
+        &self,
+        workflow: &str,
+        limit: u32,
+    ) -> Vec<assay_proto::ExecutionUpdate> {
+        self.client()
+            .await
+            .list_executions(ListExecutionsRequest {
+                workflow: workflow.to_string(),
+                limit,
+            })
+            .await
+            .expect("list executions")
+            .into_inner()
+            .executions
+    }
+
+    /// Every log chunk of an execution through the API, as text (`follow`: until the
+    /// execution ends, at most `within`).
+    pub async fn logs_text(&self, id: &str, follow: bool, within: Duration) -> String {
+        use futures::StreamExt;
+        let mut logs = self
+            .client()
+            .await
+            .stream_logs(assay_proto::StreamLogsRequest {
+                execution_id: id.to_string(),
+                follow,
+            })
+            .await
+            .expect("stream logs")
+            .into_inner();
+        let mut text = String::new();
+        while let Some(chunk) = tokio::time::timeout(within, logs.next())
+            .await
+            .expect("logs end in time")
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("a log chunk").data));
+        }
+        text
+    }
+
     /// Waits until the execution is terminal; panics after `within` with the last state
     /// seen.
     pub async fn wait_for_terminal(&self, id: &str, within: Duration) -> ExecutionDetail {

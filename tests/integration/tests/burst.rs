@@ -172,17 +172,7 @@ async fn a_burst_of_ten_thousand_events_drains_and_every_event_is_accounted_for(
     assert_eq!(causes, EVENTS, "each record has its own cause");
 
     // The rejection says why, and is queryable through the API.
-    let list = sb
-        .client()
-        .await
-        .list_executions(assay_proto::ListExecutionsRequest {
-            workflow: "strict".into(),
-            limit: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .executions;
+    let list = sb.executions("strict", 1).await;
     assert!(
         list[0]
             .reason

@@ -1102,21 +1102,7 @@ async fn queue_mode_survives_a_stalled_worker_and_counts_every_test_once() {
     assert_eq!(got, want, "every test exactly once: {}", describe(&d));
     assert_eq!(d.execution.unwrap().passed, 11);
     // The frozen worker's batch went to the other one after its lease.
-    use futures::StreamExt;
-    let mut logs = sb
-        .client()
-        .await
-        .stream_logs(assay_proto::StreamLogsRequest {
-            execution_id: id.clone(),
-            follow: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut text = String::new();
-    while let Some(Ok(chunk)) = logs.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.data));
-    }
+    let text = sb.logs_text(&id, false, LONG).await;
     assert!(text.contains("taken over after a lease expired"), "{text}");
 }
 
@@ -1373,17 +1359,7 @@ async fn queued_executions_start_by_priority_then_in_arrival_order() {
         sb.wait_for(&id, LONG, "being recorded", |_| true).await;
         ids.push(id);
     }
-    let list = sb
-        .client()
-        .await
-        .list_executions(assay_proto::ListExecutionsRequest {
-            workflow: "line".into(),
-            limit: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .executions;
+    let list = sb.executions("line", 10).await;
     let place = |id: &str| {
         list.iter()
             .find(|u| u.execution_id == id)

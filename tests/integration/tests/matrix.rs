@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use assay_integration::{Sandbox, describe, output_text, status_of, test_ids};
-use assay_proto::{ExecutionStatus, ListExecutionsRequest, TestStatus};
+use assay_proto::{ExecutionStatus, TestStatus};
 
 /// usage: suite.sh REPORT OS ID... — checks that the templated OS matches the environment,
 /// and fails `t03` on mac the first time it runs there (a marker file per combination).
@@ -115,17 +115,7 @@ async fn matrix_runs_every_combination_in_its_own_shards_and_reruns_only_where_i
             .await;
         let all = output_text(&out);
         assert_eq!(out.status.code(), Some(0), "{all}");
-        let list = sb
-            .client()
-            .await
-            .list_executions(ListExecutionsRequest {
-                workflow: name.into(),
-                limit: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .executions;
+        let list = sb.executions(name, 1).await;
         let rerun_id = list[0].execution_id.clone();
         assert_ne!(rerun_id, id);
         let rerun = sb.wait_for_terminal(&rerun_id, LONG).await;

@@ -89,18 +89,7 @@ spec:
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "one test fails: {text}");
     assert!(text.contains("5 passed"), "{text}");
-    let list = sb
-        .client()
-        .await
-        .list_executions(assay_proto::ListExecutionsRequest {
-            workflow: "locked".into(),
-            limit: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .executions;
-    let id = list[0].execution_id.clone();
+    let id = sb.executions("locked", 1).await[0].execution_id.clone();
     let d = sb.wait_for_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(status_of(&d), ExecutionStatus::Failed, "{}", describe(&d));
     assert_eq!(d.shards.len(), 2);

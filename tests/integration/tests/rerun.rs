@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use assay_integration::{Sandbox, describe, output_text, status_of, test_ids};
-use assay_proto::{ExecutionDetail, ExecutionStatus, ListExecutionsRequest, TestStatus};
+use assay_proto::{ExecutionDetail, ExecutionStatus, TestStatus};
 
 /// usage: suite.sh REPORT ID... — writes a JUnit report. An id containing `flaky` fails the
 /// first time it runs and passes from then on (a marker file per id in ./markers).
@@ -88,17 +88,7 @@ async fn failing_original(sb: &Sandbox) -> (String, ExecutionDetail) {
 
 /// The newest execution of the workflow (it must not be `not`), once it is terminal.
 async fn newest(sb: &Sandbox, not: &str) -> ExecutionDetail {
-    let list = sb
-        .client()
-        .await
-        .list_executions(ListExecutionsRequest {
-            workflow: WORKFLOW.into(),
-            limit: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .executions;
+    let list = sb.executions(WORKFLOW, 1).await;
     let id = list.first().expect("an execution").execution_id.clone();
     assert_ne!(id, not, "no new execution was started");
     sb.wait_for_terminal(&id, LONG).await

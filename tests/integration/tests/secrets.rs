@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use assay_integration::{Sandbox, describe, status_of};
-use assay_proto::{ExecutionStatus, StreamLogsRequest, TestStatus};
-use futures::StreamExt;
+use assay_proto::{ExecutionStatus, TestStatus};
 
 const SECRET: &str = "s3cr3t-value-42";
 const LONG: Duration = Duration::from_secs(60);
@@ -72,23 +71,7 @@ spec:
     assert_eq!(d.config.get("user").map(String::as_str), Some("alice"));
 
     // Logs: every chunk, stdout and stderr.
-    let mut logs = sb
-        .client()
-        .await
-        .stream_logs(StreamLogsRequest {
-            execution_id: id.clone(),
-            follow: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(LONG, logs.next())
-        .await
-        .expect("logs end in time")
-    {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().data));
-    }
+    let text = sb.logs_text(&id, true, LONG).await;
     assert!(!text.contains(SECRET), "{text}");
     assert!(
         !text.contains("s3cr3t-"),
