@@ -1,7 +1,7 @@
 //! The `assay` binary against a result API that wants a bearer token over TLS.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use assay_testkit::{NatsServer, free_port};
@@ -9,31 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "cli-t0ken";
 
-fn assay(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
-    cmd.args(args).env("NO_COLOR", "1");
-    for var in [
-        "ASSAY_NATS_URL",
-        "ASSAY_API",
-        "ASSAY_TOKEN",
-        "ASSAY_TOKEN_FILE",
-        "ASSAY_CA_FILE",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the assay binary runs")
-}
+mod common;
+use common::text;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+fn assay(args: &[&str], env: &[(&str, &str)]) -> Output {
+    common::assay(None, args, env)
 }
 
 #[tokio::test(flavor = "multi_thread")]

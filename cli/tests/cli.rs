@@ -2,7 +2,7 @@
 //! client command against an unreachable API.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const GOOD: &str = r#"apiVersion: assay.dev/v1alpha1
 kind: TestWorkflow
@@ -34,33 +34,11 @@ spec:
       run: echo hi
 "#;
 
-fn assay(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
-    cmd.current_dir(dir).args(args).env("NO_COLOR", "1");
-    for var in [
-        "ASSAY_NATS_URL",
-        "ASSAY_API",
-        "ASSAY_WORKFLOWS",
-        "ASSAY_NATS_SERVER",
-        "ASSAY_TOKEN",
-        "ASSAY_TOKEN_FILE",
-        "ASSAY_CA_FILE",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the assay binary runs")
-}
+mod common;
+use common::text;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+fn assay(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    common::assay(Some(dir), args, env)
 }
 
 fn write(dir: &Path, name: &str, content: &str) {

@@ -97,6 +97,31 @@ pub struct WebhookEvent {
 }
 
 impl WebhookEvent {
+    /// An event of `provider`'s with what every kind has; the parsers fill in the rest.
+    fn new(
+        provider: Provider,
+        delivery: &str,
+        event: &str,
+        kind: Kind,
+        repository: String,
+        sha: String,
+    ) -> WebhookEvent {
+        WebhookEvent {
+            provider,
+            delivery: delivery.to_string(),
+            source: provider.as_str().into(),
+            r#type: kind.as_str().into(),
+            event: event.to_string(),
+            repository,
+            branch: None,
+            tag: None,
+            sha,
+            git_ref: None,
+            changed_paths: None,
+            extra: BTreeMap::new(),
+        }
+    }
+
     /// `<provider>/<delivery id>`: the idempotency key, so a delivery starts at most one
     /// execution per trigger and workflow even past the replay window.
     pub fn key(&self) -> String {
@@ -432,19 +457,8 @@ pub fn parse_github(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseErr
     let delivery = delivery_id(headers, GITHUB_DELIVERY)?;
     let json = github_json(headers, body)?;
     let body: &[u8] = &json;
-    let base = |kind: Kind, repository: String, sha: String| WebhookEvent {
-        provider: Provider::GitHub,
-        delivery: delivery.clone(),
-        source: Provider::GitHub.as_str().into(),
-        r#type: kind.as_str().into(),
-        event: event.clone(),
-        repository,
-        branch: None,
-        tag: None,
-        sha,
-        git_ref: None,
-        changed_paths: None,
-        extra: BTreeMap::new(),
+    let base = |kind: Kind, repository: String, sha: String| {
+        WebhookEvent::new(Provider::GitHub, &delivery, &event, kind, repository, sha)
     };
     match event.as_str() {
         "push" => {
@@ -562,19 +576,8 @@ struct GlMergeRequest {
 pub fn parse_gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ParseError> {
     let event = header_str(headers, GITLAB_EVENT)?;
     let delivery = delivery_id(headers, GITLAB_DELIVERY)?;
-    let base = |kind: Kind, repository: String, sha: String| WebhookEvent {
-        provider: Provider::GitLab,
-        delivery: delivery.clone(),
-        source: Provider::GitLab.as_str().into(),
-        r#type: kind.as_str().into(),
-        event: event.clone(),
-        repository,
-        branch: None,
-        tag: None,
-        sha,
-        git_ref: None,
-        changed_paths: None,
-        extra: BTreeMap::new(),
+    let base = |kind: Kind, repository: String, sha: String| {
+        WebhookEvent::new(Provider::GitLab, &delivery, &event, kind, repository, sha)
     };
     match event.as_str() {
         "Push Hook" | "Tag Push Hook" => {
