@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc (built without transparent huge pages, which would raise the idle RSS by
+/// several MiB): glibc malloc was a third of the services' CPU under load (bench-load).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

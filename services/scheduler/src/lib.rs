@@ -83,7 +83,7 @@ impl Default for Options {
         Options {
             nats: NatsOptions::default(),
             workflows: PathBuf::from(".assay"),
-            concurrency: 64,
+            concurrency: 1024,
         }
     }
 }

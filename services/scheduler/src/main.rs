@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc (built without transparent huge pages, which would raise the idle RSS by
+/// several MiB): glibc malloc was a third of the services' CPU under load (bench-load).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "assay scheduler: plans executions and shards")]
 struct Args {
@@ -15,6 +20,11 @@ struct Args {
     /// Directory of TestWorkflow and TestTrigger definitions.
     #[arg(long, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
     workflows: PathBuf,
+    /// Trigger events (and run requests) handled at once; also the consumers'
+    /// `max_ack_pending`. Each event waits for a few JetStream acks in turn, so throughput is
+    /// about this many events per round-trip time.
+    #[arg(long, env = "ASSAY_SCHEDULER_CONCURRENCY", default_value_t = assay_scheduler::Options::default().concurrency)]
+    concurrency: usize,
 }
 
 #[tokio::main]
@@ -28,7 +38,7 @@ async fn main() -> ExitCode {
             ..Default::default()
         },
         workflows: args.workflows,
-        ..Default::default()
+        concurrency: args.concurrency.max(1),
     };
     let shutdown = CancellationToken::new();
     assay_telemetry::cancel_on_signals(shutdown.clone());

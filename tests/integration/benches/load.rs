@@ -27,9 +27,32 @@ use futures::StreamExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-const RATES: [u64; 5] = [500, 1_000, 2_000, 5_000, 10_000];
+const RATES: [u64; 6] = [500, 1_000, 2_000, 5_000, 10_000, 15_000];
 const STEP: Duration = Duration::from_secs(5);
 const BURST: usize = 100_000;
+
+/// `ASSAY_LOAD_RATES=10000,15000` runs only those rates; `ASSAY_LOAD_BURST=0` skips the
+/// burst (for quick comparisons while tuning).
+fn rates() -> Vec<u64> {
+    match std::env::var("ASSAY_LOAD_RATES") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|r| {
+                r.trim()
+                    .parse()
+                    .expect("ASSAY_LOAD_RATES: comma-separated numbers")
+            })
+            .collect(),
+        _ => RATES.to_vec(),
+    }
+}
+
+fn burst_size() -> usize {
+    std::env::var("ASSAY_LOAD_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BURST)
+}
 
 const DEFS: &str = r#"apiVersion: assay.dev/v1alpha1
 kind: TestWorkflow
@@ -65,6 +88,22 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used so far, in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // USER_HZ is 100 on every Linux this runs on.
+    ticks * 10
 }
 
 struct Services {
@@ -209,14 +248,30 @@ async fn main() {
     println!(
         "bench-load: scheduler under open-loop trigger events (release binaries, one nats-server)"
     );
+    // Where the CPU went during each step: CPU-ms per 1,000 planned executions of the
+    // scheduler, the aggregator, nats-server and this load generator.
+    let mut meters: Vec<(&str, u32)> = pids
+        .iter()
+        .map(|(n, p)| (n.trim_start_matches("assay-"), *p))
+        .collect();
+    meters.retain(|(n, _)| *n != "trigger-watcher");
+    if let Some(p) = nats.pid() {
+        meters.push(("nats-server", p));
+    }
+    meters.push(("generator", std::process::id()));
+    let cpu_header: String = meters
+        .iter()
+        .map(|(n, _)| format!(" {:>12}", format!("{}*", n.split('-').next().unwrap_or(n))))
+        .collect();
     println!(
-        "{:>8} {:>8} {:>12} {:>10} {:>10} {:>10}",
+        "{:>8} {:>8} {:>12} {:>10} {:>10} {:>10}{cpu_header}",
         "rate/s", "sent", "planned/s", "p50 ms", "p99 ms", "max ms"
     );
-    for rate in RATES {
+    for rate in rates() {
         let tag = format!("r{rate}");
         let n = (rate * STEP.as_secs()) as usize;
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let cpu_before: Vec<u64> = meters.iter().map(|(_, p)| cpu_ms(*p)).collect();
         let start = Instant::now();
         let mut scheduled = Vec::with_capacity(n);
         for i in 0..n {
@@ -253,8 +308,16 @@ async fn main() {
                 .duration_since(start)
                 .as_secs_f64()
                 .max(STEP.as_secs_f64());
+        let cpu: String = meters
+            .iter()
+            .zip(&cpu_before)
+            .map(|((_, p), before)| {
+                let per_k = (cpu_ms(*p) - before) as f64 * 1000.0 / lat.len().max(1) as f64;
+                format!(" {per_k:>12.0}")
+            })
+            .collect();
         println!(
-            "{rate:>8} {n:>8} {planned_per_s:>12.0} {:>10.1} {:>10.1} {:>10.1}{}",
+            "{rate:>8} {n:>8} {planned_per_s:>12.0} {:>10.1} {:>10.1} {:>10.1}{cpu}{}",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN),
@@ -269,9 +332,12 @@ async fn main() {
         }
     }
 
+    println!("  (name* columns: CPU milliseconds per 1,000 executions planned, user + system)");
+
     // Burst.
+    let burst = burst_size();
     let start = Instant::now();
-    let sent: Vec<String> = futures::stream::iter(0..BURST)
+    let sent: Vec<String> = futures::stream::iter(0..burst)
         .map(|i| {
             let bus = bus.clone();
             async move {
@@ -291,11 +357,11 @@ async fn main() {
     )
     .await;
     println!(
-        "burst: {BURST} events accepted by JetStream in {:.1} s; {} planned after {:.1} s ({:.0} planned/s)",
+        "burst: {burst} events accepted by JetStream in {:.1} s; {} planned after {:.1} s ({:.0} planned/s)",
         accepted.as_secs_f64(),
         if done { "all" } else { "NOT all" },
         start.elapsed().as_secs_f64(),
-        BURST as f64 / start.elapsed().as_secs_f64()
+        burst as f64 / start.elapsed().as_secs_f64()
     );
 
     println!("{:<26} {:>10} {:>12}", "service", "idle MiB", "peak MiB");
