@@ -410,6 +410,29 @@ impl Bus {
         self.publish_acked(subject, headers_for(msg), payload).await
     }
 
+    /// Whether the execution's plan record is on `assay.v1.plans.<id>`: the scheduler
+    /// publishes it last, so its presence means everything of the execution went out.
+    pub async fn plan_published(&self, execution: &str) -> Result<bool> {
+        let stream = self
+            .js
+            .get_stream_no_info(streams::STATUS)
+            .await
+            .map_err(|e| Error::js(format!("stream {}", streams::STATUS), e))?;
+        match stream
+            .get_last_raw_message_by_subject(&subjects::execution_plan(execution))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::js(format!("plan of {execution}"), e)),
+        }
+    }
+
     /// Publishes raw bytes to a JetStream subject (tests, tools, dead letters).
     pub async fn publish_raw(
         &self,

@@ -7,6 +7,10 @@
 //! redelivered or re-published event plans nothing new) and `assay_active` holds the running
 //! execution of each `forbid` workflow, released when the aggregator publishes a terminal
 //! execution update.
+//!
+//! The execution's plan record on `assay.v1.plans.<id>` is always the last thing published
+//! for a cause (after its shard jobs or its waiting entry): its presence is what says a cause
+//! is done, so the hot path writes one dedup key per execution, not two.
 
 pub mod plan;
 
@@ -223,8 +227,8 @@ struct Scheduler {
     defs: SharedCatalog,
 }
 
-/// Dedup record states: `pending:<id>` while publishing, `done:<id>` once everything of
-/// the execution was acknowledged by the streams.
+/// What the dedup bucket says of a cause: new (claimed now), claimed by an earlier
+/// delivery that may not have finished publishing, or done (its plan record is out).
 enum Seen {
     New(String),
     Pending(String),
@@ -347,8 +351,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Claims the cause in the dedup bucket. The value tells whether an earlier delivery
-    /// already finished publishing.
+    /// Claims the cause in the dedup bucket. For a cause claimed before, the plan record
+    /// tells whether the earlier delivery finished publishing (`done:<id>` values, written by
+    /// earlier versions, say so too).
     async fn claim(&self, cause: &Cause, proposed: &str) -> Result<Seen> {
         let key = kv_key(&cause.key);
         match self
@@ -367,20 +372,15 @@ impl Scheduler {
                 let value = String::from_utf8_lossy(&value).to_string();
                 match value.split_once(':') {
                     Some(("done", id)) => Ok(Seen::Done(id.to_string())),
+                    Some((_, id)) if self.bus.plan_published(id).await? => {
+                        Ok(Seen::Done(id.to_string()))
+                    }
                     Some((_, id)) => Ok(Seen::Pending(id.to_string())),
                     None => Ok(Seen::Pending(proposed.to_string())),
                 }
             }
             Err(e) => Err(Error::kv("create", e)),
         }
-    }
-
-    async fn mark_done(&self, cause: &Cause, id: &str) -> Result<()> {
-        self.dedup
-            .put(kv_key(&cause.key), Bytes::from(format!("done:{id}")))
-            .await
-            .map_err(|e| Error::kv("put", e))?;
-        Ok(())
     }
 
     async fn reject_once(
@@ -399,7 +399,7 @@ impl Scheduler {
         self.bus
             .publish(subjects::execution_plan(&id), &exec)
             .await?;
-        self.mark_done(cause, &id).await
+        Ok(())
     }
 
     async fn start(
@@ -454,7 +454,7 @@ impl Scheduler {
                 self.bus
                     .publish(subjects::execution_plan(&id), &exec)
                     .await?;
-                return self.mark_done(cause, &id).await;
+                return Ok(());
             }
             Err(e) => return Err(e),
         };
@@ -482,7 +482,7 @@ impl Scheduler {
             self.bus
                 .publish(subjects::execution_plan(&id), &exec)
                 .await?;
-            return self.mark_done(cause, &id).await;
+            return Ok(());
         }
         if policy == Policy::Queue
             && let Some((_, running)) = self.acquire(&scope, &id).await?
@@ -503,7 +503,6 @@ impl Scheduler {
             self.bus
                 .publish(subjects::execution_plan(&id), &plan.execution)
                 .await?;
-            self.mark_done(cause, &id).await?;
             info!(execution = %id, workflow, after = %running, priority = plan.execution.priority, "execution queued");
             // The running one may have ended meanwhile.
             return self.start_waiting(&scope).await;
@@ -521,7 +520,6 @@ impl Scheduler {
                 .map_err(|e| Error::kv("put", e))?;
         }
         self.publish(&plan).await?;
-        self.mark_done(cause, &id).await?;
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
         Ok(())
     }
@@ -595,16 +593,16 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Publishes the shard jobs and the plan record at once; returns when the streams acked
-    /// everything.
+    /// Publishes the shard jobs, then (once the streams acked them all) the plan record,
+    /// which marks the cause done.
     async fn publish(&self, plan: &Plan) -> Result<()> {
-        let id = &plan.execution.id;
-        let record = self
-            .bus
-            .publish(subjects::execution_plan(id), &plan.execution);
-        let (shards, record) = tokio::join!(self.publish_shards(plan), record);
-        shards?;
-        record?;
+        self.publish_shards(plan).await?;
+        self.bus
+            .publish(
+                subjects::execution_plan(&plan.execution.id),
+                &plan.execution,
+            )
+            .await?;
         Ok(())
     }
 
