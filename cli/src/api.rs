@@ -111,8 +111,12 @@ pub fn call_error(api: &str, what: &str, status: &tonic::Status) -> anyhow::Erro
         );
     }
     // TLS 1.3 refuses a client certificate after the client's half of the handshake, so the
-    // refusal may surface as any broken connection (closed, broken pipe, another alert).
-    if api.starts_with("https://") && chain.contains("transport error") {
+    // refusal may surface as any broken connection (closed, broken pipe, another alert),
+    // answered Unknown or Cancelled; Unavailable (nothing listening) keeps its own advice.
+    if api.starts_with("https://")
+        && status.code() != Code::Unavailable
+        && chain.contains("transport error")
+    {
         return anyhow!(
             "{what}: the connection to the result API at {api} broke ({chain}); if it asks for client certificates (mutual TLS), give --cert-file and --key-file signed by the CA it trusts"
         );
