@@ -7,7 +7,7 @@ use assay_auth::SendBearer;
 use assay_proto::results_client::ResultsClient;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::args::Global;
 
@@ -21,8 +21,9 @@ fn unreachable(api: &str, detail: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// Connects to the result API named by `--api` (e.g. `http://127.0.0.1:7070`, or
-/// `https://…` for TLS, verified against `--ca-file` or the system's roots), sending the
-/// token of `--token-file` / `ASSAY_TOKEN_FILE` / `ASSAY_TOKEN`.
+/// `https://…` for TLS, verified against `--ca-file` or the system's roots, presenting the
+/// client certificate of `--cert-file` / `--key-file` if given), sending the token of
+/// `--token-file` / `ASSAY_TOKEN_FILE` / `ASSAY_TOKEN`.
 pub async fn connect(global: &Global) -> Result<Client> {
     let api = global.api.as_str();
     let token = assay_auth::load_token(global.token_file.as_deref())?;
@@ -32,7 +33,7 @@ pub async fn connect(global: &Global) -> Result<Client> {
             anyhow!("invalid result API address {api:?}: {e}; write it as http://HOST:PORT or https://HOST:PORT")
         })?
         .connect_timeout(Duration::from_secs(3));
-    if let Some(tls) = tls_config(api, global.ca_file.as_deref())? {
+    if let Some(tls) = tls_config(api, global)? {
         endpoint = endpoint
             .tls_config(tls)
             .map_err(|e| anyhow!("cannot use TLS for {api}: {e}"))?;
@@ -44,27 +45,82 @@ pub async fn connect(global: &Global) -> Result<Client> {
     Ok(ResultsClient::with_interceptor(channel, bearer))
 }
 
-/// TLS settings for an `https://` API: the `--ca-file` certificate, else the system's roots.
-fn tls_config(api: &str, ca_file: Option<&std::path::Path>) -> Result<Option<ClientTlsConfig>> {
+/// TLS settings for an `https://` API: the `--ca-file` certificate, else the system's roots,
+/// and the client certificate of `--cert-file` / `--key-file` when given.
+fn tls_config(api: &str, global: &Global) -> Result<Option<ClientTlsConfig>> {
     let https = api.starts_with("https://");
-    match (https, ca_file) {
-        (false, None) => Ok(None),
-        (false, Some(_)) => Err(anyhow!(
-            "--ca-file is set but the result API address {api} is not https://; write it as https://HOST:PORT"
-        )),
-        (true, None) => Ok(Some(ClientTlsConfig::new().with_native_roots())),
-        (true, Some(path)) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
-            Ok(Some(
-                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-            ))
+    let flag = match (&global.ca_file, &global.cert_file, &global.key_file) {
+        (Some(_), _, _) => Some("--ca-file"),
+        (_, Some(_), _) => Some("--cert-file"),
+        (_, _, Some(_)) => Some("--key-file"),
+        _ => None,
+    };
+    if !https {
+        return match flag {
+            None => Ok(None),
+            Some(flag) => Err(anyhow!(
+                "{flag} is set but the result API address {api} is not https://; write it as https://HOST:PORT"
+            )),
+        };
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    let mut config = match &global.ca_file {
+        None => ClientTlsConfig::new().with_native_roots(),
+        Some(path) => ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("CA certificate", path)?)),
+    };
+    match (&global.cert_file, &global.key_file) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(anyhow!(
+                "--cert-file was given without --key-file; give both (PEM files) or neither"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(anyhow!(
+                "--key-file was given without --cert-file; give both (PEM files) or neither"
+            ));
         }
     }
+    Ok(Some(config))
 }
 
 /// Turns a failed call into a message that says what to do.
 pub fn call_error(api: &str, what: &str, status: &tonic::Status) -> anyhow::Error {
+    // A TLS alert from the server arrives as a transport error; its cause is in the chain.
+    let mut chain = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        chain = format!("{chain}: {}", error_chain(source));
+    }
+    if chain.contains("CertificateRequired") {
+        return anyhow!(
+            "{what}: the result API at {api} wants a client certificate: give --cert-file and --key-file (or ASSAY_CERT_FILE and ASSAY_KEY_FILE) ({chain})"
+        );
+    }
+    if chain.contains("BadCertificate") || chain.contains("UnknownCA") {
+        return anyhow!(
+            "{what}: the result API at {api} refused the client certificate: use one signed by the CA of its --tls-client-ca ({chain})"
+        );
+    }
+    // TLS 1.3 refuses a client certificate after the client's half of the handshake, so the
+    // refusal may surface as any broken connection (closed, broken pipe, another alert),
+    // answered Unknown or Cancelled; Unavailable (nothing listening) keeps its own advice.
+    if api.starts_with("https://")
+        && status.code() != Code::Unavailable
+        && chain.contains("transport error")
+    {
+        return anyhow!(
+            "{what}: the connection to the result API at {api} broke ({chain}); if it asks for client certificates (mutual TLS), give --cert-file and --key-file signed by the CA it trusts"
+        );
+    }
     match status.code() {
         Code::Unavailable => unreachable(api, status.message()),
         Code::NotFound if status.message().contains("assay get") => {
@@ -79,10 +135,7 @@ pub fn call_error(api: &str, what: &str, status: &tonic::Status) -> anyhow::Erro
             "{what}: the result API at {api} refused the call: {}",
             status.message()
         ),
-        code => anyhow!(
-            "{what}: the result API at {api} answered {code:?}: {}",
-            status.message()
-        ),
+        code => anyhow!("{what}: the result API at {api} answered {code:?}: {chain}"),
     }
 }
 

@@ -41,6 +41,13 @@ pub struct Global {
     /// (without it, the system's roots).
     #[arg(long, global = true, env = "ASSAY_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to an https:// --api that asks for one (mutual
+    /// TLS), with --key-file.
+    #[arg(long, global = true, env = "ASSAY_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, global = true, env = "ASSAY_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
     /// Whether `--nats` was given on the command line (then `up` uses that server).
     #[arg(skip)]
     pub nats_given: bool,

@@ -8,7 +8,8 @@
 //!   passes (local development) and the service says so at start ([`Bearer::warn_if_open`]).
 //! - [`SendBearer`]: the client side, for the CLI.
 //! - [`TlsFiles`]: a PEM certificate chain and key, as a rustls server config (HTTP) or as
-//!   PEM bytes for tonic.
+//!   PEM bytes for tonic, and optionally a CA whose client certificates the server accepts
+//!   (mutual TLS; [`ClientCert`] tells the HTTP routes whether one was presented).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,13 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether the client of a TLS connection presented a certificate that verified against
+/// `--tls-client-ca` (a request extension the HTTP server sets per connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientCert {
+    pub verified: bool,
+}
 
 /// Secret bytes (a token, a webhook secret). `Debug` does not show them.
 #[derive(Clone, PartialEq, Eq)]
@@ -234,18 +242,44 @@ impl Interceptor for SendBearer {
     }
 }
 
-/// A server certificate chain and its private key, both PEM files.
+/// A server certificate chain and its private key, both PEM files, and optionally the CA(s)
+/// whose client certificates the server asks for (mutual TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// PEM file of the CA certificate(s) that sign client certificates; `None`: clients
+    /// are not asked for one.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl TlsFiles {
-    /// From `--tls-cert` / `--tls-key`: both or neither.
-    pub fn from_flags(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>> {
+    /// A certificate and key, without client certificates.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsFiles {
+        TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+        }
+    }
+
+    /// From `--tls-cert` / `--tls-key` (both or neither) and `--tls-client-ca` (only with
+    /// both).
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Result<Option<TlsFiles>> {
         match (cert, key) {
-            (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None) if client_ca.is_some() => Err(Error::Config(
+                "--tls-client-ca was given without --tls-cert and --tls-key; client certificates need TLS: give all three"
+                    .into(),
+            )),
             (None, None) => Ok(None),
             (Some(_), None) => Err(Error::Config(
                 "--tls-cert was given without --tls-key; give both (PEM files) or neither".into(),
@@ -271,8 +305,72 @@ impl TlsFiles {
         ))
     }
 
+    /// The PEM bytes of the client CA file, checked to hold at least one certificate;
+    /// `None` without `--tls-client-ca`.
+    pub fn client_ca_pem(&self) -> Result<Option<Vec<u8>>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let Some(path) = &self.client_ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).map_err(|source| Error::Read {
+            what: "TLS client CA",
+            path: path.clone(),
+            source,
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Tls {
+                what: "client CA",
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(Error::Tls {
+                what: "client CA",
+                path: path.clone(),
+                reason: "no PEM certificate found".into(),
+            });
+        }
+        Ok(Some(pem))
+    }
+
+    /// The rustls verifier for client certificates signed by `--tls-client-ca`. A client
+    /// may present none (the HTTP server then refuses it on the routes that need one, so
+    /// that health probes and webhook senders, which have no certificate, still get in); one
+    /// that presents a certificate must present a valid one.
+    fn client_verifier(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let (Some(path), Some(pem)) = (&self.client_ca, self.client_ca_pem()?) else {
+            return Ok(None);
+        };
+        let bad = |reason: String| Error::Tls {
+            what: "client CA",
+            path: path.clone(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+        Ok(Some(verifier))
+    }
+
     /// A rustls server config (ring provider) offering `alpn` protocols, e.g.
-    /// `[b"h2", b"http/1.1"]`.
+    /// `[b"h2", b"http/1.1"]`. With a client CA, clients may present a certificate signed by
+    /// it (one signed by anyone else fails the handshake); whether a route needs one is the
+    /// server's to check, with [`ClientCert`].
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -295,10 +393,15 @@ impl TlsFiles {
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| tls("key", &self.key, e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let verifier = self.client_verifier(provider.clone())?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| tls("configuration", &self.cert, e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| tls("configuration", &self.cert, e.to_string()))?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| tls("certificate or key", &self.cert, e.to_string()))?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -370,18 +473,23 @@ mod tests {
 
     #[test]
     fn tls_files_need_both_and_parse() {
-        assert!(TlsFiles::from_flags(Some("c".into()), None).is_err());
-        assert!(TlsFiles::from_flags(None, None).unwrap().is_none());
+        assert!(TlsFiles::from_flags(Some("c".into()), None, None).is_err());
+        assert!(TlsFiles::from_flags(None, None, None).unwrap().is_none());
+        let e = TlsFiles::from_flags(None, None, Some("ca".into())).unwrap_err();
+        assert!(e.to_string().contains("--tls-client-ca"), "{e}");
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let dir = std::env::temp_dir().join(format!("assay-auth-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let files = TlsFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        };
+        let mut files = TlsFiles::new(dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&files.cert, cert.cert.pem()).unwrap();
         std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
         assert!(files.server_config(&[b"h2"]).is_ok());
+        files.client_ca = Some(files.cert.clone());
+        assert!(files.server_config(&[b"h2"]).is_ok());
+        files.client_ca = Some(files.key.clone());
+        let e = files.server_config(&[]).unwrap_err();
+        assert!(e.to_string().contains("invalid TLS client CA"), "{e}");
+        files.client_ca = None;
         std::fs::write(&files.cert, "not pem").unwrap();
         let e = files.server_config(&[]).unwrap_err();
         assert!(e.to_string().contains("invalid TLS certificate"), "{e}");

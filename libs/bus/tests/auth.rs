@@ -1,12 +1,14 @@
 //! NATS authentication and TLS against a real nats-server configured for each: user and
-//! password, token, NKey, TLS with a client certificate (mutual TLS). A refused connection
+//! password, token, NKey, a credentials file in operator (JWT) mode, TLS with a client
+//! certificate (mutual TLS). A refused connection
 //! fails at once with a [`assay_bus::Error::Refused`] that names the method, instead of
 //! being retried as if the server were down.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use assay_bus::{Bus, Error, NatsAuth, NatsOptions};
-use assay_testkit::NatsServer;
+use assay_testkit::{NatsServer, Pki};
 use tokio_util::sync::CancellationToken;
 
 async fn connect(url: String, auth: NatsAuth) -> Result<Bus, Error> {
@@ -136,50 +138,10 @@ async fn a_credentials_file_that_is_not_one_is_named() {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-struct Pki {
-    ca: std::path::PathBuf,
-    server_cert: std::path::PathBuf,
-    server_key: std::path::PathBuf,
-    client_cert: std::path::PathBuf,
-    client_key: std::path::PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
-    let (client_cert, client_key) = leaf(vec!["assay-scheduler".into()]);
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    Pki {
-        ca: write("ca.pem", &ca_cert.pem()),
-        server_cert: write("server.pem", &server_cert),
-        server_key: write("server-key.pem", &server_key),
-        client_cert: write("client.pem", &client_cert),
-        client_key: write("client-key.pem", &client_key),
-    }
-}
-
 #[tokio::test]
 async fn mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki(dir.path());
+    let pki = Pki::generate(dir.path(), "assay-scheduler");
     let server = NatsServer::start_with_config(&format!(
         "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
         pki.server_cert.display(),
@@ -215,4 +177,216 @@ async fn mutual_tls() {
         ..full
     };
     refused(connect(server.url(), no_ca).await, "mutual TLS");
+}
+
+/// RFC 4648 base32 without padding, the encoding of a JWT's `jti`.
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+/// A NATS v2 JWT for `subject`, signed by `issuer`, as nats-io/jwt encodes one: header
+/// `{"typ":"JWT","alg":"ed25519-nkey"}`; claims with `jti` = base32 of the SHA-512/256 of
+/// the standard claims without it (the server does not check it, but `nsc` and the server's
+/// logs show it); the `nats` section typed `operator`, `account` or `user`, version 2; the
+/// Ed25519 signature covers `header.claims`; every part base64url without padding.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let iat = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The same fields in the same order as Go marshals them before hashing.
+    let mut claims = serde_json::json!({
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+    });
+    let id = sha2::Sha512_256::digest(serde_json::to_vec(&claims).unwrap());
+    claims["jti"] = base32(&id).into();
+    claims["nats"] = nats;
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64(&serde_json::to_vec(&claims).unwrap())
+    );
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+fn account_jwt(
+    operator: &nkeys::KeyPair,
+    account: &nkeys::KeyPair,
+    name: &str,
+    js: bool,
+) -> String {
+    let mut limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1,
+        "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+    });
+    if js {
+        for k in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            limits[k] = (-1).into();
+        }
+    }
+    let nats = serde_json::json!({
+        "limits": limits,
+        "default_permissions": { "pub": {}, "sub": {} },
+        "type": "account",
+        "version": 2,
+    });
+    jwt(operator, &account.public_key(), name, nats)
+}
+
+/// A credentials file as `nsc generate creds` writes it: the user JWT, then the seed.
+fn creds_file(dir: &Path, name: &str, user_jwt: &str, user: &nkeys::KeyPair) -> PathBuf {
+    let text = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n",
+        user.seed().unwrap()
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn user_jwt(account: &nkeys::KeyPair, user: &nkeys::KeyPair, name: &str) -> String {
+    let nats = serde_json::json!({
+        "pub": {}, "sub": {},
+        "subs": -1, "data": -1, "payload": -1,
+        "type": "user",
+        "version": 2,
+    });
+    jwt(account, &user.public_key(), name, nats)
+}
+
+/// The auth settings every service reads, from `ASSAY_NATS_CREDS` alone.
+fn creds_from_env(path: &Path) -> NatsAuth {
+    let value = path.display().to_string();
+    NatsAuth::from_lookup(|k| (k == "ASSAY_NATS_CREDS").then(|| value.clone())).unwrap()
+}
+
+/// Operator mode, as `nsc` sets up a production server: the operator signs the accounts
+/// (one with JetStream, plus the system account), the account signs its users, the server
+/// trusts only the operator and knows the accounts from a memory resolver, and a service
+/// connects with nothing but `ASSAY_NATS_CREDS`.
+#[tokio::test]
+async fn credentials_file_in_operator_mode() {
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "assay-operator",
+        serde_json::json!({
+            "system_account": system.public_key(),
+            "type": "operator",
+            "version": 2,
+        }),
+    );
+    let server = NatsServer::start_with_config(&format!(
+        "operator: \"{operator_jwt}\"\n\
+         system_account: {system}\n\
+         resolver: MEMORY\n\
+         resolver_preload: {{\n  {account}: \"{account_jwt}\"\n  {system}: \"{system_jwt}\"\n}}\n",
+        system = system.public_key(),
+        account = account.public_key(),
+        account_jwt = account_jwt(&operator, &account, "ASSAY", true),
+        system_jwt = account_jwt(&operator, &system, "SYS", false),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+
+    let user = nkeys::KeyPair::new_user();
+    let good = creds_file(
+        dir.path(),
+        "scheduler.creds",
+        &user_jwt(&account, &user, "scheduler"),
+        &user,
+    );
+    let auth = creds_from_env(&good);
+    assert_eq!(auth.method(), "credentials");
+    // `connect` also creates every stream and KV bucket: JetStream works for the account.
+    let bus = connect(server.url(), auth).await.unwrap();
+    let kv = bus.kv(assay_bus::streams::KV_DEDUP).await.unwrap();
+    kv.put("operator-mode", "yes".into()).await.unwrap();
+    assert_eq!(
+        kv.get("operator-mode").await.unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+    let duplicate = bus
+        .publish(
+            assay_bus::subjects::event("jwt"),
+            &assay_proto::TriggerEvent {
+                header: Some(assay_bus::header("test", "jwt-1", None)),
+                source: "jwt".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!duplicate, "the events stream stored the event");
+
+    // A user signed by an account the operator never signed: refused at once, naming the
+    // method, not retried as if the server were down.
+    let stranger = nkeys::KeyPair::new_account();
+    let outsider = nkeys::KeyPair::new_user();
+    let unknown = creds_file(
+        dir.path(),
+        "outsider.creds",
+        &user_jwt(&stranger, &outsider, "outsider"),
+        &outsider,
+    );
+    let text = refused(
+        connect(server.url(), creds_from_env(&unknown)).await,
+        "credentials",
+    );
+    assert!(text.contains("retrying will not help"), "{text}");
+    // A valid JWT with someone else's seed cannot answer the server's nonce.
+    let mismatched = creds_file(
+        dir.path(),
+        "mismatched.creds",
+        &user_jwt(&account, &user, "scheduler"),
+        &outsider,
+    );
+    refused(
+        connect(server.url(), creds_from_env(&mismatched)).await,
+        "credentials",
+    );
+
+    // A file cut short after the JWT (a bad copy and paste) is named before any connection.
+    let full = std::fs::read_to_string(&good).unwrap();
+    let cut = dir.path().join("cut.creds");
+    std::fs::write(&cut, &full[..full.find("****").unwrap()]).unwrap();
+    let err = connect(server.url(), creds_from_env(&cut))
+        .await
+        .err()
+        .expect("a creds file without a seed is refused");
+    assert!(
+        err.to_string().contains(&format!(
+            "ASSAY_NATS_CREDS={}: not a NATS credentials file",
+            cut.display()
+        )),
+        "{err}"
+    );
 }

@@ -3,6 +3,8 @@
 //! Each [`NatsServer`] listens on a free loopback port with its own temporary store
 //! directory and is killed by PID when dropped. [`NatsServer::restart`] stops and starts it
 //! again on the same port and store, for restart tests.
+//!
+//! [`Pki`]: a CA with a server and a client certificate, as PEM files, for TLS tests.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -176,6 +178,62 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A CA, a server certificate for `localhost` and `127.0.0.1`, and a client certificate,
+/// all signed by the CA, written as PEM files; plus a second CA's client certificate, which
+/// the first CA does not vouch for.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
+}
+
+impl Pki {
+    /// Generates the certificates (client names: `client_name`) into `dir`.
+    pub fn generate(dir: &Path, client_name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca = || {
+            let key = KeyPair::generate().unwrap_or_else(|e| panic!("CA key: {e}"));
+            let mut params = CertificateParams::new(Vec::<String>::new())
+                .unwrap_or_else(|e| panic!("CA params: {e}"));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = params
+                .self_signed(&key)
+                .unwrap_or_else(|e| panic!("CA certificate: {e}"));
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>| {
+            let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+            let cert = CertificateParams::new(names)
+                .and_then(|p| p.signed_by(&key, issuer))
+                .unwrap_or_else(|e| panic!("certificate: {e}"));
+            (cert.pem(), key.serialize_pem())
+        };
+        let (ca_pem, issuer) = ca();
+        let (_, other_issuer) = ca();
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], &issuer);
+        let (client_cert, client_key) = leaf(vec![client_name.into()], &issuer);
+        let (stranger_cert, stranger_key) = leaf(vec![client_name.into()], &other_issuer);
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+            p
+        };
+        Pki {
+            ca: write("ca.pem", &ca_pem),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            stranger_cert: write("stranger.pem", &stranger_cert),
+            stranger_key: write("stranger-key.pem", &stranger_key),
+        }
     }
 }
 

@@ -77,7 +77,8 @@ pub struct Options {
     pub sweep_every: Duration,
     /// Bearer token every gRPC call must carry; open (with a warning at start) when `None`.
     pub token: Option<assay_auth::Secret>,
-    /// Serve gRPC over TLS with this certificate and key.
+    /// Serve gRPC over TLS with this certificate and key; with a client CA, every client
+    /// must present a certificate signed by it.
     pub tls: Option<assay_auth::TlsFiles>,
 }
 
@@ -334,10 +335,14 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let tls = match &options.tls {
         Some(files) => {
             let (cert, key) = files.read()?;
-            Some(
-                tonic::transport::ServerTlsConfig::new()
-                    .identity(tonic::transport::Identity::from_pem(cert, key)),
-            )
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            // With a client CA, tonic requires every client to present a certificate it
+            // signed: the gRPC API has no unauthenticated callers to keep out of this.
+            Some(match files.client_ca_pem()? {
+                Some(ca) => config.client_ca_root(tonic::transport::Certificate::from_pem(ca)),
+                None => config,
+            })
         }
         None => None,
     };
@@ -440,7 +445,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                 })
         }
     };
-    info!(grpc = %addr, tls = options.tls.is_some(), "result-aggregator running");
+    let mutual_tls = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    info!(grpc = %addr, tls = options.tls.is_some(), mutual_tls, "result-aggregator running");
     let (p, s, r, (), g) = tokio::join!(plans, statuses, results, sweeper, server);
     p?;
     s?;

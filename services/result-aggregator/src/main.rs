@@ -41,6 +41,10 @@ struct Args {
     /// TLS private key (PEM).
     #[arg(long, env = "ASSAY_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) of client certificates: every gRPC client must present one
+    /// signed by it (mutual TLS).
+    #[arg(long, env = "ASSAY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -50,7 +54,7 @@ async fn main() -> ExitCode {
     let auth = assay_auth::load_token(args.token_file.as_deref()).and_then(|token| {
         Ok((
             token,
-            assay_auth::TlsFiles::from_flags(args.tls_cert, args.tls_key)?,
+            assay_auth::TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)?,
         ))
     });
     let (token, tls) = match auth {

@@ -1,5 +1,5 @@
-//! The gRPC Results API behind a bearer token, in plain text and over TLS, against a real
-//! nats-server.
+//! The gRPC Results API behind a bearer token, in plain text, over TLS and over mutual TLS,
+//! against a real nats-server.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,10 +7,10 @@ use std::time::Duration;
 use assay_auth::{Secret, SendBearer, TlsFiles};
 use assay_proto::ListExecutionsRequest;
 use assay_proto::results_client::ResultsClient;
-use assay_testkit::{NatsServer, free_port};
+use assay_testkit::{NatsServer, Pki, free_port};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const TOKEN: &str = "grpc-t0ken";
 
@@ -124,10 +124,7 @@ async fn grpc_without_a_token_stays_open() {
 async fn grpc_over_tls_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let files = TlsFiles {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-    };
+    let files = TlsFiles::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&files.cert, cert.cert.pem()).unwrap();
     std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
     let agg = start(Some(TOKEN), Some(files)).await;
@@ -157,4 +154,55 @@ async fn grpc_over_tls_with_a_self_signed_certificate() {
                 .is_err()
         );
     }
+}
+
+#[tokio::test]
+async fn grpc_over_mutual_tls_wants_a_client_certificate_from_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path(), "assay-cli");
+    let files = TlsFiles {
+        client_ca: Some(pki.ca.clone()),
+        ..TlsFiles::new(&pki.server_cert, &pki.server_key)
+    };
+    let agg = start(Some(TOKEN), Some(files)).await;
+    let url = format!("https://localhost:{}", agg.addr.port());
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&pki.ca)))
+        .domain_name("localhost");
+    // Connecting may succeed even when the server refuses the client's certificate (TLS 1.3
+    // sends the refusal after the client's half of the handshake), so the call decides.
+    let attempt = |tls: ClientTlsConfig| {
+        let url = url.clone();
+        async move {
+            let channel = Endpoint::from_shared(url)
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let bearer = SendBearer::new(Secret::new(TOKEN).as_ref()).unwrap();
+            let mut c = ResultsClient::with_interceptor(channel, bearer);
+            list(&mut c).await.map_err(|s| s.to_string())
+        }
+    };
+
+    let with_cert = tls.clone().identity(Identity::from_pem(
+        read(&pki.client_cert),
+        read(&pki.client_key),
+    ));
+    assert_eq!(attempt(with_cert).await, Ok(0));
+    assert!(
+        attempt(tls.clone()).await.is_err(),
+        "no client certificate: refused"
+    );
+    let stranger = tls.identity(Identity::from_pem(
+        read(&pki.stranger_cert),
+        read(&pki.stranger_key),
+    ));
+    assert!(
+        attempt(stranger).await.is_err(),
+        "a certificate from another CA: refused"
+    );
 }

@@ -1,12 +1,13 @@
 //! The HTTP front door: generic events, direct run requests, signed webhooks, metrics.
 //!
 //! Every route but `/healthz` and the webhooks (which carry their own signatures) needs the
-//! bearer token when one is configured.
+//! bearer token when one is configured, and a client certificate when `--tls-client-ca` is
+//! set (probes and webhook senders have none, so the TLS handshake itself does not ask).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use assay_auth::{Bearer, Secret};
+use assay_auth::{Bearer, ClientCert, Secret};
 use assay_bus::{Bus, kv_key, subjects};
 use assay_proto::{RunRequest, TriggerEvent};
 use assay_spec::SharedCatalog;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub bus: Bus,
     pub catalog: SharedCatalog,
     pub bearer: Bearer,
+    /// The protected routes need a verified client certificate ([`ClientCert`]).
+    pub client_cert_required: bool,
     pub metrics: Metrics,
     pub webhooks: Arc<WebhookOptions>,
     /// The replay-window bucket ([`assay_bus::streams::KV_WEBHOOK_DELIVERIES`]).
@@ -137,8 +140,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// 401 unless the request carries the configured bearer token.
+/// 401 unless the request carries the configured bearer token and, with `--tls-client-ca`,
+/// came over a connection that presented a client certificate signed by that CA.
 async fn require_bearer(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let cert = request
+        .extensions()
+        .get::<ClientCert>()
+        .copied()
+        .unwrap_or_default();
+    if app.client_cert_required && !cert.verified {
+        app.metrics.unauthorized("client_certificate");
+        warn!(path = %request.uri().path(), "request refused: no client certificate");
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "this route needs a client certificate signed by the server's --tls-client-ca; \
+             present one (assay: --cert-file and --key-file)",
+        );
+    }
     let value = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -63,7 +63,8 @@ pub struct Options {
     /// Bearer token every HTTP route but `/healthz` and the webhooks requires; open (with a
     /// warning at start) when `None`.
     pub token: Option<Secret>,
-    /// Serve HTTPS with this certificate and key.
+    /// Serve HTTPS with this certificate and key; with a client CA, the bearer-protected
+    /// routes also need a client certificate signed by it.
     pub tls: Option<TlsFiles>,
     pub webhooks: WebhookOptions,
 }
@@ -194,6 +195,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         bus: bus.clone(),
         catalog: catalog.clone(),
         bearer,
+        client_cert_required: options.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         metrics: metrics::Metrics::default(),
         webhooks: Arc::new(options.webhooks.clone()),
         deliveries,

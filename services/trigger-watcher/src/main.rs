@@ -44,6 +44,10 @@ struct Args {
     /// TLS private key (PEM).
     #[arg(long, env = "ASSAY_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) of client certificates: /v1/events, /v1/workflows/{name}/run
+    /// and /metrics then need one signed by it (mutual TLS); /healthz and the webhooks do not.
+    #[arg(long, env = "ASSAY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// File holding GitHub's webhook secret (else $ASSAY_TRIGGER_WATCHER__GITHUB_SECRET);
     /// none: /v1/webhooks/github is off.
     #[arg(long, env = "ASSAY_TRIGGER_WATCHER__GITHUB_SECRET_FILE")]
@@ -88,7 +92,7 @@ fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
         workflows: args.workflows,
         http: args.http,
         token: assay_auth::load_token(args.token_file.as_deref())?,
-        tls: TlsFiles::from_flags(args.tls_cert, args.tls_key)?,
+        tls: TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)?,
         webhooks: assay_trigger_watcher::WebhookOptions {
             github_secret: secret(
                 "GitHub webhook secret",

@@ -6,7 +6,8 @@
 //! - `assay_trigger_watcher_webhook_rejections_total{provider, reason}`: signatures refused
 //!   (`missing`, `malformed`, `mismatch`);
 //! - `assay_trigger_watcher_http_unauthorized_total{reason}`: requests refused for want of the
-//!   bearer token (`missing`, `malformed`, `wrong`).
+//!   bearer token (`missing`, `malformed`, `wrong`) or of a client certificate
+//!   (`client_certificate`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 const HELP: &[(&str, &str)] = &[
     (
         "assay_trigger_watcher_http_unauthorized_total",
-        "HTTP requests refused for a missing, malformed or wrong bearer token.",
+        "HTTP requests refused for a missing, malformed or wrong bearer token or a missing client certificate.",
     ),
     (
         "assay_trigger_watcher_webhook_deliveries_total",

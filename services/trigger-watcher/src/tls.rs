@@ -1,10 +1,12 @@
 //! HTTPS for the axum router: rustls over each accepted connection, HTTP/1.1 or h2 by ALPN,
-//! drained on shutdown like `axum::serve`.
+//! drained on shutdown like `axum::serve`. Each request carries an [`assay_auth::ClientCert`]
+//! saying whether its connection presented a client certificate (mutual TLS).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use assay_auth::ClientCert;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -41,7 +43,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -55,6 +57,14 @@ pub async fn serve(
                     return;
                 }
             };
+            // The verifier has checked any certificate the client presented against
+            // --tls-client-ca; the routes that need one look for this mark.
+            let verified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|certs| !certs.is_empty());
+            let service = TowerToHyperService::new(app.layer(Extension(ClientCert { verified })));
             let builder = Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {

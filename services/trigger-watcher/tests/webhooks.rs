@@ -1,4 +1,5 @@
-//! Signed webhooks and bearer tokens, over real HTTP, against a real nats-server.
+//! Signed webhooks, bearer tokens and client certificates, over real HTTP(S), against a real
+//! nats-server.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use assay_auth::{Secret, TlsFiles};
 use assay_bus::{Bus, NatsOptions, streams, subjects};
 use assay_proto::{Execution, TriggerEvent};
-use assay_testkit::{NatsServer, free_port};
+use assay_testkit::{NatsServer, Pki, free_port};
 use assay_trigger_watcher::webhook::sign;
 use assay_trigger_watcher::{Options, WebhookOptions};
 use prost::Message;
@@ -749,10 +750,7 @@ async fn branch_and_path_filters_decide_what_runs_end_to_end() {
 async fn https_round_trip_with_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let files = TlsFiles {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-    };
+    let files = TlsFiles::new(dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&files.cert, cert.cert.pem()).unwrap();
     std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
     let w = start(NO_DEFS, |o| o.tls = Some(files)).await;
@@ -818,4 +816,113 @@ async fn https_round_trip_with_a_self_signed_certificate() {
         .send()
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+/// One HTTP/1.1 request over a fresh TLS connection (with `identity`, a client certificate
+/// and key as PEM files); the raw response, or the error that ended the exchange.
+async fn https_exchange(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    request: String,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn mutual_tls_guards_the_api_routes_not_healthz_or_the_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path(), "ci-bot");
+    let files = TlsFiles {
+        client_ca: Some(pki.ca.clone()),
+        ..TlsFiles::new(&pki.server_cert, &pki.server_key)
+    };
+    let w = start(NO_DEFS, |o| o.tls = Some(files)).await;
+    let addr: SocketAddr = w.base.trim_start_matches("https://").parse().unwrap();
+    let event = || {
+        let body = r#"{"type":"push"}"#;
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
+    let stranger = Some((pki.stranger_cert.as_path(), pki.stranger_key.as_path()));
+
+    // The token and a certificate from the CA: accepted.
+    let answer = https_exchange(addr, &pki.ca, client, event())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(w.events().await, 1);
+    // The token without a certificate: refused, saying what is missing.
+    let answer = https_exchange(addr, &pki.ca, None, event()).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("needs a client certificate"), "{answer}");
+    // A certificate from another CA: the handshake fails.
+    let refused = https_exchange(addr, &pki.ca, stranger, event()).await;
+    assert!(
+        refused.as_ref().is_err() || !refused.as_ref().unwrap().starts_with("HTTP/1.1 2"),
+        "{refused:?}"
+    );
+    assert_eq!(w.events().await, 1, "only the first event went through");
+
+    // Health probes and webhook senders have no certificate and still get in.
+    let health = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let answer = https_exchange(addr, &pki.ca, None, health.into())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = fixture("github-push.json");
+    let sig = sign(GITHUB_SECRET.as_bytes(), &body);
+    let hook = format!(
+        "POST /v1/webhooks/github HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         X-GitHub-Event: push\r\nX-GitHub-Delivery: mtls-1\r\nX-Hub-Signature-256: {sig}\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        body.len(),
+        String::from_utf8(body).unwrap()
+    );
+    let answer = https_exchange(addr, &pki.ca, None, hook).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(w.events().await, 2);
 }
