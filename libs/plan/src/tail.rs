@@ -12,8 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::{OVERHEAD_FACTOR, cut_batches};
 use crate::split::{assign, lpt_order};
-use crate::{Batch, History, Plan, TestId, queue_batches, stable_hash};
+use crate::{Batch, History, Plan, TestId, stable_hash};
 
 /// Share of the estimated work kept out of the static plan and served from the shared queue
 /// (the shortest tests). Measured by `bench-sharding`: enough to absorb ±30 % estimates.
@@ -61,8 +62,9 @@ impl DurationPlan {
 /// order (ties by id; unknown tests weigh the mean of the known ones), the shortest of them
 /// holding at most [`TAIL_FRACTION`] of the estimated work form the tail, the others are
 /// assigned longest-first to the least-loaded shard (the [`crate::lpt`] rule), and the tail
-/// is cut into queue batches exactly like [`queue_batches`] cuts a queue (sized so that
-/// `per_batch_overhead_ms` stays under 1 % of a batch, finer towards the end).
+/// is cut into queue batches like [`crate::queue_batches`] cuts a queue (finer towards the
+/// end), but with a minimum batch of `per_batch_overhead_ms` × 100 × [`TAIL_FRACTION`]: the
+/// tail's dispatch overhead stays under 1 % of the whole suite's estimated work.
 ///
 /// No tail when `m` is 1, when the history knows none of the tests, when there are fewer
 /// than [`TAIL_MIN_TESTS_PER_SHARD`] tests per shard, or when the tail would hold fewer
@@ -82,7 +84,16 @@ pub fn duration_plan(
     let tail = if tail_ids.is_empty() {
         Vec::new()
     } else {
-        queue_batches(&tail_ids, history, m, per_batch_overhead_ms)
+        // The tail is the end of the run, where batch size is what is left unbalanced; it is
+        // also a fifth of the work, so batches a fifth of the queue strategy's minimum still
+        // keep the dispatch overhead under 1 % of the whole suite's work.
+        cut_batches(
+            &tail_ids,
+            history,
+            m,
+            per_batch_overhead_ms,
+            OVERHEAD_FACTOR * TAIL_FRACTION,
+        )
     };
     DurationPlan { head, tail }
 }
@@ -135,7 +146,7 @@ pub fn resolve_hashes(listed: &[TestId], hashes: &[u64]) -> Vec<TestId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Estimate, LeaseQueue, lpt, share_from_hashes};
+    use crate::{Estimate, LeaseQueue, lpt, queue_batches, share_from_hashes};
     use proptest::prelude::*;
 
     fn ids(n: usize) -> Vec<TestId> {
@@ -194,6 +205,31 @@ mod tests {
             15,
             "15 tiny tests fit the budget: {p:?}"
         );
+    }
+
+    #[test]
+    fn tail_batches_are_finer_than_queue_batches_within_one_percent_overhead() {
+        // 200 tests of 300 ms on 8 shards, 5 ms per batch: a queue's batches are at least
+        // 500 ms (two tests); the tail's at least 100 ms, so its end is single tests (both
+        // start larger: guided self-scheduling).
+        let d = vec![300.0; 200];
+        let h = history(&d);
+        let p = duration_plan(&ids(200), &h, 8, 5.0);
+        assert_eq!(p.tail_ids().count(), 40);
+        let singles = p
+            .tail
+            .iter()
+            .rev()
+            .take_while(|b| b.tests.len() == 1)
+            .count();
+        assert!(singles >= 8, "{:?}", p.tail);
+        let queue = queue_batches(&ids(40), &h, 8, 5.0);
+        assert!(
+            queue.iter().rev().skip(1).all(|b| b.tests.len() >= 2),
+            "{queue:?}"
+        );
+        // Dispatch overhead of the tail: under 1 % of the suite's work.
+        assert!(p.tail.len() as f64 * 5.0 <= 0.01 * 200.0 * 300.0);
     }
 
     #[test]
