@@ -406,8 +406,54 @@ async fn run_tests(
         ),
     )
     .await;
+    if by_duration && !job.tail.is_empty() {
+        return run_with_tail(job, tests, id, runner, bus_rx, &all, &share, &report).await;
+    }
     let (v, r) = retries::run_with_retries(job, tests, id, runner, &share, &report).await;
     (v, r, Published::default())
+}
+
+/// `strategy: duration` with a shared tail: the first shard to get here puts the tail in the
+/// group's work queue; then this shard runs its own tests (`share`), publishes their results,
+/// and drains the tail with the other shards. A shard whose own tests errored leaves the tail
+/// to the others.
+#[allow(clippy::too_many_arguments)]
+async fn run_with_tail(
+    job: &ShardJob,
+    tests: &assay_proto::TestsSpec,
+    id: &Identity,
+    runner: &StepRunner,
+    bus_rx: &BusSlot,
+    all: &[String],
+    share: &[String],
+    report: &Path,
+) -> (Verdict, Vec<TestCaseResult>, Published) {
+    let errored = |reason: String| (Verdict::errored(reason), Vec::new(), Published::default());
+    let mut bus_rx = bus_rx.clone();
+    let bus = match wait_bus(&mut bus_rx).await {
+        Ok(bus) => bus,
+        Err(e) => return errored(e.to_string()),
+    };
+    if let Err(reason) =
+        queue::fill_or_wait(job, id, &bus, runner, queue::Source::Tail(all), false).await
+    {
+        return errored(reason);
+    }
+    let (head, results) = retries::run_with_retries(job, tests, id, runner, share, report).await;
+    if head.state == ShardState::Errored {
+        return (head, results, Published::default());
+    }
+    let cases = results.len() as u32;
+    let published = match publish::publish_results(&bus, id, results, 0, 0).await {
+        Ok(batches) => Published { batches, cases },
+        Err(e) => return errored(e.to_string()),
+    };
+    let (tail, published) = queue::drain_tail(job, tests, id, runner, &bus, all, published).await;
+    let verdict = match (head.state, tail.state) {
+        (_, ShardState::Errored) | (ShardState::Passed, _) => tail,
+        _ => head,
+    };
+    (verdict, Vec::new(), published)
 }
 
 /// Runs `tests.list` and returns the ids it printed, once each (duplicates are reported).

@@ -1,10 +1,12 @@
 //! `strategy: queue`: the shards of an execution share one work queue of test batches,
 //! longest first, and each worker pulls the next batch when it is free, so slow or late
-//! workers do not stretch the run.
+//! workers do not stretch the run. `strategy: duration` uses the same queue for its shared
+//! tail: each shard drains it after running its own planned tests.
 //!
 //! The first runner of the execution to list its tests fills the queue (a stream subject
-//! per execution, batches sized from the workflow's duration history) and marks it sealed in
-//! the `assay_queues` bucket; the others wait for the seal. A worker holds a batch under a
+//! per execution; in queue mode batches sized from the workflow's duration history, in
+//! duration mode the tail batches the scheduler planned) and marks it sealed in the
+//! `assay_queues` bucket; the others wait for the seal before they take a batch. A worker holds a batch under a
 //! lease (the consumer's ack wait), renewed while the batch runs; a worker that dies or
 //! stalls loses it to another after the lease. Results are published, tagged with the batch,
 //! before the batch is acked: nothing is lost, and the result store keeps only the first
@@ -32,6 +34,16 @@ const QUEUE_GROUP_SHIFT: u32 = 20;
 /// How long the other workers wait for the first one to fill the queue.
 const FILL_WAIT: Duration = Duration::from_secs(600);
 
+/// What fills the queue when this runner is the first.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// `strategy: queue`: every listed test, batched from the duration history.
+    Listing(&'a [String]),
+    /// `strategy: duration`: the job's planned tail, as the listed tests with its hashes.
+    Tail(&'a [String]),
+}
+
+/// `strategy: queue`: fill the queue (or wait until another worker did), then drain it.
 pub(crate) async fn run(
     job: &ShardJob,
     tests: &assay_proto::TestsSpec,
@@ -40,15 +52,45 @@ pub(crate) async fn run(
     bus: &Bus,
     listed: &[String],
 ) -> (Verdict, Vec<TestCaseResult>, Published) {
-    let logs = runner.logs();
-    let mut published = Published::default();
-    if let Err(reason) = fill_or_wait(job, id, bus, listed, runner).await {
-        return (Verdict::errored(reason), Vec::new(), published);
+    if let Err(reason) = fill_or_wait(job, id, bus, runner, Source::Listing(listed), true).await {
+        return (Verdict::errored(reason), Vec::new(), Published::default());
     }
+    let (verdict, published) = drain(job, tests, id, runner, bus, Published::default()).await;
+    (verdict, Vec::new(), published)
+}
+
+/// `strategy: duration`, after the shard's own tests: wait until the tail is in the queue
+/// (filling it when its filler died), then drain it. `published` counts the result batches
+/// this attempt already sent; the tail's are numbered after them.
+pub(crate) async fn drain_tail(
+    job: &ShardJob,
+    tests: &assay_proto::TestsSpec,
+    id: &Identity,
+    runner: &StepRunner,
+    bus: &Bus,
+    listed: &[String],
+    published: Published,
+) -> (Verdict, Published) {
+    if let Err(reason) = fill_or_wait(job, id, bus, runner, Source::Tail(listed), true).await {
+        return (Verdict::errored(reason), published);
+    }
+    drain(job, tests, id, runner, bus, published).await
+}
+
+/// Takes batches until the queue is empty and nobody holds one that could come back.
+async fn drain(
+    job: &ShardJob,
+    tests: &assay_proto::TestsSpec,
+    id: &Identity,
+    runner: &StepRunner,
+    bus: &Bus,
+    mut published: Published,
+) -> (Verdict, Published) {
+    let logs = runner.logs();
     let lease = Duration::from_millis(job.lease_ms.max(1000));
     let mut consumer = match consumer(bus, &id.queue, lease, id.split_count).await {
         Ok(c) => c,
-        Err(reason) => return (Verdict::errored(reason), Vec::new(), published),
+        Err(reason) => return (Verdict::errored(reason), published),
     };
     let (mut batches, mut failed, mut errored, mut total) = (0u32, 0usize, 0usize, 0usize);
     let mut run_failed: Option<String> = None;
@@ -134,7 +176,7 @@ pub(crate) async fn run(
         if verdict.state == ShardState::Errored {
             // Give the batch back at once: another worker may manage where this one cannot.
             let _ = msg.ack_with(AckKind::Nak(None)).await;
-            return (verdict, Vec::new(), published);
+            return (verdict, published);
         }
         if verdict.state != ShardState::Passed && run_failed.is_none() {
             run_failed = Some(verdict.reason.clone());
@@ -156,7 +198,7 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return (Verdict::errored(e.to_string()), Vec::new(), published);
+                return (Verdict::errored(e.to_string()), published);
             }
         }
         if let Err(e) = msg.double_ack().await {
@@ -188,7 +230,7 @@ pub(crate) async fn run(
     } else {
         Verdict::passed()
     };
-    (verdict, Vec::new(), published)
+    (verdict, published)
 }
 
 fn human_ms(ms: f64) -> String {
@@ -199,15 +241,17 @@ fn human_ms(ms: f64) -> String {
     }
 }
 
-/// The first worker fills the queue; the others wait until it is sealed. A later attempt of
-/// the shard that was filling takes over (batches are deterministic and keyed, so a second
-/// fill publishes nothing new).
-async fn fill_or_wait(
+/// The first worker fills the queue; with `wait`, the others wait until it is sealed. A later
+/// attempt of the shard that was filling takes over (batches are deterministic and keyed, so
+/// a second fill publishes nothing new). Without `wait` (a duration shard before its own
+/// tests) a worker that is not first returns at once.
+pub(crate) async fn fill_or_wait(
     job: &ShardJob,
     id: &Identity,
     bus: &Bus,
-    listed: &[String],
     runner: &StepRunner,
+    source: Source<'_>,
+    wait: bool,
 ) -> Result<(), String> {
     let logs = runner.logs();
     let kv = bus
@@ -216,13 +260,15 @@ async fn fill_or_wait(
         .map_err(|e| e.to_string())?;
     let key = assay_bus::kv_key(&id.queue);
     let me = format!("filling:{}", id.shard);
-    let fill = match kv.create(&key, me.clone().into()).await {
+    let mut fill = match kv.create(&key, me.clone().into()).await {
         Ok(_) => true,
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
         Err(e) => return Err(format!("cannot claim the work queue: {e}")),
     };
+    if !fill && !wait {
+        return Ok(());
+    }
     let deadline = tokio::time::Instant::now() + FILL_WAIT;
-    let mut fill = fill;
     if !fill {
         loop {
             let state = kv
@@ -250,20 +296,46 @@ async fn fill_or_wait(
     if !fill {
         return Ok(());
     }
-    let history = match bus.planning_history(&job.workflow).await {
-        Ok(h) => h.for_variant(&id.variant),
-        Err(e) => {
-            logs.system(
-                TESTS,
-                format!("no duration history ({e}); batches by count"),
-            )
-            .await;
-            assay_plan::History::new()
+    let (batches, what) = match source {
+        Source::Listing(listed) => {
+            let history = match bus.planning_history(&job.workflow).await {
+                Ok(h) => h.for_variant(&id.variant),
+                Err(e) => {
+                    logs.system(
+                        TESTS,
+                        format!("no duration history ({e}); batches by count"),
+                    )
+                    .await;
+                    assay_plan::History::new()
+                }
+            };
+            let overhead = job.batch_overhead_ms.max(1) as f64;
+            let batches = assay_plan::queue_batches(
+                listed,
+                &history,
+                id.split_count.max(1) as usize,
+                overhead,
+            );
+            let known = listed.iter().filter(|t| history.get(t).is_some()).count();
+            let what = format!(
+                "filled the work queue: {} tests in {} batches, longest first ({known} with duration history)",
+                listed.len(),
+                batches.len()
+            );
+            (batches, what)
+        }
+        Source::Tail(listed) => {
+            let batches = tail_batches(&job.tail, listed);
+            let n: usize = batches.iter().map(|b| b.tests.len()).sum();
+            let planned: usize = job.tail.iter().map(|b| b.test_hashes.len()).sum();
+            let what = format!(
+                "filled the shared tail queue: {n} tests in {} batches, longest first ({} planned tests not listed)",
+                batches.len(),
+                planned.saturating_sub(n)
+            );
+            (batches, what)
         }
     };
-    let overhead = job.batch_overhead_ms.max(1) as f64;
-    let batches =
-        assay_plan::queue_batches(listed, &history, id.split_count.max(1) as usize, overhead);
     let subject = subjects::queue(&id.queue);
     for b in &batches {
         // Numbered apart per matrix combination: results name their batch, and the store
@@ -285,17 +357,28 @@ async fn fill_or_wait(
     kv.put(&key, format!("sealed:{}", batches.len()).into())
         .await
         .map_err(|e| format!("cannot seal the work queue: {e}"))?;
-    let known = listed.iter().filter(|t| history.get(t).is_some()).count();
-    logs.system(
-        TESTS,
-        format!(
-            "filled the work queue: {} tests in {} batches, longest first ({known} with duration history)",
-            listed.len(),
-            batches.len()
-        ),
-    )
-    .await;
+    logs.system(TESTS, what).await;
     Ok(())
+}
+
+/// The planned tail as queue batches of listed ids: each batch's hashes resolved against the
+/// listing (tests no longer listed are dropped, and so is a batch left empty), numbered
+/// 0, 1, … in the planned order.
+pub(crate) fn tail_batches(
+    tail: &[assay_proto::TailBatch],
+    listed: &[String],
+) -> Vec<assay_plan::Batch> {
+    tail.iter()
+        .map(|b| assay_plan::resolve_hashes(listed, &b.test_hashes))
+        .zip(tail)
+        .filter(|(tests, _)| !tests.is_empty())
+        .enumerate()
+        .map(|(seq, (tests, b))| assay_plan::Batch {
+            seq: seq as u32,
+            tests,
+            expected_ms: b.expected_ms,
+        })
+        .collect()
 }
 
 async fn consumer(
@@ -327,4 +410,39 @@ async fn consumer(
         )
         .await
         .map_err(|e| format!("work queue consumer: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_batches_resolve_listed_ids_and_drop_gone_ones() {
+        let h = assay_plan::stable_hash;
+        let tail = vec![
+            assay_proto::TailBatch {
+                test_hashes: vec![h("b"), h("gone")],
+                expected_ms: 20.0,
+            },
+            assay_proto::TailBatch {
+                test_hashes: vec![h("also-gone")],
+                expected_ms: 10.0,
+            },
+            assay_proto::TailBatch {
+                test_hashes: vec![h("c"), h("a")],
+                expected_ms: 5.0,
+            },
+        ];
+        let listed: Vec<String> = ["a", "b", "c", "new"].map(String::from).to_vec();
+        let got = tail_batches(&tail, &listed);
+        let got: Vec<(u32, Vec<String>)> = got.into_iter().map(|b| (b.seq, b.tests)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, vec!["b".to_string()]),
+                (1, vec!["c".to_string(), "a".to_string()])
+            ]
+        );
+        assert!(tail_batches(&[], &listed).is_empty());
+    }
 }

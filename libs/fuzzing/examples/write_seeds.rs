@@ -93,6 +93,10 @@ fn shard_job(index: u32) -> ShardJob {
         group_shard_index: index % 2,
         group_shard_count: 2,
         masked: vec!["s3cr3t-token".into()],
+        tail: vec![assay_proto::TailBatch {
+            test_hashes: vec![0xdead_beef_0000_0002, 7],
+            expected_ms: 250.0,
+        }],
     }
 }
 

@@ -5,9 +5,11 @@
 //! every test exactly once across shards.
 //!
 //! - [`count_split`]: contiguous split by count, the baseline.
-//! - [`lpt`]: longest-processing-time-first plan from a [`History`] of durations
-//!   (`duration` strategy); [`duration_share`] is what one runner takes from it, with tests the
-//!   plan does not know placed by [`hash_shard`].
+//! - [`duration_plan`]: the `duration` strategy: a longest-processing-time-first ([`lpt`])
+//!   plan from a [`History`] of durations for the head of each shard, and a shared tail of the
+//!   shortest tests ([`TAIL_FRACTION`] of the work) that every shard drains from a work queue
+//!   after its head; [`duration_share`] is what one runner takes from the head, with tests
+//!   the plan does not know placed by [`hash_shard`].
 //! - [`queue_batches`] + [`LeaseQueue`]: the `queue` strategy's work queue and its lease-based
 //!   state machine.
 //! - [`auto_count`], [`expand_matrix`], [`dedup`]: shard count, matrix and listing helpers.
@@ -21,6 +23,7 @@ mod matrix;
 mod queue;
 pub mod sim;
 mod split;
+mod tail;
 
 pub use error::{Error, Result};
 pub use history::{Estimate, History};
@@ -29,6 +32,9 @@ pub use queue::{Batch, LeaseQueue, queue_batches};
 pub use split::{
     Plan, auto_count, count_split, duration_share, hash_shard, lower_bound, lpt, share_from_hashes,
     stable_hash,
+};
+pub use tail::{
+    DurationPlan, TAIL_FRACTION, TAIL_MIN_TESTS_PER_SHARD, duration_plan, resolve_hashes,
 };
 
 use std::fmt;
@@ -67,7 +73,8 @@ pub fn unqualify<'a>(qualified: &'a str, variant: &str) -> Option<&'a str> {
 pub enum Strategy {
     /// Contiguous split by count: the baseline.
     Count,
-    /// Longest-processing-time-first plan from history.
+    /// Longest-processing-time-first plan from history for each shard's head, then a
+    /// shared queue of the shortest tests.
     Duration,
     /// Workers pull batches from a per-execution queue, longest first.
     Queue,

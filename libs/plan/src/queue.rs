@@ -21,7 +21,7 @@ pub struct Batch {
 
 /// Dispatch overhead stays under 1 % of a batch's run time: batches are at least this many
 /// times the per-batch overhead (when durations are known).
-const OVERHEAD_FACTOR: f64 = 100.0;
+pub(crate) const OVERHEAD_FACTOR: f64 = 100.0;
 /// Guided self-scheduling divisor (batch target = remaining / (divisor × m)) with history...
 const GSS_DIVISOR: f64 = 2.0;
 /// ...and when no test is known (see [`queue_batches`]; measured by `bench-sharding`).
@@ -48,6 +48,18 @@ pub fn queue_batches(
     m: usize,
     per_batch_overhead_ms: f64,
 ) -> Vec<Batch> {
+    cut_batches(tests, history, m, per_batch_overhead_ms, OVERHEAD_FACTOR)
+}
+
+/// [`queue_batches`] with batches at least `overhead_factor` times the per-batch overhead
+/// (when durations are known) instead of [`OVERHEAD_FACTOR`] times.
+pub(crate) fn cut_batches(
+    tests: &[TestId],
+    history: &History,
+    m: usize,
+    per_batch_overhead_ms: f64,
+    overhead_factor: f64,
+) -> Vec<Batch> {
     let m = m.max(1) as f64;
     let order = lpt_order(tests, history);
     let known = order.iter().any(|(id, _)| history.get(id).is_some());
@@ -59,7 +71,7 @@ pub fn queue_batches(
     let floor = if history.is_empty() {
         0.0
     } else {
-        per_batch_overhead_ms.max(0.0) * OVERHEAD_FACTOR
+        per_batch_overhead_ms.max(0.0) * overhead_factor
     };
     // remaining[i]: expected time of order[i..], summed from the end so it never drifts.
     let mut remaining = vec![0.0; order.len() + 1];

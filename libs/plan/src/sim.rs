@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use crate::{History, Ms, Strategy, TestId, count_split, lpt, queue_batches};
+use crate::{Batch, History, Ms, Strategy, TestId, count_split, duration_plan, queue_batches};
 
 /// The simulated environment.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,8 +22,10 @@ pub struct Config {
 /// durations, in listing order) planned from `estimates`:
 ///
 /// - `count`: contiguous shards of the listing; each costs the start plus its true sum.
-/// - `duration`: the [`lpt`] plan on the estimates; each shard costs the start plus its true
-///   sum.
+/// - `duration`: the [`duration_plan`] on the estimates (what the scheduler ships): each
+///   shard runs its head (the start plus its true sum), then takes the next tail batch
+///   whenever it is free, paying the batch's true sum plus the per-batch overhead. Without a
+///   tail this is the static longest-first plan.
 /// - `queue`: [`queue_batches`] on the estimates; each worker, after the start, takes the next
 ///   batch whenever it is free, paying the batch's true sum plus the per-batch overhead.
 pub fn makespan(
@@ -51,26 +53,46 @@ pub fn makespan(
         ),
         Strategy::Duration => {
             let ids: Vec<TestId> = suite.iter().map(|(id, _)| id.clone()).collect();
-            let plan = lpt(&ids, estimates, m);
-            longest_shard(plan.shards.iter().map(|shard| cost(shard)).collect())
+            let plan = duration_plan(&ids, estimates, m, config.per_batch_overhead_ms);
+            let heads: Vec<f64> = plan.head.shards.iter().map(|s| start + cost(s)).collect();
+            drain(&heads, &plan.tail, config.per_batch_overhead_ms, &cost)
         }
         Strategy::Queue => {
             let ids: Vec<TestId> = suite.iter().map(|(id, _)| id.clone()).collect();
             let batches = queue_batches(&ids, estimates, m, config.per_batch_overhead_ms);
-            let mut free: BinaryHeap<Reverse<(Ms, usize)>> =
-                (0..m).map(|w| Reverse((Ms(start), w))).collect();
-            let mut finish = start;
-            for batch in &batches {
-                let Some(Reverse((Ms(at), w))) = free.pop() else {
-                    break;
-                };
-                let done = at + cost(&batch.tests) + config.per_batch_overhead_ms;
-                finish = finish.max(done);
-                free.push(Reverse((Ms(done), w)));
-            }
-            finish
+            drain(
+                &vec![start; m],
+                &batches,
+                config.per_batch_overhead_ms,
+                &cost,
+            )
         }
     }
+}
+
+/// Workers free at `free_at[w]` take `batches` in order, each when it is the first free one;
+/// returns when the last one finishes (the latest `free_at` when there are no batches).
+fn drain(
+    free_at: &[f64],
+    batches: &[Batch],
+    per_batch_overhead_ms: f64,
+    cost: &dyn Fn(&[TestId]) -> f64,
+) -> f64 {
+    let mut free: BinaryHeap<Reverse<(Ms, usize)>> = free_at
+        .iter()
+        .enumerate()
+        .map(|(w, &at)| Reverse((Ms(at), w)))
+        .collect();
+    let mut finish = free_at.iter().copied().fold(0.0, f64::max);
+    for batch in batches {
+        let Some(Reverse((Ms(at), w))) = free.pop() else {
+            break;
+        };
+        let done = at + cost(&batch.tests) + per_batch_overhead_ms;
+        finish = finish.max(done);
+        free.push(Reverse((Ms(done), w)));
+    }
+    finish
 }
 
 #[cfg(test)]

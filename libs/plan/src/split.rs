@@ -90,7 +90,7 @@ pub fn lpt(tests: &[TestId], history: &History, m: usize) -> Plan {
     assign(&lpt_order(tests, history), m)
 }
 
-fn assign(order: &[(&str, f64)], m: usize) -> Plan {
+pub(crate) fn assign(order: &[(&str, f64)], m: usize) -> Plan {
     let m = m.max(1);
     let mut shards = vec![Vec::new(); m];
     let mut expected_ms = vec![0.0; m];

@@ -272,8 +272,9 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
     {
         let mut insert = tx.prepare(
             "INSERT OR IGNORE INTO test_cases (execution_id, shard_index, attempt, test_id, name,
-                 classname, file, status, duration_ms, failure_message, output, attempts, flaky)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 classname, file, status, duration_ms, failure_message, output, attempts, flaky,
+                 queue_batch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         let workflow = if b.workflow.is_empty() {
             tx.query_row(
@@ -287,6 +288,9 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
             b.workflow.clone()
         };
         let now = crate::history::now_ms();
+        // Per row: a queue batch's tests count whichever attempt ran them; an attempt's own
+        // tests count only for the shard's latest attempt.
+        let queue_batch = (b.queue_batch > 0).then_some(b.queue_batch);
         for r in &b.results {
             let new = insert.execute(params![
                 b.execution_id,
@@ -302,6 +306,7 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 r.output,
                 r.attempts.max(1),
                 r.flaky && r.status() == TestStatus::Passed,
+                queue_batch,
             ])?;
             // Only a test case seen for the first time counts, so redelivery changes nothing.
             if new == 1 && !workflow.is_empty() {
@@ -431,35 +436,24 @@ pub(crate) fn execution_update(conn: &Connection, id: &str) -> Result<Option<Exe
     Ok(load(conn, id)?.map(|view| view.update()))
 }
 
-/// Whether the execution's results came through a work queue (`strategy: queue`).
-fn is_queue_mode(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM queue_claims WHERE execution_id = ?1 LIMIT 1",
-            [id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
-}
-
 pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
     let Some(view) = load(conn, id)? else {
         return Ok(None);
     };
-    // Queue mode: a shard's tests are those of every attempt (each batch is stored once).
-    let queue_mode = is_queue_mode(conn, id)?;
+    // A shard's tests: its latest attempt's own, plus the work-queue batches any of its
+    // attempts reported first (each batch is stored once).
     let mut stmt = conn.prepare(
         "SELECT test_id, name, classname, file, status, duration_ms, failure_message, output,
              attempts, flaky
          FROM test_cases
-         WHERE execution_id = ?1 AND shard_index = ?2 AND (attempt = ?3 OR ?4)
+         WHERE execution_id = ?1 AND shard_index = ?2
+             AND (attempt = ?3 OR queue_batch IS NOT NULL)
          ORDER BY test_id",
     )?;
     let mut shards = Vec::with_capacity(view.shards.len());
     for shard in &view.shards {
         let tests = stmt
-            .query_map(params![id, shard.index, shard.attempt, queue_mode], |row| {
+            .query_map(params![id, shard.index, shard.attempt], |row| {
                 Ok(TestCaseResult {
                     id: row.get(0)?,
                     name: row.get(1)?,
@@ -703,18 +697,27 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
             batches.insert((r.get(0)?, r.get(1)?), r.get(2)?);
         }
     }
+    // Test counts per shard attempt: its own tests, and apart from them (`queued`) those
+    // that came through a work queue.
     let mut counts: BTreeMap<(u32, u32), Counts> = BTreeMap::new();
+    let mut queued: BTreeMap<(u32, u32), Counts> = BTreeMap::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT shard_index, attempt, status, COUNT(*), SUM(flaky) FROM test_cases
-             WHERE execution_id = ?1 GROUP BY shard_index, attempt, status",
+            "SELECT shard_index, attempt, queue_batch IS NOT NULL, status, COUNT(*), SUM(flaky)
+             FROM test_cases WHERE execution_id = ?1
+             GROUP BY shard_index, attempt, queue_batch IS NOT NULL, status",
         )?;
         let mut rows = stmt.query([id])?;
         while let Some(r) = rows.next()? {
-            let entry = counts.entry((r.get(0)?, r.get(1)?)).or_default();
-            let n: u32 = r.get(3)?;
-            entry.flaky += r.get::<_, u32>(4)?;
-            match TestStatus::try_from(r.get::<_, i32>(2)?) {
+            let key = (r.get(0)?, r.get(1)?);
+            let entry = if r.get::<_, bool>(2)? {
+                queued.entry(key).or_default()
+            } else {
+                counts.entry(key).or_default()
+            };
+            let n: u32 = r.get(4)?;
+            entry.flaky += r.get::<_, u32>(5)?;
+            match TestStatus::try_from(r.get::<_, i32>(3)?) {
                 Ok(TestStatus::Passed) => entry.passed += n,
                 Ok(TestStatus::Failed) => entry.failed += n,
                 Ok(TestStatus::Errored) => entry.errored += n,
@@ -723,10 +726,6 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
             }
         }
     }
-
-    // Queue mode: results belong to the work-queue batch, not to a shard attempt. Only the
-    // first report of each batch is stored, so every attempt's rows count.
-    let queue_mode = is_queue_mode(conn, id)?;
 
     // The latest attempt of each shard is the highest one seen in a status or a batch.
     let mut latest: BTreeMap<u32, u32> = BTreeMap::new();
@@ -751,21 +750,21 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
             };
             let key = (index, attempt);
             let batches_seen = batches.get(&key).copied().unwrap_or(0);
-            let c = if queue_mode {
-                counts.iter().filter(|((s, _), _)| *s == index).fold(
-                    Counts::default(),
-                    |mut acc, (_, c)| {
-                        acc.passed += c.passed;
-                        acc.failed += c.failed;
-                        acc.errored += c.errored;
-                        acc.skipped += c.skipped;
-                        acc.flaky += c.flaky;
-                        acc
-                    },
-                )
-            } else {
-                counts.remove(&key).unwrap_or_default()
-            };
+            // The latest attempt's own tests, plus the work-queue batches of every attempt:
+            // results of a queue batch belong to the batch, not to the attempt, and only its
+            // first report is stored.
+            let c = queued
+                .range((index, 0)..=(index, u32::MAX))
+                .map(|(_, c)| c)
+                .chain(counts.get(&key))
+                .fold(Counts::default(), |mut acc, c| {
+                    acc.passed += c.passed;
+                    acc.failed += c.failed;
+                    acc.errored += c.errored;
+                    acc.skipped += c.skipped;
+                    acc.flaky += c.flaky;
+                    acc
+                });
             let mut progress = ShardProgress {
                 attempt,
                 batches_seen,

@@ -114,6 +114,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE executions ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: which work-queue batch a test case came from, per row: NULL for a shard attempt's
+    // own tests (only its latest attempt counts), the 1-based queue batch for a test that
+    // came through a work queue (the first report of a batch counts, whichever attempt ran
+    // it). A `duration` execution mixes both in one attempt: its planned tests, then the
+    // shared tail. Rows from before were all of one kind per execution: those of an
+    // execution with queue claims came through the queue, batch unknown (0).
+    r#"
+    ALTER TABLE test_cases ADD COLUMN queue_batch INTEGER;
+    UPDATE test_cases SET queue_batch = 0
+        WHERE execution_id IN (SELECT DISTINCT execution_id FROM queue_claims);
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

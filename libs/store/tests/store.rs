@@ -760,3 +760,131 @@ async fn shard_start_cost_is_the_median_creation_to_start_of_first_attempts() {
     assert_eq!(store.shard_start_ms("w").await.unwrap(), Some(300.0));
     assert_eq!(store.shard_start_ms("other").await.unwrap(), None);
 }
+
+fn queued_batch(
+    id: &str,
+    shard: u32,
+    attempt: u32,
+    n: u32,
+    queue_batch: u32,
+    results: Vec<TestCaseResult>,
+) -> TestCaseBatch {
+    TestCaseBatch {
+        attempt,
+        queue_batch,
+        ..batch(id, shard, n, results)
+    }
+}
+
+fn ids_of(detail: &assay_proto::v1::ExecutionDetail, shard: usize) -> Vec<(String, i32)> {
+    detail.shards[shard]
+        .tests
+        .iter()
+        .map(|t| (t.id.clone(), t.status))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_good() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000000T";
+    let (p, f) = (TestStatus::Passed, TestStatus::Failed);
+    store.record_execution(plan(id, "dur", 2)).await.unwrap();
+    // Shard 0, attempt 1: its planned tests (a passes, b fails), then tail batch 0.
+    for b in [
+        queued_batch(id, 0, 1, 0, 0, vec![test("a", p), test("b", f)]),
+        queued_batch(id, 0, 1, 1, 1, vec![test("t1", p)]),
+    ] {
+        assert!(store.record_batch(b).await.unwrap());
+    }
+    let mut retry = finished(id, 0, ShardState::Errored, 2);
+    retry.will_retry = true;
+    store.record_shard_status(retry).await.unwrap();
+    // Shard 1 took tail batch 0 over after a lease it thought was lost: ignored.
+    store
+        .record_batch(queued_batch(id, 1, 1, 0, 1, vec![test("t1", f)]))
+        .await
+        .unwrap();
+    store
+        .record_batch(queued_batch(id, 1, 1, 1, 0, vec![test("c", p)]))
+        .await
+        .unwrap();
+    store
+        .record_shard_status(finished(id, 1, ShardState::Passed, 2))
+        .await
+        .unwrap();
+    // Shard 0, attempt 2: its planned tests again (both pass now), then tail batch 1.
+    for b in [
+        queued_batch(id, 0, 2, 0, 0, vec![test("a", p), test("b", p)]),
+        queued_batch(id, 0, 2, 1, 2, vec![test("t2", p)]),
+    ] {
+        assert!(store.record_batch(b).await.unwrap());
+    }
+    store
+        .record_shard_status(ShardStatus {
+            result_batches: 2,
+            ..status(id, 0, 2, ShardState::Passed)
+        })
+        .await
+        .unwrap();
+
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Passed, "{u:?}");
+    // a, b (attempt 2 only), t1 (attempt 1's tail batch), t2, c: five tests, all passed.
+    assert_eq!((u.passed, u.failed, u.errored), (5, 0, 0), "{u:?}");
+    let detail = store.execution_detail(id).await.unwrap().unwrap();
+    let pass = TestStatus::Passed as i32;
+    assert_eq!(
+        ids_of(&detail, 0),
+        [("a", pass), ("b", pass), ("t1", pass), ("t2", pass)].map(|(t, s)| (t.to_string(), s))
+    );
+    assert_eq!(ids_of(&detail, 1), [("c".to_string(), pass)]);
+}
+
+#[tokio::test]
+async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.db");
+    let (q, c) = ("01J0000000000000000000000Q", "01J0000000000000000000000C");
+    {
+        let store = Store::open(&path).unwrap();
+        store.record_execution(plan(q, "queue", 1)).await.unwrap();
+        store.record_execution(plan(c, "count", 1)).await.unwrap();
+    }
+    // Rows as schema version 6 wrote them: a queue execution whose attempt 1 reported a
+    // batch and attempt 2 another; a count execution whose attempt 1 was retried.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO queue_claims VALUES ('{q}', 1, 0, 1), ('{q}', 2, 0, 2);
+         INSERT INTO batches VALUES ('{q}', 0, 1, 0), ('{q}', 0, 2, 0), ('{c}', 0, 1, 0), ('{c}', 0, 2, 0);
+         INSERT INTO test_cases (execution_id, shard_index, attempt, test_id, status)
+             VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
+                    ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
+         ALTER TABLE test_cases DROP COLUMN queue_batch;
+         PRAGMA user_version = 6;"
+    ))
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    for id in [q, c] {
+        store
+            .record_shard_status(ShardStatus {
+                result_batches: 1,
+                ..status(id, 0, 2, ShardState::Passed)
+            })
+            .await
+            .unwrap();
+    }
+    let u = update(&store, q).await;
+    assert_eq!((u.passed, u.failed), (2, 0), "both batches count: {u:?}");
+    let detail = store.execution_detail(q).await.unwrap().unwrap();
+    assert_eq!(detail.shards[0].tests.len(), 2);
+    let u = update(&store, c).await;
+    assert_eq!((u.passed, u.failed), (1, 0), "only the last attempt: {u:?}");
+    assert_eq!(
+        store.execution_detail(c).await.unwrap().unwrap().shards[0]
+            .tests
+            .len(),
+        1
+    );
+}

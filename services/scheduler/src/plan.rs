@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use assay_proto::{Execution, ExecutionStatus, ShardJob, Step, TestsSpec};
+use assay_proto::{Execution, ExecutionStatus, ShardJob, Step, TailBatch, TestsSpec};
 use assay_spec::{MASKED, Workflow, expand_matrix, variant_label};
 
 use crate::{Error, Result};
@@ -112,6 +112,9 @@ pub fn shard_count_for(spec: &assay_spec::WorkflowSpec, history: &assay_plan::Hi
     }
 }
 
+/// `parallel.batchOverhead` when the workflow does not say: the start-up of `tests.run`.
+const DEFAULT_BATCH_OVERHEAD_MS: u64 = 100;
+
 fn ms(d: Option<std::time::Duration>, default_ms: u64) -> u64 {
     d.map(|d| d.as_millis() as u64).unwrap_or(default_ms)
 }
@@ -136,8 +139,11 @@ struct Group {
     /// The shards' explicit test ids (listed ids, without the variant suffix); empty lists
     /// when the runners list the tests themselves.
     shards: Vec<Vec<String>>,
-    /// Duration mode: stable hashes of every test the group's plan assigned.
+    /// Duration mode: stable hashes of every test the group's plan assigned (head and tail).
     planned_hashes: Vec<u64>,
+    /// Duration mode: the plan's shared tail, which every shard of the group drains after
+    /// its own tests.
+    tail: Vec<TailBatch>,
 }
 
 /// Which group a qualified test id belongs to, and the listed id inside it.
@@ -156,9 +162,11 @@ fn unknown_variant(workflow: &str, id: &str) -> Error {
 
 /// Plans `workflow` with `config` (already resolved). Each matrix combination (one without
 /// matrix) is a group of `parallel.count` shards that splits the suite among themselves.
-/// With `strategy: duration`, the tests `history` knows for the combination are split
-/// longest-first (LPT) and each shard is told its own and the hashes of all planned tests;
-/// tests without history are placed by the runners with a stable hash.
+/// With `strategy: duration`, the tests `history` knows for the combination are planned by
+/// [`assay_plan::duration_plan`]: the shortest ones (about a fifth of the estimated work) form
+/// a shared tail, in queue batches that every shard of the group carries (as hashes); the
+/// rest are split longest-first (LPT). Each shard is told its own head tests and the hashes
+/// of all planned tests; tests without history are placed by the runners with a stable hash.
 pub fn plan(
     id: &str,
     workflow: &Workflow,
@@ -184,6 +192,7 @@ pub fn plan(
             variant: variant.clone(),
             shards: Vec::new(),
             planned_hashes: Vec::new(),
+            tail: Vec::new(),
         })
         .collect();
     match selection {
@@ -193,14 +202,22 @@ pub fn plan(
                 let n = shard_count_for(spec, &h) as usize;
                 g.shards = if by_duration {
                     let known: Vec<String> = h.ids().map(str::to_string).collect();
-                    let p = assay_plan::lpt(&known, &h, n);
-                    g.planned_hashes = p
-                        .shards
+                    let overhead = ms(spec.parallel.batch_overhead, DEFAULT_BATCH_OVERHEAD_MS);
+                    let p = assay_plan::duration_plan(&known, &h, n, overhead as f64);
+                    g.planned_hashes = p.all_ids().map(assay_plan::stable_hash).collect();
+                    g.tail = p
+                        .tail
                         .iter()
-                        .flatten()
-                        .map(|t| assay_plan::stable_hash(t))
+                        .map(|b| TailBatch {
+                            test_hashes: b
+                                .tests
+                                .iter()
+                                .map(|t| assay_plan::stable_hash(t))
+                                .collect(),
+                            expected_ms: b.expected_ms,
+                        })
                         .collect();
-                    p.shards
+                    p.head.shards
                 } else {
                     vec![Vec::new(); n]
                 };
@@ -346,7 +363,7 @@ pub fn plan(
                 planned_hashes: g.planned_hashes.clone(),
                 retries: spec.retries.count,
                 retry_on: format!("{:?}", spec.retries.on).to_lowercase(),
-                batch_overhead_ms: ms(spec.parallel.batch_overhead, 100),
+                batch_overhead_ms: ms(spec.parallel.batch_overhead, DEFAULT_BATCH_OVERHEAD_MS),
                 lease_ms: ms(spec.parallel.lease, 30_000),
                 fail_fast: spec.parallel.fail_fast,
                 matrix: c.clone().into_iter().collect(),
@@ -355,6 +372,7 @@ pub fn plan(
                 group_shard_index: j as u32,
                 group_shard_count,
                 masked: masked.clone(),
+                tail: g.tail.clone(),
             });
         }
     }
@@ -518,6 +536,69 @@ spec:
         h.set_shard_start_ms(0.0);
         let p = plan("E", &w, c, &Cause::default(), &h, &Selection::Listed, "").unwrap();
         assert_eq!(p.shards.len(), 5);
+    }
+
+    #[test]
+    fn duration_plans_a_head_per_shard_and_one_shared_tail() {
+        let yaml = W.replace(
+            "parallel: {count: 3}",
+            "parallel: {count: 2, strategy: duration}",
+        );
+        let w = workflow(&yaml);
+        let c = w.resolve_config(&BTreeMap::new()).unwrap();
+        // 4 long tests and 12 short ones: the short ones (1,200 of 9,200 ms) are the tail.
+        let history: assay_plan::History = (0..16)
+            .map(|i| {
+                let ms = if i < 4 { 2000.0 } else { 100.0 };
+                (format!("t{i:02}"), assay_plan::Estimate::exact(ms))
+            })
+            .collect();
+        let p = plan(
+            "E",
+            &w,
+            c.clone(),
+            &Cause::default(),
+            &history,
+            &Selection::Listed,
+            "",
+        )
+        .unwrap();
+        assert_eq!(p.shards.len(), 2);
+        assert_eq!(p.shards[0].strategy, "duration");
+        assert_eq!(p.shards[0].tail, p.shards[1].tail, "one tail for the group");
+        let tail: Vec<u64> = p.shards[0]
+            .tail
+            .iter()
+            .flat_map(|b| b.test_hashes.clone())
+            .collect();
+        assert!(!tail.is_empty());
+        let head: Vec<&String> = p.shards.iter().flat_map(|s| &s.test_ids).collect();
+        // Every known test once: in one shard's head or in the tail, never both.
+        assert_eq!(head.len() + tail.len(), 16);
+        for id in &head {
+            assert!(!tail.contains(&assay_plan::stable_hash(id)), "{id} twice");
+        }
+        let mut planned = p.shards[1].planned_hashes.clone();
+        planned.sort_unstable();
+        let mut all: Vec<u64> = history.ids().map(assay_plan::stable_hash).collect();
+        all.sort_unstable();
+        assert_eq!(planned, all);
+        // The expected time of the tail is at most a fifth of the work.
+        let tail_ms: f64 = p.shards[0].tail.iter().map(|b| b.expected_ms).sum();
+        assert!(tail_ms > 0.0 && tail_ms <= 0.2 * 9200.0, "{tail_ms}");
+        // Deterministic.
+        let again = plan(
+            "E",
+            &w,
+            c,
+            &Cause::default(),
+            &history,
+            &Selection::Listed,
+            "",
+        )
+        .unwrap();
+        assert_eq!(again.shards[1].tail, p.shards[1].tail);
+        assert_eq!(again.shards[1].test_ids, p.shards[1].test_ids);
     }
 
     const M: &str = r#"

@@ -988,16 +988,29 @@ async fn duration_strategy_balances_shards_from_history_and_runs_new_tests_once(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Second run: longest first onto the least-loaded shard: 900+100+100+100 | 500+400+100+100+100 → 1200 | 1200.
+    // Second run: the shortest tests holding at most a fifth of the work (4 x 100 of 2400)
+    // are the shared tail; the rest goes longest first onto the least-loaded shard:
+    // 900+100 | 500+400+100 → 1000 | 1000. Each shard then drains the tail (2 batches of
+    // 200), so it ran its head and whatever part of the tail it took.
     let second = sb.run("dur", &[]).await;
     let d2 = sb.wait_for_terminal(&second, LONG).await;
     let loads = load(&d2);
     assert_eq!(loads.iter().sum::<u64>(), 2400, "{}", describe(&d2));
     assert!(
-        loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 100,
+        loads.iter().all(|l| (1000..=1400).contains(l)),
         "loads {loads:?}: {}",
         describe(&d2)
     );
+    let mut got = test_ids(&d2);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 9, "every test once: {}", describe(&d2));
+    let text = sb.logs_text(&second, false, LONG).await;
+    assert!(
+        text.contains("filled the shared tail queue: 4 tests in 2 batches"),
+        "{text}"
+    );
+    assert!(text.contains("queue drained"), "{text}");
     // A new test appears: it runs exactly once, on the shard its hash picks.
     let ids_file = {
         // The sandbox's working directory is the one holding timed.sh.
@@ -1020,6 +1033,94 @@ async fn duration_strategy_balances_shards_from_history_and_runs_new_tests_once(
     got.dedup();
     assert_eq!(got.len(), 10, "every test once: {}", describe(&d3));
     assert!(got.contains(&"fresh_300".to_string()));
+}
+
+/// Like TIMED_SH, and a test whose id holds "stall" first sleeps $SLOW seconds.
+const TIMED_STALL_SH: &str = r#"#!/bin/sh
+report=$1; shift
+{
+echo '<?xml version="1.0" encoding="UTF-8"?>'
+echo "<testsuite name=\"timed\" tests=\"$#\">"
+for id in "$@"; do
+  case $id in *stall*) sleep "${SLOW:-1}";; esac
+  ms=${id##*_}
+  echo "<testcase classname=\"timed\" name=\"$id\" time=\"$(awk "BEGIN{print $ms/1000}")\"/>"
+done
+echo "</testsuite>"
+} > "$report"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duration_tail_survives_a_stalled_worker_and_counts_every_test_once() {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    // 4 long tests (3,000 ms) are planned onto the shards; the 9 short ones (450 ms, under a
+    // fifth of the work) are the shared tail, "zz_stall_50" (last by id) among them.
+    let mut all: Vec<String> = ["a_900", "b_800", "c_700", "d_600"]
+        .map(String::from)
+        .to_vec();
+    all.extend((0..8).map(|i| format!("s{i}_50")));
+    all.push("zz_stall_50".into());
+    let sb = sandbox(
+        |w| {
+            std::fs::write(w.join("timed.sh"), TIMED_STALL_SH).unwrap();
+            let yaml = workflow("dtail", w, 2, "  env: {SLOW: \"3\"}\n")
+                .replace("sh suite.sh", "sh timed.sh")
+                .replace(
+                    "parallel: {count: 2}",
+                    "parallel: {count: 2, strategy: duration, lease: 2s, batchOverhead: 1ms}",
+                );
+            vec![("dtail.yaml".into(), yaml)]
+        },
+        &all,
+    )
+    .await;
+    // First run: no history, no tail (the tests spread by hash).
+    let first = sb.run("dtail", &[]).await;
+    let d1 = sb.wait_for_terminal(&first, LONG).await;
+    assert_passed_once(&d1, &all);
+    let text = sb.logs_text(&first, false, LONG).await;
+    assert!(!text.contains("tail queue"), "no history, no tail: {text}");
+    let kv = sb.bus.kv(assay_bus::streams::KV_HISTORY).await.unwrap();
+    for _ in 0..100 {
+        if kv.get(assay_bus::kv_key("dtail")).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Second run: freeze the worker running the stalling tail test past its lease.
+    let id = sb.run("dtail", &[]).await;
+    let mut found = None;
+    for _ in 0..400 {
+        found = process_with_arg("zz_stall_50");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_script, pgrp) = found.expect("the suite script running the stalling test");
+    let group = Pid::from_raw(pgrp);
+    killpg(group, Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    killpg(group, Signal::SIGCONT).unwrap();
+    let d = sb.wait_for_terminal(&id, LONG).await;
+    assert_passed_once(&d, &all);
+    let text = sb.logs_text(&id, false, LONG).await;
+    assert!(
+        text.contains("filled the shared tail queue: 9 tests in"),
+        "{text}"
+    );
+    assert!(text.contains("taken over after a lease expired"), "{text}");
+    // Both shards ran their planned heads: 900+600 | 800+700.
+    for shard in &d.shards {
+        let head: u64 = shard
+            .tests
+            .iter()
+            .filter(|t| !t.id.contains("_50"))
+            .map(|t| t.duration_ms)
+            .sum();
+        assert_eq!(head, 1500, "{}", describe(&d));
+    }
 }
 
 /// The pid of the process whose command line has the argument `needle` (e.g. a test id

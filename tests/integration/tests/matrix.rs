@@ -135,3 +135,88 @@ async fn matrix_runs_every_combination_in_its_own_shards_and_reruns_only_where_i
     assert!(all.contains("t03 [db=pg,os=mac]"), "{all}");
     assert!(all.contains("t03 [db=pg,os=linux]"), "{all}");
 }
+
+/// Each shard's test ids, in shard order.
+fn per_shard(d: &assay_proto::ExecutionDetail) -> Vec<Vec<String>> {
+    let mut shards: Vec<(u32, Vec<String>)> = d
+        .shards
+        .iter()
+        .map(|s| {
+            (
+                s.summary.as_ref().map(|x| x.index).unwrap_or_default(),
+                sorted(s.tests.iter().map(|t| t.id.clone()).collect()),
+            )
+        })
+        .collect();
+    shards.sort();
+    shards.into_iter().map(|(_, ids)| ids).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duration_with_history_shares_a_tail_per_combination_and_same_plan_replays_it() {
+    let work = tempfile::tempdir().unwrap().keep();
+    std::fs::write(work.join("suite.sh"), SUITE_SH).unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("t{i:02}")).collect();
+    std::fs::write(work.join("ids.txt"), ids.join("\n") + "\n").unwrap();
+    let sb = Sandbox::start(&[("mx-dur.yaml", &workflow(&work, "mx-dur", "duration"))]).await;
+    let want: Vec<String> = sorted(
+        ["linux", "mac"]
+            .iter()
+            .flat_map(|os| (0..10).map(move |i| format!("t{i:02} [db=pg,os={os}]")))
+            .collect(),
+    );
+
+    // First run: no history, no tail (t03 fails on mac the first time).
+    let first = sb.run("mx-dur", &[]).await;
+    let d = sb.wait_for_terminal(&first, LONG).await;
+    assert_eq!(sorted(test_ids(&d)), want, "{}", describe(&d));
+    let text = sb.logs_text(&first, false, LONG).await;
+    assert!(!text.contains("tail queue"), "{text}");
+    let kv = sb.bus.kv(assay_bus::streams::KV_HISTORY).await.unwrap();
+    for _ in 0..100 {
+        if kv.get(assay_bus::kv_key("mx-dur")).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Second run: per combination, 10 tests of 10 ms on 2 shards: the 2 shortest (a fifth of
+    // the work) are that combination's tail, in its own queue.
+    let second = sb.run("mx-dur", &[]).await;
+    let d = sb.wait_for_terminal(&second, LONG).await;
+    assert_eq!(status_of(&d), ExecutionStatus::Passed, "{}", describe(&d));
+    assert_eq!(
+        sorted(test_ids(&d)),
+        want,
+        "every test once: {}",
+        describe(&d)
+    );
+    assert_eq!(d.execution.as_ref().unwrap().passed, 20, "{}", describe(&d));
+    let text = sb.logs_text(&second, false, LONG).await;
+    assert_eq!(
+        text.matches("filled the shared tail queue: 2 tests in")
+            .count(),
+        2,
+        "one tail per combination: {text}"
+    );
+
+    // --same-plan replays what each shard ran, tail tests included.
+    let out = sb
+        .assay(&["rerun", &second, "--same-plan", "--timeout", "60s"])
+        .await;
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let list = sb.executions("mx-dur", 1).await;
+    let rerun = sb.wait_for_terminal(&list[0].execution_id, LONG).await;
+    assert_eq!(
+        status_of(&rerun),
+        ExecutionStatus::Passed,
+        "{}",
+        describe(&rerun)
+    );
+    let original: Vec<Vec<String>> = per_shard(&d)
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(per_shard(&rerun), original, "{}", describe(&rerun));
+}
