@@ -154,7 +154,8 @@ impl Store {
     }
 
     /// `(id, created_at_ms, timeout_ms)` of every planned execution not terminal yet.
-    pub async fn non_terminal_executions(&self) -> Result<Vec<(String, i64, u64)>> {
+    /// Planned executions not ended yet: (id, created at ms, timeout ms, shard count).
+    pub async fn non_terminal_executions(&self) -> Result<Vec<(String, i64, u64, u32)>> {
         self.run(|conn| ops::non_terminal_executions(conn)).await
     }
 

@@ -363,17 +363,19 @@ pub(crate) fn timed_out_since(conn: &Connection, since_ms: i64) -> Result<Vec<(S
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub(crate) fn non_terminal_executions(conn: &Connection) -> Result<Vec<(String, i64, u64)>> {
+pub(crate) fn non_terminal_executions(conn: &Connection) -> Result<Vec<(String, i64, u64, u32)>> {
     let mut stmt = conn.prepare(
-        "SELECT id, created_at_ms, timeout_ms FROM executions
+        "SELECT id, created_at_ms, timeout_ms, shard_count FROM executions
          WHERE planned = 1 AND status < ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map([FIRST_TERMINAL_STATUS], |row| {
         let timeout: i64 = row.get(2)?;
+        let shards: i64 = row.get(3)?;
         Ok((
             row.get(0)?,
             row.get(1)?,
             u64::try_from(timeout).unwrap_or(0),
+            u32::try_from(shards).unwrap_or(0),
         ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

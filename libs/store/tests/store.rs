@@ -336,7 +336,7 @@ async fn rejection_and_finalize_end_an_execution_once() {
     store.record_execution(plan(other, "e2e", 1)).await.unwrap();
     assert_eq!(
         store.non_terminal_executions().await.unwrap(),
-        [(other.to_string(), 1_000, 60_000)]
+        [(other.to_string(), 1_000, 60_000, 1)]
     );
     assert!(
         store

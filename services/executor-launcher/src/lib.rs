@@ -367,6 +367,26 @@ impl Launcher {
                 .map(|_| ())
                 .map_err(|e| Failure::Retry(e.to_string()));
         }
+        // The execution's time is up (the job waited while launchers were gone, or this is a
+        // retry after the deadline): end the shard as timed out without starting it.
+        let now = assay_bus::now_ms();
+        if job.deadline_ms > 0 && now >= job.deadline_ms {
+            let status = launcher_status(
+                &job,
+                ShardState::TimedOut,
+                format!(
+                    "the execution's timeout of {}s passed before this attempt could start",
+                    job.timeout_ms / 1000
+                ),
+            );
+            warn!(execution = %exec, shard, attempt, "execution past its deadline; shard not started");
+            return self
+                .bus
+                .publish(subjects::shard_status(&exec, shard), &status)
+                .await
+                .map(|_| ())
+                .map_err(|e| Failure::Retry(e.to_string()));
+        }
         let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
         let (mut child, warm) = match self.start_warm(&encoded).await {
             Some(child) => (child, true),
@@ -379,7 +399,9 @@ impl Launcher {
         info!(execution = %exec, shard, attempt, pid = ?child.id(), warm, "runner started");
         let tail = capture_stderr(&mut child, format!("{exec}/{shard}"));
 
-        let timeout = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms));
+        // The shard's own timeout, cut short by the execution's deadline (a later attempt, or
+        // a job that waited for a launcher, has less than the whole timeout left).
+        let timeout = shard_time_left(&job, now);
         let mut progress = tokio::time::interval(self.ack_wait / 3);
         progress.tick().await;
         let deadline = async {
@@ -437,12 +459,11 @@ impl Launcher {
             Outcome::TimedOut => {
                 ended = ShardState::TimedOut;
                 let _ = child.wait().await;
-                let t = timeout.unwrap_or_default();
                 Some(final_status(
                     ShardState::TimedOut,
                     format!(
                         "shard exceeded its timeout of {}s; its processes were killed",
-                        t.as_secs()
+                        job.timeout_ms / 1000
                     ),
                 ))
             }
@@ -540,6 +561,18 @@ impl Launcher {
 /// A final status the launcher reports for a shard attempt (cancelled, timed out, or a
 /// runner that died unreported). Keyed like the runner's own final status, so whichever is
 /// first is the one the stream keeps.
+/// How long an attempt of `job` started at `now` may run: its `timeout_ms`, but no later
+/// than the execution's `deadline_ms`. `None`: no limit.
+fn shard_time_left(job: &ShardJob, now: i64) -> Option<Duration> {
+    let own = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms));
+    let left = (job.deadline_ms > 0)
+        .then(|| Duration::from_millis(u64::try_from(job.deadline_ms - now).unwrap_or(0)));
+    match (own, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn launcher_status(job: &ShardJob, state: ShardState, reason: String) -> ShardStatus {
     let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
     ShardStatus {
@@ -609,6 +642,23 @@ fn capture_stderr(child: &mut Child, label: String) -> Tail {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn an_attempt_runs_no_later_than_the_execution_deadline() {
+        let job = |timeout_ms, deadline_ms| ShardJob {
+            timeout_ms,
+            deadline_ms,
+            ..Default::default()
+        };
+        let s = Duration::from_secs;
+        // First attempt, started as planned: the shard's own timeout.
+        assert_eq!(shard_time_left(&job(60_000, 160_000), 100_000), Some(s(60)));
+        // A later attempt (or a job that waited for a launcher): what is left.
+        assert_eq!(shard_time_left(&job(60_000, 160_000), 130_000), Some(s(30)));
+        assert_eq!(shard_time_left(&job(60_000, 160_000), 170_000), Some(s(0)));
+        assert_eq!(shard_time_left(&job(60_000, 0), 170_000), Some(s(60)));
+        assert_eq!(shard_time_left(&job(0, 0), 170_000), None);
+    }
 
     #[test]
     fn classifies_runner_exits() {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
 use assay_proto::{
-    Execution, ExecutionStatus, HistorySnapshot, ShardStatus, TestCaseBatch, TestEstimate,
+    Execution, ExecutionStatus, HistorySnapshot, ShardState, ShardStatus, TestCaseBatch,
+    TestEstimate,
 };
 use assay_store::Store;
 use prost::Message;
@@ -208,12 +209,19 @@ impl Aggregator {
     pub async fn sweep_timeouts(&self, grace: Duration) -> Result<usize> {
         let now = assay_bus::now_ms();
         let mut ended = 0;
-        for (id, created, timeout_ms) in self.store.non_terminal_executions().await? {
+        for (id, created, timeout_ms, shards) in self.store.non_terminal_executions().await? {
             if timeout_ms == 0 {
                 continue;
             }
             let deadline = created + timeout_ms as i64 + grace.as_millis() as i64;
             if now < deadline {
+                continue;
+            }
+            if now < deadline + BUS_END_WAIT_MS && self.ended_on_the_bus(&id, shards).await {
+                // Its shards' ends (the launcher kills them at the deadline) are waiting in
+                // the status stream, e.g. after this aggregator was down: the status consumer
+                // records them with their own times. Not for ever: a status that never gets
+                // recorded must not keep the execution open.
                 continue;
             }
             let reason = format!(
@@ -235,6 +243,42 @@ impl Aggregator {
         }
         self.follow_up().await?;
         Ok(ended)
+    }
+
+    /// Whether every shard's last status on the bus is a final one with no attempt to
+    /// follow, so the execution's end is already decided and only needs recording.
+    /// Unreadable statuses count as not ended (the sweep then ends the execution).
+    async fn ended_on_the_bus(&self, id: &str, shards: u32) -> bool {
+        if shards == 0 {
+            return false;
+        }
+        let Ok(stream) = self
+            .bus
+            .jetstream()
+            .get_stream_no_info(streams::STATUS)
+            .await
+        else {
+            return false;
+        };
+        for shard in 0..shards {
+            let Ok(msg) = stream
+                .get_last_raw_message_by_subject(&subjects::shard_status(id, shard))
+                .await
+            else {
+                return false;
+            };
+            let Ok(status) = <ShardStatus as prost::Message>::decode(msg.payload) else {
+                return false;
+            };
+            let final_state = !matches!(
+                status.state(),
+                ShardState::Unspecified | ShardState::Queued | ShardState::Running
+            );
+            if !final_state || status.will_retry {
+                return false;
+            }
+        }
+        true
     }
 
     /// Queues the follow-up of every execution timed out in the last `window`: the list of
@@ -275,6 +319,10 @@ impl Aggregator {
         Ok(())
     }
 }
+
+/// How long past `timeout + grace` the sweep leaves an execution whose shards' ends are on
+/// the bus to the status consumer.
+const BUS_END_WAIT_MS: i64 = 30_000;
 
 fn is_terminal(status: i32) -> bool {
     !matches!(

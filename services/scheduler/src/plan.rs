@@ -305,6 +305,11 @@ pub fn plan(
         rerun_of: rerun_of.to_string(),
         priority: spec.concurrency.priority.unwrap_or(0),
     };
+    let deadline_ms = if timeout_ms > 0 {
+        execution.created_at_ms + timeout_ms as i64
+    } else {
+        0
+    };
     let trace = execution.header.as_ref().map(|h| h.traceparent.clone());
     let strategy = if by_duration {
         "duration"
@@ -357,6 +362,7 @@ pub fn plan(
                 tests: tests.clone(),
                 env: env.clone().into_iter().collect(),
                 timeout_ms,
+                deadline_ms,
                 working_dir: working_dir.clone(),
                 test_ids: test_ids.clone(),
                 strategy: strategy.to_string(),

@@ -1583,3 +1583,76 @@ async fn a_shard_job_of_an_ended_execution_starts_no_runner() {
     let after = sb.detail(&id).await.unwrap();
     assert_eq!(after.shards[0].summary.as_ref().unwrap().attempt, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_job_past_its_execution_deadline_times_out_without_a_runner() {
+    use prost::Message as _;
+    let all = ids(2);
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("late", w, 1, ""))],
+        &all,
+    )
+    .await;
+    // A job that waited in the queue while every launcher was gone: its execution's
+    // deadline (creation + 5 s) passed a second ago.
+    let id = ulid::Ulid::new().to_string();
+    let marker = sb.dir.path().join("ran");
+    let job = assay_proto::ShardJob {
+        header: Some(assay_bus::header("test", format!("{id}/0/1"), None)),
+        execution_id: id.clone(),
+        workflow: "late".into(),
+        shard_index: 0,
+        shard_count: 1,
+        attempt: 1,
+        timeout_ms: 5_000,
+        deadline_ms: assay_bus::now_ms() - 1_000,
+        steps: vec![assay_proto::Step {
+            name: "late".into(),
+            run: format!("touch {}", marker.display()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    sb.bus
+        .publish_raw(
+            assay_bus::subjects::shard_job(&id, 0),
+            Default::default(),
+            job.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let stream = sb
+        .bus
+        .jetstream()
+        .get_stream(assay_bus::streams::STATUS)
+        .await
+        .unwrap();
+    let subject = assay_bus::subjects::shard_status(&id, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
+            break assay_proto::ShardStatus::decode(m.payload).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status for a job past its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.state(),
+        assay_proto::ShardState::TimedOut,
+        "{status:?}"
+    );
+    assert_eq!(status.reporter, "launcher");
+    assert!(
+        status
+            .reason
+            .contains("timeout of 5s passed before this attempt could start"),
+        "{}",
+        status.reason
+    );
+    assert!(!status.will_retry);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!marker.exists(), "no runner may start after the deadline");
+}
