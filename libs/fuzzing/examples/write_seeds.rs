@@ -75,6 +75,7 @@ fn shard_job(index: u32) -> ShardJob {
         }),
         env: map(&[("SHOP_SEED", "7"), ("ASSAY_WORKFLOW", "shop")]),
         timeout_ms: 300_000,
+        deadline_ms: 1_790_000_300_000,
         working_dir: "/work/examples/shop".into(),
         test_ids: vec![
             "tests/test_cart.py::test_add".into(),
