@@ -208,6 +208,8 @@ async fn main() {
             }
         });
     }
+    let baseline = bare_jetstream_rate(&bus).await;
+
     // Warm up: one event through, then idle RSS.
     publish(&bus, "warm").await;
     wait_for(&seen, 1, Duration::from_secs(30)).await;
@@ -333,6 +335,12 @@ async fn main() {
     }
 
     println!("  (name* columns: CPU milliseconds per 1,000 executions planned, user + system)");
+    println!(
+        "baseline, same nats-server and generator: {baseline:.0} bare JetStream publishes/s \
+         acknowledged ({BASELINE_N} trigger-event-sized messages to a stream no one consumes, \
+         512 in flight); each execution costs the stack 4 such writes (event, dedup claim, shard \
+         job, plan) plus the aggregator's update"
+    );
 
     // Burst.
     let burst = burst_size();
@@ -375,6 +383,49 @@ async fn main() {
             .unwrap_or_else(|| "(stopped)".into());
         println!("{name:<26} {:>10.1} {peak:>12}", kib as f64 / 1024.0);
     }
+}
+
+const BASELINE_N: usize = 100_000;
+
+/// The ceiling the stack works under: acknowledged JetStream publishes per second from this
+/// generator to this nats-server, with nothing consuming them (a stream made for the
+/// measurement and deleted after).
+async fn bare_jetstream_rate(bus: &Bus) -> f64 {
+    let js = bus.jetstream();
+    let _ = js.delete_stream("BENCH_BASELINE").await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_BASELINE".into(),
+        subjects: vec!["bench.baseline".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("baseline stream");
+    let payload = TriggerEvent {
+        header: Some(header("bench-load", "baseline/0000000", None)),
+        source: "load".into(),
+        r#type: "go".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let start = Instant::now();
+    futures::stream::iter(0..BASELINE_N)
+        .map(|_| {
+            let payload = payload.clone();
+            async move {
+                js.publish("bench.baseline", payload.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+            }
+        })
+        .buffer_unordered(512)
+        .collect::<Vec<()>>()
+        .await;
+    let rate = BASELINE_N as f64 / start.elapsed().as_secs_f64();
+    let _ = js.delete_stream("BENCH_BASELINE").await;
+    rate
 }
 
 async fn publish(bus: &Bus, key: &str) {
