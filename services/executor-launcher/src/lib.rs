@@ -121,6 +121,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         shutdown: shutdown.clone(),
         warm: warm.clone(),
         cancels,
+        live: LiveAttempts::default(),
     };
     let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
         .concurrency(options.capacity)
@@ -148,6 +149,56 @@ struct Launcher {
     shutdown: CancellationToken,
     warm: Arc<WarmPool>,
     cancels: Cancellations,
+    live: LiveAttempts,
+}
+
+/// The shard attempts this launcher is running. A second delivery of an attempt already
+/// running here (NATS restarted and lost the consumer's delivery count, so the job came back
+/// as the same attempt) must not start a second runner: it waits for the running one and is
+/// then acknowledged with it.
+#[derive(Clone, Default)]
+struct LiveAttempts {
+    running: Arc<Mutex<std::collections::HashMap<AttemptKey, tokio::sync::watch::Receiver<()>>>>,
+}
+
+/// (execution, shard, attempt).
+type AttemptKey = (String, u32, u32);
+
+/// Held while an attempt runs; dropping it ends the attempt for the waiters.
+struct LiveAttempt {
+    live: LiveAttempts,
+    key: AttemptKey,
+    _ended: tokio::sync::watch::Sender<()>,
+}
+
+impl LiveAttempts {
+    /// Takes the attempt, or returns a receiver that says when its running copy ends.
+    fn claim(
+        &self,
+        key: AttemptKey,
+    ) -> std::result::Result<LiveAttempt, tokio::sync::watch::Receiver<()>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = running.get(&key) {
+            return Err(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(());
+        running.insert(key.clone(), rx);
+        Ok(LiveAttempt {
+            live: self.clone(),
+            key,
+            _ended: tx,
+        })
+    }
+}
+
+impl Drop for LiveAttempt {
+    fn drop(&mut self) {
+        self.live
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Cancelled executions, followed from the `assay_cancelled` bucket (its current keys, then
@@ -349,6 +400,23 @@ impl Launcher {
         // A redelivered job is a new attempt: the old runner may have produced partial output.
         job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
+        let _live = match self.live.claim((exec.clone(), shard, attempt)) {
+            Ok(live) => live,
+            Err(mut ended) => {
+                info!(execution = %exec, shard, attempt, "attempt already running here; waiting for it instead of starting a second runner");
+                let mut progress = tokio::time::interval(self.ack_wait / 3);
+                loop {
+                    tokio::select! {
+                        r = ended.changed() => if r.is_err() { break },
+                        _ = progress.tick() => d.progress().await,
+                        _ = self.shutdown.cancelled() => {
+                            return Err(Failure::Retry("launcher shut down".into()));
+                        }
+                    }
+                }
+                return Ok(());
+            }
+        };
         // A job of an execution that has ended (typically redelivered because its ack was
         // lost to a NATS restart or a launcher crash after the runner reported) has nothing
         // left to do: running it again would start a runner for an execution that is over.
@@ -642,6 +710,29 @@ fn capture_stderr(child: &mut Child, label: String) -> Tail {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[tokio::test]
+    async fn a_second_delivery_of_a_running_attempt_waits_for_it() {
+        let live = LiveAttempts::default();
+        let key = |a| ("01EXEC".to_string(), 3, a);
+        let first = live.claim(key(2)).expect("first delivery runs");
+        let Err(mut second) = live.claim(key(2)) else {
+            panic!("the same attempt must wait");
+        };
+        // Another attempt of the same shard (a retry) is not held back.
+        let retry = live.claim(key(3)).expect("next attempt runs");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), second.changed())
+                .await
+                .is_err(),
+            "still running"
+        );
+        drop(first);
+        assert!(second.changed().await.is_err(), "ended with the runner");
+        drop(second);
+        assert!(live.claim(key(2)).is_ok(), "a later redelivery runs again");
+        drop(retry);
+    }
 
     #[test]
     fn an_attempt_runs_no_later_than_the_execution_deadline() {
