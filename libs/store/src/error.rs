@@ -86,6 +86,9 @@ fn sqlite_is_retryable(err: &rusqlite::Error) -> bool {
                 | ErrorCode::DiskFull
                 | ErrorCode::CannotOpen
                 | ErrorCode::OutOfMemory
+                // The file or its directory refuses writes for now (an immutable file, a
+                // read-only remount): a store whose job is writing waits for it.
+                | ErrorCode::ReadOnly
         ),
         _ => false,
     }
@@ -107,6 +110,7 @@ mod tests {
         assert!(failure(rusqlite::ffi::SQLITE_BUSY).is_retryable());
         assert!(failure(rusqlite::ffi::SQLITE_LOCKED).is_retryable());
         assert!(failure(rusqlite::ffi::SQLITE_IOERR).is_retryable());
+        assert!(failure(rusqlite::ffi::SQLITE_READONLY).is_retryable());
         assert!(
             Error::CreateDir {
                 path: PathBuf::from("/x"),

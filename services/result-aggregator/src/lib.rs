@@ -320,6 +320,28 @@ impl Aggregator {
     }
 }
 
+/// Opens the result store, waiting while it cannot be written (a read-only or full disk, a
+/// lock) instead of exiting: a supervisor's restart loop would only add its own back-off
+/// to the outage. `None` when shutdown came first. Other errors (a schema newer than this
+/// build) end the service.
+async fn open_store(path: &std::path::Path, shutdown: &CancellationToken) -> Result<Option<Store>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Store::open(path) {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) if e.is_retryable() => {
+                warn!(database = %path.display(), error = %e, retry_in = ?delay, "result store cannot be opened for writing; waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// How long past `timeout + grace` the sweep leaves an execution whose shards' ends are on
 /// the bus to the status consumer.
 const BUS_END_WAIT_MS: i64 = 30_000;
@@ -394,13 +416,22 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         }
         None => None,
     };
-    let store = Store::open(&options.database)?;
+    let Some(store) = open_store(&options.database, &shutdown).await? else {
+        return Ok(()); // shut down while waiting for the store
+    };
     info!(database = %options.database.display(), "result store open");
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
     let agg = Aggregator::new(bus.clone(), store.clone());
     // The first sweep cancels them again (idempotent), in case the last run crashed first.
-    let resumed = agg.resume_follow_ups(Duration::from_secs(600)).await?;
+    let resumed = match agg.resume_follow_ups(Duration::from_secs(600)).await {
+        Ok(n) => n,
+        Err(Error::Store(e)) if e.is_retryable() => {
+            warn!(error = %e, "cannot read recent timeouts; their cancellations are not re-checked");
+            0
+        }
+        Err(e) => return Err(e),
+    };
     if resumed > 0 {
         info!(
             executions = resumed,
