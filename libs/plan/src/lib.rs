@@ -25,6 +25,25 @@ pub mod sim;
 mod split;
 mod tail;
 
+/// Suites the unit tests of several modules share: `t000`, `t001`, … and their exact
+/// durations.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::{Estimate, History, TestId};
+
+    pub fn ids(n: usize) -> Vec<TestId> {
+        (0..n).map(|i| format!("t{i:03}")).collect()
+    }
+
+    pub fn history(durations: &[f64]) -> History {
+        durations
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| (format!("t{i:03}"), Estimate::exact(d)))
+            .collect()
+    }
+}
+
 pub use error::{Error, Result};
 pub use history::{Estimate, History};
 pub use matrix::{dedup, expand_matrix};

@@ -217,19 +217,8 @@ pub fn auto_count(
 mod tests {
     use super::*;
     use crate::Estimate;
+    use crate::test_support::{history, ids};
     use proptest::prelude::*;
-
-    fn ids(n: usize) -> Vec<TestId> {
-        (0..n).map(|i| format!("t{i:03}")).collect()
-    }
-
-    fn history(durations: &[f64]) -> History {
-        durations
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| (format!("t{i:03}"), Estimate::exact(d)))
-            .collect()
-    }
 
     #[test]
     fn lower_bound_examples() {

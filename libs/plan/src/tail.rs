@@ -146,20 +146,9 @@ pub fn resolve_hashes(listed: &[TestId], hashes: &[u64]) -> Vec<TestId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{history, ids};
     use crate::{Estimate, LeaseQueue, lpt, queue_batches, share_from_hashes};
     use proptest::prelude::*;
-
-    fn ids(n: usize) -> Vec<TestId> {
-        (0..n).map(|i| format!("t{i:03}")).collect()
-    }
-
-    fn history(durations: &[f64]) -> History {
-        durations
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| (format!("t{i:03}"), Estimate::exact(d)))
-            .collect()
-    }
 
     #[test]
     fn shortest_tests_up_to_the_fraction_form_the_tail() {
