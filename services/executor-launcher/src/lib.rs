@@ -395,6 +395,31 @@ impl Launcher {
         .then_some(status)
     }
 
+    /// The shard's final status, if its last one on `assay.v1.status` ended an attempt with
+    /// no attempt to follow (only `will_retry` brings a next one). `None` when it may still
+    /// run (or the status cannot be read).
+    async fn shard_done(&self, job: &ShardJob) -> Option<ShardStatus> {
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream_no_info(streams::STATUS)
+            .await
+            .ok()?;
+        let msg = stream
+            .get_last_raw_message_by_subject(&subjects::shard_status(
+                &job.execution_id,
+                job.shard_index,
+            ))
+            .await
+            .ok()?;
+        let status = <ShardStatus as prost::Message>::decode(msg.payload).ok()?;
+        let ended = !matches!(
+            status.state(),
+            ShardState::Unspecified | ShardState::Queued | ShardState::Running
+        );
+        (ended && !status.will_retry).then_some(status)
+    }
+
     async fn launch(&self, d: Delivery<ShardJob>) -> std::result::Result<(), Failure> {
         let mut job = d.msg.clone();
         // A redelivered job is a new attempt: the old runner may have produced partial output.
@@ -422,6 +447,13 @@ impl Launcher {
         // left to do: running it again would start a runner for an execution that is over.
         if let Some(status) = self.ended(&job).await {
             info!(execution = %exec, shard, attempt, status = ?status, "execution already ended; shard job dropped");
+            return Ok(());
+        }
+        // The same for a shard whose earlier attempt already ended for good while its
+        // execution goes on (a copy of its job redelivered after a NATS restart waited for a
+        // free slot): a new attempt would replace the finished one's results with nothing.
+        if let Some(done) = self.shard_done(&job).await {
+            info!(execution = %exec, shard, attempt, ended_attempt = done.attempt, state = ?done.state(), "shard already ended; job dropped");
             return Ok(());
         }
         let mut cancelled = self.cancels.subscribe();

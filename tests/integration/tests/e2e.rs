@@ -1656,3 +1656,90 @@ async fn a_shard_job_past_its_execution_deadline_times_out_without_a_runner() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!marker.exists(), "no runner may start after the deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_job_of_a_shard_that_already_ended_starts_no_runner() {
+    use prost::Message as _;
+    let all = ids(2);
+    let sb = sandbox(
+        |w| vec![("suite.yaml".into(), workflow("again", w, 2, ""))],
+        &all,
+    )
+    .await;
+    // Shard 0 of a running execution passed on attempt 2 (no plan needed: the launcher
+    // reads the shard's last status); a stale copy of its job comes back as attempt 3.
+    let id = ulid::Ulid::new().to_string();
+    let passed = assay_proto::ShardStatus {
+        header: Some(assay_bus::header("test", format!("{id}/0/2/final"), None)),
+        execution_id: id.clone(),
+        workflow: "again".into(),
+        shard_index: 0,
+        attempt: 2,
+        state: assay_proto::ShardState::Passed.into(),
+        reporter: "runner".into(),
+        started_at_ms: assay_bus::now_ms() - 1_000,
+        finished_at_ms: assay_bus::now_ms(),
+        ..Default::default()
+    };
+    sb.bus
+        .publish(assay_bus::subjects::shard_status(&id, 0), &passed)
+        .await
+        .unwrap();
+    let marker = sb.dir.path().join("ran");
+    let job = assay_proto::ShardJob {
+        header: Some(assay_bus::header("test", format!("{id}/0/3"), None)),
+        execution_id: id.clone(),
+        workflow: "again".into(),
+        shard_index: 0,
+        shard_count: 2,
+        attempt: 3,
+        steps: vec![assay_proto::Step {
+            name: "again".into(),
+            run: format!("touch {}", marker.display()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    sb.bus
+        .publish_raw(
+            assay_bus::subjects::shard_job(&id, 0),
+            Default::default(),
+            job.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    // Taken (the work-queue stream empties) without a runner or a new status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = sb
+            .bus
+            .jetstream()
+            .get_stream(assay_bus::streams::SHARDS)
+            .await
+            .unwrap();
+        if s.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!marker.exists(), "no runner for a shard that ended");
+    let last = sb
+        .bus
+        .jetstream()
+        .get_stream(assay_bus::streams::STATUS)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&assay_bus::subjects::shard_status(&id, 0))
+        .await
+        .unwrap();
+    let last = assay_proto::ShardStatus::decode(last.payload).unwrap();
+    assert_eq!(
+        last.attempt, 2,
+        "the passed attempt stays the shard's last word"
+    );
+}
