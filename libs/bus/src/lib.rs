@@ -410,27 +410,37 @@ impl Bus {
         self.publish_acked(subject, headers_for(msg), payload).await
     }
 
-    /// Whether the execution's plan record is on `assay.v1.plans.<id>`: the scheduler
-    /// publishes it last, so its presence means everything of the execution went out.
-    pub async fn plan_published(&self, execution: &str) -> Result<bool> {
-        let stream = self
+    /// The last message on `subject` in `stream`, decoded (one request: the stream handle
+    /// without its info round trip). `None` when the subject has none.
+    pub async fn last_message<M: BusMessage>(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<M>> {
+        let handle = self
             .js
-            .get_stream_no_info(streams::STATUS)
+            .get_stream_no_info(stream)
             .await
-            .map_err(|e| Error::js(format!("stream {}", streams::STATUS), e))?;
-        match stream
-            .get_last_raw_message_by_subject(&subjects::execution_plan(execution))
-            .await
-        {
-            Ok(_) => Ok(true),
+            .map_err(|e| Error::js(format!("stream {stream}"), e))?;
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => decode(subject, &msg.payload, streams::MAX_MESSAGE_BYTES as usize).map(Some),
             Err(e)
                 if e.kind()
                     == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
             {
-                Ok(false)
+                Ok(None)
             }
-            Err(e) => Err(Error::js(format!("plan of {execution}"), e)),
+            Err(e) => Err(Error::js(format!("last message on {subject}"), e)),
         }
+    }
+
+    /// Whether the execution's plan record is on `assay.v1.plans.<id>`: the scheduler
+    /// publishes it last, so its presence means everything of the execution went out.
+    pub async fn plan_published(&self, execution: &str) -> Result<bool> {
+        let plan: Option<assay_proto::Execution> = self
+            .last_message(streams::STATUS, &subjects::execution_plan(execution))
+            .await?;
+        Ok(plan.is_some())
     }
 
     /// Publishes raw bytes to a JetStream subject (tests, tools, dead letters).

@@ -372,21 +372,12 @@ impl Launcher {
     /// The execution's terminal status, if its last update on `assay.v1.executions` is one.
     /// `None` when it is still going or the update cannot be read (the job then runs).
     async fn ended(&self, job: &ShardJob) -> Option<ExecutionStatus> {
-        // One request per job: the stream handle without its info round trip.
-        let stream = self
+        let subject = subjects::execution_update(&job.workflow, &job.execution_id);
+        let update: ExecutionUpdate = self
             .bus
-            .jetstream()
-            .get_stream_no_info(streams::EXECUTIONS)
+            .last_message(streams::EXECUTIONS, &subject)
             .await
-            .ok()?;
-        let msg = stream
-            .get_last_raw_message_by_subject(&subjects::execution_update(
-                &job.workflow,
-                &job.execution_id,
-            ))
-            .await
-            .ok()?;
-        let update = <ExecutionUpdate as prost::Message>::decode(msg.payload).ok()?;
+            .ok()??;
         let status = update.status();
         (!matches!(
             status,
@@ -399,20 +390,12 @@ impl Launcher {
     /// no attempt to follow (only `will_retry` brings a next one). `None` when it may still
     /// run (or the status cannot be read).
     async fn shard_done(&self, job: &ShardJob) -> Option<ShardStatus> {
-        let stream = self
+        let subject = subjects::shard_status(&job.execution_id, job.shard_index);
+        let status: ShardStatus = self
             .bus
-            .jetstream()
-            .get_stream_no_info(streams::STATUS)
+            .last_message(streams::STATUS, &subject)
             .await
-            .ok()?;
-        let msg = stream
-            .get_last_raw_message_by_subject(&subjects::shard_status(
-                &job.execution_id,
-                job.shard_index,
-            ))
-            .await
-            .ok()?;
-        let status = <ShardStatus as prost::Message>::decode(msg.payload).ok()?;
+            .ok()??;
         let ended = !matches!(
             status.state(),
             ShardState::Unspecified | ShardState::Queued | ShardState::Running

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
 use assay_proto::{
-    Execution, ExecutionStatus, HistorySnapshot, ShardState, ShardStatus, TestCaseBatch,
-    TestEstimate,
+    Execution, ExecutionStatus, HistorySnapshot, ShardStatus, TestCaseBatch, TestEstimate,
 };
 use assay_store::Store;
 use prost::Message;
@@ -252,30 +251,16 @@ impl Aggregator {
         if shards == 0 {
             return false;
         }
-        let Ok(stream) = self
-            .bus
-            .jetstream()
-            .get_stream_no_info(streams::STATUS)
-            .await
-        else {
-            return false;
-        };
         for shard in 0..shards {
-            let Ok(msg) = stream
-                .get_last_raw_message_by_subject(&subjects::shard_status(id, shard))
+            let last: Option<ShardStatus> = self
+                .bus
+                .last_message(streams::STATUS, &subjects::shard_status(id, shard))
                 .await
-            else {
-                return false;
-            };
-            let Ok(status) = <ShardStatus as prost::Message>::decode(msg.payload) else {
-                return false;
-            };
-            let final_state = !matches!(
-                status.state(),
-                ShardState::Unspecified | ShardState::Queued | ShardState::Running
-            );
-            if !final_state || status.will_retry {
-                return false;
+                .ok()
+                .flatten();
+            match last {
+                Some(s) if assay_store::shard_state_is_terminal(s.state()) && !s.will_retry => {}
+                _ => return false,
             }
         }
         true

@@ -1125,6 +1125,27 @@ async fn duration_tail_survives_a_stalled_worker_and_counts_every_test_once() {
 
 /// The pid of the process whose command line has the argument `needle` (e.g. a test id
 /// passed to the suite script), and its process group (its shard's runner's group).
+/// Waits until the launcher took every shard job (the work-queue stream is empty).
+async fn wait_until_shard_jobs_taken(sb: &Sandbox) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = sb
+            .bus
+            .jetstream()
+            .get_stream(assay_bus::streams::SHARDS)
+            .await
+            .unwrap();
+        if s.info().await.unwrap().state.messages == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn process_with_arg(needle: &str) -> Option<(i32, i32)> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -1561,23 +1582,7 @@ async fn a_shard_job_of_an_ended_execution_starts_no_runner() {
         .await
         .unwrap();
     // Consumed (the work-queue stream empties) without a runner or a status.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut s = sb
-            .bus
-            .jetstream()
-            .get_stream(assay_bus::streams::SHARDS)
-            .await
-            .unwrap();
-        if s.info().await.unwrap().state.messages == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job was never taken"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_shard_jobs_taken(&sb).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(statuses(&sb).await, before, "no new attempt reported");
     let after = sb.detail(&id).await.unwrap();
@@ -1709,23 +1714,7 @@ async fn a_shard_job_of_a_shard_that_already_ended_starts_no_runner() {
         .await
         .unwrap();
     // Taken (the work-queue stream empties) without a runner or a new status.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut s = sb
-            .bus
-            .jetstream()
-            .get_stream(assay_bus::streams::SHARDS)
-            .await
-            .unwrap();
-        if s.info().await.unwrap().state.messages == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job was never taken"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_shard_jobs_taken(&sb).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!marker.exists(), "no runner for a shard that ended");
     let last = sb
