@@ -62,12 +62,13 @@ pub struct ShardOutcome {
 }
 
 impl ShardOutcome {
-    /// 0 when the shard passed, 4 when it errored, 1 otherwise (the launcher reads the
-    /// state from it to decide on a retry).
+    /// 0 when the shard passed, 4 when it errored, 5 when it timed out, 1 otherwise (the
+    /// launcher reads the state from it to decide on a retry).
     pub fn exit_code(&self) -> i32 {
         match self.state {
             ShardState::Passed => 0,
             ShardState::Errored => 4,
+            ShardState::TimedOut => 5,
             _ => 1,
         }
     }
@@ -155,10 +156,25 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         })
     };
 
+    // The attempt's time limit (the shard's timeout, cut short by the execution's deadline):
+    // the runner ends the shard itself when it passes, so the end does not wait for a
+    // launcher that is stalled or gone.
+    let limit = assay_bus::retry::attempt_time_left(&job, started_at_ms);
+    let out_of_time = async {
+        match limit {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+
     tokio::select! {
         // Polled first: the first step starts before anything else gets a turn.
         biased;
         outcome = work => outcome,
+        _ = out_of_time => {
+            steps::kill_descendants();
+            report_timed_out(&job, &id, started_at_ms, bus_rx.clone()).await
+        }
         e = publish::bus_failed(bus_rx.clone()) => {
             steps::kill_descendants();
             Err(e)
@@ -168,6 +184,40 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
             Err(Error::Orphaned { parent })
         }
     }
+}
+
+/// Ends an attempt that ran out of time: its processes are already killed; what it published
+/// so far stays, and its final status says `timed_out` (never retried: the time is up).
+async fn report_timed_out(
+    job: &ShardJob,
+    id: &Identity,
+    started_at_ms: i64,
+    mut bus_rx: publish::BusState,
+) -> Result<ShardOutcome> {
+    let bus = wait_bus(&mut bus_rx).await?;
+    let reason = format!(
+        "shard exceeded its timeout of {}s; its processes were killed",
+        job.timeout_ms / 1000
+    );
+    let mut final_status = status(id, ShardState::TimedOut, started_at_ms, "final");
+    final_status.reason = reason.clone();
+    final_status.exit_code = -1;
+    final_status.finished_at_ms = now_ms();
+    publish_retrying(
+        &bus,
+        &subjects::shard_status(&id.execution, id.shard),
+        &final_status,
+        RETRY_BUDGET,
+    )
+    .await?;
+    warn!(%reason, "shard timed out");
+    Ok(ShardOutcome {
+        state: ShardState::TimedOut,
+        reason,
+        exit_code: -1,
+        test_cases: 0,
+        result_batches: 0,
+    })
 }
 
 /// Resolves when the parent process changed (the launcher died and we were re-parented).

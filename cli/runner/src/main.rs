@@ -2,8 +2,9 @@
 //! `ASSAY_SHARD_JOB` (standard base64 of a protobuf `assay.v1.ShardJob`) and
 //! `ASSAY_NATS_URL`; `--job-file PATH` (raw protobuf) and `--nats URL` for manual use.
 //!
-//! Exit codes: 0 passed, 1 failed, 4 errored (final status published in all three), 2 no
-//! final status could be published (reason on stderr), 3 the launcher went away.
+//! Exit codes: 0 passed, 1 failed, 4 errored, 5 timed out (the job's timeout or its
+//! execution's deadline passed; final status published in all four), 2 no final status
+//! could be published (reason on stderr), 3 the launcher went away.
 
 use std::process::ExitCode;
 

@@ -342,6 +342,55 @@ async fn an_orphaned_runner_kills_its_steps_and_reports_nothing() -> Result<()> 
     Ok(())
 }
 
+/// The runner ends an attempt that outlives its execution's deadline by itself (the launcher
+/// that would kill it may be stalled or gone): its steps and their background processes
+/// are killed, the final status says `timed_out`, and it exits 5.
+#[tokio::test]
+async fn a_runner_past_its_execution_deadline_kills_its_steps_and_reports_timed_out() -> Result<()>
+{
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let mut job = job("exec7");
+    job.working_dir = dir.path().display().to_string();
+    // The shard's own timeout is far away; the execution's deadline is 1.5 s from now.
+    job.timeout_ms = 600_000;
+    job.deadline_ms = assay_bus::now_ms() + 1_500;
+    job.steps = vec![step(
+        "hang",
+        "(exec sleep 60) & echo $! > bg.pid; echo $$ > step.pid; sleep 60",
+    )];
+    let out = run_runner(&job, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
+    for pid in [
+        wait_for_file(&dir.path().join("step.pid")).await?,
+        wait_for_file(&dir.path().join("bg.pid")).await?,
+    ] {
+        let mut gone = false;
+        for _ in 0..100 {
+            if !alive(&pid) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(gone, "process {pid} of the timed-out shard still alive");
+    }
+    let statuses: Vec<(String, ShardStatus)> =
+        read(&bus, streams::STATUS, &subjects::shard_status("exec7", 0)).await?;
+    let (key, last) = statuses.last().context("no status")?;
+    assert!(key.ends_with("/final"), "{key}");
+    assert_eq!(last.state(), ShardState::TimedOut, "{last:?}");
+    assert_eq!(last.reporter, "runner");
+    assert!(!last.will_retry);
+    assert!(
+        last.reason.contains("exceeded its timeout"),
+        "{}",
+        last.reason
+    );
+    Ok(())
+}
+
 /// The runner authenticates with the same `ASSAY_NATS_*` variables as the services (the
 /// launcher's environment reaches it): with the token it reports; with a wrong one it says
 /// the server refused it.

@@ -91,6 +91,20 @@ impl ConsumerSpec {
         self
     }
 
+    /// No delivery limit at the server: the message comes back after every failed or
+    /// unanswered delivery until its handler ends it, so the handler must bound its own
+    /// attempts (see `Delivery::delivered`). For messages whose silent loss after the last
+    /// delivery would leave work unfinished for ever (a shard job: nobody would end the
+    /// shard). A `Failure::Reject` still dead-letters.
+    pub fn unlimited_deliveries(mut self) -> Self {
+        self.max_deliver = -1;
+        self
+    }
+
+    fn retries_left(&self, delivered: i64) -> bool {
+        self.max_deliver < 0 || delivered < self.max_deliver
+    }
+
     /// Delay before redelivery number `delivered` + 1.
     pub fn backoff(&self, delivered: i64) -> Duration {
         let exp = delivered.clamp(1, 16) as u32 - 1;
@@ -115,6 +129,12 @@ impl<M> Delivery<M> {
         if let Err(e) = self.raw.ack_with(AckKind::Progress).await {
             debug!(subject = %self.subject, error = %e, "progress ack failed");
         }
+    }
+
+    /// The message's position in its stream: the same for every delivery of one message
+    /// (a redelivery), different for a message published again.
+    pub fn stream_sequence(&self) -> Option<u64> {
+        self.raw.info().ok().map(|i| i.stream_sequence)
     }
 
     /// The NATS headers of the message.
@@ -232,7 +252,7 @@ async fn handle_one<M, F, Fut>(
                 warn!(%subject, error = %e, "ack failed; the message will be redelivered and handled idempotently");
             }
         }
-        Err(Failure::Retry(reason)) if delivered < spec.max_deliver => {
+        Err(Failure::Retry(reason)) if spec.retries_left(delivered) => {
             let delay = spec.backoff(delivered);
             warn!(%subject, delivered, retry_in = ?delay, %reason, "handler failed, will retry");
             if let Err(e) = raw.ack_with(AckKind::Nak(Some(delay))).await {
@@ -309,5 +329,15 @@ mod tests {
         assert_eq!(spec.backoff(1), Duration::from_millis(200));
         assert_eq!(spec.backoff(2), Duration::from_millis(400));
         assert_eq!(spec.backoff(50), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unlimited_deliveries_always_leave_a_retry() {
+        let spec = ConsumerSpec::new("S", "d").max_deliver(3);
+        assert!(spec.retries_left(2));
+        assert!(!spec.retries_left(3));
+        let spec = spec.unlimited_deliveries();
+        assert_eq!(spec.max_deliver, -1);
+        assert!(spec.retries_left(1_000_000));
     }
 }

@@ -19,6 +19,21 @@ pub fn should_retry(job: &ShardJob, state: ShardState) -> bool {
     retryable && job.attempt.max(1) <= job.retries
 }
 
+/// How long an attempt of `job` started at `now_ms` may run: the shard's `timeout_ms`, but
+/// no later than the execution's `deadline_ms` (a later attempt, or a job that waited for
+/// a launcher, has less than the whole timeout left). `None`: no limit. Both the launcher
+/// and the runner enforce it.
+pub fn attempt_time_left(job: &ShardJob, now_ms: i64) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let own = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms));
+    let left = (job.deadline_ms > 0)
+        .then(|| Duration::from_millis(u64::try_from(job.deadline_ms - now_ms).unwrap_or(0)));
+    match (own, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The job of the next attempt, with a header keyed `<execution>/<shard>/<attempt>`.
 pub fn next_attempt(job: &ShardJob, producer: &str) -> ShardJob {
     let attempt = job.attempt.max(1) + 1;
@@ -64,6 +79,33 @@ mod tests {
         assert!(should_retry(&listed, ShardState::Errored));
         assert!(!should_retry(&job(1, 2, "failed"), ShardState::TimedOut));
         assert!(!should_retry(&job(1, 2, "failed"), ShardState::Passed));
+    }
+
+    #[test]
+    fn an_attempt_runs_no_later_than_the_execution_deadline() {
+        use std::time::Duration;
+        let job = |timeout_ms, deadline_ms| ShardJob {
+            timeout_ms,
+            deadline_ms,
+            ..Default::default()
+        };
+        let s = Duration::from_secs;
+        // First attempt, started as planned: the shard's own timeout.
+        assert_eq!(
+            attempt_time_left(&job(60_000, 160_000), 100_000),
+            Some(s(60))
+        );
+        // A later attempt (or a job that waited for a launcher): what is left.
+        assert_eq!(
+            attempt_time_left(&job(60_000, 160_000), 130_000),
+            Some(s(30))
+        );
+        assert_eq!(
+            attempt_time_left(&job(60_000, 160_000), 170_000),
+            Some(s(0))
+        );
+        assert_eq!(attempt_time_left(&job(60_000, 0), 170_000), Some(s(60)));
+        assert_eq!(attempt_time_left(&job(0, 0), 170_000), None);
     }
 
     #[test]

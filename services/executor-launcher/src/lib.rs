@@ -126,7 +126,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
         .concurrency(options.capacity)
         .ack_wait(options.ack_wait)
-        .max_deliver(5);
+        // The server never gives up on a job: a job dropped after its last delivery would
+        // leave its shard with no end at all (every delivery can be lost to a paused or
+        // killed launcher). `launch` bounds the attempts itself and ends the shard instead.
+        .unlimited_deliveries();
     info!(capacity = options.capacity, runner = %launcher.runner.display(), "executor-launcher running");
     consumer::run(bus, spec, shutdown, move |d: Delivery<ShardJob>| {
         let l = launcher.clone();
@@ -153,12 +156,21 @@ struct Launcher {
 }
 
 /// The shard attempts this launcher is running. A second delivery of an attempt already
-/// running here (NATS restarted and lost the consumer's delivery count, so the job came back
-/// as the same attempt) must not start a second runner: it waits for the running one and is
-/// then acknowledged with it.
+/// running here must not start a second runner: it waits for the running one and is then
+/// acknowledged with it. That is a delivery of the same job message (the launcher stalled
+/// past the ack wait, so the server handed the job out again while its runner went on), or
+/// a job that came back as the same attempt (NATS restarted and lost the consumer's
+/// delivery count).
 #[derive(Clone, Default)]
 struct LiveAttempts {
-    running: Arc<Mutex<std::collections::HashMap<AttemptKey, tokio::sync::watch::Receiver<()>>>>,
+    running: Arc<Mutex<LiveMaps>>,
+}
+
+#[derive(Default)]
+struct LiveMaps {
+    by_attempt: std::collections::HashMap<AttemptKey, tokio::sync::watch::Receiver<()>>,
+    /// Stream sequence of the job message being handled → its attempt.
+    by_message: std::collections::HashMap<u64, AttemptKey>,
 }
 
 /// (execution, shard, attempt).
@@ -168,24 +180,34 @@ type AttemptKey = (String, u32, u32);
 struct LiveAttempt {
     live: LiveAttempts,
     key: AttemptKey,
+    message: Option<u64>,
     _ended: tokio::sync::watch::Sender<()>,
 }
 
 impl LiveAttempts {
-    /// Takes the attempt, or returns a receiver that says when its running copy ends.
+    /// Takes the attempt, or returns a receiver that says when the running copy of the
+    /// same attempt or of the same job message ends.
     fn claim(
         &self,
         key: AttemptKey,
+        message: Option<u64>,
     ) -> std::result::Result<LiveAttempt, tokio::sync::watch::Receiver<()>> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = running.get(&key) {
-            return Err(rx.clone());
+        let mut maps = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let same_message = message.and_then(|m| maps.by_message.get(&m).cloned());
+        for k in same_message.iter().chain([&key]) {
+            if let Some(rx) = maps.by_attempt.get(k) {
+                return Err(rx.clone());
+            }
         }
         let (tx, rx) = tokio::sync::watch::channel(());
-        running.insert(key.clone(), rx);
+        maps.by_attempt.insert(key.clone(), rx);
+        if let Some(m) = message {
+            maps.by_message.insert(m, key.clone());
+        }
         Ok(LiveAttempt {
             live: self.clone(),
             key,
+            message,
             _ended: tx,
         })
     }
@@ -193,11 +215,11 @@ impl LiveAttempts {
 
 impl Drop for LiveAttempt {
     fn drop(&mut self) {
-        self.live
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        let mut maps = self.live.running.lock().unwrap_or_else(|p| p.into_inner());
+        maps.by_attempt.remove(&self.key);
+        if let Some(m) = self.message {
+            maps.by_message.remove(&m);
+        }
     }
 }
 
@@ -339,8 +361,8 @@ pub enum Ended {
     Died(String),
 }
 
-/// Classifies a runner's exit. Exit 0 (passed), 1 (failed) and 4 (errored) mean it reported
-/// its own final status; 3 means it saw its launcher die and stopped without reporting;
+/// Classifies a runner's exit. Exit 0 (passed), 1 (failed), 4 (errored) and 5 (timed out)
+/// mean it reported its own final status; 3 means it saw its launcher die and stopped without reporting;
 /// anything else is an error.
 pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
     use std::os::unix::process::ExitStatusExt;
@@ -353,6 +375,7 @@ pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
         (Some(0), _) => Ended::Reported(ShardState::Passed),
         (Some(1), _) => Ended::Reported(ShardState::Failed),
         (Some(4), _) => Ended::Reported(ShardState::Errored),
+        (Some(5), _) => Ended::Reported(ShardState::TimedOut),
         (Some(code), _) => Ended::Died(format!(
             "runner exited with code {code} without reporting{tail}"
         )),
@@ -408,10 +431,13 @@ impl Launcher {
         // A redelivered job is a new attempt: the old runner may have produced partial output.
         job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
-        let _live = match self.live.claim((exec.clone(), shard, attempt)) {
+        let _live = match self
+            .live
+            .claim((exec.clone(), shard, attempt), d.stream_sequence())
+        {
             Ok(live) => live,
             Err(mut ended) => {
-                info!(execution = %exec, shard, attempt, "attempt already running here; waiting for it instead of starting a second runner");
+                info!(execution = %exec, shard, attempt, deliveries = d.delivered, "this job is already running here; waiting for it instead of starting a second runner");
                 let mut progress = tokio::time::interval(self.ack_wait / 3);
                 loop {
                     tokio::select! {
@@ -470,6 +496,19 @@ impl Launcher {
                 .map(|_| ())
                 .map_err(|e| Failure::Retry(e.to_string()));
         }
+        // Delivered again and again without an end (its launchers kept dying or stalling
+        // past the ack wait, or its runner cannot start): end the shard errored, as the
+        // server's delivery limit would have, but with a status, so the execution ends.
+        if d.delivered > MAX_JOB_DELIVERIES {
+            let reason = format!(
+                "the shard's job was delivered {} times without an attempt ending (its launchers \
+                 died or stalled, or its runner could not start); giving up",
+                d.delivered
+            );
+            warn!(execution = %exec, shard, attempt, deliveries = d.delivered, "shard job delivered too often; shard ended errored");
+            let status = launcher_status(&job, ShardState::Errored, reason);
+            return self.finish(&job, ShardState::Errored, Some(status)).await;
+        }
         let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
         let (mut child, warm) = match self.start_warm(&encoded).await {
             Some(child) => (child, true),
@@ -484,7 +523,9 @@ impl Launcher {
 
         // The shard's own timeout, cut short by the execution's deadline (a later attempt, or
         // a job that waited for a launcher, has less than the whole timeout left).
-        let timeout = shard_time_left(&job, now);
+        // The runner stops itself at that moment and reports the shard timed out (so a stalled
+        // launcher does not hold the end back); the launcher kills it a little later if not.
+        let timeout = assay_bus::retry::attempt_time_left(&job, now).map(|t| t + RUNNER_GRACE);
         let mut progress = tokio::time::interval(self.ack_wait / 3);
         progress.tick().await;
         let deadline = async {
@@ -559,12 +600,24 @@ impl Launcher {
                 ));
             }
         };
-        let retry = assay_bus::retry::should_retry(&job, ended);
+        self.finish(&job, ended, report).await
+    }
+
+    /// What follows an attempt's end: the launcher's own final status when the runner did
+    /// not report (`report`), fail-fast cancellation, and the next attempt's job.
+    async fn finish(
+        &self,
+        job: &ShardJob,
+        ended: ShardState,
+        report: Option<ShardStatus>,
+    ) -> std::result::Result<(), Failure> {
+        let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
+        let retry = assay_bus::retry::should_retry(job, ended);
         if let Some(mut status) = report {
             status.will_retry = retry;
             warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report");
             self.bus
-                .publish(subjects::shard_status(&exec, shard), &status)
+                .publish(subjects::shard_status(exec, shard), &status)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?;
         } else {
@@ -581,17 +634,17 @@ impl Launcher {
             );
             info!(execution = %exec, %reason, "cancelling the other shards");
             self.bus
-                .cancel(&exec, &reason)
+                .cancel(exec, &reason)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?;
         }
         if retry {
             // The ended attempt's status already says a retry follows; publish it before
             // acking this job, so a crash in between redelivers the job instead.
-            let next = assay_bus::retry::next_attempt(&job, "executor-launcher");
+            let next = assay_bus::retry::next_attempt(job, "executor-launcher");
             info!(execution = %exec, shard, attempt = next.attempt, "retrying shard");
             self.bus
-                .publish(subjects::shard_job(&exec, shard), &next)
+                .publish(subjects::shard_job(exec, shard), &next)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?;
         }
@@ -641,21 +694,18 @@ impl Launcher {
     }
 }
 
+/// Deliveries of one shard job after which the launcher stops starting attempts and ends
+/// the shard errored. Each delivery past the first is a new attempt (or a stall of the
+/// launcher holding it), so this also bounds the attempts one job can start.
+pub const MAX_JOB_DELIVERIES: i64 = 5;
+
+/// How long past an attempt's time limit the launcher waits for the runner to end it (the
+/// runner kills its steps and reports `timed_out` itself) before killing its group.
+const RUNNER_GRACE: Duration = Duration::from_secs(2);
+
 /// A final status the launcher reports for a shard attempt (cancelled, timed out, or a
 /// runner that died unreported). Keyed like the runner's own final status, so whichever is
 /// first is the one the stream keeps.
-/// How long an attempt of `job` started at `now` may run: its `timeout_ms`, but no later
-/// than the execution's `deadline_ms`. `None`: no limit.
-fn shard_time_left(job: &ShardJob, now: i64) -> Option<Duration> {
-    let own = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms));
-    let left = (job.deadline_ms > 0)
-        .then(|| Duration::from_millis(u64::try_from(job.deadline_ms - now).unwrap_or(0)));
-    match (own, left) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 fn launcher_status(job: &ShardJob, state: ShardState, reason: String) -> ShardStatus {
     let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
     ShardStatus {
@@ -730,12 +780,12 @@ mod tests {
     async fn a_second_delivery_of_a_running_attempt_waits_for_it() {
         let live = LiveAttempts::default();
         let key = |a| ("01EXEC".to_string(), 3, a);
-        let first = live.claim(key(2)).expect("first delivery runs");
-        let Err(mut second) = live.claim(key(2)) else {
+        let first = live.claim(key(2), Some(40)).expect("first delivery runs");
+        let Err(mut second) = live.claim(key(2), Some(40)) else {
             panic!("the same attempt must wait");
         };
-        // Another attempt of the same shard (a retry) is not held back.
-        let retry = live.claim(key(3)).expect("next attempt runs");
+        // Another attempt of the same shard (a retry, a new message) is not held back.
+        let retry = live.claim(key(3), Some(41)).expect("next attempt runs");
         assert!(
             tokio::time::timeout(Duration::from_millis(50), second.changed())
                 .await
@@ -745,25 +795,32 @@ mod tests {
         drop(first);
         assert!(second.changed().await.is_err(), "ended with the runner");
         drop(second);
-        assert!(live.claim(key(2)).is_ok(), "a later redelivery runs again");
+        assert!(
+            live.claim(key(2), Some(40)).is_ok(),
+            "a later redelivery runs again"
+        );
         drop(retry);
     }
 
-    #[test]
-    fn an_attempt_runs_no_later_than_the_execution_deadline() {
-        let job = |timeout_ms, deadline_ms| ShardJob {
-            timeout_ms,
-            deadline_ms,
-            ..Default::default()
+    #[tokio::test]
+    async fn a_redelivery_of_a_running_job_waits_whatever_its_attempt_number() {
+        // The launcher stalled past the ack wait: the server delivered the same message
+        // again, which counts as attempt 2, while attempt 1's runner still works.
+        let live = LiveAttempts::default();
+        let key = |a| ("01EXEC".to_string(), 0, a);
+        let first = live.claim(key(1), Some(7)).expect("first delivery runs");
+        let Err(mut again) = live.claim(key(2), Some(7)) else {
+            panic!("a redelivery of the running message must wait, not start attempt 2");
         };
-        let s = Duration::from_secs;
-        // First attempt, started as planned: the shard's own timeout.
-        assert_eq!(shard_time_left(&job(60_000, 160_000), 100_000), Some(s(60)));
-        // A later attempt (or a job that waited for a launcher): what is left.
-        assert_eq!(shard_time_left(&job(60_000, 160_000), 130_000), Some(s(30)));
-        assert_eq!(shard_time_left(&job(60_000, 160_000), 170_000), Some(s(0)));
-        assert_eq!(shard_time_left(&job(60_000, 0), 170_000), Some(s(60)));
-        assert_eq!(shard_time_left(&job(0, 0), 170_000), None);
+        drop(first);
+        assert!(
+            again.changed().await.is_err(),
+            "ended with the first runner"
+        );
+        let later = live.claim(key(2), Some(7)).expect("nothing runs any more");
+        // The sequence is released with the attempt.
+        drop(later);
+        assert!(live.running.lock().unwrap().by_message.is_empty());
     }
 
     #[test]

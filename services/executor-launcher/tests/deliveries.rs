@@ -1,0 +1,92 @@
+//! The launcher bounds a shard job's attempts itself (the server redelivers it without
+//! limit): a job whose runner cannot start ends its shard `errored` with the reason after
+//! `MAX_JOB_DELIVERIES`, instead of being dropped with no end for the shard.
+
+use std::time::Duration;
+
+use assay_bus::{Bus, NatsOptions, streams, subjects};
+use assay_executor_launcher::MAX_JOB_DELIVERIES;
+use assay_proto::{ShardJob, ShardState, ShardStatus, Step};
+use assay_testkit::NatsServer;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_never_starts_ends_its_shard_errored_after_the_last_delivery() {
+    let server = NatsServer::start();
+    let nats = NatsOptions {
+        url: server.url(),
+        ..NatsOptions::default()
+    };
+    let shutdown = CancellationToken::new();
+    let bus = Bus::connect(&nats, &shutdown).await.unwrap();
+    bus.ensure_topology().await.unwrap();
+    let launcher = tokio::spawn(assay_executor_launcher::run(
+        assay_executor_launcher::Options {
+            nats,
+            capacity: 1,
+            // Every delivery fails to start its runner and is retried with backoff.
+            runner: Some("/nonexistent/assay-runner".into()),
+            warm: 0,
+            ack_wait: Duration::from_secs(5),
+        },
+        shutdown.clone(),
+    ));
+
+    let id = "01NEVERSTARTS".to_string();
+    let job = ShardJob {
+        header: Some(assay_bus::header("test", format!("{id}/0/1"), None)),
+        execution_id: id.clone(),
+        workflow: "never".into(),
+        shard_index: 0,
+        shard_count: 1,
+        attempt: 1,
+        steps: vec![Step {
+            name: "s".into(),
+            run: "true".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    bus.publish_raw(
+        subjects::shard_job(&id, 0),
+        Default::default(),
+        job.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+
+    let stream = bus.jetstream().get_stream(streams::STATUS).await.unwrap();
+    let subject = subjects::shard_status(&id, 0);
+    // Backoff 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s between the deliveries; a generous bound on
+    // waiting only, not on the figure.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
+            break ShardStatus::decode(m.payload).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the shard of a job that cannot start got no end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.state(), ShardState::Errored, "{status:?}");
+    assert_eq!(status.reporter, "launcher");
+    assert!(!status.will_retry);
+    let said = format!("delivered {} times", MAX_JOB_DELIVERIES + 1);
+    assert!(status.reason.contains(&said), "{}", status.reason);
+    // The job is gone from the work queue: nothing delivers it again.
+    let shards = bus.jetstream().get_stream(streams::SHARDS).await.unwrap();
+    let mut left = u64::MAX;
+    for _ in 0..50 {
+        left = shards.get_info().await.unwrap().state.messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the job stayed in the work queue");
+    shutdown.cancel();
+    launcher.await.unwrap().unwrap();
+}
