@@ -45,6 +45,9 @@ pub struct Identity {
     pub shard: u32,
     pub shard_count: u32,
     pub attempt: u32,
+    /// The attempt the job message was published with (`ShardJob.job_attempt`), repeated in
+    /// every status so the launcher can tell stale copies of older job messages.
+    pub job_attempt: u32,
     /// This shard's place among the shards of its matrix combination and their number:
     /// what the count, duration and queue splits go by. The whole execution without matrix.
     pub split_index: u32,
@@ -72,6 +75,7 @@ impl Identity {
             shard: job.shard_index,
             shard_count: job.shard_count,
             attempt: job.attempt,
+            job_attempt: job.job_attempt,
             split_index: if job.group_shard_count == 0 {
                 job.shard_index
             } else {

@@ -237,6 +237,7 @@ fn status(id: &Identity, state: ShardState, started_at_ms: i64, key: &str) -> Sh
         execution_id: id.execution.clone(),
         shard_index: id.shard,
         attempt: id.attempt,
+        job_attempt: id.job_attempt,
         state: state as i32,
         workflow: id.workflow.clone(),
         reporter: "runner".to_string(),

@@ -39,6 +39,8 @@ pub fn next_attempt(job: &ShardJob, producer: &str) -> ShardJob {
     let attempt = job.attempt.max(1) + 1;
     let mut next = job.clone();
     next.attempt = attempt;
+    // The launcher that takes it sets it from `attempt`.
+    next.job_attempt = 0;
     next.header = Some(crate::header(
         producer,
         format!("{}/{}/{attempt}", job.execution_id, job.shard_index),

@@ -76,6 +76,7 @@ fn shard_job(index: u32) -> ShardJob {
         env: map(&[("SHOP_SEED", "7"), ("ASSAY_WORKFLOW", "shop")]),
         timeout_ms: 300_000,
         deadline_ms: 1_790_000_300_000,
+        job_attempt: 1,
         working_dir: "/work/examples/shop".into(),
         test_ids: vec![
             "tests/test_cart.py::test_add".into(),
@@ -174,6 +175,7 @@ fn main() -> std::io::Result<()> {
                 started_at_ms: 1_764_237_600_100,
                 finished_at_ms: 1_764_237_660_100,
                 will_retry: true,
+                job_attempt: 1,
             }
             .encode_to_vec(),
         ),

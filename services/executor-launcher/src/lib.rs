@@ -409,27 +409,28 @@ impl Launcher {
         .then_some(status)
     }
 
-    /// The shard's final status, if its last one on `assay.v1.status` ended an attempt with
-    /// no attempt to follow (only `will_retry` brings a next one). `None` when it may still
-    /// run (or the status cannot be read).
-    async fn shard_done(&self, job: &ShardJob) -> Option<ShardStatus> {
+    /// Why this delivery of `job` must not run, judged by the shard's last status on
+    /// `assay.v1.status`: an attempt already ended for good (only `will_retry` brings a next
+    /// one), a newer job message of the shard has run (this is a stale copy of an older one,
+    /// which a nats-server restart can bring back after it was handled), or this message's
+    /// run already ended and published its retry. `None` when it may run (or the status
+    /// cannot be read).
+    async fn stale(&self, job: &ShardJob) -> Option<Stale> {
         let subject = subjects::shard_status(&job.execution_id, job.shard_index);
-        let status: ShardStatus = self
+        let last: ShardStatus = self
             .bus
             .last_message(streams::STATUS, &subject)
             .await
             .ok()??;
-        let ended = !matches!(
-            status.state(),
-            ShardState::Unspecified | ShardState::Queued | ShardState::Running
-        );
-        (ended && !status.will_retry).then_some(status)
+        stale_against(job, &last)
     }
 
     async fn launch(&self, d: Delivery<ShardJob>) -> std::result::Result<(), Failure> {
         let mut job = d.msg.clone();
         // A redelivered job is a new attempt: the old runner may have produced partial output.
-        job.attempt = job.attempt.max(1) + (d.delivered.max(1) as u32 - 1);
+        // The message's own number stays in `job_attempt` for every status of the run.
+        job.job_attempt = job.attempt.max(1);
+        job.attempt = job.job_attempt + (d.delivered.max(1) as u32 - 1);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
         let _live = match self
             .live
@@ -461,9 +462,29 @@ impl Launcher {
         // The same for a shard whose earlier attempt already ended for good while its
         // execution goes on (a copy of its job redelivered after a NATS restart waited for a
         // free slot): a new attempt would replace the finished one's results with nothing.
-        if let Some(done) = self.shard_done(&job).await {
-            info!(execution = %exec, shard, attempt, ended_attempt = done.attempt, state = ?done.state(), "shard already ended; job dropped");
-            return Ok(());
+        match self.stale(&job).await {
+            None => {}
+            Some(Stale::Drop(why)) => {
+                info!(execution = %exec, shard, attempt, job_attempt = job.job_attempt, %why, "shard job dropped");
+                return Ok(());
+            }
+            Some(Stale::Retried(ended)) => {
+                // Published again under its idempotency key: a copy already out is kept once.
+                let next = assay_bus::retry::next_attempt(
+                    &ShardJob {
+                        attempt: ended,
+                        ..job.clone()
+                    },
+                    "executor-launcher",
+                );
+                info!(execution = %exec, shard, ended_attempt = ended, next = next.attempt, "this job's run already ended with a retry; its next attempt's job is out");
+                return self
+                    .bus
+                    .publish(subjects::shard_job(&exec, shard), &next)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Failure::Retry(e.to_string()));
+            }
         }
         let mut cancelled = self.cancels.subscribe();
         if let Some(reason) = self.cancels.reason(&exec) {
@@ -706,6 +727,45 @@ const RUNNER_GRACE: Duration = Duration::from_secs(2);
 /// A final status the launcher reports for a shard attempt (cancelled, timed out, or a
 /// runner that died unreported). Keyed like the runner's own final status, so whichever is
 /// first is the one the stream keeps.
+/// Why a delivery does not run (see [`Launcher::stale`]).
+#[derive(Debug, PartialEq)]
+enum Stale {
+    /// Nothing left to do for it.
+    Drop(String),
+    /// Its run ended and said a retry follows: make sure the next attempt's job is out (a
+    /// crash or a NATS outage may have come between the two), then drop it.
+    Retried(u32),
+}
+
+/// [`Launcher::stale`] against the shard's last status `last`.
+fn stale_against(job: &ShardJob, last: &ShardStatus) -> Option<Stale> {
+    let ended = !matches!(
+        last.state(),
+        ShardState::Unspecified | ShardState::Queued | ShardState::Running
+    );
+    if ended && !last.will_retry {
+        return Some(Stale::Drop(format!(
+            "the shard already ended ({:?}, attempt {})",
+            last.state(),
+            last.attempt
+        )));
+    }
+    if last.job_attempt > job.job_attempt {
+        return Some(Stale::Drop(format!(
+            "a newer job of the shard (attempt {}) has run; this copy of job attempt {} is stale",
+            last.job_attempt, job.job_attempt
+        )));
+    }
+    if ended
+        && last.will_retry
+        && (last.job_attempt == job.job_attempt && last.job_attempt > 0
+            || last.attempt >= job.attempt)
+    {
+        return Some(Stale::Retried(last.attempt));
+    }
+    None
+}
+
 fn launcher_status(job: &ShardJob, state: ShardState, reason: String) -> ShardStatus {
     let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
     ShardStatus {
@@ -717,6 +777,7 @@ fn launcher_status(job: &ShardJob, state: ShardState, reason: String) -> ShardSt
         execution_id: exec.clone(),
         shard_index: shard,
         attempt,
+        job_attempt: job.job_attempt,
         state: state as i32,
         reason,
         exit_code: -1,
@@ -821,6 +882,69 @@ mod tests {
         // The sequence is released with the attempt.
         drop(later);
         assert!(live.running.lock().unwrap().by_message.is_empty());
+    }
+
+    #[test]
+    fn stale_copies_of_handled_jobs_are_told_apart_from_redeliveries() {
+        // `job_attempt` is the message's number, `attempt` the delivery's.
+        let job = |job_attempt, attempt| ShardJob {
+            job_attempt,
+            attempt,
+            ..Default::default()
+        };
+        let status = |job_attempt, attempt, state: ShardState, will_retry| ShardStatus {
+            job_attempt,
+            attempt,
+            state: state as i32,
+            will_retry,
+            ..Default::default()
+        };
+        use ShardState::*;
+        // The launcher died while attempt 1 ran: the redelivery runs as attempt 2.
+        assert_eq!(
+            stale_against(&job(1, 2), &status(1, 1, Running, false)),
+            None
+        );
+        // Again, while the redelivery (attempt 2) ran: attempt 3.
+        assert_eq!(
+            stale_against(&job(1, 3), &status(1, 2, Running, false)),
+            None
+        );
+        // A retry's job after attempt 1 errored.
+        assert_eq!(
+            stale_against(&job(2, 2), &status(1, 1, Errored, true)),
+            None
+        );
+        // Chaos seed 11: the retry (job 2) runs; an old copy of job 1 comes back as
+        // attempt 3 after a nats-server restart.
+        assert!(matches!(
+            stale_against(&job(1, 3), &status(2, 2, Running, false)),
+            Some(Stale::Drop(_))
+        ));
+        // A copy of job 1 whose run ended with a retry, back with its delivery count lost
+        // (attempt 1 again) or not (attempt 2): the retry's job is made sure of instead.
+        assert_eq!(
+            stale_against(&job(1, 1), &status(1, 1, Errored, true)),
+            Some(Stale::Retried(1))
+        );
+        assert_eq!(
+            stale_against(&job(1, 2), &status(1, 1, Errored, true)),
+            Some(Stale::Retried(1))
+        );
+        // Statuses of older builds carry no job number: the attempt decides.
+        assert_eq!(
+            stale_against(&job(1, 1), &status(0, 1, Errored, true)),
+            Some(Stale::Retried(1))
+        );
+        assert_eq!(
+            stale_against(&job(1, 2), &status(0, 1, Errored, true)),
+            None
+        );
+        // Over for good.
+        assert!(matches!(
+            stale_against(&job(3, 3), &status(2, 2, Passed, false)),
+            Some(Stale::Drop(_))
+        ));
     }
 
     #[test]

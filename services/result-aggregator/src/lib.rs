@@ -216,12 +216,27 @@ impl Aggregator {
             if now < deadline {
                 continue;
             }
-            if now < deadline + BUS_END_WAIT_MS && self.ended_on_the_bus(&id, shards).await {
-                // Its shards' ends (the launcher kills them at the deadline) are waiting in
-                // the status stream, e.g. after this aggregator was down: the status consumer
-                // records them with their own times. Not for ever: a status that never gets
-                // recorded must not keep the execution open.
-                continue;
+            if let Some(ends) = self.ends_on_the_bus(&id, shards).await {
+                // Its shards' ends (the runner or launcher ends them at the deadline) are on
+                // the bus but not in the store yet, e.g. the status consumer is still held
+                // by a database that refused writes: record them now, with their own
+                // times, as the consumer would (it finds them there and changes nothing).
+                let mut changed = false;
+                for end in ends {
+                    changed |= self.store.record_shard_status(end).await?;
+                }
+                if changed && let Err(e) = self.publish_update(&id).await {
+                    warn!(execution = %id, error = %e, "cannot publish the update of an execution ended from the bus; retried by the next sweep");
+                    self.followups
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), "execution ended".to_string());
+                }
+                if now < deadline + BUS_END_WAIT_MS {
+                    // Not for ever: an end that does not complete the execution (a result
+                    // batch it announced never arrives) must not keep it open.
+                    continue;
+                }
             }
             let reason = format!(
                 "execution exceeded its timeout of {}s and no shard reported an end",
@@ -244,26 +259,27 @@ impl Aggregator {
         Ok(ended)
     }
 
-    /// Whether every shard's last status on the bus is a final one with no attempt to
-    /// follow, so the execution's end is already decided and only needs recording.
-    /// Unreadable statuses count as not ended (the sweep then ends the execution).
-    async fn ended_on_the_bus(&self, id: &str, shards: u32) -> bool {
+    /// Every shard's last status on the bus, when each is a final one with no attempt to
+    /// follow, so the execution's end is already decided and only needs recording. `None`
+    /// when a shard has not ended or a status cannot be read (the sweep then ends the
+    /// execution itself).
+    async fn ends_on_the_bus(&self, id: &str, shards: u32) -> Option<Vec<ShardStatus>> {
         if shards == 0 {
-            return false;
+            return None;
         }
+        let mut ends = Vec::with_capacity(shards as usize);
         for shard in 0..shards {
-            let last: Option<ShardStatus> = self
+            let last: ShardStatus = self
                 .bus
                 .last_message(streams::STATUS, &subjects::shard_status(id, shard))
                 .await
-                .ok()
-                .flatten();
-            match last {
-                Some(s) if assay_store::shard_state_is_terminal(s.state()) && !s.will_retry => {}
-                _ => return false,
+                .ok()??;
+            if !assay_store::shard_state_is_terminal(last.state()) || last.will_retry {
+                return None;
             }
+            ends.push(last);
         }
-        true
+        Some(ends)
     }
 
     /// Queues the follow-up of every execution timed out in the last `window`: the list of

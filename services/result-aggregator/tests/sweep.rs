@@ -1,8 +1,9 @@
 //! The timeout sweep against a real nats-server: an execution whose shards' ends are already
-//! on the bus (the launcher killed them at the deadline while this aggregator was down) is
-//! left to the status consumer, which records the shards' own end times; one with no end on
-//! the bus is timed out by the sweep; and a bus end that never gets recorded does not keep
-//! an execution open.
+//! on the bus (the runner or launcher ended them at the deadline while this aggregator was
+//! down or could not write) ends at the shards' own end times, recorded by the sweep from the
+//! bus; one with no end on the bus is timed out by the sweep; and a bus end that does not
+//! complete its execution (a result batch it announced never arrives) does not keep it
+//! open.
 
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ async fn status_of(store: &Store, id: &str) -> (ExecutionStatus, i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweep_leaves_ends_already_on_the_bus_to_the_status_consumer() {
+async fn the_sweep_records_ends_already_on_the_bus_with_their_own_times() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::connect(
@@ -88,28 +89,33 @@ async fn the_sweep_leaves_ends_already_on_the_bus_to_the_status_consumer() {
         .record_execution(execution(silent, created))
         .await
         .unwrap();
-    // Its end was on the bus for far longer than the consumer needs, yet never recorded.
+    // Its end was on the bus for far longer than the consumer needs, yet the execution
+    // cannot complete: the end announced a result batch that never arrived.
     let (stale, old) = ("01J0000000000000000000STA0", now - TIMEOUT_MS - 120_000);
     store.record_execution(execution(stale, old)).await.unwrap();
-    bus.publish(
-        subjects::shard_status(stale, 0),
-        &killed_at_deadline(stale, old + TIMEOUT_MS),
-    )
-    .await
-    .unwrap();
+    let mut incomplete = killed_at_deadline(stale, old + TIMEOUT_MS);
+    incomplete.result_batches = 1;
+    bus.publish(subjects::shard_status(stale, 0), &incomplete)
+        .await
+        .unwrap();
 
     assert_eq!(agg.sweep_timeouts(GRACE).await.unwrap(), 2);
     assert_eq!(
-        status_of(&store, on_bus).await.0,
-        ExecutionStatus::Queued,
-        "an end on the bus is left to the status consumer"
+        status_of(&store, on_bus).await,
+        (ExecutionStatus::TimedOut, created + TIMEOUT_MS),
+        "an end on the bus counts with the shard's own end time"
     );
     let (status, at) = status_of(&store, silent).await;
     assert_eq!(status, ExecutionStatus::TimedOut);
     assert!(at >= now, "the sweep ends it when it runs");
-    assert_eq!(status_of(&store, stale).await.0, ExecutionStatus::TimedOut);
+    let (status, at) = status_of(&store, stale).await;
+    assert_eq!(status, ExecutionStatus::TimedOut);
+    assert!(
+        at >= now,
+        "an end that cannot complete is overruled by the sweep"
+    );
 
-    // The status consumer's turn: the execution ends at the shard's own end time.
+    // The status consumer's turn later changes nothing.
     agg.on_status(ended, 1).await.unwrap();
     assert_eq!(
         status_of(&store, on_bus).await,

@@ -363,6 +363,8 @@ pub fn plan(
                 env: env.clone().into_iter().collect(),
                 timeout_ms,
                 deadline_ms,
+                // Set by the launcher from `attempt` when it takes the job.
+                job_attempt: 0,
                 working_dir: working_dir.clone(),
                 test_ids: test_ids.clone(),
                 strategy: strategy.to_string(),
