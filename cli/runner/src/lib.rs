@@ -108,13 +108,7 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         tokio::spawn(async move {
             let bus = wait_bus(&mut bus_rx).await?;
             let status = status(&id, ShardState::Running, started_at_ms, "running");
-            publish_retrying(
-                &bus,
-                &subjects::shard_status(&id.execution, id.shard),
-                &status,
-                RETRY_BUDGET,
-            )
-            .await
+            publish_status(&bus, &id, &status).await
         })
     };
 
@@ -139,13 +133,7 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         final_status.test_cases = test_cases;
         final_status.will_retry = assay_bus::retry::should_retry(&job, verdict.state);
         final_status.finished_at_ms = now_ms();
-        publish_retrying(
-            &bus,
-            &subjects::shard_status(&id.execution, id.shard),
-            &final_status,
-            RETRY_BUDGET,
-        )
-        .await?;
+        publish_status(&bus, &id, &final_status).await?;
         info!(state = ?verdict.state, test_cases, result_batches, log_chunks = chunks, "shard reported");
         Ok(ShardOutcome {
             state: verdict.state,
@@ -186,6 +174,17 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
     }
 }
 
+/// Publishes one of the shard attempt's statuses, retrying within the runner's budget.
+async fn publish_status(bus: &Bus, id: &Identity, status: &ShardStatus) -> Result<()> {
+    publish_retrying(
+        bus,
+        &subjects::shard_status(&id.execution, id.shard),
+        status,
+        RETRY_BUDGET,
+    )
+    .await
+}
+
 /// Ends an attempt that ran out of time: its processes are already killed; what it published
 /// so far stays, and its final status says `timed_out` (never retried: the time is up).
 async fn report_timed_out(
@@ -203,13 +202,7 @@ async fn report_timed_out(
     final_status.reason = reason.clone();
     final_status.exit_code = -1;
     final_status.finished_at_ms = now_ms();
-    publish_retrying(
-        &bus,
-        &subjects::shard_status(&id.execution, id.shard),
-        &final_status,
-        RETRY_BUDGET,
-    )
-    .await?;
+    publish_status(&bus, id, &final_status).await?;
     warn!(%reason, "shard timed out");
     Ok(ShardOutcome {
         state: ShardState::TimedOut,

@@ -9,3 +9,23 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+impl ShardState {
+    /// An attempt in this state has ended (passed, failed, errored, cancelled, timed out).
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ShardState::Unspecified | ShardState::Queued | ShardState::Running
+        )
+    }
+}
+
+impl ExecutionStatus {
+    /// An execution with this status has ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
+        )
+    }
+}

@@ -103,25 +103,11 @@ pub struct Verdict {
 }
 
 pub fn execution_status_is_terminal(status: ExecutionStatus) -> bool {
-    matches!(
-        status,
-        ExecutionStatus::Passed
-            | ExecutionStatus::Failed
-            | ExecutionStatus::Errored
-            | ExecutionStatus::Cancelled
-            | ExecutionStatus::TimedOut
-    )
+    status.is_terminal()
 }
 
 pub fn shard_state_is_terminal(state: ShardState) -> bool {
-    matches!(
-        state,
-        ShardState::Passed
-            | ShardState::Failed
-            | ShardState::Errored
-            | ShardState::Cancelled
-            | ShardState::TimedOut
-    )
+    state.is_terminal()
 }
 
 /// Order in which a shard attempt's states may move: queued < running < terminal.

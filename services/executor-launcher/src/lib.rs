@@ -362,8 +362,8 @@ pub enum Ended {
 }
 
 /// Classifies a runner's exit. Exit 0 (passed), 1 (failed), 4 (errored) and 5 (timed out)
-/// mean it reported its own final status; 3 means it saw its launcher die and stopped without reporting;
-/// anything else is an error.
+/// mean it reported its own final status; 3 means it saw its launcher die and stopped
+/// without reporting; anything else is an error.
 pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
     use std::os::unix::process::ExitStatusExt;
     let tail = if stderr_tail.is_empty() {
@@ -402,11 +402,7 @@ impl Launcher {
             .await
             .ok()??;
         let status = update.status();
-        (!matches!(
-            status,
-            ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
-        ))
-        .then_some(status)
+        status.is_terminal().then_some(status)
     }
 
     /// Why this delivery of `job` must not run, judged by the shard's last status on
@@ -469,21 +465,13 @@ impl Launcher {
                 return Ok(());
             }
             Some(Stale::Retried(ended)) => {
+                info!(execution = %exec, shard, ended_attempt = ended, "this job's run already ended with a retry; making sure its next attempt's job is out");
                 // Published again under its idempotency key: a copy already out is kept once.
-                let next = assay_bus::retry::next_attempt(
-                    &ShardJob {
-                        attempt: ended,
-                        ..job.clone()
-                    },
-                    "executor-launcher",
-                );
-                info!(execution = %exec, shard, ended_attempt = ended, next = next.attempt, "this job's run already ended with a retry; its next attempt's job is out");
-                return self
-                    .bus
-                    .publish(subjects::shard_job(&exec, shard), &next)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Failure::Retry(e.to_string()));
+                let ended = ShardJob {
+                    attempt: ended,
+                    ..job.clone()
+                };
+                return self.publish_next_attempt(&ended).await;
             }
         }
         let mut cancelled = self.cancels.subscribe();
@@ -491,11 +479,8 @@ impl Launcher {
             let status = launcher_status(&job, ShardState::Cancelled, reason);
             info!(execution = %exec, shard, "execution cancelled; shard not started");
             return self
-                .bus
-                .publish(subjects::shard_status(&exec, shard), &status)
-                .await
-                .map(|_| ())
-                .map_err(|e| Failure::Retry(e.to_string()));
+                .send(subjects::shard_status(&exec, shard), &status)
+                .await;
         }
         // The execution's time is up (the job waited while launchers were gone, or this is a
         // retry after the deadline): end the shard as timed out without starting it.
@@ -511,11 +496,8 @@ impl Launcher {
             );
             warn!(execution = %exec, shard, attempt, "execution past its deadline; shard not started");
             return self
-                .bus
-                .publish(subjects::shard_status(&exec, shard), &status)
-                .await
-                .map(|_| ())
-                .map_err(|e| Failure::Retry(e.to_string()));
+                .send(subjects::shard_status(&exec, shard), &status)
+                .await;
         }
         // Delivered again and again without an end (its launchers kept dying or stalling
         // past the ack wait, or its runner cannot start): end the shard errored, as the
@@ -637,10 +619,8 @@ impl Launcher {
         if let Some(mut status) = report {
             status.will_retry = retry;
             warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report");
-            self.bus
-                .publish(subjects::shard_status(exec, shard), &status)
-                .await
-                .map_err(|e| Failure::Retry(e.to_string()))?;
+            self.send(subjects::shard_status(exec, shard), &status)
+                .await?;
         } else {
             debug!(execution = %exec, shard, attempt, "runner reported and exited");
         }
@@ -662,14 +642,33 @@ impl Launcher {
         if retry {
             // The ended attempt's status already says a retry follows; publish it before
             // acking this job, so a crash in between redelivers the job instead.
-            let next = assay_bus::retry::next_attempt(job, "executor-launcher");
-            info!(execution = %exec, shard, attempt = next.attempt, "retrying shard");
-            self.bus
-                .publish(subjects::shard_job(exec, shard), &next)
-                .await
-                .map_err(|e| Failure::Retry(e.to_string()))?;
+            self.publish_next_attempt(job).await?;
         }
         Ok(())
+    }
+
+    /// Publishes the job of the attempt after `ended`'s.
+    async fn publish_next_attempt(&self, ended: &ShardJob) -> std::result::Result<(), Failure> {
+        let next = assay_bus::retry::next_attempt(ended, "executor-launcher");
+        info!(execution = %next.execution_id, shard = next.shard_index, attempt = next.attempt, "retrying shard");
+        self.send(
+            subjects::shard_job(&next.execution_id, next.shard_index),
+            &next,
+        )
+        .await
+    }
+
+    /// Publishes `msg`; a failure is retried with the job (nak, redelivery).
+    async fn send<M: assay_bus::BusMessage>(
+        &self,
+        subject: String,
+        msg: &M,
+    ) -> std::result::Result<(), Failure> {
+        self.bus
+            .publish(subject, msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::Retry(e.to_string()))
     }
 }
 
@@ -724,9 +723,6 @@ pub const MAX_JOB_DELIVERIES: i64 = 5;
 /// runner kills its steps and reports `timed_out` itself) before killing its group.
 const RUNNER_GRACE: Duration = Duration::from_secs(2);
 
-/// A final status the launcher reports for a shard attempt (cancelled, timed out, or a
-/// runner that died unreported). Keyed like the runner's own final status, so whichever is
-/// first is the one the stream keeps.
 /// Why a delivery does not run (see [`Launcher::stale`]).
 #[derive(Debug, PartialEq)]
 enum Stale {
@@ -739,10 +735,7 @@ enum Stale {
 
 /// [`Launcher::stale`] against the shard's last status `last`.
 fn stale_against(job: &ShardJob, last: &ShardStatus) -> Option<Stale> {
-    let ended = !matches!(
-        last.state(),
-        ShardState::Unspecified | ShardState::Queued | ShardState::Running
-    );
+    let ended = last.state().is_terminal();
     if ended && !last.will_retry {
         return Some(Stale::Drop(format!(
             "the shard already ended ({:?}, attempt {})",
@@ -766,6 +759,9 @@ fn stale_against(job: &ShardJob, last: &ShardStatus) -> Option<Stale> {
     None
 }
 
+/// A final status the launcher reports for a shard attempt (cancelled, timed out, or a
+/// runner that died unreported). Keyed like the runner's own final status, so whichever is
+/// first is the one the stream keeps.
 fn launcher_status(job: &ShardJob, state: ShardState, reason: String) -> ShardStatus {
     let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
     ShardStatus {

@@ -56,14 +56,14 @@ async fn a_job_that_never_starts_ends_its_shard_errored_after_the_last_delivery(
     .await
     .unwrap();
 
-    let stream = bus.jetstream().get_stream(streams::STATUS).await.unwrap();
     let subject = subjects::shard_status(&id, 0);
     // Backoff 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s between the deliveries; a generous bound on
     // waiting only, not on the figure.
     let until = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
-            break ShardStatus::decode(m.payload).unwrap();
+        let last: Option<ShardStatus> = bus.last_message(streams::STATUS, &subject).await.unwrap();
+        if let Some(status) = last {
+            break status;
         }
         assert!(
             std::time::Instant::now() < until,

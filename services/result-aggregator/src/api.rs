@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::{Error, is_terminal};
+use crate::Error;
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -96,7 +96,7 @@ impl ResultsApi {
 
     async fn is_terminal(&self, id: &str) -> bool {
         match self.store.execution_update(id).await {
-            Ok(Some(u)) => is_terminal(u.status),
+            Ok(Some(u)) => u.status().is_terminal(),
             _ => false,
         }
     }
@@ -280,7 +280,7 @@ impl Results for ResultsApi {
         let stream = self.relay(
             streams::EXECUTIONS,
             subjects::execution_updates_of(&id),
-            |u: &ExecutionUpdate| is_terminal(u.status),
+            |u: &ExecutionUpdate| u.status().is_terminal(),
             |_| async { false },
         );
         Ok(Response::new(stream))

@@ -143,7 +143,7 @@ impl Aggregator {
             .await?;
         // Only executions that produced test results change what planning knows.
         let tests = update.passed + update.failed + update.errored + update.skipped;
-        if is_terminal(update.status) && tests > 0 {
+        if update.status().is_terminal() && tests > 0 {
             self.snapshot_history(&update.workflow).await?;
         }
         Ok(())
@@ -274,7 +274,7 @@ impl Aggregator {
                 .last_message(streams::STATUS, &subjects::shard_status(id, shard))
                 .await
                 .ok()??;
-            if !assay_store::shard_state_is_terminal(last.state()) || last.will_retry {
+            if !last.state().is_terminal() || last.will_retry {
                 return None;
             }
             ends.push(last);
@@ -343,16 +343,10 @@ async fn open_store(path: &std::path::Path, shutdown: &CancellationToken) -> Res
     }
 }
 
-/// How long past `timeout + grace` the sweep leaves an execution whose shards' ends are on
-/// the bus to the status consumer.
+/// How long past `timeout + grace` the sweep waits for the shards' ends it recorded from the
+/// bus to complete an execution (their announced result batches to arrive) before it times
+/// the execution out itself.
 const BUS_END_WAIT_MS: i64 = 30_000;
-
-fn is_terminal(status: i32) -> bool {
-    !matches!(
-        ExecutionStatus::try_from(status).unwrap_or(ExecutionStatus::Unspecified),
-        ExecutionStatus::Unspecified | ExecutionStatus::Queued | ExecutionStatus::Running
-    )
-}
 
 /// Runs a handler until the store takes its write. A store that cannot write for a while
 /// (a read-only or failing disk, a full one, a lock) is not the message's fault: naking

@@ -1591,7 +1591,6 @@ async fn a_shard_job_of_an_ended_execution_starts_no_runner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_job_past_its_execution_deadline_times_out_without_a_runner() {
-    use prost::Message as _;
     let all = ids(2);
     let sb = sandbox(
         |w| vec![("suite.yaml".into(), workflow("late", w, 1, ""))],
@@ -1603,40 +1602,15 @@ async fn a_shard_job_past_its_execution_deadline_times_out_without_a_runner() {
     let id = ulid::Ulid::new().to_string();
     let marker = sb.dir.path().join("ran");
     let job = assay_proto::ShardJob {
-        header: Some(assay_bus::header("test", format!("{id}/0/1"), None)),
-        execution_id: id.clone(),
-        workflow: "late".into(),
-        shard_index: 0,
-        shard_count: 1,
-        attempt: 1,
         timeout_ms: 5_000,
         deadline_ms: assay_bus::now_ms() - 1_000,
-        steps: vec![assay_proto::Step {
-            name: "late".into(),
-            run: format!("touch {}", marker.display()),
-            ..Default::default()
-        }],
-        ..Default::default()
+        ..touching_job(&id, "late", 1, 1, &marker)
     };
-    sb.bus
-        .publish_raw(
-            assay_bus::subjects::shard_job(&id, 0),
-            Default::default(),
-            job.encode_to_vec().into(),
-        )
-        .await
-        .unwrap();
-    let stream = sb
-        .bus
-        .jetstream()
-        .get_stream(assay_bus::streams::STATUS)
-        .await
-        .unwrap();
-    let subject = assay_bus::subjects::shard_status(&id, 0);
+    publish_job(&sb, &job).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
-            break assay_proto::ShardStatus::decode(m.payload).unwrap();
+        if let Some(status) = last_status(&sb, &id).await {
+            break status;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -1664,7 +1638,6 @@ async fn a_shard_job_past_its_execution_deadline_times_out_without_a_runner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_job_of_a_shard_that_already_ended_starts_no_runner() {
-    use prost::Message as _;
     let all = ids(2);
     let sb = sandbox(
         |w| vec![("suite.yaml".into(), workflow("again", w, 2, ""))],
@@ -1691,44 +1664,62 @@ async fn a_shard_job_of_a_shard_that_already_ended_starts_no_runner() {
         .await
         .unwrap();
     let marker = sb.dir.path().join("ran");
-    let job = assay_proto::ShardJob {
-        header: Some(assay_bus::header("test", format!("{id}/0/3"), None)),
-        execution_id: id.clone(),
-        workflow: "again".into(),
+    publish_job(&sb, &touching_job(&id, "again", 2, 3, &marker)).await;
+    // Taken (the work-queue stream empties) without a runner or a new status.
+    wait_until_shard_jobs_taken(&sb).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!marker.exists(), "no runner for a shard that ended");
+    let last = last_status(&sb, &id).await.expect("the passed status");
+    assert_eq!(
+        last.attempt, 2,
+        "the passed attempt stays the shard's last word"
+    );
+}
+
+/// A job for shard 0 of `id` whose one step touches `marker`: whether a runner started.
+fn touching_job(
+    id: &str,
+    workflow: &str,
+    shard_count: u32,
+    attempt: u32,
+    marker: &std::path::Path,
+) -> assay_proto::ShardJob {
+    assay_proto::ShardJob {
+        header: Some(assay_bus::header("test", format!("{id}/0/{attempt}"), None)),
+        execution_id: id.to_string(),
+        workflow: workflow.into(),
         shard_index: 0,
-        shard_count: 2,
-        attempt: 3,
+        shard_count,
+        attempt,
         steps: vec![assay_proto::Step {
-            name: "again".into(),
+            name: workflow.into(),
             run: format!("touch {}", marker.display()),
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+/// Puts `job` on the shard work queue, as the scheduler would.
+async fn publish_job(sb: &Sandbox, job: &assay_proto::ShardJob) {
+    use prost::Message as _;
     sb.bus
         .publish_raw(
-            assay_bus::subjects::shard_job(&id, 0),
+            assay_bus::subjects::shard_job(&job.execution_id, job.shard_index),
             Default::default(),
             job.encode_to_vec().into(),
         )
         .await
         .unwrap();
-    // Taken (the work-queue stream empties) without a runner or a new status.
-    wait_until_shard_jobs_taken(&sb).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!marker.exists(), "no runner for a shard that ended");
-    let last = sb
-        .bus
-        .jetstream()
-        .get_stream(assay_bus::streams::STATUS)
+}
+
+/// The last status of shard 0 of `id` on the bus.
+async fn last_status(sb: &Sandbox, id: &str) -> Option<assay_proto::ShardStatus> {
+    sb.bus
+        .last_message(
+            assay_bus::streams::STATUS,
+            &assay_bus::subjects::shard_status(id, 0),
+        )
         .await
         .unwrap()
-        .get_last_raw_message_by_subject(&assay_bus::subjects::shard_status(&id, 0))
-        .await
-        .unwrap();
-    let last = assay_proto::ShardStatus::decode(last.payload).unwrap();
-    assert_eq!(
-        last.attempt, 2,
-        "the passed attempt stays the shard's last word"
-    );
 }
