@@ -118,6 +118,7 @@ async fn executions(
         .list_executions(ListExecutionsRequest {
             workflow: workflow.clone().unwrap_or_default(),
             limit,
+            ..Default::default()
         })
         .await
         .map_err(|s| api::call_error(&global.api, "list executions", &s))?

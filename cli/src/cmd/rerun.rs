@@ -258,6 +258,7 @@ pub fn rerun_request(
         requested_by: "cli".to_string(),
         execution_id: id.to_string(),
         rerun_of: original_id.to_string(),
+        labels: Default::default(),
         test_ids: rerun.test_ids.clone(),
         shards: rerun
             .shards

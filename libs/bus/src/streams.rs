@@ -14,6 +14,8 @@ pub const LOGS: &str = "ASSAY_LOGS";
 pub const EXECUTIONS: &str = "ASSAY_EXECUTIONS";
 pub const DEAD: &str = "ASSAY_DEAD";
 pub const QUEUE: &str = "ASSAY_QUEUE";
+/// The scheduler's record of every event and run request it handled (7 days).
+pub const DECISIONS: &str = "ASSAY_DECISIONS";
 
 /// KV bucket: idempotency key of a trigger event or run request → execution id.
 pub const KV_DEDUP: &str = "assay_dedup";
@@ -107,6 +109,7 @@ pub fn all(replicas: usize) -> Vec<Config> {
             max_age: DAY,
             ..base(QUEUE, vec![subjects::QUEUE_ALL])
         },
+        base(DECISIONS, vec![subjects::DECISIONS_ALL]),
     ]
 }
 

@@ -18,6 +18,8 @@ pub const LOGS_ALL: &str = "assay.v1.logs.>";
 pub const EXECUTIONS_ALL: &str = "assay.v1.executions.>";
 pub const DEAD_ALL: &str = "assay.v1.dead.>";
 pub const QUEUE_ALL: &str = "assay.v1.queue.>";
+/// Every [`assay_proto::EventRecord`] (what an event or run request started, or why nothing).
+pub const DECISIONS_ALL: &str = "assay.v1.decisions.>";
 
 /// Longest token [`token`] returns, in bytes. Tokens come from outside input (an event's
 /// `source` from `POST /v1/events`, an execution id from a run request), and a subject
@@ -110,6 +112,12 @@ pub fn execution_updates_of(execution: &str) -> String {
 /// ([`assay_proto::QueueBatch`]).
 pub fn queue(execution: &str) -> String {
     format!("{PREFIX}.queue.{}", token(execution))
+}
+
+/// `assay.v1.decisions.<source>`: the scheduler's [`assay_proto::EventRecord`] for one
+/// event or run request.
+pub fn decision(source: &str) -> String {
+    format!("{PREFIX}.decisions.{}", token(source))
 }
 
 /// `assay.v1.dead.<stream>`: poison messages of a stream, with the reason in headers.

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use assay_proto::{
     Execution, ExecutionStatus, ExecutionUpdate, Header, HistorySnapshot, LogChunk, LogStream,
-    PendingPlan, QueueBatch, RunRequest, ShardJob, ShardState, ShardStatus, ShardSummary, Step,
-    TestCaseBatch, TestCaseResult, TestEstimate, TestIdList, TestStatus, TestsSpec, TriggerEvent,
+    PendingPlan, Provenance, QueueBatch, RunRequest, ShardJob, ShardState, ShardStatus,
+    ShardSummary, Step, TestCaseBatch, TestCaseResult, TestEstimate, TestIdList, TestStatus,
+    TestsSpec, TriggerEvent,
 };
 use prost::Message;
 
@@ -30,6 +31,23 @@ fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+fn provenance() -> Option<Provenance> {
+    Some(Provenance {
+        trigger: "smoke-on-push".into(),
+        event_id: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7E".into(),
+        source: "github".into(),
+        r#type: "push".into(),
+        idempotency_key: "github/5f1c2a".into(),
+        labels: map(&[
+            ("repository", "acme/shop"),
+            ("branch", "main"),
+            ("sha", "4b825dc642cb6eb9a060e54bf8d69288fbee4904"),
+        ]),
+        requested_by: String::new(),
+        occurred_at_ms: 1_764_237_599_000,
+    })
+}
+
 fn execution() -> Execution {
     Execution {
         header: header("ci/push/abc123"),
@@ -46,6 +64,7 @@ fn execution() -> Execution {
         timeout_ms: 300_000,
         rerun_of: String::new(),
         priority: 5,
+        provenance: provenance(),
     }
 }
 
@@ -59,6 +78,7 @@ fn shard_job(index: u32) -> ShardJob {
         env: map(&[("A", "1")]),
     };
     ShardJob {
+        provenance: provenance(),
         header: header(&format!("01JDQ7Z6X8ZK1V3W9Y4B2C5N7M/{index}/1")),
         execution_id: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7M".into(),
         workflow: "shop".into(),
@@ -143,6 +163,7 @@ fn main() -> std::io::Result<()> {
                 workflow: "shop".into(),
                 config: map(&[("seed", "3")]),
                 requested_by: "cli".into(),
+                labels: map(&[("branch", "main"), ("sha", "4b825dc6")]),
                 execution_id: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7M".into(),
                 rerun_of: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7A".into(),
                 test_ids: vec!["tests/test_cart.py::test_add".into()],
@@ -214,6 +235,7 @@ fn main() -> std::io::Result<()> {
         (
             "execution-update",
             ExecutionUpdate {
+                provenance: provenance(),
                 header: header("01JDQ7Z6X8ZK1V3W9Y4B2C5N7M/update/9"),
                 execution_id: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7M".into(),
                 workflow: "shop".into(),

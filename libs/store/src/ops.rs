@@ -418,6 +418,7 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
                         created_at_ms: row.get(8)?,
                         timeout_ms: u64::try_from(row.get::<_, i64>(9)?).unwrap_or(0),
                         rerun_of: row.get(10)?,
+                        provenance: None,
                         priority: row.get(11)?,
                     },
                     row.get::<_, String>(6)?,
@@ -593,6 +594,7 @@ impl View {
             finished_at_ms: self.verdict.finished_at_ms,
             revision: self.revision,
             queue_position: 0,
+            provenance: None,
         }
     }
 }

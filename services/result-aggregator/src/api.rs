@@ -190,6 +190,14 @@ fn anyhow_like<E: std::fmt::Display>(e: E) -> Box<dyn std::error::Error + Send +
 
 #[tonic::async_trait]
 impl Results for ResultsApi {
+    async fn list_events(
+        &self,
+        _request: Request<assay_proto::ListEventsRequest>,
+    ) -> Result<Response<assay_proto::ListEventsResponse>, Status> {
+        // IN PROGRESS (issue 10): the aggregator helper replaces this with the stored records.
+        Err(Status::unimplemented("list events: not built yet"))
+    }
+
     async fn list_executions(
         &self,
         request: Request<ListExecutionsRequest>,

@@ -85,6 +85,7 @@ async fn list(
     c.list_executions(ListExecutionsRequest {
         workflow: String::new(),
         limit: 5,
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner().executions.len())

@@ -54,6 +54,7 @@ pub fn rejected(
         reason,
         trigger: cause.trigger.clone(),
         cause: cause.key.clone(),
+        provenance: None,
         created_at_ms: assay_bus::now_ms(),
         ..Default::default()
     }
@@ -298,6 +299,7 @@ pub fn plan(
         reason: String::new(),
         trigger: cause.trigger.clone(),
         cause: cause.key.clone(),
+        provenance: None,
         config: recorded_config,
         labels: workflow.labels.clone().into_iter().collect(),
         created_at_ms: assay_bus::now_ms(),
@@ -365,6 +367,7 @@ pub fn plan(
                 deadline_ms,
                 // Set by the launcher from `attempt` when it takes the job.
                 job_attempt: 0,
+                provenance: None,
                 working_dir: working_dir.clone(),
                 test_ids: test_ids.clone(),
                 strategy: strategy.to_string(),

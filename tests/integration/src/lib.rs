@@ -321,6 +321,7 @@ impl Sandbox {
         c.list_executions(ListExecutionsRequest {
             workflow: workflow.to_string(),
             limit: 1000,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().executions.len())
@@ -338,6 +339,7 @@ impl Sandbox {
             .list_executions(ListExecutionsRequest {
                 workflow: workflow.to_string(),
                 limit,
+                ..Default::default()
             })
             .await
             .expect("list executions")
