@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// NATS URL of the local stack (`assay up` listens on 4223 so that it never clashes with a
 /// system nats-server on 4222).
-pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4223";
+pub const DEFAULT_NATS: &str = assay_bus::DEFAULT_NATS_URL;
 /// The result-aggregator's gRPC API.
 pub const DEFAULT_API: &str = "http://127.0.0.1:7070";
 

@@ -119,10 +119,14 @@ pub struct NatsOptions {
     pub auth: NatsAuth,
 }
 
+/// NATS URL every assay program uses by default: the local stack's nats-server (`assay up`
+/// listens on 4223 so that it never clashes with a system nats-server on 4222).
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4223";
+
 impl Default for NatsOptions {
     fn default() -> Self {
         NatsOptions {
-            url: "nats://127.0.0.1:4222".to_string(),
+            url: DEFAULT_NATS_URL.to_string(),
             connect_attempts: 20,
             replicas: replicas_from_env(),
             name: "assay".to_string(),

@@ -18,7 +18,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Args {
     /// NATS server URL.
-    #[arg(long, env = "ASSAY_NATS_URL", default_value = "nats://127.0.0.1:4223")]
+    #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL)]
     nats: String,
     /// Shards run at once (default: number of CPUs).
     #[arg(long, env = "ASSAY_LAUNCHER__CAPACITY")]

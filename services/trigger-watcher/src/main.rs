@@ -22,7 +22,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Args {
     /// NATS server URL.
-    #[arg(long, env = "ASSAY_NATS_URL", default_value = "nats://127.0.0.1:4223")]
+    #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL)]
     nats: String,
     /// Directory of TestWorkflow and TestTrigger definitions.
     #[arg(long, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
