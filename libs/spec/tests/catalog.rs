@@ -32,7 +32,6 @@ spec:
   concurrency: {policy: forbid, group: api}
   timeout: 20m
   retries: {count: 1, on: errored}
-  artifacts: ["screenshots/**"]
 ---
 apiVersion: assay.dev/v1alpha1
 kind: TestWorkflow

@@ -246,6 +246,52 @@ fn undeclared_template_reference() {
 }
 
 #[test]
+fn event_templates_are_accepted_and_unknown_event_fields_located() {
+    let ok = format!(
+        "{HEAD}spec:\n  env: {{SHA: \"{{{{ event.labels.sha }}}}\", SRC: \"{{{{ event.source }}}}\"}}\n  steps:\n    - name: a\n      run: echo {{{{ event.type }}}} {{{{ event.trigger }}}} ${{{{ github.sha }}}} {{{{ env.X }}}}\n  tests:\n    list: ls {{{{ event.labels.dir }}}}\n    run: run {{tests}}\n"
+    );
+    assert!(parse_str(Path::new("wf/file.yaml"), &ok).is_ok());
+    let text = format!(
+        "{HEAD}spec:\n  steps:\n    - name: a\n      run: git checkout {{{{ event.sha }}}}\n"
+    );
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:8:7: template refers to unknown event field `event.sha`; use event.labels.<key>, event.source, event.type, event.trigger"
+    );
+    let text = format!(
+        "{HEAD}spec:\n  steps:\n    - name: a\n      run: b\n      env: {{SHA: \"{{{{ evnet.labels.sha }}}}\"}}\n"
+    );
+    let msg = one(&text);
+    assert!(
+        msg.starts_with(
+            "wf/file.yaml:9:13: template refers to unknown root `evnet`; did you mean `event`?"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn artifacts_are_refused_until_supported() {
+    let text =
+        format!("{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  artifacts: [\"screenshots/**\"]\n");
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:7:3: artifacts: not supported yet (planned with the artifacts store); remove `artifacts` for now"
+    );
+}
+
+#[test]
+fn unknown_step_condition_lists_the_allowed_values() {
+    let text = format!(
+        "{HEAD}spec:\n  after:\n    - {{name: a, run: b, condition: allways}}\n  steps: [{{name: c, run: d}}]\n"
+    );
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:7:36: unknown value `allways` for `spec.after[0].condition`; did you mean `always`? (expected one of: always, success, failure)"
+    );
+}
+
+#[test]
 fn collects_all_errors_across_documents() {
     let text = format!(
         "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  parallel: {{count: 0}}\n---\n{TRIGGER}spec:\n  on: {{}}\n  run: {{}}\n"
