@@ -515,7 +515,7 @@ impl Launcher {
         let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
         let (mut child, warm) = match self.start_warm(&encoded).await {
             Some(child) => (child, true),
-            None => (self.start_cold(&encoded)?, false),
+            None => (self.start_cold(&encoded).await?, false),
         };
         // Keep the pool full, off this shard's path.
         let pool = self.warm.clone();
@@ -688,29 +688,46 @@ impl Launcher {
         }
     }
 
-    fn start_cold(&self, encoded: &str) -> std::result::Result<Child, Failure> {
-        Command::new(self.runner.as_path())
-            .env("ASSAY_SHARD_JOB", encoded)
+    /// Starts a runner for this job alone. The job goes over stdin, as to a warm runner:
+    /// in an environment variable a large job (its planned test ids) would hit the kernel's
+    /// limit on arguments plus environment (`Argument list too long`, from ~5,000 tests).
+    async fn start_cold(&self, encoded: &str) -> std::result::Result<Child, Failure> {
+        use tokio::io::AsyncWriteExt;
+        let spawn_error = |reason: String| {
+            Failure::Retry(
+                Error::Spawn {
+                    runner: self.runner.display().to_string(),
+                    reason,
+                }
+                .to_string(),
+            )
+        };
+        let mut child = Command::new(self.runner.as_path())
+            .arg("--job-stdin")
+            .env_remove("ASSAY_SHARD_JOB")
             .envs(
                 self.runner_env
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )
             .process_group(0)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| {
-                Failure::Retry(
-                    Error::Spawn {
-                        runner: self.runner.display().to_string(),
-                        reason: e.to_string(),
-                    }
-                    .to_string(),
-                )
-            })
+            .map_err(|e| spawn_error(e.to_string()))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| spawn_error("the runner's stdin is not a pipe".into()))?;
+        if let Err(e) = stdin.write_all(format!("{encoded}\n").as_bytes()).await {
+            if let Some(pid) = child.id() {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            return Err(spawn_error(format!("cannot hand the job over stdin: {e}")));
+        }
+        Ok(child)
     }
 }
 
