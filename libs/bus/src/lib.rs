@@ -194,6 +194,65 @@ bus_message!(
     ExecutionUpdate
 );
 
+/// Outages of this process's NATS connections: logged when they start and end (with their
+/// length) and counted for metrics and `assay up`'s status line.
+pub mod connection {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use tracing::{info, warn};
+
+    static DISCONNECTS: AtomicU64 = AtomicU64::new(0);
+    static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+    static DOWN: AtomicU64 = AtomicU64::new(0);
+
+    /// Connections lost since the process started (each outage counts once).
+    pub fn disconnects() -> u64 {
+        DISCONNECTS.load(Ordering::Relaxed)
+    }
+
+    /// Connections re-established after an outage.
+    pub fn reconnects() -> u64 {
+        RECONNECTS.load(Ordering::Relaxed)
+    }
+
+    /// Connections of this process that are down right now.
+    pub fn down() -> u64 {
+        DOWN.load(Ordering::Relaxed)
+    }
+
+    /// The event callback of one connection to `url` (the work is done before the returned
+    /// future, which is ready at once).
+    pub(crate) fn watcher(
+        url: String,
+    ) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
+        let lost: Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
+        move |event| {
+            let mut lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+            match event {
+                async_nats::Event::Disconnected => {
+                    if lost.is_none() {
+                        *lost = Some(Instant::now());
+                        DISCONNECTS.fetch_add(1, Ordering::Relaxed);
+                        DOWN.fetch_add(1, Ordering::Relaxed);
+                        warn!(%url, "disconnected from nats; reconnecting");
+                    }
+                }
+                async_nats::Event::Connected => {
+                    if let Some(since) = lost.take() {
+                        RECONNECTS.fetch_add(1, Ordering::Relaxed);
+                        DOWN.fetch_sub(1, Ordering::Relaxed);
+                        info!(%url, outage_ms = since.elapsed().as_millis() as u64, "reconnected to nats");
+                    }
+                }
+                other => info!(%url, event = %other, "nats connection event"),
+            }
+            std::future::ready(())
+        }
+    }
+}
+
 /// A NATS connection with JetStream.
 #[derive(Clone)]
 pub struct Bus {
@@ -219,7 +278,8 @@ impl Bus {
                 .apply(
                     async_nats::ConnectOptions::new()
                         .name(&opts.name)
-                        .connection_timeout(Duration::from_secs(5)),
+                        .connection_timeout(Duration::from_secs(5))
+                        .event_callback(connection::watcher(opts.url.clone())),
                 )
                 .await?;
             match options.connect(opts.url.as_str()).await {

@@ -195,3 +195,34 @@ async fn a_server_older_than_2_10_is_refused_with_its_version() {
         "{text}"
     );
 }
+
+/// An outage is noticed, counted once and ended: the connection comes back by itself after
+/// a nats-server restart, and publishing works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_counted_as_one_outage_and_the_connection_comes_back() {
+    let mut server = NatsServer::start();
+    let bus = bus(&server).await;
+    assert_eq!(
+        (
+            assay_bus::connection::disconnects(),
+            assay_bus::connection::reconnects()
+        ),
+        (0, 0)
+    );
+    server.restart();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while assay_bus::connection::reconnects() == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no reconnect seen (disconnects: {})",
+            assay_bus::connection::disconnects()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(assay_bus::connection::disconnects(), 1);
+    assert_eq!(assay_bus::connection::reconnects(), 1);
+    assert_eq!(assay_bus::connection::down(), 0);
+    bus.publish(subjects::event("ci"), &event("after-restart"))
+        .await
+        .unwrap();
+}
