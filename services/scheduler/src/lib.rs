@@ -12,6 +12,8 @@
 //! for a cause (after its shard jobs or its waiting entry): its presence is what says a cause
 //! is done, so the hot path writes one dedup key per execution, not two.
 
+mod decision;
+mod dedup;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -21,14 +23,21 @@ use std::time::Duration;
 use assay_bus::{
     Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, kv_key, streams, subjects,
 };
-use assay_proto::{ExecutionStatus, ExecutionUpdate, RunRequest, TriggerEvent};
+use assay_proto::{
+    EventRecord, Execution, ExecutionStatus, ExecutionUpdate, Header, RunRequest, TriggerEvent,
+};
 use assay_spec::{EventView, Policy, SharedCatalog, Workflow};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use decision::{Outcome, Record};
+use dedup::{Dedup, IdClaim, Seen};
 pub use plan::{Cause, Plan};
+
+/// `Header.producer` of what the scheduler publishes.
+const PRODUCER: &str = "scheduler";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,7 +110,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     bus.ensure_topology().await?;
     let scheduler = Scheduler {
         bus: bus.clone(),
-        dedup: bus.kv(streams::KV_DEDUP).await?,
+        dedup: Dedup::new(bus.kv(streams::KV_DEDUP).await?),
         active: bus.kv(streams::KV_ACTIVE).await?,
         waiting: bus.kv(streams::KV_WAITING).await?,
         defs: defs.clone(),
@@ -119,7 +128,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
             move |d: Delivery<TriggerEvent>| {
                 let s = s.clone();
-                async move { s.on_event(d.msg).await.map_err(Error::failure) }
+                async move { s.on_event(d.msg, &d.subject).await }
             },
         )
     };
@@ -134,7 +143,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
             move |d: Delivery<RunRequest>| {
                 let s = s.clone();
-                async move { s.on_run_request(d.msg).await.map_err(Error::failure) }
+                async move { s.on_run_request(d.msg, &d.subject).await }
             },
         )
     };
@@ -221,64 +230,137 @@ struct Run {
 #[derive(Clone)]
 struct Scheduler {
     bus: Bus,
-    dedup: kv::Store,
+    dedup: Dedup,
     active: kv::Store,
     waiting: kv::Store,
     defs: SharedCatalog,
 }
 
-/// What the dedup bucket says of a cause: new (claimed now), claimed by an earlier
-/// delivery that may not have finished publishing, or done (its plan record is out).
-enum Seen {
-    New(String),
-    Pending(String),
-    Done(String),
+/// A refusal: terminated and copied to the dead-letter subject with the reason.
+fn refuse(reason: String) -> Failure {
+    Failure::Reject(reason)
 }
 
 impl Scheduler {
-    async fn on_run_request(&self, req: RunRequest) -> Result<()> {
-        let header = req.header.clone().unwrap_or_default();
-        let key = if header.idempotency_key.is_empty() {
-            format!("run/{}", header.event_id)
-        } else {
-            header.idempotency_key.clone()
-        };
+    async fn on_run_request(&self, req: RunRequest, subject: &str) -> Result<(), Failure> {
+        let header = decision::required_header("RunRequest", subject, req.header.as_ref())
+            .map_err(refuse)?;
+        let key = decision::request_key(&header);
+        if self.dedup.decided(&key).await.map_err(Error::failure)? {
+            debug!(request = %key, "run request handled before");
+            return Ok(());
+        }
+        let provenance = decision::of_request(&req, &header);
+        let record = Record::new(PRODUCER, &key, provenance.clone(), &header.traceparent);
         let cause = Cause {
             key: format!("{key}/{}", req.workflow),
             trigger: String::new(),
-            traceparent: header.traceparent,
+            traceparent: header.traceparent.clone(),
+            provenance,
         };
-        let proposed = if ulid::Ulid::from_string(&req.execution_id).is_ok() {
-            req.execution_id.clone()
-        } else {
+        // A requester-chosen id: a ULID (kept in upper case), and only ever this request's.
+        let proposed = if req.execution_id.is_empty() {
             ulid::Ulid::new().to_string()
-        };
-        let overrides: BTreeMap<String, String> = req.config.into_iter().collect();
-        let selection = if !req.shards.is_empty() {
-            plan::Selection::Frozen(req.shards.into_iter().map(|s| s.ids).collect())
-        } else if !req.test_ids.is_empty() {
-            plan::Selection::Ids(req.test_ids)
-        } else if !req.rerun_of.is_empty() {
-            plan::Selection::Ids(Vec::new()) // a rerun of nothing: rejected with the reason
         } else {
-            plan::Selection::Listed
+            let id = match decision::execution_id(&req.execution_id) {
+                Ok(id) => id,
+                Err(reason) => return self.refuse(&key, record, &req.workflow, reason).await,
+            };
+            let claim = self
+                .dedup
+                .claim_id(&self.bus, &id, &req.workflow, &cause.key)
+                .await
+                .map_err(Error::failure)?;
+            if let IdClaim::Taken {
+                workflow,
+                cause: other,
+            } = claim
+            {
+                let reason = format!(
+                    "execution_id \"{id}\" is already used by an execution of workflow \"{workflow}\" (another request: {other}); leave execution_id empty or pick a new ULID"
+                );
+                return self.refuse(&key, record, &req.workflow, reason).await;
+            }
+            id
         };
-        let run = Run {
-            selection,
-            rerun_of: req.rerun_of,
-            priority: req.priority,
-        };
-        self.start(&req.workflow, &overrides, &cause, proposed, None, &run)
+        self.handle_request(req, cause, proposed, record, &key)
             .await
+            .map_err(Error::failure)
     }
 
-    async fn on_event(&self, ev: TriggerEvent) -> Result<()> {
-        let header = ev.header.clone().unwrap_or_default();
-        let key = if header.idempotency_key.is_empty() {
-            header.event_id.clone()
+    async fn handle_request(
+        &self,
+        req: RunRequest,
+        cause: Cause,
+        proposed: String,
+        mut record: Record,
+        key: &str,
+    ) -> Result<()> {
+        let outcome = if req.workflow.is_empty() {
+            self.reject_once(
+                "",
+                &cause,
+                proposed,
+                ExecutionStatus::Errored,
+                "run request names no workflow".to_string(),
+            )
+            .await?
         } else {
-            header.idempotency_key.clone()
+            let overrides: BTreeMap<String, String> = req.config.into_iter().collect();
+            let selection = if !req.shards.is_empty() {
+                plan::Selection::Frozen(req.shards.into_iter().map(|s| s.ids).collect())
+            } else if !req.test_ids.is_empty() {
+                plan::Selection::Ids(req.test_ids)
+            } else if !req.rerun_of.is_empty() {
+                plan::Selection::Ids(Vec::new()) // a rerun of nothing: rejected with the reason
+            } else {
+                plan::Selection::Listed
+            };
+            let run = Run {
+                selection,
+                rerun_of: req.rerun_of,
+                priority: req.priority,
+            };
+            self.start(&req.workflow, &overrides, &cause, proposed, None, &run)
+                .await?
         };
+        record.outcome("", &req.workflow, &outcome);
+        self.publish_record(key, record).await
+    }
+
+    /// Refuses a request to the dead-letter subject with `reason`, after recording it.
+    async fn refuse(
+        &self,
+        key: &str,
+        mut record: Record,
+        workflow: &str,
+        reason: String,
+    ) -> Result<(), Failure> {
+        warn!(request = %key, workflow, %reason, "run request refused");
+        record.refused(workflow, reason.clone());
+        let record = record.finish(assay_bus::now_ms());
+        self.publish_record_only(key, &record)
+            .await
+            .map_err(Error::failure)?;
+        Err(refuse(reason))
+    }
+
+    async fn on_event(&self, ev: TriggerEvent, subject: &str) -> Result<(), Failure> {
+        let header = decision::required_header("TriggerEvent", subject, ev.header.as_ref())
+            .map_err(refuse)?;
+        let key = decision::event_key(&header);
+        if self.dedup.decided(&key).await.map_err(Error::failure)? {
+            debug!(event = %key, "event handled before");
+            return Ok(());
+        }
+        self.handle_event(ev, header, &key)
+            .await
+            .map_err(Error::failure)
+    }
+
+    async fn handle_event(&self, ev: TriggerEvent, header: Header, key: &str) -> Result<()> {
+        let provenance = decision::of_event(&ev, &header);
+        let mut record = Record::new(PRODUCER, key, provenance.clone(), &header.traceparent);
         let catalog = self.defs.get();
         let labels: BTreeMap<String, String> = ev.labels.clone().into_iter().collect();
         let view = EventView {
@@ -289,21 +371,41 @@ impl Scheduler {
                 .changed_paths_known
                 .then_some(ev.changed_paths.as_slice()),
         };
-        let fired: Vec<_> = catalog
-            .triggers()
-            .filter(|t| {
-                if ev.trigger.is_empty() {
-                    t.matches(&view)
-                } else {
-                    t.name == ev.trigger
-                }
-            })
-            .collect();
+        let mut fired = Vec::new();
+        for t in catalog.triggers() {
+            // A cron event fires only the trigger whose schedule fired.
+            let verdict = if ev.trigger.is_empty() {
+                t.explain(&view)
+            } else if t.name == ev.trigger {
+                Ok(())
+            } else {
+                Err(format!("the event is for trigger \"{}\"", ev.trigger))
+            };
+            match verdict {
+                Ok(()) => fired.push(t),
+                Err(reason) => record.not_matched(
+                    &t.name,
+                    t.spec.run.workflow.as_deref().unwrap_or(""),
+                    reason,
+                ),
+            }
+        }
         if fired.is_empty() {
-            debug!(source = %ev.source, r#type = %ev.r#type, event = %key, "event matched no trigger");
-            return Ok(());
+            let known: Vec<&str> = catalog.triggers().map(|t| t.name.as_str()).collect();
+            if known.is_empty() {
+                record.set_reason("no triggers are defined".to_string());
+            } else if !ev.trigger.is_empty() {
+                record.set_reason(format!(
+                    "trigger \"{}\" is not defined (known: {})",
+                    ev.trigger,
+                    known.join(", ")
+                ));
+            }
+            info!(source = %ev.source, r#type = %ev.r#type, event = %key, reasons = %record.unmatched_reasons(), reason = %record.record.reason, "event matched no trigger");
         }
         for trigger in fired {
+            let mut provenance = provenance.clone();
+            provenance.trigger = trigger.name.clone();
             let targets: Vec<&Workflow> =
                 match (&trigger.spec.run.workflow, &trigger.spec.run.selector) {
                     (Some(name), _) => match catalog.workflow(name) {
@@ -314,9 +416,18 @@ impl Scheduler {
                                 key: format!("{key}/{}/{name}", trigger.name),
                                 trigger: trigger.name.clone(),
                                 traceparent: header.traceparent.clone(),
+                                provenance,
                             };
-                            self.reject_once(name, &cause, ExecutionStatus::Errored, e.to_string())
+                            let outcome = self
+                                .reject_once(
+                                    name,
+                                    &cause,
+                                    ulid::Ulid::new().to_string(),
+                                    ExecutionStatus::Errored,
+                                    e.to_string(),
+                                )
                                 .await?;
+                            record.outcome(&trigger.name, name, &outcome);
                             continue;
                         }
                     },
@@ -324,82 +435,135 @@ impl Scheduler {
                     (None, None) => Vec::new(),
                 };
             if targets.is_empty() {
-                warn!(trigger = %trigger.name, "trigger selects no workflow");
+                let selector = trigger
+                    .spec
+                    .run
+                    .selector
+                    .as_ref()
+                    .map(|s| {
+                        s.iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                let reason = format!("selector {selector} selects no workflow");
+                warn!(trigger = %trigger.name, %reason, "trigger selects no workflow");
+                record.matched_nothing(&trigger.name, reason);
             }
             for w in targets {
                 let cause = Cause {
                     key: format!("{key}/{}/{}", trigger.name, w.name),
                     trigger: trigger.name.clone(),
                     traceparent: header.traceparent.clone(),
+                    provenance: provenance.clone(),
                 };
                 let policy = trigger.spec.concurrency.as_ref().map(|c| c.policy);
                 let config: BTreeMap<String, String> = trigger.spec.run.config.clone();
-                self.start(
-                    &w.name,
-                    &config,
-                    &cause,
-                    ulid::Ulid::new().to_string(),
-                    policy,
-                    &Run {
-                        priority: trigger.spec.concurrency.as_ref().and_then(|c| c.priority),
-                        ..Run::default()
-                    },
-                )
-                .await?;
+                let outcome = self
+                    .start(
+                        &w.name,
+                        &config,
+                        &cause,
+                        ulid::Ulid::new().to_string(),
+                        policy,
+                        &Run {
+                            priority: trigger.spec.concurrency.as_ref().and_then(|c| c.priority),
+                            ..Run::default()
+                        },
+                    )
+                    .await?;
+                record.outcome(&trigger.name, &w.name, &outcome);
             }
         }
+        self.publish_record(key, record).await
+    }
+
+    /// Publishes the event's record (after everything it started), then remembers that it
+    /// went out, so a later delivery of the event is acknowledged at once.
+    async fn publish_record(&self, key: &str, record: Record) -> Result<()> {
+        let record = record.finish(assay_bus::now_ms());
+        self.publish_record_only(key, &record).await?;
+        self.dedup.mark_decided(key).await
+    }
+
+    /// Publishes an event's record on `assay.v1.decisions.<source>` with `Nats-Msg-Id`
+    /// `<event key>/decision`.
+    async fn publish_record_only(&self, key: &str, record: &EventRecord) -> Result<()> {
+        let source = record
+            .event
+            .as_ref()
+            .map(|e| e.source.as_str())
+            .unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(assay_bus::MSG_ID, decision::record_key(key).as_str());
+        if let Some(tp) = record.header.as_ref().map(|h| h.traceparent.as_str())
+            && !tp.is_empty()
+        {
+            headers.insert(assay_bus::TRACEPARENT, tp);
+        }
+        self.bus
+            .publish_raw(
+                subjects::decision(source),
+                headers,
+                prost::Message::encode_to_vec(record).into(),
+            )
+            .await?;
         Ok(())
     }
 
-    /// Claims the cause in the dedup bucket. For a cause claimed before, the plan record
-    /// tells whether the earlier delivery finished publishing (`done:<id>` values, written by
-    /// earlier versions, say so too).
-    async fn claim(&self, cause: &Cause, proposed: &str) -> Result<Seen> {
-        let key = kv_key(&cause.key);
-        match self
-            .dedup
-            .create(&key, Bytes::from(format!("pending:{proposed}")))
-            .await
-        {
-            Ok(_) => Ok(Seen::New(proposed.to_string())),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let value = self
-                    .dedup
-                    .get(&key)
-                    .await
-                    .map_err(|e| Error::kv("get", e))?
-                    .unwrap_or_default();
-                let value = String::from_utf8_lossy(&value).to_string();
-                match value.split_once(':') {
-                    Some(("done", id)) => Ok(Seen::Done(id.to_string())),
-                    Some((_, id)) if self.bus.plan_published(id).await? => {
-                        Ok(Seen::Done(id.to_string()))
-                    }
-                    Some((_, id)) => Ok(Seen::Pending(id.to_string())),
-                    None => Ok(Seen::Pending(proposed.to_string())),
-                }
-            }
-            Err(e) => Err(Error::kv("create", e)),
-        }
+    /// What an earlier delivery made of a cause, read from its plan record.
+    async fn recorded(&self, id: String) -> Result<Outcome> {
+        let plan: Option<Execution> = self
+            .bus
+            .last_message(streams::STATUS, &subjects::execution_plan(&id))
+            .await?;
+        Ok(match plan {
+            Some(p) if p.shard_count == 0 && !p.reason.is_empty() => Outcome::Rejected {
+                id,
+                reason: p.reason,
+            },
+            _ => Outcome::Started(id),
+        })
     }
 
     async fn reject_once(
         &self,
         workflow: &str,
         cause: &Cause,
+        proposed: String,
         status: ExecutionStatus,
         reason: String,
-    ) -> Result<()> {
-        let id = match self.claim(cause, &ulid::Ulid::new().to_string()).await? {
-            Seen::Done(_) => return Ok(()),
+    ) -> Result<Outcome> {
+        let id = match self
+            .dedup
+            .claim_cause(&self.bus, &cause.key, &proposed)
+            .await?
+        {
+            Seen::Done(id) => return self.recorded(id).await,
             Seen::New(id) | Seen::Pending(id) => id,
         };
+        self.publish_rejected(&id, workflow, cause, status, reason)
+            .await
+    }
+
+    async fn publish_rejected(
+        &self,
+        id: &str,
+        workflow: &str,
+        cause: &Cause,
+        status: ExecutionStatus,
+        reason: String,
+    ) -> Result<Outcome> {
         warn!(execution = %id, workflow, %reason, "execution rejected");
-        let exec = plan::rejected(&id, workflow, cause, status, reason);
+        let exec = plan::rejected(id, workflow, cause, status, reason.clone());
         self.bus
-            .publish(subjects::execution_plan(&id), &exec)
+            .publish(subjects::execution_plan(id), &exec)
             .await?;
-        Ok(())
+        Ok(Outcome::Rejected {
+            id: id.to_string(),
+            reason,
+        })
     }
 
     async fn start(
@@ -410,11 +574,15 @@ impl Scheduler {
         proposed: String,
         policy_override: Option<Policy>,
         run: &Run,
-    ) -> Result<()> {
-        let id = match self.claim(cause, &proposed).await? {
+    ) -> Result<Outcome> {
+        let id = match self
+            .dedup
+            .claim_cause(&self.bus, &cause.key, &proposed)
+            .await?
+        {
             Seen::Done(id) => {
                 debug!(execution = %id, cause = %cause.key, "duplicate cause; execution exists");
-                return Ok(());
+                return self.recorded(id).await;
             }
             Seen::New(id) | Seen::Pending(id) => id,
         };
@@ -449,12 +617,9 @@ impl Scheduler {
         let (w, mut plan) = match planned {
             Ok(ok) => ok,
             Err(Error::Spec(reason)) => {
-                warn!(execution = %id, workflow, %reason, "execution rejected");
-                let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Errored, reason);
-                self.bus
-                    .publish(subjects::execution_plan(&id), &exec)
-                    .await?;
-                return Ok(());
+                return self
+                    .publish_rejected(&id, workflow, cause, ExecutionStatus::Errored, reason)
+                    .await;
             }
             Err(e) => return Err(e),
         };
@@ -477,12 +642,9 @@ impl Scheduler {
                 scope.max,
                 if scope.max == 1 { "" } else { "s" }
             );
-            warn!(execution = %id, workflow, %reason, "execution rejected");
-            let exec = plan::rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason);
-            self.bus
-                .publish(subjects::execution_plan(&id), &exec)
-                .await?;
-            return Ok(());
+            return self
+                .publish_rejected(&id, workflow, cause, ExecutionStatus::Cancelled, reason)
+                .await;
         }
         if policy == Policy::Queue
             && let Some((_, running)) = self.acquire(&scope, &id).await?
@@ -505,7 +667,8 @@ impl Scheduler {
                 .await?;
             info!(execution = %id, workflow, after = %running, priority = plan.execution.priority, "execution queued");
             // The running one may have ended meanwhile.
-            return self.start_waiting(&scope).await;
+            self.start_waiting(&scope).await?;
+            return Ok(Outcome::Started(id));
         }
         if policy == Policy::Replace
             && let Some((slot, running)) = self.acquire(&scope, &id).await?
@@ -521,7 +684,7 @@ impl Scheduler {
         }
         self.publish(&plan).await?;
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
-        Ok(())
+        Ok(Outcome::Started(id))
     }
 
     /// The workflow's duration estimates, as the aggregator last wrote them (empty before

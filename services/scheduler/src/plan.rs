@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use assay_proto::{Execution, ExecutionStatus, ShardJob, Step, TailBatch, TestsSpec};
-use assay_spec::{MASKED, Workflow, expand_matrix, variant_label};
+use assay_proto::{Execution, ExecutionStatus, Provenance, ShardJob, Step, TailBatch, TestsSpec};
+use assay_spec::{EventContext, MASKED, TemplateVars, Workflow, variant_label};
 
 use crate::{Error, Result};
 
@@ -19,6 +19,9 @@ pub struct Cause {
     pub trigger: String,
     /// Trace context to continue.
     pub traceparent: String,
+    /// The event or request, as the execution's record and every shard job carry it (its
+    /// `trigger` is this cause's trigger).
+    pub provenance: Provenance,
 }
 
 /// A planned execution ready to publish.
@@ -54,30 +57,52 @@ pub fn rejected(
         reason,
         trigger: cause.trigger.clone(),
         cause: cause.key.clone(),
-        provenance: None,
+        provenance: Some(cause.provenance.clone()),
         created_at_ms: assay_bus::now_ms(),
         ..Default::default()
     }
 }
 
-fn steps(
-    list: &[assay_spec::Step],
-    config: &BTreeMap<String, String>,
-    combination: &BTreeMap<String, String>,
-) -> Result<Vec<Step>> {
-    let x = |t: &str| expand_matrix(t, config, combination).map_err(Error::spec);
+/// Expands `text` from `vars`, saying where a template went wrong: `template {{ event.labels.sha }}
+/// in steps[0].run: the event has no label "sha" (labels: branch, repository)`.
+fn expand(
+    vars: &TemplateVars<'_>,
+    text: &str,
+    at: &dyn Fn() -> String,
+    shell: bool,
+) -> Result<String> {
+    let expanded = if shell {
+        vars.expand_shell(text)
+    } else {
+        vars.expand(text)
+    };
+    expanded.map_err(|e| match &e {
+        assay_spec::Error::MissingEventLabel { placeholder, .. }
+        | assay_spec::Error::UnsafeEventValue { placeholder, .. } => {
+            Error::Spec(format!("template {placeholder} in {}: {e}", at()))
+        }
+        assay_spec::Error::UnknownEventField { .. } => Error::Spec(format!("{}: {e}", at())),
+        _ => Error::spec(e),
+    })
+}
+
+fn steps(section: &str, list: &[assay_spec::Step], vars: &TemplateVars<'_>) -> Result<Vec<Step>> {
     list.iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             Ok(Step {
                 name: s.name.clone(),
-                run: x(&s.run)?,
+                run: expand(vars, &s.run, &|| format!("{section}[{i}].run"), true)?,
                 timeout_ms: s.timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
                 retries: s.retries,
                 condition: format!("{:?}", s.condition).to_lowercase(),
                 env: s
                     .env
                     .iter()
-                    .map(|(k, v)| Ok((k.clone(), x(v)?)))
+                    .map(|(k, v)| {
+                        let at = || format!("{section}[{i}].env.{k}");
+                        Ok((k.clone(), expand(vars, v, &at, false)?))
+                    })
                     .collect::<Result<_>>()?,
             })
         })
@@ -299,7 +324,7 @@ pub fn plan(
         reason: String::new(),
         trigger: cause.trigger.clone(),
         cause: cause.key.clone(),
-        provenance: None,
+        provenance: Some(cause.provenance.clone()),
         config: recorded_config,
         labels: workflow.labels.clone().into_iter().collect(),
         created_at_ms: assay_bus::now_ms(),
@@ -320,30 +345,40 @@ pub fn plan(
     } else {
         "count"
     };
+    let event: EventContext = crate::decision::template_context(&cause.provenance);
     let mut shards = Vec::with_capacity(shard_count as usize);
     for (group, g) in groups.iter().enumerate() {
         if g.shards.is_empty() {
             continue;
         }
         let c = &g.combination;
-        let x = |t: &str| expand_matrix(t, &config, c).map_err(Error::spec);
+        let vars = TemplateVars {
+            config: &config,
+            matrix: Some(c),
+            event: Some(&event),
+        };
         let mut env = BTreeMap::new();
         for (k, v) in &spec.env {
-            env.insert(k.clone(), x(v)?);
+            env.insert(k.clone(), expand(&vars, v, &|| format!("env.{k}"), false)?);
         }
+        let (setup, main, after) = (
+            steps("setup", &spec.setup, &vars)?,
+            steps("steps", &spec.steps, &vars)?,
+            steps("after", &spec.after, &vars)?,
+        );
         let tests = match &spec.tests {
             Some(t) => Some(TestsSpec {
-                list: x(t.list.as_deref().unwrap_or(""))?,
-                run: x(&t.run)?,
+                list: expand(
+                    &vars,
+                    t.list.as_deref().unwrap_or(""),
+                    &|| "tests.list".to_string(),
+                    true,
+                )?,
+                run: expand(&vars, &t.run, &|| "tests.run".to_string(), true)?,
                 reports: t.reports.clone(),
             }),
             None => None,
         };
-        let (setup, main, after) = (
-            steps(&spec.setup, &config, c)?,
-            steps(&spec.steps, &config, c)?,
-            steps(&spec.after, &config, c)?,
-        );
         let group_shard_count = g.shards.len() as u32;
         for (j, test_ids) in g.shards.iter().enumerate() {
             let i = shards.len() as u32;
@@ -367,7 +402,7 @@ pub fn plan(
                 deadline_ms,
                 // Set by the launcher from `attempt` when it takes the job.
                 job_attempt: 0,
-                provenance: None,
+                provenance: Some(cause.provenance.clone()),
                 working_dir: working_dir.clone(),
                 test_ids: test_ids.clone(),
                 strategy: strategy.to_string(),
@@ -464,6 +499,115 @@ spec:
             assay_bus::trace::trace_id(&h.as_ref().unwrap().traceparent).map(str::to_string)
         };
         assert_eq!(trace(&p.execution.header), trace(&p.shards[2].header));
+    }
+
+    fn pushed(labels: &[(&str, &str)]) -> Cause {
+        Cause {
+            key: "gh-1/on-push/demo".into(),
+            trigger: "on-push".into(),
+            traceparent: String::new(),
+            provenance: Provenance {
+                trigger: "on-push".into(),
+                event_id: "01EVENT".into(),
+                source: "github".into(),
+                r#type: "push".into(),
+                idempotency_key: "gh-1".into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                requested_by: String::new(),
+                occurred_at_ms: 1_700_000_000_000,
+            },
+        }
+    }
+
+    #[test]
+    fn every_record_and_shard_job_carries_the_provenance() {
+        let w = workflow(W);
+        let c = w.resolve_config(&BTreeMap::new()).unwrap();
+        let cause = pushed(&[("branch", "main"), ("sha", "abc")]);
+        let p = plan(
+            "E",
+            &w,
+            c,
+            &cause,
+            &assay_plan::History::new(),
+            &Selection::Listed,
+            "",
+        )
+        .unwrap();
+        assert_eq!(p.execution.provenance.as_ref(), Some(&cause.provenance));
+        assert_eq!(p.execution.trigger, "on-push");
+        assert_eq!(p.execution.cause, "gh-1/on-push/demo");
+        assert_eq!(p.shards.len(), 3);
+        for job in &p.shards {
+            assert_eq!(job.provenance.as_ref(), Some(&cause.provenance));
+        }
+        let r = rejected("R", "", &cause, ExecutionStatus::Errored, "why".into());
+        assert_eq!(r.provenance.as_ref(), Some(&cause.provenance));
+        assert_eq!((r.shard_count, r.reason.as_str()), (0, "why"));
+    }
+
+    const EV: &str = r#"
+apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {name: ev}
+spec:
+  env: {BRANCH: "{{ event.labels.branch }}", FROM: "{{ event.source }}/{{ event.type }}"}
+  steps:
+    - name: checkout
+      run: git checkout {{ event.labels.sha }}
+      env: {BY: "{{ event.trigger }}"}
+  tests:
+    list: ls tests-{{ event.labels.branch }}
+    run: run {tests} --sha {{ event.labels.sha }}
+"#;
+
+    #[test]
+    fn event_templates_expand_at_plan_time() {
+        let w = workflow(EV);
+        let c = w.resolve_config(&BTreeMap::new()).unwrap();
+        let h = assay_plan::History::new();
+        let cause = pushed(&[("branch", "main"), ("sha", "abc123")]);
+        let p = plan("E", &w, c.clone(), &cause, &h, &Selection::Listed, "").unwrap();
+        let job = &p.shards[0];
+        assert_eq!(job.env["BRANCH"], "main");
+        assert_eq!(job.env["FROM"], "github/push");
+        assert_eq!(job.steps[0].run, "git checkout abc123");
+        assert_eq!(job.steps[0].env["BY"], "on-push");
+        let tests = job.tests.as_ref().unwrap();
+        assert_eq!(tests.list, "ls tests-main");
+        assert_eq!(tests.run, "run {tests} --sha abc123");
+
+        // A label the event does not carry: a plan-time error naming the template and place.
+        let cause = pushed(&[("repository", "acme/shop"), ("branch", "main")]);
+        let err = plan("E", &w, c.clone(), &cause, &h, &Selection::Listed, "")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "template {{ event.labels.sha }} in steps[0].run: the event has no label \"sha\" (labels: branch, repository)"
+        );
+        // A value a shell would interpret stays out of commands, but env may carry it.
+        let cause = pushed(&[("branch", "main"), ("sha", "$(reboot)")]);
+        let err = plan("E", &w, c.clone(), &cause, &h, &Selection::Listed, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "template {{ event.labels.sha }} in steps[0].run: the event's value \"$(reboot)\""
+            ),
+            "{err}"
+        );
+        let cause = pushed(&[("branch", "a b"), ("sha", "abc")]);
+        let err = plan("E", &w, c, &cause, &h, &Selection::Listed, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("in tests.list"),
+            "env took it, the listing did not: {err}"
+        );
     }
 
     #[test]
