@@ -10,6 +10,7 @@
 //! Exit codes of the binary: 0 shard passed, 1 shard did not pass (both after the final
 //! status was published), 2 no final status could be published, 3 the launcher went away.
 
+pub mod conditions;
 pub mod job;
 pub mod junit;
 pub mod mask;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::conditions::{Condition, Phase};
 use crate::job::{Identity, quote_all, render_report_glob, render_run};
 use crate::outcome::Verdict;
 use crate::publish::{LogSink, RETRY_BUDGET, publish_retrying, wait_bus};
@@ -299,21 +301,26 @@ async fn execute(
     env.extend(id.env());
     let runner = StepRunner::new(dir, env, logs).kill_leftovers(true);
 
+    if let Err(reason) = conditions::check(job) {
+        runner.logs().system("runner", &reason).await;
+        runner.finish().await;
+        return (Verdict::errored(reason), Vec::new(), published);
+    }
     let mut verdict = Verdict::passed();
     let mut results = Vec::new();
-    for step in &job.setup {
-        let run = runner.run(&StepDef::from(step), false).await;
-        if !run.exit.success() {
-            verdict = Verdict::setup_failed(&step.name, &run.exit);
-            break;
-        }
-    }
-    if verdict.state == ShardState::Passed {
-        for step in &job.steps {
-            let run = runner.run(&StepDef::from(step), false).await;
-            if !run.exit.success() {
-                verdict = Verdict::step_failed(&step.name, &run.exit);
-                break;
+    for (phase, steps) in [(Phase::Setup, &job.setup), (Phase::Steps, &job.steps)] {
+        for step in steps {
+            let Some(exit) =
+                run_step(&runner, step, phase, verdict.state != ShardState::Passed).await
+            else {
+                continue;
+            };
+            // The first failure decides the verdict; later ones only log.
+            if !exit.success() && verdict.state == ShardState::Passed {
+                verdict = match phase {
+                    Phase::Setup => Verdict::setup_failed(&step.name, &exit),
+                    _ => Verdict::step_failed(&step.name, &exit),
+                };
             }
         }
     }
@@ -332,13 +339,44 @@ async fn execute(
             .await;
     }
     for step in &job.after {
-        let run = runner.run(&StepDef::from(step), false).await;
-        if !run.exit.success() {
-            verdict.after_failed(&step.name, &run.exit);
+        let failed = verdict.state != ShardState::Passed;
+        if let Some(exit) = run_step(&runner, step, Phase::After, failed).await
+            && !exit.success()
+        {
+            verdict.after_failed(&step.name, &exit);
         }
     }
     runner.finish().await;
     (verdict, results, published)
+}
+
+/// Runs `step` when its condition allows it given whether something `failed` so far, and
+/// returns how it ended; `None` when skipped (and logged as such).
+async fn run_step(
+    runner: &StepRunner,
+    step: &assay_proto::Step,
+    phase: Phase,
+    failed: bool,
+) -> Option<steps::Exit> {
+    // Checked before anything ran (`conditions::check`); a step that slips through is skipped.
+    let condition = match Condition::parse(&step.condition, phase, &step.name) {
+        Ok(c) => c,
+        Err(reason) => {
+            runner.logs().system(&step.name, reason).await;
+            return None;
+        }
+    };
+    if !condition.runs(failed) {
+        runner
+            .logs()
+            .system(
+                &step.name,
+                conditions::skipped_line(phase, &step.name, condition, failed),
+            )
+            .await;
+        return None;
+    }
+    Some(runner.run(&StepDef::from(step), false).await.exit)
 }
 
 fn state_name(state: ShardState) -> &'static str {
@@ -506,12 +544,7 @@ async fn list_tests(
     runner: &StepRunner,
 ) -> std::result::Result<Vec<String>, Verdict> {
     let logs = runner.logs();
-    let list = StepDef {
-        name: "list".to_string(),
-        run: tests.list.clone(),
-        timeout: None,
-        retries: 0,
-    };
+    let list = StepDef::internal("list", tests.list.clone());
     let run = runner.run(&list, true).await;
     if !run.exit.success() {
         let mut v = Verdict::errored(format!("tests.list failed: {}", run.exit.describe()));
@@ -569,12 +602,7 @@ pub(crate) async fn run_subset(
     }
 
     let quoted = ids.map(quote_all).unwrap_or_default();
-    let step = StepDef {
-        name: TESTS.to_string(),
-        run: render_run(&tests.run, &quoted, report),
-        timeout: None,
-        retries: 0,
-    };
+    let step = StepDef::internal(TESTS, render_run(&tests.run, &quoted, report));
     let started = SystemTime::now();
     let run = runner.run(&step, false).await;
 

@@ -40,15 +40,35 @@ pub struct StepDef {
     pub run: String,
     pub timeout: Option<Duration>,
     pub retries: u32,
+    /// Variables for this step's process only, on top of the shard's.
+    pub env: Vec<(String, String)>,
+}
+
+impl StepDef {
+    /// A step the runner makes up itself (`tests.list`, `tests.run`): no retries, no
+    /// timeout, no extra environment.
+    pub fn internal(name: &str, run: String) -> StepDef {
+        StepDef {
+            name: name.to_string(),
+            run,
+            timeout: None,
+            retries: 0,
+            env: Vec::new(),
+        }
+    }
 }
 
 impl From<&assay_proto::Step> for StepDef {
     fn from(s: &assay_proto::Step) -> StepDef {
+        let mut env: Vec<(String, String)> =
+            s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.sort();
         StepDef {
             name: s.name.clone(),
             run: s.run.clone(),
             timeout: (s.timeout_ms > 0).then(|| Duration::from_millis(s.timeout_ms)),
             retries: s.retries,
+            env,
         }
     }
 }
@@ -229,6 +249,7 @@ impl StepRunner {
         }
         cmd.current_dir(&self.workdir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(step.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -574,6 +595,7 @@ mod tests {
             run: run.into(),
             timeout: None,
             retries: 0,
+            env: Vec::new(),
         }
     }
 

@@ -221,9 +221,16 @@ async fn missing_commands_and_directories_are_reported() -> Result<()> {
     assert_eq!(last.exit_code, 127);
     let logs: Vec<(String, LogChunk)> =
         read(&bus, streams::LOGS, &subjects::logs("exec2", 0)).await?;
-    assert!(
-        logs.iter()
-            .all(|(_, c)| c.step != "never" && c.step != "tests")
+    // `never` is skipped (one system line says so), the tests never start.
+    assert!(logs.iter().all(|(_, c)| c.step != "tests"));
+    let never: Vec<String> = logs
+        .iter()
+        .filter(|(_, c)| c.step == "never")
+        .map(|(_, c)| format!("{:?}: {}", c.stream(), String::from_utf8_lossy(&c.data)))
+        .collect();
+    assert_eq!(
+        never,
+        ["System: step never skipped (condition success, an earlier step failed)\n"]
     );
     assert!(logs.iter().any(|(_, c)| c.step == "cleanup"));
 
@@ -438,4 +445,139 @@ async fn authenticates_with_the_environment_settings() -> Result<()> {
         "{err}"
     );
     Ok(())
+}
+
+fn step_if(name: &str, condition: &str, run: &str) -> Step {
+    Step {
+        condition: condition.to_string(),
+        ..step(name, run)
+    }
+}
+
+/// Setup, steps and after steps run by their `condition` like GitHub Actions' `if:`; the
+/// first failure decides the shard's verdict; a step's `env` reaches its process only.
+#[tokio::test]
+async fn conditions_decide_which_steps_run_and_step_env_stays_in_its_step() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let mut job1 = job("exec-cond");
+    job1.working_dir = dir.path().display().to_string();
+    job1.setup = vec![
+        Step {
+            env: HashMap::from([("ONLY_HERE".to_string(), "setup-env".to_string())]),
+            ..step("prepare", r#"echo "$MY_VAR $ONLY_HERE" > setup.txt"#)
+        },
+        step_if("setup-on-failure", "failure", "touch setup-failure-ran"),
+    ];
+    job1.steps = vec![
+        step("boom", r#"echo "[$ONLY_HERE]" > boom.txt; exit 7"#),
+        step("skipped", "touch skipped-ran"),
+        step_if("explicit-success", "success", "touch success-ran"),
+        step_if("on-failure", "failure", "touch failure-ran; exit 3"),
+        step_if("always", "always", "touch always-ran"),
+    ];
+    job1.after = vec![
+        step("after-default", "touch after-default-ran"),
+        step_if("after-success", "success", "touch after-success-ran"),
+        step_if("after-failure", "failure", "touch after-failure-ran"),
+        step_if("after-always", "always", "touch after-always-ran"),
+    ];
+    job1.tests = Some(TestsSpec {
+        run: "touch tests-ran".to_string(),
+        ..TestsSpec::default()
+    });
+    let out = run_runner(&job1, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let ran = |f: &str| dir.path().join(f).exists();
+    let file = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    assert_eq!(file("setup.txt"), "hello setup-env\n");
+    assert_eq!(
+        file("boom.txt"),
+        "[]\n",
+        "a step's env leaked into another step"
+    );
+    assert!(
+        !ran("setup-failure-ran"),
+        "failure setup step ran with nothing failed"
+    );
+    for (name, expected) in [
+        ("skipped-ran", false),
+        ("success-ran", false),
+        ("failure-ran", true),
+        ("always-ran", true),
+        ("tests-ran", false),
+        ("after-default-ran", true),
+        ("after-success-ran", false),
+        ("after-failure-ran", true),
+        ("after-always-ran", true),
+    ] {
+        assert_eq!(ran(name), expected, "{name}");
+    }
+    let statuses: Vec<(String, ShardStatus)> =
+        read_msgs(&bus, &subjects::shard_status("exec-cond", 0)).await?;
+    let last = &statuses.last().context("no status")?.1;
+    assert_eq!(last.state(), ShardState::Failed);
+    // The first failure decides, not the failing `failure` step after it.
+    assert_eq!(last.reason, "step boom failed: exit code 7");
+    let logs: Vec<(String, LogChunk)> =
+        read(&bus, streams::LOGS, &subjects::logs("exec-cond", 0)).await?;
+    let system: String = logs
+        .iter()
+        .filter(|(_, c)| c.stream() == LogStream::System)
+        .map(|(_, c)| String::from_utf8_lossy(&c.data).into_owned())
+        .collect();
+    for line in [
+        "setup step setup-on-failure skipped (condition failure, nothing failed)",
+        "step skipped skipped (condition success, an earlier step failed)",
+        "after step after-success skipped (condition success, the shard did not pass)",
+    ] {
+        assert!(system.contains(line), "{line:?} not in:\n{system}");
+    }
+
+    // A passing shard: `success` after steps run, `failure` ones do not.
+    let dir2 = tempfile::tempdir()?;
+    let mut job2 = job("exec-cond2");
+    job2.working_dir = dir2.path().display().to_string();
+    job2.steps = vec![step_if("on-failure", "failure", "touch failure-ran")];
+    job2.after = vec![
+        step_if("after-success", "success", "touch after-success-ran"),
+        step_if("after-failure", "failure", "touch after-failure-ran"),
+    ];
+    let out = run_runner(&job2, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let ran = |f: &str| dir2.path().join(f).exists();
+    assert!(!ran("failure-ran"));
+    assert!(ran("after-success-ran"));
+    assert!(!ran("after-failure-ran"));
+    Ok(())
+}
+
+/// A condition the runner does not know errors the shard before anything runs, naming the
+/// step and the value.
+#[tokio::test]
+async fn an_unknown_condition_errors_the_shard_naming_step_and_value() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let mut job = job("exec-badcond");
+    job.working_dir = dir.path().display().to_string();
+    job.steps = vec![step("first", "touch first-ran")];
+    job.after = vec![step_if("cleanup", "allways", "true")];
+    let out = run_runner(&job, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", stderr(&out));
+    assert!(!dir.path().join("first-ran").exists());
+    let statuses: Vec<(String, ShardStatus)> =
+        read_msgs(&bus, &subjects::shard_status("exec-badcond", 0)).await?;
+    let last = &statuses.last().context("no status")?.1;
+    assert_eq!(last.state(), ShardState::Errored);
+    assert_eq!(
+        last.reason,
+        "after step \"cleanup\" has an unknown condition \"allways\"; use success, failure or always"
+    );
+    Ok(())
+}
+
+async fn read_msgs(bus: &Bus, subject: &str) -> Result<Vec<(String, ShardStatus)>> {
+    read(bus, streams::STATUS, subject).await
 }
