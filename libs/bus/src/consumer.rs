@@ -137,6 +137,13 @@ impl<M> Delivery<M> {
         self.raw.info().ok().map(|i| i.stream_sequence)
     }
 
+    /// The subject that acknowledges this delivery. Any connection may answer it: a peer
+    /// that sees this delivery's holder gone naks it so the server hands it out at once
+    /// rather than after the ack wait.
+    pub fn reply(&self) -> Option<&str> {
+        self.raw.reply.as_deref()
+    }
+
     /// The NATS headers of the message.
     pub fn headers(&self) -> Option<&HeaderMap> {
         self.raw.headers.as_ref()

@@ -392,14 +392,20 @@ impl Bus {
     /// Opens the webhook delivery bucket ([`streams::KV_WEBHOOK_DELIVERIES`]) with `window` as
     /// its `max_age`, creating it or updating the window when it changed.
     pub async fn webhook_deliveries(&self, window: Duration) -> Result<kv::Store> {
-        let bucket = streams::KV_WEBHOOK_DELIVERIES;
+        self.kv_with_age(streams::KV_WEBHOOK_DELIVERIES, window)
+            .await
+    }
+
+    /// Opens `bucket` with entries that age out `max_age` after their last put, creating
+    /// it or updating the age when it changed.
+    pub async fn kv_with_age(&self, bucket: &str, max_age: Duration) -> Result<kv::Store> {
         self.js
             .create_or_update_key_value(kv::Config {
                 bucket: bucket.to_string(),
                 history: 1,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: self.replicas,
-                max_age: window,
+                max_age,
                 ..Default::default()
             })
             .await

@@ -14,6 +14,17 @@ pub const LOGS: &str = "ASSAY_LOGS";
 pub const EXECUTIONS: &str = "ASSAY_EXECUTIONS";
 pub const DEAD: &str = "ASSAY_DEAD";
 pub const QUEUE: &str = "ASSAY_QUEUE";
+/// Launcher heartbeats: a key per running launcher instance, put every
+/// [`LAUNCHER_BEAT`] and gone [`LAUNCHER_EXPIRY`] after its last beat.
+pub const KV_LAUNCHERS: &str = "assay_launchers";
+/// The shard attempts running now: which launcher instance holds each, and the reply
+/// subject of its job delivery (so a peer can hand an orphaned job out again at once).
+pub const KV_ATTEMPTS: &str = "assay_attempts";
+/// How often a launcher beats.
+pub const LAUNCHER_BEAT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long after its last beat a launcher counts as gone.
+pub const LAUNCHER_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The scheduler's record of every event and run request it handled (7 days).
 pub const DECISIONS: &str = "ASSAY_DECISIONS";
 

@@ -6,7 +6,11 @@
 //!
 //! A job is acked only when its runner has ended. A job redelivered after a launcher
 //! crash runs again as the next attempt (`attempt + deliveries - 1`), so results of the
-//! interrupted attempt never mix with the new one.
+//! interrupted attempt never mix with the new one. A launcher that dies is noticed by its
+//! peers (or its own next start) within seconds through its heartbeat (see [`liveness`]),
+//! and its jobs are handed out again at once instead of after the ack wait.
+
+mod liveness;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -35,6 +39,8 @@ pub enum Error {
     RunnerNotFound { looked: String },
     #[error("cannot start {runner}: {reason}")]
     Spawn { runner: String, reason: String },
+    #[error("launcher liveness: {0}")]
+    Liveness(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -113,6 +119,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     warm.refill();
     let cancels = Cancellations::default();
     let watcher = tokio::spawn(cancels.clone().follow(bus.clone(), shutdown.clone()));
+    let liveness = liveness::Liveness::start(&bus).await?;
+    let beating = tokio::spawn(liveness.clone().run(shutdown.clone()));
     let launcher = Launcher {
         bus: bus.clone(),
         runner,
@@ -122,6 +130,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         warm: warm.clone(),
         cancels,
         live: LiveAttempts::default(),
+        liveness: liveness.clone(),
     };
     let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
         .concurrency(options.capacity)
@@ -130,13 +139,14 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         // leave its shard with no end at all (every delivery can be lost to a paused or
         // killed launcher). `launch` bounds the attempts itself and ends the shard instead.
         .unlimited_deliveries();
-    info!(capacity = options.capacity, runner = %launcher.runner.display(), "executor-launcher running");
+    info!(capacity = options.capacity, runner = %launcher.runner.display(), instance = liveness.instance(), "executor-launcher running");
     consumer::run(bus, spec, shutdown, move |d: Delivery<ShardJob>| {
         let l = launcher.clone();
         async move { l.launch(d).await }
     })
     .await?;
     watcher.abort();
+    let _ = beating.await;
     warm.drain();
     info!("executor-launcher stopped");
     Ok(())
@@ -153,6 +163,7 @@ struct Launcher {
     warm: Arc<WarmPool>,
     cancels: Cancellations,
     live: LiveAttempts,
+    liveness: liveness::Liveness,
 }
 
 /// The shard attempts this launcher is running. A second delivery of an attempt already
@@ -522,6 +533,9 @@ impl Launcher {
         tokio::task::spawn_blocking(move || pool.refill());
         let pgid = child.id().map(|p| Pid::from_raw(p as i32));
         info!(execution = %exec, shard, attempt, pid = ?child.id(), warm, "runner started");
+        // Lets a peer hand the job out again at once if this launcher dies; removed when
+        // the attempt ends here (whatever the path out of this function).
+        let _recorded = self.liveness.record(&exec, shard, attempt, d.reply()).await;
         let tail = capture_stderr(&mut child, format!("{exec}/{shard}"));
 
         // The shard's own timeout, cut short by the execution's deadline (a later attempt, or
