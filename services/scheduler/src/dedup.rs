@@ -91,8 +91,8 @@ impl Dedup {
     }
 
     /// Claims a requester-chosen execution id for `cause` (compare-and-set create). An id
-    /// whose plan record exists without a claim (an execution a trigger started, or one
-    /// planned before ids were claimed) belongs to that execution's cause.
+    /// whose plan record exists under another cause (an execution a trigger started, or one
+    /// planned before ids were claimed) belongs to that execution.
     pub(crate) async fn claim_id(
         &self,
         bus: &Bus,
@@ -101,46 +101,44 @@ impl Dedup {
         cause: &str,
     ) -> Result<IdClaim> {
         let key = id_key(id);
-        let held = match self
+        match self
             .kv
             .create(&key, Bytes::from(format!("{workflow}\n{cause}")))
             .await
         {
-            Ok(_) => {
-                let plan: Option<assay_proto::Execution> = bus
-                    .last_message(
-                        assay_bus::streams::STATUS,
-                        &assay_bus::subjects::execution_plan(id),
-                    )
-                    .await?;
-                match plan {
-                    Some(p) if p.cause != cause => {
-                        // Give the id back to the execution that has it.
-                        self.kv
-                            .put(&key, Bytes::from(format!("{}\n{}", p.workflow, p.cause)))
-                            .await
-                            .map_err(|e| Error::kv("put", e))?;
-                        return Ok(IdClaim::Taken {
-                            workflow: p.workflow,
-                            cause: p.cause,
-                        });
-                    }
-                    _ => return Ok(IdClaim::Ours),
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let held = self.get(&key).await?.unwrap_or_default();
+                let (held_workflow, held_cause) =
+                    held.split_once('\n').unwrap_or(("", held.as_str()));
+                if held_cause != cause {
+                    return Ok(IdClaim::Taken {
+                        workflow: held_workflow.to_string(),
+                        cause: held_cause.to_string(),
+                    });
                 }
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                self.get(&key).await?.unwrap_or_default()
-            }
             Err(e) => return Err(Error::kv("create", e)),
-        };
-        let (held_workflow, held_cause) = held.split_once('\n').unwrap_or(("", held.as_str()));
-        if held_cause == cause {
-            Ok(IdClaim::Ours)
-        } else {
-            Ok(IdClaim::Taken {
-                workflow: held_workflow.to_string(),
-                cause: held_cause.to_string(),
-            })
+        }
+        let plan: Option<assay_proto::Execution> = bus
+            .last_message(
+                assay_bus::streams::STATUS,
+                &assay_bus::subjects::execution_plan(id),
+            )
+            .await?;
+        match plan {
+            Some(p) if p.cause != cause => {
+                // Give the id back to the execution that has it.
+                self.kv
+                    .put(&key, Bytes::from(format!("{}\n{}", p.workflow, p.cause)))
+                    .await
+                    .map_err(|e| Error::kv("put", e))?;
+                Ok(IdClaim::Taken {
+                    workflow: p.workflow,
+                    cause: p.cause,
+                })
+            }
+            _ => Ok(IdClaim::Ours),
         }
     }
 
