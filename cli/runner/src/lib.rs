@@ -11,6 +11,7 @@
 //! status was published), 2 no final status could be published, 3 the launcher went away.
 
 pub mod conditions;
+pub mod env;
 pub mod job;
 pub mod junit;
 pub mod mask;

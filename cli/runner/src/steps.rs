@@ -2,7 +2,7 @@
 //! as log chunks, per-step timeouts that kill the whole process tree, retries.
 //!
 //! Step processes inherit the runner's process group, so the launcher's `killpg` on a shard
-//! timeout reaches them too.
+//! timeout reaches them too, but not its environment: see [`crate::env`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -144,6 +144,8 @@ pub struct StepRun {
 /// Runs steps of one shard, all in the same directory and environment.
 pub struct StepRunner {
     workdir: PathBuf,
+    /// The allowed part of the runner's own environment ([`crate::env::inherited`]).
+    inherited: Vec<(String, std::ffi::OsString)>,
     env: Vec<(String, String)>,
     logs: LogSink,
     /// Stops readers still draining pipes held open by background processes.
@@ -154,9 +156,13 @@ pub struct StepRunner {
 }
 
 impl StepRunner {
+    /// Steps run in `workdir` with a clean environment: the allowed part of the runner's own
+    /// ([`crate::env::INHERITED`]), then `env` (the workflow's and the shard's `ASSAY_*`),
+    /// then the step's own.
     pub fn new(workdir: PathBuf, env: Vec<(String, String)>, logs: LogSink) -> StepRunner {
         StepRunner {
             workdir,
+            inherited: crate::env::inherited(),
             env,
             logs,
             shutdown: CancellationToken::new(),
@@ -248,6 +254,8 @@ impl StepRunner {
             cmd.arg("-c").arg(&step.run);
         }
         cmd.current_dir(&self.workdir)
+            .env_clear()
+            .envs(self.inherited.iter().map(|(k, v)| (k, v)))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(step.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -581,3 +581,92 @@ async fn an_unknown_condition_errors_the_shard_naming_step_and_value() -> Result
 async fn read_msgs(bus: &Bus, subject: &str) -> Result<Vec<(String, ShardStatus)>> {
     read(bus, streams::STATUS, subject).await
 }
+
+/// Steps and tests get a clean environment: the allow-list of the runner's own variables,
+/// the workflow's env, the step's env and the `ASSAY_*` variables of the shard, never the runner's NATS settings, its job or anything else it was given.
+#[tokio::test]
+async fn steps_and_tests_see_a_clean_environment() -> Result<()> {
+    let server = NatsServer::start_with_config("authorization { token: \"runner-t0ken\" }\n");
+    let opts = NatsOptions {
+        url: server.url(),
+        auth: assay_bus::NatsAuth {
+            token: Some("runner-t0ken".into()),
+            ..Default::default()
+        },
+        ..NatsOptions::default()
+    };
+    Bus::connect(&opts, &CancellationToken::new())
+        .await?
+        .ensure_topology()
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let mut job = job("exec-env");
+    job.working_dir = dir.path().display().to_string();
+    job.steps = vec![Step {
+        env: HashMap::from([("STEP_VAR".to_string(), "step-value".to_string())]),
+        ..step("show", "env > step-env.txt")
+    }];
+    job.tests = Some(TestsSpec {
+        run: "env > tests-env.txt".to_string(),
+        ..TestsSpec::default()
+    });
+    let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_assay-runner"))
+        .env("ASSAY_SHARD_JOB", b64)
+        .env("ASSAY_NATS_URL", server.url())
+        .env("ASSAY_NATS_TOKEN", "runner-t0ken")
+        .env("SECRET_X", "planted-secret")
+        .env("HOME", "/home/tester")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+
+    let vars = |file: &str| -> Result<HashMap<String, String>> {
+        let text = std::fs::read_to_string(dir.path().join(file))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    };
+    let step_env = vars("step-env.txt")?;
+    let tests_env = vars("tests-env.txt")?;
+    for (name, env) in [("step", &step_env), ("tests", &tests_env)] {
+        for (k, v) in [
+            ("MY_VAR", "hello"),
+            ("HOME", "/home/tester"),
+            ("ASSAY_EXECUTION_ID", "exec-env"),
+            ("ASSAY_WORKFLOW", "wf"),
+            ("ASSAY_SHARD_INDEX", "0"),
+            ("ASSAY_SHARD_COUNT", "2"),
+            ("ASSAY_ATTEMPT", "1"),
+        ] {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{name}: {k}");
+        }
+        assert!(env.contains_key("PATH"), "{name}: no PATH");
+        for k in [
+            "SECRET_X",
+            "ASSAY_NATS_URL",
+            "ASSAY_NATS_TOKEN",
+            "ASSAY_SHARD_JOB",
+        ] {
+            assert!(!env.contains_key(k), "{name}: {k} leaked");
+        }
+        // Nothing but the allow-list, the job's variables and what the shell sets itself.
+        for k in env.keys() {
+            let known = assay_runner::env::INHERITED.contains(&k.as_str())
+                || (k.starts_with("ASSAY_") && !k.starts_with("ASSAY_NATS"))
+                || ["MY_VAR", "STEP_VAR", "PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str());
+            assert!(known, "{name}: unexpected variable {k}");
+        }
+    }
+    assert_eq!(
+        step_env.get("STEP_VAR").map(String::as_str),
+        Some("step-value")
+    );
+    assert!(
+        !tests_env.contains_key("STEP_VAR"),
+        "a step's env reached the tests"
+    );
+    Ok(())
+}
