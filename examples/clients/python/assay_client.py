@@ -265,7 +265,7 @@ class Update:
     """An ExecutionUpdate and the subject it came on."""
 
     subject: str
-    update: execution_pb2.ExecutionUpdate
+    update: results_pb2.ExecutionUpdate
     stream_seq: int
 
 
@@ -288,7 +288,7 @@ class DeadLetter:
             return None
 
 
-def describe_update(u: execution_pb2.ExecutionUpdate) -> str:
+def describe_update(u: results_pb2.ExecutionUpdate) -> str:
     reason = f' "{u.reason}"' if u.reason else ""
     queue = f" queue_position={u.queue_position}" if u.queue_position else ""
     return (
@@ -304,7 +304,7 @@ def describe_update(u: execution_pb2.ExecutionUpdate) -> str:
 def _update(msg) -> Update:
     return Update(
         msg.subject,
-        execution_pb2.ExecutionUpdate.FromString(msg.data),
+        results_pb2.ExecutionUpdate.FromString(msg.data),
         msg.metadata.sequence.stream,
     )
 
@@ -368,17 +368,29 @@ class AssayClient:
     async def connect(
         cls, nats_url: str = DEFAULT_NATS, grpc: Optional[str] = None
     ) -> "AssayClient":
+        errors: List[str] = []
+
+        async def on_error(e: Exception) -> None:
+            # nats-py's default prints a traceback per attempt; keep the last one for the
+            # message below, and say once that the connection is troubled.
+            if not errors:
+                print(f"assay_client: nats {nats_url}: {e}", file=sys.stderr)
+            errors.append(str(e) or type(e).__name__)
+
         try:
             nc = await nats.connect(
                 servers=[nats_url],
                 name=PRODUCER,
                 connect_timeout=5,
                 max_reconnect_attempts=5,
+                error_cb=on_error,
             )
         except Exception as e:  # noqa: BLE001 - nats-py raises several kinds
+            last = errors[-1] if errors else repr(e)
             raise ConnectionError(
-                f"cannot reach nats at {nats_url}: {e!r} (is the stack up? `make up`)"
+                f"cannot reach nats at {nats_url}: {last} (is the stack up? `make up`)"
             ) from e
+        errors.clear()
         return cls(nc, grpc)
 
     async def close(self) -> None:
@@ -532,7 +544,7 @@ class AssayClient:
             msg = await self.js.get_last_msg(STREAM_EXECUTIONS, subject)
         except nats.js.errors.NotFoundError:
             return None
-        return Update(subject, execution_pb2.ExecutionUpdate.FromString(msg.data), msg.seq)
+        return Update(subject, results_pb2.ExecutionUpdate.FromString(msg.data), msg.seq)
 
     async def count_on(self, stream: str, subject: str) -> int:
         """How many messages ``stream`` holds on subjects matching ``subject``."""

@@ -226,6 +226,7 @@ async def check_trigger_event(c: Check, ctx: Context) -> str:
             if kind == "decision":
                 rec = item
                 if rec.event.idempotency_key != key and rec.header.idempotency_key != key:
+                    c.note(f"decision for another event: {rec.event.idempotency_key}")
                     continue
                 started = [d.execution_id for d in rec.decisions if d.execution_id and d.workflow == args.workflow and not d.reason]
                 if started:
@@ -245,6 +246,7 @@ async def check_trigger_event(c: Check, ctx: Context) -> str:
             if u.update.execution_id not in known and u.update.created_at_ms >= sent_at - 5000:
                 execution_id, how = u.update.execution_id, "arrival (the update carries no provenance)"
                 break
+            c.note(f"ignored {u.subject}: {describe_update(u.update)}")
     final = await follow(c, client, execution_id)
     detail = await verify_totals(c, ctx, final)
     prov = final.update.provenance
