@@ -65,6 +65,8 @@ pub struct Identity {
     pub masker: crate::mask::Masker,
     /// `traceparent` of the job, continued by everything the runner publishes.
     pub parent_trace: Option<String>,
+    /// What caused the execution, as `ASSAY_*` variables ([`crate::env::provenance`]).
+    pub provenance: Vec<(String, String)>,
 }
 
 impl Identity {
@@ -104,6 +106,11 @@ impl Identity {
                 .as_ref()
                 .map(|h| h.traceparent.clone())
                 .filter(|t| !t.is_empty()),
+            provenance: job
+                .provenance
+                .as_ref()
+                .map(crate::env::provenance)
+                .unwrap_or_default(),
         }
     }
 
@@ -149,6 +156,7 @@ impl Identity {
                 env.push((format!("ASSAY_MATRIX_{name}"), v.clone()));
             }
         }
+        env.extend(self.provenance.iter().cloned());
         env
     }
 

@@ -583,9 +583,10 @@ async fn read_msgs(bus: &Bus, subject: &str) -> Result<Vec<(String, ShardStatus)
 }
 
 /// Steps and tests get a clean environment: the allow-list of the runner's own variables,
-/// the workflow's env, the step's env and the `ASSAY_*` variables of the shard, never the runner's NATS settings, its job or anything else it was given.
+/// the workflow's env, the step's env and the `ASSAY_*` variables of the shard and of what
+/// caused it, never the runner's NATS settings, its job or anything else it was given.
 #[tokio::test]
-async fn steps_and_tests_see_a_clean_environment() -> Result<()> {
+async fn steps_and_tests_see_a_clean_environment_with_provenance() -> Result<()> {
     let server = NatsServer::start_with_config("authorization { token: \"runner-t0ken\" }\n");
     let opts = NatsOptions {
         url: server.url(),
@@ -602,6 +603,22 @@ async fn steps_and_tests_see_a_clean_environment() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut job = job("exec-env");
     job.working_dir = dir.path().display().to_string();
+    job.provenance = Some(assay_proto::Provenance {
+        trigger: "on-push".into(),
+        event_id: "01JEVENTID".into(),
+        source: "github".into(),
+        r#type: "push".into(),
+        labels: HashMap::from(
+            [
+                ("sha", "0123abcd"),
+                ("branch", "main"),
+                ("repository", "acme/shop"),
+                ("provider", "github"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        ),
+        ..Default::default()
+    });
     job.steps = vec![Step {
         env: HashMap::from([("STEP_VAR".to_string(), "step-value".to_string())]),
         ..step("show", "env > step-env.txt")
@@ -640,6 +657,15 @@ async fn steps_and_tests_see_a_clean_environment() -> Result<()> {
             ("ASSAY_SHARD_INDEX", "0"),
             ("ASSAY_SHARD_COUNT", "2"),
             ("ASSAY_ATTEMPT", "1"),
+            ("ASSAY_TRIGGER", "on-push"),
+            ("ASSAY_EVENT_ID", "01JEVENTID"),
+            ("ASSAY_EVENT_SOURCE", "github"),
+            ("ASSAY_EVENT_TYPE", "push"),
+            ("ASSAY_GIT_SHA", "0123abcd"),
+            ("ASSAY_GIT_BRANCH", "main"),
+            ("ASSAY_GIT_REPOSITORY", "acme/shop"),
+            ("ASSAY_GIT_PROVIDER", "github"),
+            ("ASSAY_EVENT_LABEL_SHA", "0123abcd"),
         ] {
             assert_eq!(env.get(k).map(String::as_str), Some(v), "{name}: {k}");
         }
@@ -649,6 +675,7 @@ async fn steps_and_tests_see_a_clean_environment() -> Result<()> {
             "ASSAY_NATS_URL",
             "ASSAY_NATS_TOKEN",
             "ASSAY_SHARD_JOB",
+            "ASSAY_GIT_TAG",
         ] {
             assert!(!env.contains_key(k), "{name}: {k} leaked");
         }
