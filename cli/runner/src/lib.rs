@@ -300,7 +300,9 @@ async fn execute(
         .collect();
     env.sort();
     env.extend(id.env());
-    let runner = StepRunner::new(dir, env, logs).kill_leftovers(true);
+    let runner = StepRunner::new(dir, env, logs)
+        .kill_leftovers(true)
+        .scratch_name(&format!("{}-{}-{}", id.execution, id.shard, id.attempt));
 
     if let Err(reason) = conditions::check(job) {
         runner.logs().system("runner", &reason).await;

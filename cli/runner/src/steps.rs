@@ -151,8 +151,57 @@ pub struct StepRunner {
     /// Stops readers still draining pipes held open by background processes.
     shutdown: CancellationToken,
     lingering: Mutex<Vec<JoinHandle<()>>>,
-    scripts: Mutex<u32>,
+    scratch: Mutex<Scratch>,
     kill_leftovers: bool,
+}
+
+/// Where a runner writes files of its own (long scripts, `{tests_file}` lists):
+/// `<workdir>/.assay/scripts/<name>-<random>/`, created on first use with a name no other
+/// runner can have (the random part is chosen with create-new semantics), so shards of any
+/// execution sharing a working directory never overwrite each other's files; removed when
+/// the runner finishes (or is dropped).
+#[derive(Default)]
+struct Scratch {
+    name: String,
+    dir: Option<tempfile::TempDir>,
+    files: u32,
+}
+
+impl Scratch {
+    fn file(
+        &mut self,
+        workdir: &Path,
+        stem: &str,
+        ext: &str,
+        contents: &[u8],
+    ) -> std::io::Result<PathBuf> {
+        use std::io::Write as _;
+        let dir = match &self.dir {
+            Some(dir) => dir.path().to_path_buf(),
+            None => {
+                let parent = workdir.join(".assay").join("scripts");
+                std::fs::create_dir_all(&parent)?;
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("{}-", self.name))
+                    .tempdir_in(&parent)?;
+                let path = dir.path().to_path_buf();
+                self.dir = Some(dir);
+                path
+            }
+        };
+        self.files += 1;
+        let safe: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = dir.join(format!("{safe}-{}.{ext}", self.files));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.write_all(contents)?;
+        Ok(path)
+    }
 }
 
 impl StepRunner {
@@ -167,9 +216,37 @@ impl StepRunner {
             logs,
             shutdown: CancellationToken::new(),
             lingering: Mutex::new(Vec::new()),
-            scripts: Mutex::new(0),
+            scratch: Mutex::new(Scratch {
+                name: "runner".to_string(),
+                ..Scratch::default()
+            }),
             kill_leftovers: false,
         }
+    }
+
+    /// Names this runner's scratch directory (`<execution>-<shard>-<attempt>` for a shard;
+    /// a random suffix keeps it unique anyway).
+    pub fn scratch_name(self, name: &str) -> StepRunner {
+        self.scratch.lock().unwrap_or_else(|p| p.into_inner()).name = crate::job::path_safe(name);
+        self
+    }
+
+    /// Writes `contents` to a new file `<stem>-<n>.<ext>` in this runner's scratch directory
+    /// and returns its path; the file is removed when the runner finishes.
+    pub fn scratch_file(&self, stem: &str, ext: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
+        self.scratch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file(&self.workdir, stem, ext, contents)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot write a file under {}: {e}; is the working directory writable?",
+                        self.workdir.join(".assay/scripts").display()
+                    ),
+                )
+            })
     }
 
     /// Makes [`StepRunner::finish`] kill every descendant of this process that is still
@@ -235,20 +312,7 @@ impl StepRunner {
         // Absolute: no PATH search on the way to the first test process.
         let mut cmd = Command::new("/bin/sh");
         if step.run.len() > MAX_INLINE_SCRIPT {
-            let n = {
-                let mut n = self.scripts.lock().unwrap_or_else(|p| p.into_inner());
-                *n += 1;
-                *n
-            };
-            let dir = self.workdir.join(".assay").join("scripts");
-            std::fs::create_dir_all(&dir)?;
-            let safe: String = step
-                .name
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            let path = dir.join(format!("{safe}-{n}.sh"));
-            std::fs::write(&path, &step.run)?;
+            let path = self.scratch_file(&step.name, "sh", step.run.as_bytes())?;
             cmd.arg(path);
         } else {
             cmd.arg("-c").arg(&step.run);
@@ -360,6 +424,19 @@ impl StepRunner {
         self.shutdown.cancel();
         for reader in rest {
             let _ = reader.await;
+        }
+        // Scripts and id lists go with the processes that used them.
+        let scratch = self
+            .scratch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dir
+            .take();
+        if let Some(dir) = scratch {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = dir.close() {
+                debug!(dir = %path.display(), error = %e, "cannot remove the scratch directory");
+            }
         }
     }
 }
@@ -727,5 +804,84 @@ mod tests {
         let run = runner.run(&step("big", &script), false).await;
         assert_eq!(run.exit, Exit::Code(0));
         runner.finish().await;
+    }
+
+    /// Shards sharing a working directory (every execution of a workflow with `workingDir`)
+    /// write their long scripts at the same time: each runs its own, and nothing is left.
+    #[tokio::test]
+    async fn concurrent_runners_in_one_workdir_run_their_own_long_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let runners: Vec<(StepRunner, _)> = (0..6)
+            .map(|i| {
+                let (sink, rx) = LogSink::channel(4096);
+                // Same name on purpose: two attempts of one shard may overlap too.
+                let runner = StepRunner::new(dir.path().to_path_buf(), vec![], sink)
+                    .scratch_name(if i % 2 == 0 { "exec-0-1" } else { "exec-1-1" });
+                (runner, rx)
+            })
+            .collect();
+        let runs = runners
+            .iter()
+            .enumerate()
+            .map(|(i, (runner, _))| async move {
+                let mut outs = Vec::new();
+                for round in 0..3 {
+                    let me = format!("runner-{i}-round-{round}");
+                    // Long enough to go through a file; its content names its runner.
+                    let script = format!(
+                        "x='{}'; test ${{#x}} -eq 200000 && echo {me}",
+                        "a".repeat(200_000)
+                    );
+                    let run = runner.run(&step("tests", &script), true).await;
+                    assert_eq!(run.exit, Exit::Code(0), "{me}");
+                    outs.push((me, String::from_utf8_lossy(&run.stdout).trim().to_string()));
+                }
+                outs
+            });
+        for outs in futures::future::join_all(runs).await {
+            for (me, out) in outs {
+                assert_eq!(out, me, "a runner ran another's script");
+            }
+        }
+        for (runner, _rx) in runners {
+            runner.finish().await;
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(".assay/scripts"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "scratch directories left behind: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn scratch_files_are_new_files_in_a_directory_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, _rx) = LogSink::channel(16);
+        let a = StepRunner::new(dir.path().to_path_buf(), vec![], sink.clone()).scratch_name("e/1");
+        let b = StepRunner::new(dir.path().to_path_buf(), vec![], sink).scratch_name("e/1");
+        let pa = a.scratch_file("tests", "txt", b"a\n").unwrap();
+        let pb = b.scratch_file("tests", "txt", b"b\n").unwrap();
+        assert_ne!(pa.parent(), pb.parent());
+        assert!(
+            pa.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("e_1-")
+        );
+        assert_eq!(pa.file_name().unwrap(), "tests-1.txt");
+        assert_eq!(std::fs::read_to_string(&pa).unwrap(), "a\n");
+        assert_eq!(std::fs::read_to_string(&pb).unwrap(), "b\n");
+        assert_eq!(
+            a.scratch_file("tests", "txt", b"")
+                .unwrap()
+                .file_name()
+                .unwrap(),
+            "tests-2.txt"
+        );
+        a.finish().await;
+        assert!(!pa.exists() && pb.exists());
+        b.finish().await;
+        assert!(!pb.exists());
     }
 }
