@@ -11,6 +11,7 @@ pub mod history;
 mod ops;
 mod schema;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,6 +34,35 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_LIST_LIMIT: u32 = 1000;
 /// Listing with a limit of 0 returns this many executions.
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
+
+/// At most this many label pairs in one [`ExecutionFilter`].
+pub const MAX_LABEL_FILTERS: usize = 32;
+
+/// Which executions [`Store::list_executions`] returns: those matching every given part.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutionFilter {
+    /// Only executions of this workflow.
+    pub workflow: Option<String>,
+    /// Only executions whose provenance source is this (`github`, `cron`, `run`, ...).
+    pub source: Option<String>,
+    /// Only executions whose provenance labels include every one of these pairs.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ExecutionFilter {
+    fn check(&self) -> Result<()> {
+        if self.labels.len() > MAX_LABEL_FILTERS {
+            return Err(Error::Invalid {
+                what: "execution filter",
+                detail: format!(
+                    "{} label pairs given, at most {MAX_LABEL_FILTERS} are allowed; filter by fewer labels",
+                    self.labels.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
 
 /// A handle to the result store; cheap to clone, shared across tasks.
 #[derive(Debug, Clone)]
@@ -116,19 +146,20 @@ impl Store {
         self.run(move |conn| ops::get_execution(conn, &id)).await
     }
 
-    /// Planned executions, newest first, optionally of one workflow. A `limit` of 0 means
-    /// [`DEFAULT_LIST_LIMIT`]; it is capped at [`MAX_LIST_LIMIT`].
+    /// Planned executions that pass `filter`, newest first. A `limit` of 0 means
+    /// [`DEFAULT_LIST_LIMIT`]; it is capped at [`MAX_LIST_LIMIT`] and applies after filtering.
     pub async fn list_executions(
         &self,
-        workflow: Option<&str>,
+        filter: &ExecutionFilter,
         limit: u32,
     ) -> Result<Vec<ExecutionUpdate>> {
-        let workflow = workflow.map(str::to_owned);
+        filter.check()?;
+        let filter = filter.clone();
         let limit = match limit {
             0 => DEFAULT_LIST_LIMIT,
             n => n.min(MAX_LIST_LIMIT),
         };
-        self.run(move |conn| ops::list_executions(conn, workflow.as_deref(), limit))
+        self.run(move |conn| ops::list_executions(conn, &filter, limit))
             .await
     }
 

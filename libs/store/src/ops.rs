@@ -3,17 +3,18 @@
 use std::collections::{BTreeMap, HashMap};
 
 use assay_proto::v1::{
-    Execution, ExecutionDetail, ExecutionStatus, ExecutionUpdate, ShardDetail, ShardState,
-    ShardStatus, TestCaseBatch, TestCaseResult, TestStatus,
+    Execution, ExecutionDetail, ExecutionStatus, ExecutionUpdate, Provenance, ShardDetail,
+    ShardState, ShardStatus, TestCaseBatch, TestCaseResult, TestStatus,
 };
+use prost::Message;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::derive::{
     ShardProgress, Verdict, derive_status, execution_status_is_terminal, shard_state_is_terminal,
     shard_state_rank,
 };
-use crate::{Error, Result};
+use crate::{Error, ExecutionFilter, Result};
 
 /// Statuses below this number are not terminal (unspecified, queued, running).
 const FIRST_TERMINAL_STATUS: i32 = ExecutionStatus::Passed as i32;
@@ -43,21 +44,25 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
             .unwrap_or(e.created_at_ms)
     };
 
+    let provenance = e.provenance.as_ref().map(Message::encode_to_vec);
+    let source = e.provenance.as_ref().map_or("", |p| p.source.as_str());
+
     let tx = conn.transaction()?;
-    let existing: Option<(bool, i32)> = tx
+    let existing: Option<(bool, i32, String, String)> = tx
         .query_row(
-            "SELECT planned, status FROM executions WHERE id = ?1",
+            "SELECT planned, status, workflow, cause FROM executions WHERE id = ?1",
             [&e.id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )
         .optional()?;
     let changed = match existing {
-        None | Some((false, _)) => {
+        None | Some((false, ..)) => {
             tx.execute(
                 "INSERT INTO executions (id, planned, workflow, shard_count, status, reason,
                      trigger_name, cause, config_json, labels_json, created_at_ms,
-                     finished_at_ms, timeout_ms, rerun_of, priority)
-                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     finished_at_ms, timeout_ms, rerun_of, priority, provenance, source)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16)
                  ON CONFLICT (id) DO UPDATE SET
                      planned = 1, workflow = excluded.workflow,
                      shard_count = excluded.shard_count, status = excluded.status,
@@ -65,7 +70,8 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
                      cause = excluded.cause, config_json = excluded.config_json,
                      labels_json = excluded.labels_json, created_at_ms = excluded.created_at_ms,
                      finished_at_ms = excluded.finished_at_ms, timeout_ms = excluded.timeout_ms,
-                     rerun_of = excluded.rerun_of, priority = excluded.priority",
+                     rerun_of = excluded.rerun_of, priority = excluded.priority,
+                     provenance = excluded.provenance, source = excluded.source",
                 params![
                     e.id,
                     e.workflow,
@@ -81,11 +87,38 @@ pub(crate) fn record_execution(conn: &mut Connection, e: &Execution) -> Result<b
                     clamp_u64(e.timeout_ms),
                     e.rerun_of,
                     e.priority,
+                    provenance,
+                    source,
                 ],
             )?;
+            tx.execute(
+                "DELETE FROM execution_labels WHERE execution_id = ?1",
+                [&e.id],
+            )?;
+            if let Some(p) = &e.provenance {
+                let mut insert = tx.prepare(
+                    "INSERT INTO execution_labels (execution_id, key, value) VALUES (?1, ?2, ?3)",
+                )?;
+                for (key, value) in &p.labels {
+                    insert.execute(params![e.id, key, value])?;
+                }
+            }
             true
         }
-        Some((true, old)) if terminal && old < FIRST_TERMINAL_STATUS => {
+        Some((true, _, workflow, cause)) if workflow != e.workflow || cause != e.cause => {
+            // The id is taken by another plan (an execution id reused by a second request):
+            // the first one stays, or the second one's shards would report into it.
+            warn!(
+                execution = %e.id,
+                kept_workflow = %workflow,
+                kept_cause = %cause,
+                ignored_workflow = %e.workflow,
+                ignored_cause = %e.cause,
+                "a second plan record for this execution names another workflow or cause; the first one is kept"
+            );
+            false
+        }
+        Some((true, old, ..)) if terminal && old < FIRST_TERMINAL_STATUS => {
             tx.execute(
                 "UPDATE executions SET status = ?2, reason = ?3, finished_at_ms = ?4
                  WHERE id = ?1",
@@ -399,7 +432,7 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
     let row = conn
         .query_row(
             "SELECT workflow, shard_count, status, reason, trigger_name, cause, config_json,
-                 labels_json, created_at_ms, timeout_ms, rerun_of, priority
+                 labels_json, created_at_ms, timeout_ms, rerun_of, priority, provenance
              FROM executions WHERE id = ?1 AND planned = 1",
             [id],
             |row| {
@@ -423,15 +456,17 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
                     },
                     row.get::<_, String>(6)?,
                     row.get::<_, String>(7)?,
+                    row.get::<_, Option<Vec<u8>>>(12)?,
                 ))
             },
         )
         .optional()?;
-    let Some((mut execution, config, labels)) = row else {
+    let Some((mut execution, config, labels, provenance)) = row else {
         return Ok(None);
     };
     execution.config = map_from_json("execution config", &config)?;
     execution.labels = map_from_json("execution labels", &labels)?;
+    execution.provenance = decode_provenance(provenance.as_deref())?;
     Ok(Some(execution))
 }
 
@@ -491,22 +526,14 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
 
 pub(crate) fn list_executions(
     conn: &Connection,
-    workflow: Option<&str>,
+    filter: &ExecutionFilter,
     limit: u32,
 ) -> Result<Vec<ExecutionUpdate>> {
-    let ids: Vec<String> = match workflow {
-        Some(workflow) => conn
-            .prepare(
-                "SELECT id FROM executions WHERE planned = 1 AND workflow = ?1
-                 ORDER BY id DESC LIMIT ?2",
-            )?
-            .query_map(params![workflow, limit], |row| row.get(0))?
-            .collect::<Result<_, _>>()?,
-        None => conn
-            .prepare("SELECT id FROM executions WHERE planned = 1 ORDER BY id DESC LIMIT ?1")?
-            .query_map(params![limit], |row| row.get(0))?
-            .collect::<Result<_, _>>()?,
-    };
+    let (sql, args) = list_query(filter, limit);
+    let ids: Vec<String> = conn
+        .prepare(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
     let mut updates = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(view) = load(conn, &id)? {
@@ -514,6 +541,34 @@ pub(crate) fn list_executions(
         }
     }
     Ok(updates)
+}
+
+/// The ids of the planned executions passing `filter`, newest first, at most `limit`.
+///
+/// Each label pair is a lookup in `execution_labels_by_pair` and the source one in
+/// `executions_by_source`, so the limit applies after filtering and the cost follows the
+/// matches rather than the whole table.
+fn list_query(filter: &ExecutionFilter, limit: u32) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from("SELECT id FROM executions WHERE planned = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(workflow) = &filter.workflow {
+        sql.push_str(" AND workflow = ?");
+        args.push(workflow.clone().into());
+    }
+    if let Some(source) = &filter.source {
+        sql.push_str(" AND source = ?");
+        args.push(source.clone().into());
+    }
+    for (key, value) in &filter.labels {
+        sql.push_str(
+            " AND id IN (SELECT execution_id FROM execution_labels WHERE key = ? AND value = ?)",
+        );
+        args.push(key.clone().into());
+        args.push(value.clone().into());
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push(i64::from(limit).into());
+    (sql, args)
 }
 
 /// Persists a terminal derived status on a planned execution, so that it never flips back and
@@ -560,6 +615,7 @@ struct Row {
     workflow: String,
     verdict: Verdict,
     created_at_ms: i64,
+    provenance: Option<Provenance>,
 }
 
 /// Everything the derived views need about one execution.
@@ -594,7 +650,7 @@ impl View {
             finished_at_ms: self.verdict.finished_at_ms,
             revision: self.revision,
             queue_position: 0,
-            provenance: None,
+            provenance: self.row.as_ref().and_then(|r| r.provenance.clone()),
         }
     }
 }
@@ -620,46 +676,61 @@ struct Counts {
     flaky: u32,
 }
 
+/// The `executions` columns [`load`] reads.
+struct Head {
+    planned: bool,
+    workflow: String,
+    shard_count: u32,
+    status: i32,
+    reason: String,
+    created_at_ms: i64,
+    finished_at_ms: i64,
+    revision: i64,
+    provenance: Option<Vec<u8>>,
+}
+
 fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
     let head = conn
         .query_row(
             "SELECT planned, workflow, shard_count, status, reason, created_at_ms,
-                 finished_at_ms, revision
+                 finished_at_ms, revision, provenance
              FROM executions WHERE id = ?1",
             [id],
             |row| {
-                Ok((
-                    row.get::<_, bool>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, i32>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, i64>(5)?,
-                    row.get::<_, i64>(6)?,
-                    row.get::<_, i64>(7)?,
-                ))
+                Ok(Head {
+                    planned: row.get(0)?,
+                    workflow: row.get(1)?,
+                    shard_count: row.get(2)?,
+                    status: row.get(3)?,
+                    reason: row.get(4)?,
+                    created_at_ms: row.get(5)?,
+                    finished_at_ms: row.get(6)?,
+                    revision: row.get(7)?,
+                    provenance: row.get(8)?,
+                })
             },
         )
         .optional()?;
     let revision = head
         .as_ref()
-        .map(|h| u64::try_from(h.7).unwrap_or(0))
+        .map(|h| u64::try_from(h.revision).unwrap_or(0))
         .unwrap_or(0);
     let row = match head {
-        Some((true, workflow, shard_count, status, reason, created_at_ms, finished_at_ms, _)) => {
-            let status = ExecutionStatus::try_from(status)
-                .map_err(|_| Error::decode("execution status", status.to_string()))?;
+        Some(head) if head.planned => {
+            let status = ExecutionStatus::try_from(head.status)
+                .map_err(|_| Error::decode("execution status", head.status.to_string()))?;
             Some((
                 Row {
-                    workflow,
+                    workflow: head.workflow,
                     verdict: Verdict {
                         status,
-                        reason,
-                        finished_at_ms,
+                        reason: head.reason,
+                        finished_at_ms: head.finished_at_ms,
                     },
-                    created_at_ms,
+                    created_at_ms: head.created_at_ms,
+                    provenance: decode_provenance(head.provenance.as_deref())?,
                 },
-                shard_count,
+                head.shard_count,
             ))
         }
         _ => None,
@@ -811,6 +882,14 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
     }))
 }
 
+fn decode_provenance(bytes: Option<&[u8]>) -> Result<Option<Provenance>> {
+    bytes
+        .map(|b| {
+            Provenance::decode(b).map_err(|e| Error::decode("execution provenance", e.to_string()))
+        })
+        .transpose()
+}
+
 fn decode_shard_state(value: i32) -> Result<ShardState> {
     ShardState::try_from(value).map_err(|_| Error::decode("shard state", value.to_string()))
 }
@@ -827,4 +906,39 @@ fn map_from_json(what: &'static str, json: &str) -> Result<HashMap<String, Strin
 
 fn clamp_u64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(conn: &Connection, filter: &ExecutionFilter) -> String {
+        let (sql, args) = list_query(filter, 10);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn label_and_source_filters_use_their_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let labels = ExecutionFilter {
+            labels: [("branch".to_string(), "main".to_string())].into(),
+            ..ExecutionFilter::default()
+        };
+        let plan = plan_of(&conn, &labels);
+        assert!(plan.contains("execution_labels_by_pair"), "{plan}");
+        assert!(!plan.contains("SCAN execution_labels"), "{plan}");
+        let source = ExecutionFilter {
+            source: Some("github".into()),
+            ..ExecutionFilter::default()
+        };
+        let plan = plan_of(&conn, &source);
+        assert!(plan.contains("executions_by_source"), "{plan}");
+    }
 }

@@ -125,6 +125,22 @@ const MIGRATIONS: &[&str] = &[
     UPDATE test_cases SET queue_batch = 0
         WHERE execution_id IN (SELECT DISTINCT execution_id FROM queue_claims);
     "#,
+    // 8: what caused an execution. `provenance` holds the plan record's `Provenance`
+    // (protobuf bytes; NULL when it carried none, as every row from before does), `source` its
+    // source for filtering, and `execution_labels` its labels, one row per pair, so that
+    // listing by labels is an index lookup per pair rather than a scan of every execution.
+    r#"
+    ALTER TABLE executions ADD COLUMN provenance BLOB;
+    ALTER TABLE executions ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    CREATE INDEX executions_by_source ON executions (source, id) WHERE planned = 1;
+    CREATE TABLE execution_labels (
+        execution_id TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        value        TEXT NOT NULL,
+        PRIMARY KEY (execution_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX execution_labels_by_pair ON execution_labels (key, value, execution_id);
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
@@ -149,4 +165,51 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     tx.pragma_update(None, "user_version", supported)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at `version`, as a build of that time left it.
+    fn at_version(version: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn executions_from_before_provenance_have_none_and_no_source() {
+        let mut conn = at_version(7);
+        conn.execute(
+            "INSERT INTO executions (id, planned, workflow) VALUES ('01OLD', 1, 'w')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        let (provenance, source): (Option<Vec<u8>>, String) = conn
+            .query_row(
+                "SELECT provenance, source FROM executions WHERE id = '01OLD'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((provenance, source.as_str()), (None, ""));
+        let labels: i64 = conn
+            .query_row("SELECT COUNT(*) FROM execution_labels", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(labels, 0);
+        // Migrating again changes nothing.
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
 }

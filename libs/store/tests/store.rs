@@ -1,10 +1,10 @@
 //! Behaviour of the SQLite result store against real files.
 
 use assay_proto::v1::{
-    Execution, ExecutionStatus, ExecutionUpdate, Header, ShardState, ShardStatus, TestCaseBatch,
-    TestCaseResult, TestStatus,
+    Execution, ExecutionStatus, ExecutionUpdate, Header, Provenance, ShardState, ShardStatus,
+    TestCaseBatch, TestCaseResult, TestStatus,
 };
-use assay_store::Store;
+use assay_store::{ExecutionFilter, Store};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -83,6 +83,13 @@ fn batch(id: &str, shard: u32, n: u32, results: Vec<TestCaseResult>) -> TestCase
         batch: n,
         results,
         ..TestCaseBatch::default()
+    }
+}
+
+fn of_workflow(workflow: &str) -> ExecutionFilter {
+    ExecutionFilter {
+        workflow: Some(workflow.into()),
+        ..ExecutionFilter::default()
     }
 }
 
@@ -217,7 +224,11 @@ async fn status_before_plan_is_kept_and_plan_fills_in() {
     assert_eq!(u.shards[0].state, i32::from(ShardState::Queued));
     assert_eq!(u.revision, 1);
     assert!(
-        store.list_executions(None, 10).await.unwrap().is_empty(),
+        store
+            .list_executions(&Default::default(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "unplanned executions are not listed"
     );
 
@@ -403,16 +414,16 @@ async fn list_is_newest_first_and_filters_by_workflow() {
     let listed =
         |v: Vec<ExecutionUpdate>| v.into_iter().map(|u| u.execution_id).collect::<Vec<_>>();
     assert_eq!(
-        listed(store.list_executions(None, 0).await.unwrap()),
+        listed(store.list_executions(&Default::default(), 0).await.unwrap()),
         [ids[3].0, ids[2].0, ids[1].0, ids[0].0]
     );
     assert_eq!(
-        listed(store.list_executions(Some("a"), 2).await.unwrap()),
+        listed(store.list_executions(&of_workflow("a"), 2).await.unwrap()),
         [ids[3].0, ids[2].0]
     );
     assert!(
         store
-            .list_executions(Some("nope"), 5)
+            .list_executions(&of_workflow("nope"), 5)
             .await
             .unwrap()
             .is_empty()
@@ -470,7 +481,7 @@ async fn concurrent_clones_share_one_store() {
 /// Every message of one execution, each shard with one attempt and one terminal outcome.
 #[derive(Debug, Clone)]
 enum Message {
-    Plan(Execution),
+    Plan(Box<Execution>),
     Status(ShardStatus),
     Batch(TestCaseBatch),
 }
@@ -496,7 +507,11 @@ fn execution_messages() -> impl Strategy<Value = Vec<Message>> {
     );
     prop::collection::vec(shard, 1..4).prop_map(|shards| {
         let id = "01J0000000000000000000000S";
-        let mut messages = vec![Message::Plan(plan(id, "prop", shards.len() as u32))];
+        let mut messages = vec![Message::Plan(Box::new(plan(
+            id,
+            "prop",
+            shards.len() as u32,
+        )))];
         for (index, (outcome, batches)) in shards.into_iter().enumerate() {
             let index = index as u32;
             messages.push(Message::Status(status(id, index, 1, ShardState::Queued)));
@@ -523,7 +538,7 @@ fn execution_messages() -> impl Strategy<Value = Vec<Message>> {
 async fn apply(store: &Store, messages: &[Message]) {
     for message in messages.iter().cloned() {
         match message {
-            Message::Plan(e) => store.record_execution(e).await.unwrap(),
+            Message::Plan(e) => store.record_execution(*e).await.unwrap(),
             Message::Status(s) => store.record_shard_status(s).await.unwrap(),
             Message::Batch(b) => store.record_batch(b).await.unwrap(),
         };
@@ -841,6 +856,12 @@ async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_g
     assert_eq!(ids_of(&detail, 1), [("c".to_string(), pass)]);
 }
 
+/// Takes a database back from schema version 8 to 7.
+const UNDO_8: &str = "DROP INDEX executions_by_source;
+    ALTER TABLE executions DROP COLUMN source;
+    ALTER TABLE executions DROP COLUMN provenance;
+    DROP TABLE execution_labels;";
+
 #[tokio::test]
 async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_attempt() {
     let dir = tempfile::tempdir().unwrap();
@@ -861,6 +882,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
+         {UNDO_8}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
@@ -887,4 +909,184 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
             .len(),
         1
     );
+}
+
+fn provenance(source: &str, labels: &[(&str, &str)]) -> Provenance {
+    Provenance {
+        trigger: "on-push".into(),
+        event_id: "01J00000000000000000000EVT".into(),
+        source: source.into(),
+        r#type: "push".into(),
+        idempotency_key: "github/delivery-1".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        requested_by: String::new(),
+        occurred_at_ms: 900,
+    }
+}
+
+fn caused(id: &str, workflow: &str, provenance: Provenance) -> Execution {
+    Execution {
+        provenance: Some(provenance),
+        ..plan(id, workflow, 1)
+    }
+}
+
+#[tokio::test]
+async fn provenance_is_kept_and_returned_by_every_read() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000PRV1";
+    let p = provenance(
+        "github",
+        &[("branch", "main"), ("sha", "abc123"), ("repository", "o/r")],
+    );
+    assert!(
+        store
+            .record_execution(caused(id, "e2e", p.clone()))
+            .await
+            .unwrap()
+    );
+    // The same plan again: one row, the same state.
+    let before = store.execution_detail(id).await.unwrap();
+    assert!(
+        !store
+            .record_execution(caused(id, "e2e", p.clone()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.execution_detail(id).await.unwrap(), before);
+
+    assert_eq!(update(&store, id).await.provenance.as_ref(), Some(&p));
+    let detail = before.unwrap();
+    assert_eq!(
+        detail.execution.and_then(|u| u.provenance).as_ref(),
+        Some(&p)
+    );
+    assert_eq!(
+        store
+            .execution(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .provenance
+            .as_ref(),
+        Some(&p)
+    );
+    let listed = store.list_executions(&Default::default(), 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].provenance.as_ref(), Some(&p));
+    assert_eq!(
+        store
+            .next_update(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .provenance
+            .as_ref(),
+        Some(&p)
+    );
+
+    // A plan without provenance (from an older scheduler) reads back without one.
+    let old = "01J0000000000000000000PRV2";
+    store.record_execution(plan(old, "e2e", 1)).await.unwrap();
+    assert_eq!(update(&store, old).await.provenance, None);
+    assert_eq!(
+        store.execution(old).await.unwrap().unwrap().provenance,
+        None
+    );
+}
+
+#[tokio::test]
+async fn listing_filters_by_source_and_every_label_before_the_limit() {
+    let (_dir, store) = open();
+    // 2,000 executions, newest last: every 100th from GitHub on main, one of them at sha
+    // "wanted"; the rest cron runs on other branches.
+    let id = |n: u32| format!("01J00000000000000000{n:06}");
+    for n in 0..2_000u32 {
+        let e = if n % 100 == 0 {
+            let sha = if n == 500 { "wanted" } else { "other" };
+            caused(
+                &id(n),
+                "e2e",
+                provenance("github", &[("branch", "main"), ("sha", sha)]),
+            )
+        } else {
+            caused(
+                &id(n),
+                if n % 2 == 0 { "e2e" } else { "unit" },
+                provenance("cron", &[("branch", "dev"), ("sha", "other")]),
+            )
+        };
+        store.record_execution(e).await.unwrap();
+    }
+    let ids = |v: Vec<ExecutionUpdate>| v.into_iter().map(|u| u.execution_id).collect::<Vec<_>>();
+    let labels = |pairs: &[(&str, &str)]| ExecutionFilter {
+        labels: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..ExecutionFilter::default()
+    };
+
+    // The limit applies after filtering: the three newest on main, not the three newest.
+    assert_eq!(
+        ids(store
+            .list_executions(&labels(&[("branch", "main")]), 3)
+            .await
+            .unwrap()),
+        [id(1900), id(1800), id(1700)]
+    );
+    // Every pair must match.
+    assert_eq!(
+        ids(store
+            .list_executions(&labels(&[("branch", "main"), ("sha", "wanted")]), 0)
+            .await
+            .unwrap()),
+        [id(500)]
+    );
+    assert!(
+        store
+            .list_executions(&labels(&[("branch", "dev"), ("sha", "wanted")]), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let github = ExecutionFilter {
+        source: Some("github".into()),
+        ..ExecutionFilter::default()
+    };
+    let listed = store.list_executions(&github, 1000).await.unwrap();
+    assert_eq!(listed.len(), 20);
+    assert!(
+        listed
+            .iter()
+            .all(|u| u.provenance.as_ref().is_some_and(|p| p.source == "github"))
+    );
+    // Workflow, source and a label together.
+    let unit_cron_dev = ExecutionFilter {
+        workflow: Some("unit".into()),
+        source: Some("cron".into()),
+        labels: [("branch".to_string(), "dev".to_string())].into(),
+    };
+    let listed = store.list_executions(&unit_cron_dev, 0).await.unwrap();
+    assert_eq!(listed.len(), 50, "the default limit");
+    assert_eq!(listed[0].execution_id, id(1999));
+    assert!(listed.iter().all(|u| u.workflow == "unit"));
+    // A filter with more pairs than allowed is refused, permanently.
+    let many: Vec<(String, String)> = (0..=assay_store::MAX_LABEL_FILTERS)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let err = store
+        .list_executions(
+            &ExecutionFilter {
+                labels: many.into_iter().collect(),
+                ..ExecutionFilter::default()
+            },
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
 }

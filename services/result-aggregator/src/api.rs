@@ -11,7 +11,7 @@ use assay_proto::{
     ListExecutionsRequest, ListExecutionsResponse, LogChunk, StreamLogsRequest,
     WatchExecutionRequest,
 };
-use assay_store::Store;
+use assay_store::{ExecutionFilter, Store};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -203,10 +203,14 @@ impl Results for ResultsApi {
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
         let req = request.into_inner();
-        let workflow = (!req.workflow.is_empty()).then_some(req.workflow.as_str());
+        let filter = ExecutionFilter {
+            workflow: (!req.workflow.is_empty()).then_some(req.workflow),
+            source: (!req.source.is_empty()).then_some(req.source),
+            labels: req.labels.into_iter().collect(),
+        };
         let mut executions = self
             .store
-            .list_executions(workflow, req.limit)
+            .list_executions(&filter, req.limit)
             .await
             .map_err(|e| Error::from(e).to_status())?;
         self.with_positions(&mut executions).await;
