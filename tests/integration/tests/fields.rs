@@ -302,7 +302,7 @@ fn the_tracer_sees_nested_fields() {
             "{expected} missing from {fields:#?}"
         );
     }
-    assert!(fields.len() > 80, "only {} fields traced", fields.len());
+    assert!(fields.len() >= 80, "only {} fields traced", fields.len());
 }
 
 #[test]
@@ -554,7 +554,7 @@ async fn steps_honour_condition_env_retries_and_timeout() {
 async fn step_timeouts_end_the_step_and_fail_the_shard() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let setup = "  setup:\n    - {name: slow-setup, run: 'sleep 30', timeout: 1s}\n  after:\n    - {name: slow-after, condition: always, run: 'sleep 30', timeout: 1s}\n    - {name: after-after, condition: always, run: 'touch after-ran'}\n";
+    let setup = "  setup:\n    - {name: slow-setup, run: 'sleep 30', timeout: 1s}\n  steps:\n    - {name: never, run: 'touch never-ran'}\n  after:\n    - {name: slow-after, condition: always, run: 'sleep 30', timeout: 1s}\n    - {name: after-after, condition: always, run: 'touch after-ran'}\n";
     let steps = "  steps:\n    - {name: slow-step, run: 'sleep 30', timeout: 1s}\n";
     let sb = Sandbox::start(&[
         ("a.yaml", &workflow_file("slow-setup", dir, setup)),
@@ -579,8 +579,10 @@ async fn step_timeouts_end_the_step_and_fail_the_shard() {
             describe(&d)
         );
     }
-    // The after step over its timeout was ended too: the one after it ran.
+    // The after step over its timeout was ended too: the one after it ran; the step after
+    // the failed setup did not.
     assert!(read(dir, "after-ran").is_some());
+    assert!(read(dir, "never-ran").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -651,8 +653,14 @@ async fn batch_overhead_sizes_queue_batches() {
         )
     };
     let sb = Sandbox::start(&[
-        ("a.yaml", &workflow_file("cheap", dir, &body("1ms", "cheap.log"))),
-        ("b.yaml", &workflow_file("costly", dir, &body("1h", "costly.log"))),
+        (
+            "a.yaml",
+            &workflow_file("cheap", dir, &body("1ms", "cheap.log")),
+        ),
+        (
+            "b.yaml",
+            &workflow_file("costly", dir, &body("1h", "costly.log")),
+        ),
     ])
     .await;
     let kv = sb.bus.kv(assay_bus::streams::KV_HISTORY).await.unwrap();
@@ -663,7 +671,10 @@ async fn batch_overhead_sizes_queue_batches() {
         assert_eq!(status_of(&d), ExecutionStatus::Passed, "{}", describe(&d));
         let deadline = tokio::time::Instant::now() + LONG;
         while kv.get(assay_bus::kv_key(wf)).await.unwrap().is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "no history for {wf}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no history for {wf}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         std::fs::remove_file(dir.join(format!("{wf}.log"))).unwrap();
@@ -674,8 +685,17 @@ async fn batch_overhead_sizes_queue_batches() {
     let calls = |f: &str| read(dir, f).map(|s| s.lines().count()).unwrap_or(0);
     // A start-up that costs an hour is paid once per worker (batches as large as the
     // suite allows: half each); a cheap one buys batches cut finer towards the end.
-    assert_eq!(calls("costly.log"), 2, "costly: {:?}", read(dir, "costly.log"));
-    assert!(calls("cheap.log") > 2, "cheap: {:?}", read(dir, "cheap.log"));
+    assert_eq!(
+        calls("costly.log"),
+        2,
+        "costly: {:?}",
+        read(dir, "costly.log")
+    );
+    assert!(
+        calls("cheap.log") > 2,
+        "cheap: {:?}",
+        read(dir, "cheap.log")
+    );
 }
 
 #[test]
