@@ -288,6 +288,16 @@ class DeadLetter:
             return None
 
 
+    def trigger_event(self) -> Optional[events_pb2.TriggerEvent]:
+        """The payload as a TriggerEvent, if it came from an event subject and decodes."""
+        if not self.original_subject.startswith(f"{PREFIX}.events."):
+            return None
+        try:
+            return events_pb2.TriggerEvent.FromString(self.payload)
+        except Exception:  # noqa: BLE001 - a dead letter may be any bytes
+            return None
+
+
 def describe_update(u: results_pb2.ExecutionUpdate) -> str:
     reason = f' "{u.reason}"' if u.reason else ""
     queue = f" queue_position={u.queue_position}" if u.queue_position else ""
@@ -450,18 +460,20 @@ class AssayClient:
         labels: Optional[Dict[str, str]] = None,
         payload: bytes = b"",
         idempotency_key: Optional[str] = None,
+        with_header: bool = True,
     ) -> events_pb2.TriggerEvent:
         """Publishes a TriggerEvent on ``assay.v1.events.<source>``; the idempotency key
         defaults to ``python/event/<event id>``."""
-        header = make_header("")
-        header.idempotency_key = idempotency_key or f"python/event/{header.event_id}"
         ev = events_pb2.TriggerEvent(
-            header=header,
             source=source,
             type=type_,
             labels=labels or {},
             payload=payload,
         )
+        if with_header:
+            header = make_header("")
+            header.idempotency_key = idempotency_key or f"python/event/{header.event_id}"
+            ev.header.CopyFrom(header)
         await self.publish(event_subject(source), ev)
         return ev
 

@@ -18,8 +18,11 @@ Checks:
   reused-execution-id  a second RunRequest (another workflow, another key) naming a
                        finished execution's id is refused: a dead letter naming it, or an
                        errored update on another subject; the first execution is unchanged
-  headerless-request   two RunRequests without a Header are each dead-lettered with a
-                       reason; neither starts an execution
+  headerless-request   two RunRequests and a TriggerEvent without a Header are each
+                       dead-lettered with a reason; none starts an execution
+  non-ulid-execution-id  a RunRequest whose execution_id is not a ULID is dead-lettered
+                       with a reason
+  lowercase-execution-id a lowercase ULID runs under its upper-case form
   empty-workflow       a RunRequest with an empty workflow name ends ERRORED with a reason
                        on assay.v1.executions._.<id>, and the API has it
   dotted-workflow      a RunRequest for an unknown workflow named with dots ends ERRORED
@@ -344,41 +347,100 @@ async def check_reused_execution_id(c: Check, ctx: Context) -> str:
 
 
 async def check_headerless(c: Check, ctx: Context) -> str:
-    client = ctx.client
+    client, args = ctx.client, ctx.args
     ids = [ac.new_ulid(), ac.new_ulid()]
-    feeds: Dict[str, Feed] = {"dead": await client.dead_letters()}
+    probe = ac.new_ulid()
+    feeds: Dict[str, Feed] = {
+        "dead": await client.dead_letters(),
+        "event-run": await client.workflow_updates(args.workflow, from_now=True),
+    }
     for i in ids:
         feeds[i] = await client.updates(i)
-    # Two of them: before the fix, the first was planned under an empty key and every
-    # later one acknowledged and dropped.
+    # Two requests: before the fix, the first was planned under an empty key and every
+    # later one acknowledged and dropped. And an event that would fire the trigger.
     for i in ids:
         await client.request_run(
-            ctx.args.workflow, execution_id=i, requested_by="python-scenario", with_header=False
+            args.workflow, execution_id=i, requested_by="python-scenario", with_header=False
         )
-    pending = set(ids)
-    reasons: Dict[str, str] = {}
-    c.wait(f"dead letters on {ac.DEAD_ALL} for the headerless RunRequests {sorted(pending)}")
+    await client.publish_event(
+        args.event_source, args.event_type, labels={"probe": probe}, with_header=False
+    )
+    pending = set(ids) | {probe}
+    reasons: List[str] = []
+
+    def waiting() -> str:
+        return (
+            f"dead letters on {ac.DEAD_ALL} for the headerless messages {sorted(pending)} "
+            f"(RunRequests by execution_id, the TriggerEvent by its label probe)"
+        )
+
+    c.wait(waiting())
     async with contextlib.aclosing(merged(feeds)) as events:
         async for kind, item in events:
+            if kind == "event-run":
+                prov = item.update.provenance
+                if prov.labels.get("probe") == probe:
+                    c.fail(f"the headerless event started {describe_update(item.update)}")
+                continue
             if kind != "dead":
-                c.fail(f"a headerless request was planned instead of refused: {item.subject}: {describe_update(item.update)}")
-            rr = item.run_request()
-            if rr is None or rr.execution_id not in pending or rr.HasField("header"):
+                c.fail(
+                    f"a headerless request was planned instead of refused: {item.subject}: "
+                    f"{describe_update(item.update)}"
+                )
+            rr, ev = item.run_request(), item.trigger_event()
+            if rr is not None and rr.execution_id in pending and not rr.HasField("header"):
+                found = rr.execution_id
+            elif ev is not None and ev.labels.get("probe") == probe and not ev.HasField("header"):
+                found = probe
+            else:
                 continue
             if not item.reason:
-                c.fail(f"dead letter for {rr.execution_id} without an {ac.DEAD_REASON} header")
-            reasons[rr.execution_id] = item.reason
-            pending.discard(rr.execution_id)
+                c.fail(f"dead letter for {found} without an {ac.DEAD_REASON} header")
+            reasons.append(item.reason)
+            pending.discard(found)
             if not pending:
                 break
-            c.wait(f"dead letters on {ac.DEAD_ALL} for the headerless RunRequests {sorted(pending)}")
+            c.wait(waiting())
     for i in ids:
         n = await client.count_on(ac.STREAM_EXECUTIONS, ac.updates_of(i))
         if n:
             c.fail(f"{i} was dead-lettered but also has {n} execution update(s)")
         if ctx.api and await client.get_execution(i) is not None:
             c.fail(f"{i} was dead-lettered but GetExecution knows it")
-    return f"both dead-lettered: {reasons[ids[0]]}"
+    return f"two requests and an event dead-lettered: {reasons[0]}"
+
+
+async def check_non_ulid_id(c: Check, ctx: Context) -> str:
+    client = ctx.client
+    bad = f"not-a-ulid-{ac.new_ulid().lower()}"
+    key = f"python/bad-id/{ac.new_ulid()}"
+    async with await client.dead_letters() as dead:
+        await client.request_run(
+            ctx.args.workflow, execution_id=bad, idempotency_key=key, requested_by="python-scenario"
+        )
+        c.wait(f"a dead letter on {ac.DEAD_ALL} for the RunRequest with execution_id {bad!r}")
+        async for d in dead:
+            rr = d.run_request()
+            if rr is None or rr.header.idempotency_key != key:
+                continue
+            if not d.reason:
+                c.fail(f"dead letter without an {ac.DEAD_REASON} header")
+            return f"dead letter: {d.reason}"
+    raise AssertionError("unreachable: a feed never ends")
+
+
+async def check_lowercase_id(c: Check, ctx: Context) -> str:
+    client = ctx.client
+    upper = ac.new_ulid()
+    await client.request_run(
+        ctx.args.workflow, execution_id=upper.lower(), requested_by="python-scenario"
+    )
+    final = await follow(c, client, upper, "the lowercase id requested, kept in upper case")
+    detail = f"{upper.lower()} runs as {upper}: {describe_update(final.update)}"
+    if ctx.api:
+        await api_until(c, client, upper, "a terminal status", lambda d: ac.is_terminal(d.execution.status))
+        detail += "; the API has it"
+    return detail
 
 
 async def rejected_request(c: Check, ctx: Context, workflow: str) -> str:
@@ -416,6 +478,8 @@ CHECKS: List[tuple] = [
     ("trigger-event", check_trigger_event),
     ("reused-execution-id", check_reused_execution_id),
     ("headerless-request", check_headerless),
+    ("non-ulid-execution-id", check_non_ulid_id),
+    ("lowercase-execution-id", check_lowercase_id),
     ("empty-workflow", check_empty_workflow),
     ("dotted-workflow", check_dotted_workflow),
 ]
