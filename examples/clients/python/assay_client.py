@@ -35,7 +35,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 GEN = HERE / "gen"
