@@ -201,9 +201,18 @@ async def check_run_request(c: Check, ctx: Context) -> str:
         c.fail(f"the final update came on {final.subject}, not {want}")
     if final.update.workflow != workflow:
         c.fail(f"the final update names workflow {final.update.workflow!r}, not {workflow!r}")
+    prov = final.update.provenance
+    want_prov = ("run", "request", req.header.idempotency_key, req.header.event_id, "python-scenario")
+    got_prov = (prov.source, prov.type, prov.idempotency_key, prov.event_id, prov.requested_by)
+    if got_prov != want_prov or dict(prov.labels) != PRODUCER_LABEL:
+        c.fail(
+            f"the final update's provenance (source, type, idempotency key, event id, "
+            f"requested by) is {got_prov} with labels {dict(prov.labels)}; expected {want_prov} "
+            f"with labels {PRODUCER_LABEL}"
+        )
     detail = await verify_totals(c, ctx, final)
     ctx.first = Finished(req.execution_id, workflow, final)
-    return f"{req.execution_id}: {detail}"
+    return f"{req.execution_id}: {detail}, provenance says who asked"
 
 
 async def check_trigger_event(c: Check, ctx: Context) -> str:
@@ -253,13 +262,15 @@ async def check_trigger_event(c: Check, ctx: Context) -> str:
     final = await follow(c, client, execution_id)
     detail = await verify_totals(c, ctx, final)
     prov = final.update.provenance
-    if prov.source or prov.trigger:
-        if prov.source != args.event_source or not prov.trigger:
-            c.fail(
-                f"provenance says source {prov.source!r} trigger {prov.trigger!r}; "
-                f"expected source {args.event_source!r} and a trigger"
-            )
-        detail += f", provenance: trigger {prov.trigger}"
+    got_prov = (prov.source, prov.type, prov.idempotency_key, prov.event_id)
+    want_prov = (args.event_source, args.event_type, key, ev.header.event_id)
+    if got_prov != want_prov or not prov.trigger or dict(prov.labels) != PRODUCER_LABEL:
+        c.fail(
+            f"the final update's provenance (source, type, idempotency key, event id) is "
+            f"{got_prov}, trigger {prov.trigger!r}, labels {dict(prov.labels)}; expected "
+            f"{want_prov}, the trigger's name and labels {PRODUCER_LABEL}"
+        )
+    detail += f", provenance names trigger {prov.trigger}"
     return f"{execution_id} (found by {how}): {detail}"
 
 
