@@ -212,10 +212,12 @@ pub fn quote_all(ids: &[String]) -> String {
     ids.iter().map(|id| quote(id)).collect::<Vec<_>>().join(" ")
 }
 
-/// Expands `{tests}` and `{report}` in a `tests.run` template. `tests` is already quoted;
-/// `report` is quoted here if it needs to be.
-pub fn render_run(template: &str, tests: &str, report: &Path) -> String {
+/// Expands `{tests}`, `{tests_file}` and `{report}` in a `tests.run` template. `tests` is
+/// already quoted; the paths are quoted here if they need to be. Without a `tests_file`,
+/// `{tests_file}` is left as it is.
+pub fn render_run(template: &str, tests: &str, tests_file: Option<&Path>, report: &Path) -> String {
     let report = quote_if_needed(&report.to_string_lossy());
+    let tests_file = tests_file.map(|p| quote_if_needed(&p.to_string_lossy()));
     // One pass, so that a `{report}` inside a test id is left alone.
     let mut out = String::with_capacity(template.len() + tests.len());
     let mut rest = template;
@@ -227,6 +229,11 @@ pub fn render_run(template: &str, tests: &str, report: &Path) -> String {
             rest = after;
         } else if let Some(after) = tail.strip_prefix("{report}") {
             out.push_str(&report);
+            rest = after;
+        } else if let (Some(after), Some(file)) =
+            (tail.strip_prefix("{tests_file}"), tests_file.as_deref())
+        {
+            out.push_str(file);
             rest = after;
         } else {
             out.push('{');
@@ -305,17 +312,36 @@ mod tests {
     fn substitution() {
         let report = Path::new("/w/.assay/reports/shard-0-attempt-1.xml");
         assert_eq!(
-            render_run("pytest {tests} --junitxml={report}", "'a' 'b'", report),
+            render_run(
+                "pytest {tests} --junitxml={report}",
+                "'a' 'b'",
+                None,
+                report
+            ),
             "pytest 'a' 'b' --junitxml=/w/.assay/reports/shard-0-attempt-1.xml"
         );
         assert_eq!(
-            render_run("run {tests}", "'{report}'", report),
+            render_run("run {tests}", "'{report}'", None, report),
             "run '{report}'"
         );
-        assert_eq!(render_run("echo {x} {", "", report), "echo {x} {");
+        assert_eq!(render_run("echo {x} {", "", None, report), "echo {x} {");
         assert_eq!(
-            render_run("go test ./... {tests}", "", report),
+            render_run("go test ./... {tests}", "", None, report),
             "go test ./... "
+        );
+        let file = Path::new("/w/.assay/scripts/e 1/tests-1.txt");
+        assert_eq!(
+            render_run(
+                "xargs -a {tests_file} t {tests_file}",
+                "",
+                Some(file),
+                report
+            ),
+            "xargs -a '/w/.assay/scripts/e 1/tests-1.txt' t '/w/.assay/scripts/e 1/tests-1.txt'"
+        );
+        assert_eq!(
+            render_run("t {tests_file} {tests}", "'{tests_file}'", None, report),
+            "t {tests_file} '{tests_file}'"
         );
         assert_eq!(
             render_report_glob("{report}", Path::new("/w/[a]/r.xml"), Path::new("/w")),

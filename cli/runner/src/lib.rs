@@ -10,6 +10,7 @@
 //! Exit codes of the binary: 0 shard passed, 1 shard did not pass (both after the final
 //! status was published), 2 no final status could be published, 3 the launcher went away.
 
+pub mod command;
 pub mod conditions;
 pub mod env;
 pub mod job;
@@ -604,15 +605,56 @@ pub(crate) async fn run_subset(
         return (Verdict::passed(), Vec::new());
     }
 
-    let quoted = ids.map(quote_all).unwrap_or_default();
-    let step = StepDef::internal(TESTS, render_run(&tests.run, &quoted, report));
+    let batch = ids.unwrap_or_default();
+    let split = command::split(&tests.run, batch, command::MAX_COMMAND_BYTES);
+    if split.parts.len() > 1 {
+        logs.system(
+            TESTS,
+            format!(
+                "batch of {} tests split into {} invocations (command would be {} bytes, limit {})",
+                batch.len(),
+                split.parts.len(),
+                split.bytes,
+                command::MAX_COMMAND_BYTES
+            ),
+        )
+        .await;
+    }
     let started = SystemTime::now();
-    let run = runner.run(&step, false).await;
+    let mut exit = steps::Exit::Code(0);
+    let mut reports = Vec::with_capacity(split.parts.len());
+    for (k, part) in split.parts.iter().enumerate() {
+        let part_report = command::part_report(report, k + 1);
+        if k > 0 {
+            let _ = std::fs::remove_file(&part_report);
+        }
+        let part = &batch[part.clone()];
+        let tests_file = if tests.run.contains("{tests_file}") {
+            match runner.scratch_file("tests", "txt", command::tests_file(part).as_bytes()) {
+                Ok(path) => Some(path),
+                Err(e) => return (Verdict::errored(e.to_string()), Vec::new()),
+            }
+        } else {
+            None
+        };
+        let run = render_run(
+            &tests.run,
+            &quote_all(part),
+            tests_file.as_deref(),
+            &part_report,
+        );
+        let ran = runner.run(&StepDef::internal(TESTS, run), false).await;
+        // The first invocation that fails speaks for the batch.
+        if exit.success() {
+            exit = ran.exit;
+        }
+        reports.push(part_report);
+    }
 
     if tests.reports.is_empty() {
-        return (Verdict::of_tests(&[], &run.exit), Vec::new());
+        return (Verdict::of_tests(&[], &exit), Vec::new());
     }
-    match collect_reports(&tests.reports, report, runner.workdir(), started) {
+    match collect_reports(&tests.reports, &reports, runner.workdir(), started) {
         Ok((files, mut results, stale)) => {
             if let Some(listed) = ids {
                 let mapped = job::map_to_listed(&mut results, listed);
@@ -636,26 +678,27 @@ pub(crate) async fn run_subset(
                 format!("read {} test cases from {} report(s)", results.len(), files),
             )
             .await;
-            (Verdict::of_tests(&results, &run.exit), results)
+            (Verdict::of_tests(&results, &exit), results)
         }
         Err(mut reason) => {
-            if !run.exit.success() {
+            if !exit.success() {
                 reason.push_str(&format!(
                     " (the test command ended with {})",
-                    run.exit.describe()
+                    exit.describe()
                 ));
             }
             let mut v = Verdict::errored(reason);
-            v.exit_code = run.exit.code();
+            v.exit_code = exit.code();
             (v, Vec::new())
         }
     }
 }
 
-/// Finds and parses the reports. Returns (files read, results, stale files ignored).
+/// Finds and parses the reports: a pattern with `{report}` once per invocation's report,
+/// others once. Returns (files read, results, stale files ignored).
 fn collect_reports(
     patterns: &[String],
-    report: &Path,
+    reports: &[PathBuf],
     workdir: &Path,
     started: SystemTime,
 ) -> Result<(usize, Vec<TestCaseResult>, Vec<PathBuf>), String> {
@@ -665,8 +708,16 @@ fn collect_reports(
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut files: Vec<PathBuf> = Vec::new();
     let mut stale = Vec::new();
-    for pattern in patterns {
-        let glob_pattern = render_report_glob(pattern, report, workdir);
+    let globs = patterns.iter().flat_map(|pattern| {
+        let each: &[PathBuf] = if pattern.contains("{report}") {
+            reports
+        } else {
+            &reports[..reports.len().min(1)]
+        };
+        each.iter()
+            .map(move |report| (pattern, render_report_glob(pattern, report, workdir)))
+    });
+    for (pattern, glob_pattern) in globs {
         let paths = glob::glob(&glob_pattern)
             .map_err(|e| format!("report glob {pattern:?} is invalid: {e}"))?;
         for path in paths.filter_map(std::result::Result::ok) {
@@ -718,7 +769,13 @@ mod tests {
         let started = SystemTime::now();
         let patterns = vec!["{report}".to_string(), "out/*.xml".to_string()];
 
-        let err = collect_reports(&patterns, &report, dir.path(), started).unwrap_err();
+        let err = collect_reports(
+            &patterns,
+            std::slice::from_ref(&report),
+            dir.path(),
+            started,
+        )
+        .unwrap_err();
         assert!(
             err.starts_with("no JUnit report matched [\"{report}\", \"out/*.xml\"] in "),
             "{err}"
@@ -731,8 +788,13 @@ mod tests {
             "<testsuite><testcase name=\"b\"><failure/></testcase></testsuite>",
         )
         .unwrap();
-        let (files, results, stale) =
-            collect_reports(&patterns, &report, dir.path(), started).unwrap();
+        let (files, results, stale) = collect_reports(
+            &patterns,
+            std::slice::from_ref(&report),
+            dir.path(),
+            started,
+        )
+        .unwrap();
         assert_eq!((files, results.len(), stale.len()), (2, 2, 0));
 
         std::fs::write(
@@ -740,13 +802,20 @@ mod tests {
             "<testsuite>\n  <x></testsuite>",
         )
         .unwrap();
-        let err = collect_reports(&patterns, &report, dir.path(), started).unwrap_err();
+        let err = collect_reports(
+            &patterns,
+            std::slice::from_ref(&report),
+            dir.path(),
+            started,
+        )
+        .unwrap_err();
         assert!(err.contains("out/c.xml is not valid JUnit XML"), "{err}");
         assert!(err.contains("line 2, column"), "{err}");
 
         // Files from long before the run started are someone else's.
         let later = SystemTime::now() + Duration::from_secs(60);
-        let err = collect_reports(&patterns, &report, dir.path(), later).unwrap_err();
+        let err = collect_reports(&patterns, std::slice::from_ref(&report), dir.path(), later)
+            .unwrap_err();
         assert!(err.contains("3 older file(s) ignored"), "{err}");
     }
 }

@@ -697,3 +697,131 @@ async fn steps_and_tests_see_a_clean_environment_with_provenance() -> Result<()>
     );
     Ok(())
 }
+
+/// Writes a JUnit report of passing cases to $1 for the ids in the other arguments.
+const JUNIT_SH: &str = r#"report=$1; shift
+{ echo '<testsuite>'; for id in "$@"; do echo "<testcase name=\"$id\" time=\"0.001\"/>"; done; echo '</testsuite>'; } > "$report"
+"#;
+
+/// Every test-case result of `execution`'s shard 0.
+async fn results_of(bus: &Bus, execution: &str) -> Result<Vec<assay_proto::TestCaseResult>> {
+    let batches: Vec<(String, TestCaseBatch)> =
+        read(bus, streams::RESULTS, &subjects::results(execution, 0)).await?;
+    Ok(batches.into_iter().flat_map(|(_, b)| b.results).collect())
+}
+
+fn system_text(logs: &[(String, LogChunk)]) -> String {
+    logs.iter()
+        .filter(|(_, c)| c.stream() == LogStream::System)
+        .map(|(_, c)| String::from_utf8_lossy(&c.data).into_owned())
+        .collect()
+}
+
+/// `{tests_file}` is a file of the batch's ids, one per line, in the runner's own scratch
+/// directory (gone when the runner ends).
+#[tokio::test]
+async fn tests_file_holds_the_batch_one_id_per_line() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let mut job = job("exec-file");
+    job.working_dir = dir.path().display().to_string();
+    job.shard_count = 1;
+    job.tests = Some(TestsSpec {
+        list: r"printf 't::a\nt::b c\nt::it'\''s\n'".to_string(),
+        run: concat!(
+            "cp {tests_file} batch.txt; echo {tests_file} > path.txt; ",
+            r#"{ echo '<testsuite>'; while IFS= read -r id; do echo "<testcase name=\"$id\"/>"; done < {tests_file}; echo '</testsuite>'; } > {report}"#
+        )
+        .to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+    let out = run_runner(&job, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("batch.txt"))?,
+        "t::a\nt::b c\nt::it's\n"
+    );
+    let path = std::fs::read_to_string(dir.path().join("path.txt"))?;
+    assert!(
+        path.contains("/.assay/scripts/exec-file-0-1-"),
+        "tests file at {path}"
+    );
+    assert!(
+        !std::path::Path::new(path.trim()).exists(),
+        "{path} left behind"
+    );
+    let ids: Vec<String> = results_of(&bus, "exec-file")
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["t::a", "t::b c", "t::it's"]);
+    Ok(())
+}
+
+/// A batch whose `{tests}` expansion would pass the kernel's argument limit (30,000 ids of
+/// ~85 bytes: ~3 MB, E2BIG in one exec) runs as several invocations, each with its own
+/// report, and every id's result counts exactly once.
+#[tokio::test]
+async fn a_batch_over_the_argument_limit_is_split_and_every_result_counts_once() -> Result<()> {
+    const N: usize = 30_000;
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "tests/suite_{:02}/sub/test_module_{:05}.py::TestSomething::test_case_{i:05}[alpha-{}/beta]",
+                i % 37,
+                i / 10,
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("ids.txt"), ids.join("\n") + "\n")?;
+    std::fs::write(dir.path().join("junit.sh"), JUNIT_SH)?;
+    let mut job = job("exec-big");
+    job.working_dir = dir.path().display().to_string();
+    job.shard_count = 1;
+    job.tests = Some(TestsSpec {
+        list: "cat ids.txt".to_string(),
+        run: "sh ./junit.sh {report} {tests}".to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+    let out = run_runner(&job, &server.url()).await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+
+    let statuses: Vec<(String, ShardStatus)> = read(
+        &bus,
+        streams::STATUS,
+        &subjects::shard_status("exec-big", 0),
+    )
+    .await?;
+    let last = &statuses.last().context("no status")?.1;
+    assert_eq!(last.state(), ShardState::Passed, "{}", last.reason);
+    assert_eq!(last.test_cases, N as u32);
+    let results = results_of(&bus, "exec-big").await?;
+    assert_eq!(results.len(), N);
+    let mut got: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+    got.sort_unstable();
+    got.dedup();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "every id once");
+    assert!(results.iter().all(|r| r.status() == TestStatus::Passed));
+
+    let logs: Vec<(String, LogChunk)> =
+        read(&bus, streams::LOGS, &subjects::logs("exec-big", 0)).await?;
+    let system = system_text(&logs);
+    assert!(
+        system.contains("batch of 30000 tests split into 3 invocations (command would be ")
+            && system.contains(" bytes, limit 1048576)"),
+        "{system}"
+    );
+    assert!(
+        system.contains("read 30000 test cases from 3 report(s)"),
+        "{system}"
+    );
+    Ok(())
+}
