@@ -7,6 +7,7 @@
 
 mod derive;
 mod error;
+mod events;
 pub mod history;
 mod ops;
 mod schema;
@@ -17,7 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use assay_proto::v1::{
-    Execution, ExecutionDetail, ExecutionStatus, ExecutionUpdate, ShardStatus, TestCaseBatch,
+    EventRecord, Execution, ExecutionDetail, ExecutionStatus, ExecutionUpdate, ShardStatus,
+    TestCaseBatch,
 };
 use rusqlite::Connection;
 
@@ -25,6 +27,7 @@ pub use derive::{
     ShardProgress, Verdict, derive_status, execution_status_is_terminal, shard_state_is_terminal,
 };
 pub use error::{Error, Result};
+pub use events::{EVENT_RETENTION, EventFilter};
 
 /// How long a statement waits for a lock held by another connection before failing with a
 /// retryable error.
@@ -223,6 +226,35 @@ impl Store {
     pub async fn shard_start_ms(&self, workflow: &str) -> Result<Option<f64>> {
         let workflow = workflow.to_owned();
         self.run(move |conn| history::shard_start_ms(conn, &workflow))
+            .await
+    }
+
+    /// Records the scheduler's record of one event or run request unless it is there
+    /// already (same `event.event_id` and `header.idempotency_key`); returns whether it was
+    /// new. Records older than [`EVENT_RETENTION`] are pruned on the way, a bounded number
+    /// per call.
+    pub async fn record_event(&self, r: EventRecord) -> Result<bool> {
+        let expired_before = history::now_ms() - EVENT_RETENTION.as_millis() as i64;
+        self.run(move |conn| events::record(conn, &r, expired_before))
+            .await
+    }
+
+    /// Event records passing `filter`, newest first. A `limit` of 0 means
+    /// [`DEFAULT_LIST_LIMIT`]; it is capped at [`MAX_LIST_LIMIT`].
+    pub async fn list_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<EventRecord>> {
+        let filter = filter.clone();
+        let limit = match limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        self.run(move |conn| events::list(conn, &filter, limit))
+            .await
+    }
+
+    /// Deletes event records handled before `expired_before_ms` (a bounded number per call,
+    /// oldest first); returns how many.
+    pub async fn prune_events(&self, expired_before_ms: i64) -> Result<usize> {
+        self.run(move |conn| events::prune(conn, expired_before_ms))
             .await
     }
 

@@ -141,6 +141,22 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX execution_labels_by_pair ON execution_labels (key, value, execution_id);
     "#,
+    // 9: the scheduler's record of every event and run request it handled (`EventRecord`,
+    // protobuf bytes in `record`), one row per event id and record key however often it is
+    // delivered; kept for a week.
+    r#"
+    CREATE TABLE events (
+        event_id      TEXT    NOT NULL,
+        record_key    TEXT    NOT NULL,
+        handled_at_ms INTEGER NOT NULL,
+        source        TEXT    NOT NULL DEFAULT '',
+        type          TEXT    NOT NULL DEFAULT '',
+        record        BLOB    NOT NULL,
+        UNIQUE (event_id, record_key)
+    );
+    CREATE INDEX events_by_time ON events (handled_at_ms);
+    CREATE INDEX events_by_source ON events (source, handled_at_ms);
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -1,10 +1,10 @@
 //! Behaviour of the SQLite result store against real files.
 
 use assay_proto::v1::{
-    Execution, ExecutionStatus, ExecutionUpdate, Header, Provenance, ShardState, ShardStatus,
-    TestCaseBatch, TestCaseResult, TestStatus,
+    EventRecord, Execution, ExecutionStatus, ExecutionUpdate, Header, Provenance, ShardState,
+    ShardStatus, TestCaseBatch, TestCaseResult, TestStatus,
 };
-use assay_store::{ExecutionFilter, Store};
+use assay_store::{EventFilter, ExecutionFilter, Store};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -856,8 +856,9 @@ async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_g
     assert_eq!(ids_of(&detail, 1), [("c".to_string(), pass)]);
 }
 
-/// Takes a database back from schema version 8 to 7.
-const UNDO_8: &str = "DROP INDEX executions_by_source;
+/// Takes a database back from schema version 9 to 7.
+const UNDO_8_AND_9: &str = "DROP TABLE events;
+    DROP INDEX executions_by_source;
     ALTER TABLE executions DROP COLUMN source;
     ALTER TABLE executions DROP COLUMN provenance;
     DROP TABLE execution_labels;";
@@ -882,7 +883,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8}
+         {UNDO_8_AND_9}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
@@ -1089,4 +1090,109 @@ async fn listing_filters_by_source_and_every_label_before_the_limit() {
         .await
         .unwrap_err();
     assert!(!err.is_retryable(), "{err}");
+}
+
+fn event_record(event_id: &str, source: &str, handled_at_ms: i64) -> EventRecord {
+    EventRecord {
+        header: Some(Header {
+            event_id: format!("{event_id}-record"),
+            idempotency_key: format!("{event_id}/decision"),
+            occurred_at_ms: handled_at_ms,
+            producer: "scheduler".into(),
+            ..Header::default()
+        }),
+        event: Some(Provenance {
+            event_id: event_id.into(),
+            ..provenance(source, &[("branch", "main")])
+        }),
+        decisions: vec![assay_proto::v1::TriggerDecision {
+            trigger: "on-push".into(),
+            workflow: "e2e".into(),
+            matched: false,
+            reason: "branch \"main\" does not match \"release/*\"".into(),
+            execution_id: String::new(),
+        }],
+        handled_at_ms,
+        reason: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn event_records_are_kept_once_and_listed_newest_first() {
+    let (_dir, store) = open();
+    let now = now_ms();
+    let first = event_record("01J000000000000000000EVT01", "github", now - 3_000);
+    assert!(store.record_event(first.clone()).await.unwrap());
+    // Delivered twice: one row, unchanged.
+    assert!(!store.record_event(first.clone()).await.unwrap());
+    assert!(
+        !store
+            .record_event(EventRecord {
+                handled_at_ms: now,
+                ..first.clone()
+            })
+            .await
+            .unwrap(),
+        "a later copy of the same record changes nothing"
+    );
+    let second = event_record("01J000000000000000000EVT02", "cron", now - 2_000);
+    let third = event_record("01J000000000000000000EVT03", "github", now - 1_000);
+    store.record_event(third.clone()).await.unwrap();
+    store.record_event(second.clone()).await.unwrap();
+
+    let all = store.list_events(&EventFilter::default(), 0).await.unwrap();
+    assert_eq!(all, [third.clone(), second.clone(), first.clone()]);
+    let github = EventFilter {
+        source: Some("github".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        store.list_events(&github, 0).await.unwrap(),
+        [third.clone(), first.clone()]
+    );
+    let recent = EventFilter {
+        since_ms: now - 2_000,
+        ..EventFilter::default()
+    };
+    assert_eq!(
+        store.list_events(&recent, 0).await.unwrap(),
+        [third.clone(), second.clone()]
+    );
+    assert_eq!(
+        store.list_events(&EventFilter::default(), 1).await.unwrap(),
+        [third]
+    );
+
+    // A record with nothing to tell deliveries apart is refused, permanently.
+    let err = store
+        .record_event(EventRecord::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+}
+
+#[tokio::test]
+async fn event_records_older_than_a_week_are_pruned() {
+    let (_dir, store) = open();
+    let now = now_ms();
+    let week = assay_store::EVENT_RETENTION.as_millis() as i64;
+    for n in 0..300 {
+        let old = event_record(&format!("OLD{n:04}"), "cron", now - week - 60_000 + n);
+        store.record_event(old).await.unwrap();
+    }
+    // Expired records go as records arrive (a bounded batch each) and with the sweep.
+    let fresh = event_record("01J000000000000000000EVT04", "cron", now);
+    store.record_event(fresh.clone()).await.unwrap();
+    while store.prune_events(now - week).await.unwrap() > 0 {}
+    assert_eq!(
+        store.list_events(&EventFilter::default(), 0).await.unwrap(),
+        [fresh]
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -8,10 +8,10 @@ use assay_bus::{Bus, BusMessage, streams, subjects};
 use assay_proto::results_server::Results;
 use assay_proto::{
     ExecutionDetail, ExecutionUpdate, GetExecutionRequest, GetHistoryRequest, GetHistoryResponse,
-    ListExecutionsRequest, ListExecutionsResponse, LogChunk, StreamLogsRequest,
-    WatchExecutionRequest,
+    ListEventsRequest, ListEventsResponse, ListExecutionsRequest, ListExecutionsResponse, LogChunk,
+    StreamLogsRequest, WatchExecutionRequest,
 };
-use assay_store::{ExecutionFilter, Store};
+use assay_store::{EventFilter, ExecutionFilter, Store};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -192,10 +192,19 @@ fn anyhow_like<E: std::fmt::Display>(e: E) -> Box<dyn std::error::Error + Send +
 impl Results for ResultsApi {
     async fn list_events(
         &self,
-        _request: Request<assay_proto::ListEventsRequest>,
-    ) -> Result<Response<assay_proto::ListEventsResponse>, Status> {
-        // IN PROGRESS (issue 10): the aggregator helper replaces this with the stored records.
-        Err(Status::unimplemented("list events: not built yet"))
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = EventFilter {
+            since_ms: req.since_ms.max(0),
+            source: (!req.source.is_empty()).then_some(req.source),
+        };
+        let events = self
+            .store
+            .list_events(&filter, req.limit)
+            .await
+            .map_err(|e| Error::from(e).to_status())?;
+        Ok(Response::new(ListEventsResponse { events }))
     }
 
     async fn list_executions(

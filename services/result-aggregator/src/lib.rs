@@ -4,6 +4,7 @@
 //! executions that outlive their timeout, and serves the query API over gRPC.
 
 mod api;
+mod decisions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,14 +12,16 @@ use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
 use assay_proto::{
-    Execution, ExecutionStatus, HistorySnapshot, ShardStatus, TestCaseBatch, TestEstimate,
+    EventRecord, Execution, ExecutionStatus, HistorySnapshot, ShardStatus, TestCaseBatch,
+    TestEstimate,
 };
 use assay_store::Store;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use api::ResultsApi;
+pub use decisions::Decided;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -192,6 +195,15 @@ impl Aggregator {
         let id = s.execution_id.clone();
         if self.store.record_shard_status(s).await? || delivered > 1 {
             self.publish_update(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the scheduler's record of an event (idempotent: one row per record).
+    pub async fn on_event_record(&self, r: EventRecord) -> Result<()> {
+        let event = r.event.clone().unwrap_or_default();
+        if self.store.record_event(r).await? {
+            debug!(event = %event.event_id, source = %event.source, "event record stored");
         }
         Ok(())
     }
@@ -383,10 +395,10 @@ where
 }
 
 fn handler_spec(durable: &str, filter: &str, concurrency: usize) -> ConsumerSpec {
-    let stream = if filter == subjects::RESULTS_ALL {
-        streams::RESULTS
-    } else {
-        streams::STATUS
+    let stream = match filter {
+        subjects::RESULTS_ALL => streams::RESULTS,
+        subjects::DECISIONS_ALL => streams::DECISIONS,
+        _ => streams::STATUS,
     };
     ConsumerSpec::new(stream, durable)
         .filter([filter.to_string()])
@@ -472,6 +484,21 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             },
         )
     };
+    let decisions = {
+        let (a, stop) = (agg.clone(), shutdown.clone());
+        consumer::run(
+            bus.clone(),
+            ConsumerSpec {
+                max_message_bytes: streams::MAX_MESSAGE_BYTES as usize,
+                ..handler_spec("result-aggregator-decisions", subjects::DECISIONS_ALL, 4)
+            },
+            shutdown.clone(),
+            move |d: Delivery<Decided>| {
+                let (a, stop) = (a.clone(), stop.clone());
+                async move { until_stored(&d, &stop, || a.on_event_record(d.msg.0.clone())).await }
+            },
+        )
+    };
     let sweeper = {
         let (a, shutdown) = (agg.clone(), shutdown.clone());
         async move {
@@ -482,6 +509,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                 }
                 if let Err(e) = a.sweep_timeouts(options.timeout_grace).await {
                     warn!(error = %e, "timeout sweep failed; will try again");
+                }
+                let expired_before =
+                    assay_bus::now_ms() - assay_store::EVENT_RETENTION.as_millis() as i64;
+                if let Err(e) = a.store.prune_events(expired_before).await {
+                    warn!(error = %e, "pruning expired event records failed; will try again");
                 }
             }
         }
@@ -521,10 +553,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     };
     let mutual_tls = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     info!(grpc = %addr, tls = options.tls.is_some(), mutual_tls, "result-aggregator running");
-    let (p, s, r, (), g) = tokio::join!(plans, statuses, results, sweeper, server);
+    let (p, s, r, d, (), g) = tokio::join!(plans, statuses, results, decisions, sweeper, server);
     p?;
     s?;
     r?;
+    d?;
     g?;
     info!("result-aggregator stopped");
     Ok(())

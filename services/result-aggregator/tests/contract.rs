@@ -1,0 +1,176 @@
+//! The aggregator's side of the public contract against a real nats-server: the scheduler's
+//! event records stored once and listed, and the plan records a client must hear about.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use assay_bus::{Bus, NatsOptions, streams, subjects};
+use assay_proto::results_client::ResultsClient;
+use assay_proto::{EventRecord, ListEventsRequest, Provenance, TriggerDecision};
+use assay_testkit::{NatsServer, free_port};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+struct Stack {
+    _nats: NatsServer,
+    _dir: tempfile::TempDir,
+    bus: Bus,
+    api: ResultsClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start() -> Stack {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let nats_options = NatsOptions {
+        url: nats.url(),
+        name: "test".into(),
+        ..Default::default()
+    };
+    let options = assay_result_aggregator::Options {
+        nats: nats_options.clone(),
+        database: dir.path().join("results.db"),
+        grpc: addr,
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let t = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = assay_result_aggregator::run(options, t).await {
+            panic!("aggregator failed: {e}");
+        }
+    });
+    for attempt in 0.. {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        assert!(attempt < 1500, "aggregator did not listen within 15s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bus = Bus::connect(&nats_options, &shutdown).await.unwrap();
+    let api = ResultsClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Stack {
+        _nats: nats,
+        _dir: dir,
+        bus,
+        api,
+        shutdown,
+    }
+}
+
+impl Stack {
+    /// Polls `probe` every 20 ms until it yields a value; panics naming `what` after 15 s.
+    async fn wait_for<T>(&self, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+        for _ in 0..750 {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out after 15 s waiting for {what}");
+    }
+
+    /// Waits until the durable consumer has taken and acknowledged everything in its stream.
+    async fn wait_until_consumed(&self, stream: &str, durable: &str) {
+        let what = format!("consumer {durable} on {stream} to have nothing pending");
+        self.wait_for(&what, async || {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = self
+                .bus
+                .jetstream()
+                .get_stream(stream)
+                .await
+                .ok()?
+                .get_consumer(durable)
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        })
+        .await
+    }
+}
+
+fn record(event_id: &str, handled_at_ms: i64) -> EventRecord {
+    EventRecord {
+        header: Some(assay_bus::header(
+            "scheduler",
+            format!("github/{event_id}/decision"),
+            None,
+        )),
+        event: Some(Provenance {
+            event_id: event_id.into(),
+            source: "github".into(),
+            r#type: "push".into(),
+            idempotency_key: format!("github/{event_id}"),
+            labels: [("branch".to_string(), "feature/x".to_string())].into(),
+            ..Provenance::default()
+        }),
+        decisions: vec![TriggerDecision {
+            trigger: "on-main".into(),
+            workflow: "e2e".into(),
+            matched: false,
+            reason: "label branch is \"feature/x\", the trigger wants \"main\"".into(),
+            execution_id: String::new(),
+        }],
+        handled_at_ms,
+        reason: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_record_delivered_twice_is_listed_once() {
+    let stack = start().await;
+    let now = assay_bus::now_ms();
+    let published = record("01J000000000000000000EVT01", now);
+    // Two copies in the stream (no Nats-Msg-Id, so the server keeps both), as a scheduler
+    // that crashed between publishing and remembering it would leave them.
+    for _ in 0..2 {
+        stack
+            .bus
+            .publish_raw(
+                subjects::decision("github"),
+                async_nats::HeaderMap::new(),
+                prost::Message::encode_to_vec(&published).into(),
+            )
+            .await
+            .unwrap();
+    }
+    stack
+        .wait_until_consumed(streams::DECISIONS, "result-aggregator-decisions")
+        .await;
+    let mut api = stack.api.clone();
+    let listed = api
+        .list_events(ListEventsRequest {
+            since_ms: now - 60_000,
+            limit: 0,
+            source: "github".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(listed, [published]);
+    // Another source, or a later window, lists nothing.
+    for request in [
+        ListEventsRequest {
+            source: "cron".into(),
+            ..ListEventsRequest::default()
+        },
+        ListEventsRequest {
+            since_ms: now + 1,
+            ..ListEventsRequest::default()
+        },
+    ] {
+        let events = api.list_events(request).await.unwrap().into_inner().events;
+        assert!(events.is_empty(), "{events:?}");
+    }
+}
