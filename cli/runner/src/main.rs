@@ -1,24 +1,42 @@
-//! `assay-runner`: executes one shard. Spawned by the executor-launcher with
-//! `ASSAY_SHARD_JOB` (standard base64 of a protobuf `assay.v1.ShardJob`) and
-//! `ASSAY_NATS_URL`; `--job-file PATH` (raw protobuf) and `--nats URL` for manual use.
+//! `assay-runner`: executes one shard. Spawned by the executor-launcher with `--job-stdin`
+//! (a warm runner: the job arrives later as one base64 line on stdin) or with
+//! `ASSAY_SHARD_JOB` (standard base64 of a protobuf `assay.v1.ShardJob`), and `ASSAY_NATS_URL`;
+//! `--job-file PATH` (raw protobuf) and `--nats URL` for manual use.
 //!
 //! Exit codes: 0 passed, 1 failed, 4 errored, 5 timed out (the job's timeout or its
 //! execution's deadline passed; final status published in all four), 2 no final status
-//! could be published (reason on stderr), 3 the launcher went away.
+//! could be published or the arguments are wrong (reason on stderr), 3 the launcher went
+//! away.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use assay_proto::ShardJob;
+use clap::Parser;
 
-const USAGE: &str = "usage: assay-runner [--job-file PATH | --job-stdin] [--nats URL]
-  job:  --job-file PATH (raw protobuf assay.v1.ShardJob), ASSAY_SHARD_JOB (base64 of it), or
-        --job-stdin: start, get ready, then wait for one base64 line on stdin (a warm runner)
-  nats: --nats URL or ASSAY_NATS_URL (default nats://127.0.0.1:4222)";
+/// Where the job comes from when neither `--job-file` nor `--job-stdin` is given.
+const JOB_ENV: &str = "ASSAY_SHARD_JOB";
 
+#[derive(Parser)]
+#[command(
+    version,
+    about = "assay runner: executes one shard of an execution and reports it to NATS",
+    after_help = "The job: --job-file PATH (raw protobuf assay.v1.ShardJob), --job-stdin, or else \
+ASSAY_SHARD_JOB (standard base64 of it).\n\
+Exit codes: 0 passed, 1 failed, 4 errored, 5 timed out (final status published), \
+2 no final status could be published or bad arguments, 3 the launcher went away."
+)]
 struct Args {
-    job: JobSource,
-    nats_url: String,
+    /// NATS server URL.
+    #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL, hide_env_values = true)]
+    nats: String,
+    /// Read the job from this file (raw protobuf assay.v1.ShardJob).
+    #[arg(long, value_name = "PATH", conflicts_with = "job_stdin")]
+    job_file: Option<PathBuf>,
+    /// Start, get ready, then wait for the job as one base64 line on stdin (a warm runner).
+    #[arg(long)]
+    job_stdin: bool,
 }
 
 enum JobSource {
@@ -40,61 +58,43 @@ fn job_from_stdin() -> anyhow::Result<Option<ShardJob>> {
     Ok(Some(assay_runner::job::decode_base64(line.trim())?))
 }
 
-fn parse_args() -> anyhow::Result<Option<Args>> {
-    let mut job_file = None;
-    let mut stdin = false;
-    let mut nats = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--job-file" => job_file = Some(value("--job-file")?),
-            "--nats" => nats = Some(value("--nats")?),
-            "--job-stdin" => stdin = true,
-            "-h" | "--help" => return Ok(None),
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
+fn job_source(args: &Args) -> anyhow::Result<JobSource> {
+    if let Some(path) = &args.job_file {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read job file {}", path.display()))?;
+        return Ok(JobSource::Ready(Box::new(assay_runner::job::decode_bytes(
+            &bytes,
+        )?)));
     }
-    let job = match job_file {
-        Some(path) => {
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("cannot read job file {path}"))?;
-            JobSource::Ready(Box::new(assay_runner::job::decode_bytes(&bytes)?))
-        }
-        None if stdin => JobSource::Stdin,
-        None => match std::env::var("ASSAY_SHARD_JOB") {
-            Ok(b64) => JobSource::Ready(Box::new(assay_runner::job::decode_base64(&b64)?)),
-            Err(_) => {
-                bail!("no job: set ASSAY_SHARD_JOB, pass --job-file PATH or --job-stdin\n{USAGE}")
-            }
-        },
-    };
-    let nats_url = nats
-        .or_else(|| {
-            std::env::var("ASSAY_NATS_URL")
-                .ok()
-                .filter(|u| !u.is_empty())
-        })
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_string());
-    Ok(Some(Args { job, nats_url }))
+    if args.job_stdin {
+        return Ok(JobSource::Stdin);
+    }
+    match std::env::var(JOB_ENV) {
+        Ok(b64) => Ok(JobSource::Ready(Box::new(
+            assay_runner::job::decode_base64(&b64)?,
+        ))),
+        Err(_) => bail!(
+            "no job: set {JOB_ENV}, pass --job-file PATH or --job-stdin (see assay-runner --help)"
+        ),
+    }
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            eprintln!("{USAGE}");
-            return ExitCode::SUCCESS;
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; mistakes go to stderr, exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
+    };
+    let nats_url = if args.nats.trim().is_empty() {
+        assay_bus::DEFAULT_NATS_URL.to_string()
+    } else {
+        args.nats.clone()
+    };
+    let source = match job_source(&args) {
+        Ok(source) => source,
         Err(e) => {
             eprintln!("assay-runner: {e:#}");
             return ExitCode::from(2);
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let job = match args.job {
+    let job = match source {
         JobSource::Ready(job) => *job,
         JobSource::Stdin => match job_from_stdin() {
             Ok(Some(job)) => job,
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    match runtime.block_on(assay_runner::run(job, args.nats_url)) {
+    match runtime.block_on(assay_runner::run(job, nats_url)) {
         Ok(outcome) => {
             if !outcome.reason.is_empty() {
                 eprintln!(

@@ -825,3 +825,71 @@ async fn a_batch_over_the_argument_limit_is_split_and_every_result_counts_once()
     );
     Ok(())
 }
+
+/// `--help` is clap's, on stdout; a wrong argument exits 2 with the reason on stderr; a job
+/// file and `--nats` run a shard without any environment.
+#[tokio::test]
+async fn arguments_are_parsed_by_clap_with_the_shared_defaults() -> Result<()> {
+    let runner = || tokio::process::Command::new(env!("CARGO_BIN_EXE_assay-runner"));
+    let out = runner()
+        .arg("--help")
+        .env_remove("ASSAY_NATS_URL")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--nats",
+        "--job-file",
+        "--job-stdin",
+        "ASSAY_NATS_URL",
+        assay_bus::DEFAULT_NATS_URL,
+        "ASSAY_SHARD_JOB",
+        "Exit codes",
+    ] {
+        assert!(help.contains(needle), "{needle} not in:\n{help}");
+    }
+    let out = runner().arg("--bogus").output().await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--bogus"), "{}", stderr(&out));
+    let out = runner()
+        .args(["--job-file", "x", "--job-stdin"])
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = runner().env_remove("ASSAY_SHARD_JOB").output().await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no job: set ASSAY_SHARD_JOB"),
+        "{}",
+        stderr(&out)
+    );
+
+    let server = NatsServer::start();
+    let bus = bus(&server).await?;
+    let dir = tempfile::tempdir()?;
+    let mut job = job("exec-file-arg");
+    job.steps = vec![step("hello", "echo hi")];
+    let path = dir.path().join("job.pb");
+    std::fs::write(&path, job.encode_to_vec())?;
+    let out = runner()
+        .arg("--job-file")
+        .arg(&path)
+        .arg(format!("--nats={}", server.url()))
+        .env_remove("ASSAY_NATS_URL")
+        .env_remove("ASSAY_SHARD_JOB")
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let statuses: Vec<(String, ShardStatus)> = read(
+        &bus,
+        streams::STATUS,
+        &subjects::shard_status("exec-file-arg", 0),
+    )
+    .await?;
+    assert_eq!(
+        statuses.last().map(|s| s.1.state()),
+        Some(ShardState::Passed)
+    );
+    Ok(())
+}

@@ -523,6 +523,31 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever an event carries, a command gets it verbatim or not at all.
+        #[test]
+        fn shell_expansion_is_verbatim_or_refused(value in "\\PC{0,12}") {
+            let c = cfg(&[]);
+            let event = EventContext {
+                labels: cfg(&[("k", value.as_str())]),
+                ..Default::default()
+            };
+            let vars = TemplateVars { config: &c, matrix: None, event: Some(&event) };
+            match vars.expand_shell("run {{ event.labels.k }} --x") {
+                Ok(out) => {
+                    proptest::prop_assert!(is_shell_word(&value));
+                    proptest::prop_assert_eq!(out, format!("run {value} --x"));
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!is_shell_word(&value));
+                    let refused = matches!(e, Error::UnsafeEventValue { .. });
+                    proptest::prop_assert!(refused);
+                }
+            }
+            proptest::prop_assert_eq!(vars.expand("{{ event.labels.k }}").unwrap(), value);
+        }
+    }
+
     #[test]
     fn template_refs_find_event_fields_and_misspelt_roots() {
         let refs = template_refs(
