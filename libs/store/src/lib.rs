@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// The update plus, per shard, its summary, exit code and the test cases of its latest
-    /// attempt ordered by test id.
+    /// attempt ordered by test id; `None` until the plan record has arrived.
     pub async fn execution_detail(&self, id: &str) -> Result<Option<ExecutionDetail>> {
         let id = id.to_owned();
         self.run(move |conn| ops::execution_detail(conn, &id)).await
@@ -193,13 +193,17 @@ impl Store {
         self.run(|conn| ops::non_terminal_executions(conn)).await
     }
 
-    /// Increments and returns the execution's revision (starting at 1), persisted, for
-    /// `ExecutionUpdate.revision`. Works before the plan has arrived.
-    /// Bumps the revision and reads the update in one step under the connection lock, so
-    /// a higher revision never carries an older view than a lower one.
+    /// The update to publish next: the execution's current view with its revision bumped
+    /// (persisted, for `ExecutionUpdate.revision`), in one step under the connection lock,
+    /// so a higher revision never carries an older view than a lower one. `None` until the
+    /// plan record has arrived (it publishes when it does), whatever its workflow: a
+    /// rejected request's plan may name none.
     pub async fn next_update(&self, id: &str) -> Result<Option<ExecutionUpdate>> {
         let id = id.to_owned();
         self.run(move |conn| {
+            if !ops::is_planned(conn, &id)? {
+                return Ok(None);
+            }
             let revision = ops::bump_revision(conn, &id)?;
             Ok(ops::execution_update(conn, &id)?.map(|mut u| {
                 u.revision = revision;

@@ -474,8 +474,19 @@ pub(crate) fn execution_update(conn: &Connection, id: &str) -> Result<Option<Exe
     Ok(load(conn, id)?.map(|view| view.update()))
 }
 
+pub(crate) fn is_planned(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT planned FROM executions WHERE id = ?1",
+            [id],
+            |row| row.get::<_, bool>(0),
+        )
+        .optional()?
+        .unwrap_or(false))
+}
+
 pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
-    let Some(view) = load(conn, id)? else {
+    let Some(view) = load(conn, id)?.filter(|v| v.row.is_some()) else {
         return Ok(None);
     };
     // A shard's tests: its latest attempt's own, plus the work-queue batches any of its

@@ -1196,3 +1196,58 @@ fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[tokio::test]
+async fn a_plan_without_a_workflow_is_published_and_found_but_no_plan_is_not() {
+    let (_dir, store) = open();
+    // Statuses before the plan: nothing to publish or show yet.
+    let waiting = "01J0000000000000000000WAIT";
+    store
+        .record_shard_status(status(waiting, 0, 1, ShardState::Running))
+        .await
+        .unwrap();
+    assert!(store.next_update(waiting).await.unwrap().is_none());
+    assert!(store.execution_detail(waiting).await.unwrap().is_none());
+
+    // A rejected request that named no workflow is a plan all the same.
+    let id = "01J0000000000000000000NOWF";
+    let rejected = Execution {
+        status: ExecutionStatus::Errored.into(),
+        reason: "run request names no workflow".into(),
+        ..plan(id, "", 0)
+    };
+    assert!(store.record_execution(rejected.clone()).await.unwrap());
+    let u = store.next_update(id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            u.workflow.as_str(),
+            status_of(&u),
+            u.reason.as_str(),
+            u.revision
+        ),
+        (
+            "",
+            ExecutionStatus::Errored,
+            "run request names no workflow",
+            1
+        )
+    );
+    let detail = store.execution_detail(id).await.unwrap().unwrap();
+    assert_eq!(detail.execution.map(|u| u.status), Some(u.status));
+    let listed = store.list_executions(&Default::default(), 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].execution_id, id);
+    // Delivered again: same state, the next revision.
+    assert!(!store.record_execution(rejected).await.unwrap());
+    assert_eq!(store.next_update(id).await.unwrap().unwrap().revision, 2);
+
+    // The plan arriving after the statuses makes the waiting one publishable.
+    store
+        .record_execution(plan(waiting, "e2e", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_update(waiting).await.unwrap().unwrap().workflow,
+        "e2e"
+    );
+}

@@ -232,13 +232,15 @@ impl Results for ResultsApi {
     ) -> Result<Response<ExecutionDetail>, Status> {
         let id = request.into_inner().id;
         match self.store.execution_detail(&id).await {
-            Ok(Some(mut d)) if d.execution.as_ref().is_some_and(|e| !e.workflow.is_empty()) => {
+            // Found once the plan record is in, whatever its workflow (a rejected request
+            // may name none).
+            Ok(Some(mut d)) => {
                 if let Some(u) = d.execution.as_mut() {
                     self.with_positions(std::slice::from_mut(u)).await;
                 }
                 Ok(Response::new(d))
             }
-            Ok(_) => Err(Status::not_found(format!(
+            Ok(None) => Err(Status::not_found(format!(
                 "execution {id} not found (list them with `assay get executions`)"
             ))),
             Err(e) => Err(Error::from(e).to_status()),

@@ -130,12 +130,10 @@ impl Aggregator {
     /// something, and after redeliveries (the earlier publish may not have happened).
     async fn publish_update(&self, id: &str) -> Result<()> {
         let Some(mut update) = self.store.next_update(id).await? else {
+            // The plan has not arrived yet; it will publish when it does. A plan that names
+            // no workflow (a rejected request) publishes on `assay.v1.executions._.<id>`.
             return Ok(());
         };
-        if update.workflow.is_empty() {
-            // The plan has not arrived yet; it will publish when it does.
-            return Ok(());
-        }
         update.header = Some(assay_bus::header(
             "result-aggregator",
             format!("{id}/rev/{}", update.revision),
@@ -146,7 +144,7 @@ impl Aggregator {
             .await?;
         // Only executions that produced test results change what planning knows.
         let tests = update.passed + update.failed + update.errored + update.skipped;
-        if update.status().is_terminal() && tests > 0 {
+        if update.status().is_terminal() && tests > 0 && !update.workflow.is_empty() {
             self.snapshot_history(&update.workflow).await?;
         }
         Ok(())

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use assay_bus::{Bus, NatsOptions, streams, subjects};
 use assay_proto::results_client::ResultsClient;
-use assay_proto::{EventRecord, ListEventsRequest, Provenance, TriggerDecision};
+use assay_proto::{
+    EventRecord, Execution, ExecutionStatus, ExecutionUpdate, GetExecutionRequest,
+    ListEventsRequest, Provenance, TriggerDecision,
+};
 use assay_testkit::{NatsServer, free_port};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -173,4 +176,51 @@ async fn an_event_record_delivered_twice_is_listed_once() {
         let events = api.list_events(request).await.unwrap().into_inner().events;
         assert!(events.is_empty(), "{events:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_plan_without_a_workflow_reaches_its_client() {
+    let stack = start().await;
+    let id = "01J0000000000000000000NOWF";
+    let rejected = Execution {
+        header: Some(assay_bus::header("scheduler", format!("{id}/plan"), None)),
+        id: id.into(),
+        workflow: String::new(),
+        status: ExecutionStatus::Errored.into(),
+        reason: "run request names no workflow".into(),
+        cause: "run/key-1/".into(),
+        created_at_ms: assay_bus::now_ms(),
+        ..Execution::default()
+    };
+    stack
+        .bus
+        .publish(subjects::execution_plan(id), &rejected)
+        .await
+        .unwrap();
+    // The final update on assay.v1.executions._.<id>, where a client follows it.
+    let subject = subjects::execution_update("", id);
+    assert_eq!(subject, format!("assay.v1.executions._.{id}"));
+    let update: ExecutionUpdate = stack
+        .wait_for(&format!("an update on {subject}"), async || {
+            stack
+                .bus
+                .last_message(streams::EXECUTIONS, &subject)
+                .await
+                .unwrap()
+        })
+        .await;
+    assert_eq!(update.status(), ExecutionStatus::Errored);
+    assert_eq!(update.reason, "run request names no workflow");
+    assert_eq!(update.workflow, "");
+    // And the API finds it.
+    let mut api = stack.api.clone();
+    let detail = api
+        .get_execution(GetExecutionRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        detail.execution.map(|u| u.status()),
+        Some(ExecutionStatus::Errored)
+    );
 }
