@@ -154,6 +154,28 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
     };
 
     let tx = conn.transaction()?;
+    if execution_ended(&tx, &s.execution_id)? {
+        // The execution's counts are final: a status may still show how a shard ended, but
+        // not make a new attempt the shard's latest (its tests would replace the counted ones).
+        let latest: Option<u32> = tx.query_row(
+            "SELECT MAX(attempt) FROM (
+                 SELECT attempt FROM shard_attempts WHERE execution_id = ?1 AND shard_index = ?2
+                 UNION ALL
+                 SELECT attempt FROM batches WHERE execution_id = ?1 AND shard_index = ?2)",
+            params![s.execution_id, s.shard_index],
+            |row| row.get(0),
+        )?;
+        if latest.is_some_and(|latest| s.attempt > latest) {
+            debug!(
+                execution = %s.execution_id,
+                shard = s.shard_index,
+                attempt = s.attempt,
+                reporter = %s.reporter,
+                "status of a new attempt after its execution ended ignored; the counts are final"
+            );
+            return Ok(false);
+        }
+    }
     let existing: Option<(i32, i64)> = tx
         .query_row(
             "SELECT state, started_at_ms FROM shard_attempts
@@ -267,6 +289,18 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
     }
 
     let tx = conn.transaction()?;
+    if execution_ended(&tx, &b.execution_id)? {
+        // Its final update went out with its counts; results arriving later (a runner past
+        // the deadline, a shard of a request that reused the id) do not change them.
+        debug!(
+            execution = %b.execution_id,
+            shard = b.shard_index,
+            attempt = b.attempt,
+            batch = b.batch,
+            "results after the execution ended ignored; the counts are final"
+        );
+        return Ok(false);
+    }
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO batches (execution_id, shard_index, attempt, batch)
          VALUES (?1, ?2, ?3, ?4)",
@@ -472,6 +506,19 @@ pub(crate) fn get_execution(conn: &Connection, id: &str) -> Result<Option<Execut
 
 pub(crate) fn execution_update(conn: &Connection, id: &str) -> Result<Option<ExecutionUpdate>> {
     Ok(load(conn, id)?.map(|view| view.update()))
+}
+
+/// Whether the execution is planned and its status persisted as terminal (ended by its
+/// shards, its plan record or the timeout sweep): from then on its counts do not change.
+fn execution_ended(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM executions WHERE id = ?1 AND planned = 1 AND status >= ?2",
+            params![id, FIRST_TERMINAL_STATUS],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 pub(crate) fn is_planned(conn: &Connection, id: &str) -> Result<bool> {

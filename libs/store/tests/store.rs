@@ -1251,3 +1251,118 @@ async fn a_plan_without_a_workflow_is_published_and_found_but_no_plan_is_not() {
         "e2e"
     );
 }
+
+#[tokio::test]
+async fn a_second_plan_for_a_taken_id_does_not_replace_the_first() {
+    let (_dir, store) = open();
+    let id = "01J0000000000000000000REU1";
+    store.record_execution(plan(id, "first", 1)).await.unwrap();
+    let before = store.execution_detail(id).await.unwrap();
+    let other_workflow = Execution {
+        cause: "evt-2".into(),
+        ..plan(id, "second", 3)
+    };
+    let other_cause = Execution {
+        cause: "evt-2".into(),
+        status: ExecutionStatus::Errored.into(),
+        reason: "should not end the first".into(),
+        ..plan(id, "first", 1)
+    };
+    for second in [other_workflow, other_cause] {
+        assert!(!store.record_execution(second).await.unwrap());
+        assert_eq!(store.execution_detail(id).await.unwrap(), before);
+    }
+    let record = store.execution(id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.workflow.as_str(), record.cause.as_str()),
+        ("first", "evt-1")
+    );
+    assert_eq!(
+        status_of(&update(&store, id).await),
+        ExecutionStatus::Queued
+    );
+}
+
+#[tokio::test]
+async fn results_and_statuses_after_the_end_do_not_change_the_counts() {
+    let (_dir, store) = open();
+    // Ended by its shards: one passed test, final.
+    let done = "01J0000000000000000000END1";
+    store.record_execution(plan(done, "e2e", 1)).await.unwrap();
+    store
+        .record_batch(batch(done, 0, 0, vec![test("a", TestStatus::Passed)]))
+        .await
+        .unwrap();
+    store
+        .record_shard_status(finished(done, 0, ShardState::Passed, 1))
+        .await
+        .unwrap();
+    let final_update = update(&store, done).await;
+    assert_eq!(status_of(&final_update), ExecutionStatus::Passed);
+    // Another batch of the same attempt (a second plan's shard reporting under the same
+    // id), and a new attempt with failing results: nothing changes.
+    assert!(
+        !store
+            .record_batch(batch(done, 0, 1, vec![test("b", TestStatus::Failed)]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_shard_status(status(done, 0, 2, ShardState::Running))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_batch(TestCaseBatch {
+                attempt: 2,
+                ..batch(done, 0, 0, vec![test("c", TestStatus::Errored)])
+            })
+            .await
+            .unwrap()
+    );
+    assert_eq!(update(&store, done).await, final_update);
+
+    // Ended by the timeout sweep while its shard ran: late results do not count, but the
+    // shard's own end still shows.
+    let late = "01J0000000000000000000END2";
+    store.record_execution(plan(late, "e2e", 2)).await.unwrap();
+    store
+        .record_shard_status(status(late, 0, 1, ShardState::Running))
+        .await
+        .unwrap();
+    store
+        .record_batch(batch(late, 0, 0, vec![test("a", TestStatus::Passed)]))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .finalize(late, ExecutionStatus::TimedOut, "timed out", 61_000)
+            .await
+            .unwrap()
+    );
+    let timed_out = update(&store, late).await;
+    assert_eq!((timed_out.passed, timed_out.failed), (1, 0));
+    assert!(
+        !store
+            .record_batch(batch(late, 0, 1, vec![test("b", TestStatus::Failed)]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_shard_status(finished(late, 1, ShardState::Cancelled, 0))
+            .await
+            .unwrap(),
+        "a shard with no attempt yet may still say how it ended"
+    );
+    let u = update(&store, late).await;
+    assert_eq!(status_of(&u), ExecutionStatus::TimedOut);
+    assert_eq!(
+        (u.passed, u.failed, u.errored, u.skipped),
+        (1, 0, 0, 0),
+        "the counts of the final update"
+    );
+    assert_eq!(u.shards[1].state, i32::from(ShardState::Cancelled));
+}

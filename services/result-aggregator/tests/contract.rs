@@ -8,7 +8,8 @@ use assay_bus::{Bus, NatsOptions, streams, subjects};
 use assay_proto::results_client::ResultsClient;
 use assay_proto::{
     EventRecord, Execution, ExecutionStatus, ExecutionUpdate, GetExecutionRequest,
-    ListEventsRequest, Provenance, TriggerDecision,
+    ListEventsRequest, Provenance, ShardState, ShardStatus, TestCaseBatch, TestCaseResult,
+    TestStatus, TriggerDecision,
 };
 use assay_testkit::{NatsServer, free_port};
 use tokio_util::sync::CancellationToken;
@@ -222,5 +223,146 @@ async fn a_rejected_plan_without_a_workflow_reaches_its_client() {
     assert_eq!(
         detail.execution.map(|u| u.status()),
         Some(ExecutionStatus::Errored)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_id_reused_by_a_second_plan_stays_final() {
+    let stack = start().await;
+    let id = "01J0000000000000000000REU1";
+    let plan = |workflow: &str, cause: &str| Execution {
+        header: Some(assay_bus::header(
+            "scheduler",
+            format!("{cause}/plan"),
+            None,
+        )),
+        id: id.into(),
+        workflow: workflow.into(),
+        shard_count: 1,
+        status: ExecutionStatus::Queued.into(),
+        cause: cause.into(),
+        created_at_ms: assay_bus::now_ms(),
+        ..Execution::default()
+    };
+    let results = |batch: u32, attempt: u32, test: &str, status: TestStatus| TestCaseBatch {
+        header: Some(assay_bus::header(
+            "runner",
+            format!("{id}/0/{attempt}/{batch}"),
+            None,
+        )),
+        execution_id: id.into(),
+        shard_index: 0,
+        attempt,
+        batch,
+        results: vec![TestCaseResult {
+            id: test.into(),
+            status: status.into(),
+            ..TestCaseResult::default()
+        }],
+        ..TestCaseBatch::default()
+    };
+    let shard = |attempt: u32, state: ShardState, batches: u32| ShardStatus {
+        header: Some(assay_bus::header(
+            "runner",
+            format!("{id}/0/{attempt}/{}", state.as_str_name()),
+            None,
+        )),
+        execution_id: id.into(),
+        shard_index: 0,
+        attempt,
+        state: state.into(),
+        result_batches: batches,
+        finished_at_ms: if state.is_terminal() {
+            assay_bus::now_ms()
+        } else {
+            0
+        },
+        ..ShardStatus::default()
+    };
+    let bus = &stack.bus;
+    bus.publish(subjects::execution_plan(id), &plan("first", "run/k1/first"))
+        .await
+        .unwrap();
+    bus.publish(
+        subjects::results(id, 0),
+        &results(0, 1, "a", TestStatus::Passed),
+    )
+    .await
+    .unwrap();
+    bus.publish(
+        subjects::shard_status(id, 0),
+        &shard(1, ShardState::Passed, 1),
+    )
+    .await
+    .unwrap();
+    let first = subjects::execution_update("first", id);
+    let last = async || -> Option<ExecutionUpdate> {
+        bus.last_message(streams::EXECUTIONS, &first).await.unwrap()
+    };
+    let final_update = stack
+        .wait_for("the first plan's final update", async || {
+            last().await.filter(|u| u.status().is_terminal())
+        })
+        .await;
+    assert_eq!(
+        (final_update.status(), final_update.passed),
+        (ExecutionStatus::Passed, 1)
+    );
+
+    // A second request's plan under the same id, and its shard reporting there.
+    bus.publish(
+        subjects::execution_plan(id),
+        &plan("second", "run/k2/second"),
+    )
+    .await
+    .unwrap();
+    bus.publish(
+        subjects::results(id, 0),
+        &results(1, 1, "b", TestStatus::Failed),
+    )
+    .await
+    .unwrap();
+    bus.publish(
+        subjects::shard_status(id, 0),
+        &shard(2, ShardState::Running, 0),
+    )
+    .await
+    .unwrap();
+    for (stream, durable) in [
+        (streams::STATUS, "result-aggregator-plans"),
+        (streams::STATUS, "result-aggregator-status"),
+        (streams::RESULTS, "result-aggregator-results"),
+    ] {
+        stack.wait_until_consumed(stream, durable).await;
+    }
+    assert_eq!(
+        last().await,
+        Some(final_update.clone()),
+        "no update after the final one"
+    );
+    let second: Option<ExecutionUpdate> = bus
+        .last_message(
+            streams::EXECUTIONS,
+            &subjects::execution_update("second", id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second, None);
+    let mut api = stack.api.clone();
+    let shown = api
+        .get_execution(GetExecutionRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    assert_eq!(
+        (
+            shown.workflow.as_str(),
+            shown.status(),
+            shown.passed,
+            shown.failed
+        ),
+        ("first", ExecutionStatus::Passed, 1, 0)
     );
 }
