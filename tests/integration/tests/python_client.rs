@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use assay_integration::Sandbox;
 
@@ -84,40 +84,27 @@ fn client_python(root: &Path) -> PathBuf {
         python.display()
     );
     let check = std::process::Command::new(&python)
-        .args(["-c", "import nats, grpc, grpc_tools, google.protobuf"])
+        .args([
+            "-c",
+            "import nats, grpc, grpc_tools, google.protobuf, pytest",
+        ])
         .output()
         .expect("run ./.tools/bin/python");
     assert!(
         check.status.success(),
         "./.tools/bin/python lacks the Python client's packages (nats-py, grpcio, grpcio-tools, \
-         protobuf): run `make tools`\n{}",
+         protobuf, pytest): run `make tools`\n{}",
         String::from_utf8_lossy(&check.stderr)
     );
     python
 }
 
-fn modified(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-/// Runs generate.sh when the generated modules are missing or older than a .proto file.
-fn ensure_generated(root: &Path, client: &Path, python: &Path) {
-    let stamp = client.join("gen/assay/v1/api_pb2_grpc.py");
-    let newest_proto = std::fs::read_dir(root.join("proto/assay/v1"))
-        .expect("read proto/assay/v1")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| modified(&e.path()))
-        .max();
-    let fresh = match (modified(&stamp), newest_proto) {
-        (Some(generated), Some(proto)) => generated >= proto,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if fresh {
-        return;
-    }
+/// Runs generate.sh, which builds the modules when they are missing or older than a .proto
+/// file (under a lock, so the tests of this binary can call it at once).
+fn ensure_generated(client: &Path, python: &Path) {
     let out = std::process::Command::new(client.join("generate.sh"))
         .env("PYTHON", python)
+        .stdin(Stdio::null())
         .output()
         .expect("run examples/clients/python/generate.sh");
     assert!(
@@ -128,12 +115,42 @@ fn ensure_generated(root: &Path, client: &Path, python: &Path) {
     );
 }
 
+/// The client's pure parts (subject tokens equal to assay-bus's, ULIDs, headers, results
+/// delivered twice or replaced by a retry), with pytest from ./.tools.
+#[test]
+fn python_client_unit_tests_pass() {
+    let root = repo_root();
+    let client = root.join("examples/clients/python");
+    let python = client_python(&root);
+    ensure_generated(&client, &python);
+    let out = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_assay_client.py",
+        ])
+        .current_dir(&client)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pytest from ./.tools (`make tools` installs it)");
+    assert!(
+        out.status.success(),
+        "the Python client's unit tests failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn python_client_scenario_passes_against_a_live_stack() {
     let root = repo_root();
     let client = root.join("examples/clients/python");
     let python = client_python(&root);
-    ensure_generated(&root, &client, &python);
+    ensure_generated(&client, &python);
 
     let work = tempfile::tempdir().expect("temp dir");
     std::fs::write(work.path().join("suite.sh"), SUITE_SH).expect("write suite.sh");
