@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use assay_bus::{Bus, DEAD_REASON, NatsOptions, streams, subjects};
 use assay_proto::{
-    EventRecord, Execution, ExecutionStatus, Header, RunRequest, ShardJob, TriggerEvent,
+    EventRecord, Execution, ExecutionStatus, ExecutionUpdate, Header, RunRequest, ShardJob,
+    TriggerEvent,
 };
 use assay_testkit::NatsServer;
 use async_nats::jetstream::consumer::pull;
@@ -34,6 +35,13 @@ metadata: {name: checkout}
 spec:
   env: {BRANCH: "{{ event.labels.branch }}"}
   steps: [{name: checkout, run: "git checkout {{ event.labels.sha }}"}]
+---
+apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {name: line}
+spec:
+  steps: [{name: hello, run: "echo {{ event.labels.sha }}"}]
+  concurrency: {policy: queue}
 ---
 apiVersion: assay.dev/v1alpha1
 kind: TestTrigger
@@ -481,5 +489,64 @@ async fn every_event_gets_one_record_saying_what_it_started_or_why_not() {
         3
     );
     assert_eq!(stack.count(streams::STATUS, subjects::PLANS_ALL).await, 2);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_execution_started_later_keeps_its_provenance() {
+    let stack = Stack::start().await;
+    let (first, second) = (ulid::Ulid::new().to_string(), ulid::Ulid::new().to_string());
+    stack
+        .publish(
+            subjects::RUN_REQUESTED.to_string(),
+            &request("q-1", "line", &first),
+        )
+        .await;
+    stack.plan(&first).await;
+    let mut req = request("q-2", "line", &second);
+    req.labels.insert("sha".into(), "def456".into());
+    stack
+        .publish(subjects::RUN_REQUESTED.to_string(), &req)
+        .await;
+    let queued = stack.plan(&second).await;
+    assert_eq!(queued.status(), ExecutionStatus::Queued);
+    stack.idle("scheduler-runs").await;
+    assert!(
+        stack
+            .bus
+            .last_message::<ShardJob>(streams::SHARDS, &subjects::shard_job(&second, 0))
+            .await
+            .unwrap()
+            .is_none(),
+        "waits for the slot"
+    );
+    // The first ends (as the aggregator would say): the second starts from its stored plan.
+    let done = ExecutionUpdate {
+        header: header(&format!("{first}/final")),
+        execution_id: first.clone(),
+        workflow: "line".into(),
+        status: ExecutionStatus::Passed as i32,
+        ..Default::default()
+    };
+    stack
+        .bus
+        .publish(subjects::execution_update("line", &first), &done)
+        .await
+        .unwrap();
+    let job: ShardJob = stack
+        .wait_for("the queued execution's shard job", async || {
+            stack
+                .bus
+                .last_message(streams::SHARDS, &subjects::shard_job(&second, 0))
+                .await
+                .unwrap()
+        })
+        .await;
+    let p = job
+        .provenance
+        .expect("provenance on a job started from the queue");
+    assert_eq!(p.idempotency_key, "q-2");
+    assert_eq!(p.labels["sha"], "def456");
+    assert_eq!(job.steps[0].run, "echo def456");
     stack.stop().await;
 }
