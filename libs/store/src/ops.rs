@@ -289,25 +289,29 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
     }
 
     let tx = conn.transaction()?;
-    if execution_ended(&tx, &b.execution_id)? {
-        // Its final update went out with its counts; results arriving later (a runner past
-        // the deadline, a shard of a request that reused the id) do not change them.
+    // Results of an execution that ended already (a runner past the timeout the sweep
+    // enforced, a shard of a request that reused the id) are kept, so that no acknowledged
+    // result is lost, but as `late` rows that neither the counts nor the test lists read:
+    // the final update's totals are final. They touch no batch ledger (which decides when a
+    // shard is complete) and report no change, so no update follows the final one.
+    let late = execution_ended(&tx, &b.execution_id)?;
+    if late {
         debug!(
             execution = %b.execution_id,
             shard = b.shard_index,
             attempt = b.attempt,
             batch = b.batch,
-            "results after the execution ended ignored; the counts are final"
+            "results after the execution ended kept apart; its counts are final"
         );
-        return Ok(false);
-    }
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO batches (execution_id, shard_index, attempt, batch)
-         VALUES (?1, ?2, ?3, ?4)",
-        params![b.execution_id, b.shard_index, b.attempt, b.batch],
-    )?;
-    if inserted == 0 {
-        return Ok(false);
+    } else {
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO batches (execution_id, shard_index, attempt, batch)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![b.execution_id, b.shard_index, b.attempt, b.batch],
+        )?;
+        if inserted == 0 {
+            return Ok(false);
+        }
     }
     if b.queue_batch > 0 {
         tx.execute(
@@ -331,17 +335,19 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 owner = owner.0,
                 "queue batch already reported by another shard; results ignored"
             );
-            settle(&tx, &b.execution_id)?;
+            if !late {
+                settle(&tx, &b.execution_id)?;
+            }
             tx.commit()?;
-            return Ok(true);
+            return Ok(!late);
         }
     }
     {
         let mut insert = tx.prepare(
             "INSERT OR IGNORE INTO test_cases (execution_id, shard_index, attempt, test_id, name,
                  classname, file, status, duration_ms, failure_message, output, attempts, flaky,
-                 queue_batch)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 queue_batch, late)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
         let workflow = if b.workflow.is_empty() {
             tx.query_row(
@@ -374,6 +380,7 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 r.attempts.max(1),
                 r.flaky && r.status() == TestStatus::Passed,
                 queue_batch,
+                late,
             ])?;
             // Only a test case seen for the first time counts, so redelivery changes nothing.
             if new == 1 && !workflow.is_empty() {
@@ -381,9 +388,11 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
             }
         }
     }
-    settle(&tx, &b.execution_id)?;
+    if !late {
+        settle(&tx, &b.execution_id)?;
+    }
     tx.commit()?;
-    Ok(true)
+    Ok(!late)
 }
 
 pub(crate) fn finalize(
@@ -509,7 +518,8 @@ pub(crate) fn execution_update(conn: &Connection, id: &str) -> Result<Option<Exe
 }
 
 /// Whether the execution is planned and its status persisted as terminal (ended by its
-/// shards, its plan record or the timeout sweep): from then on its counts do not change.
+/// shards, its plan record or the timeout sweep): from then on its counts and test lists do
+/// not change.
 fn execution_ended(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn
         .query_row(
@@ -542,7 +552,7 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
         "SELECT test_id, name, classname, file, status, duration_ms, failure_message, output,
              attempts, flaky
          FROM test_cases
-         WHERE execution_id = ?1 AND shard_index = ?2
+         WHERE execution_id = ?1 AND shard_index = ?2 AND late = 0
              AND (attempt = ?3 OR queue_batch IS NOT NULL)
          ORDER BY test_id",
     )?;
@@ -837,7 +847,7 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
     {
         let mut stmt = conn.prepare(
             "SELECT shard_index, attempt, queue_batch IS NOT NULL, status, COUNT(*), SUM(flaky)
-             FROM test_cases WHERE execution_id = ?1
+             FROM test_cases WHERE execution_id = ?1 AND late = 0
              GROUP BY shard_index, attempt, queue_batch IS NOT NULL, status",
         )?;
         let mut rows = stmt.query([id])?;

@@ -157,6 +157,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_time ON events (handled_at_ms);
     CREATE INDEX events_by_source ON events (source, handled_at_ms);
     "#,
+    // 10: test cases that arrived after their execution ended: kept (no acknowledged result
+    // is lost) but left out of the counts and test lists, which were final by then.
+    r#"
+    ALTER TABLE test_cases ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

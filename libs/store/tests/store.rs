@@ -856,8 +856,9 @@ async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_g
     assert_eq!(ids_of(&detail, 1), [("c".to_string(), pass)]);
 }
 
-/// Takes a database back from schema version 9 to 7.
-const UNDO_8_AND_9: &str = "DROP TABLE events;
+/// Takes a database back from schema version 10 to 7.
+const UNDO_8_TO_10: &str = "ALTER TABLE test_cases DROP COLUMN late;
+    DROP TABLE events;
     DROP INDEX executions_by_source;
     ALTER TABLE executions DROP COLUMN source;
     ALTER TABLE executions DROP COLUMN provenance;
@@ -883,7 +884,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8_AND_9}
+         {UNDO_8_TO_10}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
@@ -1323,6 +1324,40 @@ async fn results_and_statuses_after_the_end_do_not_change_the_counts() {
             .unwrap()
     );
     assert_eq!(update(&store, done).await, final_update);
+    let detail = store.execution_detail(done).await.unwrap().unwrap();
+    let listed: Vec<_> = detail.shards[0]
+        .tests
+        .iter()
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(listed, ["a"], "the test lists are final too");
+    // Yet nothing acknowledged is lost: the late results are kept apart, once however often
+    // they are delivered.
+    assert!(
+        !store
+            .record_batch(batch(done, 0, 1, vec![test("b", TestStatus::Failed)]))
+            .await
+            .unwrap()
+    );
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let rows: Vec<(u32, String, bool)> = conn
+        .prepare(
+            "SELECT attempt, test_id, late FROM test_cases WHERE execution_id = ?1
+             ORDER BY attempt, test_id",
+        )
+        .unwrap()
+        .query_map([done], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, "a".to_string(), false),
+            (1, "b".to_string(), true),
+            (2, "c".to_string(), true)
+        ]
+    );
 
     // Ended by the timeout sweep while its shard ran: late results do not count, but the
     // shard's own end still shows.
