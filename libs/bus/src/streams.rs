@@ -14,8 +14,8 @@ pub const LOGS: &str = "ASSAY_LOGS";
 pub const EXECUTIONS: &str = "ASSAY_EXECUTIONS";
 pub const DEAD: &str = "ASSAY_DEAD";
 pub const QUEUE: &str = "ASSAY_QUEUE";
-/// Launcher heartbeats: a key per running launcher instance, put every
-/// [`LAUNCHER_BEAT`] and gone [`LAUNCHER_EXPIRY`] after its last beat.
+/// Launcher heartbeats: a key per launcher instance, put every [`LAUNCHER_BEAT`]; an
+/// instance whose last beat is older than [`LAUNCHER_EXPIRY`] is gone.
 pub const KV_LAUNCHERS: &str = "assay_launchers";
 /// The shard attempts running now: which launcher instance holds each, and the reply
 /// subject of its job delivery (so a peer can hand an orphaned job out again at once).

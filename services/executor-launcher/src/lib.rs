@@ -120,7 +120,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let cancels = Cancellations::default();
     let watcher = tokio::spawn(cancels.clone().follow(bus.clone(), shutdown.clone()));
     let liveness = liveness::Liveness::start(&bus).await?;
-    let beating = tokio::spawn(liveness.clone().run(shutdown.clone()));
+    // Beats in this task, not a spawned one: a launcher that dies (or whose task is
+    // aborted) stops beating with it.
+    let beat_stop = shutdown.child_token();
+    let beating = liveness.clone().run(beat_stop.clone());
     let launcher = Launcher {
         bus: bus.clone(),
         runner,
@@ -140,13 +143,18 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         // killed launcher). `launch` bounds the attempts itself and ends the shard instead.
         .unlimited_deliveries();
     info!(capacity = options.capacity, runner = %launcher.runner.display(), instance = liveness.instance(), "executor-launcher running");
-    consumer::run(bus, spec, shutdown, move |d: Delivery<ShardJob>| {
-        let l = launcher.clone();
-        async move { l.launch(d).await }
-    })
-    .await?;
+    let consuming = async {
+        let r = consumer::run(bus, spec, shutdown, move |d: Delivery<ShardJob>| {
+            let l = launcher.clone();
+            async move { l.launch(d).await }
+        })
+        .await;
+        beat_stop.cancel();
+        r
+    };
+    let (consumed, ()) = tokio::join!(consuming, beating);
+    consumed?;
     watcher.abort();
-    let _ = beating.await;
     warm.drain();
     info!("executor-launcher stopped");
     Ok(())

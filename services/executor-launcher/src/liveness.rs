@@ -2,7 +2,8 @@
 //! after the job's ack wait (30 s).
 //!
 //! Each launcher instance (a fresh ULID per start) puts its key in `assay_launchers` every
-//! [`LAUNCHER_BEAT`]; the bucket forgets a key [`LAUNCHER_EXPIRY`] after its last put. Each
+//! [`LAUNCHER_BEAT`]; an instance whose last put is older than [`LAUNCHER_EXPIRY`] (by the
+//! server's timestamp) is gone. Each
 //! running attempt has an entry in `assay_attempts` naming its instance and the reply
 //! subject of its job delivery. Every launcher looks over the attempts as often as it
 //! beats: an attempt whose instance has no key any more is orphaned (the launcher was
@@ -23,6 +24,9 @@ use tracing::{debug, info, warn};
 use crate::{Error, Result};
 
 pub(crate) use assay_bus::streams::{LAUNCHER_BEAT, LAUNCHER_EXPIRY};
+
+/// How long the heartbeat bucket keeps a gone launcher's last beat (garbage collection).
+const BEATS_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// This launcher instance's heartbeat and attempt records. Cheap to clone.
 #[derive(Clone)]
@@ -67,9 +71,7 @@ impl Drop for Recorded {
 impl Liveness {
     /// Opens the buckets (creating them) and puts the first beat.
     pub(crate) async fn start(bus: &Bus) -> Result<Liveness> {
-        let beats = bus
-            .kv_with_age(streams::KV_LAUNCHERS, LAUNCHER_EXPIRY)
-            .await?;
+        let beats = bus.kv_with_age(streams::KV_LAUNCHERS, BEATS_KEPT).await?;
         let attempts = bus.kv(streams::KV_ATTEMPTS).await?;
         let live = Liveness {
             instance: ulid::Ulid::new().to_string(),
@@ -143,6 +145,24 @@ impl Liveness {
         let _ = self.beats.delete(&self.instance).await;
     }
 
+    /// Whether `instance` beat within [`LAUNCHER_EXPIRY`], by the time written in its last
+    /// beat (the bucket's own age-out is only garbage collection: its timer is too coarse to
+    /// tell within seconds; launchers on several machines need clocks in step, as NTP keeps
+    /// them, within a fraction of the expiry). Unreadable or unknown: alive.
+    async fn beating(&self, instance: &str) -> bool {
+        match self.beats.get(instance).await {
+            Ok(Some(value)) => match std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+            {
+                Some(last) => assay_bus::now_ms() - last < LAUNCHER_EXPIRY.as_millis() as i64,
+                None => true,
+            },
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Naks the deliveries of attempts whose launcher instance is gone; returns how many.
     pub(crate) async fn requeue_orphans(&self) -> Result<usize> {
         let keys: Vec<String> = self
@@ -172,7 +192,7 @@ impl Liveness {
             let is_alive = match alive.get(&instance) {
                 Some(a) => *a,
                 None => {
-                    let a = !matches!(self.beats.get(&instance).await, Ok(None));
+                    let a = self.beating(&instance).await;
                     alive.insert(instance.clone(), a);
                     a
                 }

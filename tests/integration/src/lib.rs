@@ -371,6 +371,50 @@ impl Sandbox {
         text
     }
 
+    /// Waits until every durable consumer of each of `streams` has handled everything in
+    /// it (nothing pending, nothing awaiting an ack): then no message published before the
+    /// call can still change anything. Use it instead of sleeping before asserting that
+    /// nothing else happened.
+    pub async fn wait_until_consumed(&self, streams: &[&str]) {
+        use futures::TryStreamExt;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for name in streams {
+            loop {
+                let stream = self
+                    .bus
+                    .jetstream()
+                    .get_stream(*name)
+                    .await
+                    .unwrap_or_else(|e| panic!("stream {name}: {e}"));
+                let infos: Vec<_> = stream
+                    .consumers()
+                    .try_collect()
+                    .await
+                    .unwrap_or_else(|e| panic!("consumers of {name}: {e}"));
+                let busy: Vec<String> = infos
+                    .iter()
+                    .filter(|c| c.config.durable_name.is_some())
+                    .filter(|c| c.num_pending > 0 || c.num_ack_pending > 0)
+                    .map(|c| {
+                        format!(
+                            "{} ({} pending, {} unacked)",
+                            c.name, c.num_pending, c.num_ack_pending
+                        )
+                    })
+                    .collect();
+                if busy.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "consumers of {name} still busy after 60s: {}",
+                    busy.join(", ")
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// Waits until the execution is terminal; panics after `within` with the last state
     /// seen.
     pub async fn wait_for_terminal(&self, id: &str, within: Duration) -> ExecutionDetail {

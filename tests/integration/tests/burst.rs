@@ -149,8 +149,10 @@ async fn a_burst_of_ten_thousand_events_drains_and_every_event_is_accounted_for(
         "{EVENTS} events published in {published:?}, all recorded after {drained:?} ({:.0} events/s end to end)",
         EVENTS as f64 / drained.as_secs_f64()
     );
-    // Let anything extra (a double execution) land before counting exactly.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let anything extra (a double execution) land before counting exactly: every event
+    // handled by the scheduler, every plan by the aggregator.
+    sb.wait_until_consumed(&[assay_bus::streams::EVENTS, assay_bus::streams::STATUS])
+        .await;
     let (by_status, causes) = counts(&db);
     let get = |w: &str, s: ExecutionStatus| {
         by_status

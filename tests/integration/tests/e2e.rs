@@ -210,7 +210,9 @@ async fn a_passing_workflow_passes_and_a_run_request_delivered_twice_runs_once()
         describe(&d)
     );
     assert_eq!(d.execution.as_ref().unwrap().passed, 12);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Both deliveries handled by the scheduler, and the plans by the aggregator.
+    sb.wait_until_consumed(&[assay_bus::streams::EVENTS, assay_bus::streams::STATUS])
+        .await;
     assert_eq!(
         sb.execution_count("green").await,
         1,
@@ -267,7 +269,8 @@ async fn every_message_delivered_twice_leaves_the_same_state() {
         }
     }
     assert!(copied >= 5, "copied {copied}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    sb.wait_until_consumed(&[assay_bus::streams::STATUS, assay_bus::streams::RESULTS])
+        .await;
     let after = sb.detail(&id).await.unwrap();
     let strip = |mut d: assay_proto::ExecutionDetail| {
         if let Some(e) = d.execution.as_mut() {
@@ -466,10 +469,9 @@ async fn a_runner_killed_mid_shard_errors_its_shard_instead_of_hanging() {
     );
     let reason = &d.shards[0].summary.as_ref().unwrap().reason;
     assert!(reason.contains("SIGKILL"), "{reason}");
-    // The test process (sleep 60) went with its group.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The test process (sleep 60) went with its group (reaped within a moment).
     assert_eq!(
-        processes_of(&id),
+        processes_gone(&id).await,
         Vec::<i32>::new(),
         "processes of the shard outlived it"
     );
@@ -539,8 +541,26 @@ async fn concurrency_forbid_rejects_a_second_run_with_the_reason() {
     );
     let d1 = sb.wait_for_terminal(&first, LONG).await;
     assert_eq!(d1.execution.unwrap().status, ExecutionStatus::Passed as i32);
-    // The slot is free again once the first one ended.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The slot is free again once the scheduler has seen the first one's final update.
+    let subject = assay_bus::subjects::execution_update("solo", &first);
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let last: Option<assay_proto::ExecutionUpdate> = sb
+            .bus
+            .last_message(assay_bus::streams::EXECUTIONS, &subject)
+            .await
+            .unwrap();
+        if last.is_some_and(|u| u.status().is_terminal()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no final update published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sb.wait_until_consumed(&[assay_bus::streams::EXECUTIONS])
+        .await;
     let third = sb.run("solo", &[]).await;
     let d3 = sb.wait_for_terminal(&third, LONG).await;
     assert_eq!(d3.execution.unwrap().status, ExecutionStatus::Passed as i32);
@@ -624,7 +644,10 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every event handled by the scheduler and every plan by the aggregator: a third
+    // execution could come from nowhere now.
+    sb.wait_until_consumed(&[assay_bus::streams::EVENTS, assay_bus::streams::STATUS])
+        .await;
     assert_eq!(
         sb.execution_count("web").await,
         2,
@@ -662,6 +685,19 @@ spec:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(n >= 2, "cron fired {n} times in 15s");
+}
+
+/// The execution's processes once they are gone, or those still there after 10 s (a killed
+/// group takes a moment to be reaped).
+async fn processes_gone(execution: &str) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_of(execution);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The pid of the assay-runner process working on `execution`, found through /proc: the
@@ -1269,8 +1305,7 @@ async fn fail_fast_cancels_the_other_shards_at_the_first_failure() {
     let reason = &d.shards[1].summary.as_ref().unwrap().reason;
     assert!(reason.contains("fail-fast: shard 0 failed"), "{reason}");
     // Nothing of the cancelled shards keeps running.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(processes_of(&id), Vec::<i32>::new());
+    assert_eq!(processes_gone(&id).await, Vec::<i32>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1582,8 +1617,9 @@ async fn a_shard_job_of_an_ended_execution_starts_no_runner() {
         .await
         .unwrap();
     // Consumed (the work-queue stream empties) without a runner or a status.
+    // The launcher acks a job only after publishing what it decided: once the work queue
+    // is empty, a status of a new attempt would be on the bus already.
     wait_until_shard_jobs_taken(&sb).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(statuses(&sb).await, before, "no new attempt reported");
     let after = sb.detail(&id).await.unwrap();
     assert_eq!(after.shards[0].summary.as_ref().unwrap().attempt, 1);
@@ -1632,7 +1668,8 @@ async fn a_shard_job_past_its_execution_deadline_times_out_without_a_runner() {
         status.reason
     );
     assert!(!status.will_retry);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The job is acked (gone from the work queue) only when the launcher is done with it.
+    wait_until_shard_jobs_taken(&sb).await;
     assert!(!marker.exists(), "no runner may start after the deadline");
 }
 
