@@ -809,7 +809,7 @@ async fn triggers_fire_only_on_what_they_declare() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let gh = "{webhook: {provider: github, events: [push], repositories: [acme/*], branches: [main], paths: [\"src/**\"]}}";
-    let files = vec![
+    let files = [
         (
             "w.yaml".to_string(),
             [
