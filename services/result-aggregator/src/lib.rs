@@ -1,7 +1,9 @@
-//! The result-aggregator: stores planned executions, shard statuses and test-case results
-//! (idempotent on execution, shard, attempt and test id), derives each execution's status,
-//! publishes public `ExecutionUpdate`s on `assay.v1.executions.<workflow>.<execution>`, ends
-//! executions that outlive their timeout, and serves the query API over gRPC.
+//! The result-aggregator: stores planned executions (with their provenance), shard statuses
+//! and test-case results (idempotent on execution, shard, attempt and test id) and the
+//! scheduler's event records, derives each execution's status, publishes public
+//! `ExecutionUpdate`s on `assay.v1.executions.<workflow>.<execution>` (`_` for a plan that
+//! names no workflow), ends executions that outlive their timeout, and serves the query API
+//! over gRPC.
 
 mod api;
 mod decisions;
@@ -199,9 +201,13 @@ impl Aggregator {
 
     /// Stores the scheduler's record of an event (idempotent: one row per record).
     pub async fn on_event_record(&self, r: EventRecord) -> Result<()> {
-        let event = r.event.clone().unwrap_or_default();
+        let (event, source) = r
+            .event
+            .as_ref()
+            .map(|e| (e.event_id.clone(), e.source.clone()))
+            .unwrap_or_default();
         if self.store.record_event(r).await? {
-            debug!(event = %event.event_id, source = %event.source, "event record stored");
+            debug!(%event, %source, "event record stored");
         }
         Ok(())
     }
