@@ -191,7 +191,8 @@ bus_message!(
     ShardStatus,
     TestCaseBatch,
     LogChunk,
-    ExecutionUpdate
+    ExecutionUpdate,
+    EventRecord
 );
 
 /// Outages of this process's NATS connections: logged when they start and end (with their
