@@ -51,6 +51,7 @@ if not (GEN / "assay" / "v1" / "events_pb2.py").is_file():
 sys.path.insert(0, str(GEN))
 
 try:
+    import google.protobuf  # noqa: F401 - the generated modules need it
     import grpc
     import nats
     import nats.errors
