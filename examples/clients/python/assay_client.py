@@ -58,8 +58,11 @@ try:
     import nats.js.errors
     from nats.js import api as js_api
 except ImportError as e:  # pragma: no cover - depends on the environment
+    package = {"google": "protobuf", "grpc": "grpcio", "nats": "nats-py"}.get(
+        (e.name or "").split(".")[0], e.name
+    )
     _die(
-        f"{e.name} is not installed for {sys.executable}: run `make tools` "
+        f"{package} is not installed for {sys.executable}: run `make tools` "
         f"(or pip install -r {HERE / 'requirements.txt'})"
     )
 
