@@ -230,8 +230,10 @@ pub struct Step {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub retries: u32,
-    #[serde(default)]
-    pub condition: Condition,
+    /// When the step runs; unset: `success` for setup and steps, `always` for `after` steps
+    /// (they run whatever happened unless they say otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
     #[serde(default, deserialize_with = "scalar_map")]
     pub env: BTreeMap<String, String>,
 }

@@ -240,6 +240,23 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         ));
     }
 
+    // Kubernetes-only settings: refused until the Kubernetes backend exists, rather than
+    // accepted and silently ignored by the local one.
+    for (field, set) in [
+        ("container", spec.container.is_some()),
+        ("pod", spec.pod.is_some()),
+    ] {
+        if set {
+            out.push(problem(
+                kp!["spec", field],
+                format!(
+                    "{field}: used only by the kubernetes backend, which is not built yet; the local backend would ignore it"
+                ),
+                format!("remove `{field}` for now: local runs use the machine's own tools"),
+            ));
+        }
+    }
+
     let par = &spec.parallel;
     if par.count == ShardCount::Fixed(0) {
         out.push(problem(
@@ -499,6 +516,25 @@ pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
     }
     if let Some(c) = &spec.concurrency {
         concurrency(&mut out, kp!["spec", "concurrency"], c);
+        // The limit and its group belong to the workflow: a trigger's would be ignored.
+        for (field, set) in [("group", c.group.is_some()), ("max", c.max.is_some())] {
+            if set {
+                out.push(problem(
+                    kp!["spec", "concurrency", field],
+                    format!(
+                        "concurrency.{field} is the workflow's: a trigger may set only policy and priority"
+                    ),
+                    format!("move `{field}` to the TestWorkflow's `concurrency`"),
+                ));
+            }
+        }
+    }
+    if spec.settle.is_some() {
+        out.push(problem(
+            kp!["spec", "settle"],
+            "settle: not supported yet (comes with Kubernetes triggers, whose bursts it merges)",
+            "remove `settle` for now",
+        ));
     }
     out
 }

@@ -15,7 +15,6 @@ spec:
   config:
     baseUrl: {type: string, default: "http://localhost:8080", description: "where the api is"}
     token: {type: string, sensitive: true, default: "t"}
-  container: {image: python:3.12-slim, resources: {requests: {cpu: "1", memory: 1Gi}}}
   env: {BASE_URL: "{{ config.baseUrl }}", PORT: 8080}
   workingDir: ./examples/python
   setup:

@@ -95,7 +95,11 @@ fn steps(section: &str, list: &[assay_spec::Step], vars: &TemplateVars<'_>) -> R
                 run: expand(vars, &s.run, &|| format!("{section}[{i}].run"), true)?,
                 timeout_ms: s.timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
                 retries: s.retries,
-                condition: format!("{:?}", s.condition).to_lowercase(),
+                // Empty when the step does not say: the runner applies the list's default.
+                condition: s
+                    .condition
+                    .map(|c| format!("{c:?}").to_lowercase())
+                    .unwrap_or_default(),
                 env: s
                     .env
                     .iter()

@@ -405,14 +405,21 @@ fn refused_fields_are_refused_with_a_reason() {
     for (path, row) in TABLE {
         let Refused(reason) = row else { continue };
         let doc = document_with(path);
-        let key = path.rsplit('.').next().unwrap_or(path);
+        // The message names the field, or the whole setting it belongs to (`container`).
+        let leaf = path.rsplit('.').next().unwrap_or(path);
+        let top = path
+            .split_once(" spec.")
+            .map(|(_, rest)| rest.split('.').next().unwrap_or(rest))
+            .unwrap_or(leaf);
         let err = match assay_spec::parse_str(Path::new("defs.yaml"), &doc) {
             Ok(_) => panic!("{path} was accepted, but its row says it is refused:\n{doc}"),
             Err(e) => e.to_string(),
         };
         assert!(
-            err.contains(key) && err.contains(reason) && err.contains("defs.yaml:"),
-            "{path}: the error should name `{key}`, its location and `{reason}`:\n{err}\n---\n{doc}"
+            (err.contains(leaf) || err.contains(top))
+                && err.contains(reason)
+                && err.contains("defs.yaml:"),
+            "{path}: the error should name `{leaf}` or `{top}`, its location and `{reason}`:\n{err}\n---\n{doc}"
         );
     }
 }
@@ -501,6 +508,8 @@ async fn steps_honour_condition_env_retries_and_timeout() {
     - name: after-always
       condition: always
       run: touch after-always-ran
+    - name: after-undeclared
+      run: touch after-undeclared-ran
 "#;
     let sb = Sandbox::start(&[("w.yaml", &workflow_file("stepwise", dir, body))]).await;
     let id = sb.run("stepwise", &[]).await;
@@ -543,6 +552,8 @@ async fn steps_honour_condition_env_retries_and_timeout() {
         Some("a-env\na-env")
     );
     assert!(read(dir, "after-always-ran").is_some());
+    // An after step that does not say runs whatever happened.
+    assert!(read(dir, "after-undeclared-ran").is_some());
     // Step names label the logs.
     let logs = sb.logs_text(&id, false, Duration::from_secs(5)).await;
     for name in ["prepare", "flaky-step", "boom", "after-always"] {
