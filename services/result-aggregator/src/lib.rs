@@ -6,7 +6,6 @@
 //! over gRPC.
 
 mod api;
-mod decisions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use api::ResultsApi;
-pub use decisions::Decided;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -497,9 +495,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                 ..handler_spec("result-aggregator-decisions", subjects::DECISIONS_ALL, 4)
             },
             shutdown.clone(),
-            move |d: Delivery<Decided>| {
+            move |d: Delivery<assay_proto::EventRecord>| {
                 let (a, stop) = (a.clone(), stop.clone());
-                async move { until_stored(&d, &stop, || a.on_event_record(d.msg.0.clone())).await }
+                async move { until_stored(&d, &stop, || a.on_event_record(d.msg.clone())).await }
             },
         )
     };
