@@ -152,6 +152,11 @@ pub struct RunArgs {
     /// (-1000 to 1000; default: the workflow's `concurrency.priority`).
     #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
     pub priority: Option<i32>,
+    /// Label kept in the execution's provenance (repeatable), e.g. `--label branch=main
+    /// --label sha=$GITHUB_SHA` from a CI job: filter with `assay get executions -l`, read
+    /// by steps as ASSAY_* variables and `{{ event.labels.<key> }}`.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     #[command(flatten)]
     pub follow: FollowArgs,
 }
@@ -207,6 +212,28 @@ pub enum GetCommand {
         /// Most executions shown.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only executions whose cause carries this label (repeatable; all must match),
+        /// e.g. `-l branch=main -l repository=acme/shop`.
+        #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Only executions caused by this source (`github`, `gitlab`, `cron`, `run`, ...).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Recent trigger events and run requests, newest first, with the executions they
+    /// started or why nothing ran.
+    Events {
+        /// Only events handled within this long (e.g. 90s, 30m, 1h, 2d).
+        #[arg(long, value_parser = parse_since, value_name = "DURATION")]
+        since: Option<Duration>,
+        /// Only events from this source (`github`, `cron`, `run`, ...).
+        #[arg(long)]
+        source: Option<String>,
+        /// Most events shown (0: the server's default, 50).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -254,6 +281,22 @@ pub enum Output {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     assay_spec::parse_duration(s)
+}
+
+/// `--since`: a duration with a unit (s, m, h, d), not zero.
+pub fn parse_since(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "\"{s}\" is not a duration; write a number with a unit: s, m, h or d (e.g. 90s, 30m, 1h, 2d)"
+        )
+    };
+    match assay_spec::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!(
+            "\"{s}\" is zero; give how far back to look, e.g. 1h"
+        )),
+        Ok(d) => Ok(d),
+        Err(_) => Err(bad()),
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +355,46 @@ mod tests {
         assert!(rerun(&["01J", "--detach"]).follow.detach);
         assert!(Cli::try_parse_from(["assay", "rerun", "01J", "--watch", "--detach"]).is_err());
         assert!(Cli::try_parse_from(["assay", "rerun"]).is_err());
+    }
+
+    #[test]
+    fn since_takes_s_m_h_d() {
+        assert_eq!(parse_since("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_since("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_since("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        for bad in ["", "1", "h", "1w", "-1h", "soon"] {
+            let err = parse_since(bad).unwrap_err();
+            assert!(err.contains("s, m, h or d"), "{bad}: {err}");
+        }
+        assert!(parse_since("0s").unwrap_err().contains("zero"));
+        let err = Cli::try_parse_from(["assay", "get", "events", "--since", "1y"]).unwrap_err();
+        assert!(err.to_string().contains("1y"), "{err}");
+    }
+
+    #[test]
+    fn label_filters_repeat() {
+        let cli = Cli::try_parse_from([
+            "assay",
+            "get",
+            "executions",
+            "-l",
+            "branch=main",
+            "--label",
+            "sha=abc",
+            "--source",
+            "github",
+        ])
+        .unwrap();
+        let Command::Get(GetCommand::Executions { labels, source, .. }) = cli.command else {
+            panic!("expected get executions")
+        };
+        assert_eq!(labels, ["branch=main", "sha=abc"]);
+        assert_eq!(source.as_deref(), Some("github"));
+        let cli = Cli::try_parse_from(["assay", "run", "e2e", "--label", "branch=main"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.labels, ["branch=main"]);
     }
 
     #[test]

@@ -5,13 +5,30 @@
 //! a failed execution, an unreachable service, a timeout), 2 `assay up` found no usable
 //! nats-server, 130 interrupted.
 
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+// Everything for stdout goes through `out!`/`outln!` (a closed pipe ends the process
+// quietly), so `print_stdout` stays a warning here: a stray `println!` fails the lint.
+#![allow(clippy::print_stderr)]
+
+/// `print!` to stdout that ends the process quietly when the reader went away
+/// (`assay get executions | head`): see [`write_stdout`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` to stdout that ends the process quietly when the reader went away.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 pub mod api;
 pub mod args;
 pub mod cmd;
 pub mod format;
 pub mod logline;
+pub mod provenance;
 pub mod report;
 pub mod style;
 pub mod view;
@@ -46,6 +63,34 @@ pub async fn connect_bus(url: &str, name: &str, shutdown: &CancellationToken) ->
     Bus::connect(&options, shutdown)
         .await
         .map_err(|e| anyhow!("{e} (set --nats or ASSAY_NATS_URL)"))
+}
+
+/// Writes to stdout. `print!` panics when stdout is a closed pipe ("failed printing to
+/// stdout: Broken pipe", exit 101); here the process ends at once with exit 0, as a reader
+/// that stopped early (`| head`, `| grep -q`) has all it wanted. Any other write error ends
+/// it with exit 1 and the reason on stderr.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        exit_on_write_error(&e);
+    }
+}
+
+/// Flushes stdout, ending the process as [`write_stdout`] does when that fails.
+pub fn flush_stdout() {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        exit_on_write_error(&e);
+    }
+}
+
+fn exit_on_write_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
 }
 
 /// Runs one command; returns the process exit code.

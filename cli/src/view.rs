@@ -7,6 +7,7 @@ use assay_proto::{ExecutionDetail, ExecutionUpdate, ShardDetail, ShardSummary, T
 use serde::Serialize;
 
 use crate::format;
+use crate::provenance::ProvenanceView;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkflowView {
@@ -105,6 +106,9 @@ pub struct ExecutionView {
     /// The execution this one reruns (`assay rerun`); only in the detail view.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub rerun_of: String,
+    /// What caused it (trigger, event, labels); absent while not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<ProvenanceView>,
     pub shards: Vec<ShardView>,
 }
 
@@ -165,6 +169,7 @@ impl ExecutionView {
             duration_ms: format::execution_ms(u.created_at_ms, u.finished_at_ms, now_ms),
             revision: u.revision,
             rerun_of: String::new(),
+            provenance: ProvenanceView::from_proto(u.provenance.as_ref()),
             shards: u.shards.iter().map(ShardView::from_summary).collect(),
         }
     }
@@ -264,6 +269,19 @@ mod tests {
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["status"], "timed-out");
         assert!(json.get("reason").is_none(), "empty reason is left out");
+        assert!(
+            json.get("provenance").is_none(),
+            "unknown cause is left out"
+        );
+        let mut u = update();
+        u.provenance = Some(assay_proto::Provenance {
+            source: "github".into(),
+            labels: [("branch".to_string(), "main".to_string())].into(),
+            ..Default::default()
+        });
+        let json = serde_json::to_value(ExecutionView::from_update(&u, 0)).unwrap();
+        assert_eq!(json["provenance"]["source"], "github");
+        assert_eq!(json["provenance"]["labels"]["branch"], "main");
         assert!(json["shards"][0].get("tests").is_none());
     }
 

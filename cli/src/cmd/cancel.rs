@@ -47,9 +47,10 @@ pub async fn run(global: &Global, args: CancelArgs) -> Result<u8> {
     bus.cancel(&args.id, &args.reason)
         .await
         .context("cannot cancel the execution")?;
-    println!(
+    crate::outln!(
         "execution {} cancelled; its shards stop shortly (follow with `assay get execution {}`)",
-        args.id, args.id
+        args.id,
+        args.id
     );
     Ok(0)
 }

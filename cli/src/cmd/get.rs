@@ -1,5 +1,7 @@
 //! `assay get workflows|executions|execution`.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use assay_proto::{GetExecutionRequest, ListExecutionsRequest};
 use serde::Serialize;
@@ -8,7 +10,7 @@ use crate::args::{GetCommand, Global, Output};
 use crate::format::{self, Table, cell};
 use crate::style::{Color, Palette, execution_color};
 use crate::view::{ExecutionView, WorkflowView, labels_summary};
-use crate::{api, report};
+use crate::{api, provenance, report};
 
 pub async fn run(global: &Global, cmd: GetCommand, palette: Palette) -> Result<u8> {
     match cmd {
@@ -16,9 +18,24 @@ pub async fn run(global: &Global, cmd: GetCommand, palette: Palette) -> Result<u
         GetCommand::Executions {
             workflow,
             limit,
+            labels,
+            source,
             output,
-        } => executions(global, workflow, limit, output, &palette).await,
+        } => {
+            let filter = Filter {
+                workflow,
+                labels: crate::cmd::trigger::parse_labels(&labels)?,
+                source: source.filter(|s| !s.is_empty()),
+            };
+            executions(global, filter, limit, output, &palette).await
+        }
         GetCommand::Execution { id, output } => execution(global, &id, output, &palette).await,
+        GetCommand::Events {
+            since,
+            source,
+            limit,
+            output,
+        } => crate::cmd::events::run(global, since, source, limit, output, &palette).await,
     }
 }
 
@@ -55,8 +72,8 @@ pub fn queue_positions(
 /// Prints `value` as JSON or YAML.
 pub fn print_structured<T: Serialize>(value: &T, output: Output) -> Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Yaml => print!("{}", serde_norway::to_string(value)?),
+        Output::Json => crate::outln!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => crate::out!("{}", serde_norway::to_string(value)?),
         Output::Table | Output::Name => {}
     }
     Ok(())
@@ -82,7 +99,7 @@ fn workflows(global: &Global, output: Output, palette: &Palette) -> Result<u8> {
         Output::Json | Output::Yaml => print_structured(&views, output)?,
         Output::Name => {
             for v in &views {
-                println!("{}", v.name);
+                crate::outln!("{}", v.name);
             }
         }
         Output::Table => {
@@ -100,15 +117,45 @@ fn workflows(global: &Global, output: Output, palette: &Palette) -> Result<u8> {
                     (v.file.clone(), Color::Dim),
                 ]);
             }
-            print!("{}", table.render(palette));
+            crate::out!("{}", table.render(palette));
         }
     }
     Ok(0)
 }
 
+/// What `get executions` asks the API for.
+struct Filter {
+    workflow: Option<String>,
+    labels: BTreeMap<String, String>,
+    source: Option<String>,
+}
+
+impl Filter {
+    fn is_narrowed(&self) -> bool {
+        !self.labels.is_empty() || self.source.is_some()
+    }
+
+    /// ` with branch=main from github` for the "nothing found" message.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if !self.labels.is_empty() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!(" with {}", labels.join(", ")));
+        }
+        if let Some(s) = &self.source {
+            out.push_str(&format!(" from source {s}"));
+        }
+        out
+    }
+}
+
 async fn executions(
     global: &Global,
-    workflow: Option<String>,
+    filter: Filter,
     limit: u32,
     output: Output,
     palette: &Palette,
@@ -116,9 +163,10 @@ async fn executions(
     let mut client = api::connect(global).await?;
     let list = client
         .list_executions(ListExecutionsRequest {
-            workflow: workflow.clone().unwrap_or_default(),
+            workflow: filter.workflow.clone().unwrap_or_default(),
             limit,
-            ..Default::default()
+            labels: filter.labels.clone().into_iter().collect(),
+            source: filter.source.clone().unwrap_or_default(),
         })
         .await
         .map_err(|s| api::call_error(&global.api, "list executions", &s))?
@@ -135,12 +183,24 @@ async fn executions(
         }
         Output::Name => {
             for u in &list.executions {
-                println!("{}", u.execution_id);
+                crate::outln!("{}", u.execution_id);
             }
         }
         Output::Table => {
             if list.executions.is_empty() {
-                match workflow {
+                if filter.is_narrowed() {
+                    let of = filter
+                        .workflow
+                        .as_deref()
+                        .map(|w| format!(" of {w}"))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "no executions{of}{}; `assay get executions` lists them all",
+                        filter.describe()
+                    );
+                    return Ok(0);
+                }
+                match filter.workflow {
                     Some(w) => {
                         eprintln!("no executions of {w} yet; start one with `assay run {w}`")
                     }
@@ -149,7 +209,8 @@ async fn executions(
                 return Ok(0);
             }
             let mut table = Table::new([
-                "ID", "WORKFLOW", "STATUS", "PASSED", "FAILED", "SKIPPED", "AGE", "DURATION",
+                "ID", "WORKFLOW", "STATUS", "SOURCE", "PASSED", "FAILED", "SKIPPED", "AGE",
+                "DURATION",
             ]);
             let positions = queue_positions(&list.executions);
             for u in &list.executions {
@@ -163,6 +224,7 @@ async fn executions(
                     cell(u.execution_id.clone()),
                     cell(u.workflow.clone()),
                     (shown, execution_color(status)),
+                    cell(provenance::source_cell(u.provenance.as_ref())),
                     cell(u.passed.to_string()),
                     (
                         failed.to_string(),
@@ -181,7 +243,7 @@ async fn executions(
                     ),
                 ]);
             }
-            print!("{}", table.render(palette));
+            crate::out!("{}", table.render(palette));
         }
     }
     Ok(0)
@@ -201,25 +263,30 @@ async fn execution(global: &Global, id: &str, output: Output, palette: &Palette)
         }
         Output::Name => {
             let execution = detail.execution.unwrap_or_default();
-            println!("{}", execution.execution_id);
+            crate::outln!("{}", execution.execution_id);
         }
         Output::Table => {
             let execution = detail.execution.clone().unwrap_or_default();
-            print!(
+            crate::out!(
                 "{}",
                 report::header_block(&execution, &detail.rerun_of, now, palette)
             );
+            let cause = provenance::cause_block(execution.provenance.as_ref(), palette);
+            if !cause.is_empty() {
+                crate::outln!();
+                crate::out!("{cause}");
+            }
             if !detail.shards.is_empty() {
-                println!();
-                print!("{}", report::shard_table(&detail.shards, palette));
+                crate::outln!();
+                crate::out!("{}", report::shard_table(&detail.shards, palette));
             }
             for section in [
                 report::flaky(&detail.shards, palette),
                 report::failures(&detail.shards, palette),
             ] {
                 if !section.is_empty() {
-                    println!();
-                    print!("{section}");
+                    crate::outln!();
+                    crate::out!("{section}");
                 }
             }
         }

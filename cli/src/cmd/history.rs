@@ -85,7 +85,7 @@ pub async fn run(global: &Global, args: HistoryArgs, palette: &Palette) -> Resul
         }
         Output::Name => {
             for t in &tests {
-                println!("{}", t.test_id);
+                crate::outln!("{}", t.test_id);
             }
         }
         Output::Table => {
@@ -124,11 +124,11 @@ pub async fn run(global: &Global, args: HistoryArgs, palette: &Palette) -> Resul
                     (bar(t.mean_ms, max, 20), Color::Cyan),
                 ]);
             }
-            print!("{}", table.render(palette));
+            crate::out!("{}", table.render(palette));
             if shown < tests.len() {
-                println!("… {} more (--limit 0 shows all)", tests.len() - shown);
+                crate::outln!("… {} more (--limit 0 shows all)", tests.len() - shown);
             }
-            println!(
+            crate::outln!(
                 "{} tests, {} of test time per run (sum of means)",
                 tests.len(),
                 format::elapsed(total.round() as u64)

@@ -24,7 +24,7 @@ pub async fn run(global: &Global, args: LogsArgs, palette: Palette) -> Result<u8
             chunk = stream.next() => match chunk {
                 Some(Ok(chunk)) => {
                     for line in logline::chunk_lines(&chunk, &palette) {
-                        println!("{line}");
+                        crate::outln!("{line}");
                     }
                 }
                 Some(Err(s)) => return Err(api::call_error(&global.api, &what, &s)),

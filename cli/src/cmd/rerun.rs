@@ -33,7 +33,7 @@ pub async fn run(global: &Global, args: RerunArgs, palette: Palette) -> Result<u
     let rerun = match select(&original, args.failed_only(), args.same_plan) {
         Choice::Run(rerun) => rerun,
         Choice::NothingFailed => {
-            println!("nothing to rerun: execution {id} had no failed or errored tests");
+            crate::outln!("nothing to rerun: execution {id} had no failed or errored tests");
             return Ok(0);
         }
         Choice::NoTests => bail!(
@@ -59,7 +59,7 @@ pub async fn run(global: &Global, args: RerunArgs, palette: Palette) -> Result<u
         // stdout stays the bare id for scripts.
         eprintln!("{banner}");
     } else {
-        println!("{banner}");
+        crate::outln!("{banner}");
     }
     crate::cmd::run::start(global, &request, &args.follow, palette).await
 }

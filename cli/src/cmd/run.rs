@@ -32,8 +32,10 @@ const MAX_STREAM_ERRORS: u64 = 10;
 pub async fn run(global: &Global, args: RunArgs, palette: Palette) -> Result<u8> {
     let config = assay_spec::parse_overrides(&args.set)?;
     let id = ulid::Ulid::new().to_string();
+    let labels = crate::cmd::trigger::parse_labels(&args.labels)?;
     let mut request = run_request(&id, &args.workflow, config);
     request.priority = args.priority;
+    request.labels = labels.into_iter().collect();
     start(global, &request, &args.follow, palette).await
 }
 
@@ -56,7 +58,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot request a run of \"{}\"", request.workflow))?;
     if follow_args.detach {
-        println!("{id}");
+        crate::outln!("{id}");
         return Ok(0);
     }
     tracing::debug!(execution = %id, "run requested");
@@ -221,19 +223,19 @@ async fn follow(
         report::failures(&detail.shards, &palette),
     ] {
         if !section.is_empty() {
-            println!();
-            print!("{section}");
+            crate::outln!();
+            crate::out!("{section}");
         }
     }
-    println!();
+    crate::outln!();
     if !execution.reason.is_empty() {
-        println!(
+        crate::outln!(
             "{} {}",
             palette.paint(Color::Bold, "reason:"),
             execution.reason
         );
     }
-    println!("{}", report::final_line(&execution, now, &palette));
+    crate::outln!("{}", report::final_line(&execution, now, &palette));
     Ok(if execution.status() == ExecutionStatus::Passed {
         0
     } else {
@@ -273,7 +275,7 @@ impl Progress {
             header.set_message(format!("{workflow} {id}: waiting for the scheduler"));
             (Some(multi), Some(header))
         } else {
-            println!("execution {id} of {workflow} requested");
+            crate::outln!("execution {id} of {workflow} requested");
             (None, None)
         };
         Progress {
@@ -308,7 +310,7 @@ impl Progress {
             (Some(_), Some(header)) => header.set_message(headline),
             _ => {
                 if self.status != Some(status) {
-                    println!(
+                    crate::outln!(
                         "execution {}: {}",
                         self.id,
                         format::execution_status(status)
@@ -344,7 +346,7 @@ impl Progress {
                 if terminal && !s.reason.is_empty() {
                     line.push_str(&format!(": {}", s.reason));
                 }
-                println!("{line}");
+                crate::outln!("{line}");
             }
             return;
         };
@@ -392,12 +394,12 @@ impl Progress {
         match &self.multi {
             Some(multi) => multi.suspend(|| {
                 for line in &lines {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 }
             }),
             None => {
                 for line in &lines {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 }
             }
         }

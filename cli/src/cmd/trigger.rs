@@ -60,7 +60,7 @@ pub async fn run(global: &Global, args: TriggerArgs) -> Result<u8> {
     bus.publish(subjects::event(&args.source), &event)
         .await
         .context("cannot publish the event")?;
-    println!("{}", event.header.map(|h| h.event_id).unwrap_or_default());
+    crate::outln!("{}", event.header.map(|h| h.event_id).unwrap_or_default());
     Ok(0)
 }
 

@@ -281,12 +281,12 @@ async fn serve(
     let names: Vec<&str> = catalog.workflows().map(|w| w.name.as_str()).collect();
     let triggers = catalog.triggers().count();
     let bold = |s: &str| palette.paint(Color::Bold, s);
-    println!("{}", palette.paint(Color::BoldGreen, "assay up"));
-    println!("  {}  {nats_url} ({nats_note})", bold("NATS     "));
-    println!("  {}  http://{} (gRPC)", bold("API      "), args.grpc);
-    println!("  {}  http://{}", bold("HTTP     "), args.http);
-    println!("  {}  {}", bold("results  "), database.display());
-    println!(
+    crate::outln!("{}", palette.paint(Color::BoldGreen, "assay up"));
+    crate::outln!("  {}  {nats_url} ({nats_note})", bold("NATS     "));
+    crate::outln!("  {}  http://{} (gRPC)", bold("API      "), args.grpc);
+    crate::outln!("  {}  http://{}", bold("HTTP     "), args.http);
+    crate::outln!("  {}  {}", bold("results  "), database.display());
+    crate::outln!(
         "  {}  {}: {} ({triggers} trigger{})",
         bold("workflows"),
         global.workflows.display(),
@@ -297,7 +297,7 @@ async fn serve(
         },
         if triggers == 1 { "" } else { "s" }
     );
-    println!("press Ctrl-C to stop");
+    crate::outln!("press Ctrl-C to stop");
 
     let nats = |name: &str| NatsOptions {
         url: nats_url.to_string(),

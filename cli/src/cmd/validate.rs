@@ -46,12 +46,12 @@ pub fn print_errors(err: &assay_spec::Error, palette: &Palette) -> usize {
     match err {
         assay_spec::Error::Invalid(diags) => {
             for d in diags {
-                println!("{}", render_diagnostic(d, palette));
+                crate::outln!("{}", render_diagnostic(d, palette));
             }
             diags.len()
         }
         other => {
-            println!("{}: {other}", palette.paint(Color::Red, "error"));
+            crate::outln!("{}: {other}", palette.paint(Color::Red, "error"));
             1
         }
     }
@@ -60,9 +60,9 @@ pub fn print_errors(err: &assay_spec::Error, palette: &Palette) -> usize {
 pub fn run(path: &Path, palette: &Palette) -> Result<u8> {
     match load(path) {
         Ok(catalog) => {
-            print!("{}", render_catalog(&catalog, palette));
+            crate::out!("{}", render_catalog(&catalog, palette));
             let (w, t) = (catalog.workflows().count(), catalog.triggers().count());
-            println!(
+            crate::outln!(
                 "{} {} valid: {w} workflow{}, {t} trigger{}",
                 palette.paint(Color::Green, "✓"),
                 path.display(),
@@ -73,7 +73,7 @@ pub fn run(path: &Path, palette: &Palette) -> Result<u8> {
         }
         Err(e) => {
             let n = print_errors(&e, palette);
-            println!(
+            crate::outln!(
                 "{} {} is invalid: {n} problem{}",
                 palette.paint(Color::Red, "✗"),
                 path.display(),
