@@ -157,6 +157,10 @@ pub struct RunArgs {
     /// by steps as ASSAY_* variables and `{{ event.labels.<key> }}`.
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Publish the request without checking first that the workflow exists (in
+    /// --workflows, else among the result API's executions).
+    #[arg(long)]
+    pub unchecked: bool,
     #[command(flatten)]
     pub follow: FollowArgs,
 }

@@ -203,3 +203,137 @@ fn rerun_needs_the_result_api_and_says_so() {
         assert!(help.contains(flag), "{flag} missing from: {help}");
     }
 }
+
+#[test]
+fn run_of_an_unknown_workflow_fails_before_publishing() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join(".assay"), "w.yaml", GOOD);
+    // Nothing listens on this NATS URL: the check must fail first, with the known names.
+    let nats = format!("nats://127.0.0.1:{}", assay_testkit::free_port());
+    let out = assay(
+        tmp.path(),
+        &["run", "nosuchwf", "--detach", "--nats", &nats],
+        &[],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("workflow \"nosuchwf\" not found in ./.assay (known: smoke)"),
+        "{all}"
+    );
+    assert!(out.stdout.is_empty(), "no execution id printed: {all}");
+    // A typo gets a suggestion; a bad --set is refused as well.
+    let out = assay(
+        tmp.path(),
+        &["run", "smoek", "--detach", "--nats", &nats],
+        &[],
+    );
+    assert!(
+        text(&out).contains("did you mean \"smoke\"?"),
+        "{}",
+        text(&out)
+    );
+    let out = assay(
+        tmp.path(),
+        &[
+            "run", "smoke", "--set", "nope=1", "--detach", "--nats", &nats,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("unknown parameter \"nope\""),
+        "{}",
+        text(&out)
+    );
+    // A known workflow gets past the check (and then finds no NATS).
+    let out = assay(
+        tmp.path(),
+        &["run", "smoke", "--detach", "--nats", &nats],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&out).contains("not found in"), "{}", text(&out));
+}
+
+/// Runs `assay args` with stdout a pipe whose reading end is already closed.
+fn assay_into_closed_pipe(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_assay"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("ASSAY_API")
+        .env_remove("ASSAY_WORKFLOWS")
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn assert_quiet_on_closed_pipe(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "{what} panicked: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{what}: {stderr}");
+}
+
+#[test]
+fn a_closed_pipe_ends_commands_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join(".assay"), "w.yaml", GOOD);
+    for args in [
+        &["validate"][..],
+        &["--help"],
+        &["get", "--help"],
+        &["get", "workflows"],
+        &["get", "workflows", "-o", "yaml"],
+    ] {
+        let out = assay_into_closed_pipe(tmp.path(), args, &[]);
+        assert_quiet_on_closed_pipe(&out, &args.join(" "));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_pipe_ends_api_commands_quietly() {
+    let nats = assay_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port()));
+    let options = assay_result_aggregator::Options {
+        nats: assay_bus::NatsOptions {
+            url: nats.url(),
+            name: "test".into(),
+            ..Default::default()
+        },
+        database: dir.path().join("results.db"),
+        grpc: addr,
+        ..Default::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let t = shutdown.clone();
+    tokio::spawn(async move { assay_result_aggregator::run(options, t).await });
+    for attempt in 0.. {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        assert!(attempt < 1500, "aggregator did not listen within 15s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let api = format!("http://{addr}");
+    for what in ["executions", "events"] {
+        let root = dir.path().to_path_buf();
+        let api = api.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            assay_into_closed_pipe(&root, &["get", what, "-o", "json", "--api", &api], &[])
+        })
+        .await
+        .unwrap();
+        assert_quiet_on_closed_pipe(&out, "get over the API");
+    }
+    shutdown.cancel();
+}

@@ -1,9 +1,10 @@
 //! `assay run WORKFLOW`: publish a RunRequest and follow the execution to its end.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use assay_bus::{Bus, header, streams, subjects};
 use assay_proto::{
     ExecutionStatus, ExecutionUpdate, GetExecutionRequest, LogChunk, RunRequest, ShardState,
@@ -31,6 +32,9 @@ const MAX_STREAM_ERRORS: u64 = 10;
 
 pub async fn run(global: &Global, args: RunArgs, palette: Palette) -> Result<u8> {
     let config = assay_spec::parse_overrides(&args.set)?;
+    if !args.unchecked {
+        check_workflow(global, &args.workflow, &config).await?;
+    }
     let id = ulid::Ulid::new().to_string();
     let labels = crate::cmd::trigger::parse_labels(&args.labels)?;
     let mut request = run_request(&id, &args.workflow, config);
@@ -63,6 +67,86 @@ pub async fn start(
     }
     tracing::debug!(execution = %id, "run requested");
     follow(global, &bus, id, &request.workflow, follow_args, palette).await
+}
+
+/// `.assay` → `./.assay`, as a person would type it; other paths as they are.
+pub fn shown_dir(dir: &Path) -> PathBuf {
+    match dir.components().next() {
+        Some(Component::Normal(_)) => Path::new(".").join(dir),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Refuses a run of a workflow nobody defined, before anything is published: against the
+/// local catalog (`--workflows`, what `assay validate` reads) when that directory exists,
+/// also checking the `--set` overrides; else against the workflows the result API has
+/// executions of, when it knows any. Without either, nothing can be checked here and the
+/// scheduler's answer (an errored execution) says it.
+pub async fn check_workflow(
+    global: &Global,
+    workflow: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<()> {
+    if global.workflows.exists() {
+        match crate::cmd::validate::load(&global.workflows) {
+            Ok(catalog) => return check_in_catalog(&catalog, &global.workflows, workflow, config),
+            Err(e) => {
+                // Invalid definitions are the scheduler's to judge (it may read others).
+                tracing::debug!(error = %e, "local definitions do not load; asking the API");
+            }
+        }
+    }
+    let Ok(mut client) = crate::api::connect(global).await else {
+        return Ok(());
+    };
+    let Ok(list) = client
+        .list_executions(assay_proto::ListExecutionsRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+    else {
+        return Ok(());
+    };
+    let known: std::collections::BTreeSet<String> = list
+        .into_inner()
+        .executions
+        .into_iter()
+        .map(|u| u.workflow)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if known.is_empty() || known.contains(workflow) {
+        return Ok(());
+    }
+    bail!(
+        "workflow \"{workflow}\" not found: {} has no definitions and the result API at {} has run only {} (if it is defined where the scheduler runs but never ran, pass --unchecked)",
+        shown_dir(&global.workflows).display(),
+        global.api,
+        known.into_iter().collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn check_in_catalog(
+    catalog: &assay_spec::Catalog,
+    dir: &Path,
+    workflow: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<()> {
+    match catalog.workflow(workflow) {
+        Ok(w) => {
+            w.resolve_config(config)?;
+            Ok(())
+        }
+        Err(assay_spec::Error::WorkflowNotFound { name, known, .. }) => {
+            Err(assay_spec::Error::WorkflowNotFound {
+                name,
+                dir: shown_dir(dir),
+                known,
+            }
+            .into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn run_request(id: &str, workflow: &str, config: BTreeMap<String, String>) -> RunRequest {
@@ -442,6 +526,14 @@ mod tests {
         let h = r.header.unwrap();
         assert_eq!(h.idempotency_key, "run/01J");
         assert_eq!(h.producer, "assay-cli");
+    }
+
+    #[test]
+    fn shown_dirs_read_as_typed() {
+        assert_eq!(shown_dir(Path::new(".assay")), Path::new("./.assay"));
+        assert_eq!(shown_dir(Path::new("defs/x")), Path::new("./defs/x"));
+        assert_eq!(shown_dir(Path::new("./defs")), Path::new("./defs"));
+        assert_eq!(shown_dir(Path::new("/srv/defs")), Path::new("/srv/defs"));
     }
 
     #[test]
