@@ -543,6 +543,21 @@ async fn run_with_tail(
     (verdict, Vec::new(), published)
 }
 
+/// What the log says of a listing: its size and a sample, not every id (a listing of
+/// 100,000 ids would otherwise be megabytes of log per shard).
+fn listing_summary(ids: &[String]) -> String {
+    const SAMPLE: usize = 3;
+    let first: Vec<&str> = ids.iter().take(SAMPLE).map(String::as_str).collect();
+    match ids.len() {
+        n if n <= SAMPLE + 1 => format!("tests.list printed {n} id(s): {}", ids.join(", ")),
+        n => format!(
+            "tests.list printed {n} ids: {}, … {}",
+            first.join(", "),
+            ids[n - 1]
+        ),
+    }
+}
+
 /// Runs `tests.list` and returns the ids it printed, once each (duplicates are reported).
 async fn list_tests(
     tests: &assay_proto::TestsSpec,
@@ -562,6 +577,7 @@ async fn list_tests(
             "tests.list printed no test ids".to_string(),
         ));
     }
+    logs.system(TESTS, listing_summary(&all)).await;
     if !dups.is_empty() {
         let shown: Vec<&str> = dups.iter().take(20).map(String::as_str).collect();
         let more = dups.len().saturating_sub(shown.len());
@@ -761,6 +777,19 @@ fn collect_reports(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_is_logged_as_its_size_and_a_sample() {
+        let ids = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            listing_summary(&ids(2)),
+            "tests.list printed 2 id(s): t0, t1"
+        );
+        assert_eq!(
+            listing_summary(&ids(100_000)),
+            "tests.list printed 100000 ids: t0, t1, t2, … t99999"
+        );
+    }
 
     #[test]
     fn reports_are_found_parsed_and_explained() {

@@ -471,12 +471,15 @@ async fn pump<R: AsyncRead + Unpin>(
             n = pipe.read(&mut read) => match n {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    buf.extend_from_slice(&read[..n]);
+                    // Captured output (a listing of test ids, possibly megabytes) is the
+                    // step's result, not its log: the caller logs a count and a sample.
                     if let Some(c) = &capture {
                         let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                         let room = MAX_CAPTURE_BYTES.saturating_sub(c.len()).min(n);
                         c.extend_from_slice(&read[..room]);
+                        continue;
                     }
+                    buf.extend_from_slice(&read[..n]);
                     if buf.len() >= CHUNK_BYTES {
                         send_safe(&logs, &step, stream, &mut buf).await;
                     }
@@ -704,7 +707,8 @@ mod tests {
         assert!(out.starts_with("hi there\n"), "{out}");
         runner.finish().await;
         let lines = collect(rx).await;
-        assert!(text(&lines, LogStream::Stdout).contains("hi there"));
+        // Captured stdout is the step's result, not its log; stderr still streams.
+        assert!(!text(&lines, LogStream::Stdout).contains("hi there"));
         assert_eq!(text(&lines, LogStream::Stderr), "oops\n");
         assert!(text(&lines, LogStream::System).contains("step hello started"));
         assert!(lines.iter().all(|l| &*l.step == "hello"));
