@@ -12,6 +12,8 @@ use assay_bus::{Bus, kv_key, subjects};
 use assay_proto::{RunRequest, TriggerEvent};
 use assay_spec::SharedCatalog;
 use async_nats::jetstream::kv;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -25,9 +27,6 @@ use crate::WebhookOptions;
 use crate::metrics::Metrics;
 use crate::webhook::{self, Parsed, Provider, SignatureError, WebhookEvent};
 
-/// Largest webhook body accepted (GitHub caps its payloads at 25 MB).
-pub const MAX_WEBHOOK_BYTES: usize = 25 * 1024 * 1024;
-
 /// What the HTTP handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -40,6 +39,70 @@ pub struct AppState {
     pub webhooks: Arc<WebhookOptions>,
     /// The replay-window bucket ([`assay_bus::streams::KV_WEBHOOK_DELIVERIES`]).
     pub deliveries: kv::Store,
+    pub limits: BodyLimits,
+}
+
+/// Largest request bodies accepted, in bytes; a larger one is answered 413 in JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// `POST /v1/events` and `POST /v1/workflows/{name}/run` (`--max-body-bytes`).
+    pub api: usize,
+    /// `POST /v1/webhooks/*` (`--max-webhook-bytes`).
+    pub webhook: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            api: crate::DEFAULT_MAX_BODY_BYTES,
+            webhook: crate::DEFAULT_MAX_WEBHOOK_BYTES,
+        }
+    }
+}
+
+/// The body of a request to `route`, or the answer when it could not be read: 413 in JSON
+/// (counted) when it is over the route's limit, naming the limit and the flag that sets
+/// it, 400 otherwise.
+fn read_body(
+    app: &AppState,
+    route: &'static str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Box<Response>> {
+    let rejection = match body {
+        Ok(b) => return Ok(b),
+        Err(r) => r,
+    };
+    if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {}", rejection.body_text()),
+        )));
+    }
+    let (limit, flag) = if route.starts_with("/v1/webhooks/") {
+        (app.limits.webhook, "--max-webhook-bytes")
+    } else {
+        (app.limits.api, "--max-body-bytes")
+    };
+    app.metrics.body_too_large(route);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let size = match declared {
+        Some(n) => format!("body is {n} bytes"),
+        None => "body is larger".to_string(),
+    };
+    warn!(
+        route,
+        limit, declared, "request body over the limit refused"
+    );
+    Err(Box::new(problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "{size}, over the limit of {limit} bytes ({flag}); send a smaller body or raise {flag}"
+        ),
+    )))
 }
 
 /// Body of `POST /v1/events`.
@@ -127,12 +190,13 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
-        ));
+        ))
+        .layer(DefaultBodyLimit::max(state.limits.api));
     let webhooks = Router::new()
         .route("/v1/webhooks/github", post(post_github))
         .route("/v1/webhooks/gitlab", post(post_gitlab))
         .route("/v1/webhooks/generic", post(post_generic))
-        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES));
+        .layer(DefaultBodyLimit::max(state.limits.webhook));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(protected)
@@ -218,8 +282,12 @@ fn not_published(status: StatusCode, reason: String) -> Response {
 async fn post_github(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match read_body(&app, "/v1/webhooks/github", &headers, body) {
+        Ok(b) => b,
+        Err(answer) => return *answer,
+    };
     let secret = app.webhooks.github_secret.clone();
     receive(
         &app,
@@ -235,8 +303,12 @@ async fn post_github(
 async fn post_gitlab(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match read_body(&app, "/v1/webhooks/gitlab", &headers, body) {
+        Ok(b) => b,
+        Err(answer) => return *answer,
+    };
     let secret = app.webhooks.gitlab_token.clone();
     receive(
         &app,
@@ -252,8 +324,12 @@ async fn post_gitlab(
 async fn post_generic(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match read_body(&app, "/v1/webhooks/generic", &headers, body) {
+        Ok(b) => b,
+        Err(answer) => return *answer,
+    };
     let hooks = app.webhooks.clone();
     let secret = hooks.generic_secret.clone();
     let signature = headers
@@ -391,8 +467,12 @@ async fn publish_once(app: &AppState, ev: &WebhookEvent, parent: Option<&str>) -
 async fn post_event(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match read_body(&app, "/v1/events", &headers, body) {
+        Ok(b) => b,
+        Err(answer) => return *answer,
+    };
     let body = match parse_event_body(&body) {
         Ok(b) => b,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e),
@@ -436,8 +516,12 @@ async fn post_run(
     State(app): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match read_body(&app, "/v1/workflows/{name}/run", &headers, body) {
+        Ok(b) => b,
+        Err(answer) => return *answer,
+    };
     let body: RunBody = if body.is_empty() {
         RunBody::default()
     } else {

@@ -15,6 +15,7 @@
 //!
 //! Kubernetes watches come with their own issue.
 
+pub mod args;
 mod cron;
 mod http;
 pub mod metrics;
@@ -32,8 +33,9 @@ use assay_spec::SharedCatalog;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use args::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WEBHOOK_BYTES, WatcherArgs};
 pub use cron::next_fires;
-pub use http::{AppState, EventBody, MAX_WEBHOOK_BYTES, parse_event_body, router};
+pub use http::{AppState, EventBody, parse_event_body, router};
 pub use webhook::Provider;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,11 @@ pub struct Options {
     /// routes also need a client certificate signed by it.
     pub tls: Option<TlsFiles>,
     pub webhooks: WebhookOptions,
+    /// Largest body of `POST /v1/events` and `POST /v1/workflows/{name}/run`
+    /// (`--max-body-bytes`); a larger one is answered 413 in JSON.
+    pub max_body_bytes: usize,
+    /// Largest webhook body (`--max-webhook-bytes`).
+    pub max_webhook_bytes: usize,
 }
 
 impl Default for Options {
@@ -78,6 +85,8 @@ impl Default for Options {
             token: None,
             tls: None,
             webhooks: WebhookOptions::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_webhook_bytes: DEFAULT_MAX_WEBHOOK_BYTES,
         }
     }
 }
@@ -199,6 +208,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         metrics: metrics::Metrics::default(),
         webhooks: Arc::new(options.webhooks.clone()),
         deliveries,
+        limits: http::BodyLimits {
+            api: options.max_body_bytes.max(1),
+            webhook: options.max_webhook_bytes.max(1),
+        },
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = {

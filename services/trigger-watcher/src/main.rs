@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use assay_auth::{Secret, TlsFiles};
+use assay_auth::TlsFiles;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -48,41 +47,11 @@ struct Args {
     /// and /metrics then need one signed by it (mutual TLS); /healthz and the webhooks do not.
     #[arg(long, env = "ASSAY_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
-    /// File holding GitHub's webhook secret (else $ASSAY_TRIGGER_WATCHER__GITHUB_SECRET);
-    /// none: /v1/webhooks/github is off.
-    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__GITHUB_SECRET_FILE")]
-    github_secret_file: Option<PathBuf>,
-    /// File holding GitLab's secret token (else $ASSAY_TRIGGER_WATCHER__GITLAB_TOKEN);
-    /// none: /v1/webhooks/gitlab is off.
-    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__GITLAB_TOKEN_FILE")]
-    gitlab_token_file: Option<PathBuf>,
-    /// File holding the generic webhook's HMAC-SHA256 secret (else
-    /// $ASSAY_TRIGGER_WATCHER__WEBHOOK_SECRET); none: /v1/webhooks/generic is off.
-    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__WEBHOOK_SECRET_FILE")]
-    webhook_secret_file: Option<PathBuf>,
-    /// Header of the generic webhook's signature (`sha256=<hex>` or bare hex).
-    #[arg(
-        long,
-        env = "ASSAY_TRIGGER_WATCHER__WEBHOOK_SIGNATURE_HEADER",
-        default_value = "X-Signature-256"
-    )]
-    webhook_signature_header: String,
-    /// Header of the generic webhook's delivery id.
-    #[arg(
-        long,
-        env = "ASSAY_TRIGGER_WATCHER__WEBHOOK_DELIVERY_HEADER",
-        default_value = "X-Delivery-Id"
-    )]
-    webhook_delivery_header: String,
-    /// A webhook delivery id seen within this window is not published again.
-    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__REPLAY_WINDOW", default_value = "24h", value_parser = assay_spec::parse_duration)]
-    replay_window: Duration,
+    #[command(flatten)]
+    watcher: assay_trigger_watcher::WatcherArgs,
 }
 
 fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
-    let secret = |what, file: Option<PathBuf>, env| {
-        Secret::load(what, file.as_deref(), env).context("cannot load a webhook secret")
-    };
     Ok(assay_trigger_watcher::Options {
         nats: assay_bus::NatsOptions {
             url: args.nats,
@@ -93,26 +62,12 @@ fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
         http: args.http,
         token: assay_auth::load_token(args.token_file.as_deref())?,
         tls: TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)?,
-        webhooks: assay_trigger_watcher::WebhookOptions {
-            github_secret: secret(
-                "GitHub webhook secret",
-                args.github_secret_file,
-                "ASSAY_TRIGGER_WATCHER__GITHUB_SECRET",
-            )?,
-            gitlab_token: secret(
-                "GitLab webhook token",
-                args.gitlab_token_file,
-                "ASSAY_TRIGGER_WATCHER__GITLAB_TOKEN",
-            )?,
-            generic_secret: secret(
-                "webhook secret",
-                args.webhook_secret_file,
-                "ASSAY_TRIGGER_WATCHER__WEBHOOK_SECRET",
-            )?,
-            generic_signature_header: args.webhook_signature_header,
-            generic_delivery_header: args.webhook_delivery_header,
-            replay_window: args.replay_window,
-        },
+        webhooks: args
+            .watcher
+            .webhook_options()
+            .context("cannot load a webhook secret")?,
+        max_body_bytes: args.watcher.max_body_bytes,
+        max_webhook_bytes: args.watcher.max_webhook_bytes,
     })
 }
 

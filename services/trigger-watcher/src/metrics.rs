@@ -5,6 +5,8 @@
 //!   `failed`, `disabled`);
 //! - `assay_trigger_watcher_webhook_rejections_total{provider, reason}`: signatures refused
 //!   (`missing`, `malformed`, `mismatch`);
+//! - `assay_trigger_watcher_http_body_too_large_total{route}`: requests refused with 413
+//!   for a body over `--max-body-bytes` or `--max-webhook-bytes`;
 //! - `assay_trigger_watcher_http_unauthorized_total{reason}`: requests refused for want of the
 //!   bearer token (`missing`, `malformed`, `wrong`) or of a client certificate
 //!   (`client_certificate`).
@@ -14,6 +16,10 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 const HELP: &[(&str, &str)] = &[
+    (
+        "assay_trigger_watcher_http_body_too_large_total",
+        "HTTP requests refused (413) for a body over --max-body-bytes or --max-webhook-bytes, by route.",
+    ),
     (
         "assay_trigger_watcher_http_unauthorized_total",
         "HTTP requests refused for a missing, malformed or wrong bearer token or a missing client certificate.",
@@ -65,6 +71,13 @@ impl Metrics {
         self.inc(
             "assay_trigger_watcher_http_unauthorized_total",
             &[("reason", reason)],
+        );
+    }
+
+    pub fn body_too_large(&self, route: &str) {
+        self.inc(
+            "assay_trigger_watcher_http_body_too_large_total",
+            &[("route", route)],
         );
     }
 

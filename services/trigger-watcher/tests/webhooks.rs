@@ -71,6 +71,7 @@ async fn start(defs: &str, tweak: impl FnOnce(&mut Options)) -> Watcher {
             replay_window: Duration::from_secs(3600),
             ..Default::default()
         },
+        ..Default::default()
     };
     tweak(&mut options);
     let scheme = if options.tls.is_some() {
@@ -925,4 +926,102 @@ async fn mutual_tls_guards_the_api_routes_not_healthz_or_the_webhooks() {
     let answer = https_exchange(addr, &pki.ca, None, hook).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert_eq!(w.events().await, 2);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_answered_413_in_json_named_and_counted() {
+    let w = start(NO_DEFS, |o| {
+        o.max_body_bytes = 1024;
+        o.max_webhook_bytes = 4096;
+    })
+    .await;
+    // /v1/events over --max-body-bytes.
+    let big = format!(r#"{{"type":"push","payload":"{}"}}"#, "x".repeat(2000));
+    let len = big.len();
+    let res = Res::of(
+        w.http
+            .post(format!("{}/v1/events", w.base))
+            .bearer_auth(TOKEN)
+            .header("Content-Type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.text);
+    assert_eq!(
+        res.body["error"],
+        format!(
+            "body is {len} bytes, over the limit of 1024 bytes (--max-body-bytes); send a smaller body or raise --max-body-bytes"
+        ),
+        "{}",
+        res.text
+    );
+    // A run request too.
+    let res = Res::of(
+        w.http
+            .post(format!("{}/v1/workflows/any/run", w.base))
+            .bearer_auth(TOKEN)
+            .body(vec![b' '; 1025])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.text);
+    assert!(res.body["error"].as_str().is_some(), "{}", res.text);
+    // A chunked body (no Content-Length) is refused the same way, without a size.
+    let addr = w.base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let chunk = "x".repeat(800);
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{n:x}\r\n{chunk}\r\n{n:x}\r\n{chunk}\r\n0\r\n\r\n",
+        n = chunk.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The server may answer and close before it read everything: a failed write is fine.
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("body is larger, over the limit of 1024 bytes (--max-body-bytes)"),
+        "{answer}"
+    );
+    assert!(answer.contains("application/json"), "{answer}");
+    // A webhook over --max-webhook-bytes, signed or not.
+    let body = vec![b'{'; 5000];
+    let sig = sign(GITHUB_SECRET.as_bytes(), &body);
+    let res = w.github("push", "d-big", &body, Some(&sig)).await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.text);
+    assert_eq!(
+        res.body["error"],
+        "body is 5000 bytes, over the limit of 4096 bytes (--max-webhook-bytes); send a smaller body or raise --max-webhook-bytes"
+    );
+    // A body of exactly the limit still goes through.
+    let res = Res::of(
+        w.http
+            .post(format!("{}/v1/events", w.base))
+            .bearer_auth(TOKEN)
+            .body(format!(
+                r#"{{"type":"push","payload":"{}"}}"#,
+                "x".repeat(996)
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text);
+
+    assert_eq!(w.events().await, 1, "only the small event was published");
+    let metrics = w.metrics().await;
+    for line in [
+        "assay_trigger_watcher_http_body_too_large_total{route=\"/v1/events\"} 2",
+        "assay_trigger_watcher_http_body_too_large_total{route=\"/v1/workflows/{name}/run\"} 1",
+        "assay_trigger_watcher_http_body_too_large_total{route=\"/v1/webhooks/github\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
