@@ -10,6 +10,7 @@ mod error;
 mod events;
 pub mod history;
 mod ops;
+mod retention;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use derive::{
 };
 pub use error::{Error, Result};
 pub use events::{EVENT_RETENTION, EventFilter};
+pub use retention::PRUNE_EXECUTIONS;
 
 /// How long a statement waits for a lock held by another connection before failing with a
 /// retryable error.
@@ -259,6 +261,13 @@ impl Store {
     /// oldest first); returns how many.
     pub async fn prune_events(&self, expired_before_ms: i64) -> Result<usize> {
         self.run(move |conn| events::prune(conn, expired_before_ms))
+            .await
+    }
+
+    /// Deletes executions that ended before `ended_before_ms` with all their records (at
+    /// most [`PRUNE_EXECUTIONS`] per call, oldest first); returns how many.
+    pub async fn prune_executions(&self, ended_before_ms: i64) -> Result<usize> {
+        self.run(move |conn| retention::prune(conn, ended_before_ms))
             .await
     }
 

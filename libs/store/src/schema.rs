@@ -162,6 +162,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE test_cases ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 11: retention finds ended executions by their end (or, ended without one, creation).
+    r#"
+    CREATE INDEX executions_by_end ON executions (finished_at_ms) WHERE planned = 1;
+    CREATE INDEX executions_unended_by_creation ON executions (created_at_ms)
+        WHERE planned = 1 AND finished_at_ms = 0;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -857,7 +857,9 @@ async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_g
 }
 
 /// Takes a database back from schema version 10 to 7.
-const UNDO_8_TO_10: &str = "ALTER TABLE test_cases DROP COLUMN late;
+const UNDO_8_TO_11: &str = "DROP INDEX executions_by_end;
+    DROP INDEX executions_unended_by_creation;
+    ALTER TABLE test_cases DROP COLUMN late;
     DROP TABLE events;
     DROP INDEX executions_by_source;
     ALTER TABLE executions DROP COLUMN source;
@@ -884,7 +886,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8_TO_10}
+         {UNDO_8_TO_11}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
@@ -1400,4 +1402,95 @@ async fn results_and_statuses_after_the_end_do_not_change_the_counts() {
         "the counts of the final update"
     );
     assert_eq!(u.shards[1].state, i32::from(ShardState::Cancelled));
+}
+
+/// Executions that ended before the cutoff go with everything recorded for them; those
+/// that ended later, or have not ended, stay whole.
+#[tokio::test]
+async fn retention_deletes_ended_executions_with_all_their_records() {
+    let (_dir, store) = open();
+    let (old, recent, running) = (
+        "01J00000000000000000000OLD",
+        "01J0000000000000000000RCNT",
+        "01J0000000000000000000RUNS",
+    );
+    // `old` ends at 5_001 (its shards' finish), `recent` at 50_001, `running` never.
+    for (id, offset) in [(old, 0), (recent, 45_000), (running, 0)] {
+        let mut p = caused(id, "e2e", provenance("github", &[("branch", "main")]));
+        p.shard_count = 2;
+        store.record_execution(p).await.unwrap();
+        for shard in 0..2 {
+            let mut b = batch(
+                id,
+                shard,
+                0,
+                vec![test(&format!("t{shard}"), TestStatus::Passed)],
+            );
+            b.queue_batch = 0;
+            store.record_batch(b).await.unwrap();
+            if id == running {
+                store
+                    .record_shard_status(status(id, shard, 1, ShardState::Running))
+                    .await
+                    .unwrap();
+                continue;
+            }
+            let mut end = finished(id, shard, ShardState::Passed, 1);
+            end.finished_at_ms += offset;
+            store.record_shard_status(end).await.unwrap();
+        }
+    }
+    assert_eq!(
+        status_of(&update(&store, old).await),
+        ExecutionStatus::Passed
+    );
+    assert_eq!(update(&store, old).await.finished_at_ms, 5_001);
+
+    assert_eq!(store.prune_executions(20_000).await.unwrap(), 1);
+    assert!(store.execution_detail(old).await.unwrap().is_none());
+    assert!(store.execution(old).await.unwrap().is_none());
+    let listed = store
+        .list_executions(
+            &ExecutionFilter {
+                labels: [("branch".to_string(), "main".to_string())].into(),
+                ..Default::default()
+            },
+            50,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.iter().map(|u| u.execution_id.as_str()).collect();
+    assert!(!ids.contains(&old), "{ids:?}");
+    // The others are whole.
+    for id in [recent, running] {
+        let d = store.execution_detail(id).await.unwrap().unwrap();
+        assert_eq!(
+            d.shards.iter().map(|s| s.tests.len()).sum::<usize>(),
+            2,
+            "{id}"
+        );
+    }
+    // Nothing of `old` is left in any table.
+    drop(store);
+    let conn = rusqlite::Connection::open(_dir.path().join("nested/dir/results.db")).unwrap();
+    for table in [
+        "shard_attempts",
+        "batches",
+        "test_cases",
+        "execution_labels",
+    ] {
+        let n: i64 = conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE execution_id = ?1"),
+                [old],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    // A second prune at the same cutoff finds nothing more.
+    let store = Store::open(&_dir.path().join("nested/dir/results.db")).unwrap();
+    assert_eq!(store.prune_executions(20_000).await.unwrap(), 0);
+    assert_eq!(store.prune_executions(i64::MAX).await.unwrap(), 1);
+    assert!(store.execution_detail(running).await.unwrap().is_some());
 }

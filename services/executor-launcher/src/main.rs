@@ -32,35 +32,8 @@ struct Args {
     /// How long a job held by a launcher that stopped acknowledging it waits before the
     /// server hands it out again (`30s`, `2m`; progress acks keep a running job held). A
     /// launcher that dies is noticed sooner through its heartbeat.
-    #[arg(long, env = "ASSAY_LAUNCHER__ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "ASSAY_LAUNCHER__ACK_WAIT", default_value = "30s", value_parser = assay_spec::parse_duration)]
     ack_wait: std::time::Duration,
-}
-
-/// `500ms`, `30s`, `2m`, `1h`.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 30s, 2m, 1h)"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" | "" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    if ms == 0 {
-        return Err("the ack wait must be longer than 0".into());
-    }
-    Ok(std::time::Duration::from_millis(ms))
 }
 
 #[tokio::main]

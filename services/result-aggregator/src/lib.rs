@@ -63,6 +63,9 @@ impl Error {
     }
 }
 
+/// How long an ended execution is kept by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Aggregator settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -83,6 +86,8 @@ pub struct Options {
     /// Serve gRPC over TLS with this certificate and key; with a client CA, every client
     /// must present a certificate signed by it.
     pub tls: Option<assay_auth::TlsFiles>,
+    /// How long an ended execution is kept (pruned by the sweep); zero keeps everything.
+    pub retention: Duration,
 }
 
 impl Default for Options {
@@ -95,6 +100,7 @@ impl Default for Options {
             sweep_every: Duration::from_secs(2),
             token: None,
             tls: None,
+            retention: DEFAULT_RETENTION,
         }
     }
 }
@@ -516,6 +522,18 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                     assay_bus::now_ms() - assay_store::EVENT_RETENTION.as_millis() as i64;
                 if let Err(e) = a.store.prune_events(expired_before).await {
                     warn!(error = %e, "pruning expired event records failed; will try again");
+                }
+                if !options.retention.is_zero() {
+                    let ended_before = assay_bus::now_ms() - options.retention.as_millis() as i64;
+                    match a.store.prune_executions(ended_before).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            info!(executions = n, retention = ?options.retention, "ended executions past their retention deleted")
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "pruning executions past their retention failed; will try again")
+                        }
+                    }
                 }
             }
         }

@@ -45,6 +45,10 @@ struct Args {
     /// signed by it (mutual TLS).
     #[arg(long, env = "ASSAY_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// How long an ended execution is kept, with its shards and test cases (`30d`, `12h`;
+    /// `0s` keeps everything). The duration history of each test is kept regardless.
+    #[arg(long, env = "ASSAY_AGGREGATOR__RETENTION", default_value = "30d", value_parser = assay_spec::parse_duration)]
+    retention: std::time::Duration,
 }
 
 #[tokio::main]
@@ -74,6 +78,7 @@ async fn main() -> ExitCode {
         grpc: args.grpc,
         token,
         tls,
+        retention: args.retention,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

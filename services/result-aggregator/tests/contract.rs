@@ -30,6 +30,10 @@ impl Drop for Stack {
 }
 
 async fn start() -> Stack {
+    start_with(assay_result_aggregator::DEFAULT_RETENTION).await
+}
+
+async fn start_with(retention: Duration) -> Stack {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -42,6 +46,7 @@ async fn start() -> Stack {
         nats: nats_options.clone(),
         database: dir.path().join("results.db"),
         grpc: addr,
+        retention,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -364,5 +369,95 @@ async fn an_execution_id_reused_by_a_second_plan_stays_final() {
             shown.failed
         ),
         ("first", ExecutionStatus::Passed, 1, 0)
+    );
+}
+
+/// `--retention`: the sweep deletes an execution that ended longer ago than the retention,
+/// and keeps one that has not ended, however old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_executions_past_their_retention_are_deleted() {
+    let stack = start_with(Duration::from_millis(1)).await;
+    let (ended, open) = ("01J0000000000000000000ENDD", "01J0000000000000000000OPEN");
+    let plan = |id: &str, status: ExecutionStatus| Execution {
+        header: Some(assay_bus::header("scheduler", format!("{id}/plan"), None)),
+        id: id.into(),
+        workflow: "w".into(),
+        shard_count: if status == ExecutionStatus::Queued {
+            1
+        } else {
+            0
+        },
+        status: status.into(),
+        reason: "rejected".into(),
+        cause: format!("run/{id}/w"),
+        created_at_ms: 1_000,
+        ..Execution::default()
+    };
+    stack
+        .bus
+        .publish(
+            subjects::execution_plan(open),
+            &plan(open, ExecutionStatus::Queued),
+        )
+        .await
+        .unwrap();
+    stack
+        .bus
+        .publish(
+            subjects::execution_plan(ended),
+            &plan(ended, ExecutionStatus::Errored),
+        )
+        .await
+        .unwrap();
+    // Recorded (its final update went out), then gone from the store.
+    let subject = subjects::execution_update("w", ended);
+    let _: ExecutionUpdate = stack
+        .wait_for(&format!("the final update on {subject}"), async || {
+            stack
+                .bus
+                .last_message(streams::EXECUTIONS, &subject)
+                .await
+                .unwrap()
+        })
+        .await;
+    let mut api = stack.api.clone();
+    stack
+        .wait_for("the ended execution to be deleted", async || {
+            let found = api
+                .get_execution(GetExecutionRequest { id: ended.into() })
+                .await;
+            matches!(found, Err(s) if s.code() == tonic::Code::NotFound).then_some(())
+        })
+        .await;
+    let kept = api
+        .get_execution(GetExecutionRequest { id: open.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        kept.execution.map(|u| u.status()),
+        Some(ExecutionStatus::Queued)
+    );
+}
+
+#[test]
+fn a_malformed_retention_is_refused_with_the_reason() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("assay-result-aggregator"))
+        .find(|p| p.is_file())
+        .expect("target/*/assay-result-aggregator: run `cargo build --bins` first");
+    let out = std::process::Command::new(bin)
+        .args(["--retention", "30 days"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--retention") && err.contains("invalid duration \"30 days\""),
+        "{err}"
     );
 }
