@@ -73,7 +73,7 @@ pub enum Command {
     /// Check definitions and list the workflows and triggers found.
     Validate(ValidateArgs),
     /// Run the local stack (nats-server and the four services) in one process.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run a workflow and follow it to the end.
     Run(RunArgs),
     /// Run the failed tests of a finished execution again (or its whole shard plan).
@@ -119,6 +119,9 @@ pub struct ValidateArgs {
     pub path: Option<PathBuf>,
 }
 
+/// `assay up`: every option of every service, with the flag names and environment
+/// variables of the service binaries (`assay-result-aggregator --help`, …), so that a
+/// setting works the same whether the services run together or apart.
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Directory for the NATS store, the result database and logs.
@@ -127,18 +130,106 @@ pub struct UpArgs {
     /// Port of the nats-server started by `up`.
     #[arg(long, default_value_t = 4223)]
     pub nats_port: u16,
-    /// Shards run at once (default: number of CPUs).
-    #[arg(long)]
-    pub capacity: Option<usize>,
-    /// Address of the result API (gRPC).
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    pub grpc: SocketAddr,
-    /// Address of the trigger-watcher's HTTP endpoint.
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    pub http: SocketAddr,
     /// Do not start a nats-server; use the one at --nats (implied when --nats is given).
     #[arg(long)]
     pub external_nats: bool,
+
+    /// TLS certificate chain (PEM) of both APIs: the gRPC result API and the trigger-watcher's
+    /// HTTP serve TLS with --tls-key.
+    #[arg(long, env = "ASSAY_TLS_CERT", help_heading = "TLS (both APIs)")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "ASSAY_TLS_KEY", help_heading = "TLS (both APIs)")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) of client certificates: every gRPC client, and the HTTP routes
+    /// /v1/events, /v1/workflows/{name}/run and /metrics, need one signed by it (mutual TLS).
+    #[arg(long, env = "ASSAY_TLS_CLIENT_CA", help_heading = "TLS (both APIs)")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Address of the result API (gRPC).
+    #[arg(
+        long,
+        env = "ASSAY_AGGREGATOR__GRPC",
+        default_value = "127.0.0.1:7070",
+        help_heading = "Result-aggregator"
+    )]
+    pub grpc: SocketAddr,
+    /// SQLite database file (default: DATA/results.db).
+    #[arg(
+        long,
+        visible_alias = "aggregator-database",
+        env = "ASSAY_AGGREGATOR__DATABASE",
+        help_heading = "Result-aggregator"
+    )]
+    pub database: Option<PathBuf>,
+    /// Extra time past an execution's timeout before the aggregator declares it timed out.
+    #[arg(
+        long,
+        env = "ASSAY_AGGREGATOR__TIMEOUT_GRACE",
+        default_value = "10s",
+        value_parser = parse_duration,
+        help_heading = "Result-aggregator"
+    )]
+    pub aggregator_timeout_grace: Duration,
+    /// How often the aggregator checks for executions past their timeout.
+    #[arg(
+        long,
+        env = "ASSAY_AGGREGATOR__SWEEP_EVERY",
+        default_value = "2s",
+        value_parser = parse_positive_duration,
+        help_heading = "Result-aggregator"
+    )]
+    pub aggregator_sweep_every: Duration,
+
+    /// Trigger events (and run requests) the scheduler handles at once.
+    #[arg(
+        long,
+        visible_alias = "scheduler-concurrency",
+        env = "ASSAY_SCHEDULER_CONCURRENCY",
+        default_value_t = assay_scheduler::Options::default().concurrency,
+        help_heading = "Scheduler"
+    )]
+    pub concurrency: usize,
+
+    /// Shards run at once (default: number of CPUs).
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__CAPACITY",
+        help_heading = "Executor-launcher"
+    )]
+    pub capacity: Option<usize>,
+    /// The assay-runner binary (default: $ASSAY_RUNNER, else next to this executable).
+    #[arg(long, env = "ASSAY_RUNNER", help_heading = "Executor-launcher")]
+    pub runner: Option<PathBuf>,
+    /// Runners started ahead of time, waiting for a job (0: start each when its job comes).
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__WARM",
+        default_value_t = 2,
+        help_heading = "Executor-launcher"
+    )]
+    pub warm: usize,
+    /// How long a job held by a launcher that stopped acknowledging it waits before the
+    /// server hands it out again (`30s`, `2m`).
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__ACK_WAIT",
+        default_value = "30s",
+        value_parser = parse_positive_duration,
+        help_heading = "Executor-launcher"
+    )]
+    pub ack_wait: Duration,
+
+    /// Address of the trigger-watcher's HTTP endpoint (events, run requests, webhooks).
+    #[arg(
+        long,
+        env = "ASSAY_TRIGGER_WATCHER__HTTP",
+        default_value = "127.0.0.1:7071",
+        help_heading = "Trigger-watcher"
+    )]
+    pub http: SocketAddr,
+    #[command(flatten, next_help_heading = "Trigger-watcher")]
+    pub watcher: assay_trigger_watcher::WatcherArgs,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +376,14 @@ pub enum Output {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     assay_spec::parse_duration(s)
+}
+
+/// A duration longer than zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match assay_spec::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("\"{s}\" is zero; give a duration longer than 0s")),
+        d => Ok(d),
+    }
 }
 
 /// `--since`: a duration with a unit (s, m, h, d), not zero.
@@ -443,5 +542,51 @@ mod tests {
         assert_eq!(up.grpc.to_string(), "127.0.0.1:7070");
         assert_eq!(up.http.to_string(), "127.0.0.1:7071");
         assert!(!up.external_nats);
+        assert_eq!(up.concurrency, 1024);
+        assert_eq!((up.warm, up.ack_wait), (2, Duration::from_secs(30)));
+        assert_eq!(
+            up.watcher.max_body_bytes,
+            assay_trigger_watcher::DEFAULT_MAX_BODY_BYTES
+        );
+    }
+
+    #[test]
+    fn up_takes_the_services_flags() {
+        let cli = Cli::try_parse_from([
+            "assay",
+            "up",
+            "--github-secret-file",
+            "/s",
+            "--replay-window",
+            "1h",
+            "--max-body-bytes",
+            "10",
+            "--aggregator-database",
+            "/db",
+            "--scheduler-concurrency",
+            "8",
+            "--capacity",
+            "3",
+            "--ack-wait",
+            "1m",
+            "--tls-cert",
+            "/c",
+            "--tls-key",
+            "/k",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("expected up")
+        };
+        assert_eq!(
+            up.watcher.github_secret_file.as_deref(),
+            Some(std::path::Path::new("/s"))
+        );
+        assert_eq!(up.watcher.replay_window, Duration::from_secs(3600));
+        assert_eq!(up.watcher.max_body_bytes, 10);
+        assert_eq!(up.database.as_deref(), Some(std::path::Path::new("/db")));
+        assert_eq!((up.concurrency, up.capacity), (8, Some(3)));
+        assert_eq!(up.ack_wait, Duration::from_secs(60));
+        assert!(up.tls_cert.is_some() && up.tls_key.is_some());
     }
 }

@@ -102,7 +102,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             let path = a.path.unwrap_or_else(|| global.workflows.clone());
             cmd::validate::run(&path, &palette)
         }
-        Command::Up(a) => cmd::up::run(&global, a, palette).await,
+        Command::Up(a) => cmd::up::run(&global, *a, palette).await,
         Command::Run(a) => cmd::run::run(&global, a, palette).await,
         Command::Rerun(a) => cmd::rerun::run(&global, a, palette).await,
         Command::Get(g) => cmd::get::run(&global, g, palette).await,

