@@ -673,6 +673,7 @@ async fn branch_and_path_filters_decide_what_runs_end_to_end() {
         nats: nats_options(&w.nats.url()),
         workflows: w.dir.path().to_path_buf(),
         concurrency: 1,
+        ..Default::default()
     };
     let token = w.shutdown.child_token();
     tokio::spawn(async move { assay_scheduler::run(scheduler, token).await });
