@@ -91,7 +91,13 @@ pub struct Options {
     pub workflows: PathBuf,
     /// Events handled at once.
     pub concurrency: usize,
+    /// The timeout of an execution whose workflow sets none, so that nothing stays queued
+    /// or running forever; zero: no limit.
+    pub max_execution_time: Duration,
 }
+
+/// [`Options::max_execution_time`] by default.
+pub const DEFAULT_MAX_EXECUTION_TIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Options {
     fn default() -> Self {
@@ -99,6 +105,7 @@ impl Default for Options {
             nats: NatsOptions::default(),
             workflows: PathBuf::from(".assay"),
             concurrency: 1024,
+            max_execution_time: DEFAULT_MAX_EXECUTION_TIME,
         }
     }
 }
@@ -116,6 +123,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         active: bus.kv(streams::KV_ACTIVE).await?,
         waiting: bus.kv(streams::KV_WAITING).await?,
         defs: defs.clone(),
+        max_execution_time: options.max_execution_time,
     };
     let watch = tokio::spawn(defs.watch(Duration::from_secs(2), shutdown.clone(), |_| {}));
 
@@ -193,6 +201,7 @@ struct Scheduler {
     active: kv::Store,
     waiting: kv::Store,
     defs: SharedCatalog,
+    max_execution_time: Duration,
 }
 
 impl Scheduler {
@@ -298,6 +307,10 @@ impl Scheduler {
                 )
                 .map(|p| (w, p))
             });
+        let planned = planned.map(|(w, mut p)| {
+            plan::limit_time(&mut p, self.max_execution_time);
+            (w, p)
+        });
         let (w, mut plan) = match planned {
             Ok(ok) => ok,
             Err(Error::Spec(reason)) => {

@@ -25,6 +25,10 @@ struct Args {
     /// about this many events per round-trip time.
     #[arg(long, env = "ASSAY_SCHEDULER_CONCURRENCY", default_value_t = assay_scheduler::Options::default().concurrency)]
     concurrency: usize,
+    /// Timeout of an execution whose workflow sets none (`24h`, `90m`; `0s`: no limit), so
+    /// that nothing stays queued or running forever.
+    #[arg(long, env = "ASSAY_SCHEDULER__MAX_EXECUTION_TIME", default_value = "24h", value_parser = assay_spec::parse_duration)]
+    max_execution_time: std::time::Duration,
 }
 
 #[tokio::main]
@@ -39,6 +43,7 @@ async fn main() -> ExitCode {
         },
         workflows: args.workflows,
         concurrency: args.concurrency.max(1),
+        max_execution_time: args.max_execution_time,
     };
     let shutdown = CancellationToken::new();
     assay_telemetry::cancel_on_signals(shutdown.clone());

@@ -35,6 +35,23 @@ fn parent(cause: &Cause) -> Option<&str> {
     (!cause.traceparent.is_empty()).then_some(cause.traceparent.as_str())
 }
 
+/// Gives an execution whose workflow sets no `timeout` the scheduler's maximum (zero: none),
+/// deadline included, so that nothing it starts can stay queued or running forever.
+pub fn limit_time(plan: &mut Plan, max: std::time::Duration) {
+    if plan.execution.timeout_ms > 0 || max.is_zero() {
+        return;
+    }
+    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    plan.execution.timeout_ms = ms;
+    let deadline = plan
+        .execution
+        .created_at_ms
+        .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+    for job in &mut plan.shards {
+        job.deadline_ms = deadline;
+    }
+}
+
 /// An execution that will not run (unknown workflow, bad parameters, concurrency
 /// rejection): recorded with a terminal status and the reason, so it can be queried.
 pub fn rejected(
@@ -505,6 +522,35 @@ spec:
         assert_eq!(trace(&p.execution.header), trace(&p.shards[2].header));
     }
 
+    #[test]
+    fn an_execution_without_a_timeout_gets_the_maximum_and_one_with_keeps_its_own() {
+        let cause = Cause::default();
+        let planned = |yaml: &str| {
+            let w = workflow(yaml);
+            let config = w.resolve_config(&BTreeMap::new()).unwrap();
+            let history = assay_plan::History::new();
+            plan("E1", &w, config, &cause, &history, &Selection::Listed, "").unwrap()
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let mut p = planned(&W.replace("  timeout: 2m\n", ""));
+        assert_eq!((p.execution.timeout_ms, p.shards[0].deadline_ms), (0, 0));
+        limit_time(&mut p, day);
+        assert_eq!(p.execution.timeout_ms, 86_400_000);
+        assert!(
+            p.shards
+                .iter()
+                .all(|j| j.deadline_ms == p.execution.created_at_ms + 86_400_000)
+        );
+        // Its own timeout stands; zero means no maximum.
+        let mut own = planned(W);
+        let before = own.clone();
+        limit_time(&mut own, day);
+        assert_eq!(own.execution, before.execution);
+        let mut free = planned(&W.replace("  timeout: 2m\n", ""));
+        limit_time(&mut free, std::time::Duration::ZERO);
+        assert_eq!(free.execution.timeout_ms, 0);
+    }
+
     fn pushed(labels: &[(&str, &str)]) -> Cause {
         Cause {
             key: "gh-1/on-push/demo".into(),
@@ -630,8 +676,10 @@ spec:
         )
         .unwrap();
         let b = plan("E", &w, c, &Cause::default(), &h, &Selection::Listed, "").unwrap();
+        // Headers and deadlines (creation time + timeout) follow the clock.
         let strip = |mut j: ShardJob| {
             j.header = None;
+            j.deadline_ms = 0;
             j
         };
         let a: Vec<_> = a.shards.into_iter().map(strip).collect();

@@ -83,6 +83,7 @@ impl Stack {
                 nats,
                 workflows: dir.path().to_path_buf(),
                 concurrency: 4,
+                ..Default::default()
             },
             shutdown.clone(),
         ));
