@@ -180,6 +180,16 @@ pub struct UpArgs {
         help_heading = "Result-aggregator"
     )]
     pub aggregator_sweep_every: Duration,
+    /// How long an ended execution is kept, with its shards and test cases (`30d`, `12h`;
+    /// `0s` keeps everything). The duration history of each test is kept regardless.
+    #[arg(
+        long,
+        env = "ASSAY_AGGREGATOR__RETENTION",
+        default_value = "30d",
+        value_parser = parse_duration,
+        help_heading = "Result-aggregator"
+    )]
+    pub retention: Duration,
 
     /// Trigger events (and run requests) the scheduler handles at once.
     #[arg(
@@ -190,6 +200,16 @@ pub struct UpArgs {
         help_heading = "Scheduler"
     )]
     pub concurrency: usize,
+    /// Timeout of an execution whose workflow sets none (`24h`, `90m`; `0s`: no limit), so
+    /// that nothing stays queued or running forever.
+    #[arg(
+        long,
+        env = "ASSAY_SCHEDULER__MAX_EXECUTION_TIME",
+        default_value = "24h",
+        value_parser = parse_duration,
+        help_heading = "Scheduler"
+    )]
+    pub max_execution_time: Duration,
 
     /// Shards run at once (default: number of CPUs).
     #[arg(
@@ -544,6 +564,22 @@ mod tests {
         assert!(!up.external_nats);
         assert_eq!(up.concurrency, 1024);
         assert_eq!((up.warm, up.ack_wait), (2, Duration::from_secs(30)));
+        // The services' own defaults.
+        assert_eq!(
+            up.retention,
+            assay_result_aggregator::Options::default().retention
+        );
+        assert_eq!(
+            up.max_execution_time,
+            assay_scheduler::Options::default().max_execution_time
+        );
+        let aggregator = assay_result_aggregator::Options::default();
+        assert_eq!(
+            (up.aggregator_timeout_grace, up.aggregator_sweep_every),
+            (aggregator.timeout_grace, aggregator.sweep_every)
+        );
+        let launcher = assay_executor_launcher::Options::default();
+        assert_eq!((up.warm, up.ack_wait), (launcher.warm, launcher.ack_wait));
         assert_eq!(
             up.watcher.max_body_bytes,
             assay_trigger_watcher::DEFAULT_MAX_BODY_BYTES

@@ -397,12 +397,14 @@ async fn serve(
     let token = CancellationToken::new();
     let mut set: JoinSet<ServiceResult> = JoinSet::new();
     {
+        #[allow(clippy::needless_update)]
         let options = assay_result_aggregator::Options {
             nats: nats("assay-result-aggregator"),
             database,
             grpc: args.grpc,
             timeout_grace: args.aggregator_timeout_grace,
             sweep_every: args.aggregator_sweep_every,
+            retention: args.retention,
             token: api_token.clone(),
             tls: tls.clone(),
             ..Default::default()
@@ -422,6 +424,7 @@ async fn serve(
             nats: nats("assay-scheduler"),
             workflows: global.workflows.clone(),
             concurrency: args.concurrency.max(1),
+            max_execution_time: args.max_execution_time,
             ..Default::default()
         };
         let token = token.clone();
