@@ -150,7 +150,7 @@ pub struct UpArgs {
     #[arg(
         long,
         env = "ASSAY_AGGREGATOR__GRPC",
-        default_value = "127.0.0.1:7070",
+        default_value_t = assay_result_aggregator::Options::default().grpc,
         help_heading = "Result-aggregator"
     )]
     pub grpc: SocketAddr,
@@ -244,7 +244,7 @@ pub struct UpArgs {
     #[arg(
         long,
         env = "ASSAY_TRIGGER_WATCHER__HTTP",
-        default_value = "127.0.0.1:7071",
+        default_value_t = assay_trigger_watcher::Options::default().http,
         help_heading = "Trigger-watcher"
     )]
     pub http: SocketAddr,
@@ -562,6 +562,14 @@ mod tests {
         assert_eq!(up.grpc.to_string(), "127.0.0.1:7070");
         assert_eq!(up.http.to_string(), "127.0.0.1:7071");
         assert!(!up.external_nats);
+        // One default NATS URL: the server `up` starts is the one every other command and
+        // service binary connects to by default.
+        assert_eq!(
+            DEFAULT_NATS,
+            format!("nats://127.0.0.1:{}", up.nats_port),
+            "assay up's --nats-port and assay_bus::DEFAULT_NATS_URL disagree"
+        );
+        assert_eq!(DEFAULT_API, format!("http://{}", up.grpc));
         assert_eq!(up.concurrency, 1024);
         assert_eq!((up.warm, up.ack_wait), (2, Duration::from_secs(30)));
         // The services' own defaults.
