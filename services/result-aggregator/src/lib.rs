@@ -6,6 +6,7 @@
 //! over gRPC.
 
 mod api;
+mod cancelled;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,8 @@ pub struct Aggregator {
     /// out yet (NATS was down): retried by every sweep, since the next sweep no longer
     /// sees them among the running ones. Execution → reason.
     followups: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+    /// Cancellations seen, for [`Aggregator::end_cancelled`].
+    cancelled: cancelled::Cancelled,
 }
 
 impl Aggregator {
@@ -125,6 +128,7 @@ impl Aggregator {
             store,
             history: Default::default(),
             followups: Default::default(),
+            cancelled: Default::default(),
         }
     }
 
@@ -515,6 +519,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                     _ = tokio::time::sleep(options.sweep_every) => {}
                     _ = shutdown.cancelled() => return,
                 }
+                if let Err(e) = a.end_cancelled(options.timeout_grace).await {
+                    warn!(error = %e, "ending cancelled executions failed; will try again");
+                }
                 if let Err(e) = a.sweep_timeouts(options.timeout_grace).await {
                     warn!(error = %e, "timeout sweep failed; will try again");
                 }
@@ -573,7 +580,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     };
     let mutual_tls = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     info!(grpc = %addr, tls = options.tls.is_some(), mutual_tls, "result-aggregator running");
-    let (p, s, r, d, (), g) = tokio::join!(plans, statuses, results, decisions, sweeper, server);
+    let following = agg.cancelled.clone().follow(bus.clone(), shutdown.clone());
+    let (p, s, r, d, (), (), g) = tokio::join!(
+        plans, statuses, results, decisions, sweeper, following, server
+    );
     p?;
     s?;
     r?;

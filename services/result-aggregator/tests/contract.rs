@@ -30,10 +30,10 @@ impl Drop for Stack {
 }
 
 async fn start() -> Stack {
-    start_with(assay_result_aggregator::DEFAULT_RETENTION).await
+    start_with(|_| {}).await
 }
 
-async fn start_with(retention: Duration) -> Stack {
+async fn start_with(tune: impl FnOnce(&mut assay_result_aggregator::Options)) -> Stack {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -42,13 +42,13 @@ async fn start_with(retention: Duration) -> Stack {
         name: "test".into(),
         ..Default::default()
     };
-    let options = assay_result_aggregator::Options {
+    let mut options = assay_result_aggregator::Options {
         nats: nats_options.clone(),
         database: dir.path().join("results.db"),
         grpc: addr,
-        retention,
         ..Default::default()
     };
+    tune(&mut options);
     let shutdown = CancellationToken::new();
     let t = shutdown.clone();
     tokio::spawn(async move {
@@ -376,7 +376,7 @@ async fn an_execution_id_reused_by_a_second_plan_stays_final() {
 /// and keeps one that has not ended, however old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_executions_past_their_retention_are_deleted() {
-    let stack = start_with(Duration::from_millis(1)).await;
+    let stack = start_with(|o| o.retention = Duration::from_millis(1)).await;
     let (ended, open) = ("01J0000000000000000000ENDD", "01J0000000000000000000OPEN");
     let plan = |id: &str, status: ExecutionStatus| Execution {
         header: Some(assay_bus::header("scheduler", format!("{id}/plan"), None)),
@@ -460,4 +460,55 @@ fn a_malformed_retention_is_refused_with_the_reason() {
         err.contains("--retention") && err.contains("invalid duration \"30 days\""),
         "{err}"
     );
+}
+
+/// `assay cancel` of an execution that no launcher will pick up (here: a plan whose shard
+/// job never comes) ends it *cancelled* with the reason, rather than leaving it queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_execution_no_launcher_picks_up_is_ended_cancelled() {
+    let stack = start_with(|o| {
+        o.timeout_grace = Duration::from_millis(200);
+        o.sweep_every = Duration::from_millis(100);
+    })
+    .await;
+    let id = "01J0000000000000000000STCK";
+    let plan = Execution {
+        header: Some(assay_bus::header("scheduler", format!("{id}/plan"), None)),
+        id: id.into(),
+        workflow: "w".into(),
+        shard_count: 2,
+        status: ExecutionStatus::Queued.into(),
+        cause: format!("run/{id}/w"),
+        created_at_ms: assay_bus::now_ms(),
+        ..Execution::default()
+    };
+    stack
+        .bus
+        .publish(subjects::execution_plan(id), &plan)
+        .await
+        .unwrap();
+    let subject = subjects::execution_update("w", id);
+    let queued: ExecutionUpdate = stack
+        .wait_for("the queued update", async || {
+            stack
+                .bus
+                .last_message(streams::EXECUTIONS, &subject)
+                .await
+                .unwrap()
+        })
+        .await;
+    assert_eq!(queued.status(), ExecutionStatus::Queued);
+    stack.bus.cancel(id, "wrong branch").await.unwrap();
+    let ended: ExecutionUpdate = stack
+        .wait_for("the cancelled update", async || {
+            let u: Option<ExecutionUpdate> = stack
+                .bus
+                .last_message(streams::EXECUTIONS, &subject)
+                .await
+                .unwrap();
+            u.filter(|u| u.status().is_terminal())
+        })
+        .await;
+    assert_eq!(ended.status(), ExecutionStatus::Cancelled, "{ended:?}");
+    assert!(ended.reason.contains("wrong branch"), "{}", ended.reason);
 }
