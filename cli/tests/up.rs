@@ -301,8 +301,14 @@ fn up_takes_the_github_secret_from_the_environment_and_a_signed_push_runs_with_i
 
     let banner = up.stdout();
     assert!(
-        banner.contains("launcher capacity 2 (--capacity); shards beyond it wait"),
+        banner.contains("capacity 2 (--capacity); shards beyond it wait"),
         "{banner}"
+    );
+    assert!(
+        up.stderr()
+            .contains("launcher capacity 2 (--capacity); shards beyond it wait"),
+        "{}",
+        up.logs()
     );
     assert!(banner.contains("/v1/webhooks/github"), "{banner}");
     assert_eq!(up.stop(), Some(0), "{}", up.logs());

@@ -373,7 +373,11 @@ async fn serve(
         }
     );
     crate::outln!("  {}  {}", bold("results  "), database.display());
-    crate::outln!("  {}  {capacity_note}", bold("launcher "));
+    crate::outln!(
+        "  {}  {}",
+        bold("launcher "),
+        capacity_note.trim_start_matches("launcher ")
+    );
     crate::outln!(
         "  {}  {}: {} ({triggers} trigger{})",
         bold("workflows"),
