@@ -144,6 +144,10 @@ pub struct RunBody {
     pub config: BTreeMap<String, String>,
     #[serde(default)]
     pub execution_id: Option<String>,
+    /// Kept in the execution's provenance (e.g. `branch`, `sha`, `repository` from a CI
+    /// job), as `assay run --label` sets them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -531,7 +535,7 @@ async fn post_run(
                 return problem(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "invalid run body at line {} column {}: {e}; expected {{\"config\"?: {{...}}, \"executionId\"?: \"...\"}}",
+                        "invalid run body at line {} column {}: {e}; expected {{\"config\"?: {{...}}, \"executionId\"?: \"...\", \"labels\"?: {{...}}}}",
                         e.line(),
                         e.column()
                     ),
@@ -573,6 +577,7 @@ async fn post_run(
         config: body.config.into_iter().collect(),
         requested_by: "http".into(),
         execution_id: execution_id.clone(),
+        labels: body.labels.into_iter().collect(),
         ..Default::default()
     };
     match app

@@ -1026,3 +1026,52 @@ async fn an_oversized_body_is_answered_413_in_json_named_and_counted() {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_run_request_over_http_carries_its_labels() {
+    let w = start(DEFS, |_| {}).await;
+    let res = Res::of(
+        w.http
+            .post(format!("{}/v1/workflows/api/run", w.base))
+            .bearer_auth(TOKEN)
+            .body(r#"{"labels": {"branch": "main", "sha": "0d1a26e"}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text);
+    let stream = w.bus.jetstream().get_stream(streams::EVENTS).await.unwrap();
+    let msg = stream
+        .get_last_raw_message_by_subject(subjects::RUN_REQUESTED)
+        .await
+        .unwrap();
+    let request = assay_proto::RunRequest::decode(msg.payload.as_ref()).unwrap();
+    assert_eq!(request.workflow, "api");
+    assert_eq!(request.requested_by, "http");
+    assert_eq!(
+        request.labels.get("branch").map(String::as_str),
+        Some("main")
+    );
+    assert_eq!(
+        request.labels.get("sha").map(String::as_str),
+        Some("0d1a26e")
+    );
+    assert_eq!(
+        res.body["executionId"].as_str(),
+        Some(request.execution_id.as_str())
+    );
+    // Labels are strings: anything else is refused with the expected shape.
+    let res = Res::of(
+        w.http
+            .post(format!("{}/v1/workflows/api/run", w.base))
+            .bearer_auth(TOKEN)
+            .body(r#"{"labels": {"pr": 12}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.text);
+    assert!(res.text.contains("\\\"labels\\\"?"), "{}", res.text);
+}
