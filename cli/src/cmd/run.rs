@@ -32,11 +32,11 @@ const MAX_STREAM_ERRORS: u64 = 10;
 
 pub async fn run(global: &Global, args: RunArgs, palette: Palette) -> Result<u8> {
     let config = assay_spec::parse_overrides(&args.set)?;
+    let labels = crate::cmd::trigger::parse_labels(&args.labels)?;
     if !args.unchecked {
         check_workflow(global, &args.workflow, &config).await?;
     }
     let id = ulid::Ulid::new().to_string();
-    let labels = crate::cmd::trigger::parse_labels(&args.labels)?;
     let mut request = run_request(&id, &args.workflow, config);
     request.priority = args.priority;
     request.labels = labels.into_iter().collect();
