@@ -130,63 +130,84 @@ fn wait_for<T>(what: &str, up: &Up, timeout: Duration, mut probe: impl FnMut() -
     }
 }
 
+/// Ports and directory of one `assay up`.
+struct Stack {
+    root: PathBuf,
+    nats_port: u16,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Stack {
+    fn new(root: &Path) -> Stack {
+        std::fs::create_dir_all(root.join(".assay")).unwrap();
+        std::fs::write(root.join(".assay/defs.yaml"), DEFS).unwrap();
+        Stack {
+            root: root.to_path_buf(),
+            nats_port: assay_testkit::free_port(),
+            grpc: SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port())),
+        }
+    }
+
+    /// Starts `assay up` with `env` set (and none of the caller's ASSAY_* settings), stdout
+    /// into `stdout` (default: up.out), stderr into up.err.
+    fn start(&self, env: &[(&str, &str)], stdout: Option<Stdio>) -> Up {
+        let nats_server = match assay_testkit::nats_server_binary() {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        let root = &self.root;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
+        cmd.current_dir(root)
+            .args(["up", "--data", "data"])
+            .args(["--nats-port", &self.nats_port.to_string()])
+            .args(["--grpc", &self.grpc.to_string()])
+            .args(["--http", &self.http.to_string()])
+            .args(["--capacity", "2"])
+            .env("NO_COLOR", "1")
+            .env("ASSAY_NATS_SERVER", &nats_server)
+            .stdin(Stdio::null())
+            .stdout(
+                stdout
+                    .unwrap_or_else(|| std::fs::File::create(root.join("up.out")).unwrap().into()),
+            )
+            .stderr(std::fs::File::create(root.join("up.err")).unwrap());
+        for var in [
+            "ASSAY_NATS_URL",
+            "ASSAY_API",
+            "ASSAY_WORKFLOWS",
+            "ASSAY_TOKEN",
+            "ASSAY_TOKEN_FILE",
+            "ASSAY_TLS_CERT",
+            "ASSAY_TLS_KEY",
+            "ASSAY_TLS_CLIENT_CA",
+            "ASSAY_TRIGGER_WATCHER__GITHUB_SECRET",
+            "ASSAY_TRIGGER_WATCHER__GITHUB_SECRET_FILE",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(runner) = runner_next_to_assay() {
+            cmd.env("ASSAY_RUNNER", runner);
+        }
+        Up {
+            child: cmd.spawn().expect("assay up starts"),
+            dir: root.clone(),
+        }
+    }
+}
+
 #[test]
 fn up_takes_the_github_secret_from_the_environment_and_a_signed_push_runs_with_its_cause() {
-    let nats_server = match assay_testkit::nats_server_binary() {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    };
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    std::fs::create_dir_all(root.join(".assay")).unwrap();
-    std::fs::write(root.join(".assay/defs.yaml"), DEFS).unwrap();
-    let nats_port = assay_testkit::free_port();
-    let grpc = SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port()));
-    let http_addr = SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port()));
-
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
-    cmd.current_dir(&root)
-        .args([
-            "up",
-            "--data",
-            "data",
-            "--nats-port",
-            &nats_port.to_string(),
-        ])
-        .args([
-            "--grpc",
-            &grpc.to_string(),
-            "--http",
-            &http_addr.to_string(),
-        ])
-        .args(["--capacity", "2"])
-        .env("NO_COLOR", "1")
-        .env("ASSAY_NATS_SERVER", &nats_server)
-        .env("ASSAY_TRIGGER_WATCHER__GITHUB_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(root.join("up.out")).unwrap())
-        .stderr(std::fs::File::create(root.join("up.err")).unwrap());
-    for var in [
-        "ASSAY_NATS_URL",
-        "ASSAY_API",
-        "ASSAY_WORKFLOWS",
-        "ASSAY_TOKEN",
-        "ASSAY_TOKEN_FILE",
-        "ASSAY_TLS_CERT",
-        "ASSAY_TLS_KEY",
-        "ASSAY_TLS_CLIENT_CA",
-        "ASSAY_TRIGGER_WATCHER__GITHUB_SECRET_FILE",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    if let Some(runner) = runner_next_to_assay() {
-        cmd.env("ASSAY_RUNNER", runner);
-    }
-    let mut up = Up {
-        child: cmd.spawn().expect("assay up starts"),
-        dir: root.clone(),
-    };
+    let stack = Stack::new(tmp.path());
+    let root = stack.root.clone();
+    let (grpc, http_addr) = (stack.grpc, stack.http);
+    let mut up = stack.start(&[("ASSAY_TRIGGER_WATCHER__GITHUB_SECRET", SECRET)], None);
 
     // The webhook is on: a wrong signature is refused (401), not "off" (404).
     wait_for(
@@ -312,4 +333,41 @@ fn up_takes_the_github_secret_from_the_environment_and_a_signed_push_runs_with_i
     );
     assert!(banner.contains("/v1/webhooks/github"), "{banner}");
     assert_eq!(up.stop(), Some(0), "{}", up.logs());
+}
+
+#[test]
+fn up_keeps_running_when_its_stdout_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::new(tmp.path());
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut up = stack.start(&[], Some(writer.into()));
+    // The banner went nowhere; the stack serves anyway, with webhooks off (404).
+    wait_for(
+        "the trigger-watcher to answer /healthz",
+        &up,
+        Duration::from_secs(60),
+        || http(stack.http, "GET", "/healthz", &[], b"").filter(|(s, _)| *s == 200),
+    );
+    let (status, answer) =
+        http(stack.http, "POST", "/v1/webhooks/github", &[], b"{}").expect("an answer");
+    assert_eq!(status, 404, "{answer}");
+    assert!(
+        answer.contains("ASSAY_TRIGGER_WATCHER__GITHUB_SECRET"),
+        "{answer}"
+    );
+    assert_eq!(up.stop(), Some(0), "{}", up.logs());
+    // Its nats-server stopped with it.
+    let nats = SocketAddr::from(([127, 0, 0, 1], stack.nats_port));
+    wait_for(
+        "the nats-server to stop",
+        &up,
+        Duration::from_secs(10),
+        || {
+            TcpStream::connect_timeout(&nats, Duration::from_millis(200))
+                .is_err()
+                .then_some(())
+        },
+    );
+    assert!(!up.stderr().contains("panicked"), "{}", up.logs());
 }

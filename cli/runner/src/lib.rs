@@ -332,7 +332,10 @@ async fn execute(
     if verdict.state == ShardState::Passed
         && let Some(tests) = job.tests.as_ref().filter(|t| !t.run.is_empty())
     {
-        (verdict, results, published) = run_tests(job, tests, id, &runner, bus_rx).await;
+        (verdict, results, published) = match with_plan(job, bus_rx).await {
+            Ok(job) => run_tests(&job, tests, id, &runner, bus_rx).await,
+            Err(reason) => (Verdict::errored(reason), Vec::new(), Published::default()),
+        };
     }
     if verdict.state != ShardState::Passed {
         runner
@@ -396,6 +399,24 @@ fn state_name(state: ShardState) -> &'static str {
 }
 
 const TESTS: &str = "tests";
+
+/// The job with its plan filled in, when the plan was too large to travel in it and was
+/// stored apart (`ShardJob.plan_data`).
+async fn with_plan<'a>(
+    job: &'a ShardJob,
+    bus_rx: &BusSlot,
+) -> std::result::Result<std::borrow::Cow<'a, ShardJob>, String> {
+    if job.plan_data.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(job));
+    }
+    let mut bus_rx = bus_rx.clone();
+    let bus = wait_bus(&mut bus_rx).await.map_err(|e| e.to_string())?;
+    let mut full = job.clone();
+    bus.load_plan(&mut full)
+        .await
+        .map_err(|e| format!("cannot read this shard's plan ({}): {e}", job.plan_data))?;
+    Ok(std::borrow::Cow::Owned(full))
+}
 
 /// Lists (or takes) this shard's test ids, runs them and reads their reports. Queue mode
 /// publishes each batch's results itself (before acking the batch) and returns how many

@@ -350,15 +350,22 @@ async fn serve(
     .filter_map(|(name, on)| on.then_some(name))
     .collect();
     let bold = |s: &str| palette.paint(Color::Bold, s);
-    crate::outln!("{}", palette.paint(Color::BoldGreen, "assay up"));
-    crate::outln!("  {}  {nats_url} ({nats_note})", bold("NATS     "));
-    crate::outln!(
+    let mut banner = String::new();
+    macro_rules! banner_line {
+        ($($arg:tt)*) => {{
+            banner.push_str(&format!($($arg)*));
+            banner.push('\n');
+        }};
+    }
+    banner_line!("{}", palette.paint(Color::BoldGreen, "assay up"));
+    banner_line!("  {}  {nats_url} ({nats_note})", bold("NATS     "));
+    banner_line!(
         "  {}  {grpc_scheme}://{} (gRPC)",
         bold("API      "),
         args.grpc
     );
-    crate::outln!("  {}  {http_scheme}://{}", bold("HTTP     "), args.http);
-    crate::outln!(
+    banner_line!("  {}  {http_scheme}://{}", bold("HTTP     "), args.http);
+    banner_line!(
         "  {}  {}",
         bold("webhooks "),
         if enabled.is_empty() {
@@ -372,13 +379,13 @@ async fn serve(
                 .join(", ")
         }
     );
-    crate::outln!("  {}  {}", bold("results  "), database.display());
-    crate::outln!(
+    banner_line!("  {}  {}", bold("results  "), database.display());
+    banner_line!(
         "  {}  {}",
         bold("launcher "),
         capacity_note.trim_start_matches("launcher ")
     );
-    crate::outln!(
+    banner_line!(
         "  {}  {}: {} ({triggers} trigger{})",
         bold("workflows"),
         global.workflows.display(),
@@ -389,8 +396,16 @@ async fn serve(
         },
         if triggers == 1 { "" } else { "s" }
     );
-    crate::outln!("press Ctrl-C to stop");
-    crate::flush_stdout();
+    banner_line!("press Ctrl-C to stop");
+    // Written at once, and a closed stdout (`assay up | head`) is no reason to stop the
+    // stack (nor to leave its nats-server behind, as an exit from here would).
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(banner.as_bytes())
+            .and_then(|()| stdout.flush());
+    }
     tracing::info!(capacity, "{capacity_note}");
 
     let nats = |name: &str| NatsOptions {
