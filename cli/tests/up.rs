@@ -371,3 +371,73 @@ fn up_keeps_running_when_its_stdout_is_closed() {
     );
     assert!(!up.stderr().contains("panicked"), "{}", up.logs());
 }
+
+#[test]
+fn up_serves_both_apis_over_mutual_tls_with_the_token_from_the_services_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::new(tmp.path());
+    let pki = assay_testkit::Pki::generate(tmp.path(), "cli");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (cert, key, ca) = (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca));
+    // The same variables the service binaries read.
+    let mut up = stack.start(
+        &[
+            ("ASSAY_TLS_CERT", &cert),
+            ("ASSAY_TLS_KEY", &key),
+            ("ASSAY_TLS_CLIENT_CA", &ca),
+            ("ASSAY_TOKEN", "up-t0ken"),
+        ],
+        None,
+    );
+    let api = format!("https://localhost:{}", stack.grpc.port());
+    let (client_cert, client_key) = (path(&pki.client_cert), path(&pki.client_key));
+    let get = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "get",
+            "executions",
+            "-o",
+            "json",
+            "--api",
+            &api,
+            "--ca-file",
+            &ca,
+        ];
+        args.extend(extra);
+        common::assay(Some(&stack.root), &args, env)
+    };
+    let with_cert = [
+        "--cert-file",
+        client_cert.as_str(),
+        "--key-file",
+        client_key.as_str(),
+    ];
+    wait_for(
+        "the result API over TLS",
+        &up,
+        Duration::from_secs(60),
+        || {
+            let out = get(&with_cert, &[("ASSAY_TOKEN", "up-t0ken")]);
+            out.status.success().then_some(())
+        },
+    );
+    // No client certificate, or no token: refused, saying why.
+    let out = get(&[], &[("ASSAY_TOKEN", "up-t0ken")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("client certificate"), "{}", text(&out));
+    let out = get(&with_cert, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("refused the call"), "{}", text(&out));
+    // The HTTP API speaks TLS too: plain HTTP gets no answer.
+    let plain = http(stack.http, "GET", "/healthz", &[], b"");
+    assert!(plain.as_ref().is_none_or(|(s, _)| *s != 200), "{plain:?}");
+    let banner = up.stdout();
+    assert!(
+        banner.contains(&format!("https://{}", stack.http)),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("https://{} (gRPC)", stack.grpc)),
+        "{banner}"
+    );
+    assert_eq!(up.stop(), Some(0), "{}", up.logs());
+}
