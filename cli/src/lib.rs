@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 success (for `run` and `rerun`: the execution passed), 1 failure (invalid definitions,
 //! a failed execution, an unreachable service, a timeout), 2 `assay up` found no usable
-//! nats-server, 130 interrupted.
+//! nats-server, 130 interrupted. A reader that goes away (`assay get executions | head`)
+//! ends a command quietly with 0; `assay up` keeps running without its stdout.
 
 // Everything for stdout goes through `out!`/`outln!` (a closed pipe ends the process
 // quietly), so `print_stdout` stays a warning here: a stray `println!` fails the lint.
