@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod consumer;
+pub mod plans;
 pub mod retry;
 pub mod streams;
 pub mod subjects;

@@ -14,6 +14,8 @@ pub const LOGS: &str = "ASSAY_LOGS";
 pub const EXECUTIONS: &str = "ASSAY_EXECUTIONS";
 pub const DEAD: &str = "ASSAY_DEAD";
 pub const QUEUE: &str = "ASSAY_QUEUE";
+/// Object store of shard plans too large for a job message (see [`crate::plans`]).
+pub const OBJ_PLANS: &str = "assay_plans";
 /// Launcher heartbeats: a key per launcher instance, put every [`LAUNCHER_BEAT`]; an
 /// instance whose last beat is older than [`LAUNCHER_EXPIRY`] is gone.
 pub const KV_LAUNCHERS: &str = "assay_launchers";

@@ -226,3 +226,51 @@ async fn a_server_restart_is_counted_as_one_outage_and_the_connection_comes_back
         .await
         .unwrap();
 }
+
+/// A job too large for a message has its plan stored apart and filled in again; a small
+/// one travels as it is.
+#[tokio::test]
+async fn a_large_plan_travels_apart_from_its_job_and_comes_back_whole() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let ids: Vec<String> = (0..5000)
+        .map(|i| format!("tests/test_module_{i:05}.py::TestThing::test_case[param-{i}]"))
+        .collect();
+    let full = assay_proto::ShardJob {
+        execution_id: "01JPLANAPART".into(),
+        shard_index: 1,
+        test_ids: ids.clone(),
+        planned_hashes: (0..5000u64).collect(),
+        tail: vec![assay_proto::TailBatch {
+            test_hashes: vec![1, 2, 3],
+            expected_ms: 7.0,
+        }],
+        ..Default::default()
+    };
+    let mut job = full.clone();
+    assert!(bus.offload_plan(&mut job).await.unwrap());
+    assert!(job.test_ids.is_empty() && job.planned_hashes.is_empty() && job.tail.is_empty());
+    assert_eq!(job.plan_data, "01JPLANAPART.0.1");
+    assert!(
+        prost::Message::encoded_len(&job) < assay_bus::plans::INLINE_JOB_BYTES,
+        "{}",
+        prost::Message::encoded_len(&job)
+    );
+    // Offloading again changes nothing.
+    assert!(!bus.offload_plan(&mut job).await.unwrap());
+    let mut back = job.clone();
+    bus.load_plan(&mut back).await.unwrap();
+    assert_eq!(
+        assay_proto::ShardJob {
+            plan_data: String::new(),
+            ..back
+        },
+        full
+    );
+    let mut small = assay_proto::ShardJob {
+        test_ids: vec!["a".into()],
+        ..Default::default()
+    };
+    assert!(!bus.offload_plan(&mut small).await.unwrap());
+    assert_eq!(small.test_ids, ["a"]);
+}

@@ -79,6 +79,7 @@ fn shard_job(index: u32) -> ShardJob {
     };
     ShardJob {
         provenance: provenance(),
+        plan_data: String::new(),
         header: header(&format!("01JDQ7Z6X8ZK1V3W9Y4B2C5N7M/{index}/1")),
         execution_id: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7M".into(),
         workflow: "shop".into(),

@@ -144,9 +144,14 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     };
     let runs = {
         let s = scheduler.clone();
-        let spec = ConsumerSpec::new(streams::EVENTS, "scheduler-runs")
-            .filter([subjects::RUN_REQUESTED.to_string()])
-            .concurrency(options.concurrency);
+        // A rerun's selection of test ids may be large: any request the stream took
+        // (up to its 1 MiB limit) is handled.
+        let spec = ConsumerSpec {
+            max_message_bytes: streams::MAX_MESSAGE_BYTES as usize,
+            ..ConsumerSpec::new(streams::EVENTS, "scheduler-runs")
+                .filter([subjects::RUN_REQUESTED.to_string()])
+                .concurrency(options.concurrency)
+        };
         consumer::run(
             bus.clone(),
             spec,
@@ -320,6 +325,15 @@ impl Scheduler {
             }
             Err(e) => return Err(e),
         };
+        // Plans of large suites travel apart from their jobs (jobs, and the waiting
+        // entry that holds them, stay small).
+        let mut offloaded = 0;
+        for job in &mut plan.shards {
+            offloaded += usize::from(self.bus.offload_plan(job).await?);
+        }
+        if offloaded > 0 {
+            info!(execution = %id, workflow, shards = offloaded, "shard plans stored apart (too large for a job message)");
+        }
         let policy = policy_override.unwrap_or(w.spec.concurrency.policy);
         plan.execution.priority = run
             .priority

@@ -423,6 +423,8 @@ pub fn plan(
                 deadline_ms,
                 // Set by the launcher from `attempt` when it takes the job.
                 job_attempt: 0,
+                // Set when the scheduler stores a large plan apart.
+                plan_data: String::new(),
                 provenance: Some(cause.provenance.clone()),
                 working_dir: working_dir.clone(),
                 test_ids: test_ids.clone(),

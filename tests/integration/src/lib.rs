@@ -480,6 +480,8 @@ impl Sandbox {
         tokio::process::Command::new(assay_bin())
             .args(args)
             .envs(auth)
+            // The CLI checks workflow names against the sandbox's definitions.
+            .env("ASSAY_WORKFLOWS", self.workflows_dir())
             .env("ASSAY_NATS_URL", self.nats.url())
             .env("ASSAY_API", format!("http://{}", self.grpc))
             .env("NO_COLOR", "1")

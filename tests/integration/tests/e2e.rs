@@ -322,9 +322,10 @@ async fn bad_input_is_dead_lettered_or_rejected_while_other_work_goes_on() {
         )
         .await
         .unwrap();
+    // (A run request may use the stream's whole 1 MiB: an event may not.)
     sb.bus
         .publish_raw(
-            assay_bus::subjects::RUN_REQUESTED.into(),
+            assay_bus::subjects::event("ci"),
             Default::default(),
             vec![7u8; 512 * 1024].into(),
         )
@@ -869,6 +870,7 @@ async fn assay_run_exits_0_for_a_passing_workflow_and_1_for_a_failing_one() {
     let run = |wf: &str| {
         let mut cmd = tokio::process::Command::new(assay_bin());
         cmd.args(["run", wf, "--timeout", "60s"])
+            .env("ASSAY_WORKFLOWS", sb.workflows_dir())
             .env("ASSAY_NATS_URL", sb.nats.url())
             .env("ASSAY_API", format!("http://{}", sb.grpc))
             .env("NO_COLOR", "1");
