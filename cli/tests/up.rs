@@ -320,6 +320,44 @@ fn up_takes_the_github_secret_from_the_environment_and_a_signed_push_runs_with_i
         "{events}"
     );
 
+    // A push to another branch is published and starts nothing: get events says why.
+    let dev = body.replace("refs/heads/main", "refs/heads/dev");
+    let signature = assay_trigger_watcher::webhook::sign(SECRET.as_bytes(), dev.as_bytes());
+    let (status, answer) = http(
+        http_addr,
+        "POST",
+        "/v1/webhooks/github",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-dev"),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        dev.as_bytes(),
+    )
+    .expect("an answer");
+    assert!(status == 202 || status == 200, "{status} {answer}");
+    let explained = wait_for(
+        "the branch push that started nothing in get events",
+        &up,
+        Duration::from_secs(30),
+        || {
+            let out = assay(&["get", "events", "--since", "1h", "--source", "github"]);
+            let t = text(&out);
+            t.contains("branch=dev").then_some(t)
+        },
+    );
+    let why = explained
+        .lines()
+        .skip_while(|l| !l.contains("branch=dev"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        why.contains("✗ shop-on-push") && why.contains("branch") && why.contains("\"dev\""),
+        "{explained}"
+    );
+
     let banner = up.stdout();
     assert!(
         banner.contains("capacity 2 (--capacity); shards beyond it wait"),
