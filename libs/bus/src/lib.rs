@@ -10,6 +10,7 @@
 //!   and move poison messages to `assay.v1.dead.<stream>` with the reason.
 
 pub mod auth;
+pub mod cancellations;
 pub mod consumer;
 pub mod plans;
 pub mod retry;

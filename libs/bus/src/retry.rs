@@ -1,5 +1,6 @@
 //! When a shard attempt is retried: one rule for the runner (which marks its final status)
-//! and the launcher (which publishes the next attempt).
+//! and the launcher (which publishes the next attempt). And the one retry policy of every
+//! loop that waits for something to come back ([`policy`]).
 
 use assay_proto::{ShardJob, ShardState};
 
@@ -118,5 +119,41 @@ mod tests {
         let n = next_attempt(&j, "t");
         assert_eq!(n.attempt, 2);
         assert_eq!(n.header.unwrap().idempotency_key, "E/3/2");
+    }
+}
+
+/// Longest wait between two tries of [`policy`].
+pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The retry policy of every loop that waits for NATS or a bucket to come back: exponential
+/// from 200 ms, doubling, at most [`MAX_DELAY`], with jitter (so that services restarted
+/// together do not retry in step), without end.
+pub fn policy() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_factor(2.0)
+        .with_max_delay(MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use backon::BackoffBuilder;
+
+    #[test]
+    fn the_policy_grows_caps_and_never_ends() {
+        let delays: Vec<_> = super::policy().build().take(50).collect();
+        assert_eq!(delays.len(), 50);
+        // Jitter adds up to one more delay: between min and twice the cap.
+        assert!(
+            delays[0] >= std::time::Duration::from_millis(200),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().all(|d| *d <= 2 * super::MAX_DELAY),
+            "{delays:?}"
+        );
+        assert!(delays[49] >= super::MAX_DELAY, "{delays:?}");
     }
 }

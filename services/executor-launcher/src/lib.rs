@@ -264,41 +264,16 @@ impl Cancellations {
     }
 
     async fn follow(self, bus: Bus, shutdown: CancellationToken) {
-        use futures::StreamExt;
-        let mut delay = Duration::from_millis(200);
-        while !shutdown.is_cancelled() {
-            let watch = match bus.kv(streams::KV_CANCELLED).await {
-                Ok(kv) => kv.watch_with_history(">").await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let mut watch = match watch {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?delay, "cannot follow cancellations; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            loop {
-                let entry = tokio::select! {
-                    e = watch.next() => e,
-                    _ = shutdown.cancelled() => return,
-                };
-                let Some(Ok(entry)) = entry else { break };
-                let execution = assay_bus::kv_key_decode(&entry.key);
-                if entry.operation != async_nats::jetstream::kv::Operation::Put {
-                    // Aged out or purged: forget it.
-                    self.reasons
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&execution);
-                    continue;
-                }
-                let reason = String::from_utf8_lossy(&entry.value).to_string();
+        use assay_bus::cancellations::Cancellation;
+        bus.follow_cancellations(&shutdown, |change| match change {
+            // Aged out or purged: forget it.
+            Cancellation::Forgotten { execution } => {
+                self.reasons
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&execution);
+            }
+            Cancellation::Cancelled { execution, reason } => {
                 info!(execution = %execution, %reason, "execution cancelled");
                 self.reasons
                     .lock()
@@ -306,7 +281,8 @@ impl Cancellations {
                     .insert(execution, reason);
                 self.generation.send_modify(|g| *g += 1);
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use assay_bus::{Bus, kv_key_decode, streams};
-use futures::StreamExt;
+use assay_bus::Bus;
+use assay_bus::cancellations::Cancellation;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// How long a cancellation whose execution is not in the store yet (its plan is late) is
 /// remembered.
@@ -32,39 +32,14 @@ impl Cancelled {
 
     /// Follows the bucket (its current keys, then every new one) until `shutdown`.
     pub(crate) async fn follow(self, bus: Bus, shutdown: CancellationToken) {
-        let mut delay = Duration::from_millis(200);
-        while !shutdown.is_cancelled() {
-            let watch = match bus.kv(streams::KV_CANCELLED).await {
-                Ok(kv) => kv.watch_with_history(">").await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let mut watch = match watch {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?delay, "cannot follow cancellations; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            loop {
-                let entry = tokio::select! {
-                    e = watch.next() => e,
-                    _ = shutdown.cancelled() => return,
-                };
-                let Some(Ok(entry)) = entry else { break };
-                if entry.operation != async_nats::jetstream::kv::Operation::Put {
-                    continue;
-                }
-                let reason = String::from_utf8_lossy(&entry.value).to_string();
+        bus.follow_cancellations(&shutdown, |change| {
+            if let Cancellation::Cancelled { execution, reason } = change {
                 self.lock()
-                    .entry(kv_key_decode(&entry.key))
+                    .entry(execution)
                     .or_insert((reason, assay_bus::now_ms()));
             }
-        }
+        })
+        .await;
     }
 
     /// Cancellations seen at least `grace` ago.
