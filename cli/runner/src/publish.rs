@@ -60,7 +60,8 @@ pub async fn publish_retrying<M: BusMessage>(
     budget: Duration,
 ) -> Result<()> {
     let start = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut delays = assay_bus::retry::delays();
+    let mut delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
     loop {
         match bus.publish(subject.to_string(), msg).await {
             Ok(duplicate) => {
@@ -72,7 +73,7 @@ pub async fn publish_retrying<M: BusMessage>(
             Err(e) if e.is_retryable() && start.elapsed() + delay < budget => {
                 warn!(subject, error = %e, retry_in = ?delay, "publish failed, retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
             }
             Err(e) => {
                 return Err(Error::Publish {

@@ -2,7 +2,6 @@
 //! NATS outages. The launcher kills runners by it and the aggregator ends executions no
 //! launcher would pick up.
 
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -26,7 +25,7 @@ impl Bus {
         shutdown: &CancellationToken,
         mut on: impl FnMut(Cancellation),
     ) {
-        let mut delays = crate::retry::policy().build();
+        let mut delays = crate::retry::delays();
         while !shutdown.is_cancelled() {
             let watch = match self.kv(streams::KV_CANCELLED).await {
                 Ok(kv) => kv.watch_with_history(">").await.map_err(|e| e.to_string()),
@@ -44,7 +43,7 @@ impl Bus {
                     continue;
                 }
             };
-            delays = crate::retry::policy().build();
+            delays = crate::retry::delays();
             loop {
                 let entry = tokio::select! {
                     e = watch.next() => e,

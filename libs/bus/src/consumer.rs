@@ -166,21 +166,21 @@ where
     let handler = &handler;
     let spec = &spec;
     let bus = &bus;
-    let mut retry_delay = Duration::from_millis(100);
+    let mut delays = crate::retry::delays();
     while !shutdown.is_cancelled() {
         let messages = match open(bus, spec).await {
             Ok(m) => m,
             Err(e) => {
+                let retry_delay = delays.next().unwrap_or(crate::retry::MAX_DELAY);
                 warn!(stream = %spec.stream, consumer = %spec.durable, error = %e, retry_in = ?retry_delay, "cannot open consumer, retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry_delay) => {}
                     _ = shutdown.cancelled() => break,
                 }
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        retry_delay = Duration::from_millis(100);
+        delays = crate::retry::delays();
         messages
             .take_until(shutdown.cancelled())
             .for_each_concurrent(spec.concurrency, |item| async move {

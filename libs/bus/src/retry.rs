@@ -137,6 +137,12 @@ pub fn policy() -> backon::ExponentialBuilder {
         .without_max_times()
 }
 
+/// The waits of [`policy`], one per failed try, without end.
+pub fn delays() -> impl Iterator<Item = std::time::Duration> + Send {
+    use backon::BackoffBuilder;
+    policy().build()
+}
+
 #[cfg(test)]
 mod policy_tests {
     use backon::BackoffBuilder;

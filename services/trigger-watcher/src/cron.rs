@@ -60,7 +60,7 @@ pub async fn run(bus: Bus, catalog: SharedCatalog, shutdown: CancellationToken) 
         for (at, trigger) in fires.iter().filter(|(at, _)| *at <= now) {
             let event = cron_event(trigger, *at);
             // Retried until published: a missed schedule is a lost event.
-            let mut delay = Duration::from_millis(200);
+            let mut delays = assay_bus::retry::delays();
             loop {
                 match bus.publish(subjects::event("cron"), &event).await {
                     Ok(_) => {
@@ -68,12 +68,12 @@ pub async fn run(bus: Bus, catalog: SharedCatalog, shutdown: CancellationToken) 
                         break;
                     }
                     Err(e) => {
+                        let delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
                         warn!(trigger, error = %e, retry_in = ?delay, "cannot publish cron event, retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = shutdown.cancelled() => return,
                         }
-                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }
