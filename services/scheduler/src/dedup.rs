@@ -1,9 +1,10 @@
 //! What the `assay_dedup` bucket remembers, so that a message delivered or published twice
 //! has one effect:
 //!
-//! - `<hex of the cause key>` → `pending:<execution>`: the cause (event or request, plus
-//!   trigger and workflow) was claimed for that execution. Whether it is done is read from
-//!   the execution's plan record, which the scheduler publishes last.
+//! - `<hex of the cause key>` → `pending:<execution>:<claimed at, Unix ms>`: the cause (event
+//!   or request, plus trigger and workflow) was claimed for that execution at that time (the
+//!   execution's creation time, however often it is planned again). Whether it is done is
+//!   read from the execution's plan record, which the scheduler publishes last.
 //! - `id.<ULID>` → `<workflow>\n<cause key>`: a requester-chosen execution id and the
 //!   request that claimed it, written before the cause claim, so that another request naming
 //!   the same id is refused instead of planning a second execution under it.
@@ -23,9 +24,21 @@ use crate::{Error, Result};
 /// What the bucket says of a cause: new (claimed now), claimed by an earlier delivery that
 /// may not have finished publishing, or done (its plan record is out).
 pub(crate) enum Seen {
-    New(String),
-    Pending(String),
+    /// Claimed now, at this time (Unix ms).
+    New(String, i64),
+    /// Claimed by an earlier delivery, at this time when it said (older values did not).
+    Pending(String, Option<i64>),
     Done(String),
+}
+
+/// `pending:<execution>:<ms>`, or `pending:<execution>` as earlier versions wrote it.
+fn parse_pending(rest: &str) -> (String, Option<i64>) {
+    match rest.rsplit_once(':') {
+        Some((id, ms)) if !id.is_empty() && ms.parse::<i64>().is_ok() => {
+            (id.to_string(), ms.parse().ok())
+        }
+        _ => (rest.to_string(), None),
+    }
 }
 
 /// Who holds a requester-chosen execution id.
@@ -69,21 +82,26 @@ impl Dedup {
     /// versions, say so too).
     pub(crate) async fn claim_cause(&self, bus: &Bus, cause: &str, proposed: &str) -> Result<Seen> {
         let key = kv_key(cause);
+        let now = assay_bus::now_ms();
         match self
             .kv
-            .create(&key, Bytes::from(format!("pending:{proposed}")))
+            .create(&key, Bytes::from(format!("pending:{proposed}:{now}")))
             .await
         {
-            Ok(_) => Ok(Seen::New(proposed.to_string())),
+            Ok(_) => Ok(Seen::New(proposed.to_string(), now)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let value = self.get(&key).await?.unwrap_or_default();
                 match value.split_once(':') {
                     Some(("done", id)) => Ok(Seen::Done(id.to_string())),
-                    Some((_, id)) if bus.plan_published(id).await? => {
-                        Ok(Seen::Done(id.to_string()))
+                    Some((_, rest)) => {
+                        let (id, at) = parse_pending(rest);
+                        if bus.plan_published(&id).await? {
+                            Ok(Seen::Done(id))
+                        } else {
+                            Ok(Seen::Pending(id, at))
+                        }
                     }
-                    Some((_, id)) => Ok(Seen::Pending(id.to_string())),
-                    None => Ok(Seen::Pending(proposed.to_string())),
+                    None => Ok(Seen::Pending(proposed.to_string(), None)),
                 }
             }
             Err(e) => Err(Error::kv("create", e)),
@@ -157,5 +175,21 @@ impl Dedup {
             .await
             .map_err(|e| Error::kv("put", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pending;
+
+    #[test]
+    fn claims_carry_their_time_and_older_ones_parse_without() {
+        assert_eq!(
+            parse_pending("01ABC:1764237600000"),
+            ("01ABC".to_string(), Some(1_764_237_600_000))
+        );
+        assert_eq!(parse_pending("01ABC"), ("01ABC".to_string(), None));
+        assert_eq!(parse_pending(":12"), (":12".to_string(), None));
+        assert_eq!(parse_pending("01ABC:x"), ("01ABC:x".to_string(), None));
     }
 }

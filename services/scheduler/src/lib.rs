@@ -239,7 +239,7 @@ impl Scheduler {
             .await?
         {
             Seen::Done(id) => return self.recorded(id).await,
-            Seen::New(id) | Seen::Pending(id) => id,
+            Seen::New(id, _) | Seen::Pending(id, _) => id,
         };
         self.publish_rejected(&id, workflow, cause, status, reason)
             .await
@@ -282,8 +282,12 @@ impl Scheduler {
                 debug!(execution = %id, cause = %cause.key, "duplicate cause; execution exists");
                 return self.recorded(id).await;
             }
-            Seen::New(id) | Seen::Pending(id) => id,
+            // An execution is created when its cause was first claimed, however often a
+            // crashed scheduler's redelivery plans it again.
+            Seen::New(id, at) => (id, Some(at)),
+            Seen::Pending(id, at) => (id, at),
         };
+        let (id, claimed_at) = id;
         let catalog = self.defs.get();
         let history = match catalog.workflow(workflow) {
             Ok(w)
@@ -313,6 +317,9 @@ impl Scheduler {
                 .map(|p| (w, p))
             });
         let planned = planned.map(|(w, mut p)| {
+            if let Some(at) = claimed_at {
+                plan::created_at(&mut p, at);
+            }
             plan::limit_time(&mut p, self.max_execution_time);
             (w, p)
         });

@@ -35,6 +35,19 @@ fn parent(cause: &Cause) -> Option<&str> {
     (!cause.traceparent.is_empty()).then_some(cause.traceparent.as_str())
 }
 
+/// Dates the execution `at` (Unix ms: when its cause was first claimed), its shards'
+/// deadlines with it.
+pub fn created_at(plan: &mut Plan, at: i64) {
+    plan.execution.created_at_ms = at;
+    if plan.execution.timeout_ms > 0 {
+        let deadline =
+            at.saturating_add(i64::try_from(plan.execution.timeout_ms).unwrap_or(i64::MAX));
+        for job in &mut plan.shards {
+            job.deadline_ms = deadline;
+        }
+    }
+}
+
 /// Gives an execution whose workflow sets no `timeout` the scheduler's maximum (zero: none),
 /// deadline included, so that nothing it starts can stay queued or running forever.
 pub fn limit_time(plan: &mut Plan, max: std::time::Duration) {

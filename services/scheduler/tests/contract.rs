@@ -551,3 +551,40 @@ async fn a_queued_execution_started_later_keeps_its_provenance() {
     assert_eq!(job.steps[0].run, "echo def456");
     stack.stop().await;
 }
+
+/// A scheduler that crashed after claiming a request (and maybe after publishing some of
+/// its shard jobs) leaves the claim; the redelivery plans the execution again, dated when
+/// the cause was first claimed, not when it was planned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replanned_execution_keeps_the_time_of_its_first_claim() {
+    let stack = Stack::start().await;
+    let id = ulid::Ulid::new().to_string();
+    let first_claim = assay_bus::now_ms() - 60_000;
+    let dedup = stack.bus.kv(streams::KV_DEDUP).await.unwrap();
+    dedup
+        .create(
+            assay_bus::kv_key("crashed/demo"),
+            format!("pending:{id}:{first_claim}").into(),
+        )
+        .await
+        .unwrap();
+    stack
+        .publish(
+            subjects::RUN_REQUESTED.to_string(),
+            &request("crashed", "demo", &id),
+        )
+        .await;
+    let plan = stack.plan(&id).await;
+    assert_eq!(plan.status(), ExecutionStatus::Queued, "{plan:?}");
+    assert_eq!(plan.created_at_ms, first_claim);
+    // The default maximum execution time counts from then too.
+    assert_eq!(plan.timeout_ms, 86_400_000);
+    let job: ShardJob = stack
+        .bus
+        .last_message(streams::SHARDS, &subjects::shard_job(&id, 0))
+        .await
+        .unwrap()
+        .expect("the shard job");
+    assert_eq!(job.deadline_ms, first_claim + 86_400_000);
+    stack.stop().await;
+}
