@@ -50,18 +50,32 @@ impl SharedCatalog {
         shutdown: CancellationToken,
         changed: impl Fn(&Catalog),
     ) {
-        let mut last = fingerprint(&self.dir);
+        // Walking and parsing the directory is blocking file I/O: off the async workers.
+        let scan = |dir: PathBuf| async move {
+            tokio::task::spawn_blocking(move || fingerprint(&dir))
+                .await
+                .unwrap_or_default()
+        };
+        let mut last = scan(self.dir.clone()).await;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.cancelled() => return,
             }
-            let now = fingerprint(&self.dir);
+            let now = scan(self.dir.clone()).await;
             if now == last {
                 continue;
             }
             last = now;
-            match Catalog::load(&self.dir) {
+            let dir = self.dir.clone();
+            let loaded = match tokio::task::spawn_blocking(move || Catalog::load(&dir)).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    warn!(dir = %self.dir.display(), error = %e, "reloading the definitions failed; keeping the previous ones");
+                    continue;
+                }
+            };
+            match loaded {
                 Ok(c) => {
                     info!(dir = %self.dir.display(), workflows = c.workflows().count(), triggers = c.triggers().count(), "definitions reloaded");
                     changed(&c);
