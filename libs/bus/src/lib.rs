@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cancellations;
 pub mod consumer;
+pub mod history;
 pub mod plans;
 pub mod retry;
 pub mod streams;
@@ -269,7 +270,8 @@ impl Bus {
     /// unreachable, then refuses servers older than 2.10.
     pub async fn connect(opts: &NatsOptions, shutdown: &CancellationToken) -> Result<Bus> {
         let mut attempt = 0usize;
-        let mut delay = Duration::from_millis(100);
+        let mut delays = crate::retry::delays();
+        let mut delay = delays.next().unwrap_or(crate::retry::MAX_DELAY);
         let auth = if opts.auth.is_empty() {
             NatsAuth::from_env()?
         } else {
@@ -314,7 +316,7 @@ impl Bus {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return Err(Error::Cancelled { url: opts.url.clone() }),
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = delays.next().unwrap_or(crate::retry::MAX_DELAY);
                 }
             }
         };
@@ -427,52 +429,6 @@ impl Bus {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(Error::js(format!("cancel {execution}"), e)),
         }
-    }
-
-    /// The workflow's duration history as the aggregator last wrote it (`None` before its
-    /// first finished execution).
-    pub async fn history_snapshot(
-        &self,
-        workflow: &str,
-    ) -> Result<Option<assay_proto::HistorySnapshot>> {
-        let kv = self.kv(streams::KV_HISTORY).await?;
-        let raw = kv
-            .get(kv_key(workflow))
-            .await
-            .map_err(|e| Error::js(format!("history of {workflow}"), e))?;
-        match raw {
-            None => Ok(None),
-            Some(raw) => assay_proto::HistorySnapshot::decode(raw.as_ref())
-                .map(Some)
-                .map_err(|e| Error::Decode {
-                    what: "HistorySnapshot",
-                    subject: format!("{}/{workflow}", streams::KV_HISTORY),
-                    reason: e.to_string(),
-                }),
-        }
-    }
-
-    /// The workflow's duration history as planners use it: test estimates and the measured
-    /// shard start cost; empty before the workflow's first finished execution.
-    pub async fn planning_history(&self, workflow: &str) -> Result<assay_plan::History> {
-        let Some(snapshot) = self.history_snapshot(workflow).await? else {
-            return Ok(assay_plan::History::new());
-        };
-        let mut history: assay_plan::History = snapshot
-            .tests
-            .into_iter()
-            .map(|t| {
-                let estimate = assay_plan::Estimate {
-                    mean_ms: t.mean_ms,
-                    p90_ms: t.p90_ms as f64,
-                };
-                (t.id, estimate)
-            })
-            .collect();
-        if snapshot.shard_start_ms > 0.0 {
-            history.set_shard_start_ms(snapshot.shard_start_ms);
-        }
-        Ok(history)
     }
 
     /// Publishes to a JetStream subject with `Nats-Msg-Id` (the header's idempotency key)

@@ -7,18 +7,15 @@
 
 mod api;
 mod cancelled;
+mod history;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
-use assay_proto::{
-    EventRecord, Execution, ExecutionStatus, HistorySnapshot, ShardStatus, TestCaseBatch,
-    TestEstimate,
-};
+use assay_proto::{EventRecord, Execution, ExecutionStatus, ShardStatus, TestCaseBatch};
 use assay_store::Store;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -160,34 +157,33 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Writes the workflow's duration estimates to the `assay_history` bucket, where the
-    /// scheduler reads them to plan `strategy: duration` executions.
+    /// Writes the workflow's duration estimates to the `assay_history` bucket, in bounded
+    /// pieces (see `assay_bus::history`), where the scheduler reads them to plan `strategy:
+    /// duration` executions. Tests not seen for 30 days are left out.
     pub async fn snapshot_history(&self, workflow: &str) -> Result<()> {
-        let tests = self.store.history(workflow, None).await?;
-        let snapshot = HistorySnapshot {
-            workflow: workflow.to_string(),
-            tests: tests
-                .iter()
-                .filter(|t| t.samples > 0)
-                .map(|t| TestEstimate {
-                    id: t.test_id.clone(),
-                    mean_ms: t.mean_ms,
-                    p90_ms: t.p90_ms,
-                })
-                .collect(),
-            updated_at_ms: assay_bus::now_ms(),
-            shard_start_ms: self.store.shard_start_ms(workflow).await?.unwrap_or(0.0),
-        };
+        let rows = self.store.history(workflow, None).await?;
+        let shard_start_ms = self.store.shard_start_ms(workflow).await?.unwrap_or(0.0);
+        let snapshot = history::snapshot(workflow, &rows, shard_start_ms, assay_bus::now_ms());
         let kv = self
             .history
             .get_or_try_init(|| self.bus.kv(streams::KV_HISTORY))
             .await?;
-        kv.put(assay_bus::kv_key(workflow), snapshot.encode_to_vec().into())
-            .await
-            .map_err(|e| assay_bus::Error::JetStream {
-                what: format!("history snapshot of {workflow}"),
-                reason: e.to_string(),
-            })?;
+        let written = match assay_bus::history::write(kv, &snapshot).await {
+            Ok(written) => written,
+            // The bucket may have been deleted since it was opened: open (or create) it again.
+            Err(e) if e.is_retryable() => {
+                debug!(workflow, error = %e, "writing the duration history again through a fresh bucket handle");
+                self.bus.write_history(&snapshot).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        debug!(
+            workflow,
+            tests = written.tests,
+            pieces = written.pieces,
+            bytes = written.bytes,
+            "duration history written"
+        );
         Ok(())
     }
 
@@ -350,7 +346,8 @@ impl Aggregator {
 /// to the outage. `None` when shutdown came first. Other errors (a schema newer than this
 /// build) end the service.
 async fn open_store(path: &std::path::Path, shutdown: &CancellationToken) -> Result<Option<Store>> {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = assay_bus::retry::delays();
+    let mut delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
     loop {
         match Store::open(path) {
             Ok(store) => return Ok(Some(store)),
@@ -360,7 +357,7 @@ async fn open_store(path: &std::path::Path, shutdown: &CancellationToken) -> Res
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Ok(None),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
             }
             Err(e) => return Err(e.into()),
         }
@@ -388,7 +385,8 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = assay_bus::retry::delays();
+    let mut delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
     loop {
         match handle().await {
             Ok(()) => return Ok(()),
@@ -399,7 +397,7 @@ where
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Err(Failure::Retry(e.to_string())),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
             }
             Err(e) => return Err(e.failure()),
         }
