@@ -479,6 +479,8 @@ async fn serve(
             webhooks,
             max_body_bytes: args.watcher.max_body_bytes,
             max_webhook_bytes: args.watcher.max_webhook_bytes,
+            max_in_flight: args.watcher.max_in_flight.max(1),
+            request_timeout: args.watcher.request_timeout,
         };
         let token = token.clone();
         set.spawn(async move {

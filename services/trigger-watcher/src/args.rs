@@ -53,6 +53,12 @@ pub struct WatcherArgs {
     /// Largest webhook body, in bytes (larger: 413).
     #[arg(long, env = "ASSAY_TRIGGER_WATCHER__MAX_WEBHOOK_BYTES", default_value_t = DEFAULT_MAX_WEBHOOK_BYTES, value_parser = parse_limit)]
     pub max_webhook_bytes: usize,
+    /// HTTP requests handled at once; more are answered 503 at once.
+    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__MAX_IN_FLIGHT", default_value_t = crate::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// An HTTP request not answered within this (NATS unreachable, say) gets 503.
+    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__REQUEST_TIMEOUT", default_value = "30s", value_parser = assay_spec::parse_duration)]
+    pub request_timeout: std::time::Duration,
 }
 
 fn parse_limit(text: &str) -> Result<usize, String> {

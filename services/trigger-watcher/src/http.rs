@@ -40,6 +40,10 @@ pub struct AppState {
     /// The replay-window bucket ([`assay_bus::streams::KV_WEBHOOK_DELIVERIES`]).
     pub deliveries: kv::Store,
     pub limits: BodyLimits,
+    /// Requests handled at once (`Options::max_in_flight`); more are answered 503 at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// A request not answered within this (NATS unreachable, say) is answered 503.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Largest request bodies accepted, in bytes; a larger one is answered 413 in JSON.
@@ -205,7 +209,38 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .merge(protected)
         .merge(webhooks)
+        .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
+}
+
+/// Every request is bounded: at most `in_flight` at once (more get 503 at once rather than
+/// queueing without end), and each answered within `request_timeout` (503 when not: a
+/// publish that waits for an unreachable NATS must not hold the client or a slot forever).
+/// Both are counted in `assay_trigger_watcher_http_overloaded_total{reason}`.
+async fn bounded(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_slot) = app.in_flight.clone().try_acquire_owned() else {
+        app.metrics.overloaded("in_flight");
+        warn!(path = %request.uri().path(), "request refused: too many in flight");
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight (--max-in-flight); retry shortly".to_string(),
+        );
+    };
+    let path = request.uri().path().to_string();
+    match tokio::time::timeout(app.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            app.metrics.overloaded("timeout");
+            warn!(%path, timeout = ?app.request_timeout, "request not answered in time");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request was not handled within {}s (is NATS reachable?); retry it with the same Idempotency-Key",
+                    app.request_timeout.as_secs_f64()
+                ),
+            )
+        }
+    }
 }
 
 /// 401 unless the request carries the configured bearer token and, with `--tls-client-ca`,

@@ -74,7 +74,16 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Largest webhook body (`--max-webhook-bytes`).
     pub max_webhook_bytes: usize,
+    /// HTTP requests handled at once; more are answered 503 at once.
+    pub max_in_flight: usize,
+    /// An HTTP request not answered within this is answered 503.
+    pub request_timeout: std::time::Duration,
 }
+
+/// [`Options::max_in_flight`] by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// [`Options::request_timeout`] by default.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for Options {
     fn default() -> Self {
@@ -87,6 +96,8 @@ impl Default for Options {
             webhooks: WebhookOptions::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_webhook_bytes: DEFAULT_MAX_WEBHOOK_BYTES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -212,6 +223,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             api: options.max_body_bytes.max(1),
             webhook: options.max_webhook_bytes.max(1),
         },
+        in_flight: Arc::new(tokio::sync::Semaphore::new(options.max_in_flight.max(1))),
+        request_timeout: options.request_timeout,
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = {

@@ -68,6 +68,8 @@ fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
             .context("cannot load a webhook secret")?,
         max_body_bytes: args.watcher.max_body_bytes,
         max_webhook_bytes: args.watcher.max_webhook_bytes,
+        max_in_flight: args.watcher.max_in_flight.max(1),
+        request_timeout: args.watcher.request_timeout,
     })
 }
 

@@ -7,6 +7,8 @@
 //!   (`missing`, `malformed`, `mismatch`);
 //! - `assay_trigger_watcher_http_body_too_large_total{route}`: requests refused with 413
 //!   for a body over `--max-body-bytes` or `--max-webhook-bytes`;
+//! - `assay_trigger_watcher_http_overloaded_total{reason}`: requests answered 503 because
+//!   too many were in flight (`in_flight`) or one was not handled in time (`timeout`);
 //! - `assay_trigger_watcher_http_unauthorized_total{reason}`: requests refused for want of the
 //!   bearer token (`missing`, `malformed`, `wrong`) or of a client certificate
 //!   (`client_certificate`).
@@ -19,6 +21,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "assay_trigger_watcher_http_body_too_large_total",
         "HTTP requests refused (413) for a body over --max-body-bytes or --max-webhook-bytes, by route.",
+    ),
+    (
+        "assay_trigger_watcher_http_overloaded_total",
+        "HTTP requests answered 503: too many in flight, or not handled within the request timeout.",
     ),
     (
         "assay_trigger_watcher_http_unauthorized_total",
@@ -51,6 +57,13 @@ impl Metrics {
         if let Ok(mut c) = self.counters.lock() {
             *c.entry((name, rendered)).or_default() += 1;
         }
+    }
+
+    pub fn overloaded(&self, reason: &str) {
+        self.inc(
+            "assay_trigger_watcher_http_overloaded_total",
+            &[("reason", reason)],
+        );
     }
 
     pub fn delivery(&self, provider: &str, outcome: &str) {

@@ -1075,3 +1075,74 @@ async fn a_run_request_over_http_carries_its_labels() {
     assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.text);
     assert!(res.text.contains("\\\"labels\\\"?"), "{}", res.text);
 }
+
+/// Every request is bounded: with NATS gone a publish cannot finish, so the request is
+/// answered 503 within the request timeout, and a second one while the first holds the
+/// only slot is answered 503 at once; both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_bounded_in_number_and_time() {
+    let mut w = start(NO_DEFS, |o| {
+        o.max_in_flight = 1;
+        o.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    w.nats.stop();
+    let post = |w: &Watcher| {
+        w.http
+            .post(format!("{}/v1/events", w.base))
+            .bearer_auth(TOKEN)
+            .header("Content-Type", "application/json")
+            .body(r#"{"type":"push"}"#)
+            .send()
+    };
+    let slow = post(&w);
+    let slow = tokio::spawn(async move { Res::of(slow.await.unwrap()).await });
+    // The second request, while the first holds the slot (its publish cannot finish).
+    let busy = loop {
+        let res = Res::of(post(&w).await.unwrap()).await;
+        if res.text.contains("in flight") || slow.is_finished() {
+            break res;
+        }
+    };
+    assert_eq!(
+        busy.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        busy.text
+    );
+    assert_eq!(
+        busy.body["error"], "too many requests in flight (--max-in-flight); retry shortly",
+        "{}",
+        busy.text
+    );
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        slow.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        slow.text
+    );
+    assert!(
+        slow.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not handled within 1s")),
+        "{}",
+        slow.text
+    );
+    let metrics = Res::of(
+        w.http
+            .get(format!("{}/metrics", w.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .text;
+    for line in [
+        "assay_trigger_watcher_http_overloaded_total{reason=\"in_flight\"}",
+        "assay_trigger_watcher_http_overloaded_total{reason=\"timeout\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}
