@@ -7,6 +7,8 @@
 //!   (`missing`, `malformed`, `mismatch`);
 //! - `assay_trigger_watcher_http_body_too_large_total{route}`: requests refused with 413
 //!   for a body over `--max-body-bytes` or `--max-webhook-bytes`;
+//! - `assay_trigger_watcher_nats_disconnects_total`, `…_nats_reconnects_total`: this
+//!   process's NATS outages and recoveries;
 //! - `assay_trigger_watcher_http_overloaded_total{reason}`: requests answered 503 because
 //!   too many were in flight (`in_flight`) or one was not handled in time (`timeout`);
 //! - `assay_trigger_watcher_http_unauthorized_total{reason}`: requests refused for want of the
@@ -107,6 +109,23 @@ impl Metrics {
                 }
             }
         }
+        // This process's NATS connections (see assay_bus::connection).
+        for (name, help, value) in [
+            (
+                "assay_trigger_watcher_nats_disconnects_total",
+                "NATS connection outages seen by this process.",
+                assay_bus::connection::disconnects(),
+            ),
+            (
+                "assay_trigger_watcher_nats_reconnects_total",
+                "NATS connections re-established after an outage.",
+                assay_bus::connection::reconnects(),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 }
@@ -122,6 +141,10 @@ mod tests {
         m.rejection("github", "mismatch");
         m.unauthorized("wrong");
         let text = m.render();
+        assert!(
+            text.contains("assay_trigger_watcher_nats_reconnects_total 0\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE assay_trigger_watcher_webhook_rejections_total counter\n"));
         assert!(text.contains(
             "assay_trigger_watcher_webhook_rejections_total{provider=\"github\",reason=\"mismatch\"} 2\n"
