@@ -64,6 +64,11 @@ bench-load: tools ## Scheduler under open-loop trigger events (planned/s, p50/p9
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p assay-integration --bench load
 
+.PHONY: bench-scale
+bench-scale: tools ## Suites of 1k/10k/100k tests (ids of 80-100 chars), each strategy, first run and with history: exact counts, wall, ingest lag, aggregator CPU/test, RSS per service (ASSAY_SCALE_SIZES, ASSAY_SCALE_STRATEGIES pick cells)
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p assay-integration --bench scale
+
 .PHONY: bench-sharding
 bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 400-test run with count, duration and queue
 	-$(CARGO) run --release -p assay-plan --bin bench-sharding
