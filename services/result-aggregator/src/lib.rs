@@ -168,23 +168,16 @@ impl Aggregator {
             .history
             .get_or_try_init(|| self.bus.kv(streams::KV_HISTORY))
             .await?;
-        let written = match assay_bus::history::write(kv, &snapshot).await {
-            Ok(written) => written,
+        match assay_bus::history::write(kv, &snapshot).await {
+            Ok(_) => Ok(()),
             // The bucket may have been deleted since it was opened: open (or create) it again.
             Err(e) if e.is_retryable() => {
                 debug!(workflow, error = %e, "writing the duration history again through a fresh bucket handle");
-                self.bus.write_history(&snapshot).await?
+                self.bus.write_history(&snapshot).await?;
+                Ok(())
             }
-            Err(e) => return Err(e.into()),
-        };
-        debug!(
-            workflow,
-            tests = written.tests,
-            pieces = written.pieces,
-            bytes = written.bytes,
-            "duration history written"
-        );
-        Ok(())
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn on_execution(&self, e: Execution, delivered: i64) -> Result<()> {

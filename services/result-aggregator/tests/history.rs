@@ -108,3 +108,62 @@ async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole
         "only the manifest key stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_bucket_deleted_after_start_is_created_again() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::connect(
+        &NatsOptions {
+            url: nats.url(),
+            ..Default::default()
+        },
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    bus.ensure_topology().await.unwrap();
+    let store = Store::open(&dir.path().join("results.db")).unwrap();
+    let agg = Aggregator::new(bus.clone(), store.clone());
+    let execution = "01J00000000000000000000SML";
+    store
+        .record_execution(Execution {
+            id: execution.into(),
+            workflow: "small".into(),
+            shard_count: 1,
+            status: ExecutionStatus::Queued.into(),
+            created_at_ms: assay_bus::now_ms(),
+            ..Execution::default()
+        })
+        .await
+        .unwrap();
+    store
+        .record_batch(TestCaseBatch {
+            header: Some(assay_bus::header(
+                "test",
+                format!("{execution}/0/1/results/0"),
+                None,
+            )),
+            execution_id: execution.into(),
+            attempt: 1,
+            results: (0..3)
+                .map(|i| TestCaseResult {
+                    id: id(i),
+                    status: TestStatus::Passed.into(),
+                    duration_ms: 5,
+                    ..TestCaseResult::default()
+                })
+                .collect(),
+            workflow: "small".into(),
+            ..TestCaseBatch::default()
+        })
+        .await
+        .unwrap();
+    agg.snapshot_history("small").await.unwrap();
+    bus.jetstream()
+        .delete_key_value(streams::KV_HISTORY)
+        .await
+        .unwrap();
+    agg.snapshot_history("small").await.unwrap();
+    assert_eq!(bus.planning_history("small").await.unwrap().len(), 3);
+}
