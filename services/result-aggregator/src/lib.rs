@@ -61,6 +61,11 @@ impl Error {
     }
 }
 
+/// A gRPC call not answered within this ends with DEADLINE_EXCEEDED.
+pub const GRPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls one gRPC connection may have running at once.
+pub const GRPC_CONCURRENCY: usize = 256;
+
 /// How long an ended execution is kept by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -547,7 +552,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         let api = ResultsApi::new(bus.clone(), store.clone(), shutdown.clone());
         let shutdown = shutdown.clone();
         async move {
-            let mut builder = tonic::transport::Server::builder();
+            // Bounded: a unary call that takes longer than GRPC_TIMEOUT (a store that stopped
+            // answering) ends with DEADLINE_EXCEEDED (streams are not cut: their handler
+            // returns at once), and one connection runs at most GRPC_CONCURRENCY calls at once.
+            let mut builder = tonic::transport::Server::builder()
+                .timeout(GRPC_TIMEOUT)
+                .concurrency_limit_per_connection(GRPC_CONCURRENCY);
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).map_err(|e| Error::Serve {
                     addr,
