@@ -20,12 +20,17 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use claim::{Claims, Renewal, Take};
 
 use crate::job::Identity;
 use crate::outcome::Verdict;
 use crate::steps::StepRunner;
 use crate::{Published, TESTS, publish, retries};
+
+mod claim;
 
 /// Queue batch numbers of matrix combination `g` start at `g << QUEUE_GROUP_SHIFT` (about
 /// a million batches per combination).
@@ -92,6 +97,10 @@ async fn drain(
         Ok(c) => c,
         Err(reason) => return (Verdict::errored(reason), published),
     };
+    let claims = match Claims::open(bus, holder_id(id), lease).await {
+        Ok(c) => c,
+        Err(reason) => return (Verdict::errored(reason), published),
+    };
     let (mut batches, mut failed, mut errored, mut total) = (0u32, 0usize, 0usize, 0usize);
     let mut run_failed: Option<String> = None;
     loop {
@@ -139,6 +148,45 @@ async fn drain(
                 }
             };
         let deliveries = msg.info().map(|i| i.delivered).unwrap_or(1);
+        // Run the batch only while holding its claim: the consumer redelivers batches whose
+        // holders are alive and renewing (after a nats-server restart, for one).
+        let key = claim::key(&id.execution, id.group, batch.seq);
+        let (revision, taken) = match claims.take(&key).await {
+            Ok(Take::Run { revision, from }) => (revision, from),
+            Ok(Take::Held { holder, for_ms }) => {
+                logs.system(
+                    TESTS,
+                    format!(
+                        "batch {} is held by {holder}, whose claim runs {} more: left to it (delivery {deliveries})",
+                        batch.seq,
+                        human_ms(for_ms as f64)
+                    ),
+                )
+                .await;
+                // Back when the claim would expire unless renewed.
+                let delay = Duration::from_millis(for_ms).min(lease) + HELD_MARGIN;
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                continue;
+            }
+            Ok(Take::Done) => {
+                logs.system(
+                    TESTS,
+                    format!(
+                        "batch {} already ran and reported: dropping a redelivered copy (delivery {deliveries})",
+                        batch.seq
+                    ),
+                )
+                .await;
+                let _ = msg.double_ack().await;
+                continue;
+            }
+            Err(e) => {
+                warn!(batch = batch.seq, error = %e, "cannot check a batch's claim; giving it back");
+                let _ = msg.ack_with(AckKind::Nak(Some(CLAIM_RETRY))).await;
+                tokio::time::sleep(CLAIM_RETRY).await;
+                continue;
+            }
+        };
         logs.system(
             TESTS,
             format!(
@@ -146,35 +194,43 @@ async fn drain(
                 batch.seq,
                 batch.test_ids.len(),
                 human_ms(batch.expected_ms),
-                if deliveries > 1 {
-                    format!(", taken over after a lease expired (delivery {deliveries})")
-                } else {
-                    String::new()
+                match &taken {
+                    Some(from) => format!(
+                        ", taken over after a lease expired (claim of {from}, delivery {deliveries})"
+                    ),
+                    None if deliveries > 1 => format!(", delivery {deliveries}"),
+                    None => String::new(),
                 }
             ),
         )
         .await;
-        // Renew the lease while the batch runs.
-        let heartbeat = {
-            let msg = msg.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(lease / 3);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                }
-            })
-        };
+        // Renew the lease and the claim while the batch runs, through NATS outages.
+        let stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(renew(
+            msg.clone(),
+            claims.clone(),
+            key.clone(),
+            revision,
+            lease,
+            batch.seq,
+            logs.clone(),
+            stop.clone(),
+        ));
         let report = id.report_dir(runner.workdir()).join(format!(
             "shard-{}-attempt-{}-batch-{}.xml",
             id.shard, id.attempt, batch.seq
         ));
         let (verdict, results) =
             retries::run_with_retries(job, tests, id, runner, &batch.test_ids, &report).await;
-        heartbeat.abort();
+        stop.cancel();
+        let held = heartbeat.await.unwrap_or(None);
         if verdict.state == ShardState::Errored {
             // Give the batch back at once: another worker may manage where this one cannot.
+            if let Some(revision) = held
+                && let Err(e) = claims.release(&key, revision).await
+            {
+                warn!(batch = batch.seq, error = %e, "batch claim not released; it expires after the lease");
+            }
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return (verdict, published);
         }
@@ -197,9 +253,18 @@ async fn drain(
                 published.cases += cases;
             }
             Err(e) => {
+                if let Some(revision) = held {
+                    let _ = claims.release(&key, revision).await;
+                }
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 return (Verdict::errored(e.to_string()), published);
             }
+        }
+        // Published: a redelivered copy of the batch is dropped from now on.
+        if let Some(revision) = held
+            && let Err(e) = claims.finish(&key, revision).await
+        {
+            warn!(batch = batch.seq, error = %e, "batch not marked done; a redelivered copy would run again (its results count once)");
         }
         if let Err(e) = msg.double_ack().await {
             logs.system(
@@ -231,6 +296,81 @@ async fn drain(
         Verdict::passed()
     };
     (verdict, published)
+}
+
+/// How long after a live holder's claim would expire a batch left to it comes back.
+const HELD_MARGIN: Duration = Duration::from_millis(250);
+
+/// How soon a batch whose claim could not be checked (NATS unreachable) is tried again.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// This worker's id in the claims it writes: its attempt, process and start time, so that
+/// two processes never share one.
+fn holder_id(id: &Identity) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    id.key(&format!("pid{}-{started:x}", std::process::id()))
+}
+
+/// Renews the batch's lease (a progress ack) and its claim every `lease / 3` until `stop`.
+/// Errors (NATS down) are logged and tried again at the next tick, so renewing resumes by
+/// itself after a reconnect. Returns the claim's revision, or `None` when another worker
+/// took the claim (this worker then stops renewing; its results still count if first).
+#[allow(clippy::too_many_arguments)]
+async fn renew(
+    msg: async_nats::jetstream::Message,
+    claims: Claims,
+    key: String,
+    mut revision: u64,
+    lease: Duration,
+    seq: u32,
+    logs: crate::publish::LogSink,
+    stop: CancellationToken,
+) -> Option<u64> {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failing = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Some(revision),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+            debug!(batch = seq, error = %e, "progress ack failed; trying again at the next tick");
+        }
+        let renewed = tokio::select! {
+            _ = stop.cancelled() => return Some(revision),
+            r = claims.renew(&key, revision) => r,
+        };
+        match renewed {
+            Ok(Renewal::Renewed(r)) => {
+                revision = r;
+                if failing > 0 {
+                    info!(batch = seq, failed = failing, "batch claim renewed again");
+                    failing = 0;
+                }
+            }
+            Ok(Renewal::Lost(by)) => {
+                let by = by.unwrap_or_else(|| "nobody (removed)".to_string());
+                logs.system(
+                    TESTS,
+                    format!(
+                        "batch {seq}: its claim is now held by {by} ({} stopped renewing it); this run of it goes on, and the first report of it counts",
+                        claims.holder()
+                    ),
+                )
+                .await;
+                return None;
+            }
+            Err(e) => {
+                failing += 1;
+                warn!(batch = seq, attempt = failing, error = %e, "batch claim not renewed; trying again at the next tick");
+            }
+        }
+    }
 }
 
 fn human_ms(ms: f64) -> String {

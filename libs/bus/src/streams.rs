@@ -64,6 +64,11 @@ pub const KV_CANCELLED: &str = "assay_cancelled";
 /// KV bucket: execution → state of its work queue (`filling`, `sealed:<batches>`); the first
 /// runner to create the key fills the queue.
 pub const KV_QUEUES: &str = "assay_queues";
+/// KV bucket: `<execution>.<group>.<seq>` (see [`crate::kv_key`]) → who holds a queue
+/// batch and until when (`<expiry unix ms> <holder>`), or `done` once its results are
+/// published. A worker runs a batch only after creating or taking over (compare-and-set)
+/// its claim; entries age out after a day.
+pub const KV_BATCH_CLAIMS: &str = "assay_batch_claims";
 /// KV bucket: `<provider>/<delivery id>` (hex, see [`crate::kv_key`]) of every webhook
 /// delivery the trigger-watchers accepted. Its `max_age` is the replay window: a delivery id
 /// seen within it is not published again, whichever replica receives it. Opened with
