@@ -101,6 +101,7 @@ async fn drain(
         Ok(c) => c,
         Err(reason) => return (Verdict::errored(reason), published),
     };
+    let mut claiming = true;
     let (mut batches, mut failed, mut errored, mut total) = (0u32, 0usize, 0usize, 0usize);
     let mut run_failed: Option<String> = None;
     loop {
@@ -151,8 +152,13 @@ async fn drain(
         // Run the batch only while holding its claim: the consumer redelivers batches whose
         // holders are alive and renewing (after a nats-server restart, for one).
         let key = claim::key(&id.execution, id.group, batch.seq);
-        let (revision, taken) = match claims.take(&key).await {
-            Ok(Take::Run { revision, from }) => (revision, from),
+        let took = if claiming {
+            claims.take(&key).await
+        } else {
+            Err(String::new())
+        };
+        let (revision, taken) = match took {
+            Ok(Take::Run { revision, from }) => (Some(revision), from),
             Ok(Take::Held { holder, for_ms }) => {
                 logs.system(
                     TESTS,
@@ -180,11 +186,21 @@ async fn drain(
                 let _ = msg.double_ack().await;
                 continue;
             }
+            Err(_) if !claiming => (None, None),
             Err(e) => {
-                warn!(batch = batch.seq, error = %e, "cannot check a batch's claim; giving it back");
-                let _ = msg.ack_with(AckKind::Nak(Some(CLAIM_RETRY))).await;
-                tokio::time::sleep(CLAIM_RETRY).await;
-                continue;
+                // Without claims a batch runs as before they existed (its results still
+                // count once): better than a queue nobody can drain.
+                claiming = false;
+                logs.system(
+                    TESTS,
+                    format!(
+                        "cannot claim batch {} ({e}); this shard runs its batches unclaimed, so a nats-server restart may run some twice (the runners' NATS user needs publish on $KV.{}.>)",
+                        batch.seq,
+                        assay_bus::streams::KV_BATCH_CLAIMS
+                    ),
+                )
+                .await;
+                (None, None)
             }
         };
         logs.system(
@@ -301,9 +317,6 @@ async fn drain(
 /// How long after a live holder's claim would expire a batch left to it comes back.
 const HELD_MARGIN: Duration = Duration::from_millis(250);
 
-/// How soon a batch whose claim could not be checked (NATS unreachable) is tried again.
-const CLAIM_RETRY: Duration = Duration::from_secs(1);
-
 /// This worker's id in the claims it writes: its attempt, process and start time, so that
 /// two processes never share one.
 fn holder_id(id: &Identity) -> String {
@@ -317,13 +330,14 @@ fn holder_id(id: &Identity) -> String {
 /// Renews the batch's lease (a progress ack) and its claim every `lease / 3` until `stop`.
 /// Errors (NATS down) are logged and tried again at the next tick, so renewing resumes by
 /// itself after a reconnect. Returns the claim's revision, or `None` when another worker
-/// took the claim (this worker then stops renewing; its results still count if first).
+/// took the claim (this worker then stops renewing; its results still count if first) or
+/// when the batch runs unclaimed (`revision` `None`).
 #[allow(clippy::too_many_arguments)]
 async fn renew(
     msg: async_nats::jetstream::Message,
     claims: Claims,
     key: String,
-    mut revision: u64,
+    mut revision: Option<u64>,
     lease: Duration,
     seq: u32,
     logs: crate::publish::LogSink,
@@ -335,19 +349,22 @@ async fn renew(
     let mut failing = 0u32;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return Some(revision),
+            _ = stop.cancelled() => return revision,
             _ = tick.tick() => {}
         }
         if let Err(e) = msg.ack_with(AckKind::Progress).await {
             debug!(batch = seq, error = %e, "progress ack failed; trying again at the next tick");
         }
+        let Some(held) = revision else {
+            continue; // running unclaimed: the progress ack is all there is to renew
+        };
         let renewed = tokio::select! {
-            _ = stop.cancelled() => return Some(revision),
-            r = claims.renew(&key, revision) => r,
+            _ = stop.cancelled() => return revision,
+            r = claims.renew(&key, held) => r,
         };
         match renewed {
             Ok(Renewal::Renewed(r)) => {
-                revision = r;
+                revision = Some(r);
                 if failing > 0 {
                     info!(batch = seq, failed = failing, "batch claim renewed again");
                     failing = 0;

@@ -229,3 +229,57 @@ async fn a_nats_restart_while_a_batch_runs_runs_no_test_twice() -> Result<()> {
     assert_eq!(ids, want, "every test exactly once: {ran:?}\n{logs}");
     Ok(())
 }
+
+/// A runner whose NATS user may not write claims (a deployment whose permissions predate
+/// them) still drains the queue, every test once, saying once that it runs unclaimed.
+#[tokio::test]
+async fn a_runner_that_cannot_write_claims_runs_its_batches_unclaimed() -> Result<()> {
+    let server = NatsServer::start_with_config(concat!(
+        "authorization { users: [\n",
+        "  {user: admin, password: admin}\n",
+        "  {user: runner, password: runner, permissions: {publish: {deny: [\"$KV.assay_batch_claims.>\"]}}}\n",
+        "] }\n"
+    ));
+    let opts = NatsOptions {
+        url: server.url(),
+        auth: assay_bus::NatsAuth {
+            user: Some("admin".into()),
+            password: Some("admin".into()),
+            ..Default::default()
+        },
+        ..NatsOptions::default()
+    };
+    let bus = Bus::connect(&opts, &CancellationToken::new()).await?;
+    bus.ensure_topology().await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("junit.sh"), JUNIT_SH)?;
+    let execution = "exec-unclaimed";
+    let mut job = queue_job(execution, 0, 1, dir.path());
+    job.tests = Some(TestsSpec {
+        list: r"printf 'u1\nu2\nu3\n'".to_string(),
+        run: r#"for id in {tests}; do echo "$(date +%s%3N) $id" >> ran.txt; done; sh ./junit.sh {report} {tests}"#
+            .to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+    let b64 = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_assay-runner"))
+        .env("ASSAY_SHARD_JOB", b64)
+        .env("ASSAY_NATS_URL", server.url())
+        .env("ASSAY_NATS_USER", "runner")
+        .env("ASSAY_NATS_PASSWORD", "runner")
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let mut ids: Vec<String> = ran(dir.path())?.into_iter().map(|(_, id)| id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["u1", "u2", "u3"]);
+    let log = system_log(&bus, execution, 0).await?;
+    assert_eq!(
+        log.matches("this shard runs its batches unclaimed").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("$KV.assay_batch_claims.>"), "{log}");
+    Ok(())
+}
