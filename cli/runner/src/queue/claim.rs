@@ -200,11 +200,27 @@ impl Claims {
     /// Marks the batch held at `revision` done (its results are published), so that a
     /// redelivered copy is dropped. Fails when the claim is no longer ours.
     pub(crate) async fn finish(&self, key: &str, revision: u64) -> Result<(), String> {
-        self.kv
-            .update(key, DONE.into(), revision)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("cannot mark the batch done: {e}"))
+        let done = |e: String| format!("cannot mark the batch done: {e}");
+        match self.kv.update(key, DONE.into(), revision).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(done(e.to_string())),
+        }
+        // A renewal cut short when the batch ended may have been written: still ours?
+        let entry = self.kv.entry(key).await.map_err(|e| done(e.to_string()))?;
+        let ours = entry.filter(|e| {
+            e.operation == kv::Operation::Put
+                && matches!(State::parse(&e.value), Some(State::Held { holder, .. }) if holder == self.holder)
+        });
+        match ours {
+            Some(e) => self
+                .kv
+                .update(key, DONE.into(), e.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| done(e.to_string())),
+            None => Err(done("the claim is held by another worker".to_string())),
+        }
     }
 
     /// Gives the claim held at `revision` up (the batch goes back to the queue), unless
@@ -355,10 +371,10 @@ mod tests {
     }
 
     /// A renewal whose answer was lost (the revision we hold is stale but the claim is
-    /// still ours) renews again instead of giving the batch up; a released claim is created
+    /// still ours) renews again and marks the batch done instead of giving it up; a released claim is created
     /// again by the next taker.
     #[tokio::test]
-    async fn a_stale_revision_of_our_own_claim_still_renews_and_release_frees_it() {
+    async fn a_stale_revision_of_our_own_claim_still_renews_and_finishes_and_release_frees_it() {
         let server = NatsServer::start();
         let bus = bus(&server).await;
         let a = claims(&bus, "a", Duration::from_secs(30)).await;
@@ -385,6 +401,20 @@ mod tests {
         a.release(&key, current)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let Ok(Take::Run {
+            revision: stale, ..
+        }) = a.take(&key).await
+        else {
+            panic!("created again");
+        };
+        let Ok(Renewal::Renewed(_)) = a.renew(&key, stale).await else {
+            panic!("renewed");
+        };
+        a.finish(&key, stale)
+            .await
+            .unwrap_or_else(|e| panic!("a stale revision of our own claim finishes: {e}"));
+        assert_eq!(b.take(&key).await, Ok(Take::Done));
+        let key = super::key("exec", 0, 2);
         assert!(matches!(
             b.take(&key).await,
             Ok(Take::Run { from: None, .. })
