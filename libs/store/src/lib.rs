@@ -12,6 +12,7 @@ pub mod history;
 mod ops;
 mod retention;
 mod schema;
+mod tally;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

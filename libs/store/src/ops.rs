@@ -14,6 +14,7 @@ use crate::derive::{
     ShardProgress, Verdict, derive_status, execution_status_is_terminal, shard_state_is_terminal,
     shard_state_rank,
 };
+use crate::tally::{self, Counts, Tally};
 use crate::{Error, ExecutionFilter, Result};
 
 /// Statuses below this number are not terminal (unspecified, queued, running).
@@ -161,7 +162,8 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
             "SELECT MAX(attempt) FROM (
                  SELECT attempt FROM shard_attempts WHERE execution_id = ?1 AND shard_index = ?2
                  UNION ALL
-                 SELECT attempt FROM batches WHERE execution_id = ?1 AND shard_index = ?2)",
+                 SELECT attempt FROM attempt_tallies
+                 WHERE execution_id = ?1 AND shard_index = ?2 AND batches > 0)",
             params![s.execution_id, s.shard_index],
             |row| row.get(0),
         )?;
@@ -313,6 +315,12 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
             return Ok(false);
         }
     }
+    // What this batch adds to its attempt's tally: the ledger entry (unless late), then the
+    // test cases that are new and not late.
+    let mut delta = Tally {
+        batches: u32::from(!late),
+        ..Tally::default()
+    };
     if b.queue_batch > 0 {
         tx.execute(
             "INSERT OR IGNORE INTO queue_claims (execution_id, queue_batch, shard_index, attempt)
@@ -336,6 +344,7 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 "queue batch already reported by another shard; results ignored"
             );
             if !late {
+                tally::add(&tx, &b.execution_id, b.shard_index, b.attempt, &delta)?;
                 settle(&tx, &b.execution_id)?;
             }
             tx.commit()?;
@@ -364,7 +373,13 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
         // Per row: a queue batch's tests count whichever attempt ran them; an attempt's own
         // tests count only for the shard's latest attempt.
         let queue_batch = (b.queue_batch > 0).then_some(b.queue_batch);
+        let counts = if queue_batch.is_some() {
+            &mut delta.queued
+        } else {
+            &mut delta.own
+        };
         for r in &b.results {
+            let flaky = r.flaky && r.status() == TestStatus::Passed;
             let new = insert.execute(params![
                 b.execution_id,
                 b.shard_index,
@@ -378,10 +393,13 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                 r.failure_message,
                 r.output,
                 r.attempts.max(1),
-                r.flaky && r.status() == TestStatus::Passed,
+                flaky,
                 queue_batch,
                 late,
             ])?;
+            if new == 1 && !late {
+                counts.add(r.status, flaky);
+            }
             // Only a test case seen for the first time counts, so redelivery changes nothing.
             if new == 1 && !workflow.is_empty() {
                 crate::history::record(&tx, &workflow, r, now)?;
@@ -389,6 +407,7 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
         }
     }
     if !late {
+        tally::add(&tx, &b.execution_id, b.shard_index, b.attempt, &delta)?;
         settle(&tx, &b.execution_id)?;
     }
     tx.commit()?;
@@ -734,16 +753,6 @@ struct AttemptRow {
     finished_at_ms: i64,
 }
 
-#[derive(Default)]
-struct Counts {
-    passed: u32,
-    failed: u32,
-    errored: u32,
-    skipped: u32,
-    /// Passed only on a retry; also counted in `passed`.
-    flaky: u32,
-}
-
 /// The `executions` columns [`load`] reads.
 struct Head {
     planned: bool,
@@ -829,50 +838,17 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
             );
         }
     }
-    let mut batches: BTreeMap<(u32, u32), u32> = BTreeMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT shard_index, attempt, COUNT(*) FROM batches
-             WHERE execution_id = ?1 GROUP BY shard_index, attempt",
-        )?;
-        let mut rows = stmt.query([id])?;
-        while let Some(r) = rows.next()? {
-            batches.insert((r.get(0)?, r.get(1)?), r.get(2)?);
-        }
-    }
-    // Test counts per shard attempt: its own tests, and apart from them (`queued`) those
-    // that came through a work queue.
-    let mut counts: BTreeMap<(u32, u32), Counts> = BTreeMap::new();
-    let mut queued: BTreeMap<(u32, u32), Counts> = BTreeMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT shard_index, attempt, queue_batch IS NOT NULL, status, COUNT(*), SUM(flaky)
-             FROM test_cases WHERE execution_id = ?1 AND late = 0
-             GROUP BY shard_index, attempt, queue_batch IS NOT NULL, status",
-        )?;
-        let mut rows = stmt.query([id])?;
-        while let Some(r) = rows.next()? {
-            let key = (r.get(0)?, r.get(1)?);
-            let entry = if r.get::<_, bool>(2)? {
-                queued.entry(key).or_default()
-            } else {
-                counts.entry(key).or_default()
-            };
-            let n: u32 = r.get(4)?;
-            entry.flaky += r.get::<_, u32>(5)?;
-            match TestStatus::try_from(r.get::<_, i32>(3)?) {
-                Ok(TestStatus::Passed) => entry.passed += n,
-                Ok(TestStatus::Failed) => entry.failed += n,
-                Ok(TestStatus::Errored) => entry.errored += n,
-                Ok(TestStatus::Skipped) => entry.skipped += n,
-                Ok(TestStatus::Unspecified) | Err(_) => {}
-            }
-        }
-    }
+    // Batches and test counts per shard attempt, from the running tallies: one row per
+    // attempt, however many tests the execution ran.
+    let tallies = tally::load(conn, id)?;
 
     // The latest attempt of each shard is the highest one seen in a status or a batch.
     let mut latest: BTreeMap<u32, u32> = BTreeMap::new();
-    for &(shard, attempt) in attempts.keys().chain(batches.keys()) {
+    let with_batches = tallies
+        .iter()
+        .filter(|(_, t)| t.batches > 0)
+        .map(|(key, _)| key);
+    for &(shard, attempt) in attempts.keys().chain(with_batches) {
         let entry = latest.entry(shard).or_insert(attempt);
         *entry = (*entry).max(attempt);
     }
@@ -892,22 +868,16 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
                 return ShardProgress::queued(index);
             };
             let key = (index, attempt);
-            let batches_seen = batches.get(&key).copied().unwrap_or(0);
+            let current = tallies.get(&key);
+            let batches_seen = current.map_or(0, |t| t.batches);
             // The latest attempt's own tests, plus the work-queue batches of every attempt:
             // results of a queue batch belong to the batch, not to the attempt, and only its
             // first report is stored.
-            let c = queued
+            let c = tallies
                 .range((index, 0)..=(index, u32::MAX))
-                .map(|(_, c)| c)
-                .chain(counts.get(&key))
-                .fold(Counts::default(), |mut acc, c| {
-                    acc.passed += c.passed;
-                    acc.failed += c.failed;
-                    acc.errored += c.errored;
-                    acc.skipped += c.skipped;
-                    acc.flaky += c.flaky;
-                    acc
-                });
+                .map(|(_, t)| &t.queued)
+                .chain(current.map(|t| &t.own))
+                .fold(Counts::default(), Counts::plus);
             let mut progress = ShardProgress {
                 attempt,
                 batches_seen,
@@ -989,6 +959,156 @@ mod tests {
             })
             .unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    /// What the statements run while [`observe`] traces a connection cost: (SQL, VM steps).
+    mod observed {
+        use std::cell::RefCell;
+
+        use rusqlite::StatementStatus;
+        use rusqlite::trace::TraceEvent;
+
+        thread_local! {
+            /// The VM step count of each running statement when it started.
+            static STARTED: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+            static RAN: RefCell<Vec<(String, i64)>> = const { RefCell::new(Vec::new()) };
+        }
+
+        /// A `trace_v2` callback: a statement's steps are its counter at its end less its
+        /// counter at its start (the counter of a reused statement only grows).
+        pub fn observe(event: TraceEvent<'_>) {
+            match event {
+                TraceEvent::Stmt(stmt, _) => {
+                    let steps = stmt.get_status(StatementStatus::VmStep);
+                    STARTED.with(|s| s.borrow_mut().push(steps));
+                }
+                TraceEvent::Profile(stmt, _) => {
+                    let start = STARTED.with(|s| s.borrow_mut().pop()).unwrap_or(0);
+                    let steps = stmt.get_status(StatementStatus::VmStep) - start;
+                    RAN.with(|r| {
+                        r.borrow_mut()
+                            .push((stmt.sql().into_owned(), i64::from(steps)))
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        pub fn take() -> Vec<(String, i64)> {
+            STARTED.with(|s| s.borrow_mut().clear());
+            RAN.with(|r| std::mem::take(&mut *r.borrow_mut()))
+        }
+    }
+
+    fn test_batch(shard: u32, batch: u32, first_test: u32, n: u32) -> TestCaseBatch {
+        TestCaseBatch {
+            execution_id: "E".into(),
+            shard_index: shard,
+            attempt: 1,
+            batch,
+            workflow: "w".into(),
+            results: (first_test..first_test + n)
+                .map(|t| TestCaseResult {
+                    id: format!("suite/test-{t:06}"),
+                    status: 1 + (t % 4) as i32,
+                    duration_ms: u64::from(t % 50),
+                    ..TestCaseResult::default()
+                })
+                .collect(),
+            ..TestCaseBatch::default()
+        }
+    }
+
+    /// An execution of 4 shards that stored `stored` test cases in batches of 10, then the
+    /// statements (SQL, VM steps) that one more batch and the update published after it run.
+    fn one_more_batch_after(stored: u32) -> Vec<(String, i64)> {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let plan = Execution {
+            id: "E".into(),
+            workflow: "w".into(),
+            shard_count: 4,
+            created_at_ms: 1,
+            ..Execution::default()
+        };
+        record_execution(&mut conn, &plan).unwrap();
+        for shard in 0..4 {
+            let running = ShardStatus {
+                execution_id: "E".into(),
+                shard_index: shard,
+                attempt: 1,
+                state: ShardState::Running.into(),
+                started_at_ms: 2,
+                ..ShardStatus::default()
+            };
+            record_shard_status(&mut conn, &running).unwrap();
+        }
+        for n in 0..stored / 10 {
+            record_batch(&mut conn, &test_batch(n % 4, n / 4, n * 10, 10)).unwrap();
+        }
+        let next = stored / 10;
+        conn.trace_v2(
+            rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT
+                | rusqlite::trace::TraceEventCodes::SQLITE_TRACE_PROFILE,
+            Some(observed::observe),
+        );
+        observed::take();
+        // What the aggregator does per batch: record it, then build the update to publish.
+        assert!(record_batch(&mut conn, &test_batch(next % 4, next / 4, next * 10, 10)).unwrap());
+        assert!(is_planned(&conn, "E").unwrap());
+        bump_revision(&conn, "E").unwrap();
+        let update = execution_update(&conn, "E").unwrap().unwrap();
+        assert_eq!(
+            update.passed + update.failed + update.errored + update.skipped,
+            stored + 10
+        );
+        conn.trace_v2(rusqlite::trace::TraceEventCodes::empty(), None);
+        observed::take()
+    }
+
+    /// Recording a batch and building the update that follows it cost the same however many
+    /// test cases the execution stored before (counted in SQLite VM steps, not time), and
+    /// none of their statements scans a table.
+    #[test]
+    fn a_batch_costs_the_same_however_large_its_execution() {
+        let total = |ran: &[(String, i64)]| ran.iter().map(|(_, steps)| steps).sum::<i64>();
+        let small = one_more_batch_after(40);
+        let large = one_more_batch_after(4_000);
+        let (small_steps, large_steps) = (total(&small), total(&large));
+        assert!(small_steps > 0);
+        // The same statements in the same order; a B-tree one level deeper may cost a step
+        // here and there, a recount of 4,000 rows would cost tens of thousands.
+        assert_eq!(
+            small.iter().map(|(sql, _)| sql).collect::<Vec<_>>(),
+            large.iter().map(|(sql, _)| sql).collect::<Vec<_>>()
+        );
+        assert!(
+            large_steps <= small_steps + small_steps / 20,
+            "{small_steps} VM steps after 40 test cases, {large_steps} after 4,000: {large:#?}"
+        );
+
+        let conn = Connection::open_in_memory().unwrap();
+        let mut conn = conn;
+        crate::schema::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for (sql, _) in &large {
+            if !seen.insert(sql.as_str()) {
+                continue;
+            }
+            assert!(
+                !sql.contains("FROM test_cases") && !sql.contains("FROM batches"),
+                "a batch reads stored test cases or batches: {sql}"
+            );
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next().unwrap() {
+                let detail: String = row.get(3).unwrap();
+                assert!(
+                    !detail.starts_with("SCAN "),
+                    "a statement of the batch path scans a table ({detail}): {sql}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Retention of executions: one that ended before a cutoff is deleted with everything
-//! recorded for it (shard attempts, result batches, test cases, queue claims, labels). The
+//! recorded for it (shard attempts, result batches and their tallies, test cases, queue
+//! claims, labels). The
 //! per-test duration history (`test_history`) is kept: it is per workflow, bounded by the
 //! number of tests, and what planning learns from.
 
@@ -36,6 +37,7 @@ pub(crate) fn prune(conn: &mut Connection, ended_before_ms: i64) -> Result<usize
         for table in [
             "shard_attempts",
             "batches",
+            "attempt_tallies",
             "test_cases",
             "queue_claims",
             "execution_labels",

@@ -168,6 +168,54 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX executions_unended_by_creation ON executions (created_at_ms)
         WHERE planned = 1 AND finished_at_ms = 0;
     "#,
+    // 12: running tallies per shard attempt, added to as batches and test cases are
+    // inserted, so that an execution's counts and status are read from one row per shard
+    // attempt instead of being recounted from every test case after each batch. Columns
+    // without a prefix count the attempt's own tests (`queue_batch IS NULL`), `queued_` ones
+    // the work-queue batches it reported first; `flaky` sums the column of that name. Late
+    // rows count nowhere, as before. Backfilled from the rows already stored.
+    r#"
+    CREATE TABLE attempt_tallies (
+        execution_id   TEXT    NOT NULL,
+        shard_index    INTEGER NOT NULL,
+        attempt        INTEGER NOT NULL,
+        batches        INTEGER NOT NULL DEFAULT 0,
+        passed         INTEGER NOT NULL DEFAULT 0,
+        failed         INTEGER NOT NULL DEFAULT 0,
+        errored        INTEGER NOT NULL DEFAULT 0,
+        skipped        INTEGER NOT NULL DEFAULT 0,
+        flaky          INTEGER NOT NULL DEFAULT 0,
+        queued_passed  INTEGER NOT NULL DEFAULT 0,
+        queued_failed  INTEGER NOT NULL DEFAULT 0,
+        queued_errored INTEGER NOT NULL DEFAULT 0,
+        queued_skipped INTEGER NOT NULL DEFAULT 0,
+        queued_flaky   INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (execution_id, shard_index, attempt)
+    ) WITHOUT ROWID;
+    INSERT INTO attempt_tallies (execution_id, shard_index, attempt, batches)
+        SELECT execution_id, shard_index, attempt, COUNT(*) FROM batches
+        GROUP BY execution_id, shard_index, attempt;
+    INSERT INTO attempt_tallies (execution_id, shard_index, attempt,
+            passed, failed, errored, skipped, flaky,
+            queued_passed, queued_failed, queued_errored, queued_skipped, queued_flaky)
+        SELECT execution_id, shard_index, attempt,
+            SUM(queue_batch IS NULL AND status = 1), SUM(queue_batch IS NULL AND status = 2),
+            SUM(queue_batch IS NULL AND status = 3), SUM(queue_batch IS NULL AND status = 4),
+            SUM(CASE WHEN queue_batch IS NULL THEN flaky ELSE 0 END),
+            SUM(queue_batch IS NOT NULL AND status = 1),
+            SUM(queue_batch IS NOT NULL AND status = 2),
+            SUM(queue_batch IS NOT NULL AND status = 3),
+            SUM(queue_batch IS NOT NULL AND status = 4),
+            SUM(CASE WHEN queue_batch IS NOT NULL THEN flaky ELSE 0 END)
+        FROM test_cases WHERE late = 0
+        GROUP BY execution_id, shard_index, attempt
+        ON CONFLICT (execution_id, shard_index, attempt) DO UPDATE SET
+            passed = excluded.passed, failed = excluded.failed, errored = excluded.errored,
+            skipped = excluded.skipped, flaky = excluded.flaky,
+            queued_passed = excluded.queued_passed, queued_failed = excluded.queued_failed,
+            queued_errored = excluded.queued_errored,
+            queued_skipped = excluded.queued_skipped, queued_flaky = excluded.queued_flaky;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
@@ -207,6 +255,59 @@ mod tests {
         conn.pragma_update(None, "user_version", version as i64)
             .unwrap();
         conn
+    }
+
+    #[test]
+    fn tallies_are_backfilled_from_the_rows_stored_before_them() {
+        let mut conn = at_version(11);
+        // E: shard 0 ran twice (attempt 1 failed a test, attempt 2 passed it, flaky) with a
+        // late row after the end; shard 1 reported queue batches, one of them twice
+        // (one row per queue batch is stored), and a batch with no test cases. F: another
+        // execution, kept apart.
+        conn.execute_batch(
+            "INSERT INTO executions (id, planned, workflow, shard_count) VALUES
+                 ('E', 1, 'w', 2), ('F', 1, 'w', 1);
+             INSERT INTO batches VALUES ('E', 0, 1, 0), ('E', 0, 2, 0), ('E', 0, 2, 1),
+                 ('E', 1, 1, 0), ('E', 1, 1, 1), ('E', 1, 1, 2), ('F', 0, 1, 0);
+             INSERT INTO test_cases (execution_id, shard_index, attempt, test_id, status,
+                     flaky, queue_batch, late) VALUES
+                 ('E', 0, 1, 'a', 2, 0, NULL, 0), ('E', 0, 1, 'b', 1, 0, NULL, 0),
+                 ('E', 0, 2, 'a', 1, 1, NULL, 0), ('E', 0, 2, 'b', 1, 0, NULL, 0),
+                 ('E', 0, 2, 'c', 3, 0, NULL, 0), ('E', 0, 2, 'd', 4, 0, NULL, 0),
+                 ('E', 0, 2, 'z', 2, 0, NULL, 1),
+                 ('E', 1, 1, 'q1', 1, 1, 1, 0), ('E', 1, 1, 'q2', 2, 0, 1, 0),
+                 ('E', 1, 1, 'q3', 4, 0, 2, 0), ('E', 1, 1, 'q4', 0, 0, 0, 0),
+                 ('F', 0, 1, 'a', 3, 0, NULL, 0);",
+        )
+        .unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        for id in ["E", "F", "none"] {
+            assert_eq!(
+                crate::tally::load(&conn, id).unwrap(),
+                crate::tally::recount(&conn, id).unwrap(),
+                "{id}"
+            );
+        }
+        let e = crate::tally::load(&conn, "E").unwrap();
+        let counts = |p, f, e, s, flaky| crate::tally::Counts {
+            passed: p,
+            failed: f,
+            errored: e,
+            skipped: s,
+            flaky,
+        };
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[&(0, 1)].batches, 1);
+        assert_eq!(e[&(0, 1)].own, counts(1, 1, 0, 0, 0));
+        assert_eq!(e[&(0, 2)].batches, 2);
+        assert_eq!(
+            e[&(0, 2)].own,
+            counts(2, 0, 1, 1, 1),
+            "the late row counts nowhere"
+        );
+        assert_eq!(e[&(1, 1)].batches, 3);
+        assert_eq!(e[&(1, 1)].own, counts(0, 0, 0, 0, 0));
+        assert_eq!(e[&(1, 1)].queued, counts(1, 1, 0, 1, 1));
     }
 
     #[test]

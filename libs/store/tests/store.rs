@@ -856,8 +856,9 @@ async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_g
     assert_eq!(ids_of(&detail, 1), [("c".to_string(), pass)]);
 }
 
-/// Takes a database back from schema version 10 to 7.
-const UNDO_8_TO_11: &str = "DROP INDEX executions_by_end;
+/// Takes a database back from schema version 12 to 7.
+const UNDO_8_TO_12: &str = "DROP TABLE attempt_tallies;
+    DROP INDEX executions_by_end;
     DROP INDEX executions_unended_by_creation;
     ALTER TABLE test_cases DROP COLUMN late;
     DROP TABLE events;
@@ -886,7 +887,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8_TO_11}
+         {UNDO_8_TO_12}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
