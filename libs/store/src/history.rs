@@ -38,12 +38,14 @@ pub(crate) fn record(
     now: i64,
 ) -> Result<()> {
     let status = TestStatus::try_from(r.status).unwrap_or(TestStatus::Unspecified);
+    // Both statements run once per new test case: cached, so a batch parses neither again.
     let row: Option<(f64, String, i64)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT ewma_ms, recent_ms, runs FROM test_history WHERE workflow = ?1 AND test_id = ?2",
-            params![workflow, r.id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
+        )?
+        .query_row(params![workflow, r.id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     let (mut ewma, mut recent, runs) = match row {
         Some((e, json, runs)) => (
@@ -74,7 +76,7 @@ pub(crate) fn record(
         TestStatus::Skipped => (0, 0, 0, 1),
         TestStatus::Unspecified => (0, 0, 0, 0),
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO test_history (workflow, test_id, runs, passed, failed, errored, skipped,
              ewma_ms, last_ms, recent_ms, updated_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -82,20 +84,20 @@ pub(crate) fn record(
              runs = ?3, passed = passed + ?4, failed = failed + ?5, errored = errored + ?6,
              skipped = skipped + ?7, ewma_ms = ?8, last_ms = ?9, recent_ms = ?10,
              updated_at_ms = ?11",
-        params![
-            workflow,
-            r.id,
-            runs + 1,
-            p,
-            f,
-            e,
-            s,
-            ewma,
-            r.duration_ms as i64,
-            json,
-            now
-        ],
-    )?;
+    )?
+    .execute(params![
+        workflow,
+        r.id,
+        runs + 1,
+        p,
+        f,
+        e,
+        s,
+        ewma,
+        r.duration_ms as i64,
+        json,
+        now
+    ])?;
     Ok(())
 }
 

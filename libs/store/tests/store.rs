@@ -856,6 +856,126 @@ async fn a_duration_attempt_counts_its_own_tests_once_and_its_tail_batches_for_g
     assert_eq!(ids_of(&detail, 1), [("c".to_string(), pass)]);
 }
 
+/// A database written before the tallies (schema version 11) reads the same once upgraded,
+/// and counts on from there: the migration backfills them from the stored rows.
+#[tokio::test]
+async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.db");
+    let (run, done) = ("01J0000000000000000000UPGR", "01J0000000000000000000UPGD");
+    let (p, f, e, s) = (
+        TestStatus::Passed,
+        TestStatus::Failed,
+        TestStatus::Errored,
+        TestStatus::Skipped,
+    );
+    let flaky = |id: &str| TestCaseResult {
+        flaky: true,
+        attempts: 2,
+        ..test(id, p)
+    };
+    let before = {
+        let store = Store::open(&path).unwrap();
+        store.record_execution(plan(run, "up", 3)).await.unwrap();
+        // Shard 0: attempt 1 fails a test and is retried; attempt 2 (redelivered) passes.
+        store
+            .record_batch(batch(run, 0, 0, vec![test("a", f), test("b", p)]))
+            .await
+            .unwrap();
+        let mut retry = finished(run, 0, ShardState::Failed, 1);
+        retry.will_retry = true;
+        store.record_shard_status(retry).await.unwrap();
+        for _ in 0..2 {
+            store
+                .record_batch(TestCaseBatch {
+                    attempt: 2,
+                    ..batch(run, 0, 0, vec![flaky("a"), test("b", p), test("c", s)])
+                })
+                .await
+                .unwrap();
+        }
+        // Shard 1: work-queue batches, one also reported by shard 2 (ignored there).
+        store
+            .record_batch(queued_batch(
+                run,
+                1,
+                1,
+                0,
+                1,
+                vec![test("q1", p), test("q2", e)],
+            ))
+            .await
+            .unwrap();
+        store
+            .record_batch(queued_batch(run, 2, 1, 0, 1, vec![test("q1", f)]))
+            .await
+            .unwrap();
+        store
+            .record_batch(queued_batch(run, 2, 1, 1, 2, vec![test("q3", p)]))
+            .await
+            .unwrap();
+        // Another execution ended, then sent a late batch.
+        store.record_execution(plan(done, "up", 1)).await.unwrap();
+        store
+            .record_batch(batch(done, 0, 0, vec![test("a", p)]))
+            .await
+            .unwrap();
+        store
+            .record_shard_status(finished(done, 0, ShardState::Passed, 1))
+            .await
+            .unwrap();
+        store
+            .record_batch(batch(done, 0, 1, vec![test("z", f)]))
+            .await
+            .unwrap();
+        let mut before = Vec::new();
+        for id in [run, done] {
+            before.push(store.execution_detail(id).await.unwrap().unwrap());
+        }
+        before
+    };
+    assert_eq!(
+        before[0]
+            .execution
+            .as_ref()
+            .map(|u| (u.passed, u.failed, u.errored, u.skipped, u.flaky)),
+        Some((4, 0, 1, 1, 1))
+    );
+    // The same file as schema version 11 left it.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE attempt_tallies; PRAGMA user_version = 11;")
+        .unwrap();
+    drop(conn);
+
+    let store = Store::open(&path).unwrap();
+    for (id, before) in [run, done].into_iter().zip(&before) {
+        assert_eq!(&store.execution_detail(id).await.unwrap().unwrap(), before);
+    }
+    // Counting goes on from the backfilled tallies.
+    store
+        .record_batch(TestCaseBatch {
+            attempt: 2,
+            ..batch(run, 0, 1, vec![test("d", f)])
+        })
+        .await
+        .unwrap();
+    for (shard, attempt, batches) in [(0, 2, 2), (1, 1, 1), (2, 1, 2)] {
+        store
+            .record_shard_status(ShardStatus {
+                result_batches: batches,
+                ..status(run, shard, attempt, ShardState::Passed)
+            })
+            .await
+            .unwrap();
+    }
+    let u = update(&store, run).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Failed, "{u:?}");
+    assert_eq!(
+        (u.passed, u.failed, u.errored, u.skipped, u.flaky),
+        (4, 1, 1, 1, 1)
+    );
+}
+
 /// Takes a database back from schema version 12 to 7.
 const UNDO_8_TO_12: &str = "DROP TABLE attempt_tallies;
     DROP INDEX executions_by_end;
