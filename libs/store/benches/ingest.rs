@@ -8,9 +8,14 @@
 //! are repeated (each in a fresh store) until at least 100,000 test cases were ingested, so
 //! that the process CPU clock (10 ms ticks) resolves them.
 //!
-//! Prints CPU and wall time per test case for each size and the ratio of the largest size's
-//! per-test CPU to the smallest's: 1.0 is ingest cost proportional to the batches, as it
-//! should be. Figures are printed, not asserted.
+//! Test ids are scattered over the id space by default, so that every batch inserts into as
+//! many places of the stored B-trees as it has tests; `ASSAY_INGEST_IDS=sorted` sends them in
+//! key order instead.
+//!
+//! Prints per test case, for each size: CPU (user: SQLite and the store; sys: the kernel's
+//! share of the file I/O), wall time, and the bytes written and read through system calls;
+//! then the ratio of the largest size's per-test figures to the smallest's: 1.0 is ingest
+//! cost proportional to the batches. Figures are printed, not asserted.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -39,20 +44,59 @@ fn sizes() -> Vec<u32> {
     }
 }
 
-/// CPU time of this process (every thread, the store's blocking pool included).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
+/// What this process (every thread, the store's blocking pool included) has spent so far:
+/// user and system CPU, and bytes written and read through system calls (the WAL's frames,
+/// checkpoints, and pages read back that SQLite's cache did not hold).
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    user: Duration,
+    sys: Duration,
+    written: u64,
+    read: u64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // USER_HZ is 100 on every Linux this runs on.
+        let ticks = |i: usize| {
+            Duration::from_millis(fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) * 10)
+        };
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let io_field = |name: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Usage {
+            user: ticks(11),
+            sys: ticks(12),
+            written: io_field("wchar:"),
+            read: io_field("rchar:"),
+        }
+    }
+
+    fn since(self, start: Usage) -> Usage {
+        Usage {
+            user: self.user.saturating_sub(start.user),
+            sys: self.sys.saturating_sub(start.sys),
+            written: self.written.saturating_sub(start.written),
+            read: self.read.saturating_sub(start.read),
+        }
+    }
+
+    fn add(&mut self, other: Usage) {
+        self.user += other.user;
+        self.sys += other.sys;
+        self.written += other.written;
+        self.read += other.read;
+    }
 }
 
 /// Whether test ids arrive in the order they sort in (`ASSAY_INGEST_IDS=sorted`: a runner
@@ -171,16 +215,25 @@ async fn ingest(store: &Store, id: &str, tests: u32, sorted: bool) {
 struct Figures {
     tests: u32,
     runs: u32,
-    cpu: Duration,
+    usage: Usage,
     wall: Duration,
 }
 
 impl Figures {
+    fn per_test(&self, total: f64) -> f64 {
+        total / f64::from(self.tests * self.runs)
+    }
     fn cpu_us_per_test(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / f64::from(self.tests * self.runs)
+        self.per_test((self.usage.user + self.usage.sys).as_secs_f64() * 1e6)
+    }
+    fn user_us_per_test(&self) -> f64 {
+        self.per_test(self.usage.user.as_secs_f64() * 1e6)
+    }
+    fn sys_us_per_test(&self) -> f64 {
+        self.per_test(self.usage.sys.as_secs_f64() * 1e6)
     }
     fn wall_us_per_test(&self) -> f64 {
-        self.wall.as_secs_f64() * 1e6 / f64::from(self.tests * self.runs)
+        self.per_test(self.wall.as_secs_f64() * 1e6)
     }
 }
 
@@ -204,26 +257,28 @@ fn main() {
         let mut figures = Figures {
             tests,
             runs,
-            cpu: Duration::ZERO,
+            usage: Usage::default(),
             wall: Duration::ZERO,
         };
         for run in 0..runs {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Store::open(&dir.path().join("results.db")).expect("store opens");
             let id = format!("01JBENCH{tests:010}{run:08}");
-            let (cpu, wall) = (cpu_time(), Instant::now());
+            let (start, wall) = (Usage::now(), Instant::now());
             runtime.block_on(ingest(&store, &id, tests, sorted));
-            figures.cpu += cpu_time().saturating_sub(cpu);
+            figures.usage.add(Usage::now().since(start));
             figures.wall += wall.elapsed();
         }
         println!(
-            "{:>7} tests x {:>3} runs, batches of {BATCH}, {SHARDS} shards: {:>7.2} µs CPU/test  {:>7.2} µs wall/test  ({:.2} s CPU, {:.2} s wall)",
+            "{:>7} tests x {:>3} runs, batches of {BATCH}, {SHARDS} shards: {:>6.1} µs CPU/test (user {:>5.1}, sys {:>5.1})  {:>6.1} µs wall/test  {:>5.1} KiB written/test  {:>5.1} KiB read/test",
             tests,
             runs,
             figures.cpu_us_per_test(),
+            figures.user_us_per_test(),
+            figures.sys_us_per_test(),
             figures.wall_us_per_test(),
-            figures.cpu.as_secs_f64(),
-            figures.wall.as_secs_f64(),
+            figures.per_test(figures.usage.written as f64 / 1024.0),
+            figures.per_test(figures.usage.read as f64 / 1024.0),
         );
         all.push(figures);
     }
@@ -231,10 +286,12 @@ fn main() {
         && all.len() > 1
     {
         println!(
-            "per-test cost at {} / at {}: CPU {:.2}x, wall {:.2}x (1.0: proportional to the batches)",
+            "per-test cost at {} / at {}: CPU {:.2}x (user {:.2}x, sys {:.2}x), wall {:.2}x (1.0: proportional to the batches)",
             large.tests,
             small.tests,
             large.cpu_us_per_test() / small.cpu_us_per_test(),
+            large.user_us_per_test() / small.user_us_per_test(),
+            large.sys_us_per_test() / small.sys_us_per_test(),
             large.wall_us_per_test() / small.wall_us_per_test(),
         );
     }
