@@ -1597,6 +1597,7 @@ async fn retention_deletes_ended_executions_with_all_their_records() {
     for table in [
         "shard_attempts",
         "batches",
+        "attempt_tallies",
         "test_cases",
         "execution_labels",
     ] {
