@@ -1,14 +1,21 @@
 //! Concurrency slots: taking one for an execution (`forbid`, `replace`, `queue`), releasing
 //! it when the execution ends, and starting the next waiting execution.
+//!
+//! Several schedulers may do any of this at once. Each slot is a key of `assay_active`
+//! holding its execution, taken with a compare-and-set create and given back with a delete
+//! at the revision read; a waiting execution is a key of `assay_waiting`, removed only after
+//! its shards are published (or when it ends while waiting).
+
+use std::sync::Arc;
 
 use assay_bus::{kv_key, streams};
-use assay_proto::{ExecutionStatus, ExecutionUpdate};
+use assay_proto::{ExecutionStatus, ExecutionUpdate, PendingPlan};
 use assay_spec::Workflow;
-use async_nats::jetstream::kv;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use crate::{Error, Plan, Result, Scheduler};
+use crate::kv::Kv;
+use crate::{Plan, Result, Scheduler};
 
 /// Where an execution's concurrency limit applies: its workflow, or the `concurrency.group`
 /// it shares with other workflows, with `max` slots (default 1).
@@ -53,55 +60,179 @@ impl Scope {
     }
 }
 
-impl Scheduler {
-    /// Takes a free slot of the scope (each slot is a key taken with a compare-and-set
-    /// create); when all are held, returns the first slot and its holder.
-    pub(crate) async fn acquire(
-        &self,
-        scope: &Scope,
-        id: &str,
-    ) -> Result<Option<(String, String)>> {
+
+/// A slot held by another execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) slot: String,
+    pub(crate) holder: String,
+    revision: u64,
+}
+
+/// What taking a slot came to.
+enum Take {
+    /// Taken now, at this revision.
+    Taken(String, u64),
+    /// Held by this execution already (an earlier delivery or another scheduler took it).
+    Ours,
+    /// All held: the first slot and its holder.
+    Full(Held),
+}
+
+/// The slot and waiting buckets.
+#[derive(Clone)]
+pub(crate) struct Slots {
+    active: Arc<dyn Kv>,
+    waiting: Arc<dyn Kv>,
+}
+
+impl Slots {
+    pub(crate) fn new(active: Arc<dyn Kv>, waiting: Arc<dyn Kv>) -> Slots {
+        Slots { active, waiting }
+    }
+
+    async fn take(&self, scope: &Scope, id: &str) -> Result<Take> {
         let mut first_held = None;
         for n in 0..scope.max {
             let key = scope.slot(n);
-            match self.active.create(&key, Bytes::from(id.to_string())).await {
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let holder = self
-                        .active
-                        .get(&key)
-                        .await
-                        .map_err(|e| Error::kv("get", e))?
-                        .map(|v| String::from_utf8_lossy(&v).to_string())
-                        .unwrap_or_default();
-                    // A redelivery of our own request holds a slot already.
-                    if holder == id {
-                        return Ok(None);
-                    }
-                    first_held.get_or_insert((key, holder));
-                }
-                Err(e) => return Err(Error::kv("create", e)),
+            if let Some(revision) = self.active.create(&key, Bytes::from(id.to_string())).await? {
+                return Ok(Take::Taken(key, revision));
+            }
+            // Freed since the create: the next round (or the next slot) may take it.
+            let Some((holder, revision)) = self.active.entry(&key).await? else {
+                continue;
+            };
+            let holder = String::from_utf8_lossy(&holder).to_string();
+            // A redelivery of our own request holds a slot already.
+            if holder == id {
+                return Ok(Take::Ours);
+            }
+            first_held.get_or_insert(Held {
+                slot: key,
+                holder,
+                revision,
+            });
+        }
+        Ok(match first_held {
+            Some(held) => Take::Full(held),
+            // Every slot was freed while we looked: take one of them.
+            None => Box::pin(self.take(scope, id)).await?,
+        })
+    }
+
+    /// Takes a free slot of the scope for `id`; when all are held, returns the first slot
+    /// and its holder.
+    pub(crate) async fn acquire(&self, scope: &Scope, id: &str) -> Result<Option<Held>> {
+        Ok(match self.take(scope, id).await? {
+            Take::Taken(..) | Take::Ours => None,
+            Take::Full(held) => Some(held),
+        })
+    }
+
+    /// Gives the held slot to `id` (policy `replace`), unless it changed hands since it was
+    /// read: `false` then.
+    pub(crate) async fn take_over(&self, held: &Held, id: &str) -> Result<bool> {
+        self.active
+            .update(&held.slot, Bytes::from(id.to_string()), held.revision)
+            .await
+    }
+
+    /// Puts an execution in the scope's waiting line.
+    pub(crate) async fn enqueue(&self, scope: &Scope, pending: &PendingPlan) -> Result<()> {
+        let Some(execution) = &pending.execution else {
+            return Ok(());
+        };
+        self.waiting
+            .put(
+                &scope.waiting(execution.priority, &execution.id),
+                prost::Message::encode_to_vec(pending).into(),
+            )
+            .await
+    }
+
+    /// Releases what an ended execution holds in the scope: its waiting entry first (it
+    /// ended while waiting, or a scheduler that started it stopped before removing the
+    /// entry), so that no slot is ever handed to it again, then its slots. Returns whether
+    /// a slot was freed.
+    pub(crate) async fn release(&self, scope: &Scope, id: &str) -> Result<bool> {
+        for key in self.waiting.keys(&scope.prefix()).await? {
+            if streams::parse_waiting_key(&key).is_some_and(|(_, e)| e == id) {
+                self.waiting.delete(&key, None).await?;
+                debug!(execution = %id, "waiting entry of an ended execution removed");
             }
         }
-        Ok(first_held)
+        let mut released = false;
+        for n in 0..scope.max {
+            let key = scope.slot(n);
+            if let Some((holder, revision)) = self.active.entry(&key).await?
+                && holder.as_ref() == id.as_bytes()
+            {
+                // Only delete what we read, so a newer holder is never released by mistake.
+                released |= self.active.delete(&key, Some(revision)).await?;
+            }
+        }
+        Ok(released)
     }
 
-    /// Keys of `store` that start with `prefix`, sorted.
-    async fn keys_with_prefix(store: &kv::Store, prefix: &str) -> Result<Vec<String>> {
-        use futures::TryStreamExt;
-        let mut keys: Vec<String> = store
-            .keys()
-            .await
-            .map_err(|e| Error::kv("keys", e))?
-            .try_collect()
-            .await
-            .map_err(|e| Error::kv("keys", e))?;
-        keys.retain(|k| k.starts_with(prefix));
-        keys.sort();
-        Ok(keys)
+    /// Starts the first execution waiting for the scope (highest priority, then oldest)
+    /// if a slot is free: takes the slot, calls `start` with its plan, then removes its
+    /// waiting entry. Returns the execution started.
+    ///
+    /// Safe to call any time and from several schedulers: `start` may run twice for one
+    /// execution (it must be idempotent), a slot is only ever held by one execution, and an
+    /// execution that ended while waiting never takes one.
+    pub(crate) async fn start_next(
+        &self,
+        scope: &Scope,
+        start: impl AsyncFnOnce(Plan) -> Result<()>,
+    ) -> Result<Option<String>> {
+        loop {
+            let keys = self.waiting.keys(&scope.prefix()).await?;
+            let Some(next) = keys.first() else {
+                return Ok(None);
+            };
+            let Some((raw, _)) = self.waiting.entry(next).await? else {
+                return Ok(None); // started or ended meanwhile, by someone who goes on
+            };
+            let pending = match <PendingPlan as prost::Message>::decode(raw.as_ref()) {
+                Ok(PendingPlan {
+                    execution: Some(execution),
+                    shards,
+                }) => Plan { execution, shards },
+                Ok(_) => {
+                    self.waiting.delete(next, None).await?;
+                    continue;
+                }
+                Err(e) => {
+                    warn!(key = %next, error = %e, "unreadable waiting execution dropped");
+                    self.waiting.delete(next, None).await?;
+                    continue;
+                }
+            };
+            match self.take(scope, &pending.execution.id).await? {
+                Take::Full(_) => return Ok(None), // still held: its end starts us
+                Take::Ours => {}
+                Take::Taken(slot, revision) => {
+                    // Its entry gone since we read it: the execution ended (its release
+                    // found no slot to free, as we had not taken it yet), and the slot
+                    // would be held forever. Give it back and look again.
+                    if self.waiting.entry(next).await?.is_none() {
+                        self.active.delete(&slot, Some(revision)).await?;
+                        debug!(execution = %pending.execution.id, "slot given back: the waiting execution ended");
+                        continue;
+                    }
+                }
+            }
+            let id = pending.execution.id.clone();
+            start(pending).await?;
+            self.waiting.delete(next, None).await?;
+            return Ok(Some(id));
+        }
     }
+}
 
-    /// Releases a `forbid` slot when its execution ends.
+impl Scheduler {
+    /// Releases a slot when its execution ends, and starts the next waiting one.
     pub(crate) async fn on_update(&self, update: ExecutionUpdate, delivered: i64) -> Result<()> {
         let terminal = !matches!(
             ExecutionStatus::try_from(update.status).unwrap_or(ExecutionStatus::Unspecified),
@@ -115,26 +246,9 @@ impl Scheduler {
             return Ok(()); // a workflow no longer defined holds no slot we could find
         };
         let scope = Scope::of(w);
-        let mut released = false;
-        for n in 0..scope.max {
-            let key = scope.slot(n);
-            let entry = self
-                .active
-                .entry(&key)
-                .await
-                .map_err(|e| Error::kv("entry", e))?;
-            if let Some(entry) = entry
-                && entry.operation == kv::Operation::Put
-                && entry.value.as_ref() == update.execution_id.as_bytes()
-            {
-                // Only delete what we read, so a newer holder is never released by mistake.
-                self.active
-                    .delete_expect_revision(&key, Some(entry.revision))
-                    .await
-                    .map_err(|e| Error::kv("delete", e))?;
-                debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
-                released = true;
-            }
+        let released = self.slots.release(&scope, &update.execution_id).await?;
+        if released {
+            debug!(workflow = %update.workflow, execution = %update.execution_id, "concurrency slot released");
         }
         // Only a freed slot lets a waiting execution start (a redelivery may be the retry of
         // a release whose start did not happen).
@@ -144,49 +258,17 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Starts the first execution waiting for the scope's slot (highest priority, then
-    /// oldest), if the slot is free.
-    /// Safe to call any time and from several schedulers: the slot is taken with a
-    /// compare-and-set create, and the waiting entry is removed only after its shards
-    /// are published.
+    /// Starts the first execution waiting for the scope's slot, if the slot is free.
     pub(crate) async fn start_waiting(&self, scope: &Scope) -> Result<()> {
-        let keys = Self::keys_with_prefix(&self.waiting, &scope.prefix()).await?;
-        let Some(next) = keys.first() else {
-            return Ok(());
-        };
-        let Some(raw) = self
-            .waiting
-            .get(next)
-            .await
-            .map_err(|e| Error::kv("get", e))?
-        else {
-            return Ok(());
-        };
-        let pending = match <assay_proto::PendingPlan as prost::Message>::decode(raw.as_ref()) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(key = %next, error = %e, "unreadable waiting execution dropped");
-                let _ = self.waiting.delete(next).await;
-                return Ok(());
-            }
-        };
-        let Some(execution) = pending.execution.clone() else {
-            let _ = self.waiting.delete(next).await;
-            return Ok(());
-        };
-        if self.acquire(scope, &execution.id).await?.is_some() {
-            return Ok(()); // still held: its end starts us
-        }
-        let plan = Plan {
-            execution,
-            shards: pending.shards,
-        };
-        self.publish_shards(&plan).await?;
-        self.waiting
-            .delete(next)
-            .await
-            .map_err(|e| Error::kv("delete", e))?;
-        info!(execution = %plan.execution.id, workflow = %plan.execution.workflow, scope = %scope.name, "queued execution started");
+        let started = self
+            .slots
+            .start_next(scope, async |plan: Plan| {
+                self.publish_shards(&plan).await?;
+                info!(execution = %plan.execution.id, workflow = %plan.execution.workflow, scope = %scope.name, "queued execution started");
+                Ok(())
+            })
+            .await?;
+        debug!(scope = %scope.name, started = ?started, "waiting executions looked at");
         Ok(())
     }
 }

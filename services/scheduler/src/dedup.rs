@@ -15,14 +15,17 @@
 //! Keys of the first kind are hex ([`kv_key`]), so the `id.` and `decision.` prefixes never
 //! collide with them.
 
-use assay_bus::{Bus, kv_key};
-use async_nats::jetstream::kv;
+use std::sync::Arc;
+
+use assay_bus::kv_key;
 use bytes::Bytes;
 
-use crate::{Error, Result};
+use crate::Result;
+use crate::kv::{Kv, Plans};
 
 /// What the bucket says of a cause: new (claimed now), claimed by an earlier delivery that
 /// may not have finished publishing, or done (its plan record is out).
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Seen {
     /// Claimed now, at this time (Unix ms).
     New(String, i64),
@@ -52,7 +55,7 @@ pub(crate) enum IdClaim {
 
 #[derive(Clone)]
 pub(crate) struct Dedup {
-    kv: kv::Store,
+    kv: Arc<dyn Kv>,
 }
 
 fn id_key(id: &str) -> String {
@@ -64,47 +67,56 @@ fn decision_key(event_key: &str) -> String {
 }
 
 impl Dedup {
-    pub(crate) fn new(kv: kv::Store) -> Dedup {
+    pub(crate) fn new(kv: Arc<dyn Kv>) -> Dedup {
         Dedup { kv }
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .kv
-            .get(key)
-            .await
-            .map_err(|e| Error::kv("get", e))?
-            .map(|v| String::from_utf8_lossy(&v).to_string()))
+            .entry(key)
+            .await?
+            .map(|(v, _)| String::from_utf8_lossy(&v).to_string()))
     }
 
     /// Claims the cause. For a cause claimed before, the plan record tells whether the
     /// earlier delivery finished publishing (`done:<id>` values, written by earlier
     /// versions, say so too).
-    pub(crate) async fn claim_cause(&self, bus: &Bus, cause: &str, proposed: &str) -> Result<Seen> {
+    pub(crate) async fn claim_cause(
+        &self,
+        plans: &dyn Plans,
+        cause: &str,
+        proposed: &str,
+    ) -> Result<Seen> {
         let key = kv_key(cause);
         let now = assay_bus::now_ms();
-        match self
-            .kv
-            .create(&key, Bytes::from(format!("pending:{proposed}:{now}")))
-            .await
-        {
-            Ok(_) => Ok(Seen::New(proposed.to_string(), now)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let value = self.get(&key).await?.unwrap_or_default();
-                match value.split_once(':') {
-                    Some(("done", id)) => Ok(Seen::Done(id.to_string())),
-                    Some((_, rest)) => {
-                        let (id, at) = parse_pending(rest);
-                        if bus.plan_published(&id).await? {
-                            Ok(Seen::Done(id))
-                        } else {
-                            Ok(Seen::Pending(id, at))
-                        }
-                    }
-                    None => Ok(Seen::Pending(proposed.to_string(), None)),
+        let value = Bytes::from(format!("pending:{proposed}:{now}"));
+        if self.kv.create(&key, value.clone()).await?.is_some() {
+            return Ok(Seen::New(proposed.to_string(), now));
+        }
+        let Some(held) = self.get(&key).await? else {
+            // Gone between the two reads (aged out): claim it again rather than plan an
+            // execution nobody holds.
+            return if self.kv.create(&key, value).await?.is_some() {
+                Ok(Seen::New(proposed.to_string(), now))
+            } else {
+                Err(crate::Error::Kv {
+                    op: "create",
+                    reason: format!("cause {cause} changed hands twice; retrying"),
+                })
+            };
+        };
+        match held.split_once(':') {
+            Some(("done", id)) => Ok(Seen::Done(id.to_string())),
+            Some((_, rest)) => {
+                let (id, at) = parse_pending(rest);
+                if plans.plan(&id).await?.is_some() {
+                    Ok(Seen::Done(id))
+                } else {
+                    Ok(Seen::Pending(id, at))
                 }
             }
-            Err(e) => Err(Error::kv("create", e)),
+            None => Ok(Seen::Pending(proposed.to_string(), None)),
         }
     }
 
@@ -113,44 +125,34 @@ impl Dedup {
     /// planned before ids were claimed) belongs to that execution.
     pub(crate) async fn claim_id(
         &self,
-        bus: &Bus,
+        plans: &dyn Plans,
         id: &str,
         workflow: &str,
         cause: &str,
     ) -> Result<IdClaim> {
         let key = id_key(id);
-        match self
+        if self
             .kv
             .create(&key, Bytes::from(format!("{workflow}\n{cause}")))
-            .await
+            .await?
+            .is_none()
         {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let held = self.get(&key).await?.unwrap_or_default();
-                let (held_workflow, held_cause) =
-                    held.split_once('\n').unwrap_or(("", held.as_str()));
-                if held_cause != cause {
-                    return Ok(IdClaim::Taken {
-                        workflow: held_workflow.to_string(),
-                        cause: held_cause.to_string(),
-                    });
-                }
+            let held = self.get(&key).await?.unwrap_or_default();
+            let (held_workflow, held_cause) =
+                held.split_once('\n').unwrap_or(("", held.as_str()));
+            if held_cause != cause {
+                return Ok(IdClaim::Taken {
+                    workflow: held_workflow.to_string(),
+                    cause: held_cause.to_string(),
+                });
             }
-            Err(e) => return Err(Error::kv("create", e)),
         }
-        let plan: Option<assay_proto::Execution> = bus
-            .last_message(
-                assay_bus::streams::STATUS,
-                &assay_bus::subjects::execution_plan(id),
-            )
-            .await?;
-        match plan {
+        match plans.plan(id).await? {
             Some(p) if p.cause != cause => {
                 // Give the id back to the execution that has it.
                 self.kv
                     .put(&key, Bytes::from(format!("{}\n{}", p.workflow, p.cause)))
-                    .await
-                    .map_err(|e| Error::kv("put", e))?;
+                    .await?;
                 Ok(IdClaim::Taken {
                     workflow: p.workflow,
                     cause: p.cause,
@@ -169,12 +171,10 @@ impl Dedup {
     pub(crate) async fn mark_decided(&self, event_key: &str) -> Result<()> {
         self.kv
             .put(
-                decision_key(event_key),
+                &decision_key(event_key),
                 Bytes::from(assay_bus::now_ms().to_string()),
             )
             .await
-            .map_err(|e| Error::kv("put", e))?;
-        Ok(())
     }
 }
 
