@@ -138,8 +138,7 @@ impl Dedup {
             .is_none()
         {
             let held = self.get(&key).await?.unwrap_or_default();
-            let (held_workflow, held_cause) =
-                held.split_once('\n').unwrap_or(("", held.as_str()));
+            let (held_workflow, held_cause) = held.split_once('\n').unwrap_or(("", held.as_str()));
             if held_cause != cause {
                 return Ok(IdClaim::Taken {
                     workflow: held_workflow.to_string(),
@@ -180,7 +179,33 @@ impl Dedup {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_pending;
+    use std::sync::Arc;
+
+    use assay_bus::kv_key;
+    use assay_proto::Execution;
+
+    use super::{Dedup, IdClaim, Seen, parse_pending};
+    use crate::kv::{Memory, Op, PlanBook, now};
+
+    fn plan(id: &str, workflow: &str, cause: &str) -> Execution {
+        Execution {
+            id: id.to_string(),
+            workflow: workflow.to_string(),
+            cause: cause.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Two schedulers (two `Dedup`s over one bucket) and the plan records.
+    fn two() -> (Arc<Memory>, Dedup, Dedup, Arc<PlanBook>) {
+        let kv = Arc::new(Memory::default());
+        (
+            kv.clone(),
+            Dedup::new(kv.clone()),
+            Dedup::new(kv),
+            Arc::new(PlanBook::default()),
+        )
+    }
 
     #[test]
     fn claims_carry_their_time_and_older_ones_parse_without() {
@@ -191,5 +216,135 @@ mod tests {
         assert_eq!(parse_pending("01ABC"), ("01ABC".to_string(), None));
         assert_eq!(parse_pending(":12"), (":12".to_string(), None));
         assert_eq!(parse_pending("01ABC:x"), ("01ABC:x".to_string(), None));
+    }
+
+    #[test]
+    fn of_two_schedulers_claiming_one_cause_one_wins_and_the_other_plans_its_execution() {
+        let (kv, a, b, plans) = two();
+        // B's claim lands between A's proposal and A's create.
+        let (b2, p2) = (b.clone(), plans.clone());
+        kv.before(Op::Create, kv_key("event/t/w"), move |_| {
+            let seen = now(b2.claim_cause(p2.as_ref(), "event/t/w", "B1")).unwrap();
+            assert!(
+                matches!(seen, Seen::New(ref id, _) if id == "B1"),
+                "{seen:?}"
+            );
+        });
+        let seen = now(a.claim_cause(plans.as_ref(), "event/t/w", "A1")).unwrap();
+        assert!(kv.all_steps_ran());
+        // A plans B's execution (the same id, created when B claimed it), not one of its own.
+        let Seen::Pending(id, Some(at)) = seen else {
+            panic!("the loser sees the cause taken, got {seen:?}");
+        };
+        assert_eq!(id, "B1");
+        assert_eq!(
+            kv.value(&kv_key("event/t/w")),
+            Some(format!("pending:B1:{at}"))
+        );
+        // Once B's plan record is out, the cause is done for everyone.
+        plans.publish(plan("B1", "w", "event/t/w"));
+        for d in [&a, &b] {
+            assert_eq!(
+                now(d.claim_cause(plans.as_ref(), "event/t/w", "C1")).unwrap(),
+                Seen::Done("B1".to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn a_cause_claimed_by_a_scheduler_that_stopped_is_planned_again_as_the_same_execution() {
+        let (_, a, b, plans) = two();
+        let Seen::New(id, at) = now(a.claim_cause(plans.as_ref(), "req/w", "A1")).unwrap() else {
+            panic!("first claim");
+        };
+        // A stops before its plan record goes out; the redelivery reaches B.
+        for _ in 0..2 {
+            assert_eq!(
+                now(b.claim_cause(plans.as_ref(), "req/w", "B1")).unwrap(),
+                Seen::Pending(id.clone(), Some(at))
+            );
+        }
+        plans.publish(plan(&id, "w", "req/w"));
+        assert_eq!(
+            now(b.claim_cause(plans.as_ref(), "req/w", "B2")).unwrap(),
+            Seen::Done(id)
+        );
+    }
+
+    #[test]
+    fn claims_written_by_earlier_versions_are_read() {
+        let (kv, a, _, plans) = two();
+        kv.set(&kv_key("old"), "pending:X1");
+        kv.set(&kv_key("older"), "done:X2");
+        assert_eq!(
+            now(a.claim_cause(plans.as_ref(), "old", "A1")).unwrap(),
+            Seen::Pending("X1".to_string(), None)
+        );
+        assert_eq!(
+            now(a.claim_cause(plans.as_ref(), "older", "A1")).unwrap(),
+            Seen::Done("X2".to_string())
+        );
+    }
+
+    #[test]
+    fn a_claim_that_ages_out_while_read_is_claimed_again() {
+        let (kv, a, _, plans) = two();
+        kv.set(&kv_key("c"), "pending:X1:1");
+        kv.before(Op::Entry, kv_key("c"), |kv| kv.remove(&kv_key("c")));
+        let seen = now(a.claim_cause(plans.as_ref(), "c", "A1")).unwrap();
+        assert!(
+            matches!(seen, Seen::New(ref id, _) if id == "A1"),
+            "{seen:?}"
+        );
+        assert!(kv.value(&kv_key("c")).unwrap().starts_with("pending:A1:"));
+    }
+
+    #[test]
+    fn of_two_requests_naming_one_execution_id_only_the_first_gets_it() {
+        let (kv, a, b, plans) = two();
+        let (b2, p2) = (b.clone(), plans.clone());
+        kv.before(Op::Create, "id.01X", move |_| {
+            let claim = now(b2.claim_id(p2.as_ref(), "01X", "w", "req2/w")).unwrap();
+            assert_eq!(claim, IdClaim::Ours);
+        });
+        assert_eq!(
+            now(a.claim_id(plans.as_ref(), "01X", "v", "req1/v")).unwrap(),
+            IdClaim::Taken {
+                workflow: "w".to_string(),
+                cause: "req2/w".to_string()
+            }
+        );
+        // The winner's redelivery still owns it.
+        assert_eq!(
+            now(b.claim_id(plans.as_ref(), "01X", "w", "req2/w")).unwrap(),
+            IdClaim::Ours
+        );
+    }
+
+    #[test]
+    fn an_execution_id_planned_under_another_cause_stays_with_it() {
+        let (kv, a, _, plans) = two();
+        // An execution a trigger started, planned before ids were claimed.
+        plans.publish(plan("01Y", "w", "event/t/w"));
+        assert_eq!(
+            now(a.claim_id(plans.as_ref(), "01Y", "v", "req/v")).unwrap(),
+            IdClaim::Taken {
+                workflow: "w".to_string(),
+                cause: "event/t/w".to_string()
+            }
+        );
+        assert_eq!(kv.value("id.01Y").as_deref(), Some("w\nevent/t/w"));
+        assert_eq!(
+            now(a.claim_id(plans.as_ref(), "01Y", "w", "event/t/w")).unwrap(),
+            IdClaim::Ours
+        );
+    }
+
+    #[test]
+    fn a_decided_event_is_remembered() {
+        let (_, a, b, _) = two();
+        assert!(!now(a.decided("ev")).unwrap());
+        now(b.mark_decided("ev")).unwrap();
+        assert!(now(a.decided("ev")).unwrap());
     }
 }

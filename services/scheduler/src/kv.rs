@@ -23,8 +23,12 @@ pub(crate) trait Kv: Send + Sync {
     fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<Option<u64>>>;
 
     /// Writes `key` only if its revision is still `revision`: `false` when it moved on.
-    fn update<'a>(&'a self, key: &'a str, value: Bytes, revision: u64)
-    -> BoxFuture<'a, Result<bool>>;
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<bool>>;
 
     /// Writes `key` whatever it holds.
     fn put<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<()>>;
@@ -138,7 +142,7 @@ impl Plans for Bus {
 }
 
 #[cfg(test)]
-pub(crate) use memory::{Memory, PlanBook};
+pub(crate) use memory::{Memory, Op, PlanBook, now};
 
 #[cfg(test)]
 mod memory {
@@ -175,8 +179,7 @@ mod memory {
     impl State {
         fn write(&mut self, key: &str, value: Option<Bytes>) -> u64 {
             self.revision += 1;
-            self.entries
-                .insert(key.to_string(), (value, self.revision));
+            self.entries.insert(key.to_string(), (value, self.revision));
             self.revision
         }
 
@@ -197,6 +200,19 @@ mod memory {
     pub(crate) struct Memory {
         state: Mutex<State>,
         steps: Mutex<Vec<(Op, String, Step)>>,
+        /// Operations so far, and a step to run before the one with this number.
+        ops: Mutex<(usize, Option<(usize, Step)>)>,
+    }
+
+    /// The output of a future that is ready at once, as every future of [`Memory`] is:
+    /// lets a test step run another actor's whole operation in the middle of one.
+    pub(crate) fn now<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("an in-memory operation waited"),
+        }
     }
 
     impl Memory {
@@ -213,12 +229,34 @@ mod memory {
                 .push((op, key.into(), Box::new(step)));
         }
 
-        /// Whether every step set with [`Memory::before`] ran.
+        /// Runs `step` once, just before the operation numbered `n` from now (0: the next).
+        pub(crate) fn before_op(&self, n: usize, step: impl FnOnce(&Memory) + Send + 'static) {
+            let mut ops = self.ops.lock().unwrap();
+            let at = ops.0 + n;
+            ops.1 = Some((at, Box::new(step)));
+        }
+
+        /// Whether every step set with [`Memory::before`] or [`Memory::before_op`] ran.
         pub(crate) fn all_steps_ran(&self) -> bool {
-            self.steps.lock().unwrap().is_empty()
+            self.steps.lock().unwrap().is_empty() && self.ops.lock().unwrap().1.is_none()
         }
 
         fn hook(&self, op: Op, key: &str) {
+            let numbered = {
+                let mut ops = self.ops.lock().unwrap();
+                let n = ops.0;
+                ops.0 += 1;
+                match ops.1.take() {
+                    Some((at, step)) if at == n => Some(step),
+                    other => {
+                        ops.1 = other;
+                        None
+                    }
+                }
+            };
+            if let Some(step) = numbered {
+                step(self);
+            }
             let step = {
                 let mut steps = self.steps.lock().unwrap();
                 steps
@@ -272,14 +310,13 @@ mod memory {
             Box::pin(async move { Ok(live) })
         }
 
-        fn create<'a>(
-            &'a self,
-            key: &'a str,
-            value: Bytes,
-        ) -> BoxFuture<'a, Result<Option<u64>>> {
+        fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<Option<u64>>> {
             self.hook(Op::Create, key);
             let mut state = self.state.lock().unwrap();
-            let created = state.live(key).is_none().then(|| state.write(key, Some(value)));
+            let created = state
+                .live(key)
+                .is_none()
+                .then(|| state.write(key, Some(value)));
             Box::pin(async move { Ok(created) })
         }
 

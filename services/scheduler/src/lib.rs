@@ -387,17 +387,15 @@ impl Scheduler {
             return Ok(Outcome::Started(id));
         }
         if policy == Policy::Replace {
-            // The newer execution wins: stop the running one and take its slot, unless the
-            // slot changed hands meanwhile (freed, or taken by another replacing execution:
-            // then that one is the running one), so that never more than `max` run.
-            while let Some(held) = self.slots.acquire(&scope, &id).await? {
-                let reason = format!("replaced by execution {id} (concurrency policy replace)");
-                info!(execution = %held.holder, workflow, replaced_by = %id, "cancelling the running execution");
-                self.bus.cancel(&held.holder, &reason).await?;
-                if self.slots.take_over(&held, &id).await? {
-                    break;
-                }
-            }
+            // The newer execution wins: stop the running one and take its slot.
+            let reason = format!("replaced by execution {id} (concurrency policy replace)");
+            self.slots
+                .replace(&scope, &id, |running| {
+                    info!(execution = %running, workflow, replaced_by = %id, "cancelling the running execution");
+                    let (bus, reason) = (&self.bus, &reason);
+                    async move { Ok(bus.cancel(&running, reason).await?) }
+                })
+                .await?;
         }
         self.publish(&plan).await?;
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
