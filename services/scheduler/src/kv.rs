@@ -414,3 +414,93 @@ mod memory {
         }
     }
 }
+
+/// The in-memory bucket is only worth its tests if it answers as JetStream does: the same
+/// script of operations against both, compared step by step (a real nats-server, as the
+/// one place in this crate's unit tests that does I/O).
+#[cfg(test)]
+mod agrees_with_jetstream {
+    use std::sync::Arc;
+
+    use assay_bus::{Bus, NatsOptions};
+    use bytes::Bytes;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Bucket, Kv, Memory};
+
+    /// What each step answered, revisions aside (they count differently).
+    async fn script(kv: &dyn Kv) -> Vec<String> {
+        let mut said = Vec::new();
+        let mut note = |s: String| said.push(s);
+        note(format!(
+            "create a: {}",
+            kv.create("a", Bytes::from("1")).await.unwrap().is_some()
+        ));
+        note(format!(
+            "create a again: {}",
+            kv.create("a", Bytes::from("2")).await.unwrap().is_some()
+        ));
+        let (v, r) = kv.entry("a").await.unwrap().unwrap();
+        note(format!("entry a: {v:?}"));
+        note(format!(
+            "update a stale: {}",
+            kv.update("a", Bytes::from("3"), r + 100).await.unwrap()
+        ));
+        note(format!(
+            "update a: {}",
+            kv.update("a", Bytes::from("3"), r).await.unwrap()
+        ));
+        note(format!(
+            "update a again: {}",
+            kv.update("a", Bytes::from("4"), r).await.unwrap()
+        ));
+        note(format!(
+            "delete a stale: {}",
+            kv.delete("a", Some(r)).await.unwrap()
+        ));
+        let (_, r) = kv.entry("a").await.unwrap().unwrap();
+        kv.put("b.1", Bytes::from("x")).await.unwrap();
+        kv.put("b.0", Bytes::from("y")).await.unwrap();
+        note(format!("keys: {:?}", kv.keys("").await.unwrap()));
+        note(format!("keys b.: {:?}", kv.keys("b.").await.unwrap()));
+        note(format!(
+            "delete a: {}",
+            kv.delete("a", Some(r)).await.unwrap()
+        ));
+        note(format!(
+            "entry a deleted: {:?}",
+            kv.entry("a").await.unwrap()
+        ));
+        note(format!("keys after: {:?}", kv.keys("").await.unwrap()));
+        note(format!(
+            "create a after delete: {}",
+            kv.create("a", Bytes::from("5")).await.unwrap().is_some()
+        ));
+        note(format!(
+            "delete b.0 any: {}",
+            kv.delete("b.0", None).await.unwrap()
+        ));
+        note(format!(
+            "create b.0 after delete: {}",
+            kv.create("b.0", Bytes::from("6")).await.unwrap().is_some()
+        ));
+        note(format!("entry none: {:?}", kv.entry("none").await.unwrap()));
+        said
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_in_memory_bucket_answers_as_jetstream_does() {
+        let server = assay_testkit::NatsServer::start();
+        let nats = NatsOptions {
+            url: server.url(),
+            ..NatsOptions::default()
+        };
+        let bus = Bus::connect(&nats, &CancellationToken::new())
+            .await
+            .unwrap();
+        let bucket = Bucket(bus.kv("assay_kv_contract").await.unwrap());
+        let real = script(&bucket).await;
+        let memory = script(Arc::new(Memory::default()).as_ref()).await;
+        assert_eq!(memory, real);
+    }
+}
