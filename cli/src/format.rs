@@ -75,6 +75,7 @@ pub fn shard_state(s: ShardState) -> &'static str {
     match s {
         ShardState::Unspecified => "pending",
         ShardState::Queued => "queued",
+        ShardState::WaitingForCapacity => "waiting for capacity",
         ShardState::Running => "running",
         ShardState::Passed => "passed",
         ShardState::Failed => "failed",

@@ -462,6 +462,29 @@ mod tests {
     }
 
     #[test]
+    fn shard_table_shows_shards_waiting_for_capacity_and_why() {
+        let mut s = shards();
+        s.push(ShardDetail {
+            summary: Some(ShardSummary {
+                index: 2,
+                state: ShardState::WaitingForCapacity as i32,
+                attempt: 1,
+                reason: "1 of 1 runner busy".into(),
+                ..Default::default()
+            }),
+            tests: Vec::new(),
+            exit_code: 0,
+        });
+        let text = shard_table(&s, &Palette::plain());
+        let row = text
+            .lines()
+            .find(|l| l.starts_with('2'))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(row.contains("waiting for capacity"), "{text}");
+        assert!(row.contains("1 of 1 runner busy"), "{text}");
+    }
+
+    #[test]
     fn shard_table_has_note_for_exit_codes() {
         let text = shard_table(&shards(), &Palette::plain());
         assert!(text.starts_with("SHARD"));

@@ -79,6 +79,7 @@ pub fn shard_color(state: ShardState) -> Color {
         ShardState::Failed | ShardState::Errored | ShardState::TimedOut => Color::Red,
         ShardState::Cancelled => Color::Yellow,
         ShardState::Running => Color::Cyan,
+        ShardState::WaitingForCapacity => Color::Yellow,
         ShardState::Queued | ShardState::Unspecified => Color::Dim,
     }
 }

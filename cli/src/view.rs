@@ -317,6 +317,20 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_waiting_for_capacity_is_shown_as_such_with_why() {
+        let v = ShardView::from_summary(&ShardSummary {
+            index: 1,
+            state: ShardState::WaitingForCapacity as i32,
+            attempt: 1,
+            reason: "2 of 2 runners busy".into(),
+            ..Default::default()
+        });
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["state"], "waiting for capacity");
+        assert_eq!(json["reason"], "2 of 2 runners busy");
+    }
+
+    #[test]
     fn views_carry_attempts_and_flaky() {
         let mut u = update();
         u.flaky = 1;

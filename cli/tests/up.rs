@@ -360,12 +360,12 @@ fn up_takes_the_github_secret_from_the_environment_and_a_signed_push_runs_with_i
 
     let banner = up.stdout();
     assert!(
-        banner.contains("capacity 2 (--capacity); shards beyond it wait"),
+        banner.contains("capacity 2 (--capacity): 2 shards at once, more wait for capacity"),
         "{banner}"
     );
     assert!(
         up.stderr()
-            .contains("launcher capacity 2 (--capacity); shards beyond it wait"),
+            .contains("launcher capacity 2 (--capacity): 2 shards at once, more wait for capacity"),
         "{}",
         up.logs()
     );

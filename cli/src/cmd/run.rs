@@ -337,6 +337,33 @@ async fn fetch_detail(global: &Global, id: &str) -> Result<assay_proto::Executio
         .map_err(|s| api::call_error(api_url, &format!("get execution {id}"), &s))
 }
 
+/// The plain progress line of a shard whose state changed: `shard 1: passed ✓3 ✗0 ↷0 in
+/// 2.1s`, `shard 3: waiting for capacity (2 of 2 runners busy)`.
+fn shard_line(s: &ShardSummary) -> String {
+    let state = s.state();
+    let terminal = format::shard_is_terminal(state);
+    let mut line = format!("shard {}: {}", s.index, format::shard_state(state));
+    if terminal {
+        line.push_str(&format!(
+            " ✓{} ✗{} ↷{} in {}",
+            s.passed,
+            s.failed + s.errored,
+            s.skipped,
+            format::elapsed(s.duration_ms)
+        ));
+    }
+    if state == ShardState::WaitingForCapacity && !s.reason.is_empty() {
+        line.push_str(&format!(" ({})", s.reason));
+    }
+    if s.attempt > 1 {
+        line.push_str(&format!(" (attempt {})", s.attempt));
+    }
+    if terminal && !s.reason.is_empty() {
+        line.push_str(&format!(": {}", s.reason));
+    }
+    line
+}
+
 /// Bars on a terminal, plain state-change lines otherwise.
 struct Progress {
     id: String,
@@ -420,17 +447,7 @@ impl Progress {
         );
         let Some(multi) = &self.multi else {
             if changed {
-                let mut line = format!("shard {}: {}", s.index, format::shard_state(state));
-                if terminal {
-                    line.push_str(&format!(" {counts} in {}", format::elapsed(s.duration_ms)));
-                }
-                if s.attempt > 1 {
-                    line.push_str(&format!(" (attempt {})", s.attempt));
-                }
-                if terminal && !s.reason.is_empty() {
-                    line.push_str(&format!(": {}", s.reason));
-                }
-                crate::outln!("{line}");
+                crate::outln!("{}", shard_line(s));
             }
             return;
         };
@@ -461,6 +478,11 @@ impl Progress {
                 msg.push_str(&format!("  {}", self.palette.paint(Color::Dim, &s.reason)));
             }
             bar.finish_with_message(msg);
+        } else if state == ShardState::WaitingForCapacity && !s.reason.is_empty() {
+            bar.set_message(format!(
+                "{state_text} {}",
+                self.palette.paint(Color::Dim, &format!("({})", s.reason))
+            ));
         } else {
             bar.set_message(format!("{state_text} {counts}"));
         }
@@ -526,6 +548,40 @@ mod tests {
         let h = r.header.unwrap();
         assert_eq!(h.idempotency_key, "run/01J");
         assert_eq!(h.producer, "assay-cli");
+    }
+
+    #[test]
+    fn a_shard_waiting_for_capacity_says_so_and_why() {
+        let waiting = ShardSummary {
+            index: 1,
+            state: ShardState::WaitingForCapacity as i32,
+            attempt: 1,
+            reason: "2 of 2 runners busy".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            shard_line(&waiting),
+            "shard 1: waiting for capacity (2 of 2 runners busy)"
+        );
+        let queued = ShardSummary {
+            index: 2,
+            state: ShardState::Queued as i32,
+            ..Default::default()
+        };
+        assert_eq!(shard_line(&queued), "shard 2: queued");
+        let passed = ShardSummary {
+            index: 1,
+            state: ShardState::Passed as i32,
+            attempt: 1,
+            passed: 3,
+            duration_ms: 2_100,
+            ..Default::default()
+        };
+        assert!(
+            shard_line(&passed).starts_with("shard 1: passed ✓3 ✗0 ↷0 in "),
+            "{}",
+            shard_line(&passed)
+        );
     }
 
     #[test]

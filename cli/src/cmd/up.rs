@@ -294,7 +294,8 @@ impl Settings {
     }
 }
 
-/// `launcher capacity 2 (CPU count); shards beyond it wait`.
+/// `launcher capacity 2 (CPU count): 2 shards at once, more wait for capacity (raise with
+/// --capacity)`: shards beyond it are shown `waiting for capacity`, not silently queued.
 pub fn capacity_line(given: Option<usize>) -> (usize, String) {
     let (n, why) = match given {
         Some(n) => (n.max(1), "--capacity"),
@@ -305,7 +306,10 @@ pub fn capacity_line(given: Option<usize>) -> (usize, String) {
     };
     (
         n,
-        format!("launcher capacity {n} ({why}); shards beyond it wait"),
+        format!(
+            "launcher capacity {n} ({why}): {n} shard{} at once, more wait for capacity (raise with --capacity)",
+            if n == 1 { "" } else { "s" }
+        ),
     )
 }
 
@@ -577,12 +581,15 @@ mod tests {
     fn capacity_is_explained() {
         assert_eq!(
             capacity_line(Some(3)).1,
-            "launcher capacity 3 (--capacity); shards beyond it wait"
+            "launcher capacity 3 (--capacity): 3 shards at once, more wait for capacity (raise with --capacity)"
         );
         let (n, line) = capacity_line(None);
         assert_eq!(
             line,
-            format!("launcher capacity {n} (CPU count); shards beyond it wait")
+            format!(
+                "launcher capacity {n} (CPU count): {n} shard{} at once, more wait for capacity (raise with --capacity)",
+                if n == 1 { "" } else { "s" }
+            )
         );
     }
 }

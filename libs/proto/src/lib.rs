@@ -15,7 +15,10 @@ impl ShardState {
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,
-            ShardState::Unspecified | ShardState::Queued | ShardState::Running
+            ShardState::Unspecified
+                | ShardState::Queued
+                | ShardState::WaitingForCapacity
+                | ShardState::Running
         )
     }
 }

@@ -110,13 +110,15 @@ pub fn shard_state_is_terminal(state: ShardState) -> bool {
     state.is_terminal()
 }
 
-/// Order in which a shard attempt's states may move: queued < running < terminal.
+/// Order in which a shard attempt's states may move: queued < waiting for capacity <
+/// running < terminal.
 pub(crate) fn shard_state_rank(state: ShardState) -> u8 {
     match state {
         ShardState::Unspecified => 0,
         ShardState::Queued => 1,
-        ShardState::Running => 2,
-        _ => 3,
+        ShardState::WaitingForCapacity => 2,
+        ShardState::Running => 3,
+        _ => 4,
     }
 }
 

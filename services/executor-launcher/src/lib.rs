@@ -10,6 +10,7 @@
 //! peers (or its own next start) within seconds through its heartbeat (see [`liveness`]),
 //! and its jobs are handed out again at once instead of after the ack wait.
 
+mod capacity;
 mod liveness;
 
 use std::collections::VecDeque;
@@ -44,6 +45,9 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The durable consumer every launcher takes shard jobs from.
+const CONSUMER: &str = "executor-launcher";
 
 /// Launcher settings.
 #[derive(Debug, Clone)]
@@ -135,7 +139,15 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         live: LiveAttempts::default(),
         liveness: liveness.clone(),
     };
-    let spec = ConsumerSpec::new(streams::SHARDS, "executor-launcher")
+    let busy = capacity::Busy::new(options.capacity);
+    let announcing = tokio::spawn(capacity::announce_waiting(
+        bus.clone(),
+        CONSUMER,
+        busy.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
+    let spec = ConsumerSpec::new(streams::SHARDS, CONSUMER)
         .concurrency(options.capacity)
         .ack_wait(options.ack_wait)
         // The server never gives up on a job: a job dropped after its last delivery would
@@ -143,10 +155,21 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         // killed launcher). `launch` bounds the attempts itself and ends the shard instead.
         .unlimited_deliveries();
     info!(capacity = options.capacity, runner = %launcher.runner.display(), instance = liveness.instance(), "executor-launcher running");
+    info!(
+        capacity = options.capacity,
+        "launcher capacity: at most {} shard{} at once; raise with --capacity",
+        options.capacity,
+        if options.capacity == 1 { "" } else { "s" }
+    );
     let consuming = async {
         let r = consumer::run(bus, spec, shutdown, move |d: Delivery<ShardJob>| {
             let l = launcher.clone();
-            async move { l.launch(d).await }
+            let slot = busy.enter();
+            async move {
+                let r = l.launch(d).await;
+                drop(slot);
+                r
+            }
         })
         .await;
         beat_stop.cancel();
@@ -155,6 +178,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let (consumed, ()) = tokio::join!(consuming, beating);
     consumed?;
     watcher.abort();
+    announcing.abort();
     warm.drain();
     info!("executor-launcher stopped");
     Ok(())

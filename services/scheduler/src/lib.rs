@@ -8,7 +8,8 @@
 //!   (pure), with `{{ config.* }}`, `{{ matrix.* }}` and `{{ event.* }}` expanded;
 //! - `decision`: provenance and the `EventRecord` of each event (pure);
 //! - `dedup`: what the `assay_dedup` bucket remembers;
-//! - `concurrency`: slots (`assay_active`) and waiting executions (`assay_waiting`).
+//! - `concurrency`: slots (`assay_active`) and waiting executions (`assay_waiting`);
+//! - `kv`: the bucket operations those two are built on, replaced in their unit tests.
 //!
 //! The execution's plan record on `assay.v1.plans.<id>` is always the last thing published
 //! for a cause (after its shard jobs or its waiting entry): its presence is what says a cause
@@ -19,21 +20,21 @@ mod concurrency;
 mod decision;
 mod dedup;
 mod intake;
+mod kv;
 pub mod plan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
 use assay_proto::{Execution, ExecutionStatus, ExecutionUpdate, RunRequest, TriggerEvent};
 use assay_spec::{Policy, SharedCatalog};
-use async_nats::jetstream::kv;
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use concurrency::Scope;
+use concurrency::{Scope, Slots};
 use decision::Outcome;
 use dedup::{Dedup, Seen};
 pub use plan::{Cause, Plan};
@@ -119,9 +120,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     bus.ensure_topology().await?;
     let scheduler = Scheduler {
         bus: bus.clone(),
-        dedup: Dedup::new(bus.kv(streams::KV_DEDUP).await?),
-        active: bus.kv(streams::KV_ACTIVE).await?,
-        waiting: bus.kv(streams::KV_WAITING).await?,
+        dedup: Dedup::new(Arc::new(kv::Bucket(bus.kv(streams::KV_DEDUP).await?))),
+        slots: Slots::new(
+            Arc::new(kv::Bucket(bus.kv(streams::KV_ACTIVE).await?)),
+            Arc::new(kv::Bucket(bus.kv(streams::KV_WAITING).await?)),
+        ),
         defs: defs.clone(),
         max_execution_time: options.max_execution_time,
     };
@@ -203,8 +206,7 @@ struct Run {
 struct Scheduler {
     bus: Bus,
     dedup: Dedup,
-    active: kv::Store,
-    waiting: kv::Store,
+    slots: Slots,
     defs: SharedCatalog,
     max_execution_time: Duration,
 }
@@ -352,8 +354,9 @@ impl Scheduler {
             );
         let scope = Scope::of(w);
         if policy == Policy::Forbid
-            && let Some((_, running)) = self.acquire(&scope, &id).await?
+            && let Some(held) = self.slots.acquire(&scope, &id).await?
         {
+            let running = held.holder;
             let reason = format!(
                 "concurrency policy forbid: execution {running} of {} is still running ({} slot{} in use)",
                 scope.name,
@@ -365,20 +368,15 @@ impl Scheduler {
                 .await;
         }
         if policy == Policy::Queue
-            && let Some((_, running)) = self.acquire(&scope, &id).await?
+            && let Some(held) = self.slots.acquire(&scope, &id).await?
         {
+            let running = held.holder;
             // Wait for the slot: recorded as queued now, started when the running one ends.
             let pending = assay_proto::PendingPlan {
                 execution: Some(plan.execution.clone()),
                 shards: plan.shards.clone(),
             };
-            self.waiting
-                .put(
-                    scope.waiting(plan.execution.priority, &id),
-                    prost::Message::encode_to_vec(&pending).into(),
-                )
-                .await
-                .map_err(|e| Error::kv("put", e))?;
+            self.slots.enqueue(&scope, &pending).await?;
             // Recorded as queued (no shard runs yet); `assay get executions` shows its place.
             self.bus
                 .publish(subjects::execution_plan(&id), &plan.execution)
@@ -388,17 +386,16 @@ impl Scheduler {
             self.start_waiting(&scope).await?;
             return Ok(Outcome::Started(id));
         }
-        if policy == Policy::Replace
-            && let Some((slot, running)) = self.acquire(&scope, &id).await?
-        {
+        if policy == Policy::Replace {
             // The newer execution wins: stop the running one and take its slot.
             let reason = format!("replaced by execution {id} (concurrency policy replace)");
-            info!(execution = %running, workflow, replaced_by = %id, "cancelling the running execution");
-            self.bus.cancel(&running, &reason).await?;
-            self.active
-                .put(slot, Bytes::from(id.clone()))
-                .await
-                .map_err(|e| Error::kv("put", e))?;
+            self.slots
+                .replace(&scope, &id, |running| {
+                    info!(execution = %running, workflow, replaced_by = %id, "cancelling the running execution");
+                    let (bus, reason) = (&self.bus, &reason);
+                    async move { Ok(bus.cancel(&running, reason).await?) }
+                })
+                .await?;
         }
         self.publish(&plan).await?;
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
