@@ -277,6 +277,16 @@ impl Store {
         self.run(move |conn| ops::bump_revision(conn, &id)).await
     }
 
+    /// Gives SQLite's page cache back once an execution has ended (`PRAGMA shrink_memory`),
+    /// so what a large execution read does not stay resident while the service idles.
+    pub async fn release_memory(&self) -> Result<()> {
+        self.run(|conn| {
+            conn.execute_batch("PRAGMA shrink_memory")?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,

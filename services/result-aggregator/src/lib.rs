@@ -159,6 +159,13 @@ impl Aggregator {
         if update.status().is_terminal() && tests > 0 && !update.workflow.is_empty() {
             self.snapshot_history(&update.workflow).await?;
         }
+        if update.status().is_terminal() {
+            // Memory an execution took (its batches, the history snapshot) goes back now,
+            // not when the process exits.
+            if let Err(e) = self.store.release_memory().await {
+                debug!(execution = id, error = %e, "could not release memory after the execution");
+            }
+        }
         Ok(())
     }
 
