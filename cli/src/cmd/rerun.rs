@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use anyhow::{Result, anyhow, bail};
 use assay_bus::header;
 use assay_proto::{
-    ExecutionDetail, ExecutionStatus, RunRequest, ShardDetail, ShardState,
-    TestIdList, TestStatus,
+    ExecutionDetail, ExecutionStatus, RunRequest, ShardDetail, ShardState, TestIdList, TestStatus,
 };
 use tonic::Code;
 

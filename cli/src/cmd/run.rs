@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use assay_bus::{Bus, header, streams, subjects};
 use assay_proto::{
-    ExecutionStatus, ExecutionUpdate, LogChunk, RunRequest, ShardState,
-    ShardSummary,
+    ExecutionStatus, ExecutionUpdate, LogChunk, RunRequest, ShardState, ShardSummary,
 };
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
