@@ -147,8 +147,8 @@ async fn planned(sb: &Sandbox, id: &str) -> Vec<String> {
 
 /// 30,000 cases with ~150-character ids: one GetExecution answer would be ~5 MiB, over the
 /// 4 MiB every gRPC client accepts by default. Every page fits; the sandbox's client, `assay
-/// get execution` and `assay rerun` (same plan, and failures) read all of them, and the
-/// reruns — requests too large for one message — are planned whole.
+/// get execution`, `assay history` and `assay rerun` (same plan, and failures) read all of
+/// them, and the reruns — requests too large for one message — are planned whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_execution_over_4_mib_is_read_and_rerun_whole() {
     let mut sb = Sandbox::empty(&[("huge.yaml", WORKFLOW)]).await;
@@ -206,6 +206,15 @@ async fn an_execution_over_4_mib_is_read_and_rerun_whole() {
     assert_eq!(listed, 2 * PER_SHARD);
     // The table too (it counts and lists the failures).
     let out = sb.assay(&["get", "execution", &id]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // `assay history` (30,000 tests, ~6 MiB in one answer) reads every page; the table
+    // shows the slowest of all.
+    let out = sb.assay(&["history", "huge", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().map_or(0, Vec::len), 2 * PER_SHARD);
+    let out = sb.assay(&["history", "huge"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
 
     // `assay rerun --same-plan` replays all 30,000, shard by shard.
