@@ -77,17 +77,37 @@ impl Filler {
 const CASES: &str = "e1";
 const HISTORY: &str = "h1";
 
+/// A token longer than this is refused before decoding (a test id in a token is at most a
+/// few KiB).
+const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
 fn token_error(detail: impl Into<String>) -> Error {
     Error::invalid("page token", detail)
+}
+
+/// The token as an error message quotes it: its start only.
+fn shown(token: &str) -> String {
+    match token.char_indices().nth(40) {
+        Some((end, _)) => format!("{:?}…", &token[..end]),
+        None => format!("{token:?}"),
+    }
 }
 
 /// Decodes a token's JSON array, checking its kind.
 fn open_token<T: serde::de::DeserializeOwned>(token: &str, kind: &str) -> Result<T> {
     const HINT: &str =
         "pass the next_page_token of the previous answer unchanged, or none for the first page";
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(token_error(format!(
+            "{} is {} bytes, longer than any this server hands out; {HINT}",
+            shown(token),
+            token.len()
+        )));
+    }
+    let token = token.trim();
     let bytes = URL_SAFE_NO_PAD
         .decode(token.as_bytes())
-        .map_err(|e| token_error(format!("{token:?} is not base64 ({e}); {HINT}")))?;
+        .map_err(|e| token_error(format!("{} is not base64 ({e}); {HINT}", shown(token))))?;
     let (found, rest): (String, serde_json::Value) =
         match serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
             Ok(mut parts) if !parts.is_empty() => {
@@ -99,7 +119,8 @@ fn open_token<T: serde::de::DeserializeOwned>(token: &str, kind: &str) -> Result
             }
             _ => {
                 return Err(token_error(format!(
-                    "{token:?} is not a page token of this server; {HINT}"
+                    "{} is not a page token of this server; {HINT}",
+                    shown(token)
                 )));
             }
         };
@@ -115,11 +136,12 @@ fn open_token<T: serde::de::DeserializeOwned>(token: &str, kind: &str) -> Result
             "test history"
         };
         return Err(token_error(format!(
-            "{token:?} pages through {what}, not {wanted}; {HINT}"
+            "{} pages through {what}, not {wanted}; {HINT}",
+            shown(token)
         )));
     }
     serde_json::from_value(rest)
-        .map_err(|e| token_error(format!("{token:?} is damaged ({e}); {HINT}")))
+        .map_err(|e| token_error(format!("{} is damaged ({e}); {HINT}", shown(token))))
 }
 
 fn seal_token<T: serde::Serialize>(kind: &str, key: T) -> String {
@@ -312,6 +334,9 @@ mod tests {
         assert!(err(&short).contains("damaged"), "{}", err(&short));
         let wrong_type = URL_SAFE_NO_PAD.encode(r#"["e1","01EXEC","x",1,"t"]"#);
         assert!(err(&wrong_type).contains("damaged"));
+        let long = "A".repeat(MAX_TOKEN_BYTES + 1);
+        let msg = err(&long);
+        assert!(msg.contains("longer than") && msg.len() < 400, "{msg}");
         assert!(matches!(
             open_token::<CaseKey>("%%", CASES),
             Err(Error::Invalid {
