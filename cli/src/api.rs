@@ -5,6 +5,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use assay_auth::SendBearer;
 use assay_proto::results_client::ResultsClient;
+use assay_proto::{
+    ExecutionDetail, GetExecutionRequest, GetHistoryRequest, ShardDetail, TestHistory,
+};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -42,7 +45,9 @@ pub async fn connect(global: &Global) -> Result<Client> {
         .connect()
         .await
         .map_err(|e| unreachable(api, error_chain(&e)))?;
-    Ok(ResultsClient::with_interceptor(channel, bearer))
+    Ok(ResultsClient::with_interceptor(channel, bearer)
+        // Pages stay under 4 MiB; room for one oversized test case on a page of its own.
+        .max_decoding_message_size(MAX_ANSWER_BYTES))
 }
 
 /// TLS settings for an `https://` API: the `--ca-file` certificate, else the system's roots,
@@ -91,6 +96,103 @@ fn tls_config(api: &str, global: &Global) -> Result<Option<ClientTlsConfig>> {
         }
     }
     Ok(Some(config))
+}
+
+/// Test cases or history rows asked for per page (the server's maximum; each page also stays
+/// under the server's byte budget, so it fits one gRPC message).
+pub const PAGE_SIZE: u32 = 10_000;
+
+/// The largest answer the CLI accepts.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Execution `id` with every test case: its pages read one after another and merged (see
+/// [`merge_page`]). A server from before paging answers everything in one page.
+pub async fn execution(client: &mut Client, id: &str) -> Result<ExecutionDetail, tonic::Status> {
+    let first = client
+        .get_execution(GetExecutionRequest {
+            id: id.to_string(),
+            page_size: PAGE_SIZE,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut token = first.next_page_token.clone();
+    let mut detail = first;
+    let mut pages = 1u32;
+    while !token.is_empty() {
+        let page = client
+            .get_execution(GetExecutionRequest {
+                id: id.to_string(),
+                page_size: PAGE_SIZE,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        if page.next_page_token == token {
+            return Err(tonic::Status::internal(format!(
+                "the result API handed out the same page token twice for execution {id}; report it"
+            )));
+        }
+        token = page.next_page_token.clone();
+        merge_page(&mut detail, page);
+        pages += 1;
+    }
+    detail.next_page_token.clear();
+    tracing::debug!(execution = %id, pages, "execution read");
+    Ok(detail)
+}
+
+/// Adds a later page's test cases to their shards in `into` (matched by shard index; the
+/// head — status, counters, summaries — stays that of the first page).
+pub fn merge_page(into: &mut ExecutionDetail, page: ExecutionDetail) {
+    let index = |s: &ShardDetail| s.summary.as_ref().map(|s| s.index);
+    for shard in page.shards {
+        if shard.tests.is_empty() {
+            continue;
+        }
+        match into.shards.iter_mut().find(|s| index(s) == index(&shard)) {
+            Some(existing) => existing.tests.extend(shard.tests),
+            None => into.shards.push(shard),
+        }
+    }
+}
+
+/// Every history row of `workflow` (one test when `test` is not empty), all pages, slowest
+/// first.
+pub async fn history(
+    client: &mut Client,
+    workflow: &str,
+    test: &str,
+) -> Result<Vec<TestHistory>, tonic::Status> {
+    let mut tests = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .get_history(GetHistoryRequest {
+                workflow: workflow.to_string(),
+                test_id: test.to_string(),
+                page_size: PAGE_SIZE,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        tests.extend(page.tests);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == token {
+            return Err(tonic::Status::internal(format!(
+                "the result API handed out the same page token twice for the history of {workflow}; report it"
+            )));
+        }
+        token = page.next_page_token;
+    }
+    tests.sort_by(|a, b| {
+        b.mean_ms
+            .total_cmp(&a.mean_ms)
+            .then_with(|| a.test_id.cmp(&b.test_id))
+    });
+    Ok(tests)
 }
 
 /// Turns a failed call into a message that says what to do.
@@ -165,6 +267,43 @@ mod tests {
         assert!(text.contains("cannot reach the result API at http://127.0.0.1:7070"));
         assert!(text.contains("assay up"));
         assert!(text.contains("ASSAY_API"));
+    }
+
+    #[test]
+    fn later_pages_add_their_cases_to_their_shards() {
+        use assay_proto::{ShardSummary, TestCaseResult};
+        let shard = |index: u32, tests: &[&str]| ShardDetail {
+            summary: Some(ShardSummary {
+                index,
+                ..Default::default()
+            }),
+            tests: tests
+                .iter()
+                .map(|id| TestCaseResult {
+                    id: id.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            exit_code: 0,
+        };
+        let mut detail = ExecutionDetail {
+            shards: vec![shard(0, &["a", "b"]), shard(1, &[])],
+            next_page_token: "t1".into(),
+            ..Default::default()
+        };
+        merge_page(
+            &mut detail,
+            ExecutionDetail {
+                shards: vec![shard(0, &["c"]), shard(1, &["d", "e"])],
+                ..Default::default()
+            },
+        );
+        let ids: Vec<Vec<&str>> = detail
+            .shards
+            .iter()
+            .map(|s| s.tests.iter().map(|t| t.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, [vec!["a", "b", "c"], vec!["d", "e"]]);
     }
 
     #[test]

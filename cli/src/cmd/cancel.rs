@@ -15,6 +15,9 @@ pub async fn run(global: &Global, args: CancelArgs) -> Result<u8> {
         match client
             .get_execution(GetExecutionRequest {
                 id: args.id.clone(),
+                // Only the status is needed, not the test cases.
+                page_size: 1,
+                page_token: String::new(),
             })
             .await
         {

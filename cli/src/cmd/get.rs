@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use assay_proto::{GetExecutionRequest, ListExecutionsRequest};
+use assay_proto::ListExecutionsRequest;
 use serde::Serialize;
 
 use crate::args::{GetCommand, Global, Output};
@@ -251,11 +251,9 @@ async fn executions(
 
 async fn execution(global: &Global, id: &str, output: Output, palette: &Palette) -> Result<u8> {
     let mut client = api::connect(global).await?;
-    let detail = client
-        .get_execution(GetExecutionRequest { id: id.to_string() })
+    let detail = api::execution(&mut client, id)
         .await
-        .map_err(|s| api::call_error(&global.api, &format!("get execution {id}"), &s))?
-        .into_inner();
+        .map_err(|s| api::call_error(&global.api, &format!("get execution {id}"), &s))?;
     let now = assay_bus::now_ms();
     match output {
         Output::Json | Output::Yaml => {

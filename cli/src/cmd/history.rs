@@ -1,7 +1,7 @@
 //! `assay history WORKFLOW [TEST]`: what each test's runs took and how they ended.
 
 use anyhow::Result;
-use assay_proto::{GetHistoryRequest, TestHistory};
+use assay_proto::TestHistory;
 use serde::Serialize;
 
 use crate::api;
@@ -69,15 +69,10 @@ pub fn bar(value: f64, max: f64, width: usize) -> String {
 
 pub async fn run(global: &Global, args: HistoryArgs, palette: &Palette) -> Result<u8> {
     let mut client = api::connect(global).await?;
-    let tests = client
-        .get_history(GetHistoryRequest {
-            workflow: args.workflow.clone(),
-            test_id: args.test.clone().unwrap_or_default(),
-        })
+    let test = args.test.clone().unwrap_or_default();
+    let tests = api::history(&mut client, &args.workflow, &test)
         .await
-        .map_err(|s| api::call_error(&global.api, "history", &s))?
-        .into_inner()
-        .tests;
+        .map_err(|s| api::call_error(&global.api, "history", &s))?;
     match args.output {
         Output::Json | Output::Yaml => {
             let views: Vec<HistoryView> = tests.iter().map(HistoryView::from_proto).collect();

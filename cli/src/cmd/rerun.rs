@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use anyhow::{Result, anyhow, bail};
 use assay_bus::header;
 use assay_proto::{
-    ExecutionDetail, ExecutionStatus, GetExecutionRequest, RunRequest, ShardDetail, ShardState,
-    TestIdList, TestStatus,
+    ExecutionDetail, ExecutionStatus, RunRequest, ShardDetail, ShardState, TestIdList, TestStatus,
 };
 use tonic::Code;
 
@@ -67,11 +66,8 @@ pub async fn run(global: &Global, args: RerunArgs, palette: Palette) -> Result<u
 async fn fetch(global: &Global, id: &str) -> Result<ExecutionDetail> {
     let api_url = global.api.as_str();
     let mut client = api::connect(global).await?;
-    match client
-        .get_execution(GetExecutionRequest { id: id.to_string() })
-        .await
-    {
-        Ok(r) => Ok(r.into_inner()),
+    match api::execution(&mut client, id).await {
+        Ok(detail) => Ok(detail),
         Err(s) if s.code() == Code::NotFound => Err(anyhow!(
             "execution {id} not found (list them with `assay get executions`)"
         )),
@@ -267,6 +263,7 @@ pub fn rerun_request(
             .map(|ids| TestIdList { ids: ids.clone() })
             .collect(),
         priority: None,
+        selection_data: String::new(),
     }
 }
 
@@ -342,6 +339,7 @@ mod tests {
             shards,
             config: [("seed".to_string(), "3".to_string())].into(),
             rerun_of: String::new(),
+            next_page_token: String::new(),
         }
     }
 

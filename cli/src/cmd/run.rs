@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use assay_bus::{Bus, header, streams, subjects};
 use assay_proto::{
-    ExecutionStatus, ExecutionUpdate, GetExecutionRequest, LogChunk, RunRequest, ShardState,
-    ShardSummary,
+    ExecutionStatus, ExecutionUpdate, LogChunk, RunRequest, ShardState, ShardSummary,
 };
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
@@ -58,7 +57,17 @@ pub async fn start(
         .context("cannot create the assay streams")?;
 
     let id = request.execution_id.as_str();
-    bus.publish(subjects::RUN_REQUESTED.to_string(), request)
+    // A selection of tens of thousands of tests (a rerun at scale) is over the message limit:
+    // it travels in the object store and the request names it.
+    let mut request = request.clone();
+    if bus
+        .offload_selection(&mut request)
+        .await
+        .context("cannot store the test selection of the run")?
+    {
+        tracing::debug!(execution = %id, object = %request.selection_data, "selection stored apart");
+    }
+    bus.publish(subjects::RUN_REQUESTED.to_string(), &request)
         .await
         .with_context(|| format!("cannot request a run of \"{}\"", request.workflow))?;
     if follow_args.detach {
@@ -330,10 +339,8 @@ async fn follow(
 async fn fetch_detail(global: &Global, id: &str) -> Result<assay_proto::ExecutionDetail> {
     let api_url = global.api.as_str();
     let mut client = api::connect(global).await?;
-    client
-        .get_execution(GetExecutionRequest { id: id.to_string() })
+    api::execution(&mut client, id)
         .await
-        .map(tonic::Response::into_inner)
         .map_err(|s| api::call_error(api_url, &format!("get execution {id}"), &s))
 }
 

@@ -596,15 +596,56 @@ class AssayClient:
         return api_pb2_grpc.ResultsStub(self._channel)
 
     async def get_execution(self, execution_id: str) -> Optional[api_pb2.ExecutionDetail]:
-        """``assay.v1.Results/GetExecution``; None when the API does not know the id."""
-        try:
-            return await self._stub().GetExecution(
-                api_pb2.GetExecutionRequest(id=execution_id), timeout=10
-            )
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
+        """``assay.v1.Results/GetExecution``, every page of test cases; None when the API
+        does not know the id.
+
+        Test cases come in pages (each under gRPC's 4 MiB message limit); the later pages'
+        cases are added to their shards of the first page, whose head (status, counters,
+        shard summaries) is kept.
+        """
+        detail: Optional[api_pb2.ExecutionDetail] = None
+        token = ""
+        while True:
+            try:
+                page = await self._stub().GetExecution(
+                    api_pb2.GetExecutionRequest(
+                        id=execution_id, page_size=PAGE_SIZE, page_token=token
+                    ),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+            if detail is None:
+                detail = page
+            else:
+                merge_page(detail, page)
+            if not page.next_page_token:
+                detail.next_page_token = ""
+                return detail
+            if page.next_page_token == token:
+                raise RuntimeError(
+                    f"the result API handed out the same page token twice for {execution_id}"
+                )
+            token = page.next_page_token
+
+
+# Test cases asked for per GetExecution page (the server's maximum).
+PAGE_SIZE = 10_000
+
+
+def merge_page(into: "api_pb2.ExecutionDetail", page: "api_pb2.ExecutionDetail") -> None:
+    """Adds a later page's test cases to their shards (by index) in ``into``."""
+    by_index = {s.summary.index: s for s in into.shards}
+    for shard in page.shards:
+        if not shard.tests:
+            continue
+        existing = by_index.get(shard.summary.index)
+        if existing is None:
+            into.shards.add().CopyFrom(shard)
+        else:
+            existing.tests.extend(shard.tests)
 
 
 # ---------------------------------------------------------------------------------------

@@ -84,3 +84,19 @@ def test_terminal_statuses():
     names = {ac.status_name(s) for s in ac.TERMINAL}
     assert names == {"PASSED", "FAILED", "ERRORED", "CANCELLED", "TIMED_OUT"}
     assert not ac.is_terminal(ac.execution_pb2.EXECUTION_STATUS_QUEUED)
+
+
+def test_later_pages_add_their_cases_to_their_shards():
+    api_pb2 = ac.api_pb2
+
+    def shard(index, ids):
+        s = api_pb2.ShardDetail()
+        s.summary.index = index
+        for i in ids:
+            s.tests.add(id=i, status=PASSED)
+        return s
+
+    first = api_pb2.ExecutionDetail(shards=[shard(0, ["a", "b"]), shard(1, [])], next_page_token="t")
+    ac.merge_page(first, api_pb2.ExecutionDetail(shards=[shard(0, ["c"]), shard(1, ["d"])]))
+    ac.merge_page(first, api_pb2.ExecutionDetail(shards=[shard(2, ["e"])]))
+    assert [[t.id for t in s.tests] for s in first.shards] == [["a", "b", "c"], ["d"], ["e"]]

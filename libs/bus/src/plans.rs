@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use assay_proto::{ShardJob, ShardPlanData};
+use assay_proto::{RunRequest, RunSelection, ShardJob, ShardPlanData};
 use async_nats::jetstream::object_store;
 use prost::Message;
 use tokio::io::AsyncReadExt;
@@ -30,6 +30,23 @@ pub fn object_name(job: &ShardJob) -> String {
         job.group,
         job.shard_index
     )
+}
+
+/// A run request whose encoding is larger than this has its selection (test ids, frozen
+/// shard plan) stored apart: well under the 1 MiB stream limit.
+pub const INLINE_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Object name of a run request's selection: its execution id, else its event id.
+pub fn selection_name(req: &RunRequest) -> String {
+    let id = if req.execution_id.is_empty() {
+        req.header
+            .as_ref()
+            .map(|h| h.event_id.as_str())
+            .unwrap_or_default()
+    } else {
+        req.execution_id.as_str()
+    };
+    format!("request.{}", crate::subjects::token(id))
 }
 
 impl Bus {
@@ -97,6 +114,56 @@ impl Bus {
         job.test_ids = data.test_ids;
         job.planned_hashes = data.planned_hashes;
         job.tail = data.tail;
+        Ok(())
+    }
+
+    /// Moves a run request's selection (`test_ids`, `shards`) to the object store when the
+    /// request would be larger than [`INLINE_REQUEST_BYTES`]; returns whether it did.
+    /// Idempotent: the object is named after the request's execution (or event) id.
+    pub async fn offload_selection(&self, req: &mut RunRequest) -> Result<bool> {
+        if !req.selection_data.is_empty() || req.encoded_len() <= INLINE_REQUEST_BYTES {
+            return Ok(false);
+        }
+        let data = RunSelection {
+            test_ids: std::mem::take(&mut req.test_ids),
+            shards: std::mem::take(&mut req.shards),
+        };
+        let name = selection_name(req);
+        let bytes = data.encode_to_vec();
+        let store = self.plans().await?;
+        store
+            .put(name.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| Error::js(format!("store the selection of {name}"), e))?;
+        req.selection_data = name;
+        Ok(true)
+    }
+
+    /// Fills in a run request's selection stored apart (nothing to do when it travelled
+    /// inline).
+    pub async fn load_selection(&self, req: &mut RunRequest) -> Result<()> {
+        if req.selection_data.is_empty() {
+            return Ok(());
+        }
+        let name = req.selection_data.clone();
+        let store = self.plans().await?;
+        let mut object = store
+            .get(&name)
+            .await
+            .map_err(|e| Error::js(format!("read the selection {name}"), e))?;
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| Error::js(format!("read the selection {name}"), e))?;
+        let data = RunSelection::decode(bytes.as_slice()).map_err(|e| Error::Decode {
+            what: "RunSelection",
+            subject: format!("object {}/{name}", streams::OBJ_PLANS),
+            reason: e.to_string(),
+        })?;
+        req.test_ids = data.test_ids;
+        req.shards = data.shards;
+        req.selection_data.clear();
         Ok(())
     }
 }

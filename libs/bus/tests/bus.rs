@@ -274,3 +274,43 @@ async fn a_large_plan_travels_apart_from_its_job_and_comes_back_whole() {
     assert!(!bus.offload_plan(&mut small).await.unwrap());
     assert_eq!(small.test_ids, ["a"]);
 }
+
+#[tokio::test]
+async fn a_large_run_selection_travels_apart_from_its_request_and_comes_back_whole() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let ids: Vec<String> = (0..20_000)
+        .map(|i| format!("tests/module_{:03}/test_file.py::test_case[{i:05}]", i % 97))
+        .collect();
+    let full = assay_proto::RunRequest {
+        execution_id: "01JSELECTAPART".into(),
+        workflow: "w".into(),
+        test_ids: ids[..10_000].to_vec(),
+        shards: vec![
+            assay_proto::TestIdList {
+                ids: ids[10_000..].to_vec(),
+            },
+            assay_proto::TestIdList::default(),
+        ],
+        ..Default::default()
+    };
+    let mut req = full.clone();
+    assert!(bus.offload_selection(&mut req).await.unwrap());
+    assert!(req.test_ids.is_empty() && req.shards.is_empty());
+    assert_eq!(req.selection_data, "request.01JSELECTAPART");
+    assert!(prost::Message::encoded_len(&req) < assay_bus::plans::INLINE_REQUEST_BYTES);
+    // Offloading again changes nothing.
+    assert!(!bus.offload_selection(&mut req).await.unwrap());
+    let mut back = req.clone();
+    bus.load_selection(&mut back).await.unwrap();
+    assert_eq!(back, full);
+    let mut small = assay_proto::RunRequest {
+        test_ids: vec!["a".into()],
+        ..Default::default()
+    };
+    assert!(!bus.offload_selection(&mut small).await.unwrap());
+    assert_eq!(small.test_ids, ["a"]);
+    // Loading a request that travelled whole changes nothing.
+    bus.load_selection(&mut small).await.unwrap();
+    assert_eq!(small.test_ids, ["a"]);
+}

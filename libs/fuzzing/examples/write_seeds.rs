@@ -175,6 +175,7 @@ fn main() -> std::io::Result<()> {
                     TestIdList { ids: vec![] },
                 ],
                 priority: Some(10),
+                selection_data: String::new(),
             }
             .encode_to_vec(),
         ),

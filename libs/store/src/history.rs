@@ -107,36 +107,49 @@ pub(crate) fn list(
     workflow: &str,
     test: Option<&str>,
 ) -> Result<Vec<TestHistory>> {
-    let mut stmt = conn.prepare(
-        "SELECT test_id, runs, passed, failed, errored, skipped, ewma_ms, last_ms, recent_ms,
-                updated_at_ms
-         FROM test_history WHERE workflow = ?1 AND (?2 IS NULL OR test_id = ?2)",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM test_history WHERE workflow = ?1 AND (?2 IS NULL OR test_id = ?2)"
+    ))?;
     let mut rows = stmt.query(params![workflow, test])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let recent: Vec<u64> = serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default();
-        out.push(TestHistory {
-            test_id: row.get(0)?,
-            runs: row.get(1)?,
-            passed: row.get(2)?,
-            failed: row.get(3)?,
-            errored: row.get(4)?,
-            skipped: row.get(5)?,
-            mean_ms: row.get(6)?,
-            last_ms: row.get::<_, i64>(7)?.max(0) as u64,
-            p50_ms: quantile(&recent, 0.5),
-            p90_ms: quantile(&recent, 0.9),
-            samples: recent.len() as u32,
-            updated_at_ms: row.get(9)?,
-        });
+        out.push(from_row(row)?);
     }
-    out.sort_by(|a, b| {
+    slowest_first(&mut out);
+    Ok(out)
+}
+
+/// The columns of a `test_history` row read back, selected in this order: `test_id, runs,
+/// passed, failed, errored, skipped, ewma_ms, last_ms, recent_ms, updated_at_ms`.
+pub(crate) const COLUMNS: &str = "test_id, runs, passed, failed, errored, skipped, ewma_ms, \
+    last_ms, recent_ms, updated_at_ms";
+
+/// One row selected with [`COLUMNS`].
+pub(crate) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TestHistory> {
+    let recent: Vec<u64> = serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default();
+    Ok(TestHistory {
+        test_id: row.get(0)?,
+        runs: row.get(1)?,
+        passed: row.get(2)?,
+        failed: row.get(3)?,
+        errored: row.get(4)?,
+        skipped: row.get(5)?,
+        mean_ms: row.get(6)?,
+        last_ms: row.get::<_, i64>(7)?.max(0) as u64,
+        p50_ms: quantile(&recent, 0.5),
+        p90_ms: quantile(&recent, 0.9),
+        samples: recent.len() as u32,
+        updated_at_ms: row.get(9)?,
+    })
+}
+
+/// Slowest (highest mean) first, ties by test id.
+pub(crate) fn slowest_first(tests: &mut [TestHistory]) {
+    tests.sort_by(|a, b| {
         b.mean_ms
             .total_cmp(&a.mean_ms)
             .then_with(|| a.test_id.cmp(&b.test_id))
     });
-    Ok(out)
 }
 
 /// The median time from an execution's creation to the start of its shards' first attempts,

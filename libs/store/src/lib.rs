@@ -10,6 +10,7 @@ mod error;
 mod events;
 pub mod history;
 mod ops;
+mod page;
 mod retention;
 mod schema;
 mod tally;
@@ -30,6 +31,7 @@ pub use derive::{
 };
 pub use error::{Error, Result};
 pub use events::{EVENT_RETENTION, EventFilter};
+pub use page::{MAX_PAGE_SIZE, PAGE_BYTES, Page};
 pub use retention::PRUNE_EXECUTIONS;
 
 /// How long a statement waits for a lock held by another connection before failing with a
@@ -146,6 +148,16 @@ impl Store {
         self.run(move |conn| ops::execution_detail(conn, &id)).await
     }
 
+    /// One page of an execution's test cases (see [`Page`]) under its whole head: update,
+    /// counters, every shard's summary and exit code, config. Within a shard, cases come in
+    /// attempt then test id order; `next_page_token` is set when more follow. `None` until
+    /// the plan record has arrived; a malformed token is [`Error::Invalid`].
+    pub async fn execution_page(&self, id: &str, page: &Page) -> Result<Option<ExecutionDetail>> {
+        let (id, page) = (id.to_owned(), page.clone());
+        self.run(move |conn| page::execution_page(conn, &id, &page))
+            .await
+    }
+
     /// The planned execution record as the scheduler sent it (status and reason as stored now).
     pub async fn execution(&self, id: &str) -> Result<Option<Execution>> {
         let id = id.to_owned();
@@ -225,6 +237,19 @@ impl Store {
     ) -> Result<Vec<assay_proto::TestHistory>> {
         let (workflow, test) = (workflow.to_owned(), test.map(str::to_owned));
         self.run(move |conn| history::list(conn, &workflow, test.as_deref()))
+            .await
+    }
+
+    /// One page of [`Store::history`] (see [`Page`]): pages follow test id order, each is
+    /// sorted slowest first; the second value is the next page's token, empty after the last.
+    pub async fn history_page(
+        &self,
+        workflow: &str,
+        test: Option<&str>,
+        page: &Page,
+    ) -> Result<(Vec<assay_proto::TestHistory>, String)> {
+        let (workflow, test, page) = (workflow.to_owned(), test.map(str::to_owned), page.clone());
+        self.run(move |conn| page::history_page(conn, &workflow, test.as_deref(), &page))
             .await
     }
 

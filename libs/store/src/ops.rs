@@ -608,6 +608,36 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
         shards,
         config,
         rerun_of,
+        next_page_token: String::new(),
+    }))
+}
+
+/// The execution without test cases: its update, every shard's summary and exit code (no
+/// tests), config and `rerun_of`; `None` until the plan record has arrived. The paged reads
+/// of [`crate::page`] fill in the tests.
+pub(crate) fn execution_head(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
+    let Some(view) = load(conn, id)?.filter(|v| v.row.is_some()) else {
+        return Ok(None);
+    };
+    let shards = view
+        .shards
+        .iter()
+        .map(|shard| ShardDetail {
+            summary: Some(shard.summary()),
+            tests: Vec::new(),
+            exit_code: shard.exit_code,
+        })
+        .collect();
+    let (config, rerun_of) = match get_execution(conn, id)? {
+        Some(e) => (e.config, e.rerun_of),
+        None => (HashMap::new(), String::new()),
+    };
+    Ok(Some(ExecutionDetail {
+        execution: Some(view.update()),
+        shards,
+        config,
+        rerun_of,
+        next_page_token: String::new(),
     }))
 }
 

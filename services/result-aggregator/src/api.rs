@@ -11,7 +11,7 @@ use assay_proto::{
     ListEventsRequest, ListEventsResponse, ListExecutionsRequest, ListExecutionsResponse, LogChunk,
     StreamLogsRequest, WatchExecutionRequest,
 };
-use assay_store::{EventFilter, ExecutionFilter, Store};
+use assay_store::{EventFilter, ExecutionFilter, Page, Store};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -230,14 +230,26 @@ impl Results for ResultsApi {
         &self,
         request: Request<GetExecutionRequest>,
     ) -> Result<Response<ExecutionDetail>, Status> {
-        let id = request.into_inner().id;
-        match self.store.execution_detail(&id).await {
+        let req = request.into_inner();
+        let id = req.id;
+        let page = Page {
+            size: req.page_size,
+            token: req.page_token,
+        };
+        match self.store.execution_page(&id, &page).await {
             // Found once the plan record is in, whatever its workflow (a rejected request
             // may name none).
             Ok(Some(mut d)) => {
                 if let Some(u) = d.execution.as_mut() {
                     self.with_positions(std::slice::from_mut(u)).await;
                 }
+                debug!(
+                    execution = %id,
+                    page_size = page.size,
+                    cases = d.shards.iter().map(|s| s.tests.len()).sum::<usize>(),
+                    more = !d.next_page_token.is_empty(),
+                    "execution page served"
+                );
                 Ok(Response::new(d))
             }
             Ok(None) => Err(Status::not_found(format!(
@@ -279,9 +291,13 @@ impl Results for ResultsApi {
             ));
         }
         let test = (!req.test_id.is_empty()).then_some(req.test_id.as_str());
-        let tests = self
+        let page = Page {
+            size: req.page_size,
+            token: req.page_token.clone(),
+        };
+        let (tests, next_page_token) = self
             .store
-            .history(&req.workflow, test)
+            .history_page(&req.workflow, test, &page)
             .await
             .map_err(|e| Error::from(e).to_status())?;
         if tests.is_empty() && test.is_some() {
@@ -290,7 +306,10 @@ impl Results for ResultsApi {
                 req.test_id, req.workflow, req.workflow
             )));
         }
-        Ok(Response::new(GetHistoryResponse { tests }))
+        Ok(Response::new(GetHistoryResponse {
+            tests,
+            next_page_token,
+        }))
     }
 
     type WatchExecutionStream = Streamed<ExecutionUpdate>;

@@ -221,7 +221,10 @@ async fn a_rejected_plan_without_a_workflow_reaches_its_client() {
     // And the API finds it.
     let mut api = stack.api.clone();
     let detail = api
-        .get_execution(GetExecutionRequest { id: id.into() })
+        .get_execution(GetExecutionRequest {
+            id: id.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -355,7 +358,10 @@ async fn an_execution_id_reused_by_a_second_plan_stays_final() {
     assert_eq!(second, None);
     let mut api = stack.api.clone();
     let shown = api
-        .get_execution(GetExecutionRequest { id: id.into() })
+        .get_execution(GetExecutionRequest {
+            id: id.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -424,13 +430,19 @@ async fn ended_executions_past_their_retention_are_deleted() {
     stack
         .wait_for("the ended execution to be deleted", async || {
             let found = api
-                .get_execution(GetExecutionRequest { id: ended.into() })
+                .get_execution(GetExecutionRequest {
+                    id: ended.into(),
+                    ..Default::default()
+                })
                 .await;
             matches!(found, Err(s) if s.code() == tonic::Code::NotFound).then_some(())
         })
         .await;
     let kept = api
-        .get_execution(GetExecutionRequest { id: open.into() })
+        .get_execution(GetExecutionRequest {
+            id: open.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -511,4 +523,186 @@ async fn a_cancelled_execution_no_launcher_picks_up_is_ended_cancelled() {
         .await;
     assert_eq!(ended.status(), ExecutionStatus::Cancelled, "{ended:?}");
     assert!(ended.reason.contains("wrong branch"), "{}", ended.reason);
+}
+
+/// GetExecution and GetHistory answer a page at a time: every case once whatever the page
+/// size, sizes over the maximum are taken as the maximum, a request without a page size
+/// still gets the execution whole when it fits, and a malformed token is INVALID_ARGUMENT
+/// saying what was wrong.
+#[tokio::test]
+async fn executions_and_history_are_read_a_page_at_a_time() {
+    use assay_proto::GetHistoryRequest;
+    let stack = start().await;
+    let id = "01J0000000000000000000PAGE";
+    let bus = &stack.bus;
+    bus.publish(
+        subjects::execution_plan(id),
+        &Execution {
+            header: Some(assay_bus::header("scheduler", format!("{id}/plan"), None)),
+            id: id.into(),
+            workflow: "paged".into(),
+            shard_count: 2,
+            status: ExecutionStatus::Queued.into(),
+            created_at_ms: assay_bus::now_ms(),
+            ..Execution::default()
+        },
+    )
+    .await
+    .unwrap();
+    // 12,000 cases over two shards, 1,000 per batch.
+    const CASES: usize = 12_000;
+    for shard in 0..2u32 {
+        for batch in 0..6u32 {
+            let results = (0..1_000)
+                .map(|i| TestCaseResult {
+                    id: format!("s{shard}/t{batch}-{i:04}"),
+                    status: TestStatus::Passed.into(),
+                    duration_ms: i,
+                    ..TestCaseResult::default()
+                })
+                .collect();
+            bus.publish(
+                subjects::results(id, shard),
+                &TestCaseBatch {
+                    header: Some(assay_bus::header(
+                        "runner",
+                        format!("{id}/{shard}/1/{batch}"),
+                        None,
+                    )),
+                    execution_id: id.into(),
+                    shard_index: shard,
+                    attempt: 1,
+                    batch,
+                    workflow: "paged".into(),
+                    results,
+                    ..TestCaseBatch::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    for (stream, durable) in [
+        (streams::STATUS, "result-aggregator-plans"),
+        (streams::RESULTS, "result-aggregator-results"),
+    ] {
+        stack.wait_until_consumed(stream, durable).await;
+    }
+    let mut api = stack.api.clone();
+    let count = |d: &assay_proto::ExecutionDetail| d.shards.iter().map(|s| s.tests.len()).sum();
+
+    // Without a page size: everything (it fits one answer), no token.
+    let whole = api
+        .get_execution(GetExecutionRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(count(&whole), CASES);
+    assert!(whole.next_page_token.is_empty());
+    assert_eq!(whole.execution.as_ref().unwrap().passed, CASES as u32);
+
+    for (size, per_page) in [
+        (5_000, 5_000),
+        (50_000, assay_store::MAX_PAGE_SIZE as usize),
+    ] {
+        let mut token = String::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut pages = 0;
+        loop {
+            let page = api
+                .get_execution(GetExecutionRequest {
+                    id: id.into(),
+                    page_size: size,
+                    page_token: token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            pages += 1;
+            let n: usize = count(&page);
+            assert!(n <= per_page, "{n} cases on a page of {size}");
+            // Every page carries the whole summary.
+            assert_eq!(page.shards.len(), 2);
+            assert_eq!(page.execution.as_ref().unwrap().passed, CASES as u32);
+            for t in page.shards.iter().flat_map(|s| &s.tests) {
+                assert!(seen.insert(t.id.clone()), "{} came twice", t.id);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), CASES, "page size {size}");
+        assert_eq!(pages, CASES.div_ceil(per_page), "page size {size}");
+    }
+
+    let refused = api
+        .get_execution(GetExecutionRequest {
+            id: id.into(),
+            page_size: 10,
+            page_token: "not a token".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("page token") && refused.message().contains("base64"),
+        "{}",
+        refused.message()
+    );
+
+    // History, 5,000 tests a page.
+    let mut token = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let page = api
+            .get_history(GetHistoryRequest {
+                workflow: "paged".into(),
+                page_size: 5_000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.tests.len() <= 5_000);
+        seen.extend(page.tests.into_iter().map(|t| t.test_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), CASES);
+    let execution_token = whole_token(&mut api, id).await;
+    let refused = api
+        .get_history(GetHistoryRequest {
+            workflow: "paged".into(),
+            page_size: 10,
+            page_token: execution_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("not test history"),
+        "{}",
+        refused.message()
+    );
+}
+
+/// The token after the first case of `id`.
+async fn whole_token(api: &mut ResultsClient<Channel>, id: &str) -> String {
+    api.get_execution(GetExecutionRequest {
+        id: id.into(),
+        page_size: 1,
+        page_token: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .next_page_token
 }

@@ -30,6 +30,16 @@ impl Scheduler {
             debug!(request = %key, "run request handled before");
             return Ok(());
         }
+        // A selection too large for the message travels in the object store.
+        let mut req = req;
+        if !req.selection_data.is_empty() {
+            let name = req.selection_data.clone();
+            self.bus
+                .load_selection(&mut req)
+                .await
+                .map_err(|e| Error::from(e).failure())?;
+            debug!(request = %key, object = %name, tests = req.test_ids.len(), shards = req.shards.len(), "run request selection read");
+        }
         let provenance = decision::of_request(&req, &header);
         let record = Record::new(PRODUCER, &key, provenance.clone(), &header.traceparent);
         let cause = Cause {

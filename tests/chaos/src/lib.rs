@@ -699,7 +699,12 @@ async fn read_api(
     };
     for e in &db.executions {
         let r = client
-            .get_execution(GetExecutionRequest { id: e.id.clone() })
+            .get_execution(GetExecutionRequest {
+                id: e.id.clone(),
+                // Every case of an execution the size chaos runs in one page.
+                page_size: 0,
+                page_token: String::new(),
+            })
             .await
             .map(|r| r.into_inner())
             .map_err(|s| s.to_string());

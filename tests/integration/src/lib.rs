@@ -307,13 +307,46 @@ impl Sandbox {
         }
     }
 
-    /// The execution as the API has it now, if it has it.
+    /// The execution as the API has it now, if it has it: every page of its test cases,
+    /// each added to its shard (the head is the first page's).
     pub async fn detail(&self, id: &str) -> Option<ExecutionDetail> {
         let mut c = self.client().await;
-        c.get_execution(GetExecutionRequest { id: id.to_string() })
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        let mut detail: Option<ExecutionDetail> = None;
+        let mut token = String::new();
+        loop {
+            let page = c
+                .get_execution(GetExecutionRequest {
+                    id: id.to_string(),
+                    page_size: 10_000,
+                    page_token: token,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            token = page.next_page_token.clone();
+            match detail.as_mut() {
+                None => detail = Some(page),
+                Some(d) => {
+                    for shard in page.shards {
+                        let index = shard.summary.as_ref().map(|s| s.index);
+                        match d
+                            .shards
+                            .iter_mut()
+                            .find(|s| s.summary.as_ref().map(|s| s.index) == index)
+                        {
+                            Some(existing) => existing.tests.extend(shard.tests),
+                            None => d.shards.push(shard),
+                        }
+                    }
+                }
+            }
+            if token.is_empty() {
+                return detail.map(|mut d| {
+                    d.next_page_token.clear();
+                    d
+                });
+            }
+        }
     }
 
     pub async fn execution_count(&self, workflow: &str) -> usize {

@@ -178,7 +178,7 @@ async fn multi_shard_suite_runs_end_to_end_and_every_test_lands_once() {
         .await
         .get_history(assay_proto::GetHistoryRequest {
             workflow: "suite".into(),
-            test_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -845,7 +845,10 @@ async fn the_api_streams_logs_and_watches_an_execution_to_its_end() {
     assert!(text.contains("tests"), "{text}");
     // An unknown execution is NOT_FOUND with a hint.
     let err = client
-        .get_execution(assay_proto::GetExecutionRequest { id: "nope".into() })
+        .get_execution(assay_proto::GetExecutionRequest {
+            id: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
