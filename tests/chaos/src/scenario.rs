@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assay_bus::{Bus, subjects};
-use assay_proto::{ExecutionUpdate, RunRequest, ShardJob, ShardState, ShardStatus};
+use assay_proto::{Execution, LogChunk, LogStream, RunRequest, ShardJob, ShardState, ShardStatus};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -114,9 +114,9 @@ impl Observer {
                     }
                     Some(m) = plans.next() => {
                         let Ok(e) = prost::Message::decode(m.payload.as_ref()) else { continue };
-                        let e: ExecutionUpdate = e;
+                        let e: Execution = e;
                         seen.lock().unwrap_or_else(|p| p.into_inner()).plans.push((
-                            assay_bus::now_ms(), e.execution_id, e.created_at_ms,
+                            assay_bus::now_ms(), e.id, e.created_at_ms,
                         ));
                     }
                     _ = stop.cancelled() => return,
@@ -303,8 +303,7 @@ async fn held_batches(
     .await;
     let mut r = HeldRound {
         execution: exec.clone(),
-        restarted: false,
-        held_at_kill: 0,
+        ..Default::default()
     };
     if started.is_none() {
         crate::say(format!("execution {exec} ran no batch within 60 s"));
@@ -321,7 +320,62 @@ async fn held_batches(
         .count();
     r.restarted = env.stack.kill9(Target::Nats, round.hold).is_some();
     ended(env, &exec).await;
+    match system_log(env.bus, &exec).await {
+        Ok(log) => {
+            let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+            r.left_to_holder = count(" is held by ");
+            r.dropped_done = count("already ran and reported: dropping a redelivered copy");
+            r.unclaimed = count("runs its batches unclaimed");
+        }
+        Err(e) => crate::say(format!("execution {exec}: system log unreadable: {e}")),
+    }
     Some(r)
+}
+
+/// The runners' system log lines of an execution (`ASSAY_LOGS`), where a runner says what
+/// it did with a redelivered batch.
+async fn system_log(bus: &Bus, exec: &str) -> anyhow::Result<Vec<String>> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let stream = bus
+        .jetstream()
+        .get_stream(assay_bus::streams::LOGS)
+        .await
+        .map_err(|e| anyhow::anyhow!("logs stream: {e}"))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            deliver_policy: DeliverPolicy::All,
+            filter_subject: subjects::logs_of(exec),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("logs consumer: {e}"))?;
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(500)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("fetch logs: {e}"))?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("logs message: {e}"))?;
+            got += 1;
+            let chunk: LogChunk = prost::Message::decode(m.payload.as_ref())?;
+            if chunk.stream() == LogStream::System {
+                out.extend(
+                    String::from_utf8_lossy(&chunk.data)
+                        .lines()
+                        .map(str::to_string),
+                );
+            }
+        }
+        if got == 0 {
+            return Ok(out);
+        }
+    }
 }
 
 /// kill -9 of the launcher while every shard of an execution runs; measures when the
@@ -446,7 +500,7 @@ async fn scheduler_before_plan(
                 s.plans
                     .iter()
                     .find(|(_, e, _)| *e == exec)
-                    .map(|(_, _, at)| *at)
+                    .map(|(seen, _, at)| (*seen, *at))
             })
         };
         if planned(obs).is_some() {
@@ -468,7 +522,9 @@ async fn scheduler_before_plan(
         })
         .await;
         // The request comes back after the scheduler's ack wait (30 s).
-        r.planned_created_ms = until(Duration::from_secs(90), || planned(obs)).await;
+        let replanned = until(Duration::from_secs(90), || planned(obs)).await;
+        r.planned_seen_ms = replanned.map(|p| p.0);
+        r.planned_created_ms = replanned.map(|p| p.1);
         ended(env, &exec).await;
         obs.with(|s| {
             let jobs: Vec<&(i64, String, u32, i64)> =

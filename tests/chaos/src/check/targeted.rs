@@ -40,14 +40,21 @@ pub fn parse_runs(text: &str) -> Vec<Run> {
         .collect()
 }
 
-/// A held-batches round: its execution and what the nats-server restart hit.
-#[derive(Debug, Clone)]
+/// A held-batches round: its execution, what the nats-server restart hit, and what the
+/// runners said of redelivered batches in their system log.
+#[derive(Debug, Clone, Default)]
 pub struct HeldRound {
     pub execution: String,
     /// Whether nats-server was killed and restarted during the execution.
     pub restarted: bool,
     /// Busy runners of the execution (each holding a batch) at the kill.
     pub held_at_kill: usize,
+    /// Redelivered batches a runner left to their live holder.
+    pub left_to_holder: usize,
+    /// Redelivered copies of batches that had already reported, dropped.
+    pub dropped_done: usize,
+    /// Runners that could not claim a batch and ran the rest of their batches unclaimed.
+    pub unclaimed: usize,
 }
 
 /// Invariant 6: no queue batch runs twice across a nats-server restart while it is held (a
@@ -56,9 +63,12 @@ pub struct HeldRound {
 pub fn no_batch_twice(rounds: &[HeldRound], runs: &[Run], db: &Db, suite: usize) -> Verdict {
     let mut violations = Vec::new();
     let (mut batches, mut retried, mut exact) = (0usize, 0usize, 0usize);
-    let mut held = 0usize;
+    let (mut held, mut left, mut dropped, mut unclaimed) = (0usize, 0usize, 0usize, 0usize);
     for r in rounds {
         held += r.held_at_kill;
+        left += r.left_to_holder;
+        dropped += r.dropped_done;
+        unclaimed += r.unclaimed;
         let mine: Vec<&Run> = runs.iter().filter(|x| x.execution == r.execution).collect();
         batches += mine
             .iter()
@@ -125,9 +135,10 @@ pub fn no_batch_twice(rounds: &[HeldRound], runs: &[Run], db: &Db, suite: usize)
         "6 no queue batch runs twice (nats restart, held)",
         format!(
             "{} queue executions, {restarts} nats-server kill -9 + restart while {held} batches \
-             were held (batches of 2 s, lease 1 s); {batches} batches ran, {} tests \
-             ran twice outside a retry, {retried} re-ran only as a retry; {exact} passed with \
-             exactly {suite} tests stored",
+             were held (batches of 2 s, lease 1 s); redelivered batches: {left} left to \
+             their live holder, {dropped} dropped as done; {unclaimed} runners fell back to \
+             running unclaimed; {batches} batches ran, {} tests ran twice outside a retry, \
+             {retried} re-ran only as a retry; {exact} passed with exactly {suite} tests stored",
             rounds.len(),
             violations.iter().filter(|v| v.contains(" times: ")).count(),
         ),
@@ -190,11 +201,11 @@ pub fn orphans_rerun(rounds: &[OrphanRound]) -> Verdict {
         "none measured".to_string()
     } else {
         format!(
-            "{} after the replacement started: min {:.1}s, median {:.1}s, max {:.1}s",
-            delays.len(),
+            "after the replacement started in min {:.1}s, median {:.1}s, max {:.1}s ({} measured)",
             secs(delays[0]),
             secs(delays[delays.len() / 2]),
-            secs(delays[delays.len() - 1])
+            secs(delays[delays.len() - 1]),
+            delays.len()
         )
     };
     let mut v = verdict(
@@ -227,8 +238,10 @@ pub struct ReplanRound {
     pub missed: usize,
     /// When the restarted scheduler was spawned (unix ms).
     pub restarted_ms: Option<i64>,
-    /// `created_at_ms` of the plan record the restarted scheduler published.
+    /// `created_at_ms` of the plan record the restarted scheduler published, and when that
+    /// record was seen (unix ms).
     pub planned_created_ms: Option<i64>,
+    pub planned_seen_ms: Option<i64>,
     /// The deadlines of every shard job seen, first publication and re-plan.
     pub deadlines: BTreeSet<i64>,
     pub jobs_seen: usize,
@@ -283,8 +296,8 @@ pub fn created_at_kept(rounds: &[ReplanRound], db: &Db) -> Verdict {
         if bad.is_empty() {
             kept += 1;
             lags.push(planned - r.submitted_ms);
-            if let Some(at) = r.restarted_ms {
-                replans.push(at - planned);
+            if let Some(at) = r.planned_seen_ms {
+                replans.push(at - r.submitted_ms);
             }
         } else {
             violations.push(format!("execution {}: {}", r.execution, bad.join("; ")));
@@ -302,7 +315,7 @@ pub fn created_at_kept(rounds: &[ReplanRound], db: &Db) -> Verdict {
         format!(
             "{} scheduler kill -9 between first shard job and plan record ({missed} tries \
              missed the window: the plan was out first); {kept} of {hits} re-planned \
-             executions dated {} after their request, re-planned {} later",
+             executions dated {} after their request, though planned {} after it",
             rounds.len(),
             range(&lags, "ms"),
             range(&replans, "s"),
@@ -359,6 +372,7 @@ mod tests {
             execution: "e".into(),
             restarted: true,
             held_at_kill: 2,
+            ..Default::default()
         };
         let db = db_with("e", &["a", "b"], ExecutionStatus::Passed);
         let once = [run("e", 0, 1, "a", "1"), run("e", 1, 1, "b", "2")];
