@@ -69,7 +69,7 @@ pub struct Config {
 
 impl Config {
     /// `make chaos`: 1,000 faults, one every ~1.5 s, about 25 minutes plus the drain, then
-    /// 5 rounds of each targeted scenario (about 6 minutes).
+    /// 5 rounds of each targeted scenario (about 5 minutes).
     pub fn nightly(seed: u64) -> Config {
         Config {
             seed,

@@ -196,23 +196,35 @@ pub async fn run(env: &Env<'_>, rounds: &[Round], ledger: &mut Ledger) -> Record
             round.hold
         ));
         let key = format!("chaos-{}-scenario-{n}", env.seed);
-        match round.scenario {
-            Scenario::HeldBatches => {
-                if let Some(r) = held_batches(env, &obs, round, &key, ledger).await {
+        // A round counts in the fault table when its fault was injected.
+        let injected = match round.scenario {
+            Scenario::HeldBatches => match held_batches(env, round, &key, ledger).await {
+                Some(r) => {
+                    let restarted = r.restarted;
                     out.held.push(r);
+                    restarted
                 }
-            }
+                None => false,
+            },
             Scenario::LauncherReplaced => {
-                if let Some(r) = launcher_replaced(env, &obs, round, &key, ledger).await {
-                    out.orphans.push(r);
+                match launcher_replaced(env, &obs, round, &key, ledger).await {
+                    Some(r) => {
+                        out.orphans.push(r);
+                        true
+                    }
+                    None => false,
                 }
             }
             Scenario::SchedulerBeforePlan => {
-                out.replans
-                    .push(scheduler_before_plan(env, &obs, round, &key, ledger).await);
+                let r = scheduler_before_plan(env, &obs, round, &key, ledger).await;
+                let hit = r.hit;
+                out.replans.push(r);
+                hit
             }
+        };
+        if injected {
+            *out.rounds.entry(round.scenario).or_default() += 1;
         }
-        *out.rounds.entry(round.scenario).or_default() += 1;
     }
     stop.cancel();
     out
@@ -290,7 +302,6 @@ fn runs_of(work: &Path, exec: &str) -> usize {
 /// nats-server kill -9 and restart while the runners of a queue execution hold batches.
 async fn held_batches(
     env: &Env<'_>,
-    _obs: &Observer,
     round: &Round,
     key: &str,
     ledger: &mut Ledger,
@@ -513,6 +524,7 @@ async fn scheduler_before_plan(
         r.submitted_ms = sent;
         r.first_job_ms = first_job_ms;
         r.hit = true;
+        r.jobs_before_kill = obs.with(|s| s.jobs.iter().filter(|j| j.1 == exec).count());
         env.stack.kill9(Target::Scheduler, round.hold);
         r.restarted_ms = until(round.hold + Duration::from_secs(30), || {
             env.stack

@@ -245,6 +245,8 @@ pub struct ReplanRound {
     /// The deadlines of every shard job seen, first publication and re-plan.
     pub deadlines: BTreeSet<i64>,
     pub jobs_seen: usize,
+    /// Shard jobs of the execution that were out when the scheduler was killed.
+    pub jobs_before_kill: usize,
 }
 
 /// Invariant 8: an execution re-planned after the scheduler died between its first shard job
@@ -258,6 +260,7 @@ pub fn created_at_kept(rounds: &[ReplanRound], db: &Db) -> Verdict {
         .map(|e| (e.id.as_str(), e.created_at_ms))
         .collect();
     let (mut hits, mut missed, mut kept) = (0usize, 0usize, 0usize);
+    let mut out_before: Vec<i64> = Vec::new();
     let mut lags: Vec<i64> = Vec::new();
     let mut replans: Vec<i64> = Vec::new();
     for r in rounds {
@@ -266,6 +269,7 @@ pub fn created_at_kept(rounds: &[ReplanRound], db: &Db) -> Verdict {
             continue;
         }
         hits += 1;
+        out_before.push(r.jobs_before_kill as i64);
         let Some(planned) = r.planned_created_ms else {
             violations.push(format!(
                 "execution {}: no plan record after the scheduler came back",
@@ -313,10 +317,15 @@ pub fn created_at_kept(rounds: &[ReplanRound], db: &Db) -> Verdict {
     verdict(
         "8 re-planned execution keeps its request's time",
         format!(
-            "{} scheduler kill -9 between first shard job and plan record ({missed} tries \
-             missed the window: the plan was out first); {kept} of {hits} re-planned \
+            "{} scheduler kill -9 between first shard job and plan record ({} shard jobs out \
+             by then; {missed} tries missed the window: the plan was out first); {kept} of \
+             {hits} re-planned \
              executions dated {} after their request, though planned {} after it",
             rounds.len(),
+            match (out_before.iter().min(), out_before.iter().max()) {
+                (Some(a), Some(b)) => format!("{a}-{b}"),
+                _ => "-".into(),
+            },
             range(&lags, "ms"),
             range(&replans, "s"),
         ),
