@@ -298,7 +298,7 @@ spec:
             "claims.sh",
             cfg.test_ms,
             4,
-            "strategy: queue, batchOverhead: 5ms, lease: 1s",
+            "strategy: queue, batchOverhead: 5ms, lease: 5s",
         ),
         // 10 s per shard: still running when the launcher dies, and when it is replaced.
         (
@@ -640,6 +640,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
             &check::targeted::parse_runs(&runs),
             &db,
             scenario::CLAIMS_SUITE,
+            scenario::CLAIMS_LEASE.as_millis() as i64,
         ));
     }
     if has(Scenario::LauncherReplaced) {

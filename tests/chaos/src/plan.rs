@@ -199,10 +199,10 @@ impl Scenario {
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Scenario::HeldBatches => write!(f, "nats-server kill -9 + restart, queue batches held"),
+            Scenario::HeldBatches => write!(f, "nats-server -9/restart, queue batches held"),
             Scenario::LauncherReplaced => write!(f, "kill -9 executor-launcher mid-run, replaced"),
             Scenario::SchedulerBeforePlan => {
-                write!(f, "kill -9 scheduler between first shard job and plan")
+                write!(f, "kill -9 scheduler: first job out, plan not")
             }
         }
     }
@@ -228,8 +228,9 @@ pub fn rounds(seed: u64, scenarios: &[Scenario], per: usize) -> Vec<Round> {
                 Duration::from_millis(rng.random_range(lo..=hi))
             };
             let (after, hold) = match scenario {
-                // Past the 1 s lease of the batch that started first.
-                Scenario::HeldBatches => (ms(&mut rng, 1200, 2500), ms(&mut rng, 0, 1500)),
+                // While the first batches (6 s each) run, after at least one renewal of
+                // their 5 s lease; down for less than the lease.
+                Scenario::HeldBatches => (ms(&mut rng, 2000, 4000), ms(&mut rng, 0, 1500)),
                 // Down for less or more than the heartbeat expiry (3 s).
                 Scenario::LauncherReplaced => (ms(&mut rng, 500, 2000), ms(&mut rng, 0, 4000)),
                 Scenario::SchedulerBeforePlan => (Duration::ZERO, ms(&mut rng, 1000, 3000)),
@@ -304,7 +305,7 @@ mod tests {
         assert!(
             r.iter()
                 .filter(|x| x.scenario == Scenario::HeldBatches)
-                .all(|x| x.after > Duration::from_secs(1))
+                .all(|x| x.after >= Duration::from_secs(2))
         );
         assert!(Scenario::parse("nope").is_err());
     }

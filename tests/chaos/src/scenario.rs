@@ -29,18 +29,23 @@ pub fn workflow(s: Scenario) -> &'static str {
 }
 
 /// Tests of `chaos-claims`, each logged by the script that runs it.
-pub const CLAIMS_SUITE: usize = 40;
+pub const CLAIMS_SUITE: usize = 16;
+
+/// The lease of `chaos-claims`' batches: longer than the nats-server outages of the scenario
+/// (down 0-1.5 s plus its start), which a claim is meant to outlive; a holder that cannot
+/// renew for longer than its lease is indistinguishable from a dead one, by design.
+pub const CLAIMS_LEASE: Duration = Duration::from_secs(5);
 
 /// The test script of `chaos-claims`: every test it runs goes to `runs.log`, and every batch
-/// takes 2 s, longer than its 1 s lease, so the holder must renew its claim.
+/// takes 6 s, longer than its lease, so the holder must renew its claim.
 pub const CLAIMS_SH: &str = r#"#!/bin/sh
 # usage: claims.sh REPORT ID... — logs "execution shard attempt id batch" per test to
-# runs.log (batch: this invocation's pid), sleeps 2 s, then passes them all.
+# runs.log (batch: this invocation's pid), sleeps 6 s, then passes them all.
 report=$1; shift
 for id in "$@"; do
   echo "$ASSAY_EXECUTION_ID $ASSAY_SHARD_INDEX $ASSAY_ATTEMPT $id $$" >> runs.log
 done
-sleep 2
+sleep 6
 {
   echo '<?xml version="1.0" encoding="UTF-8"?>'
   echo "<testsuite name=\"claims\" tests=\"$#\">"
@@ -329,7 +334,21 @@ async fn held_batches(
         .values()
         .filter(|v| v.busy && v.attempt.as_ref().is_some_and(|a| a.0 == exec))
         .count();
+    let killed = assay_bus::now_ms();
+    let old = env.stack.pid(Target::Nats);
     r.restarted = env.stack.kill9(Target::Nats, round.hold).is_some();
+    // The outage: from the kill until the new nats-server listens.
+    let back = until(round.hold + Duration::from_secs(30), || {
+        env.stack
+            .started(Target::Nats)
+            .filter(|(pid, _)| Some(*pid) != old)
+    })
+    .await;
+    if back.is_some()
+        && crate::stack::wait_port(env.stack.layout.nats_port, Duration::from_secs(15)).await
+    {
+        r.outage_ms = Some(assay_bus::now_ms() - killed);
+    }
     ended(env, &exec).await;
     match system_log(env.bus, &exec).await {
         Ok(log) => {

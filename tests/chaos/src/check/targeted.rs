@@ -49,6 +49,8 @@ pub struct HeldRound {
     pub restarted: bool,
     /// Busy runners of the execution (each holding a batch) at the kill.
     pub held_at_kill: usize,
+    /// From the kill until the new nats-server listened (ms).
+    pub outage_ms: Option<i64>,
     /// Redelivered batches a runner left to their live holder.
     pub left_to_holder: usize,
     /// Redelivered copies of batches that had already reported, dropped.
@@ -57,15 +59,26 @@ pub struct HeldRound {
     pub unclaimed: usize,
 }
 
-/// Invariant 6: no queue batch runs twice across a nats-server restart while it is held (a
-/// test runs more than once only as a retry of an errored shard attempt), and each
-/// execution ends passed with exactly its suite in the store.
-pub fn no_batch_twice(rounds: &[HeldRound], runs: &[Run], db: &Db, suite: usize) -> Verdict {
+/// Invariant 6: no queue batch runs twice across a nats-server restart shorter than the
+/// lease while it is held (a test runs more than once only as a retry of an errored shard
+/// attempt, or after an outage that outlasted the lease: its holder could not renew, by
+/// design), and each execution ends passed with exactly its suite in the store.
+pub fn no_batch_twice(
+    rounds: &[HeldRound],
+    runs: &[Run],
+    db: &Db,
+    suite: usize,
+    lease_ms: i64,
+) -> Verdict {
     let mut violations = Vec::new();
     let (mut batches, mut retried, mut exact) = (0usize, 0usize, 0usize);
     let (mut held, mut left, mut dropped, mut unclaimed) = (0usize, 0usize, 0usize, 0usize);
+    let (mut twice, mut past_lease) = (0usize, 0usize);
+    let mut outages: Vec<i64> = Vec::new();
     for r in rounds {
         held += r.held_at_kill;
+        outages.extend(r.outage_ms);
+        let outlasted = r.outage_ms.is_some_and(|o| o >= lease_ms);
         left += r.left_to_holder;
         dropped += r.dropped_done;
         unclaimed += r.unclaimed;
@@ -90,6 +103,11 @@ pub fn no_batch_twice(rounds: &[HeldRound], runs: &[Run], db: &Db, suite: usize)
                 retried += 1;
                 continue;
             }
+            if outlasted {
+                past_lease += 1;
+                continue;
+            }
+            twice += 1;
             violations.push(format!(
                 "execution {}: test {test} ran {} times: {}",
                 r.execution,
@@ -134,13 +152,19 @@ pub fn no_batch_twice(rounds: &[HeldRound], runs: &[Run], db: &Db, suite: usize)
     verdict(
         "6 no queue batch runs twice (nats restart, held)",
         format!(
-            "{} queue executions, {restarts} nats-server kill -9 + restart while {held} batches \
-             were held (batches of 2 s, lease 1 s); redelivered batches: {left} left to \
-             their live holder, {dropped} dropped as done; {unclaimed} runners fell back to \
-             running unclaimed; {batches} batches ran, {} tests ran twice outside a retry, \
-             {retried} re-ran only as a retry; {exact} passed with exactly {suite} tests stored",
+            "{} queue executions, {restarts} nats-server kill -9 + restart (down {}) while \
+             {held} batches were held (batches of 6 s, lease {:.0} s); redelivered batches: \
+             {left} left to their live holder, {dropped} dropped as done; {unclaimed} runners \
+             fell back to running unclaimed; {batches} batches ran, {twice} tests ran twice \
+             outside a retry, {retried} re-ran only as a retry, {past_lease} after an outage \
+             longer than the lease; {exact} passed with exactly {suite} tests stored",
             rounds.len(),
-            violations.iter().filter(|v| v.contains(" times: ")).count(),
+            match (outages.iter().min(), outages.iter().max()) {
+                (Some(a), Some(b)) =>
+                    format!("{:.1}-{:.1}s", *a as f64 / 1000.0, *b as f64 / 1000.0),
+                _ => "-".into(),
+            },
+            lease_ms as f64 / 1000.0,
         ),
         violations,
     )
@@ -319,8 +343,8 @@ pub fn created_at_kept(rounds: &[ReplanRound], db: &Db) -> Verdict {
         format!(
             "{} scheduler kill -9 between first shard job and plan record ({} shard jobs out \
              by then; {missed} tries missed the window: the plan was out first); {kept} of \
-             {hits} re-planned \
-             executions dated {} after their request, though planned {} after it",
+             {hits} re-planned executions dated {} after their request, though planned {} \
+             after it",
             rounds.len(),
             match (out_before.iter().min(), out_before.iter().max()) {
                 (Some(a), Some(b)) => format!("{a}-{b}"),
@@ -377,27 +401,40 @@ mod tests {
 
     #[test]
     fn a_batch_run_twice_breaks_invariant_6_and_a_retry_does_not() {
-        let round = HeldRound {
+        let mut round = HeldRound {
             execution: "e".into(),
             restarted: true,
             held_at_kill: 2,
+            outage_ms: Some(1_500),
             ..Default::default()
         };
         let db = db_with("e", &["a", "b"], ExecutionStatus::Passed);
         let once = [run("e", 0, 1, "a", "1"), run("e", 1, 1, "b", "2")];
-        assert!(no_batch_twice(std::slice::from_ref(&round), &once, &db, 2).held);
+        let check = |round: &HeldRound, runs: &[Run], db: &Db| {
+            no_batch_twice(std::slice::from_ref(round), runs, db, 2, 5_000)
+        };
+        assert!(check(&round, &once, &db).held);
         let mut retried = once.to_vec();
         retried.push(run("e", 1, 2, "b", "3"));
-        let v = no_batch_twice(std::slice::from_ref(&round), &retried, &db, 2);
+        let v = check(&round, &retried, &db);
         assert!(v.held, "{v:?}");
         assert!(v.evidence.contains("1 re-ran only as a retry"), "{v:?}");
         let mut twice = once.to_vec();
         twice.push(run("e", 0, 1, "b", "4"));
-        let v = no_batch_twice(std::slice::from_ref(&round), &twice, &db, 2);
+        let v = check(&round, &twice, &db);
         assert!(!v.held);
         assert!(v.violations[0].contains("test b ran 2 times"), "{v:?}");
         let failed = db_with("e", &["a"], ExecutionStatus::Errored);
-        assert!(!no_batch_twice(&[round], &once, &failed, 2).held);
+        assert!(!check(&round, &once, &failed).held);
+        // An outage longer than the lease: the holder could not renew, its batch may run again.
+        round.outage_ms = Some(6_000);
+        let v = check(&round, &twice, &db);
+        assert!(v.held, "{v:?}");
+        assert!(
+            v.evidence
+                .contains("1 after an outage longer than the lease"),
+            "{v:?}"
+        );
     }
 
     #[test]
