@@ -298,7 +298,7 @@ spec:
             "claims.sh",
             cfg.test_ms,
             4,
-            "strategy: queue, batchOverhead: 5ms, lease: 5s",
+            "strategy: queue, batchOverhead: 5ms, lease: 2s",
         ),
         // 10 s per shard: still running when the launcher dies, and when it is replaced.
         (

@@ -228,9 +228,8 @@ pub fn rounds(seed: u64, scenarios: &[Scenario], per: usize) -> Vec<Round> {
                 Duration::from_millis(rng.random_range(lo..=hi))
             };
             let (after, hold) = match scenario {
-                // While the first batches (6 s each) run, after at least one renewal of
-                // their 5 s lease; down for less than the lease.
-                Scenario::HeldBatches => (ms(&mut rng, 2000, 4000), ms(&mut rng, 0, 1500)),
+                // While the first batches (4 s each) run, past their 2 s lease (renewed).
+                Scenario::HeldBatches => (ms(&mut rng, 2500, 3500), ms(&mut rng, 0, 1500)),
                 // Down for less or more than the heartbeat expiry (3 s).
                 Scenario::LauncherReplaced => (ms(&mut rng, 500, 2000), ms(&mut rng, 0, 4000)),
                 Scenario::SchedulerBeforePlan => (Duration::ZERO, ms(&mut rng, 1000, 3000)),
@@ -305,7 +304,7 @@ mod tests {
         assert!(
             r.iter()
                 .filter(|x| x.scenario == Scenario::HeldBatches)
-                .all(|x| x.after >= Duration::from_secs(2))
+                .all(|x| x.after > Duration::from_secs(2))
         );
         assert!(Scenario::parse("nope").is_err());
     }

@@ -31,21 +31,23 @@ pub fn workflow(s: Scenario) -> &'static str {
 /// Tests of `chaos-claims`, each logged by the script that runs it.
 pub const CLAIMS_SUITE: usize = 16;
 
-/// The lease of `chaos-claims`' batches: longer than the nats-server outages of the scenario
-/// (down 0-1.5 s plus its start), which a claim is meant to outlive; a holder that cannot
-/// renew for longer than its lease is indistinguishable from a dead one, by design.
-pub const CLAIMS_LEASE: Duration = Duration::from_secs(5);
+/// The lease of `chaos-claims`' batches, which is also the queue consumer's ack wait: about
+/// as long as the scenario's nats-server outages (down 0-1.5 s plus its start), so the
+/// restarted server hands held batches out again before their holders reconnect (with a
+/// 4 s lease it never did: the holders' renewals came first). A holder that cannot renew for
+/// longer than its lease is indistinguishable from a dead one, by design.
+pub const CLAIMS_LEASE: Duration = Duration::from_secs(2);
 
 /// The test script of `chaos-claims`: every test it runs goes to `runs.log`, and every batch
-/// takes 6 s, longer than its lease, so the holder must renew its claim.
+/// takes 4 s, twice its lease, so the holder must renew its claim.
 pub const CLAIMS_SH: &str = r#"#!/bin/sh
 # usage: claims.sh REPORT ID... — logs "execution shard attempt id batch" per test to
-# runs.log (batch: this invocation's pid), sleeps 6 s, then passes them all.
+# runs.log (batch: this invocation's pid), sleeps 4 s, then passes them all.
 report=$1; shift
 for id in "$@"; do
   echo "$ASSAY_EXECUTION_ID $ASSAY_SHARD_INDEX $ASSAY_ATTEMPT $id $$" >> runs.log
 done
-sleep 6
+sleep 4
 {
   echo '<?xml version="1.0" encoding="UTF-8"?>'
   echo "<testsuite name=\"claims\" tests=\"$#\">"
@@ -354,6 +356,7 @@ async fn held_batches(
         Ok(log) => {
             let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
             r.left_to_holder = count(" is held by ");
+            r.takeovers = count("taken over after a lease expired");
             r.dropped_done = count("already ran and reported: dropping a redelivered copy");
             r.unclaimed = count("runs its batches unclaimed");
         }
