@@ -108,7 +108,7 @@ fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_TIME seconds (default 30; F
 	fi
 
 .PHONY: chaos
-chaos: tools ## Fault harness, nightly size: 1,000 seeded faults on the real processes, 5 invariants (SEED=N replays)
+chaos: tools ## Fault harness, nightly size: 1,000 seeded faults on the real processes, then 5 rounds each of 3 targeted scenarios (nats restart with queue batches held, launcher kill -9 + replacement <= 5 s, scheduler kill -9 before the plan); 8 invariants (SEED=N replays)
 	$(CARGO) build --release --bins
 	target/release/assay-chaos $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 

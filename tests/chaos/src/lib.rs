@@ -3,16 +3,22 @@
 //! and again through the trigger-watcher's HTTP API and the bus, and faults injected at
 //! seeded random points — `kill -9` of each service, SIGSTOP past the ack wait, nats-server
 //! restarts, an unwritable result database, the loss of the launcher's machine, killed
-//! runners. Afterwards it checks five invariants against the final state and returns a
-//! [`Report`] with the faults injected and the evidence for each invariant.
+//! runners. Then, on the quiet stack, targeted scenarios ([`plan::Scenario`]) aim one fault
+//! each at a chosen moment of one execution: nats-server restarted while queue batches are
+//! held, the launcher killed mid-run and replaced, the scheduler killed between its first
+//! shard job and the plan record. Afterwards it checks eight invariants against the final
+//! state and what the scenarios recorded, and returns a [`Report`] with the faults injected
+//! and the evidence for each invariant.
 //!
-//! The fault schedule is a function of the seed ([`plan::schedule`]); `--seed N` replays it.
+//! The fault schedule and the scenario rounds are functions of the seed
+//! ([`plan::schedule`], [`plan::rounds`]); `--seed N` replays them.
 
 pub mod check;
 pub mod load;
 pub mod monitor;
 pub mod plan;
 pub mod procs;
+pub mod scenario;
 pub mod stack;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::Verdict;
 use crate::load::{Ledger, Load};
-use crate::plan::{Kind, Shape, Target};
+use crate::plan::{Kind, Scenario, Shape, Target};
 use crate::stack::{Binaries, Immutable, Layout, Stack};
 
 /// What one run does. [`Config::nightly`] and [`Config::short`] are the two sizes.
@@ -52,6 +58,9 @@ pub struct Config {
     pub unwritable: (Duration, Duration),
     /// Launcher capacity (runners at once).
     pub capacity: usize,
+    /// Targeted scenarios run after the fault phase, and rounds of each.
+    pub scenarios: Vec<Scenario>,
+    pub rounds: usize,
     /// Where the service binaries are (default: next to this executable).
     pub bin_dir: Option<PathBuf>,
     /// Keep the run directory (logs, database, NATS store) even when every invariant held.
@@ -59,7 +68,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// `make chaos`: 1,000 faults, one every ~1.5 s, about 25 minutes plus the drain.
+    /// `make chaos`: 1,000 faults, one every ~1.5 s, about 25 minutes plus the drain, then
+    /// 5 rounds of each targeted scenario (about 5 minutes).
     pub fn nightly(seed: u64) -> Config {
         Config {
             seed,
@@ -73,15 +83,19 @@ impl Config {
             pause: (Duration::from_secs(31), Duration::from_secs(40)),
             unwritable: (Duration::from_secs(3), Duration::from_secs(30)),
             capacity: 8,
+            scenarios: plan::SCENARIOS.to_vec(),
+            rounds: 5,
             bin_dir: None,
             keep: false,
         }
     }
 
-    /// The run inside `make test`: 24 faults in about two minutes.
+    /// The run inside `make test`: 24 faults in about two minutes, then one round of each
+    /// targeted scenario (about a minute and a half).
     pub fn short(seed: u64) -> Config {
         Config {
             faults: 24,
+            rounds: 1,
             mean_gap: Duration::from_secs(4),
             trigger_every: Duration::from_secs(10),
             test_ms: 20,
@@ -93,7 +107,7 @@ impl Config {
     /// The command line that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "make chaos SEED={} CHAOS_ARGS='--faults {} --gap-ms {} --trigger-ms {} --tests {} --shards {} --test-ms {} --timeout-s {}'",
+            "make chaos SEED={} CHAOS_ARGS='--faults {} --gap-ms {} --trigger-ms {} --tests {} --shards {} --test-ms {} --timeout-s {} --scenarios {} --rounds {}'",
             self.seed,
             self.faults,
             self.mean_gap.as_millis(),
@@ -101,7 +115,17 @@ impl Config {
             self.tests,
             self.shards,
             self.test_ms,
-            self.timeout.as_secs()
+            self.timeout.as_secs(),
+            if self.scenarios.is_empty() {
+                "none".to_string()
+            } else {
+                self.scenarios
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            self.rounds
         )
     }
 }
@@ -113,6 +137,8 @@ pub struct Report {
     pub replay: String,
     pub faults: BTreeMap<Kind, u64>,
     pub skipped: BTreeMap<Kind, u64>,
+    /// Rounds of each targeted scenario.
+    pub scenarios: BTreeMap<Scenario, u64>,
     pub unavailable: Vec<String>,
     pub invariants: Vec<Verdict>,
     pub restarts: Vec<(Target, u64, Vec<String>)>,
@@ -125,8 +151,13 @@ impl Report {
         self.invariants.iter().all(|v| v.held)
     }
 
+    /// Every invariant held, measured wall-clock bounds aside (what `make test` asserts).
+    pub fn passed_untimed(&self) -> bool {
+        self.invariants.iter().all(|v| v.held || v.timing)
+    }
+
     pub fn injected(&self) -> u64 {
-        self.faults.values().sum()
+        self.faults.values().sum::<u64>() + self.scenarios.values().sum::<u64>()
     }
 
     /// The fault table and the invariant table, plain text.
@@ -149,6 +180,9 @@ impl Report {
                 n
             ));
         }
+        for (s, n) in &self.scenarios {
+            out.push_str(&format!("{:<54} {:>7}\n", format!("(targeted) {s}"), n));
+        }
         out.push_str(&format!("{:<54} {:>7}\n", "total", self.injected()));
         for u in &self.unavailable {
             out.push_str(&format!("not injected: {u}\n"));
@@ -163,7 +197,11 @@ impl Report {
             out.push_str(&format!(
                 "{:<54} {:<6} {}\n",
                 v.name,
-                if v.held { "yes" } else { "NO" },
+                match (v.held, v.timing) {
+                    (true, _) => "yes",
+                    (false, false) => "NO",
+                    (false, true) => "SLOW",
+                },
                 v.evidence
             ));
             for line in v.violations.iter().take(10) {
@@ -252,6 +290,57 @@ spec:
             trigger = load::trigger_of(workflow),
         ));
     }
+    // The targeted scenarios' workflows, started by run requests only.
+    for (s, list, run, ms, shards, parallel) in [
+        (
+            Scenario::HeldBatches,
+            "claims-ids.txt",
+            "claims.sh",
+            cfg.test_ms,
+            4,
+            "strategy: queue, batchOverhead: 5ms, lease: 2s",
+        ),
+        // 10 s per shard: still running when the launcher dies, and when it is replaced.
+        (
+            Scenario::LauncherReplaced,
+            "ids.txt",
+            "tests.sh",
+            10_000 * scenario::ORPHAN_SHARDS as u64 / cfg.tests.max(1) as u64,
+            scenario::ORPHAN_SHARDS,
+            "strategy: count",
+        ),
+        // Many shard jobs: a wider window between the first job and the plan record.
+        (
+            Scenario::SchedulerBeforePlan,
+            "ids.txt",
+            "tests.sh",
+            cfg.test_ms,
+            16,
+            "strategy: count",
+        ),
+    ] {
+        out.push_str(&format!(
+            r#"apiVersion: assay.dev/v1alpha1
+kind: TestWorkflow
+metadata: {{name: {workflow}}}
+spec:
+  workingDir: {work}
+  env: {{CHAOS_TEST_MS: "{ms}"}}
+  tests:
+    list: cat {list}
+    run: sh {run} {{report}} {{tests}}
+    reports: ["{{report}}"]
+  parallel: {{count: {shards}, {parallel}}}
+  concurrency: {{policy: allow}}
+  timeout: {timeout}s
+  retries: {{count: 2, on: errored}}
+---
+"#,
+            workflow = scenario::workflow(s),
+            work = work.display(),
+            timeout = cfg.timeout.as_secs(),
+        ));
+    }
     out
 }
 
@@ -286,6 +375,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     stack::write(&work.join("tests.sh"), TESTS_SH)?;
     let ids: Vec<String> = (0..cfg.tests).map(|i| format!("t{i:05}")).collect();
     stack::write(&work.join("ids.txt"), &(ids.join("\n") + "\n"))?;
+    stack::write(&work.join("claims.sh"), scenario::CLAIMS_SH)?;
+    let claims: Vec<String> = (0..scenario::CLAIMS_SUITE)
+        .map(|i| format!("c{i:03}"))
+        .collect();
+    stack::write(&work.join("claims-ids.txt"), &(claims.join("\n") + "\n"))?;
+    let mut suites: HashMap<String, usize> = load::WORKFLOWS
+        .iter()
+        .chain(&[
+            scenario::workflow(Scenario::LauncherReplaced),
+            scenario::workflow(Scenario::SchedulerBeforePlan),
+        ])
+        .map(|w| (w.to_string(), cfg.tests))
+        .collect();
+    suites.insert(
+        scenario::workflow(Scenario::HeldBatches).to_string(),
+        scenario::CLAIMS_SUITE,
+    );
     stack::write(
         &layout.workflows().join("chaos.yaml"),
         &definitions(&cfg, &work),
@@ -437,7 +543,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     say("fault phase over; draining");
 
     // Drain: every acknowledged trigger has its execution, and every execution ends.
-    let ledger = Arc::try_unwrap(ledger)
+    let mut ledger = Arc::try_unwrap(ledger)
         .map(|m| m.into_inner())
         .unwrap_or_default();
     let last_trigger = ledger.acked.iter().map(|a| a.at_ms).max().unwrap_or(0);
@@ -473,6 +579,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    // The targeted scenarios, one round at a time on the quiet stack.
+    let rounds = plan::rounds(cfg.seed, &cfg.scenarios, cfg.rounds);
+    if !rounds.is_empty() {
+        say(format!("{} targeted scenario rounds", rounds.len()));
+    }
+    let env = scenario::Env {
+        stack: &stack,
+        bus: &bus,
+        seed: cfg.seed,
+        timeout: cfg.timeout,
+    };
+    let recorded = scenario::run(&env, &rounds, &mut ledger).await;
+
     // Invariant 5 needs 60 s after the last end only if processes of ended executions live.
     let db = check::read_db(&layout.database()).unwrap_or_default();
     let last_end = db
@@ -504,20 +623,38 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     procs::kill_leftovers(&layout.nats_url(), &work);
     let db = check::read_db(&layout.database())?;
     let observed = monitor.observed();
-    let invariants = check::all(&check::Inputs {
+    let mut invariants = check::all(&check::Inputs {
         db: &db,
         stream: &stream,
         api: &api,
         ledger: &ledger,
         observed: &observed,
-        suite_size: cfg.tests,
+        suites: &suites,
         aggregator_outages: &outages,
     });
+    let has = |s: Scenario| cfg.rounds > 0 && cfg.scenarios.contains(&s);
+    if has(Scenario::HeldBatches) {
+        let runs = std::fs::read_to_string(work.join("runs.log")).unwrap_or_default();
+        invariants.push(check::targeted::no_batch_twice(
+            &recorded.held,
+            &check::targeted::parse_runs(&runs),
+            &db,
+            scenario::CLAIMS_SUITE,
+            scenario::CLAIMS_LEASE.as_millis() as i64,
+        ));
+    }
+    if has(Scenario::LauncherReplaced) {
+        invariants.push(check::targeted::orphans_rerun(&recorded.orphans));
+    }
+    if has(Scenario::SchedulerBeforePlan) {
+        invariants.push(check::targeted::created_at_kept(&recorded.replans, &db));
+    }
     let mut report = Report {
         seed: cfg.seed,
         replay: cfg.replay_command(),
         faults,
         skipped,
+        scenarios: recorded.rounds,
         unavailable,
         invariants,
         restarts: stack.restarts(),

@@ -10,7 +10,7 @@ use clap::Parser;
 
 #[derive(Parser)]
 #[command(
-    about = "assay fault harness: real processes, seeded faults, five invariants checked at the end"
+    about = "assay fault harness: real processes, seeded faults and targeted scenarios, eight invariants checked at the end"
 )]
 struct Args {
     /// Seed of the fault and load schedule (default: from the clock; printed either way).
@@ -40,6 +40,13 @@ struct Args {
     /// Execution timeout of the workflows, in seconds.
     #[arg(long)]
     timeout_s: Option<u64>,
+    /// Targeted scenarios to run after the faults, comma-separated, or `none` (default: all
+    /// of held-batches, launcher-replaced, scheduler-before-plan).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
+    /// Rounds of each targeted scenario (default: 5, 1 with --short).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Directory of the service binaries (default: next to this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -79,6 +86,22 @@ async fn main() -> ExitCode {
     }
     if let Some(s) = args.timeout_s {
         cfg.timeout = Duration::from_secs(s);
+    }
+    if let Some(names) = args.scenarios {
+        cfg.scenarios.clear();
+        for name in names.iter().filter(|n| *n != "none" && !n.is_empty()) {
+            match assay_chaos::plan::Scenario::parse(name) {
+                Ok(s) if !cfg.scenarios.contains(&s) => cfg.scenarios.push(s),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("assay-chaos: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    if let Some(n) = args.rounds {
+        cfg.rounds = n;
     }
     cfg.bin_dir = args.bin_dir;
     cfg.keep = args.keep;

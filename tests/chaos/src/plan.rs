@@ -151,6 +151,99 @@ pub fn schedule(seed: u64, shape: &Shape) -> Vec<Fault> {
     out
 }
 
+/// A targeted scenario: one fault at a chosen moment of one execution, on the quiet stack
+/// after the random fault phase (nothing else disturbs it, so what it checks is attributable
+/// and what it measures is not blurred by other faults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    /// nats-server killed (-9) and restarted on the same store while live runners hold
+    /// queue batches that run longer than their lease: no batch may run twice.
+    HeldBatches,
+    /// The launcher killed (-9) mid-run (its runners stop when they see it gone); the
+    /// replacement must hand the orphaned shards out again within 5 s of starting.
+    LauncherReplaced,
+    /// The scheduler stopped right after its first shard job of an execution went out and
+    /// killed (-9) before the plan record: the re-plan keeps the original creation time.
+    SchedulerBeforePlan,
+}
+
+pub const SCENARIOS: [Scenario; 3] = [
+    Scenario::HeldBatches,
+    Scenario::LauncherReplaced,
+    Scenario::SchedulerBeforePlan,
+];
+
+impl Scenario {
+    /// The name `--scenarios` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::HeldBatches => "held-batches",
+            Scenario::LauncherReplaced => "launcher-replaced",
+            Scenario::SchedulerBeforePlan => "scheduler-before-plan",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Scenario, String> {
+        SCENARIOS
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown scenario {name:?} (known: {})",
+                    SCENARIOS.map(Scenario::name).join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scenario::HeldBatches => write!(f, "nats-server -9/restart, queue batches held"),
+            Scenario::LauncherReplaced => write!(f, "kill -9 executor-launcher mid-run, replaced"),
+            Scenario::SchedulerBeforePlan => {
+                write!(f, "kill -9 scheduler: first job out, plan not")
+            }
+        }
+    }
+}
+
+/// One round of a scenario. `after` is how long after the execution is under way the fault
+/// comes (held batches: after its first batch started; launcher: after all its shards
+/// run), `hold` how long the process stays down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Round {
+    pub scenario: Scenario,
+    pub after: Duration,
+    pub hold: Duration,
+}
+
+/// `per` rounds of each scenario, interleaved, drawn from the seed.
+pub fn rounds(seed: u64, scenarios: &[Scenario], per: usize) -> Vec<Round> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5ce0_a210_0000_0003);
+    let mut out = Vec::with_capacity(per * scenarios.len());
+    for _ in 0..per {
+        for &scenario in scenarios {
+            let ms = |rng: &mut StdRng, lo: u64, hi: u64| {
+                Duration::from_millis(rng.random_range(lo..=hi))
+            };
+            let (after, hold) = match scenario {
+                // While the first batches (4 s each) run, past their 2 s lease (renewed).
+                Scenario::HeldBatches => (ms(&mut rng, 2500, 3500), ms(&mut rng, 0, 1500)),
+                // Down for less or more than the heartbeat expiry (3 s).
+                Scenario::LauncherReplaced => (ms(&mut rng, 500, 2000), ms(&mut rng, 0, 4000)),
+                Scenario::SchedulerBeforePlan => (Duration::ZERO, ms(&mut rng, 1000, 3000)),
+            };
+            out.push(Round {
+                scenario,
+                after,
+                hold,
+            });
+        }
+    }
+    out
+}
+
 fn between(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
     let (lo, hi) = (
         lo.as_millis() as u64,
@@ -196,5 +289,23 @@ mod tests {
             }
             assert!(pauses.iter().all(|p| p.hold > Duration::from_secs(30)));
         }
+    }
+
+    #[test]
+    fn rounds_are_seeded_and_cover_every_scenario() {
+        assert_eq!(rounds(3, &SCENARIOS, 4), rounds(3, &SCENARIOS, 4));
+        assert_ne!(rounds(3, &SCENARIOS, 4), rounds(4, &SCENARIOS, 4));
+        let r = rounds(3, &SCENARIOS, 4);
+        assert_eq!(r.len(), 12);
+        for s in SCENARIOS {
+            assert_eq!(r.iter().filter(|x| x.scenario == s).count(), 4);
+            assert_eq!(Scenario::parse(s.name()), Ok(s));
+        }
+        assert!(
+            r.iter()
+                .filter(|x| x.scenario == Scenario::HeldBatches)
+                .all(|x| x.after > Duration::from_secs(2))
+        );
+        assert!(Scenario::parse("nope").is_err());
     }
 }

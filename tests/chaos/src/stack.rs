@@ -79,6 +79,8 @@ struct Slot {
     /// PIDs currently stopped by SIGSTOP.
     stopped: Option<u32>,
     starts: u64,
+    /// When the current process was spawned (unix ms).
+    started_ms: i64,
     unexpected_exits: Vec<String>,
 }
 
@@ -261,6 +263,7 @@ impl Stack {
             {
                 let mut s = self.slot(t);
                 s.pid = child.id();
+                s.started_ms = assay_bus::now_ms();
                 s.killed = false;
                 s.stopped = None;
                 s.starts += 1;
@@ -301,6 +304,12 @@ impl Stack {
 
     pub fn pid(&self, t: Target) -> Option<u32> {
         self.slot(t).pid
+    }
+
+    /// The running process of `t` and when it was spawned (unix ms).
+    pub fn started(&self, t: Target) -> Option<(u32, i64)> {
+        let s = self.slot(t);
+        s.pid.map(|p| (p, s.started_ms))
     }
 
     /// SIGKILL now; the supervisor starts it again after `down`. Returns the PID killed.
