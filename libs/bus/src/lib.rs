@@ -491,6 +491,16 @@ impl Bus {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<bool> {
+        // Over the streams' limit the server refuses it every time ("max payload size
+        // exceeded", which would read as a retryable publish error): say so at once.
+        let limit = streams::MAX_MESSAGE_BYTES as usize;
+        if payload.len() > limit {
+            return Err(Error::TooLarge {
+                subject,
+                size: payload.len(),
+                limit,
+            });
+        }
         let failed = |e: &dyn std::fmt::Display| Error::Publish {
             subject: subject.clone(),
             reason: e.to_string(),

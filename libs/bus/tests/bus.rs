@@ -314,3 +314,22 @@ async fn a_large_run_selection_travels_apart_from_its_request_and_comes_back_who
     bus.load_selection(&mut small).await.unwrap();
     assert_eq!(small.test_ids, ["a"]);
 }
+
+#[tokio::test]
+async fn a_message_over_the_limit_is_refused_at_once_as_not_retryable() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let mut big = event("big");
+    big.labels
+        .insert("blob".into(), "x".repeat(streams::MAX_MESSAGE_BYTES as usize));
+    let err = bus
+        .publish(subjects::event("ci"), &big)
+        .await
+        .expect_err("a message over 1 MiB cannot be published");
+    assert!(!err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("assay.v1.events.ci") && text.contains("over the limit of 1048576"),
+        "{text}"
+    );
+}

@@ -22,6 +22,18 @@ pub struct Batch {
 /// Dispatch overhead stays under 1 % of a batch's run time: batches are at least this many
 /// times the per-batch overhead (when durations are known).
 pub(crate) const OVERHEAD_FACTOR: f64 = 100.0;
+/// A batch's ids take at most this many bytes (each id's length plus its protobuf framing):
+/// a batch travels as one message on the work queue, whose limit is 1 MiB. Without it a
+/// 100,000-test suite with ids of ~100 characters cut a first batch of ~1.09 MB and the
+/// queue could not be filled. 256 KiB is about 2,500 such ids: far above any batch a
+/// worker needs for its overhead to stay small.
+pub const MAX_BATCH_ID_BYTES: usize = 256 * 1024;
+
+/// The bytes an id adds to a batch message: the id, its field tag and a length prefix.
+fn id_bytes(id: &str) -> usize {
+    id.len() + 4
+}
+
 /// Guided self-scheduling divisor (batch target = remaining / (divisor × m)) with history...
 const GSS_DIVISOR: f64 = 2.0;
 /// ...and when no test is known (see [`queue_batches`]; measured by `bench-sharding`).
@@ -87,9 +99,16 @@ pub(crate) fn cut_batches(
         let target = floor.min(cap).max(remaining[i] / (divisor * m));
         let mut tests = Vec::new();
         let mut expected_ms = 0.0;
+        let mut bytes = 0;
         while i < order.len() {
+            let size = id_bytes(order[i].0);
+            // Full by size: the next id starts the next batch (a batch has at least one id).
+            if !tests.is_empty() && bytes + size > MAX_BATCH_ID_BYTES {
+                break;
+            }
             tests.push(order[i].0.to_owned());
             expected_ms += order[i].1;
+            bytes += size;
             i += 1;
             if expected_ms >= target {
                 break;
@@ -255,6 +274,30 @@ mod tests {
             .map(|(id, &d)| (id.clone(), Estimate::exact(d)))
             .collect();
         (tests, history)
+    }
+
+    #[test]
+    fn batches_of_a_large_suite_stay_under_the_message_limit() {
+        // 100,000 ids of ~100 characters, a tenth of them known: the first batch by time
+        // alone would hold ~12,500 ids (about 1.3 MB, over the queue's 1 MiB limit).
+        let tests: Vec<TestId> = (0..100_000)
+            .map(|i| format!("tests/unit/pkg/test_module_{:04}.py::TestCase::test_value[param-{i:06}-{}]", i % 4999, "x".repeat(i % 21)))
+            .collect();
+        let history: History = tests
+            .iter()
+            .step_by(10)
+            .map(|t| (t.clone(), Estimate::exact(1.0)))
+            .collect();
+        for history in [History::new(), history] {
+            let batches = queue_batches(&tests, &history, 4, 5.0);
+            let largest = batches
+                .iter()
+                .map(|b| b.tests.iter().map(|t| id_bytes(t)).sum::<usize>())
+                .max()
+                .unwrap_or(0);
+            assert!(largest <= MAX_BATCH_ID_BYTES, "largest batch {largest} bytes");
+            assert_eq!(batches.iter().map(|b| b.tests.len()).sum::<usize>(), tests.len());
+        }
     }
 
     #[test]
@@ -453,6 +496,8 @@ mod tests {
             expected.dedup();
             prop_assert_eq!(flat, expected);
             prop_assert!(batches.iter().all(|b| !b.tests.is_empty()));
+            prop_assert!(batches.iter().all(|b| b.tests.len() == 1
+                || b.tests.iter().map(|t| id_bytes(t)).sum::<usize>() <= MAX_BATCH_ID_BYTES));
             prop_assert!(batches.iter().enumerate().all(|(i, b)| b.seq as usize == i));
             prop_assert_eq!(&queue_batches(&tests, &history, m, overhead), &batches);
             let mut reversed = tests.clone();
