@@ -130,7 +130,14 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         let bus = wait_bus(&mut bus_rx).await?;
         let test_cases = published.cases + results.len() as u32;
         let result_batches = published.batches
-            + publish::publish_results(&bus, &id, results, published.batches, 0).await?;
+            + publish::publish_results(
+                &bus,
+                &id,
+                results,
+                published.batches,
+                publish::QueueBatchOf::default(),
+            )
+            .await?;
         let mut final_status = status(&id, verdict.state, started_at_ms, "final");
         final_status.reason = verdict.reason.clone();
         final_status.exit_code = verdict.exit_code;
@@ -552,7 +559,15 @@ async fn run_with_tail(
         return (head, results, Published::default());
     }
     let cases = results.len() as u32;
-    let published = match publish::publish_results(&bus, id, results, 0, 0).await {
+    let published = match publish::publish_results(
+        &bus,
+        id,
+        results,
+        0,
+        publish::QueueBatchOf::default(),
+    )
+    .await
+    {
         Ok(batches) => Published { batches, cases },
         Err(e) => return errored(e.to_string()),
     };

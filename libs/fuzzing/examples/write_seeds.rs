@@ -217,6 +217,7 @@ fn main() -> std::io::Result<()> {
                 ],
                 workflow: "shop".into(),
                 queue_batch: 4,
+                queue_batches: 9,
             }
             .encode_to_vec(),
         ),
