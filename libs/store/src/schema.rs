@@ -216,6 +216,24 @@ const MIGRATIONS: &[&str] = &[
             queued_errored = excluded.queued_errored,
             queued_skipped = excluded.queued_skipped, queued_flaky = excluded.queued_flaky;
     "#,
+    // 13: per work queue of an execution (`queue_group`: its matrix combination, from the
+    // batch numbers), how many batches it was sealed with (`total`, from the results, 0 while
+    // unknown) and how many distinct batches were reported (`reported`: its `queue_claims`
+    // rows, added to as they are inserted). A drained queue with fewer reported than total
+    // has results in flight: the execution waits for them. Backfilled from the claims.
+    r#"
+    CREATE TABLE queue_totals (
+        execution_id TEXT    NOT NULL,
+        queue_group  INTEGER NOT NULL,
+        total        INTEGER NOT NULL DEFAULT 0,
+        reported     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (execution_id, queue_group)
+    ) WITHOUT ROWID;
+    INSERT INTO queue_totals (execution_id, queue_group, reported)
+        SELECT execution_id, (queue_batch - 1) >> 20, COUNT(*) FROM queue_claims
+        WHERE queue_batch > 0
+        GROUP BY execution_id, (queue_batch - 1) >> 20;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

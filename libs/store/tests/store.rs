@@ -943,8 +943,10 @@ async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
     );
     // The same file as schema version 11 left it.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE attempt_tallies; PRAGMA user_version = 11;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE queue_totals; DROP TABLE attempt_tallies; PRAGMA user_version = 11;",
+    )
+    .unwrap();
     drop(conn);
 
     let store = Store::open(&path).unwrap();
@@ -976,8 +978,9 @@ async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
     );
 }
 
-/// Takes a database back from schema version 12 to 7.
-const UNDO_8_TO_12: &str = "DROP TABLE attempt_tallies;
+/// Takes a database back from schema version 13 to 7.
+const UNDO_8_TO_13: &str = "DROP TABLE queue_totals;
+    DROP TABLE attempt_tallies;
     DROP INDEX executions_by_end;
     DROP INDEX executions_unended_by_creation;
     ALTER TABLE test_cases DROP COLUMN late;
@@ -1007,7 +1010,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8_TO_12}
+         {UNDO_8_TO_13}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
