@@ -143,6 +143,10 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         final_status.exit_code = verdict.exit_code;
         final_status.result_batches = result_batches;
         final_status.test_cases = test_cases;
+        if published.queue_batches > 0 {
+            final_status.queue_batches = published.queue_batches;
+            final_status.queue_group = id.group;
+        }
         final_status.will_retry = assay_bus::retry::should_retry(&job, verdict.state);
         final_status.finished_at_ms = now_ms();
         publish_status(&bus, &id, &final_status).await?;
@@ -283,6 +287,9 @@ fn workdir(job: &ShardJob) -> Result<(PathBuf, Option<tempfile::TempDir>), Strin
 pub(crate) struct Published {
     pub batches: u32,
     pub cases: u32,
+    /// How many batches the work queue this shard drained holds (0: none, or not known);
+    /// the final status says it, for the store to wait for results still in flight.
+    pub queue_batches: u32,
 }
 
 type BusSlot = publish::BusState;
@@ -568,7 +575,11 @@ async fn run_with_tail(
     )
     .await
     {
-        Ok(batches) => Published { batches, cases },
+        Ok(batches) => Published {
+            batches,
+            cases,
+            ..Published::default()
+        },
         Err(e) => return errored(e.to_string()),
     };
     let (tail, published) = queue::drain_tail(job, tests, id, runner, &bus, all, published).await;

@@ -97,6 +97,7 @@ async fn drain(
     total_batches: u32,
     mut published: Published,
 ) -> (Verdict, Published) {
+    published.queue_batches = total_batches;
     let logs = runner.logs();
     let lease = Duration::from_millis(job.lease_ms.max(1000));
     let mut consumer = match consumer(bus, &id.queue, lease, id.split_count).await {

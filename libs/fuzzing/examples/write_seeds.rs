@@ -199,6 +199,8 @@ fn main() -> std::io::Result<()> {
                 finished_at_ms: 1_764_237_660_100,
                 will_retry: true,
                 job_attempt: 1,
+                queue_batches: 0,
+                queue_group: 0,
             }
             .encode_to_vec(),
         ),

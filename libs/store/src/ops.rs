@@ -178,6 +178,9 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
             return Ok(false);
         }
     }
+    // The total of the queue the shard drained, before the settle below: a shard that found
+    // its queue drained must not end the execution while its batches' results are in flight.
+    crate::queues::record(&tx, &s.execution_id, s.queue_group, false, s.queue_batches)?;
     let existing: Option<(i32, i64)> = tx
         .query_row(
             "SELECT state, started_at_ms FROM shard_attempts
@@ -328,13 +331,9 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
             params![b.execution_id, b.queue_batch, b.shard_index, b.attempt],
         )? == 1;
         // Before the settle below: a drained queue's last batch is what ends the execution.
-        crate::queues::record(
-            &tx,
-            &b.execution_id,
-            b.queue_batch,
-            claimed,
-            b.queue_batches,
-        )?;
+        if let Some(group) = assay_proto::queue_group(b.queue_batch) {
+            crate::queues::record(&tx, &b.execution_id, group, claimed, b.queue_batches)?;
+        }
         let owner: (u32, u32) = tx.query_row(
             "SELECT shard_index, attempt FROM queue_claims
              WHERE execution_id = ?1 AND queue_batch = ?2",

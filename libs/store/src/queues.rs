@@ -1,6 +1,7 @@
 //! Work-queue totals per execution (`queue_totals`): per queue (a matrix combination's, told
 //! apart by its batch numbers), how many batches its filler sealed it with, as the results of
-//! its batches say, and how many distinct batches were reported. A drained queue whose
+//! its batches and the final statuses of the shards that drained it say, and how many
+//! distinct batches were reported. A drained queue whose
 //! reported batches fall short of its total has results still in flight on the bus (published,
 //! so no worker runs those batches again, but not yet recorded): the execution must not end
 //! without them. Kept in the transaction that inserts the queue claims, so that `reported`
@@ -10,20 +11,17 @@ use rusqlite::{Connection, Transaction, params};
 
 use crate::Result;
 
-/// Adds what one results batch of work-queue batch `queue_batch` (1 + its sequence number)
-/// tells: `claimed` when it was the first report of that batch, `total` the queue's batch
-/// count (0: unknown). The largest total reported wins: every seal counts batches that were
-/// all published before it.
+/// Adds what one report of a work queue tells: `claimed` when it was the first report of one
+/// of its batches, `total` the queue's batch count (0: unknown), from the results of one of
+/// its batches or the final status of a shard that drained it. The largest total reported
+/// wins: every seal counts batches that were all published before it.
 pub(crate) fn record(
     tx: &Transaction<'_>,
     execution: &str,
-    queue_batch: u32,
+    group: u32,
     claimed: bool,
     total: u32,
 ) -> Result<()> {
-    let Some(group) = assay_proto::queue_group(queue_batch) else {
-        return Ok(());
-    };
     if !claimed && total == 0 {
         return Ok(());
     }

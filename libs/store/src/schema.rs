@@ -329,6 +329,27 @@ mod tests {
     }
 
     #[test]
+    fn queue_totals_are_backfilled_from_the_claims_with_no_total_known() {
+        let mut conn = at_version(12);
+        // E: two batches of matrix combination 0 and one of combination 1; F: one batch.
+        let g1 = (1u32 << assay_proto::QUEUE_GROUP_SHIFT) + 1;
+        conn.execute_batch(&format!(
+            "INSERT INTO queue_claims VALUES ('E', 1, 0, 1), ('E', 2, 1, 1), ('E', {g1}, 0, 2),
+                 ('F', 1, 0, 1);"
+        ))
+        .unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        assert_eq!(
+            crate::queues::load(&conn, "E").unwrap(),
+            vec![(0, 0, 2), (1, 0, 1)]
+        );
+        assert_eq!(crate::queues::load(&conn, "F").unwrap(), vec![(0, 0, 1)]);
+        for id in ["E", "F"] {
+            assert_eq!(crate::queues::unreported(&conn, id).unwrap(), 0, "{id}");
+        }
+    }
+
+    #[test]
     fn executions_from_before_provenance_have_none_and_no_source() {
         let mut conn = at_version(7);
         conn.execute(
