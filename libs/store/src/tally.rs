@@ -197,7 +197,7 @@ mod tests {
             state: ShardState,
             batches: u32,
         },
-        Batch(TestCaseBatch),
+        Batch(Box<TestCaseBatch>),
         Finalize,
     }
 
@@ -235,7 +235,7 @@ mod tests {
         )
             .prop_map(
                 |(shard, attempt, batch, queue_batch, queue_batches, results)| {
-                    Step::Batch(TestCaseBatch {
+                    Step::Batch(Box::new(TestCaseBatch {
                         execution_id: ID.into(),
                         shard_index: shard,
                         attempt,
@@ -244,7 +244,7 @@ mod tests {
                         queue_batches,
                         results,
                         ..TestCaseBatch::default()
-                    })
+                    }))
                 },
             );
         prop_oneof![
