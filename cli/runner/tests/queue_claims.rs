@@ -378,3 +378,36 @@ async fn queue_results_and_final_statuses_carry_the_sealed_batch_count() -> Resu
     }
     Ok(())
 }
+
+/// A batch whose run reports no test case (its tests vanished since the listing, say) is
+/// still reported, as an empty results batch: the store counts reported batches against the
+/// queue's total before it ends the execution.
+#[tokio::test]
+async fn a_queue_batch_without_results_is_reported_empty() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server.url()).await?;
+    let dir = tempfile::tempdir()?;
+    let execution = "exec-empty";
+    let mut job = queue_job(execution, 0, 2, dir.path());
+    job.tests = Some(TestsSpec {
+        list: r"printf 'q1\nq2\nq3\n'".to_string(),
+        run: "echo '<testsuite></testsuite>' > {report}".to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+    let out = run_runner(&job, &server.url()).await?;
+    let statuses: Vec<ShardStatus> =
+        read(&bus, streams::STATUS, &subjects::shard_status(execution, 0)).await?;
+    let last = statuses.last().context("a final status")?;
+    let batches: Vec<TestCaseBatch> =
+        read(&bus, streams::RESULTS, &subjects::results(execution, 0)).await?;
+    assert!(last.queue_batches > 1, "{last:?}; stderr: {}", stderr(&out));
+    let reported: Vec<u32> = batches.iter().map(|b| b.queue_batch).collect();
+    assert_eq!(
+        reported,
+        (1..=last.queue_batches).collect::<Vec<_>>(),
+        "{batches:?}"
+    );
+    assert!(batches.iter().all(|b| b.results.is_empty()), "{batches:?}");
+    assert_eq!(last.result_batches, last.queue_batches, "{last:?}");
+    Ok(())
+}
