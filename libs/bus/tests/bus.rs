@@ -320,10 +320,8 @@ async fn a_message_over_the_limit_is_refused_at_once_as_not_retryable() {
     let server = NatsServer::start();
     let bus = bus(&server).await;
     let mut big = event("big");
-    big.labels.insert(
-        "blob".into(),
-        "x".repeat(streams::MAX_MESSAGE_BYTES as usize),
-    );
+    big.labels
+        .insert("blob".into(), "x".repeat(streams::MAX_MESSAGE_BYTES as usize));
     let err = bus
         .publish(subjects::event("ci"), &big)
         .await

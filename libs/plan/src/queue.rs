@@ -281,13 +281,7 @@ mod tests {
         // 100,000 ids of ~100 characters, a tenth of them known: the first batch by time
         // alone would hold ~12,500 ids (about 1.3 MB, over the queue's 1 MiB limit).
         let tests: Vec<TestId> = (0..100_000)
-            .map(|i| {
-                format!(
-                    "tests/unit/pkg/test_module_{:04}.py::TestCase::test_value[param-{i:06}-{}]",
-                    i % 4999,
-                    "x".repeat(i % 21)
-                )
-            })
+            .map(|i| format!("tests/unit/pkg/test_module_{:04}.py::TestCase::test_value[param-{i:06}-{}]", i % 4999, "x".repeat(i % 21)))
             .collect();
         let history: History = tests
             .iter()
@@ -301,14 +295,8 @@ mod tests {
                 .map(|b| b.tests.iter().map(|t| id_bytes(t)).sum::<usize>())
                 .max()
                 .unwrap_or(0);
-            assert!(
-                largest <= MAX_BATCH_ID_BYTES,
-                "largest batch {largest} bytes"
-            );
-            assert_eq!(
-                batches.iter().map(|b| b.tests.len()).sum::<usize>(),
-                tests.len()
-            );
+            assert!(largest <= MAX_BATCH_ID_BYTES, "largest batch {largest} bytes");
+            assert_eq!(batches.iter().map(|b| b.tests.len()).sum::<usize>(), tests.len());
         }
     }
 
