@@ -130,12 +130,23 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         let bus = wait_bus(&mut bus_rx).await?;
         let test_cases = published.cases + results.len() as u32;
         let result_batches = published.batches
-            + publish::publish_results(&bus, &id, results, published.batches, 0).await?;
+            + publish::publish_results(
+                &bus,
+                &id,
+                results,
+                published.batches,
+                publish::QueueBatchOf::default(),
+            )
+            .await?;
         let mut final_status = status(&id, verdict.state, started_at_ms, "final");
         final_status.reason = verdict.reason.clone();
         final_status.exit_code = verdict.exit_code;
         final_status.result_batches = result_batches;
         final_status.test_cases = test_cases;
+        if published.queue_batches > 0 {
+            final_status.queue_batches = published.queue_batches;
+            final_status.queue_group = id.group;
+        }
         final_status.will_retry = assay_bus::retry::should_retry(&job, verdict.state);
         final_status.finished_at_ms = now_ms();
         publish_status(&bus, &id, &final_status).await?;
@@ -276,6 +287,9 @@ fn workdir(job: &ShardJob) -> Result<(PathBuf, Option<tempfile::TempDir>), Strin
 pub(crate) struct Published {
     pub batches: u32,
     pub cases: u32,
+    /// How many batches the work queue this shard drained holds (0: none, or not known);
+    /// the final status says it, for the store to wait for results still in flight.
+    pub queue_batches: u32,
 }
 
 type BusSlot = publish::BusState;
@@ -552,8 +566,20 @@ async fn run_with_tail(
         return (head, results, Published::default());
     }
     let cases = results.len() as u32;
-    let published = match publish::publish_results(&bus, id, results, 0, 0).await {
-        Ok(batches) => Published { batches, cases },
+    let published = match publish::publish_results(
+        &bus,
+        id,
+        results,
+        0,
+        publish::QueueBatchOf::default(),
+    )
+    .await
+    {
+        Ok(batches) => Published {
+            batches,
+            cases,
+            ..Published::default()
+        },
         Err(e) => return errored(e.to_string()),
     };
     let (tail, published) = queue::drain_tail(job, tests, id, runner, &bus, all, published).await;

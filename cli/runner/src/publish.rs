@@ -242,14 +242,25 @@ pub fn batches(
     out
 }
 
+/// Which work-queue batch results belong to, if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueBatchOf {
+    /// 1 + the batch's sequence number (0: not a queue batch).
+    pub batch: u32,
+    /// How many batches the queue holds (its sealed count; 0: unknown).
+    pub total: u32,
+}
+
 /// Publishes the results as [`TestCaseBatch`]es numbered from `first` and returns how many.
-/// `queue_batch` is 1 + the work-queue batch they belong to (0 outside queue mode).
+/// `queue` names the work-queue batch they belong to (the default outside queue mode). A
+/// queue batch that produced no results is still reported, as one empty batch: the store
+/// counts reported queue batches against the queue's total before it ends the execution.
 pub async fn publish_results(
     bus: &Bus,
     id: &Identity,
     results: Vec<TestCaseResult>,
     first: u32,
-    queue_batch: u32,
+    queue: QueueBatchOf,
 ) -> Result<u32> {
     let subject = subjects::results(&id.execution, id.shard);
     let mut results = results;
@@ -259,8 +270,12 @@ pub async fn publish_results(
         }
         id.masker.result(r);
     }
+    let mut chunks = batches(results, BATCH_CASES, BATCH_BYTES);
+    if chunks.is_empty() && queue.batch > 0 {
+        chunks.push(Vec::new());
+    }
     let mut n = 0u32;
-    for cases in batches(results, BATCH_CASES, BATCH_BYTES) {
+    for cases in chunks {
         let number = first + n;
         let batch = TestCaseBatch {
             header: Some(id.header(&format!("results/{number}"))),
@@ -270,7 +285,8 @@ pub async fn publish_results(
             batch: number,
             results: cases,
             workflow: id.workflow.clone(),
-            queue_batch,
+            queue_batch: queue.batch,
+            queue_batches: if queue.batch > 0 { queue.total } else { 0 },
         };
         publish_retrying(bus, &subject, &batch, RETRY_BUDGET).await?;
         n += 1;

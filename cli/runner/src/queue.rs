@@ -15,7 +15,11 @@
 use std::time::Duration;
 
 use assay_bus::{Bus, streams, subjects};
-use assay_proto::{QueueBatch, ShardJob, ShardState, TestCaseResult, TestStatus};
+// Queue batch numbers of matrix combination `g` start at `g << QUEUE_GROUP_SHIFT`; the store
+// reads the combination back from them.
+use assay_proto::{
+    QUEUE_GROUP_SHIFT, QueueBatch, ShardJob, ShardState, TestCaseResult, TestStatus,
+};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::kv;
@@ -31,10 +35,6 @@ use crate::steps::StepRunner;
 use crate::{Published, TESTS, publish, retries};
 
 mod claim;
-
-/// Queue batch numbers of matrix combination `g` start at `g << QUEUE_GROUP_SHIFT` (about
-/// a million batches per combination).
-const QUEUE_GROUP_SHIFT: u32 = 20;
 
 /// How long the other workers wait for the first one to fill the queue.
 const FILL_WAIT: Duration = Duration::from_secs(600);
@@ -57,10 +57,12 @@ pub(crate) async fn run(
     bus: &Bus,
     listed: &[String],
 ) -> (Verdict, Vec<TestCaseResult>, Published) {
-    if let Err(reason) = fill_or_wait(job, id, bus, runner, Source::Listing(listed), true).await {
-        return (Verdict::errored(reason), Vec::new(), Published::default());
-    }
-    let (verdict, published) = drain(job, tests, id, runner, bus, Published::default()).await;
+    let total = match fill_or_wait(job, id, bus, runner, Source::Listing(listed), true).await {
+        Ok(total) => total,
+        Err(reason) => return (Verdict::errored(reason), Vec::new(), Published::default()),
+    };
+    let (verdict, published) =
+        drain(job, tests, id, runner, bus, total, Published::default()).await;
     (verdict, Vec::new(), published)
 }
 
@@ -76,21 +78,26 @@ pub(crate) async fn drain_tail(
     listed: &[String],
     published: Published,
 ) -> (Verdict, Published) {
-    if let Err(reason) = fill_or_wait(job, id, bus, runner, Source::Tail(listed), true).await {
-        return (Verdict::errored(reason), published);
-    }
-    drain(job, tests, id, runner, bus, published).await
+    let total = match fill_or_wait(job, id, bus, runner, Source::Tail(listed), true).await {
+        Ok(total) => total,
+        Err(reason) => return (Verdict::errored(reason), published),
+    };
+    drain(job, tests, id, runner, bus, total, published).await
 }
 
 /// Takes batches until the queue is empty and nobody holds one that could come back.
+/// `total` is how many batches the queue was sealed with (0: unknown); every batch's results
+/// carry it.
 async fn drain(
     job: &ShardJob,
     tests: &assay_proto::TestsSpec,
     id: &Identity,
     runner: &StepRunner,
     bus: &Bus,
+    total_batches: u32,
     mut published: Published,
 ) -> (Verdict, Published) {
+    published.queue_batches = total_batches;
     let logs = runner.logs();
     let lease = Duration::from_millis(job.lease_ms.max(1000));
     let mut consumer = match consumer(bus, &id.queue, lease, id.split_count).await {
@@ -263,7 +270,11 @@ async fn drain(
             .filter(|r| r.status() == TestStatus::Errored)
             .count();
         let cases = results.len() as u32;
-        match publish::publish_results(bus, id, results, published.batches, batch.seq + 1).await {
+        let of = publish::QueueBatchOf {
+            batch: batch.seq + 1,
+            total: total_batches,
+        };
+        match publish::publish_results(bus, id, results, published.batches, of).await {
             Ok(n) => {
                 published.batches += n;
                 published.cases += cases;
@@ -402,6 +413,9 @@ fn human_ms(ms: f64) -> String {
 /// attempt of the shard that was filling takes over (batches are deterministic and keyed, so
 /// a second fill publishes nothing new). Without `wait` (a duration shard before its own
 /// tests) a worker that is not first returns at once.
+///
+/// Returns how many batches the queue holds: what the filler published, or what the seal it
+/// waited for says (0 when not known: not waited for, or a seal without a count).
 pub(crate) async fn fill_or_wait(
     job: &ShardJob,
     id: &Identity,
@@ -409,7 +423,7 @@ pub(crate) async fn fill_or_wait(
     runner: &StepRunner,
     source: Source<'_>,
     wait: bool,
-) -> Result<(), String> {
+) -> Result<u32, String> {
     let logs = runner.logs();
     let kv = bus
         .kv(streams::KV_QUEUES)
@@ -423,9 +437,10 @@ pub(crate) async fn fill_or_wait(
         Err(e) => return Err(format!("cannot claim the work queue: {e}")),
     };
     if !fill && !wait {
-        return Ok(());
+        return Ok(0);
     }
     let deadline = tokio::time::Instant::now() + FILL_WAIT;
+    let mut sealed = 0;
     if !fill {
         loop {
             let state = kv
@@ -434,7 +449,8 @@ pub(crate) async fn fill_or_wait(
                 .map_err(|e| format!("cannot read the work queue state: {e}"))?
                 .map(|v| String::from_utf8_lossy(&v).to_string())
                 .unwrap_or_default();
-            if state.starts_with("sealed") {
+            if let Some(n) = sealed_count(&state) {
+                sealed = n;
                 break;
             }
             if state == me && id.attempt > 1 {
@@ -451,7 +467,7 @@ pub(crate) async fn fill_or_wait(
         }
     }
     if !fill {
-        return Ok(());
+        return Ok(sealed);
     }
     let (batches, what) = match source {
         Source::Listing(listed) => {
@@ -515,7 +531,18 @@ pub(crate) async fn fill_or_wait(
         .await
         .map_err(|e| format!("cannot seal the work queue: {e}"))?;
     logs.system(TESTS, what).await;
-    Ok(())
+    Ok(u32::try_from(batches.len()).unwrap_or(u32::MAX))
+}
+
+/// The batch count of a sealed queue state (`sealed:<n>`); `Some(0)` for a seal without a
+/// readable count, `None` while the queue is not sealed.
+fn sealed_count(state: &str) -> Option<u32> {
+    let rest = state.strip_prefix("sealed")?;
+    Some(
+        rest.strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// The planned tail as queue batches of listed ids: each batch's hashes resolved against the
@@ -572,6 +599,16 @@ async fn consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seal_tells_how_many_batches_the_queue_holds() {
+        assert_eq!(sealed_count("sealed:128"), Some(128));
+        assert_eq!(sealed_count("sealed:0"), Some(0));
+        assert_eq!(sealed_count("sealed"), Some(0), "a seal without a count");
+        assert_eq!(sealed_count("sealed:x"), Some(0));
+        assert_eq!(sealed_count("filling:2"), None);
+        assert_eq!(sealed_count(""), None);
+    }
 
     #[test]
     fn tail_batches_resolve_listed_ids_and_drop_gone_ones() {

@@ -1,5 +1,6 @@
-//! Queue batches run only under their holder's claim (`assay_batch_claims`): the runner
-//! binary against a real nats-server.
+//! Queue batches run only under their holder's claim (`assay_batch_claims`), and their
+//! results and the final statuses say how many batches the queue holds: the runner binary
+//! against a real nats-server.
 
 use std::collections::HashMap;
 use std::process::Output;
@@ -7,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use assay_bus::{Bus, NatsOptions, streams, subjects};
-use assay_proto::{LogChunk, LogStream, ShardJob, TestsSpec};
+use assay_proto::{
+    LogChunk, LogStream, ShardJob, ShardState, ShardStatus, TestCaseBatch, TestsSpec,
+};
 use assay_testkit::NatsServer;
 use base64::Engine as _;
 use prost::Message;
@@ -281,5 +284,130 @@ async fn a_runner_that_cannot_write_claims_runs_its_batches_unclaimed() -> Resul
         "{log}"
     );
     assert!(log.contains("$KV.assay_batch_claims.>"), "{log}");
+    Ok(())
+}
+
+/// Every message of `stream` on `subject`, decoded.
+async fn read<M: Message + Default>(bus: &Bus, stream: &str, subject: &str) -> Result<Vec<M>> {
+    let mut s = bus.jetstream().get_stream(stream).await?;
+    let state = s.info().await?.state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(msg) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        if msg.subject.as_str() == subject {
+            out.push(M::decode(msg.payload)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The filler drains the whole queue; a second worker arrives after it, finds the queue
+/// sealed and drained. Every results batch names its queue batch and the queue's sealed
+/// batch count, and both final statuses say that count too (the second worker's is all the
+/// store has when the first one's results are still in flight).
+#[tokio::test]
+async fn queue_results_and_final_statuses_carry_the_sealed_batch_count() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server.url()).await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("junit.sh"), JUNIT_SH)?;
+    let execution = "exec-total";
+    let tests = TestsSpec {
+        list: r"printf 'q1\nq2\nq3\nq4\nq5\n'".to_string(),
+        run: "sh ./junit.sh {report} {tests}".to_string(),
+        reports: vec!["{report}".to_string()],
+    };
+    for shard in 0..2 {
+        let mut job = queue_job(execution, shard, 2, dir.path());
+        job.tests = Some(tests.clone());
+        let out = run_runner(&job, &server.url()).await?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "shard {shard}: {}",
+            stderr(&out)
+        );
+    }
+    let kv = bus.kv(streams::KV_QUEUES).await?;
+    let state = kv
+        .get(assay_bus::kv_key(execution))
+        .await?
+        .context("the queue state")?;
+    let sealed: u32 = String::from_utf8_lossy(&state)
+        .strip_prefix("sealed:")
+        .context("a sealed queue")?
+        .parse()?;
+    assert!(sealed > 1, "several batches: {sealed}");
+
+    let batches: Vec<TestCaseBatch> =
+        read(&bus, streams::RESULTS, &subjects::results(execution, 0)).await?;
+    assert!(
+        read::<TestCaseBatch>(&bus, streams::RESULTS, &subjects::results(execution, 1))
+            .await?
+            .is_empty(),
+        "the second worker found the queue drained"
+    );
+    let mut reported: Vec<u32> = batches.iter().map(|b| b.queue_batch).collect();
+    reported.dedup();
+    assert_eq!(reported, (1..=sealed).collect::<Vec<_>>(), "{batches:?}");
+    assert!(
+        batches.iter().all(|b| b.queue_batches == sealed),
+        "{batches:?}"
+    );
+    assert_eq!(batches.iter().map(|b| b.results.len()).sum::<usize>(), 5);
+
+    for shard in 0..2 {
+        let statuses: Vec<ShardStatus> = read(
+            &bus,
+            streams::STATUS,
+            &subjects::shard_status(execution, shard),
+        )
+        .await?;
+        let last = statuses.last().context("a final status")?;
+        assert_eq!(last.state(), ShardState::Passed, "shard {shard}: {last:?}");
+        assert_eq!(
+            (last.queue_batches, last.queue_group),
+            (sealed, 0),
+            "shard {shard}: {last:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A batch whose run reports no test case (its tests vanished since the listing, say) is
+/// still reported, as an empty results batch: the store counts reported batches against the
+/// queue's total before it ends the execution.
+#[tokio::test]
+async fn a_queue_batch_without_results_is_reported_empty() -> Result<()> {
+    let server = NatsServer::start();
+    let bus = bus(&server.url()).await?;
+    let dir = tempfile::tempdir()?;
+    let execution = "exec-empty";
+    let mut job = queue_job(execution, 0, 2, dir.path());
+    job.tests = Some(TestsSpec {
+        list: r"printf 'q1\nq2\nq3\n'".to_string(),
+        run: "echo '<testsuite></testsuite>' > {report}".to_string(),
+        reports: vec!["{report}".to_string()],
+    });
+    let out = run_runner(&job, &server.url()).await?;
+    let statuses: Vec<ShardStatus> =
+        read(&bus, streams::STATUS, &subjects::shard_status(execution, 0)).await?;
+    let last = statuses.last().context("a final status")?;
+    let batches: Vec<TestCaseBatch> =
+        read(&bus, streams::RESULTS, &subjects::results(execution, 0)).await?;
+    assert!(last.queue_batches > 1, "{last:?}; stderr: {}", stderr(&out));
+    let reported: Vec<u32> = batches.iter().map(|b| b.queue_batch).collect();
+    assert_eq!(
+        reported,
+        (1..=last.queue_batches).collect::<Vec<_>>(),
+        "{batches:?}"
+    );
+    assert!(batches.iter().all(|b| b.results.is_empty()), "{batches:?}");
+    assert_eq!(last.result_batches, last.queue_batches, "{last:?}");
     Ok(())
 }

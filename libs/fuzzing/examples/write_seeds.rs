@@ -199,6 +199,8 @@ fn main() -> std::io::Result<()> {
                 finished_at_ms: 1_764_237_660_100,
                 will_retry: true,
                 job_attempt: 1,
+                queue_batches: 0,
+                queue_group: 0,
             }
             .encode_to_vec(),
         ),
@@ -217,6 +219,7 @@ fn main() -> std::io::Result<()> {
                 ],
                 workflow: "shop".into(),
                 queue_batch: 4,
+                queue_batches: 9,
             }
             .encode_to_vec(),
         ),

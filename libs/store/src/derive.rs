@@ -122,17 +122,45 @@ pub(crate) fn shard_state_rank(state: ShardState) -> u8 {
     }
 }
 
-/// The status of an execution from its recorded status and its shards `0..shard_count`
-/// (`shards` holds exactly those, in index order).
+/// The status of an execution from its recorded status, its shards `0..shard_count`
+/// (`shards` holds exactly those, in index order) and how many batches of its work queues
+/// have not been reported although their queues' totals are known (`unreported_queue_batches`).
 ///
 /// A terminal recorded status wins. Otherwise the execution is terminal once every shard is
 /// complete, the worst outcome deciding (timed out > errored > failed > cancelled > passed);
-/// running once any shard is; queued before that.
-pub fn derive_status(recorded: &Verdict, shards: &[ShardProgress]) -> Verdict {
+/// running once any shard is; queued before that. Except: when every shard passed, their
+/// queues were drained, so a queue batch not reported yet ran and its results are on their
+/// way (published by a worker that died, say, and held up on the bus); the execution runs on
+/// until they arrive, so that its counts are exact. When a shard did not pass, the execution
+/// ends without waiting: nothing says its queue was drained, and a batch left in it would
+/// never be reported.
+pub fn derive_status(
+    recorded: &Verdict,
+    shards: &[ShardProgress],
+    unreported_queue_batches: u32,
+) -> Verdict {
     if execution_status_is_terminal(recorded.status) {
         return recorded.clone();
     }
-    if !shards.iter().all(ShardProgress::is_complete) {
+    let complete = shards.iter().all(ShardProgress::is_complete);
+    if complete
+        && unreported_queue_batches > 0
+        && shards.iter().all(|s| s.state == ShardState::Passed)
+    {
+        let noun = if unreported_queue_batches == 1 {
+            "batch"
+        } else {
+            "batches"
+        };
+        return Verdict {
+            status: ExecutionStatus::Running,
+            reason: format!(
+                "every shard passed; waiting for the results of {unreported_queue_batches} work-queue {noun} still on their way"
+            ),
+            finished_at_ms: 0,
+        };
+    }
+    if !complete {
         let running = shards
             .iter()
             .any(|s| shard_state_rank(s.state) >= shard_state_rank(ShardState::Running));
@@ -213,14 +241,14 @@ mod tests {
             finished_at_ms: 5,
         };
         let shards = [done(0, ShardState::Passed, 100)];
-        assert_eq!(derive_status(&recorded, &shards), recorded);
+        assert_eq!(derive_status(&recorded, &shards, 0), recorded);
     }
 
     #[test]
     fn nothing_seen_is_queued() {
         let shards = [ShardProgress::queued(0), ShardProgress::queued(1)];
         assert_eq!(
-            derive_status(&queued(), &shards).status,
+            derive_status(&queued(), &shards, 0).status,
             ExecutionStatus::Queued
         );
     }
@@ -231,7 +259,7 @@ mod tests {
         running.state = ShardState::Running;
         let shards = [ShardProgress::queued(0), running];
         assert_eq!(
-            derive_status(&queued(), &shards).status,
+            derive_status(&queued(), &shards, 0).status,
             ExecutionStatus::Running
         );
     }
@@ -242,7 +270,7 @@ mod tests {
         waiting.result_batches = 3;
         waiting.batches_seen = 2;
         assert!(!waiting.is_complete());
-        let verdict = derive_status(&queued(), &[waiting]);
+        let verdict = derive_status(&queued(), &[waiting], 0);
         assert_eq!(verdict.status, ExecutionStatus::Running);
         assert_eq!(verdict.finished_at_ms, 0);
     }
@@ -253,7 +281,7 @@ mod tests {
             done(0, ShardState::Passed, 100),
             done(1, ShardState::Passed, 300),
         ];
-        let verdict = derive_status(&queued(), &shards);
+        let verdict = derive_status(&queued(), &shards, 0);
         assert_eq!(verdict.status, ExecutionStatus::Passed);
         assert_eq!(verdict.finished_at_ms, 300);
     }
@@ -301,7 +329,7 @@ mod tests {
                 .map(|(i, s)| done(i as u32, *s, 100))
                 .collect();
             assert_eq!(
-                derive_status(&queued(), &shards).status,
+                derive_status(&queued(), &shards, 0).status,
                 expected,
                 "{states:?}"
             );
@@ -312,7 +340,7 @@ mod tests {
     fn failing_test_cases_fail_a_passed_shard() {
         let mut shard = done(0, ShardState::Passed, 100);
         shard.errored = 1;
-        let verdict = derive_status(&queued(), &[shard, done(1, ShardState::Cancelled, 50)]);
+        let verdict = derive_status(&queued(), &[shard, done(1, ShardState::Cancelled, 50)], 0);
         assert_eq!(verdict.status, ExecutionStatus::Failed);
         assert_eq!(verdict.reason, "1 test failed");
     }
@@ -321,10 +349,64 @@ mod tests {
     fn reason_names_the_deciding_shard() {
         let mut oom = done(1, ShardState::Errored, 100);
         oom.reason = "OOMKilled".into();
-        let verdict = derive_status(&queued(), &[done(0, ShardState::Passed, 90), oom]);
+        let verdict = derive_status(&queued(), &[done(0, ShardState::Passed, 90), oom], 0);
         assert_eq!(verdict.reason, "shard 1: OOMKilled");
-        let verdict = derive_status(&queued(), &[done(0, ShardState::TimedOut, 90)]);
+        let verdict = derive_status(&queued(), &[done(0, ShardState::TimedOut, 90)], 0);
         assert_eq!(verdict.reason, "shard 0 timed out");
+    }
+
+    #[test]
+    fn passed_shards_wait_for_queue_batches_still_in_flight() {
+        let shards = [
+            done(0, ShardState::Passed, 100),
+            done(1, ShardState::Passed, 300),
+        ];
+        let waiting = derive_status(&queued(), &shards, 2);
+        assert_eq!(waiting.status, ExecutionStatus::Running);
+        assert_eq!(waiting.finished_at_ms, 0);
+        assert!(
+            waiting.reason.contains("2 work-queue batches"),
+            "{waiting:?}"
+        );
+        // Failing tests in the batches already in do not end it early either.
+        let mut failing = shards.clone();
+        failing[0].failed = 1;
+        assert_eq!(
+            derive_status(&queued(), &failing, 1).status,
+            ExecutionStatus::Running
+        );
+        // All in: passed at the last finish.
+        let verdict = derive_status(&queued(), &shards, 0);
+        assert_eq!(verdict.status, ExecutionStatus::Passed);
+        assert_eq!(verdict.finished_at_ms, 300);
+        // A recorded end (cancelled, timed out by the sweep) wins over waiting.
+        let recorded = Verdict {
+            status: ExecutionStatus::TimedOut,
+            reason: "execution exceeded its timeout".into(),
+            finished_at_ms: 9,
+        };
+        assert_eq!(derive_status(&recorded, &shards, 3), recorded);
+    }
+
+    #[test]
+    fn a_shard_that_did_not_pass_ends_it_without_waiting_for_queue_batches() {
+        for state in [
+            ShardState::Failed,
+            ShardState::Errored,
+            ShardState::Cancelled,
+            ShardState::TimedOut,
+        ] {
+            let shards = [done(0, ShardState::Passed, 100), done(1, state, 300)];
+            let verdict = derive_status(&queued(), &shards, 5);
+            assert!(verdict.status.is_terminal(), "{state:?}: {verdict:?}");
+            assert_eq!(verdict.finished_at_ms, 300);
+        }
+        // Shards still running: running, whatever the queues say.
+        let mut running = done(1, ShardState::Running, 0);
+        running.result_batches = 0;
+        let verdict = derive_status(&queued(), &[done(0, ShardState::Passed, 1), running], 5);
+        assert_eq!(verdict.status, ExecutionStatus::Running);
+        assert_eq!(verdict.reason, "");
     }
 
     #[test]

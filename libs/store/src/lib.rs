@@ -11,6 +11,7 @@ mod events;
 pub mod history;
 mod ops;
 mod page;
+mod queues;
 mod retention;
 mod schema;
 mod tally;

@@ -178,6 +178,9 @@ pub(crate) fn record_shard_status(conn: &mut Connection, s: &ShardStatus) -> Res
             return Ok(false);
         }
     }
+    // The total of the queue the shard drained, before the settle below: a shard that found
+    // its queue drained must not end the execution while its batches' results are in flight.
+    crate::queues::record(&tx, &s.execution_id, s.queue_group, false, s.queue_batches)?;
     let existing: Option<(i32, i64)> = tx
         .query_row(
             "SELECT state, started_at_ms FROM shard_attempts
@@ -322,11 +325,15 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
         ..Tally::default()
     };
     if b.queue_batch > 0 {
-        tx.execute(
+        let claimed = tx.execute(
             "INSERT OR IGNORE INTO queue_claims (execution_id, queue_batch, shard_index, attempt)
              VALUES (?1, ?2, ?3, ?4)",
             params![b.execution_id, b.queue_batch, b.shard_index, b.attempt],
-        )?;
+        )? == 1;
+        // Before the settle below: a drained queue's last batch is what ends the execution.
+        if let Some(group) = assay_proto::queue_group(b.queue_batch) {
+            crate::queues::record(&tx, &b.execution_id, group, claimed, b.queue_batches)?;
+        }
         let owner: (u32, u32) = tx.query_row(
             "SELECT shard_index, attempt FROM queue_claims
              WHERE execution_id = ?1 AND queue_batch = ?2",
@@ -940,7 +947,14 @@ fn load(conn: &Connection, id: &str) -> Result<Option<View>> {
         reason: String::new(),
         finished_at_ms: 0,
     });
-    let verdict = derive_status(&recorded, &shards);
+    // Work-queue batches whose results are still in flight (only read while it may matter:
+    // a terminal recorded status wins anyway).
+    let unreported = if execution_status_is_terminal(recorded.status) {
+        0
+    } else {
+        crate::queues::unreported(conn, id)?
+    };
+    let verdict = derive_status(&recorded, &shards, unreported);
     Ok(Some(View {
         id: id.to_owned(),
         row,

@@ -40,6 +40,7 @@ pub(crate) fn prune(conn: &mut Connection, ended_before_ms: i64) -> Result<usize
             "attempt_tallies",
             "test_cases",
             "queue_claims",
+            "queue_totals",
             "execution_labels",
         ] {
             tx.execute(

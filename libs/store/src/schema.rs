@@ -216,6 +216,24 @@ const MIGRATIONS: &[&str] = &[
             queued_errored = excluded.queued_errored,
             queued_skipped = excluded.queued_skipped, queued_flaky = excluded.queued_flaky;
     "#,
+    // 13: per work queue of an execution (`queue_group`: its matrix combination, from the
+    // batch numbers), how many batches it was sealed with (`total`, from the results, 0 while
+    // unknown) and how many distinct batches were reported (`reported`: its `queue_claims`
+    // rows, added to as they are inserted). A drained queue with fewer reported than total
+    // has results in flight: the execution waits for them. Backfilled from the claims.
+    r#"
+    CREATE TABLE queue_totals (
+        execution_id TEXT    NOT NULL,
+        queue_group  INTEGER NOT NULL,
+        total        INTEGER NOT NULL DEFAULT 0,
+        reported     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (execution_id, queue_group)
+    ) WITHOUT ROWID;
+    INSERT INTO queue_totals (execution_id, queue_group, reported)
+        SELECT execution_id, (queue_batch - 1) >> 20, COUNT(*) FROM queue_claims
+        WHERE queue_batch > 0
+        GROUP BY execution_id, (queue_batch - 1) >> 20;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
@@ -308,6 +326,27 @@ mod tests {
         assert_eq!(e[&(1, 1)].batches, 3);
         assert_eq!(e[&(1, 1)].own, counts(0, 0, 0, 0, 0));
         assert_eq!(e[&(1, 1)].queued, counts(1, 1, 0, 1, 1));
+    }
+
+    #[test]
+    fn queue_totals_are_backfilled_from_the_claims_with_no_total_known() {
+        let mut conn = at_version(12);
+        // E: two batches of matrix combination 0 and one of combination 1; F: one batch.
+        let g1 = (1u32 << assay_proto::QUEUE_GROUP_SHIFT) + 1;
+        conn.execute_batch(&format!(
+            "INSERT INTO queue_claims VALUES ('E', 1, 0, 1), ('E', 2, 1, 1), ('E', {g1}, 0, 2),
+                 ('F', 1, 0, 1);"
+        ))
+        .unwrap();
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        assert_eq!(
+            crate::queues::load(&conn, "E").unwrap(),
+            vec![(0, 0, 2), (1, 0, 1)]
+        );
+        assert_eq!(crate::queues::load(&conn, "F").unwrap(), vec![(0, 0, 1)]);
+        for id in ["E", "F"] {
+            assert_eq!(crate::queues::unreported(&conn, id).unwrap(), 0, "{id}");
+        }
     }
 
     #[test]

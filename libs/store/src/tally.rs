@@ -197,7 +197,7 @@ mod tests {
             state: ShardState,
             batches: u32,
         },
-        Batch(TestCaseBatch),
+        Batch(Box<TestCaseBatch>),
         Finalize,
     }
 
@@ -217,24 +217,36 @@ mod tests {
                 attempts: 1 + u32::from(flaky),
                 ..TestCaseResult::default()
             });
+        // Queue batches of two work queues (matrix combinations 0 and 1), with or without
+        // their queue's total.
+        let queue_batch = prop_oneof![
+            Just(0u32),
+            Just(1),
+            Just(2),
+            Just((1 << assay_proto::QUEUE_GROUP_SHIFT) + 1),
+        ];
         let batch = (
             0..3u32,
             1..3u32,
             0..3u32,
-            0..3u32,
+            queue_batch,
+            0..4u32,
             prop::collection::vec(result, 0..4),
         )
-            .prop_map(|(shard, attempt, batch, queue_batch, results)| {
-                Step::Batch(TestCaseBatch {
-                    execution_id: ID.into(),
-                    shard_index: shard,
-                    attempt,
-                    batch,
-                    queue_batch,
-                    results,
-                    ..TestCaseBatch::default()
-                })
-            });
+            .prop_map(
+                |(shard, attempt, batch, queue_batch, queue_batches, results)| {
+                    Step::Batch(Box::new(TestCaseBatch {
+                        execution_id: ID.into(),
+                        shard_index: shard,
+                        attempt,
+                        batch,
+                        queue_batch,
+                        queue_batches,
+                        results,
+                        ..TestCaseBatch::default()
+                    }))
+                },
+            );
         prop_oneof![
             2 => (1..4u32, prop::bool::weighted(0.1))
                 .prop_map(|(shards, terminal)| Step::Plan { shards, terminal }),
@@ -306,7 +318,7 @@ mod tests {
 
         /// After any sequence of plans, statuses, batches (redelivered, retried, reported
         /// twice through a queue, arriving after the end) and timeouts, the running tallies
-        /// equal a recount of the rows.
+        /// equal a recount of the rows, and so do the reported batches of each work queue.
         #[test]
         fn tallies_equal_a_recount_after_every_step(
             steps in prop::collection::vec(step(), 1..40)
@@ -319,6 +331,19 @@ mod tests {
                     load(&conn, ID).unwrap(),
                     recount(&conn, ID).unwrap(),
                     "after step {}: {:?}",
+                    i,
+                    step
+                );
+                let reported: Vec<(u32, u32)> = crate::queues::load(&conn, ID)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|&(_, _, reported)| reported > 0)
+                    .map(|(group, _, reported)| (group, reported))
+                    .collect();
+                prop_assert_eq!(
+                    reported,
+                    crate::queues::recount_reported(&conn, ID).unwrap(),
+                    "queues after step {}: {:?}",
                     i,
                     step
                 );

@@ -500,35 +500,78 @@ fn execution_messages() -> impl Strategy<Value = Vec<Message>> {
         Just(TestStatus::Errored),
         Just(TestStatus::Skipped),
     ];
-    // Per shard: an outcome and batches of test statuses.
+    // Per shard: an outcome, batches of test statuses, whether they came through the work
+    // queue (which then holds every queued batch of the execution, and says so), and whether
+    // its first runner was killed after publishing them (its status then announces none:
+    // the launcher reports it errored, and a second attempt finds the queue drained).
     let shard = (
         outcome,
         prop::collection::vec(prop::collection::vec(test_status, 0..4), 0..4),
+        any::<bool>(),
+        any::<bool>(),
     );
-    prop::collection::vec(shard, 1..4).prop_map(|shards| {
+    prop::collection::vec(shard, 1..4).prop_map(|mut shards| {
         let id = "01J0000000000000000000000S";
+        // A runner killed with its results in flight is waited for only when every shard
+        // passes; otherwise the execution ends without them and what it counts depends on
+        // the order, by design.
+        if shards
+            .iter()
+            .any(|(outcome, ..)| *outcome != ShardState::Passed)
+        {
+            for (_, _, _, killed) in &mut shards {
+                *killed = false;
+            }
+        }
+        for (_, _, queued, killed) in &mut shards {
+            *killed &= *queued;
+        }
+        let total: u32 = shards
+            .iter()
+            .filter(|(_, _, queued, _)| *queued)
+            .map(|(_, batches, ..)| batches.len() as u32)
+            .sum();
         let mut messages = vec![Message::Plan(Box::new(plan(
             id,
             "prop",
             shards.len() as u32,
         )))];
-        for (index, (outcome, batches)) in shards.into_iter().enumerate() {
+        let mut seq = 0;
+        for (index, (outcome, batches, queued, killed)) in shards.into_iter().enumerate() {
             let index = index as u32;
             messages.push(Message::Status(status(id, index, 1, ShardState::Queued)));
             messages.push(Message::Status(status(id, index, 1, ShardState::Running)));
-            messages.push(Message::Status(finished(
-                id,
-                index,
-                outcome,
-                batches.len() as u32,
-            )));
+            // A runner that drained the queue says its total in its final status too.
+            let queue_batches = if queued { total } else { 0 };
+            if killed {
+                let mut errored = finished(id, index, ShardState::Errored, 0);
+                errored.will_retry = true;
+                messages.push(Message::Status(errored));
+                messages.push(Message::Status(ShardStatus {
+                    result_batches: 0,
+                    exit_code: 0,
+                    queue_batches,
+                    ..status(id, index, 2, outcome)
+                }));
+            } else {
+                messages.push(Message::Status(ShardStatus {
+                    queue_batches,
+                    ..finished(id, index, outcome, batches.len() as u32)
+                }));
+            }
             for (n, statuses) in batches.into_iter().enumerate() {
                 let results = statuses
                     .into_iter()
                     .enumerate()
                     .map(|(t, s)| test(&format!("s{index}b{n}t{t}"), s))
                     .collect();
-                messages.push(Message::Batch(batch(id, index, n as u32, results)));
+                let mut b = batch(id, index, n as u32, results);
+                if queued {
+                    seq += 1;
+                    b.queue_batch = seq;
+                    b.queue_batches = total;
+                }
+                messages.push(Message::Batch(b));
             }
         }
         messages
@@ -943,8 +986,10 @@ async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
     );
     // The same file as schema version 11 left it.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE attempt_tallies; PRAGMA user_version = 11;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE queue_totals; DROP TABLE attempt_tallies; PRAGMA user_version = 11;",
+    )
+    .unwrap();
     drop(conn);
 
     let store = Store::open(&path).unwrap();
@@ -976,8 +1021,9 @@ async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
     );
 }
 
-/// Takes a database back from schema version 12 to 7.
-const UNDO_8_TO_12: &str = "DROP TABLE attempt_tallies;
+/// Takes a database back from schema version 13 to 7.
+const UNDO_8_TO_13: &str = "DROP TABLE queue_totals;
+    DROP TABLE attempt_tallies;
     DROP INDEX executions_by_end;
     DROP INDEX executions_unended_by_creation;
     ALTER TABLE test_cases DROP COLUMN late;
@@ -1007,7 +1053,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8_TO_12}
+         {UNDO_8_TO_13}
          PRAGMA user_version = 6;"
     ))
     .unwrap();
@@ -1615,4 +1661,216 @@ async fn retention_deletes_ended_executions_with_all_their_records() {
     assert_eq!(store.prune_executions(20_000).await.unwrap(), 0);
     assert_eq!(store.prune_executions(i64::MAX).await.unwrap(), 1);
     assert!(store.execution_detail(running).await.unwrap().is_some());
+}
+
+/// Results of work-queue batch `seq` (queue 0, sealed with `total` batches; 0: an older
+/// runner that did not say) with `tests` passed tests named after the batch.
+fn of_queue(
+    id: &str,
+    shard: u32,
+    attempt: u32,
+    n: u32,
+    seq: u32,
+    total: u32,
+    tests: u32,
+) -> TestCaseBatch {
+    let results = (0..tests)
+        .map(|t| test(&format!("q{seq}t{t}"), TestStatus::Passed))
+        .collect();
+    TestCaseBatch {
+        queue_batches: total,
+        ..queued_batch(id, shard, attempt, n, seq + 1, results)
+    }
+}
+
+/// What the chaos harness saw (invariant "exact counts"): a `queue` execution of 4 shards
+/// and 8 batches of 2 tests. Shard 1's first runner reported batches 0 and 1, published the
+/// results of batch 2 (so the batch was done and nobody ran it again) and was SIGKILLed; the
+/// aggregator's handling of those results was held up (a nak with backoff), while the
+/// statuses went on: attempt 1 errored (retried), attempt 2 found the queue drained and
+/// passed, and the other shards passed with the rest. Returns every message but the held-up
+/// batch, in the order they arrived, and that batch.
+fn killed_while_its_results_were_in_flight(
+    id: &str,
+    retry_ends: ShardState,
+    total: u32,
+) -> (Vec<Message>, TestCaseBatch) {
+    let mut killed = status(id, 1, 1, ShardState::Errored);
+    killed.reason = "runner was killed by SIGKILL before it reported".into();
+    killed.reporter = "launcher".into();
+    killed.will_retry = true;
+    let ended = |shard: u32, attempt: u32, state: ShardState, batches: u32| ShardStatus {
+        result_batches: batches,
+        ..status(id, shard, attempt, state)
+    };
+    let messages = vec![
+        Message::Plan(Box::new(plan(id, "q", 4))),
+        Message::Status(status(id, 1, 1, ShardState::Running)),
+        Message::Batch(of_queue(id, 1, 1, 0, 0, total, 2)),
+        Message::Batch(of_queue(id, 1, 1, 1, 1, total, 2)),
+        Message::Batch(of_queue(id, 0, 1, 0, 3, total, 2)),
+        Message::Batch(of_queue(id, 0, 1, 1, 4, total, 2)),
+        Message::Batch(of_queue(id, 2, 1, 0, 5, total, 2)),
+        Message::Batch(of_queue(id, 2, 1, 1, 6, total, 2)),
+        Message::Batch(of_queue(id, 3, 1, 0, 7, total, 2)),
+        Message::Status(killed),
+        Message::Status(ended(1, 2, retry_ends, 0)),
+        Message::Status(ended(0, 1, ShardState::Passed, 2)),
+        Message::Status(ended(2, 1, ShardState::Passed, 2)),
+        Message::Status(ended(3, 1, ShardState::Passed, 1)),
+    ];
+    (messages, of_queue(id, 1, 1, 2, 2, total, 2))
+}
+
+fn late_rows(dir: &TempDir, id: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.path().join("nested/dir/results.db")).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM test_cases WHERE execution_id = ?1 AND late = 1",
+        [id],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_queue_batch_in_flight_when_its_runner_died_is_waited_for_and_counted() {
+    let (dir, store) = open();
+    let id = "01J000000000000000000QFLY1";
+    let (messages, held_up) = killed_while_its_results_were_in_flight(id, ShardState::Passed, 8);
+    apply(&store, &messages).await;
+
+    // Every shard passed, but one batch of the drained queue is not in: still running.
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Running, "{u:?}");
+    assert_eq!(u.finished_at_ms, 0);
+    assert!(u.reason.contains("1 work-queue batch"), "{u:?}");
+    assert_eq!(u.passed, 14);
+    let passed = ShardState::Passed as i32;
+    assert!(u.shards.iter().all(|s| s.state == passed), "{u:?}");
+    assert!(
+        store
+            .non_terminal_executions()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(e, ..)| e == id),
+        "the timeout sweep still sees it"
+    );
+
+    // The held-up batch arrives: recorded, not late, and the execution ends with all 16.
+    assert!(store.record_batch(held_up.clone()).await.unwrap());
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Passed, "{u:?}");
+    assert_eq!(u.reason, "");
+    assert_eq!((u.passed, u.failed, u.errored, u.skipped), (16, 0, 0, 0));
+    assert_eq!(u.finished_at_ms, 5_003, "the last shard's end");
+    assert_eq!(late_rows(&dir, id), 0);
+    let detail = store.execution_detail(id).await.unwrap().unwrap();
+    let shard1: Vec<String> = ids_of(&detail, 1).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(shard1, ["q0t0", "q0t1", "q1t0", "q1t1", "q2t0", "q2t1"]);
+
+    // Delivered twice: the same state, and nothing reported as a change.
+    for message in &messages {
+        let changed = match message.clone() {
+            Message::Plan(e) => store.record_execution(*e).await.unwrap(),
+            Message::Status(s) => store.record_shard_status(s).await.unwrap(),
+            Message::Batch(b) => store.record_batch(b).await.unwrap(),
+        };
+        assert!(!changed, "{message:?}");
+    }
+    assert!(!store.record_batch(held_up).await.unwrap());
+    assert_eq!(store.execution_detail(id).await.unwrap().unwrap(), detail);
+    assert_eq!(late_rows(&dir, id), 0);
+}
+
+#[tokio::test]
+async fn an_errored_shard_ends_the_execution_without_waiting_for_queue_batches() {
+    let (dir, store) = open();
+    let id = "01J000000000000000000QFLY2";
+    let (messages, held_up) = killed_while_its_results_were_in_flight(id, ShardState::Errored, 8);
+    apply(&store, &messages).await;
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Errored, "{u:?}");
+    assert_eq!(u.passed, 14);
+    // What arrives after the end is kept apart, as before.
+    assert!(!store.record_batch(held_up).await.unwrap());
+    assert_eq!(update(&store, id).await.passed, 14);
+    assert_eq!(late_rows(&dir, id), 2);
+}
+
+#[tokio::test]
+async fn queue_results_without_a_total_end_the_execution_when_its_shards_end() {
+    // Older runners do not say how many batches their queue holds: nothing to wait for.
+    let (dir, store) = open();
+    let id = "01J000000000000000000QFLY3";
+    let (messages, held_up) = killed_while_its_results_were_in_flight(id, ShardState::Passed, 0);
+    apply(&store, &messages).await;
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Passed, "{u:?}");
+    assert_eq!(u.passed, 14);
+    assert!(!store.record_batch(held_up).await.unwrap());
+    assert_eq!(late_rows(&dir, id), 2);
+}
+
+#[tokio::test]
+async fn an_execution_waiting_for_a_batch_that_never_comes_is_ended_by_the_timeout_sweep() {
+    let (_dir, store) = open();
+    let id = "01J000000000000000000QFLY4";
+    let (messages, _never) = killed_while_its_results_were_in_flight(id, ShardState::Passed, 8);
+    apply(&store, &messages).await;
+    assert_eq!(
+        status_of(&update(&store, id).await),
+        ExecutionStatus::Running
+    );
+    assert!(
+        store
+            .finalize(
+                id,
+                ExecutionStatus::TimedOut,
+                "execution exceeded its timeout",
+                9_000
+            )
+            .await
+            .unwrap()
+    );
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::TimedOut, "{u:?}");
+    assert_eq!(u.finished_at_ms, 9_000);
+}
+
+#[tokio::test]
+async fn a_queue_whose_every_result_is_in_flight_is_waited_for_by_the_total_its_drainer_reports() {
+    // One shard of matrix combination 1: its first runner ran both batches of the queue and
+    // was killed with their results held up; the second found the queue drained and passed.
+    // No result says the total; the second runner's final status does.
+    let (dir, store) = open();
+    let id = "01J000000000000000000QFLY5";
+    store.record_execution(plan(id, "q", 1)).await.unwrap();
+    let mut killed = status(id, 0, 1, ShardState::Errored);
+    killed.will_retry = true;
+    store.record_shard_status(killed).await.unwrap();
+    store
+        .record_shard_status(ShardStatus {
+            queue_batches: 2,
+            queue_group: 1,
+            ..status(id, 0, 2, ShardState::Passed)
+        })
+        .await
+        .unwrap();
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Running, "{u:?}");
+    assert!(u.reason.contains("2 work-queue batches"), "{u:?}");
+    let first = 1 << assay_proto::QUEUE_GROUP_SHIFT;
+    for seq in 0..2 {
+        assert!(
+            store
+                .record_batch(of_queue(id, 0, 1, seq, first + seq, 2, 2))
+                .await
+                .unwrap()
+        );
+    }
+    let u = update(&store, id).await;
+    assert_eq!(status_of(&u), ExecutionStatus::Passed, "{u:?}");
+    assert_eq!(u.passed, 4);
+    assert_eq!(late_rows(&dir, id), 0);
 }

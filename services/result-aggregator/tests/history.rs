@@ -79,6 +79,7 @@ async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole
                 results,
                 workflow: "big".into(),
                 queue_batch: 0,
+                queue_batches: 0,
             })
             .await
             .unwrap();
