@@ -77,6 +77,12 @@ impl ExecutionFilter {
 #[derive(Debug, Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// One statement runs at a time on the one connection; callers wait here, as tasks,
+    /// rather than each on a blocking-pool thread of its own parked on the mutex. A burst
+    /// of result batches otherwise grew the pool to dozens of threads, each keeping its own
+    /// allocator heap after the burst (the aggregator idled at 3.8x its RSS before a
+    /// 100,000-test run).
+    turn: Arc<tokio::sync::Semaphore>,
     path: Arc<PathBuf>,
 }
 
@@ -108,6 +114,7 @@ impl Store {
         tracing::debug!(path = %path.display(), "result store open");
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
             path: Arc::new(path.to_path_buf()),
         })
     }
@@ -319,7 +326,10 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        // Never closed, so acquiring only waits.
+        let turn = Arc::clone(&self.turn).acquire_owned().await.ok();
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             // A panic while holding the lock left no open transaction behind (it rolls back on
             // drop), so the connection is still usable.
             let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
