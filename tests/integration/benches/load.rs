@@ -15,8 +15,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,82 +66,30 @@ spec:
   run: {workflow: load}
 "#;
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name}: run `cargo build --release --bins` first"))
-}
-
 use assay_integration::proc_stat::{cpu_ms, rss_kib};
-
-struct Services {
-    children: Vec<(&'static str, Child)>,
-}
-
-impl Services {
-    fn pid(&self, name: &str) -> Option<u32> {
-        self.children
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, c)| c.id())
-    }
-    fn stop(&mut self, name: &str) {
-        if let Some(pos) = self.children.iter().position(|(n, _)| *n == name) {
-            let (_, mut c) = self.children.remove(pos);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use assay_integration::release::Services;
 
 fn start(nats: &NatsServer, dir: &std::path::Path) -> Services {
     let defs = dir.join("defs");
     std::fs::create_dir_all(&defs).unwrap();
     std::fs::write(defs.join("load.yaml"), DEFS).unwrap();
-    let spawn = |name: &'static str, args: Vec<String>| {
-        let child = Command::new(bin(name))
-            .args(args)
-            .env("ASSAY_NATS_URL", nats.url())
-            .env("ASSAY_WORKFLOWS", &defs)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        (name, child)
-    };
-    Services {
-        children: vec![
-            spawn("assay-scheduler", vec![]),
-            spawn(
-                "assay-result-aggregator",
-                vec![
-                    "--database".into(),
-                    dir.join("results.db").display().to_string(),
-                    "--grpc".into(),
-                    format!("127.0.0.1:{}", free_port()),
-                ],
-            ),
-            spawn(
-                "assay-trigger-watcher",
-                vec!["--http".into(), format!("127.0.0.1:{}", free_port())],
-            ),
-            spawn("assay-executor-launcher", vec![]),
+    let mut services = Services::new(nats.url(), &defs, None);
+    services.spawn("assay-scheduler", &[]);
+    services.spawn(
+        "assay-result-aggregator",
+        &[
+            "--database".into(),
+            dir.join("results.db").display().to_string(),
+            "--grpc".into(),
+            format!("127.0.0.1:{}", free_port()),
         ],
-    }
+    );
+    services.spawn(
+        "assay-trigger-watcher",
+        &["--http".into(), format!("127.0.0.1:{}", free_port())],
+    );
+    services.spawn("assay-executor-launcher", &[]);
+    services
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

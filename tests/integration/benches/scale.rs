@@ -13,12 +13,12 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use assay_bus::{Bus, NatsOptions, header, subjects};
-use assay_integration::proc_stat::{cpu_ms, rss_kib};
+use assay_integration::proc_stat::cpu_ms;
+use assay_integration::release::Services;
 use assay_proto::{ExecutionStatus, ExecutionUpdate, RunRequest};
 use assay_testkit::{NatsServer, free_port};
 use futures::StreamExt;
@@ -64,77 +64,25 @@ fn ids(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name}: run `cargo build --release --bins` first"))
-}
-
-struct Services {
-    children: Vec<(&'static str, Child)>,
-}
-
-impl Services {
-    fn pid(&self, name: &str) -> u32 {
-        self.children
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, c)| c.id())
-            .unwrap_or(0)
-    }
-    fn rss(&self) -> BTreeMap<&'static str, u64> {
-        self.children
-            .iter()
-            .map(|(n, c)| (*n, rss_kib(c.id())))
-            .collect()
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+const AGGREGATOR: &str = "assay-result-aggregator";
 
 fn start(nats: &NatsServer, dir: &Path, defs: &Path) -> Services {
-    let spawn = |name: &'static str, args: Vec<String>| {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(bin(name))
-            .args(args)
-            .env("ASSAY_NATS_URL", nats.url())
-            .env("ASSAY_WORKFLOWS", defs)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        (name, child)
-    };
-    Services {
-        children: vec![
-            spawn("assay-scheduler", vec![]),
-            spawn(
-                "assay-result-aggregator",
-                vec![
-                    "--database".into(),
-                    dir.join("results.db").display().to_string(),
-                    "--grpc".into(),
-                    format!("127.0.0.1:{}", free_port()),
-                ],
-            ),
-            spawn(
-                "assay-executor-launcher",
-                vec!["--capacity".into(), "4".into()],
-            ),
+    let mut services = Services::new(nats.url(), defs, Some(dir));
+    services.spawn("assay-scheduler", &[]);
+    services.spawn(
+        AGGREGATOR,
+        &[
+            "--database".into(),
+            dir.join("results.db").display().to_string(),
+            "--grpc".into(),
+            format!("127.0.0.1:{}", free_port()),
         ],
-    }
+    );
+    services.spawn(
+        "assay-executor-launcher",
+        &["--capacity".into(), "4".into()],
+    );
+    services
 }
 
 fn workflow(strategy: &str, work: &Path) -> String {
@@ -239,7 +187,7 @@ async fn main() {
                     .subscribe(subjects::execution_updates_of(&id))
                     .await
                     .unwrap();
-                let cpu_before = cpu_ms(services.pid("assay-result-aggregator"));
+                let cpu_before = cpu_ms(services.pid(AGGREGATOR).unwrap_or(0));
                 let started = Instant::now();
                 bus.publish(subjects::RUN_REQUESTED.to_string(), &req)
                     .await
@@ -247,7 +195,7 @@ async fn main() {
                 let mut peak = BTreeMap::new();
                 let within = Duration::from_secs(60 + n as u64 / 100);
                 let ended = follow(sub, &services, &mut peak, within).await;
-                let cpu = cpu_ms(services.pid("assay-result-aggregator")) - cpu_before;
+                let cpu = cpu_ms(services.pid(AGGREGATOR).unwrap_or(0)) - cpu_before;
                 let cell = match ended {
                     None => Cell {
                         strategy: strategy.clone(),

@@ -585,6 +585,99 @@ pub fn test_ids(d: &ExecutionDetail) -> Vec<String> {
         .collect()
 }
 
+/// The services as separate release processes, for the end-to-end benchmarks.
+pub mod release {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+
+    use crate::proc_stat::rss_kib;
+
+    /// A release binary next to the running benchmark (`target/release/<name>`).
+    pub fn bin(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().expect("bench path");
+        exe.ancestors()
+            .skip(1)
+            .take(2)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{name}: run `cargo build --release --bins` first"))
+    }
+
+    /// Service processes on one nats-server and one definitions directory, killed on drop.
+    pub struct Services {
+        nats_url: String,
+        defs: PathBuf,
+        /// Where each service's stderr goes (`<name>.log`); none: discarded.
+        logs: Option<PathBuf>,
+        children: Vec<(&'static str, Child)>,
+    }
+
+    impl Services {
+        pub fn new(nats_url: String, defs: &Path, logs: Option<&Path>) -> Services {
+            Services {
+                nats_url,
+                defs: defs.to_path_buf(),
+                logs: logs.map(Path::to_path_buf),
+                children: Vec::new(),
+            }
+        }
+
+        /// Starts the release binary `name` with `args` (RUST_LOG=warn).
+        pub fn spawn(&mut self, name: &'static str, args: &[String]) {
+            let stderr = match &self.logs {
+                Some(dir) => Stdio::from(
+                    std::fs::File::create(dir.join(format!("{name}.log"))).expect("service log"),
+                ),
+                None => Stdio::null(),
+            };
+            let child = Command::new(bin(name))
+                .args(args)
+                .env("ASSAY_NATS_URL", &self.nats_url)
+                .env("ASSAY_WORKFLOWS", &self.defs)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+            self.children.push((name, child));
+        }
+
+        pub fn pid(&self, name: &str) -> Option<u32> {
+            self.children
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c.id())
+        }
+
+        /// Kills one service and waits for it.
+        pub fn stop(&mut self, name: &str) {
+            if let Some(pos) = self.children.iter().position(|(n, _)| *n == name) {
+                let (_, mut c) = self.children.remove(pos);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Each service's resident set size, in KiB.
+        pub fn rss(&self) -> BTreeMap<&'static str, u64> {
+            self.children
+                .iter()
+                .map(|(n, c)| (*n, rss_kib(c.id())))
+                .collect()
+        }
+    }
+
+    impl Drop for Services {
+        fn drop(&mut self) {
+            for (_, c) in &mut self.children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
 /// What `/proc` says of a process, for benchmarks (Linux).
 pub mod proc_stat {
     /// Resident set size in KiB (`VmRSS`), 0 when the process is gone.
