@@ -15,6 +15,7 @@ mod queues;
 mod retention;
 mod schema;
 mod tally;
+mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -146,14 +147,16 @@ impl Store {
     /// The current state of an execution, or `None` if nothing is known about it.
     pub async fn execution_update(&self, id: &str) -> Result<Option<ExecutionUpdate>> {
         let id = id.to_owned();
-        self.run(move |conn| ops::execution_update(conn, &id)).await
+        self.run(move |conn| view::execution_update(conn, &id))
+            .await
     }
 
     /// The update plus, per shard, its summary, exit code and the test cases of its latest
     /// attempt ordered by test id; `None` until the plan record has arrived.
     pub async fn execution_detail(&self, id: &str) -> Result<Option<ExecutionDetail>> {
         let id = id.to_owned();
-        self.run(move |conn| ops::execution_detail(conn, &id)).await
+        self.run(move |conn| view::execution_detail(conn, &id))
+            .await
     }
 
     /// One page of an execution's test cases (see [`Page`]) under its whole head: update,
@@ -169,7 +172,7 @@ impl Store {
     /// The planned execution record as the scheduler sent it (status and reason as stored now).
     pub async fn execution(&self, id: &str) -> Result<Option<Execution>> {
         let id = id.to_owned();
-        self.run(move |conn| ops::get_execution(conn, &id)).await
+        self.run(move |conn| view::get_execution(conn, &id)).await
     }
 
     /// Planned executions that pass `filter`, newest first. A `limit` of 0 means
@@ -185,7 +188,7 @@ impl Store {
             0 => DEFAULT_LIST_LIMIT,
             n => n.min(MAX_LIST_LIMIT),
         };
-        self.run(move |conn| ops::list_executions(conn, &filter, limit))
+        self.run(move |conn| view::list_executions(conn, &filter, limit))
             .await
     }
 
@@ -224,11 +227,11 @@ impl Store {
     pub async fn next_update(&self, id: &str) -> Result<Option<ExecutionUpdate>> {
         let id = id.to_owned();
         self.run(move |conn| {
-            if !ops::is_planned(conn, &id)? {
+            if !view::is_planned(conn, &id)? {
                 return Ok(None);
             }
             let revision = ops::bump_revision(conn, &id)?;
-            Ok(ops::execution_update(conn, &id)?.map(|mut u| {
+            Ok(view::execution_update(conn, &id)?.map(|mut u| {
                 u.revision = revision;
                 u
             }))

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
 use rusqlite::{Connection, params};
 
-use crate::{Error, Result, history, ops};
+use crate::{Error, Result, history, view};
 
 /// A page holds at most this many items, whatever the caller asks.
 pub const MAX_PAGE_SIZE: u32 = 10_000;
@@ -176,7 +176,7 @@ pub(crate) fn execution_page(
         Some(key)
     };
     let tx = conn.transaction()?;
-    let Some(mut detail) = ops::execution_head(&tx, id)? else {
+    let Some(mut detail) = view::execution_head(&tx, id)? else {
         return Ok(None);
     };
     // A shard's tests: its latest attempt's own, plus the work-queue batches any of its
