@@ -12,10 +12,13 @@
 
 mod capacity;
 mod liveness;
+mod process;
 
-use std::collections::VecDeque;
+pub use process::{Ended, classify};
+use process::{WarmPool, capture_stderr};
+
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +28,6 @@ use base64::Engine;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use prost::Message;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -114,12 +115,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let mut env = vec![("ASSAY_NATS_URL".to_string(), options.nats.url.clone())];
     env.extend(options.nats.auth.env_vars());
     let runner_env = Arc::new(env);
-    let warm = Arc::new(WarmPool {
-        idle: Mutex::new(VecDeque::new()),
-        target: options.warm.min(options.capacity),
-        runner: runner.clone(),
-        runner_env: runner_env.clone(),
-    });
+    let warm = Arc::new(WarmPool::new(
+        options.warm.min(options.capacity),
+        runner.clone(),
+        runner_env.clone(),
+    ));
     warm.refill();
     let cancels = Cancellations::default();
     let watcher = tokio::spawn(cancels.clone().follow(bus.clone(), shutdown.clone()));
@@ -307,106 +307,6 @@ impl Cancellations {
             }
         })
         .await;
-    }
-}
-
-/// Runners started ahead of time (`assay-runner --job-stdin`), each in its own process
-/// group, blocked reading one job line from stdin. A runner whose launcher goes away sees
-/// stdin close and exits.
-struct WarmPool {
-    idle: Mutex<VecDeque<Child>>,
-    target: usize,
-    runner: Arc<PathBuf>,
-    /// `ASSAY_NATS_URL` and the NATS credentials every runner gets.
-    runner_env: Arc<Vec<(String, String)>>,
-}
-
-impl WarmPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Child>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// An idle runner that is still alive.
-    fn take(&self) -> Option<Child> {
-        let mut idle = self.lock();
-        while let Some(mut child) = idle.pop_front() {
-            if matches!(child.try_wait(), Ok(None)) {
-                return Some(child);
-            }
-        }
-        None
-    }
-
-    /// Starts runners until `target` are idle.
-    fn refill(&self) {
-        let mut idle = self.lock();
-        while idle.len() < self.target {
-            let spawned = Command::new(self.runner.as_path())
-                .arg("--job-stdin")
-                .envs(
-                    self.runner_env
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                )
-                .env_remove("ASSAY_SHARD_JOB")
-                .process_group(0)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn();
-            match spawned {
-                Ok(child) => idle.push_back(child),
-                Err(e) => {
-                    warn!(runner = %self.runner.display(), error = %e, "cannot start a warm runner; shards will start cold");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Stops the idle runners (their stdin closes and they are killed).
-    fn drain(&self) {
-        self.lock().clear();
-    }
-}
-
-/// How a runner ended, from the launcher's point of view.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ended {
-    /// The runner published its final status, which ended in this state.
-    Reported(ShardState),
-    /// It died or gave up without reporting: the shard is errored for this reason.
-    Died(String),
-}
-
-/// Classifies a runner's exit. Exit 0 (passed), 1 (failed), 4 (errored) and 5 (timed out)
-/// mean it reported its own final status; 3 means it saw its launcher die and stopped
-/// without reporting; anything else is an error.
-pub fn classify(status: ExitStatus, stderr_tail: &str) -> Ended {
-    use std::os::unix::process::ExitStatusExt;
-    let tail = if stderr_tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {stderr_tail}")
-    };
-    match (status.code(), status.signal()) {
-        (Some(0), _) => Ended::Reported(ShardState::Passed),
-        (Some(1), _) => Ended::Reported(ShardState::Failed),
-        (Some(4), _) => Ended::Reported(ShardState::Errored),
-        (Some(5), _) => Ended::Reported(ShardState::TimedOut),
-        (Some(code), _) => Ended::Died(format!(
-            "runner exited with code {code} without reporting{tail}"
-        )),
-        (None, Some(sig)) => {
-            let name = Signal::try_from(sig)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| sig.to_string());
-            Ended::Died(format!(
-                "runner was killed by {name} before it reported{tail}"
-            ))
-        }
-        (None, None) => Ended::Died(format!("runner ended without an exit status{tail}")),
     }
 }
 
@@ -694,65 +594,6 @@ impl Launcher {
     }
 }
 
-impl Launcher {
-    /// Hands the job to a warm runner; `None` when none is idle or it would not take it.
-    async fn start_warm(&self, encoded: &str) -> Option<Child> {
-        use tokio::io::AsyncWriteExt;
-        let mut child = self.warm.take()?;
-        let mut stdin = child.stdin.take()?;
-        let line = format!("{encoded}\n");
-        match stdin.write_all(line.as_bytes()).await {
-            Ok(()) => Some(child),
-            Err(e) => {
-                debug!(error = %e, "warm runner did not take its job; starting one cold");
-                None
-            }
-        }
-    }
-
-    /// Starts a runner for this job alone. The job goes over stdin, as to a warm runner:
-    /// in an environment variable a large job (its planned test ids) would hit the kernel's
-    /// limit on arguments plus environment (`Argument list too long`, from ~5,000 tests).
-    async fn start_cold(&self, encoded: &str) -> std::result::Result<Child, Failure> {
-        use tokio::io::AsyncWriteExt;
-        let spawn_error = |reason: String| {
-            Failure::Retry(
-                Error::Spawn {
-                    runner: self.runner.display().to_string(),
-                    reason,
-                }
-                .to_string(),
-            )
-        };
-        let mut child = Command::new(self.runner.as_path())
-            .arg("--job-stdin")
-            .env_remove("ASSAY_SHARD_JOB")
-            .envs(
-                self.runner_env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| spawn_error(e.to_string()))?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| spawn_error("the runner's stdin is not a pipe".into()))?;
-        if let Err(e) = stdin.write_all(format!("{encoded}\n").as_bytes()).await {
-            if let Some(pid) = child.id() {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            return Err(spawn_error(format!("cannot hand the job over stdin: {e}")));
-        }
-        Ok(child)
-    }
-}
-
 /// Deliveries of one shard job after which the launcher stops starting attempts and ends
 /// the shard errored. Each delivery past the first is a new attempt (or a stall of the
 /// launcher holding it), so this also bounds the attempts one job can start.
@@ -828,43 +669,6 @@ enum Outcome {
     TimedOut,
     Shutdown,
     Cancelled(String),
-}
-
-/// The last lines a runner wrote to stderr, for the reason of an abnormal end.
-struct Tail {
-    lines: Arc<Mutex<VecDeque<String>>>,
-    done: Arc<tokio::sync::Notify>,
-}
-
-impl Tail {
-    fn text(&self) -> String {
-        match self.lines.lock() {
-            Ok(l) => l.iter().cloned().collect::<Vec<_>>().join(" | "),
-            Err(_) => String::new(),
-        }
-    }
-}
-
-fn capture_stderr(child: &mut Child, label: String) -> Tail {
-    let lines = Arc::new(Mutex::new(VecDeque::new()));
-    let done = Arc::new(tokio::sync::Notify::new());
-    if let Some(stderr) = child.stderr.take() {
-        let (lines, done) = (lines.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                debug!(runner = %label, "{line}");
-                if let Ok(mut l) = lines.lock() {
-                    if l.len() == 3 {
-                        l.pop_front();
-                    }
-                    l.push_back(line.chars().take(500).collect());
-                }
-            }
-            done.notify_one();
-        });
-    }
-    Tail { lines, done }
 }
 
 #[cfg(test)]
