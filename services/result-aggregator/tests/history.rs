@@ -27,10 +27,9 @@ async fn keys(bus: &Bus) -> BTreeSet<String> {
     kv.keys().await.unwrap().map(|k| k.unwrap()).collect().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
+/// A bus on `nats` with its streams, a store in `dir`, and an aggregator over both (not
+/// consuming: the tests call it directly).
+async fn stack(nats: &NatsServer, dir: &std::path::Path) -> (Bus, Store, Aggregator) {
     let bus = Bus::connect(
         &NatsOptions {
             url: nats.url(),
@@ -41,8 +40,16 @@ async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole
     .await
     .unwrap();
     bus.ensure_topology().await.unwrap();
-    let store = Store::open(&dir.path().join("results.db")).unwrap();
+    let store = Store::open(&dir.join("results.db")).unwrap();
     let agg = Aggregator::new(bus.clone(), store.clone());
+    (bus, store, agg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, store, agg) = stack(&nats, dir.path()).await;
 
     let execution = "01J00000000000000000000BIG";
     store
@@ -114,18 +121,7 @@ async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole
 async fn a_history_bucket_deleted_after_start_is_created_again() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::connect(
-        &NatsOptions {
-            url: nats.url(),
-            ..Default::default()
-        },
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    bus.ensure_topology().await.unwrap();
-    let store = Store::open(&dir.path().join("results.db")).unwrap();
-    let agg = Aggregator::new(bus.clone(), store.clone());
+    let (bus, store, agg) = stack(&nats, dir.path()).await;
     let execution = "01J00000000000000000000SML";
     store
         .record_execution(Execution {
