@@ -7,7 +7,7 @@
 //! an opaque token (base64 of a small JSON array) that also names what it pages through, so
 //! a token of another execution or workflow is refused rather than misread.
 
-use assay_proto::v1::{ExecutionDetail, TestCaseResult, TestHistory};
+use assay_proto::v1::{ExecutionDetail, TestHistory};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message;
@@ -211,18 +211,7 @@ pub(crate) fn execution_page(
         let mut rows = stmt.query(params![id, index, latest, from_attempt, from_test, want])?;
         while let Some(row) = rows.next()? {
             let attempt: u32 = row.get(0)?;
-            let case = TestCaseResult {
-                id: row.get(1)?,
-                name: row.get(2)?,
-                classname: row.get(3)?,
-                file: row.get(4)?,
-                status: row.get(5)?,
-                duration_ms: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
-                failure_message: row.get(7)?,
-                output: row.get(8)?,
-                attempts: row.get(9)?,
-                flaky: row.get(10)?,
-            };
+            let case = view::test_case(row, 1)?;
             if !filler.take(case.encoded_len()) {
                 more = true;
                 break 'shards;

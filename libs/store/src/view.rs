@@ -90,18 +90,7 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
     for shard in &view.shards {
         let tests = stmt
             .query_map(params![id, shard.index, shard.attempt], |row| {
-                Ok(TestCaseResult {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    classname: row.get(2)?,
-                    file: row.get(3)?,
-                    status: row.get(4)?,
-                    duration_ms: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
-                    failure_message: row.get(6)?,
-                    output: row.get(7)?,
-                    attempts: row.get(8)?,
-                    flaky: row.get(9)?,
-                })
+                test_case(row, 0)
             })?
             .collect::<Result<Vec<_>, _>>()?;
         shards.push(ShardDetail {
@@ -444,6 +433,23 @@ pub(crate) fn decode_shard_state(value: i32) -> Result<ShardState> {
 
 fn map_from_json(what: &'static str, json: &str) -> Result<HashMap<String, String>> {
     serde_json::from_str(json).map_err(|e| Error::decode(what, e.to_string()))
+}
+
+/// A test case from a `test_cases` row whose columns, from `first`, are `test_id, name,
+/// classname, file, status, duration_ms, failure_message, output, attempts, flaky`.
+pub(crate) fn test_case(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<TestCaseResult> {
+    Ok(TestCaseResult {
+        id: row.get(first)?,
+        name: row.get(first + 1)?,
+        classname: row.get(first + 2)?,
+        file: row.get(first + 3)?,
+        status: row.get(first + 4)?,
+        duration_ms: u64::try_from(row.get::<_, i64>(first + 5)?).unwrap_or(0),
+        failure_message: row.get(first + 6)?,
+        output: row.get(first + 7)?,
+        attempts: row.get(first + 8)?,
+        flaky: row.get(first + 9)?,
+    })
 }
 
 #[cfg(test)]
