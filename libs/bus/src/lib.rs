@@ -120,6 +120,9 @@ pub struct NatsOptions {
     /// Authentication and TLS; when empty, the `ASSAY_NATS_*` environment variables are
     /// read at connect time (see [`auth`]).
     pub auth: NatsAuth,
+    /// Readiness of the service using this connection: connecting adds a check that the
+    /// connection is up, [`Bus::ensure_topology`] marks set-up finished.
+    pub health: assay_telemetry::health::Health,
 }
 
 /// NATS URL every assay program uses by default: the local stack's nats-server (`assay up`
@@ -134,6 +137,7 @@ impl Default for NatsOptions {
             replicas: replicas_from_env(),
             name: "assay".to_string(),
             auth: NatsAuth::default(),
+            health: Default::default(),
         }
     }
 }
@@ -228,12 +232,19 @@ pub mod connection {
 
     /// The event callback of one connection to `url` (the work is done before the returned
     /// future, which is ready at once).
+    /// `up` follows the connection: false on a disconnect, true on every (re)connect.
     pub(crate) fn watcher(
         url: String,
+        up: Arc<std::sync::atomic::AtomicBool>,
     ) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
         let lost: Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
         move |event| {
             let mut lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+            match &event {
+                async_nats::Event::Disconnected => up.store(false, Ordering::Release),
+                async_nats::Event::Connected => up.store(true, Ordering::Release),
+                _ => {}
+            }
             match event {
                 async_nats::Event::Disconnected => {
                     if lost.is_none() {
@@ -263,6 +274,7 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     replicas: usize,
+    health: assay_telemetry::health::Health,
 }
 
 impl Bus {
@@ -277,6 +289,7 @@ impl Bus {
         } else {
             opts.auth.clone()
         };
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = loop {
             attempt += 1;
             let options = auth
@@ -284,7 +297,7 @@ impl Bus {
                     async_nats::ConnectOptions::new()
                         .name(&opts.name)
                         .connection_timeout(Duration::from_secs(5))
-                        .event_callback(connection::watcher(opts.url.clone())),
+                        .event_callback(connection::watcher(opts.url.clone(), up.clone())),
                 )
                 .await?;
             match options.connect(opts.url.as_str()).await {
@@ -328,11 +341,23 @@ impl Bus {
             });
         }
         info!(url = %opts.url, server_version = %version, auth = auth.method(), "connected to nats");
+        // Connected now, whether or not the callback has seen the event yet; later
+        // disconnects and reconnects flip it through the callback.
+        up.store(true, std::sync::atomic::Ordering::Release);
+        let url = opts.url.clone();
+        opts.health.add_check(move || {
+            if up.load(std::sync::atomic::Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err(format!("disconnected from nats at {url}; reconnecting"))
+            }
+        });
         let js = jetstream::new(client.clone());
         Ok(Bus {
             client,
             js,
             replicas: opts.replicas.max(1),
+            health: opts.health.clone(),
         })
     }
 
@@ -344,8 +369,13 @@ impl Bus {
         &self.js
     }
 
-    /// Creates (or updates) every stream and bucket. Safe to call from every service at
-    /// every start.
+    /// The readiness this connection reports to (from [`NatsOptions::health`]).
+    pub fn health(&self) -> &assay_telemetry::health::Health {
+        &self.health
+    }
+
+    /// Creates (or updates) every stream and bucket, then marks the service's set-up
+    /// finished for `/readyz`. Safe to call from every service at every start.
     pub async fn ensure_topology(&self) -> Result<()> {
         for cfg in streams::all(self.replicas) {
             let name = cfg.name.clone();
@@ -368,6 +398,7 @@ impl Bus {
         ] {
             self.kv(bucket).await?;
         }
+        self.health.set_ready();
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 //! OTLP export is not wired yet: trace context (`traceparent`) already travels in every
 //! NATS message header, so an exporter can be added without changing the contract.
 
+pub mod health;
+
 use tracing_subscriber::EnvFilter;
 
 /// Output format of log lines.

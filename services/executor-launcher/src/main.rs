@@ -34,12 +34,17 @@ struct Args {
     /// launcher that dies is noticed sooner through its heartbeat.
     #[arg(long, env = "ASSAY_LAUNCHER__ACK_WAIT", default_value = "30s", value_parser = assay_spec::parse_duration)]
     ack_wait: std::time::Duration,
+    /// Address of the `/healthz` and `/readyz` server for Kubernetes probes
+    /// (`0.0.0.0:8081`); off unless set.
+    #[arg(long, env = "ASSAY_HEALTH_ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     assay_telemetry::init("assay-executor-launcher", assay_telemetry::DEFAULT_FILTER);
     let args = Args::parse();
+    let health_addr = args.health_addr;
     let mut options = assay_executor_launcher::Options {
         nats: assay_bus::NatsOptions {
             url: args.nats,
@@ -55,6 +60,12 @@ async fn main() -> ExitCode {
         options.capacity = c.max(1);
     }
     let shutdown = CancellationToken::new();
+    if let Err(e) =
+        assay_telemetry::health::serve_if(health_addr, &options.nats.health, &shutdown).await
+    {
+        tracing::error!(error = %e, "cannot serve /healthz and /readyz");
+        return ExitCode::FAILURE;
+    }
     assay_telemetry::cancel_on_signals(shutdown.clone());
     match assay_executor_launcher::run(options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

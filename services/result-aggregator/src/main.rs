@@ -49,12 +49,17 @@ struct Args {
     /// `0s` keeps everything). The duration history of each test is kept regardless.
     #[arg(long, env = "ASSAY_AGGREGATOR__RETENTION", default_value = "30d", value_parser = assay_spec::parse_duration)]
     retention: std::time::Duration,
+    /// Address of the `/healthz` and `/readyz` server for Kubernetes probes
+    /// (`0.0.0.0:8081`); off unless set.
+    #[arg(long, env = "ASSAY_HEALTH_ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     assay_telemetry::init("assay-result-aggregator", assay_telemetry::DEFAULT_FILTER);
     let args = Args::parse();
+    let health_addr = args.health_addr;
     let auth = assay_auth::load_token(args.token_file.as_deref()).and_then(|token| {
         Ok((
             token,
@@ -82,6 +87,12 @@ async fn main() -> ExitCode {
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
+    if let Err(e) =
+        assay_telemetry::health::serve_if(health_addr, &options.nats.health, &shutdown).await
+    {
+        tracing::error!(error = %e, "cannot serve /healthz and /readyz");
+        return ExitCode::FAILURE;
+    }
     assay_telemetry::cancel_on_signals(shutdown.clone());
     match assay_result_aggregator::run(options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

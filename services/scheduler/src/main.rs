@@ -29,12 +29,17 @@ struct Args {
     /// that nothing stays queued or running forever.
     #[arg(long, env = "ASSAY_SCHEDULER__MAX_EXECUTION_TIME", default_value = "24h", value_parser = assay_spec::parse_duration)]
     max_execution_time: std::time::Duration,
+    /// Address of the `/healthz` and `/readyz` server for Kubernetes probes
+    /// (`0.0.0.0:8081`); off unless set.
+    #[arg(long, env = "ASSAY_HEALTH_ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     assay_telemetry::init("assay-scheduler", assay_telemetry::DEFAULT_FILTER);
     let args = Args::parse();
+    let health_addr = args.health_addr;
     let options = assay_scheduler::Options {
         nats: assay_bus::NatsOptions {
             url: args.nats,
@@ -46,6 +51,12 @@ async fn main() -> ExitCode {
         max_execution_time: args.max_execution_time,
     };
     let shutdown = CancellationToken::new();
+    if let Err(e) =
+        assay_telemetry::health::serve_if(health_addr, &options.nats.health, &shutdown).await
+    {
+        tracing::error!(error = %e, "cannot serve /healthz and /readyz");
+        return ExitCode::FAILURE;
+    }
     assay_telemetry::cancel_on_signals(shutdown.clone());
     match assay_scheduler::run(options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

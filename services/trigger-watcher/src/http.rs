@@ -1,6 +1,9 @@
 //! The HTTP front door: generic events, direct run requests, signed webhooks, metrics.
 //!
-//! Every route but `/healthz` and the webhooks (which carry their own signatures) needs the
+//! `/healthz` (alive) and `/readyz` (NATS connected, streams and buckets set up; 503 with the
+//! reason otherwise) come from [`assay_telemetry::health`].
+//!
+//! Every route but `/healthz`, `/readyz` and the webhooks (which carry their own signatures) needs the
 //! bearer token when one is configured, and a client certificate when `--tls-client-ca` is
 //! set (probes and webhook senders have none, so the TLS handshake itself does not ask).
 
@@ -206,7 +209,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/generic", post(post_generic))
         .layer(DefaultBodyLimit::max(state.limits.webhook));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(assay_telemetry::health::router(state.bus.health().clone()))
         .merge(protected)
         .merge(webhooks)
         .layer(middleware::from_fn_with_state(state.clone(), bounded))
