@@ -4,6 +4,9 @@
 //! directory and is killed by PID when dropped. [`NatsServer::restart`] stops and starts it
 //! again on the same port and store, for restart tests.
 //!
+//! [`readiness_follows_nats`]: the `/readyz` contract every service keeps across a NATS
+//! outage.
+//!
 //! [`Pki`]: a CA with a server and a client certificate, as PEM files, for TLS tests.
 
 use std::net::{TcpListener, TcpStream};
@@ -258,4 +261,55 @@ mod tests {
         s.stop();
         assert!(TcpStream::connect(("127.0.0.1", s.port())).is_err());
     }
+}
+
+/// `GET path` on `addr` (HTTP/1.0, no TLS): the status code and body, or `None` when nothing
+/// answers there (not listening yet, or a malformed answer).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Polls `GET path` on `addr` until it answers `status`; returns that answer's body. Panics
+/// after 60 s with the last answer seen.
+pub async fn wait_for_status(addr: std::net::SocketAddr, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = http_get(addr, path).await;
+        match answer {
+            Some((s, body)) if s == status => return body,
+            _ => assert!(
+                Instant::now() < deadline,
+                "GET {path} on {addr} did not answer {status} within 60s (last: {answer:?})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The readiness contract of a service started against `server`, checked on `addr`'s
+/// `/readyz`: 200 once it is set up, 503 naming the disconnect while `server` is stopped,
+/// 200 again after it restarts. `/healthz` answers 200 `ok` throughout.
+pub async fn readiness_follows_nats(server: &mut NatsServer, addr: std::net::SocketAddr) {
+    assert_eq!(wait_for_status(addr, "/readyz", 200).await, "ready");
+    server.stop();
+    let body = wait_for_status(addr, "/readyz", 503).await;
+    assert!(
+        body.contains("disconnected from nats"),
+        "503 says why: {body}"
+    );
+    assert_eq!(
+        http_get(addr, "/healthz").await,
+        Some((200, "ok".to_string())),
+        "alive while nats is down"
+    );
+    server.restart();
+    assert_eq!(wait_for_status(addr, "/readyz", 200).await, "ready");
 }
