@@ -240,29 +240,6 @@ impl Pki {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_versions() {
-        assert!(version_at_least("nats-server: v2.15.1", 2, 10));
-        assert!(version_at_least("2.10.0", 2, 10));
-        assert!(!version_at_least("nats-server: v2.9.25", 2, 10));
-        assert!(!version_at_least("garbage", 2, 10));
-    }
-
-    #[test]
-    fn starts_listens_and_stops() {
-        let mut s = NatsServer::start();
-        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
-        s.restart();
-        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
-        s.stop();
-        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_err());
-    }
-}
-
 /// `GET path` on `addr` (HTTP/1.0, no TLS): the status code and body, or `None` when nothing
 /// answers there (not listening yet, or a malformed answer).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
@@ -312,4 +289,27 @@ pub async fn readiness_follows_nats(server: &mut NatsServer, addr: std::net::Soc
     );
     server.restart();
     assert_eq!(wait_for_status(addr, "/readyz", 200).await, "ready");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert!(version_at_least("nats-server: v2.15.1", 2, 10));
+        assert!(version_at_least("2.10.0", 2, 10));
+        assert!(!version_at_least("nats-server: v2.9.25", 2, 10));
+        assert!(!version_at_least("garbage", 2, 10));
+    }
+
+    #[test]
+    fn starts_listens_and_stops() {
+        let mut s = NatsServer::start();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
+        s.restart();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
+        s.stop();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_err());
+    }
 }
