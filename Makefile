@@ -112,6 +112,30 @@ chaos: tools ## Fault harness, nightly size: 1,000 seeded faults on the real pro
 	$(CARGO) build --release --bins
 	target/release/assay-chaos $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
+IMAGE_TAG ?= dev
+SERVICES_IMAGE := assay-services:$(IMAGE_TAG)
+RUNNER_IMAGE := assay-runner:$(IMAGE_TAG)
+
+.PHONY: images
+images: ## Container images: assay-services (4 services, CLI, runner) and assay-runner, with docker or podman (IMAGE_TAG=dev)
+	@engine=""; \
+	for e in docker podman; do \
+		if command -v $$e >/dev/null 2>&1 && $$e info >/dev/null 2>&1; then engine=$$e; break; fi; \
+	done; \
+	if [ -z "$$engine" ]; then \
+		for e in docker podman; do \
+			if command -v $$e >/dev/null 2>&1; then echo "images: $$e is installed but not usable ($$e info failed: no daemon or no permission)"; \
+			else echo "images: $$e is not installed"; fi; \
+		done; \
+		echo "images: no container engine, nothing built. With docker or podman this runs:"; \
+		echo "  docker build -f deploy/docker/services.Dockerfile -t $(SERVICES_IMAGE) ."; \
+		echo "  docker build -f deploy/docker/runner.Dockerfile -t $(RUNNER_IMAGE) ."; \
+		exit 0; \
+	fi; \
+	set -x; \
+	$$engine build -f deploy/docker/services.Dockerfile -t $(SERVICES_IMAGE) . && \
+	$$engine build -f deploy/docker/runner.Dockerfile -t $(RUNNER_IMAGE) .
+
 .PHONY: clean
 clean: ## Remove build output and local data (keeps ./.tools)
 	$(CARGO) clean
