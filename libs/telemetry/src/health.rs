@@ -57,7 +57,8 @@ impl Health {
         self.inner.set_up.store(true, Ordering::Release);
     }
 
-    /// Adds a condition evaluated on every readiness probe (`Err(reason)`: not ready).
+    /// Adds a condition evaluated on every readiness probe (`Err(reason)`: not ready); it
+    /// is kept as long as this `Health` (and its clones) live.
     pub fn add_check(&self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
         self.checks().push(Box::new(check));
     }

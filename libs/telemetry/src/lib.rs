@@ -4,6 +4,8 @@
 //! human-readable lines on a terminal, one JSON object per line with `ASSAY_LOG_FORMAT=json`.
 //! OTLP export is not wired yet: trace context (`traceparent`) already travels in every
 //! NATS message header, so an exporter can be added without changing the contract.
+//!
+//! [`health`]: `/healthz` and `/readyz` for Kubernetes probes.
 
 pub mod health;
 
