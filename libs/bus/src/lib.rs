@@ -121,7 +121,7 @@ pub struct NatsOptions {
     /// read at connect time (see [`auth`]).
     pub auth: NatsAuth,
     /// Readiness of the service using this connection: connecting adds a check that the
-    /// connection is up, [`Bus::ensure_topology`] marks set-up finished.
+    /// connection is up; the service marks its set-up finished.
     pub health: assay_telemetry::health::Health,
 }
 
@@ -374,8 +374,8 @@ impl Bus {
         &self.health
     }
 
-    /// Creates (or updates) every stream and bucket, then marks the service's set-up
-    /// finished for `/readyz`. Safe to call from every service at every start.
+    /// Creates (or updates) every stream and bucket. Safe to call from every service at
+    /// every start.
     pub async fn ensure_topology(&self) -> Result<()> {
         for cfg in streams::all(self.replicas) {
             let name = cfg.name.clone();
@@ -398,7 +398,6 @@ impl Bus {
         ] {
             self.kv(bucket).await?;
         }
-        self.health.set_ready();
         Ok(())
     }
 

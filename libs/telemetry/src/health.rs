@@ -1,7 +1,8 @@
 //! Liveness and readiness over HTTP, for Kubernetes probes.
 //!
 //! `/healthz` answers 200 `ok` while the process serves HTTP at all. `/readyz` answers 200
-//! `ready` only when the service finished its set-up (streams and buckets exist) and every
+//! `ready` only when the service finished its set-up (streams, buckets and whatever else its
+//! start can fail on) and every
 //! condition registered with [`Health::add_check`] holds (its NATS connections are up);
 //! otherwise 503 with the first reason that fails, so that `kubectl describe pod` says why.
 //!
@@ -66,7 +67,7 @@ impl Health {
     /// `Ok` when set-up finished and every check holds, else the first reason it is not.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.inner.set_up.load(Ordering::Acquire) {
-            return Err("starting: streams and buckets are not set up yet".to_string());
+            return Err("starting: streams, buckets and consumers are not set up yet".to_string());
         }
         self.checks().iter().try_for_each(|check| check())
     }

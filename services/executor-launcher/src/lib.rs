@@ -124,6 +124,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let cancels = Cancellations::default();
     let watcher = tokio::spawn(cancels.clone().follow(bus.clone(), shutdown.clone()));
     let liveness = liveness::Liveness::start(&bus).await?;
+    // Set-up that can fail is done: /readyz may answer 200 (while NATS stays connected).
+    options.nats.health.set_ready();
     // Beats in this task, not a spawned one: a launcher that dies (or whose task is
     // aborted) stops beating with it.
     let beat_stop = shutdown.child_token();

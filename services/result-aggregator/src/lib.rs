@@ -460,6 +460,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             "re-checking the cancellation of recently timed-out executions"
         );
     }
+    // Set-up that can fail is done: /readyz may answer 200 (while NATS stays connected).
+    options.nats.health.set_ready();
 
     let plans = {
         let (a, stop) = (agg.clone(), shutdown.clone());

@@ -128,6 +128,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         defs: defs.clone(),
         max_execution_time: options.max_execution_time,
     };
+    // Set-up that can fail is done: /readyz may answer 200 (while NATS stays connected).
+    options.nats.health.set_ready();
     let watch = tokio::spawn(defs.watch(Duration::from_secs(2), shutdown.clone(), |_| {}));
 
     let events = {

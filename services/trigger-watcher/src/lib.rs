@@ -227,6 +227,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         request_timeout: options.request_timeout,
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // Set-up that can fail is done: /readyz may answer 200 (while NATS stays connected).
+    options.nats.health.set_ready();
     let server = {
         let shutdown = shutdown.clone();
         async move {
