@@ -373,6 +373,49 @@ mod tests {
     }
 
     #[test]
+    fn every_combination_of_facts_is_decided_by_its_first_rule() {
+        // The shard's last status, and what it alone decides for job 1 delivered as
+        // attempt 1.
+        let statuses = [
+            (None, None),
+            (Some(status(1, 1, Running, false)), None),
+            (Some(status(1, 1, Passed, false)), Some("skip: stale")),
+            (Some(status(2, 2, Running, false)), Some("skip: stale")),
+            (Some(status(1, 1, Errored, true)), Some("retry of 1")),
+        ];
+        for ended in [false, true] {
+            for (last, by_status) in &statuses {
+                for cancelled in [false, true] {
+                    for late in [false, true] {
+                        for over_cap in [false, true] {
+                            let known = Known {
+                                execution_ended: ended.then_some(ExecutionStatus::Failed),
+                                last_status: last.as_ref(),
+                                cancelled: cancelled.then_some("by alice"),
+                                now_ms: if late { 10_000 } else { 9_999 },
+                                delivered: if over_cap { MAX_JOB_DELIVERIES + 1 } else { 1 },
+                                max_deliveries: MAX_JOB_DELIVERIES,
+                            };
+                            let want = [
+                                ended.then_some("skip: ended"),
+                                *by_status,
+                                cancelled.then_some("end Cancelled"),
+                                late.then_some("end TimedOut"),
+                                over_cap.then_some("end Errored"),
+                            ]
+                            .into_iter()
+                            .flatten()
+                            .next()
+                            .unwrap_or("run");
+                            assert_eq!(kind(&admit(&job(1, 1), &known)), want, "{known:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn ends_say_why() {
         let cancelled = admit(
             &job(1, 1),
