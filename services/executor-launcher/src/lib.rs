@@ -246,9 +246,8 @@ impl<B: Backend> Launcher<B> {
 
     async fn launch(&self, d: Delivery<ShardJob>) -> std::result::Result<(), Failure> {
         let job = admission::numbered(&d.msg, d.delivered);
-        let id = AttemptId::of(&job);
         let (exec, shard, attempt) = (job.execution_id.clone(), job.shard_index, job.attempt);
-        let _live = match self.live.claim(id.clone(), d.stream_sequence()) {
+        let _live = match self.live.claim(AttemptId::of(&job), d.stream_sequence()) {
             Ok(live) => live,
             Err(mut ended) => {
                 info!(execution = %exec, shard, attempt, deliveries = d.delivered, "this job is already running here; waiting for it instead of starting a second runner");
@@ -266,7 +265,7 @@ impl<B: Backend> Launcher<B> {
             }
         };
         // Subscribed before the cancellations are read, so none is missed in between.
-        let mut cancelled = self.cancels.subscribe();
+        let cancelled = self.cancels.subscribe();
         // The shard's status matters only while the execution goes on.
         let execution_ended = self.ended(&job).await;
         let last_status = match execution_ended {
@@ -313,6 +312,30 @@ impl<B: Backend> Launcher<B> {
             }
         }
 
+        let (ended, report) = self.attempt(&d, &job, now, cancelled).await?;
+        match &report {
+            Some(status) => {
+                warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report")
+            }
+            None => debug!(execution = %exec, shard, attempt, "runner reported and exited"),
+        }
+        self.finish(&job, ended, report).await
+    }
+
+    /// Runs the attempt `job` is numbered as, started at `now`, to its end: on the backend
+    /// (found already running, else started), held by progress acks, killed at its time
+    /// limit, on a cancellation seen through `cancelled`, or when the launcher stops.
+    /// Returns the state it ended in and the launcher's own final status when the runner
+    /// did not report one; a launcher that stops leaves the job to be redelivered.
+    async fn attempt(
+        &self,
+        d: &Delivery<ShardJob>,
+        job: &ShardJob,
+        now: i64,
+        mut cancelled: tokio::sync::watch::Receiver<u64>,
+    ) -> std::result::Result<(ShardState, Option<ShardStatus>), Failure> {
+        let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
+        let id = AttemptId::of(job);
         // After a launcher restart the attempt may already run (a Pod of its name).
         let found = self
             .backend
@@ -324,41 +347,41 @@ impl<B: Backend> Launcher<B> {
             Some(running) => running,
             None => self
                 .backend
-                .start(&job, &self.runner_nats)
+                .start(job, &self.runner_nats)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?,
         };
         info!(execution = %exec, shard, attempt, runner = %running, adopted, "runner started");
         // Lets a peer hand the job out again at once if this launcher dies; removed when
         // the attempt ends here (whatever the path out of this function).
-        let _recorded = self.liveness.record(&exec, shard, attempt, d.reply()).await;
+        let _recorded = self.liveness.record(exec, shard, attempt, d.reply()).await;
 
         // The shard's own timeout, cut short by the execution's deadline (a later attempt, or
         // a job that waited for a launcher, has less than the whole timeout left).
         // The runner stops itself at that moment and reports the shard timed out (so a stalled
         // launcher does not hold the end back); the launcher kills it a little later if not.
-        let timeout = assay_bus::retry::attempt_time_left(&job, now).map(|t| t + RUNNER_GRACE);
+        let timeout = assay_bus::retry::attempt_time_left(job, now).map(|t| t + RUNNER_GRACE);
         let deadline = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
         };
-        let ended = tokio::select! {
+        let outcome = tokio::select! {
             outcome = running.wait() => Ok(outcome),
             () = deadline => Err(Interrupted::TimedOut),
             () = self.shutdown.cancelled() => Err(Interrupted::Shutdown),
-            reason = self.cancels.wait_for(&exec, &mut cancelled) => Err(Interrupted::Cancelled(reason)),
-            never = keep_alive(&d, self.ack_wait / 3) => match never {},
+            reason = self.cancels.wait_for(exec, &mut cancelled) => Err(Interrupted::Cancelled(reason)),
+            never = keep_alive(d, self.ack_wait / 3) => match never {},
         };
         // Whatever happened, nothing of this shard may outlive it.
         running.kill().await;
-        let final_status = |state: ShardState, reason: String| launcher_status(&job, state, reason);
-        let (ended, report) = match ended {
+        let final_status = |state: ShardState, reason: String| launcher_status(job, state, reason);
+        let ended = match outcome {
             Ok(Outcome::Reported(state)) => (state, None),
             // Killed because its execution was cancelled, not broken.
-            Ok(Outcome::Infrastructure(_)) if self.cancels.reason(&exec).is_some() => {
-                let reason = self.cancels.reason(&exec).unwrap_or_default();
+            Ok(Outcome::Infrastructure(_)) if self.cancels.reason(exec).is_some() => {
+                let reason = self.cancels.reason(exec).unwrap_or_default();
                 (
                     ShardState::Cancelled,
                     Some(final_status(ShardState::Cancelled, reason)),
@@ -390,13 +413,7 @@ impl<B: Backend> Launcher<B> {
                 ));
             }
         };
-        match &report {
-            Some(status) => {
-                warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report")
-            }
-            None => debug!(execution = %exec, shard, attempt, "runner reported and exited"),
-        }
-        self.finish(&job, ended, report).await
+        Ok(ended)
     }
 
     /// What follows an attempt's end in `ended`: the launcher's own final status when the
