@@ -3,7 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::time::Duration;
+
+use super::check::REFUSAL;
 use super::*;
+use crate::trigger::EventView;
 use crate::{Error, parse_str};
 
 fn doc(kubernetes: &str) -> String {
