@@ -38,11 +38,15 @@ pub struct Skipped {
 }
 
 /// The dedup key of a firing: `kubernetes/<trigger>/<object uid>/<event>/<occurrence>`
-/// (see [`Change`] for the occurrence). The same rollout of the same object fires one
-/// trigger once, across watch restarts, relists and watcher replicas, as long as the key
-/// store remembers it.
+/// (see [`Change`] for the occurrence; `created` and `deleted` have none and end at the
+/// event). The same rollout of the same object fires one trigger once, across watch
+/// restarts, relists and watcher replicas, as long as the key store remembers it.
 pub fn dedup_key(trigger: &str, uid: &str, event: KubeEvent, occurrence: &str) -> String {
-    format!("{KUBERNETES_SOURCE}/{trigger}/{uid}/{event}/{occurrence}")
+    if occurrence.is_empty() {
+        format!("{KUBERNETES_SOURCE}/{trigger}/{uid}/{event}")
+    } else {
+        format!("{KUBERNETES_SOURCE}/{trigger}/{uid}/{event}/{occurrence}")
+    }
 }
 
 /// The events trigger `name` (matching `m`) fires for one change of an object of `kind`

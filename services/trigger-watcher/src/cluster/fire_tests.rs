@@ -335,7 +335,7 @@ fn created_image_changed_scaled_and_deleted() {
     };
     assert_eq!(
         fire("created", None, Some(&v1)),
-        ["kubernetes/t/u-1/created/"]
+        ["kubernetes/t/u-1/created"]
     );
     assert!(fire("created", Some(&v1), Some(&v2)).is_empty());
     assert_eq!(
@@ -359,7 +359,7 @@ fn created_image_changed_scaled_and_deleted() {
         Some(&scaled),
         None,
     );
-    assert_eq!(keys(&fired), ["kubernetes/t/u-1/deleted/"]);
+    assert_eq!(keys(&fired), ["kubernetes/t/u-1/deleted"]);
     assert_eq!(
         fired[0].event.labels.get("revision").map(String::as_str),
         Some("2")

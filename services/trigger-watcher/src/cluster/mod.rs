@@ -12,7 +12,9 @@
 //! - [`path`]: field conditions' JSON paths evaluated on an object;
 //! - [`fire`]: for one trigger, the `TriggerEvent`s a change fires, with their dedup keys;
 //! - [`settle`]: the settle window, a debouncer with explicit time;
-//! - [`supersede`]: which executions a new revision of an object cancels.
+//! - [`supersede`]: which executions a new revision of an object cancels;
+//! - [`watches`]: which resources to watch for which triggers, and the triggers that
+//!   cannot be watched (each with its error, the others unaffected).
 
 // Nothing outside the tests calls these until the watch loop lands.
 #![allow(dead_code)]
@@ -23,3 +25,4 @@ pub mod object;
 pub mod path;
 pub mod settle;
 pub mod supersede;
+pub mod watches;
