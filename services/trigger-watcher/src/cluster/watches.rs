@@ -99,7 +99,9 @@ mod tests {
         let s = m(json!({"kind": "Secret", "namespace": "shop", "event": "modified"}));
         let p = plan([("a", &a), ("b", &b), ("c", &c), ("d", &d), ("s", &s)]);
         assert!(p.errors.is_empty(), "{:?}", p.errors);
-        let summary: Vec<(String, Option<Vec<String>>, bool, Vec<String>)> = p
+        // (type, namespaces, metadata only, triggers)
+        type Row = (String, Option<Vec<String>>, bool, Vec<String>);
+        let summary: Vec<Row> = p
             .watches
             .iter()
             .map(|w| {
