@@ -84,6 +84,7 @@ pub fn changes(kind: &str, old: Option<&Value>, new: Option<&Value>) -> Vec<Chan
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     /// A Deployment as the API returns it mid-rollout: `generation`/`observed`,
@@ -291,5 +292,41 @@ mod tests {
             events("ConfigMap", Some(&cm("5", "a")), Some(&cm("6", "b"))),
             vec![(Modified, "6".into())]
         );
+    }
+
+    proptest! {
+        /// Along any sequence of Deployment states (each delivered, then resynced): a
+        /// rollout-complete fires only into a complete state, names that state's revision,
+        /// never on a resync, and the dedup keys it yields (one per revision) are exactly
+        /// the revisions that reached completion after being seen incomplete or new.
+        #[test]
+        fn rollout_complete_fires_only_on_transitions(
+            states in proptest::collection::vec((1i64..4, 0i64..2, 0i64..4, 1u8..4), 1..30),
+        ) {
+            let mut seq = Vec::new();
+            for (i, (want, lag, ready, rev)) in states.into_iter().enumerate() {
+                let generation = 10 + i as i64;
+                let status = [ready, ready, ready, ready];
+                seq.push(deployment(i as u32 + 1, generation, generation - lag, want, status, &rev.to_string(), "app:1"));
+            }
+            let mut prev: Option<&Value> = None;
+            for obj in &seq {
+                let fired: Vec<Change> = changes("Deployment", prev, Some(obj))
+                    .into_iter()
+                    .filter(|c| c.event == KubeEvent::RolloutComplete)
+                    .collect();
+                for c in &fired {
+                    prop_assert!(object::rollout_complete("Deployment", obj));
+                    prop_assert_eq!(&c.occurrence, &object::revision("Deployment", obj));
+                    let p = prev.expect("a created object never completes a rollout");
+                    prop_assert!(
+                        !object::rollout_complete("Deployment", p)
+                            || object::revision("Deployment", p) != c.occurrence
+                    );
+                }
+                prop_assert!(changes("Deployment", Some(obj), Some(obj)).is_empty(), "a resync fired");
+                prev = Some(obj);
+            }
+        }
     }
 }
