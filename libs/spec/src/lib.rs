@@ -9,7 +9,7 @@ mod catalog;
 mod config;
 mod duration;
 pub mod filter;
-pub mod kube_trigger;
+mod kube_trigger;
 mod locate;
 mod model;
 mod parse;

@@ -10,7 +10,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::FieldPath;
 use crate::duration;
 
-/// Reacts to changes of Kubernetes objects. See the module documentation for an example.
+/// Reacts to changes of Kubernetes objects:
+///
+/// ```yaml
+/// kubernetes: {kind: Deployment, namespace: shop, selector: {app: payments}, event: rollout-complete}
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubernetesMatch {
