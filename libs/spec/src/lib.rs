@@ -9,6 +9,7 @@ mod catalog;
 mod config;
 mod duration;
 pub mod filter;
+mod kube_trigger;
 mod locate;
 mod model;
 mod parse;
@@ -26,6 +27,10 @@ pub use config::{
     is_shell_word, matrix_limit, parse_overrides, variant_label,
 };
 pub use duration::{format_duration, parse_duration};
+pub use kube_trigger::{
+    BUILTIN_KINDS, BuiltinKind, FieldCondition, FieldPath, KUBERNETES_SOURCE, KubeEvent,
+    KubernetesMatch, LabelRequirement, PathSeg, ResourceType, SelectorOperator, kube_labels,
+};
 pub use model::*;
 pub use parse::parse_str;
 pub use trigger::{EventView, Schedule, webhook_labels};

@@ -449,9 +449,10 @@ pub struct On {
     pub event: Option<EventMatch>,
     #[serde(default)]
     pub cron: Option<CronSpec>,
-    /// Parsed but not supported yet.
+    /// Changes of Kubernetes objects (see [`crate::KubernetesMatch`]); refused at load
+    /// until the cluster watcher exists.
     #[serde(default)]
-    pub kubernetes: Option<serde_norway::Value>,
+    pub kubernetes: Option<crate::KubernetesMatch>,
     /// Events from signed webhooks (GitHub, GitLab, generic), filtered by repository,
     /// branch, tag and changed paths.
     #[serde(default)]

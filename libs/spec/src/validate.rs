@@ -459,12 +459,8 @@ pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
             "a trigger reacts to exactly one thing; split it into two triggers",
         )),
     }
-    if on.kubernetes.is_some() {
-        out.push(problem(
-            kp!["spec", "on", "kubernetes"],
-            "kubernetes triggers are not supported yet",
-            "use `on.event` or `on.cron` for now",
-        ));
+    if let Some(k) = &on.kubernetes {
+        out.extend(crate::kube_trigger::problems(k));
     }
     if let Some(w) = &on.webhook {
         webhook(&mut out, w);
