@@ -313,20 +313,12 @@ pub(crate) fn opt_scalar_map_schema(g: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// A Kubernetes object kept as written (`pod.affinity`, `on.kubernetes`).
+/// A Kubernetes object kept as written (`on.kubernetes`).
 pub(crate) fn free_object_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "nullable": true,
         "x-kubernetes-preserve-unknown-fields": true
-    })
-}
-
-/// A list of Kubernetes objects kept as written (`pod.tolerations`).
-pub(crate) fn free_object_list_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "array",
-        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
 }
 

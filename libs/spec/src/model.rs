@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -93,9 +94,13 @@ pub struct WorkflowSpec {
     /// Declared parameters; `--set k=v` may override only these.
     #[serde(default)]
     pub config: BTreeMap<String, Parameter>,
-    /// Kubernetes backend only; accepted and ignored locally.
+    /// Kubernetes backend only; refused by the validator until it exists.
     #[serde(default)]
     pub container: Option<Container>,
+    /// Where the tests come from (a git checkout); refused by the validator until the
+    /// Kubernetes backend exists.
+    #[serde(default)]
+    pub content: Option<Content>,
     #[serde(default, deserialize_with = "scalar_map")]
     #[schemars(schema_with = "crd::scalar_map_schema")]
     pub env: BTreeMap<String, String>,
@@ -122,7 +127,7 @@ pub struct WorkflowSpec {
     pub retries: Retries,
     #[serde(default)]
     pub artifacts: Vec<String>,
-    /// Kubernetes backend only; accepted and ignored locally.
+    /// Kubernetes backend only; refused by the validator until it exists.
     #[serde(default)]
     pub pod: Option<PodOverrides>,
 }
@@ -230,6 +235,10 @@ pub struct Resources {
     pub limits: BTreeMap<String, String>,
 }
 
+/// Settings of the runner's Pod (Kubernetes backend only; refused by the validator until it
+/// exists). `affinity` and `tolerations` are kept as written and have the Kubernetes schemas
+/// ([`Affinity`], [`Toleration`]); [`PodOverrides::affinity`] and
+/// [`PodOverrides::tolerations`] read them as those types.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodOverrides {
@@ -237,15 +246,80 @@ pub struct PodOverrides {
     #[schemars(schema_with = "crd::scalar_map_schema")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default)]
-    #[schemars(schema_with = "crd::free_object_schema")]
+    #[schemars(with = "Option<Affinity>")]
     pub affinity: Option<serde_norway::Value>,
     #[serde(default)]
-    #[schemars(schema_with = "crd::free_object_list_schema")]
+    #[schemars(with = "Vec<Toleration>")]
     pub tolerations: Vec<serde_norway::Value>,
     #[serde(default)]
-    pub service_account: Option<String>,
+    pub service_account_name: Option<String>,
     #[serde(default)]
     pub priority_class_name: Option<String>,
+    /// Added to the Pod's labels.
+    #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
+    pub labels: BTreeMap<String, String>,
+    /// Added to the Pod's annotations.
+    #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodOverrides {
+    /// `affinity` as the Kubernetes type; the error says what does not fit it.
+    pub fn affinity(&self) -> Result<Option<Affinity>, String> {
+        self.affinity
+            .clone()
+            .map(serde_norway::from_value)
+            .transpose()
+            .map_err(|e| format!("pod.affinity: {e}"))
+    }
+
+    /// `tolerations` as the Kubernetes type; the error names the first that does not fit.
+    pub fn tolerations(&self) -> Result<Vec<Toleration>, String> {
+        self.tolerations
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serde_norway::from_value(t.clone())
+                    .map_err(|e| format!("pod.tolerations[{i}]: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// Where a workflow's tests come from when they are not in its container image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Content {
+    /// A git repository the runner checks out (Kubernetes backend; not supported yet).
+    #[serde(default)]
+    pub git: Option<GitContent>,
+}
+
+/// A git checkout: at the triggering revision when an event names one, else `revision`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitContent {
+    /// Clone URL (`https://…` or `git@…`).
+    pub url: String,
+    /// Branch, tag or commit; the default branch when absent.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Only these paths (sparse checkout); everything when empty.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub credentials: Option<GitCredentials>,
+}
+
+/// Credentials for a private repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitCredentials {
+    /// A Secret in the workflow's namespace (keys `username` and `password`, or
+    /// `ssh-privatekey`).
+    pub secret_name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -293,9 +293,30 @@ fn custom_serde_fields_have_schemas_of_what_the_parser_reads() {
         spec["concurrency"]["properties"]["policy"]["enum"],
         serde_json::json!(["allow", "forbid", "replace", "queue"])
     );
+    // The Pod settings have the Kubernetes schemas, for the Pod backend to come.
+    let pod = &spec["pod"]["properties"];
+    assert!(pod["affinity"]["properties"].get("nodeAffinity").is_some());
+    assert!(
+        pod["tolerations"]["items"]["properties"]
+            .get("tolerationSeconds")
+            .is_some()
+    );
+    for field in [
+        "nodeSelector",
+        "serviceAccountName",
+        "priorityClassName",
+        "labels",
+        "annotations",
+    ] {
+        assert!(pod.get(field).is_some(), "pod lacks {field}");
+    }
+    let git = &spec["content"]["properties"]["git"]["properties"];
+    for field in ["url", "revision", "paths", "credentials"] {
+        assert!(git.get(field).is_some(), "content.git lacks {field}");
+    }
     assert_eq!(
-        spec["pod"]["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"],
-        true
+        git["credentials"]["properties"]["secretName"]["type"],
+        "string"
     );
     // What the parser adds itself (where a definition came from, its resolved name and
     // labels) is no field of the resource: the specs hold the files' `spec` keys only.
@@ -315,6 +336,7 @@ fn custom_serde_fields_have_schemas_of_what_the_parser_reads() {
             "concurrency",
             "config",
             "container",
+            "content",
             "env",
             "parallel",
             "pod",

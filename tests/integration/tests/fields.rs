@@ -74,8 +74,26 @@ const TABLE: &[(&str, Row)] = &[
     ("TestWorkflow spec.pod.affinity", K8S),
     ("TestWorkflow spec.pod.nodeSelector", K8S),
     ("TestWorkflow spec.pod.priorityClassName", K8S),
-    ("TestWorkflow spec.pod.serviceAccount", K8S),
+    ("TestWorkflow spec.pod.serviceAccountName", K8S),
     ("TestWorkflow spec.pod.tolerations", K8S),
+    ("TestWorkflow spec.pod.labels", K8S),
+    ("TestWorkflow spec.pod.annotations", K8S),
+    (
+        "TestWorkflow spec.content.git.url",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.revision",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.paths",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.credentials.secretName",
+        Refused("not supported yet"),
+    ),
     ("TestWorkflow spec.artifacts", Refused("not supported yet")),
     ("TestWorkflow spec.env", STEPS),
     ("TestWorkflow spec.workingDir", STEPS),
@@ -363,9 +381,9 @@ fn document_with(path: &str) -> String {
     // Build the nested YAML for `a.b.c` with a sample value.
     let parts: Vec<&str> = rest.split('.').collect();
     let value = match *parts.last().unwrap_or(&"") {
-        "args" | "command" | "tolerations" | "artifacts" => "[x]".to_string(),
+        "args" | "command" | "tolerations" | "artifacts" | "paths" => "[x]".to_string(),
         "limits" | "requests" => "{cpu: \"1\"}".to_string(),
-        "env" | "nodeSelector" | "affinity" => "{A: b}".to_string(),
+        "env" | "nodeSelector" | "affinity" | "labels" | "annotations" => "{A: b}".to_string(),
         "kubernetes" => "{kind: Deployment}".to_string(),
         "settle" => "5s".to_string(),
         "max" => "2".to_string(),
@@ -373,9 +391,11 @@ fn document_with(path: &str) -> String {
     };
     let mut yaml = value;
     for (i, p) in parts.iter().enumerate().rev() {
-        // A container needs its image to get as far as the validator.
+        // A container needs its image, a git checkout its url, to get as far as the validator.
         let sibling = if i == 1 && parts[0] == "container" && parts[1] != "image" {
             "image: x, "
+        } else if i == 2 && parts[1] == "git" && parts[2] != "url" {
+            "url: x, "
         } else {
             ""
         };
