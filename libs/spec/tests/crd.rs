@@ -389,6 +389,22 @@ fn duration_pattern_accepts_what_the_parser_accepts() {
     }
 }
 
+proptest::proptest! {
+    /// Over strings of digits, unit letters and blanks: the parser accepts exactly what the
+    /// pattern matches, except the blank string (which the pattern lets through and the
+    /// parser refuses with its message).
+    #[test]
+    fn duration_pattern_and_parser_agree(text in "[0-9dhms ]{0,8}") {
+        let parsed = assay_spec::parse_duration(&text).is_ok();
+        proptest::prop_assert_eq!(
+            parsed,
+            matches_duration_pattern(&text) && !text.trim().is_empty(),
+            "{:?}",
+            text
+        );
+    }
+}
+
 /// [`crd::DURATION_PATTERN`] evaluated by hand: blanks, then `[0-9]+unit` groups in the
 /// order d, h, m, s, ms, each at most once, then blanks.
 fn matches_duration_pattern(text: &str) -> bool {
