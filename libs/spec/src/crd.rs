@@ -1,8 +1,8 @@
 //! `TestWorkflow` and `TestTrigger` as Kubernetes custom resources.
 //!
-//! The resources are derived from the types the YAML parser fills
-//! ([`crate::WorkflowSpec`], [`crate::TriggerSpec`]), so a file and a resource cannot disagree on a field. Fields whose serde
-//! is hand-written (durations, `parallel.count`, maps of scalars, free-form Kubernetes
+//! The resources are derived from the types the YAML parser fills ([`crate::WorkflowSpec`],
+//! [`crate::TriggerSpec`]), so a file and a resource cannot disagree on a field. Fields whose
+//! serde is hand-written (durations, `parallel.count`, maps of scalars, free-form Kubernetes
 //! objects) get the schemas in this module, written to accept what the parser accepts and to
 //! be structural, as the API server requires. A resource read from the cluster becomes a
 //! [`Definition`] through [`TestWorkflow::to_definition`] / [`TestTrigger::to_definition`],
