@@ -7,6 +7,7 @@
 
 mod catalog;
 mod config;
+pub mod crd;
 mod duration;
 pub mod filter;
 mod kube_trigger;
@@ -43,7 +44,8 @@ pub const KIND_WORKFLOW: &str = "TestWorkflow";
 /// `kind` of a trigger definition.
 pub const KIND_TRIGGER: &str = "TestTrigger";
 
-/// Where in which file something is (1-based line and column).
+/// Where in which file something is (1-based line and column). A custom resource has no
+/// lines: its line and column are 0, and `file` names the resource (`TestWorkflow ns/name`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
     pub file: PathBuf,
@@ -53,7 +55,11 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
     }
 }
 

@@ -257,6 +257,15 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         }
     }
 
+    // Tests from a git checkout: the runner fetches them on the Kubernetes backend.
+    if spec.content.is_some() {
+        out.push(problem(
+            kp!["spec", "content"],
+            "content: not supported yet (the kubernetes backend's runner checks out content.git)",
+            "remove `content` for now: local runs use the workflow's workingDir",
+        ));
+    }
+
     let par = &spec.parallel;
     if par.count == ShardCount::Fixed(0) {
         out.push(problem(

@@ -446,3 +446,34 @@ fn webhook_trigger_is_accepted_and_matches() {
     };
     assert!(t.matches(&view));
 }
+
+#[test]
+fn content_git_is_modelled_but_refused_until_supported() {
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  content:\n    git: {{url: \"https://example.com/shop.git\", revision: main, paths: [tests], credentials: {{secretName: git-creds}}}}\n"
+    );
+    assert_eq!(
+        one(&text),
+        "wf/file.yaml:7:3: content: not supported yet (the kubernetes backend's runner checks out content.git); remove `content` for now: local runs use the workflow's workingDir"
+    );
+}
+
+#[test]
+fn pod_settings_read_as_kubernetes_types_and_stay_refused() {
+    let text = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  pod:\n    serviceAccountName: tests\n    labels: {{team: shop}}\n    tolerations: [{{key: gpu, operator: Exists, effect: NoSchedule}}]\n    affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: zone, operator: In, values: [a]}}]}}]}}}}}}\n"
+    );
+    assert!(
+        one(&text).contains("pod: used only by the kubernetes backend, which is not built yet"),
+        "{}",
+        one(&text)
+    );
+    let doc: serde_norway::Value = serde_norway::from_str(&text).expect("yaml");
+    let pod: assay_spec::PodOverrides =
+        serde_norway::from_value(doc["spec"]["pod"].clone()).expect("pod settings");
+    assert_eq!(pod.service_account_name.as_deref(), Some("tests"));
+    let tolerations = pod.tolerations().expect("tolerations");
+    assert_eq!(tolerations[0].key.as_deref(), Some("gpu"));
+    let affinity = pod.affinity().expect("affinity").expect("set");
+    assert!(affinity.node_affinity.is_some());
+}

@@ -78,8 +78,26 @@ const TABLE: &[(&str, Row)] = &[
     ("TestWorkflow spec.pod.affinity", K8S),
     ("TestWorkflow spec.pod.nodeSelector", K8S),
     ("TestWorkflow spec.pod.priorityClassName", K8S),
-    ("TestWorkflow spec.pod.serviceAccount", K8S),
+    ("TestWorkflow spec.pod.serviceAccountName", K8S),
     ("TestWorkflow spec.pod.tolerations", K8S),
+    ("TestWorkflow spec.pod.labels", K8S),
+    ("TestWorkflow spec.pod.annotations", K8S),
+    (
+        "TestWorkflow spec.content.git.url",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.revision",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.paths",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.credentials.secretName",
+        Refused("not supported yet"),
+    ),
     ("TestWorkflow spec.artifacts", Refused("not supported yet")),
     ("TestWorkflow spec.env", STEPS),
     ("TestWorkflow spec.workingDir", STEPS),
@@ -405,13 +423,16 @@ fn document_with(path: &str) -> String {
     // Build the nested YAML for `a.b.c` with a sample value.
     let parts: Vec<&str> = rest.split('.').collect();
     let value = match *parts.last().unwrap_or(&"") {
-        "args" | "command" | "tolerations" | "artifacts" => "[x]".to_string(),
+        "args" | "command" | "tolerations" | "artifacts" | "paths" => "[x]".to_string(),
         "limits" | "requests" => "{cpu: \"1\"}".to_string(),
-        "env" | "nodeSelector" | "affinity" | "selector" => "{A: b}".to_string(),
+        "env" | "nodeSelector" | "affinity" | "selector" | "labels" | "annotations" => {
+            "{A: b}".to_string()
+        }
         "namespaces" | "values" => "[x]".to_string(),
         "changed" | "supersede" => "true".to_string(),
         "event" => "modified".to_string(),
         "operator" => "Exists".to_string(),
+        "kubernetes" => "{kind: Deployment, event: modified}".to_string(),
         "settle" => "5s".to_string(),
         "max" => "2".to_string(),
         _ => "x".to_string(),
@@ -419,10 +440,11 @@ fn document_with(path: &str) -> String {
     let mut yaml = value;
     for (i, p) in parts.iter().enumerate().rev() {
         // Required siblings, so that the document gets as far as the validator: a
-        // container's image, a kubernetes trigger's kind and event, a match expression's key
-        // and operator, a condition's path.
+        // container's image, a git checkout's url, a kubernetes trigger's kind and event, a
+        // match expression's key and operator, a condition's path.
         let required: &[&str] = match parts[..i].join(".").as_str() {
             "container" => &["image: x"],
+            "content.git" => &["url: x"],
             "on.kubernetes" => &["kind: Deployment", "event: modified"],
             "on.kubernetes.matchExpressions[]" => &["key: a", "operator: Exists"],
             "on.kubernetes.conditions[]" => &["path: .a"],
