@@ -1,0 +1,395 @@
+//! The fake API server against the real `kube` client: CRUD, selectors, watches,
+//! bookmarks, 410 Gone, the status subresource, patches, CRDs, logs, 403 and 422.
+
+use std::time::Duration;
+
+use assay_testkit::kube::{FakeKube, FakeKubeOptions};
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams,
+    PostParams, WatchEvent, WatchParams,
+};
+use kube::core::GroupVersionKind;
+use serde_json::json;
+
+/// Upper bound for waiting on something the fake must do; reaching it is a failure.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn pod(name: &str, labels: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+    }))
+    .unwrap()
+}
+
+fn api_error(e: kube::Error) -> Box<kube::core::Status> {
+    match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+/// The next event of a watch stream, failing the test if none comes.
+async fn next<S, K>(stream: &mut S) -> WatchEvent<K>
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<K>>> + Unpin,
+{
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("a watch event")
+        .expect("the stream is open")
+        .expect("the event decodes")
+}
+
+#[tokio::test]
+async fn crud_with_conflicts_and_not_found() {
+    let fake = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings"}, "data": {"a": "1"}
+    }))
+    .unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let meta = &created.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    assert_eq!(meta.namespace.as_deref(), Some("default"));
+    let rv: u64 = meta.resource_version.as_deref().unwrap().parse().unwrap();
+
+    let dup = api_error(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert!(dup.is_already_exists(), "{dup:?}");
+    assert_eq!(dup.code, 409);
+
+    let mut changed = created.clone();
+    changed.data = Some([("a".to_string(), "2".to_string())].into());
+    let replaced = cms.replace("settings", &PostParams::default(), &changed).await.unwrap();
+    let rv2: u64 = replaced.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+    assert!(rv2 > rv);
+    // `changed` still carries the old resourceVersion.
+    let stale = api_error(cms.replace("settings", &PostParams::default(), &changed).await.unwrap_err());
+    assert!(stale.is_conflict(), "{stale:?}");
+
+    assert_eq!(cms.get("settings").await.unwrap().data.unwrap()["a"], "2");
+    let mut watch = cms
+        .watch(&WatchParams::default(), &rv2.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    cms.delete("settings", &DeleteParams::default()).await.unwrap();
+    match next(&mut watch).await {
+        WatchEvent::Deleted(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("settings")),
+        other => panic!("expected DELETED, got {other:?}"),
+    }
+    let gone = api_error(cms.get("settings").await.unwrap_err());
+    assert!(gone.is_not_found() && gone.code == 404, "{gone:?}");
+    assert!(fake.get("configmaps", "default", "settings").is_none());
+}
+
+#[tokio::test]
+async fn list_filters_by_label_and_field_selectors() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    for (name, labels) in [
+        ("web-1", json!({"app": "web", "tier": "front"})),
+        ("web-2", json!({"app": "web"})),
+        ("db-1", json!({"app": "db", "tier": "back"})),
+        ("job-1", json!({})),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, labels)).await.unwrap();
+    }
+    let other: Api<Pod> = Api::namespaced(fake.client(), "other");
+    other.create(&PostParams::default(), &pod("web-9", json!({"app": "web"}))).await.unwrap();
+
+    let names = |selector: &str, fields: &str| {
+        let pods = pods.clone();
+        let lp = ListParams::default().labels(selector).fields(fields);
+        async move {
+            let mut n: Vec<String> = pods
+                .list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|p| p.metadata.name.unwrap())
+                .collect();
+            n.sort();
+            n
+        }
+    };
+    assert_eq!(names("app=web", "").await, ["web-1", "web-2"]);
+    assert_eq!(names("app!=web", "").await, ["db-1", "job-1"]);
+    assert_eq!(names("app in (db,web),tier", "").await, ["db-1", "web-1"]);
+    assert_eq!(names("app notin (web)", "").await, ["db-1", "job-1"]);
+    assert_eq!(names("!tier", "").await, ["job-1", "web-2"]);
+    assert_eq!(names("", "metadata.name=web-2").await, ["web-2"]);
+    assert_eq!(names("app=web", "metadata.name!=web-2").await, ["web-1"]);
+
+    let all: Api<Pod> = Api::all(fake.client());
+    let lp = ListParams::default().labels("app=web").fields("metadata.namespace=other");
+    assert_eq!(all.list(&lp).await.unwrap().items.len(), 1);
+    assert_eq!(all.list(&ListParams::default().labels("app=web")).await.unwrap().items.len(), 3);
+}
+
+#[tokio::test]
+async fn watch_from_resource_version_with_label_selector() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    pods.create(&PostParams::default(), &pod("before", json!({"app": "web"}))).await.unwrap();
+    let from = fake.resource_version().to_string();
+    pods.create(&PostParams::default(), &pod("a", json!({"app": "web"}))).await.unwrap();
+    pods.create(&PostParams::default(), &pod("ignored", json!({"app": "db"}))).await.unwrap();
+    let patch = json!({"metadata": {"annotations": {"x": "y"}}});
+    pods.patch("a", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+
+    let wp = WatchParams::default().labels("app=web");
+    let mut watch = pods.watch(&wp, &from).await.unwrap().boxed();
+    assert!(matches!(next(&mut watch).await, WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("a")));
+    assert!(matches!(next(&mut watch).await, WatchEvent::Modified(p) if p.metadata.annotations.is_some()));
+    // Live events after the history, through the direct API as a controller would write.
+    fake.delete("pods", "default", "before").unwrap();
+    assert!(matches!(next(&mut watch).await, WatchEvent::Deleted(p) if p.metadata.name.as_deref() == Some("before")));
+}
+
+#[tokio::test]
+async fn watch_without_resource_version_starts_with_current_objects() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap();
+    let mut watch = pods.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    assert!(matches!(next(&mut watch).await, WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("a")));
+}
+
+#[tokio::test]
+async fn bookmarks_carry_the_latest_resource_version() {
+    let fake = FakeKube::start_with(FakeKubeOptions {
+        bookmark_interval: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let from = fake.resource_version().to_string();
+    let mut watch = pods
+        .watch(&WatchParams { bookmarks: true, ..Default::default() }, &from)
+        .await
+        .unwrap()
+        .boxed();
+    pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap();
+    let created_rv = fake.resource_version().to_string();
+    loop {
+        match next(&mut watch).await {
+            WatchEvent::Added(_) => continue,
+            WatchEvent::Bookmark(b) if b.metadata.resource_version == created_rv => break,
+            WatchEvent::Bookmark(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_timeout_seconds_ends_the_stream() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let rv = fake.resource_version().to_string();
+    let watch = pods.watch(&WatchParams::default().timeout(1), &rv).await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(PATIENCE, watch.collect::<Vec<_>>()).await.unwrap();
+    assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn compaction_gives_410_gone_and_a_relist_recovers() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let old = fake.resource_version().to_string();
+    pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap();
+    fake.compact();
+
+    let mut watch = pods.watch(&WatchParams::default(), &old).await.unwrap().boxed();
+    match next(&mut watch).await {
+        WatchEvent::Error(status) => {
+            assert_eq!(status.code, 410);
+            assert_eq!(status.reason, "Expired");
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    let exact = ListParams::default().at(&old).matching(kube::api::VersionMatch::Exact);
+    assert_eq!(api_error(pods.list(&exact).await.unwrap_err()).code, 410);
+
+    let list = pods.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let rv = list.metadata.resource_version.unwrap();
+    let mut watch = pods.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    pods.create(&PostParams::default(), &pod("b", json!({}))).await.unwrap();
+    assert!(matches!(next(&mut watch).await, WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("b")));
+}
+
+#[tokio::test]
+async fn runtime_watcher_relists_after_410() {
+    use kube::runtime::watcher::{self, Event};
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap();
+    let mut events = watcher::watcher(pods.clone(), watcher::Config::default()).boxed();
+    let mut wait_for = async |want: &str| loop {
+        let e = tokio::time::timeout(PATIENCE, events.try_next()).await.unwrap().unwrap().unwrap();
+        if let Event::InitApply(p) | Event::Apply(p) = e
+            && p.metadata.name.as_deref() == Some(want)
+        {
+            return;
+        }
+    };
+    wait_for("a").await;
+    // The watcher's watch is open now or about to be: compaction makes its next watch 410,
+    // and it must relist to see what follows.
+    fake.compact();
+    pods.create(&PostParams::default(), &pod("b", json!({}))).await.unwrap();
+    wait_for("b").await;
+}
+
+#[tokio::test]
+async fn status_subresource_is_separate_from_the_main_resource() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let mut p = pod("a", json!({}));
+    p.status = Some(serde_json::from_value(json!({"phase": "Running"})).unwrap());
+    let created = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+
+    let status = json!({"status": {"phase": "Running"}});
+    let running = pods.patch_status("a", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    assert_eq!(running.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(running.metadata.generation, Some(1));
+
+    // A main-resource write changes the spec, ignores the status, bumps the generation.
+    let mut next = running.clone();
+    next.status = Some(serde_json::from_value(json!({"phase": "Failed"})).unwrap());
+    next.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    let updated = pods.replace("a", &PostParams::default(), &next).await.unwrap();
+    assert_eq!(updated.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(updated.metadata.generation, Some(2));
+
+    // A status write ignores the spec.
+    let mut only_status = updated.clone();
+    only_status.spec.as_mut().unwrap().restart_policy = Some("Always".into());
+    only_status.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+    let done = pods
+        .replace_status("a", &PostParams::default(), &only_status)
+        .await
+        .unwrap();
+    assert_eq!(done.status.unwrap().phase.as_deref(), Some("Succeeded"));
+    assert_eq!(done.spec.unwrap().restart_policy.as_deref(), Some("Never"));
+    assert_eq!(done.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn merge_json_patch_and_server_side_apply() {
+    let fake = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "default");
+    let ssa = PatchParams::apply("assay-test");
+    let first = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c", "labels": {"a": "1"}}, "data": {"x": "1"}});
+    let created = cms.patch("c", &ssa, &Patch::Apply(&first)).await.unwrap();
+    assert_eq!(created.data.as_ref().unwrap()["x"], "1");
+    let again = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c"}, "data": {"y": "2"}});
+    let applied = cms.patch("c", &ssa, &Patch::Apply(&again)).await.unwrap();
+    assert_eq!(applied.data.as_ref().unwrap()["y"], "2");
+
+    let merge = json!({"data": {"x": null, "z": "3"}, "metadata": {"labels": {"b": "2"}}});
+    let merged = cms.patch("c", &PatchParams::default(), &Patch::Merge(&merge)).await.unwrap();
+    let data = merged.data.unwrap();
+    assert!(!data.contains_key("x"));
+    assert_eq!((data["y"].as_str(), data["z"].as_str()), ("2", "3"));
+    assert_eq!(merged.metadata.labels.unwrap().len(), 2);
+
+    // kube's typed JSON patch needs a feature the workspace does not enable: send it raw.
+    let request = axum::http::Request::patch("/api/v1/namespaces/default/configmaps/c")
+        .header("content-type", "application/json-patch+json")
+        .body(serde_json::to_vec(&json!([{"op": "replace", "path": "/data/z", "value": "4"}])).unwrap())
+        .unwrap();
+    let patched: ConfigMap = fake.client().request(request).await.unwrap();
+    assert_eq!(patched.data.unwrap()["z"], "4");
+
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "data": {"q": "1"}});
+    let e = api_error(cms.patch("c", &PatchParams::default(), &Patch::Merge(&stale)).await.unwrap_err());
+    assert!(e.is_conflict());
+}
+
+#[tokio::test]
+async fn a_created_crd_serves_its_custom_resources() {
+    let fake = FakeKube::start().await.unwrap();
+    let client = fake.client();
+    let crd: CustomResourceDefinition =
+        serde_norway::from_str(include_str!("fixtures/testworkflow-crd.yaml")).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let established = kube::runtime::wait::await_condition(
+        crds.clone(),
+        "testworkflows.assay.dev",
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(PATIENCE, established).await.unwrap().unwrap();
+
+    let discovery = kube::discovery::Discovery::new(client.clone()).run().await.unwrap();
+    let gvk = GroupVersionKind::gvk("assay.dev", "v1alpha1", "TestWorkflow");
+    let (ar, caps) = discovery.resolve_gvk(&gvk).expect("TestWorkflow is discoverable");
+    assert_eq!(ar.plural, "testworkflows");
+    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "testworkflows/status"));
+
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "testworkflows");
+    let workflows: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let wf: DynamicObject = serde_norway::from_str(include_str!("fixtures/testworkflow.yaml")).unwrap();
+    let created = workflows.create(&PostParams::default(), &wf).await.unwrap();
+    assert_eq!(created.data["spec"]["steps"][0]["name"], "unit");
+    let status = json!({"status": {"phase": "Running"}});
+    workflows.patch_status("api-e2e", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let listed = workflows.list(&ListParams::default().labels("team=payments")).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].data["status"]["phase"], "Running");
+    assert_eq!(fake.get("testworkflows.assay.dev", "default", "api-e2e").unwrap()["status"]["phase"], "Running");
+
+    crds.delete("testworkflows.assay.dev", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_error(workflows.list(&ListParams::default()).await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn forbidden_verbs_and_rejected_creates() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    fake.forbid("list", "", "pods");
+    let e = api_error(pods.list(&ListParams::default()).await.unwrap_err());
+    assert!(e.is_forbidden() && e.code == 403, "{e:?}");
+    fake.allow("list", "", "pods");
+    pods.list(&ListParams::default()).await.unwrap();
+
+    fake.reject_create("", "pods", "spec.containers: Required value");
+    let e = api_error(pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap_err());
+    assert!(e.is_invalid() && e.code == 422, "{e:?}");
+    assert!(e.message.contains("spec.containers"));
+}
+
+#[tokio::test]
+async fn pod_logs_and_follow() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    pods.create(&PostParams::default(), &pod("a", json!({}))).await.unwrap();
+    fake.append_log("default", "a", "main", "hello\n");
+    assert_eq!(pods.logs("a", &LogParams::default()).await.unwrap(), "hello\n");
+
+    let follow = LogParams { follow: true, ..Default::default() };
+    let mut lines = pods.log_stream("a", &follow).await.unwrap().lines();
+    let first = tokio::time::timeout(PATIENCE, lines.try_next()).await.unwrap().unwrap();
+    assert_eq!(first.as_deref(), Some("hello"));
+    fake.append_log("default", "a", "main", "world\n");
+    let second = tokio::time::timeout(PATIENCE, lines.try_next()).await.unwrap().unwrap();
+    assert_eq!(second.as_deref(), Some("world"));
+    fake.close_log("default", "a", "main");
+    let end = tokio::time::timeout(PATIENCE, lines.try_next()).await.unwrap().unwrap();
+    assert_eq!(end, None);
+
+    let missing = api_error(pods.logs("nope", &LogParams::default()).await.unwrap_err());
+    assert!(missing.is_not_found());
+}
