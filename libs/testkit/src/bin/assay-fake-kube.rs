@@ -40,6 +40,8 @@ async fn main() -> anyhow::Result<()> {
         "fake Kubernetes API server on {}; save the kubeconfig above and run kubectl --kubeconfig=FILE; Ctrl-C stops it",
         fake.url()
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     Ok(())
 }

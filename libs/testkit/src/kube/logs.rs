@@ -78,7 +78,11 @@ pub fn respond(
             .unwrap_or_default()
     };
     if !follow {
-        let text = shared.logs().get(&key).map(|b| b.text.clone()).unwrap_or_default();
+        let text = shared
+            .logs()
+            .get(&key)
+            .map(|b| b.text.clone())
+            .unwrap_or_default();
         return Ok(text_response(text));
     }
     let (tx, rx) = mpsc::channel::<Result<String, std::convert::Infallible>>(64);

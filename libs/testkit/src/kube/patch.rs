@@ -59,7 +59,10 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
     let ops = ops.as_array().ok_or("a JSON patch must be an array")?;
     for op in ops {
         let name = op.get("op").and_then(Value::as_str).unwrap_or("");
-        let path = op.get("path").and_then(Value::as_str).ok_or("missing path")?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("missing path")?;
         let from = op.get("from").and_then(Value::as_str);
         let value = op.get("value").cloned();
         match name {
@@ -93,7 +96,9 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
 
 /// Splits a JSON pointer into its parent pointer and last token (unescaped).
 fn split_pointer(path: &str) -> Result<(&str, String), String> {
-    let i = path.rfind('/').ok_or_else(|| format!("bad path {path:?}"))?;
+    let i = path
+        .rfind('/')
+        .ok_or_else(|| format!("bad path {path:?}"))?;
     let last = path[i + 1..].replace("~1", "/").replace("~0", "~");
     Ok((&path[..i], last))
 }
@@ -148,7 +153,10 @@ mod tests {
     #[test]
     fn merge_patch_merges_and_removes() {
         let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1, 2]});
-        merge(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [9], "$patch": "x"}));
+        merge(
+            &mut v,
+            &json!({"a": {"b": null, "e": 3}, "d": [9], "$patch": "x"}),
+        );
         assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [9]}));
     }
 

@@ -101,13 +101,45 @@ const BUILTINS: &[Builtin] = &[
     ("", "v1", "configmaps", "ConfigMap", true, false, &["cm"]),
     ("", "v1", "secrets", "Secret", true, false, &[]),
     ("", "v1", "events", "Event", true, false, &["ev"]),
-    ("", "v1", "serviceaccounts", "ServiceAccount", true, false, &["sa"]),
+    (
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        false,
+        &["sa"],
+    ),
     ("", "v1", "namespaces", "Namespace", false, true, &["ns"]),
     ("", "v1", "nodes", "Node", false, true, &["no"]),
-    ("apps", "v1", "deployments", "Deployment", true, true, &["deploy"]),
-    ("apps", "v1", "statefulsets", "StatefulSet", true, true, &["sts"]),
+    (
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        true,
+        true,
+        &["deploy"],
+    ),
+    (
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        true,
+        true,
+        &["sts"],
+    ),
     ("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
-    ("apps", "v1", "replicasets", "ReplicaSet", true, true, &["rs"]),
+    (
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        true,
+        true,
+        &["rs"],
+    ),
     ("batch", "v1", "jobs", "Job", true, true, &[]),
     ("batch", "v1", "cronjobs", "CronJob", true, true, &["cj"]),
     (
@@ -119,7 +151,15 @@ const BUILTINS: &[Builtin] = &[
         true,
         &["crd", "crds"],
     ),
-    ("coordination.k8s.io", "v1", "leases", "Lease", true, false, &[]),
+    (
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        false,
+        &[],
+    ),
 ];
 
 /// The built-in kinds the fake serves from the start.
@@ -143,7 +183,9 @@ pub fn builtins() -> Vec<ResourceType> {
 
 /// The kinds a CustomResourceDefinition object declares: one per served version.
 pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
-    let spec = crd.get("spec").ok_or("a CustomResourceDefinition needs a spec")?;
+    let spec = crd
+        .get("spec")
+        .ok_or("a CustomResourceDefinition needs a spec")?;
     let text = |p: &str| spec.pointer(p).and_then(Value::as_str).map(str::to_string);
     let group = text("/group").ok_or("spec.group is required")?;
     let plural = text("/names/plural").ok_or("spec.names.plural is required")?;
@@ -153,7 +195,12 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
     let short_names: Vec<String> = spec
         .pointer("/names/shortNames")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let versions = spec
         .get("versions")
@@ -185,9 +232,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
 /// The status the real server gives an accepted CRD: Established and NamesAccepted.
 pub fn crd_status(crd: &Value) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let condition = |kind: &str, reason: &str| {
-        json!({"type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now})
-    };
+    let condition = |kind: &str, reason: &str| json!({"type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": now});
     let versions: Vec<Value> = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
@@ -210,12 +255,12 @@ mod tests {
     #[test]
     fn crd_declares_served_versions_with_status() {
         let crd = json!({"spec": {
-            "group": "assay.dev", "scope": "Namespaced",
-            "names": {"plural": "testworkflows", "kind": "TestWorkflow"},
-            "versions": [
-                {"name": "v1alpha1", "served": true, "subresources": {"status": {}}},
-                {"name": "v0", "served": false},
-            ]}});
+        "group": "assay.dev", "scope": "Namespaced",
+        "names": {"plural": "testworkflows", "kind": "TestWorkflow"},
+        "versions": [
+            {"name": "v1alpha1", "served": true, "subresources": {"status": {}}},
+            {"name": "v0", "served": false},
+        ]}});
         let kinds = from_crd(&crd).unwrap();
         assert_eq!(kinds.len(), 1);
         assert!(kinds[0].status && kinds[0].namespaced);

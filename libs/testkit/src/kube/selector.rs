@@ -133,7 +133,10 @@ impl FieldSelector {
     /// Whether the object's fields satisfy every requirement (a missing field is "").
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(pointer, equal, value)| {
-            let actual = object.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+            let actual = object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("");
             (actual == value) == *equal
         })
     }

@@ -132,13 +132,20 @@ fn handle(
             Ok(json_ok(obj))
         }
         ("list", _) => list(&shared, &target, query),
-        ("watch", _) => Ok(watch::respond(shared.clone(), watch_request(&target, query)?)),
+        ("watch", _) => Ok(watch::respond(
+            shared.clone(),
+            watch_request(&target, query)?,
+        )),
         ("create", _) => {
             let obj = parse_json(body)?;
             if target.kind.namespaced && target.namespace.is_none() {
-                return Err(ApiError::bad_request("a namespaced kind is created in a namespace"));
+                return Err(ApiError::bad_request(
+                    "a namespaced kind is created in a namespace",
+                ));
             }
-            let created = shared.lock().create(&target.kind, &ns, obj, WriteMode::Main)?;
+            let created = shared
+                .lock()
+                .create(&target.kind, &ns, obj, WriteMode::Main)?;
             Ok((StatusCode::CREATED, axum::Json(created)).into_response())
         }
         ("update", sub) => {

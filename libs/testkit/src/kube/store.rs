@@ -57,6 +57,9 @@ pub enum WriteMode {
     Direct,
 }
 
+/// The retained events after a resourceVersion and a receiver for the live ones.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Objects of one kind, keyed by (namespace, name); cluster-scoped objects use "".
 type Objects = BTreeMap<(String, String), Value>;
 
@@ -137,7 +140,10 @@ impl Store {
 
     /// A kind by qualified name: `pods`, `deployments.apps`, `testworkflows.assay.dev`.
     pub fn kind_by_name(&self, qualified: &str) -> Option<ResourceType> {
-        self.kinds.iter().find(|k| k.qualified() == qualified).cloned()
+        self.kinds
+            .iter()
+            .find(|k| k.qualified() == qualified)
+            .cloned()
     }
 
     /// Drops the whole history: watches and exact lists from any older resourceVersion
@@ -157,10 +163,7 @@ impl Store {
 
     /// The history after `rv` and a receiver for what follows, taken atomically so that
     /// no change falls between them. 410 if `rv` is older than the retained history.
-    pub fn watch_from(
-        &self,
-        rv: u64,
-    ) -> ApiResult<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+    pub fn watch_from(&self, rv: u64) -> ApiResult<Subscription> {
         self.check_not_expired(rv)?;
         let past = self.history.iter().filter(|e| e.rv > rv).cloned().collect();
         Ok((past, self.tx.subscribe()))
@@ -361,8 +364,9 @@ impl Store {
 
     fn serve(&mut self, kinds: Vec<ResourceType>) {
         for k in kinds {
-            self.kinds
-                .retain(|o| !(o.group == k.group && o.version == k.version && o.plural == k.plural));
+            self.kinds.retain(|o| {
+                !(o.group == k.group && o.version == k.version && o.plural == k.plural)
+            });
             self.kinds.push(k);
         }
     }
@@ -393,7 +397,8 @@ fn scope(kind: &ResourceType, ns: &str) -> String {
 }
 
 fn old_rv(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
 }
 
 fn set_type(obj: &mut Value, kind: &ResourceType) {
@@ -472,25 +477,45 @@ mod tests {
         assert_eq!(p["status"]["phase"], "Pending");
         assert_eq!(p["metadata"]["generation"], 1);
         let again = json!({"metadata": {"name": name}});
-        assert_eq!(s.create(&k, "ns", again, WriteMode::Main).unwrap_err().code, 409);
+        assert_eq!(
+            s.create(&k, "ns", again, WriteMode::Main).unwrap_err().code,
+            409
+        );
     }
 
     #[test]
     fn replace_checks_rv_bumps_generation_and_keeps_status() {
         let mut s = Store::new();
         let k = pods(&s);
-        let p = s.create(&k, "ns", json!({"metadata": {"name": "a"}, "spec": {"x": 1}}), WriteMode::Main).unwrap();
+        let p = s
+            .create(
+                &k,
+                "ns",
+                json!({"metadata": {"name": "a"}, "spec": {"x": 1}}),
+                WriteMode::Main,
+            )
+            .unwrap();
         let mut stale = p.clone();
         stale["metadata"]["resourceVersion"] = json!("1");
-        assert_eq!(s.replace(&k, "ns", "a", stale, WriteMode::Main).unwrap_err().code, 409);
+        assert_eq!(
+            s.replace(&k, "ns", "a", stale, WriteMode::Main)
+                .unwrap_err()
+                .code,
+            409
+        );
         let mut next = p.clone();
         next["spec"]["x"] = json!(2);
         next["status"] = json!({"phase": "Running"});
         let q = s.replace(&k, "ns", "a", next, WriteMode::Main).unwrap();
         assert_eq!(q["metadata"]["generation"], 2);
         assert_eq!(q["status"]["phase"], "Pending");
-        let same = s.replace(&k, "ns", "a", q.clone(), WriteMode::Main).unwrap();
-        assert_eq!(same["metadata"]["resourceVersion"], q["metadata"]["resourceVersion"]);
+        let same = s
+            .replace(&k, "ns", "a", q.clone(), WriteMode::Main)
+            .unwrap();
+        assert_eq!(
+            same["metadata"]["resourceVersion"],
+            q["metadata"]["resourceVersion"]
+        );
     }
 
     #[test]
@@ -498,7 +523,13 @@ mod tests {
         let mut s = Store::new();
         let k = pods(&s);
         let before = s.resource_version();
-        s.create(&k, "ns", json!({"metadata": {"name": "a"}}), WriteMode::Main).unwrap();
+        s.create(
+            &k,
+            "ns",
+            json!({"metadata": {"name": "a"}}),
+            WriteMode::Main,
+        )
+        .unwrap();
         assert_eq!(s.watch_from(before).unwrap().0.len(), 1);
         s.compact();
         assert_eq!(s.watch_from(before).unwrap_err().code, 410);

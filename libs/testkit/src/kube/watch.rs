@@ -37,8 +37,12 @@ pub struct WatchRequest {
 
 impl WatchRequest {
     fn wants(&self, object: &Value) -> bool {
-        let ns = object.pointer("/metadata/namespace").and_then(Value::as_str);
-        self.namespace.as_deref().is_none_or(|want| ns == Some(want))
+        let ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
+        self.namespace
+            .as_deref()
+            .is_none_or(|want| ns == Some(want))
             && self.labels.matches(object)
             && self.fields.matches(object)
     }
