@@ -12,6 +12,7 @@
 
 mod discovery;
 mod logs;
+mod openapi;
 mod patch;
 mod resources;
 mod selector;

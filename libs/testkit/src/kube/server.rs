@@ -18,7 +18,7 @@ use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
 use super::store::WriteMode;
-use super::{Shared, discovery, logs, watch};
+use super::{Shared, discovery, logs, openapi, watch};
 
 /// The fake's router.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -80,6 +80,13 @@ fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["openapi", "v3"] => return Ok(json_ok(openapi::index(shared.lock().kinds()))),
+        ["openapi", "v3", gv @ ..] => {
+            let gv = gv.join("/");
+            return openapi::group_version(shared.lock().kinds(), &gv)
+                .map(json_ok)
+                .ok_or_else(|| ApiError::not_found("openapi document", &gv));
+        }
         ["apis", group] => {
             return discovery::group(shared.lock().kinds(), group)
                 .map(json_ok)
