@@ -107,8 +107,14 @@ async fn kubectl_drives_the_fake() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    // kubectl has listed (and so will watch from that list) once its requests reached the
-    // fake; a pod created now shows up whether it lands in the list or in the watch.
+    // Once kubectl's watch is open, the pod it must show is created.
+    tokio::time::timeout(PATIENCE, async {
+        while fake.open_watches() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("kubectl get pods -w opens a watch");
     fake.put(
         "pods",
         json!({"metadata": {"name": "runner-0", "namespace": "default"},

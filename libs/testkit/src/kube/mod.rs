@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     bookmark_interval: Duration,
     /// `host:port`, for `/api`'s serverAddressByClientCIDRs.
     address: String,
+    /// Watches currently streaming, so that a test can wait until a client watches.
+    open_watches: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -113,6 +115,7 @@ impl FakeKube {
             log_changes: tokio::sync::watch::channel(0).0,
             bookmark_interval: options.bookmark_interval,
             address: addr.to_string(),
+            open_watches: Default::default(),
         });
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -164,6 +167,14 @@ impl FakeKube {
     /// The newest resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().resource_version()
+    }
+
+    /// How many watch requests are streaming now: a test waits for a client's watch to be
+    /// open before making the change it must see.
+    pub fn open_watches(&self) -> usize {
+        self.shared
+            .open_watches
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Drops the watch history: a watch or exact list from an older resourceVersion gets

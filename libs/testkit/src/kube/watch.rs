@@ -2,6 +2,7 @@
 //! 410 Gone as an ERROR event, `timeoutSeconds` and selectors.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -48,6 +49,15 @@ impl WatchRequest {
     }
 }
 
+/// Counts a watch as open while it lives.
+struct OpenWatch(Arc<Shared>);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A watch event line: `{"type": ..., "object": ...}` and a newline.
 fn line(kind: &str, object: &Value) -> String {
     let mut s = json!({"type": kind, "object": object}).to_string();
@@ -83,7 +93,9 @@ pub fn respond(shared: Arc<Shared>, req: WatchRequest) -> Response {
         }
     };
     let interval = shared.bookmark_interval;
+    shared.open_watches.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
+        let _open = OpenWatch(shared);
         let (initial, events, rv) = match start {
             Ok(s) => s,
             Err(e) => {
