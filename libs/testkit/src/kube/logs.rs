@@ -114,3 +114,24 @@ pub fn respond(
         .body(Body::from_stream(ReceiverStream::new(rx)))
         .unwrap_or_default())
 }
+
+/// Appends text to a container's log and wakes its followers.
+pub fn append(shared: &Shared, ns: &str, pod: &str, container: &str, text: &str) {
+    shared
+        .logs()
+        .entry((ns.into(), pod.into(), container.into()))
+        .or_default()
+        .text
+        .push_str(text);
+    shared.log_changes.send_modify(|n| *n += 1);
+}
+
+/// Marks a container's log as ended and wakes its followers.
+pub fn close(shared: &Shared, ns: &str, pod: &str, container: &str) {
+    shared
+        .logs()
+        .entry((ns.into(), pod.into(), container.into()))
+        .or_default()
+        .closed = true;
+    shared.log_changes.send_modify(|n| *n += 1);
+}

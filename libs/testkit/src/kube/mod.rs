@@ -11,6 +11,7 @@
 //! ([`FakeKube::reject_create`]).
 
 mod discovery;
+mod kubelet;
 mod logs;
 mod openapi;
 mod patch;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+pub use kubelet::{Fault, KubeletSim};
 pub use status::ApiError;
 
 use logs::Logs;
@@ -267,23 +269,12 @@ impl FakeKube {
 
     /// Appends text to a container's log (`pods/<pod>/log?container=<container>`).
     pub fn append_log(&self, ns: &str, pod: &str, container: &str, text: &str) {
-        self.shared
-            .logs()
-            .entry((ns.into(), pod.into(), container.into()))
-            .or_default()
-            .text
-            .push_str(text);
-        self.shared.log_changes.send_modify(|n| *n += 1);
+        logs::append(&self.shared, ns, pod, container, text);
     }
 
     /// Marks a container's log as ended: `follow` streams on it finish.
     pub fn close_log(&self, ns: &str, pod: &str, container: &str) {
-        self.shared
-            .logs()
-            .entry((ns.into(), pod.into(), container.into()))
-            .or_default()
-            .closed = true;
-        self.shared.log_changes.send_modify(|n| *n += 1);
+        logs::close(&self.shared, ns, pod, container);
     }
 }
 
