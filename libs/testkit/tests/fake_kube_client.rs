@@ -564,3 +564,21 @@ async fn pod_logs_and_follow() {
     let missing = api_error(pods.logs("nope", &LogParams::default()).await.unwrap_err());
     assert!(missing.is_not_found());
 }
+
+#[tokio::test]
+async fn dropping_the_fake_ends_open_watches() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let rv = fake.resource_version().to_string();
+    let watch = pods.watch(&WatchParams::default(), &rv).await.unwrap();
+    drop(fake);
+    let events: Vec<_> = tokio::time::timeout(PATIENCE, watch.collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, Ok(WatchEvent::Bookmark(_)))),
+        "{events:?}"
+    );
+}

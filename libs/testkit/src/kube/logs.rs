@@ -106,6 +106,7 @@ pub fn respond(
                 _ = changed.changed() => {}
                 _ = tokio::time::sleep(POD_CHECK) => {}
                 _ = tx.closed() => return,
+                _ = shared.stopped() => return,
             }
         }
     });

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     address: String,
     /// Watches currently streaming, so that a test can wait until a client watches.
     open_watches: std::sync::atomic::AtomicUsize,
+    /// Set when the [`FakeKube`] is dropped: open watches and log streams end.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -59,6 +61,13 @@ impl Shared {
 
     fn logs(&self) -> MutexGuard<'_, Logs> {
         self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once the fake is dropped; streaming responses end then, as they would
+    /// when a real server goes away.
+    async fn stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
     fn pod_exists(&self, ns: &str, name: &str) -> bool {
@@ -98,6 +107,7 @@ pub struct FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.abort();
+        self.shared.stopped.send_replace(true);
     }
 }
 
@@ -118,6 +128,7 @@ impl FakeKube {
             bookmark_interval: options.bookmark_interval,
             address: addr.to_string(),
             open_watches: Default::default(),
+            stopped: tokio::sync::watch::channel(false).0,
         });
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {

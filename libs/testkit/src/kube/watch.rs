@@ -95,6 +95,7 @@ pub fn respond(shared: Arc<Shared>, req: WatchRequest) -> Response {
     let interval = shared.bookmark_interval;
     shared.open_watches.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
+        let shared_for_stop = shared.clone();
         let _open = OpenWatch(shared);
         let (initial, events, rv) = match start {
             Ok(s) => s,
@@ -109,7 +110,10 @@ pub fn respond(shared: Arc<Shared>, req: WatchRequest) -> Response {
             }
         }
         let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
-        stream(tx, events, req, rv, interval, deadline).await;
+        tokio::select! {
+            _ = stream(tx, events, req, rv, interval, deadline) => {}
+            _ = shared_for_stop.stopped() => {}
+        }
     });
     Response::builder()
         .header("content-type", "application/json")
