@@ -582,3 +582,35 @@ async fn dropping_the_fake_ends_open_watches() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_selector_watch_sees_objects_enter_and_leave_the_selection() {
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    pods.create(&PostParams::default(), &pod("a", json!({"app": "db"})))
+        .await
+        .unwrap();
+    let rv = fake.resource_version().to_string();
+    let mut watch = pods
+        .watch(&WatchParams::default().labels("app=web"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let relabel = |app: &str| json!({"metadata": {"labels": {"app": app}}});
+    pods.patch("a", &PatchParams::default(), &Patch::Merge(&relabel("web")))
+        .await
+        .unwrap();
+    pods.patch("a", &PatchParams::default(), &Patch::Merge(&relabel("db")))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match next(&mut watch).await {
+            WatchEvent::Added(_) => seen.push("ADDED"),
+            WatchEvent::Deleted(_) => seen.push("DELETED"),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["ADDED", "DELETED"]);
+}

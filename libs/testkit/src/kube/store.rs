@@ -43,6 +43,9 @@ pub struct Event {
     pub resource: String,
     /// The object after the change (before, for a deletion, with the new resourceVersion).
     pub object: Value,
+    /// For a modification, the object before it: a watch with a selector reports an
+    /// object that stops matching as DELETED and one that starts matching as ADDED.
+    pub previous: Option<Value>,
 }
 
 /// How a write treats the object's `.status`.
@@ -247,7 +250,7 @@ impl Store {
             .entry(kind.qualified())
             .or_default()
             .insert((ns, name), obj.clone());
-        self.record(EventType::Added, kind, obj.clone());
+        self.record(EventType::Added, kind, obj.clone(), None);
         Ok(obj)
     }
 
@@ -323,7 +326,7 @@ impl Store {
             .entry(kind.qualified())
             .or_default()
             .insert((ns, name.to_string()), obj.clone());
-        self.record(EventType::Modified, kind, obj.clone());
+        self.record(EventType::Modified, kind, obj.clone(), Some(old));
         Ok(obj)
     }
 
@@ -338,19 +341,26 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&kind.qualified(), name))?;
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.record(EventType::Deleted, kind, obj.clone());
+        self.record(EventType::Deleted, kind, obj.clone(), None);
         if is_crd(kind) {
             self.unserve(&obj);
         }
         Ok(obj)
     }
 
-    fn record(&mut self, kind: EventType, resource: &ResourceType, object: Value) {
+    fn record(
+        &mut self,
+        kind: EventType,
+        resource: &ResourceType,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let event = Arc::new(Event {
             rv: self.rv,
             kind,
             resource: resource.qualified(),
             object,
+            previous,
         });
         self.history.push_back(event.clone());
         while self.history.len() > MAX_HISTORY {

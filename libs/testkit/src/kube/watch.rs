@@ -47,6 +47,26 @@ impl WatchRequest {
             && self.labels.matches(object)
             && self.fields.matches(object)
     }
+
+    /// The line this watch sends for an event, if any. A modification is judged on the
+    /// object before and after it: leaving the selection is DELETED, entering it ADDED.
+    fn render(&self, e: &Event) -> Option<String> {
+        if e.resource != self.kind.qualified() {
+            return None;
+        }
+        let now = self.wants(&e.object);
+        let kind = match (e.kind, &e.previous) {
+            (EventType::Modified, Some(before)) => match (self.wants(before), now) {
+                (true, true) => EventType::Modified,
+                (false, true) => EventType::Added,
+                (true, false) => EventType::Deleted,
+                (false, false) => return None,
+            },
+            (kind, _) if now => kind,
+            _ => return None,
+        };
+        Some(line(kind.as_str(), &e.object))
+    }
 }
 
 /// Counts a watch as open while it lives.
@@ -82,11 +102,7 @@ pub fn respond(shared: Arc<Shared>, req: WatchRequest) -> Response {
                 store.watch_from(rv).map(|(_, rx)| (initial, rx, rv))
             }
             Some(rv) => store.watch_from(rv).map(|(past, rx)| {
-                let lines = past
-                    .iter()
-                    .filter(|e| e.resource == req.kind.qualified() && req.wants(&e.object))
-                    .map(|e| line(e.kind.as_str(), &e.object))
-                    .collect();
+                let lines = past.iter().filter_map(|e| req.render(e)).collect();
                 let last = past.last().map_or(rv, |e| e.rv);
                 (lines, rx, last)
             }),
@@ -154,8 +170,7 @@ async fn stream(
                         continue;
                     }
                     rv = e.rv;
-                    (e.resource == req.kind.qualified() && req.wants(&e.object))
-                        .then(|| line(event_name(e.kind), &e.object))
+                    req.render(&e)
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let status = ApiError::expired(rv, rv + 1).to_status();
@@ -171,8 +186,4 @@ async fn stream(
             return;
         }
     }
-}
-
-fn event_name(kind: EventType) -> &'static str {
-    kind.as_str()
 }
