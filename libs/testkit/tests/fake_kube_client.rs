@@ -614,3 +614,41 @@ async fn a_selector_watch_sees_objects_enter_and_leave_the_selection() {
     }
     assert_eq!(seen, ["ADDED", "DELETED"]);
 }
+
+#[tokio::test]
+async fn delete_collection_and_namespace_deletion() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "team");
+    for (name, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
+        pods.create(&PostParams::default(), &pod(name, json!({"app": app})))
+            .await
+            .unwrap();
+    }
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=web"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<_> = fake
+        .list("pods", Some("team"))
+        .iter()
+        .map(|p| p["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(left, [json!("c")]);
+
+    let namespaces: Api<Namespace> = Api::all(fake.client());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(fake.list("pods", Some("team")).is_empty());
+}

@@ -171,6 +171,7 @@ fn handle(
             patch_object(&shared, &target, &ns, &name, kind, write_mode(sub)?, body)
         }
         ("delete", None) => Ok(json_ok(shared.lock().delete(&target.kind, &ns, &name)?)),
+        ("deletecollection", None) => delete_collection(&shared, &target, query),
         _ => Err(ApiError::method_not_allowed()),
     }
 }
@@ -222,6 +223,7 @@ fn verb(
         Method::PUT if named => "update",
         Method::PATCH if named => "patch",
         Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     })
 }
@@ -336,4 +338,29 @@ fn patch_object(
     }
     let updated = store.replace(&target.kind, ns, name, obj, mode)?;
     Ok(json_ok(updated))
+}
+
+/// DELETE on a collection: removes the objects the selectors match, answers with them.
+fn delete_collection(
+    shared: &Shared,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    let (labels, fields) = selectors(query)?;
+    let mut store = shared.lock();
+    let mut deleted = Vec::new();
+    for obj in store.list(&target.kind, target.namespace.as_deref()) {
+        if !(labels.matches(&obj) && fields.matches(&obj)) {
+            continue;
+        }
+        let text = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or("");
+        let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
+        deleted.push(store.delete(&target.kind, ns, name)?);
+    }
+    Ok(json_ok(json!({
+        "kind": format!("{}List", target.kind.kind),
+        "apiVersion": target.kind.api_version(),
+        "metadata": {"resourceVersion": store.resource_version().to_string()},
+        "items": deleted,
+    })))
 }

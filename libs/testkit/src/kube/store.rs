@@ -345,7 +345,30 @@ impl Store {
         if is_crd(kind) {
             self.unserve(&obj);
         }
+        if kind.group.is_empty() && kind.plural == "namespaces" {
+            self.delete_namespace_contents(name);
+        }
         Ok(obj)
+    }
+
+    /// Deletes every object in a namespace that is being deleted (at once: the fake has
+    /// no Terminating phase or finalizers).
+    fn delete_namespace_contents(&mut self, ns: &str) {
+        let mut seen = HashSet::new();
+        let kinds: Vec<ResourceType> = self
+            .kinds
+            .iter()
+            .filter(|k| k.namespaced && seen.insert(k.qualified()))
+            .cloned()
+            .collect();
+        for kind in kinds {
+            for obj in self.list(&kind, Some(ns)) {
+                if let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str) {
+                    // It was just listed, so it exists.
+                    let _ = self.delete(&kind, ns, name);
+                }
+            }
+        }
     }
 
     fn record(
