@@ -652,3 +652,33 @@ async fn delete_collection_and_namespace_deletion() {
         .unwrap();
     assert!(fake.list("pods", Some("team")).is_empty());
 }
+
+#[tokio::test]
+async fn runtime_watcher_with_streaming_lists() {
+    use kube::runtime::watcher::{self, Event};
+    let fake = FakeKube::start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    pods.create(&PostParams::default(), &pod("a", json!({})))
+        .await
+        .unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut events = watcher::watcher(pods.clone(), config).boxed();
+    let mut init_done = false;
+    loop {
+        let e = tokio::time::timeout(PATIENCE, events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match e {
+            Event::InitDone => init_done = true,
+            Event::Apply(p) if init_done && p.metadata.name.as_deref() == Some("b") => break,
+            _ => {}
+        }
+        if init_done && fake.get("pods", "default", "b").is_none() {
+            pods.create(&PostParams::default(), &pod("b", json!({})))
+                .await
+                .unwrap();
+        }
+    }
+}

@@ -302,6 +302,7 @@ fn watch_request(
         fields,
         resource_version: resource_version(query)?,
         bookmarks: flag(query, "allowWatchBookmarks"),
+        send_initial_events: flag(query, "sendInitialEvents"),
         timeout,
     })
 }

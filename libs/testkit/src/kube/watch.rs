@@ -34,6 +34,9 @@ pub struct WatchRequest {
     pub bookmarks: bool,
     /// `timeoutSeconds`: the stream ends after this.
     pub timeout: Option<Duration>,
+    /// `sendInitialEvents=true` (streaming lists): the current objects as ADDED, then a
+    /// BOOKMARK annotated `k8s.io/initial-events-end`, whatever the resourceVersion.
+    pub send_initial_events: bool,
 }
 
 impl WatchRequest {
@@ -78,6 +81,15 @@ impl Drop for OpenWatch {
     }
 }
 
+/// A BOOKMARK's object: the kind, the resourceVersion and optional annotations.
+fn bookmark(kind: &ResourceType, rv: u64, annotations: Option<Value>) -> Value {
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(a) = annotations {
+        metadata["annotations"] = a;
+    }
+    json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": metadata})
+}
+
 /// A watch event line: `{"type": ..., "object": ...}` and a newline.
 fn line(kind: &str, object: &Value) -> String {
     let mut s = json!({"type": kind, "object": object}).to_string();
@@ -90,15 +102,22 @@ pub fn respond(shared: Arc<Shared>, req: WatchRequest) -> Response {
     let (tx, rx) = mpsc::channel::<Result<String, std::convert::Infallible>>(256);
     let start = {
         let store = shared.lock();
-        match req.resource_version.filter(|rv| *rv > 0) {
+        match req
+            .resource_version
+            .filter(|rv| *rv > 0 && !req.send_initial_events)
+        {
             None => {
                 let rv = store.resource_version();
-                let initial: Vec<String> = store
+                let mut initial: Vec<String> = store
                     .list(&req.kind, req.namespace.as_deref())
                     .iter()
                     .filter(|o| req.wants(o))
                     .map(|o| line("ADDED", o))
                     .collect();
+                if req.send_initial_events {
+                    let end = json!({"k8s.io/initial-events-end": "true"});
+                    initial.push(line("BOOKMARK", &bookmark(&req.kind, rv, Some(end))));
+                }
                 store.watch_from(rv).map(|(_, rx)| (initial, rx, rv))
             }
             Some(rv) => store.watch_from(rv).map(|(past, rx)| {
@@ -157,12 +176,7 @@ async fn stream(
             _ = &mut end => return,
             _ = tx.closed() => return,
             _ = ticker.tick(), if req.bookmarks => {
-                let bookmark = json!({
-                    "kind": req.kind.kind,
-                    "apiVersion": req.kind.api_version(),
-                    "metadata": {"resourceVersion": rv.to_string()},
-                });
-                Some(line("BOOKMARK", &bookmark))
+                Some(line("BOOKMARK", &bookmark(&req.kind, rv, None)))
             }
             got = events.recv() => match got {
                 Ok(e) => {
