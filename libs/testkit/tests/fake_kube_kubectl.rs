@@ -99,6 +99,30 @@ async fn kubectl_drives_the_fake() {
     assert_eq!(listed["items"][0]["metadata"]["name"], "api-e2e");
     assert_eq!(listed["items"][0]["spec"]["steps"][0]["run"], "cargo test");
 
+    // A second client-side apply patches (a merge patch for a custom resource).
+    let changed = kubectl.cache.path().join("changed.yaml");
+    let text = std::fs::read_to_string(&wf)
+        .unwrap()
+        .replace("cargo test", "cargo nextest run");
+    std::fs::write(&changed, text).unwrap();
+    let out = kubectl
+        .run(&["apply", "-f", changed.to_str().unwrap()])
+        .await;
+    assert!(
+        out.contains("testworkflow.assay.dev/api-e2e configured"),
+        "{out}"
+    );
+    let run = kubectl
+        .run(&[
+            "get",
+            "tw",
+            "api-e2e",
+            "-o",
+            "jsonpath={.spec.steps[0].run} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(run, "cargo nextest run 2");
+
     // `get pods -w` prints the pod a controller creates while it watches.
     let mut watch = kubectl
         .command(&["get", "pods", "-w", "--no-headers"])
