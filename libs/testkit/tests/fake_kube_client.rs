@@ -682,3 +682,63 @@ async fn runtime_watcher_with_streaming_lists() {
         }
     }
 }
+
+#[tokio::test]
+async fn malformed_bodies_are_400_not_a_crash() {
+    let fake = FakeKube::start().await.unwrap();
+    let client = fake.client();
+    let send = |method: &str, path: &str, content_type: &str, body: &str| {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", content_type)
+            .body(body.as_bytes().to_vec())
+            .unwrap();
+        let client = client.clone();
+        async move { api_error(client.request::<ConfigMap>(request).await.unwrap_err()).code }
+    };
+    let cms = "/api/v1/namespaces/default/configmaps";
+    assert_eq!(send("POST", cms, "application/json", "[1]").await, 400);
+    assert_eq!(send("POST", cms, "application/json", "{").await, 400);
+    let apply = "application/apply-patch+yaml";
+    assert_eq!(send("PATCH", &format!("{cms}/x"), apply, "- 1").await, 400);
+    assert_eq!(
+        send("PATCH", &format!("{cms}/x"), apply, "metadata: 3").await,
+        400
+    );
+    fake.put(
+        "configmaps",
+        json!({"metadata": {"name": "x", "namespace": "default"}}),
+    )
+    .unwrap();
+    let merge = "application/merge-patch+json";
+    assert_eq!(
+        send("PATCH", &format!("{cms}/x"), merge, r#"{"metadata": 3}"#).await,
+        400
+    );
+    assert_eq!(
+        send(
+            "PUT",
+            &format!("{cms}/x"),
+            "application/json",
+            r#"{"metadata": []}"#
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        send("PATCH", &format!("{cms}/x"), "text/plain", "{}").await,
+        415
+    );
+    // The server still answers.
+    assert!(fake.get("configmaps", "default", "x").is_some());
+    let cm: ConfigMap = client
+        .request(
+            axum::http::Request::get(format!("{cms}/x"))
+                .body(vec![])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cm.metadata.name.as_deref(), Some("x"));
+}

@@ -323,11 +323,22 @@ fn patch_object(
             .map_err(|e| ApiError::bad_request(format!("the apply body is not valid YAML: {e}")))?,
         _ => parse_json(body)?,
     };
+    if kind != PatchKind::Json && !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "a merge patch or apply body must be an object",
+        ));
+    }
     let mut store = shared.lock();
     let Some(mut obj) = store.get(&target.kind, ns, name) else {
         if kind == PatchKind::Apply && mode == WriteMode::Main {
             let mut obj = patch;
-            obj["metadata"]["name"] = json!(name);
+            match obj.get_mut("metadata") {
+                Some(Value::Object(meta)) => {
+                    meta.insert("name".into(), json!(name));
+                }
+                None => obj["metadata"] = json!({"name": name}),
+                Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
+            }
             let created = store.create(&target.kind, ns, obj, WriteMode::Main)?;
             return Ok((StatusCode::CREATED, axum::Json(created)).into_response());
         }

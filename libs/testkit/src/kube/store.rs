@@ -269,8 +269,10 @@ impl Store {
         let old = self
             .get(kind, &ns, name)
             .ok_or_else(|| ApiError::not_found(&kind.qualified(), name))?;
-        if !obj.is_object() {
-            return Err(ApiError::bad_request("the body must be a JSON object"));
+        if !obj.is_object() || !obj.get("metadata").is_none_or(Value::is_object) {
+            return Err(ApiError::bad_request(
+                "the body must be a JSON object with an object metadata",
+            ));
         }
         let expected = obj
             .pointer("/metadata/resourceVersion")
