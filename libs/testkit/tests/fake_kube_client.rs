@@ -742,3 +742,27 @@ async fn malformed_bodies_are_400_not_a_crash() {
         .unwrap();
     assert_eq!(cm.metadata.name.as_deref(), Some("x"));
 }
+
+#[tokio::test]
+async fn dry_run_writes_change_nothing() {
+    let fake = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let rv = fake.resource_version();
+    let answered = cms.create(&dry, &cm).await.unwrap();
+    assert_eq!(answered.metadata.name.as_deref(), Some("c"));
+    assert!(fake.get("configmaps", "default", "c").is_none());
+    assert_eq!(fake.resource_version(), rv);
+
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    cms.delete("c", &dry_delete).await.unwrap();
+    assert!(fake.get("configmaps", "default", "c").is_some());
+}

@@ -17,7 +17,7 @@ use super::patch::{self, PatchKind};
 use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
-use super::store::WriteMode;
+use super::store::{Store, WriteMode};
 use super::{Shared, discovery, logs, openapi, watch};
 
 /// The fake's router.
@@ -123,6 +123,7 @@ fn handle(
     }
     let ns = target.namespace.clone().unwrap_or_default();
     let name = target.name.clone().unwrap_or_default();
+    let dry_run = is_dry_run(query, (*method == Method::DELETE).then_some(body));
     match (verb, target.subresource.as_deref()) {
         ("get", Some("log")) => logs::respond(
             shared,
@@ -150,15 +151,17 @@ fn handle(
                     "a namespaced kind is created in a namespace",
                 ));
             }
-            let created = shared
-                .lock()
-                .create(&target.kind, &ns, obj, WriteMode::Main)?;
+            let created = write(&shared, dry_run, |s| {
+                s.create(&target.kind, &ns, obj, WriteMode::Main)
+            })?;
             Ok((StatusCode::CREATED, axum::Json(created)).into_response())
         }
         ("update", sub) => {
             let obj = parse_json(body)?;
             let mode = write_mode(sub)?;
-            let updated = shared.lock().replace(&target.kind, &ns, &name, obj, mode)?;
+            let updated = write(&shared, dry_run, |s| {
+                s.replace(&target.kind, &ns, &name, obj, mode)
+            })?;
             Ok(json_ok(updated))
         }
         ("patch", sub) => {
@@ -168,12 +171,44 @@ fn handle(
                 .unwrap_or("");
             let kind = PatchKind::from_content_type(content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
-            patch_object(&shared, &target, &ns, &name, kind, write_mode(sub)?, body)
+            let mode = write_mode(sub)?;
+            write(&shared, dry_run, |s| {
+                patch_object(s, &target, &ns, &name, kind, mode, body)
+            })
         }
-        ("delete", None) => Ok(json_ok(shared.lock().delete(&target.kind, &ns, &name)?)),
-        ("deletecollection", None) => delete_collection(&shared, &target, query),
+        ("delete", None) => Ok(json_ok(write(&shared, dry_run, |s| {
+            s.delete(&target.kind, &ns, &name)
+        })?)),
+        ("deletecollection", None) => {
+            write(&shared, dry_run, |s| delete_collection(s, &target, query))
+        }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// `dryRun=All` in the query, or (deletes) `"dryRun": ["All"]` in the DeleteOptions body.
+fn is_dry_run(query: &HashMap<String, String>, delete_options: Option<&[u8]>) -> bool {
+    if query.get("dryRun").map(String::as_str) == Some("All") {
+        return true;
+    }
+    delete_options
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        .and_then(|b| b.get("dryRun").cloned())
+        .is_some_and(|d| d.as_array().is_some_and(|a| a.iter().any(|v| v == "All")))
+}
+
+/// Runs a write on the store, or with `dryRun=All` on a throwaway copy of it, so the
+/// answer is what the write would give and nothing is stored or watched.
+fn write<T>(
+    shared: &Shared,
+    dry_run: bool,
+    f: impl FnOnce(&mut Store) -> ApiResult<T>,
+) -> ApiResult<T> {
+    if dry_run {
+        let mut copy = shared.lock().dry_run_copy();
+        return f(&mut copy);
+    }
+    f(&mut shared.lock())
 }
 
 /// Finds the kind and splits `[namespaces/<ns>/]<plural>[/<name>[/<subresource>]]`.
@@ -310,7 +345,7 @@ fn watch_request(
 /// PATCH: merge, strategic (as merge), JSON patch, or server-side apply, which creates
 /// the object when it does not exist (201) and merges into it otherwise.
 fn patch_object(
-    shared: &Shared,
+    store: &mut Store,
     target: &Target,
     ns: &str,
     name: &str,
@@ -328,7 +363,6 @@ fn patch_object(
             "a merge patch or apply body must be an object",
         ));
     }
-    let mut store = shared.lock();
     let Some(mut obj) = store.get(&target.kind, ns, name) else {
         if kind == PatchKind::Apply && mode == WriteMode::Main {
             let mut obj = patch;
@@ -354,12 +388,11 @@ fn patch_object(
 
 /// DELETE on a collection: removes the objects the selectors match, answers with them.
 fn delete_collection(
-    shared: &Shared,
+    store: &mut Store,
     target: &Target,
     query: &HashMap<String, String>,
 ) -> ApiResult<Response> {
     let (labels, fields) = selectors(query)?;
-    let mut store = shared.lock();
     let mut deleted = Vec::new();
     for obj in store.list(&target.kind, target.namespace.as_deref()) {
         if !(labels.matches(&obj) && fields.matches(&obj)) {

@@ -115,6 +115,20 @@ impl Store {
         store
     }
 
+    /// A copy for a dry run: same objects and kinds, its own (unwatched) event channel.
+    pub fn dry_run_copy(&self) -> Self {
+        Self {
+            rv: self.rv,
+            oldest: self.oldest,
+            history: VecDeque::new(),
+            objects: self.objects.clone(),
+            kinds: self.kinds.clone(),
+            tx: broadcast::channel(1).0,
+            forbidden: self.forbidden.clone(),
+            rejected: self.rejected.clone(),
+        }
+    }
+
     /// The newest resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.rv
