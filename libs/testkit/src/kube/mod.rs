@@ -1,14 +1,18 @@
 //! A fake Kubernetes API server for tests: real HTTP, real `kube` client and `kubectl`.
 //!
-//! [`FakeKube::start`] binds 127.0.0.1 on a free port and serves discovery, CRUD with
-//! resourceVersions, label and field selectors, merge/JSON patches and server-side apply,
-//! the `status` subresource, watches (bookmarks, 410 Gone after [`FakeKube::compact`]),
-//! pod logs fed by [`FakeKube::append_log`], and any kind a CustomResourceDefinition
-//! created through the API declares. Objects are stored as JSON, so any kind works.
+//! [`FakeKube::start`] binds 127.0.0.1 on a free port and serves discovery (legacy form,
+//! plus just enough OpenAPI v3 for `kubectl apply`), CRUD with resourceVersions, label and
+//! field selectors, merge/strategic (as merge)/JSON patches and server-side apply (as
+//! create-or-merge; no managedFields or apply conflicts), the `status` subresource,
+//! `dryRun=All`, deletecollection, watches (bookmarks, streaming lists, `timeoutSeconds`,
+//! 410 Gone after [`FakeKube::compact`]), pod logs fed by [`FakeKube::append_log`], and any
+//! kind a CustomResourceDefinition created through the API declares. Objects are stored as
+//! JSON, so any kind works; there is no schema validation, admission, finalizer or garbage
+//! collection.
 //!
 //! A test can act as a controller through [`FakeKube::put`] and friends, make a verb
-//! return 403 ([`FakeKube::forbid`]) and make creates return 422
-//! ([`FakeKube::reject_create`]).
+//! return 403 ([`FakeKube::forbid`]), make creates return 422
+//! ([`FakeKube::reject_create`]), and run Pods as local processes with [`KubeletSim`].
 
 mod discovery;
 mod kubelet;
