@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use assay_testkit::kube::FakeKube;
+use assay_testkit::kube::{FakeKube, KubeletSim};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -177,4 +177,47 @@ async fn kubectl_drives_the_fake() {
     kubectl.run(&["delete", "pod", "runner-0"]).await;
     let out = kubectl.run(&["get", "pods", "-o", "name"]).await;
     assert_eq!(out, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_with_the_kubelet_sim() {
+    if !kubectl_available() {
+        eprintln!(
+            "SKIPPED kubectl_with_the_kubelet_sim: kubectl is not on PATH (apt-get install kubectl)"
+        );
+        return;
+    }
+    let fake = FakeKube::start().await.unwrap();
+    let _kubelet = KubeletSim::start(&fake, "node-a");
+    let kubectl = Kubectl {
+        kubeconfig: fake.kubeconfig_file().unwrap(),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    let manifest = kubectl.cache.path().join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hello}\nspec:\n  containers:\n  \
+         - {name: main, image: busybox, command: [sh, -c, 'echo hello from $WHO'], \
+         env: [{name: WHO, value: kubectl}]}\n",
+    )
+    .unwrap();
+    kubectl
+        .run(&["apply", "-f", manifest.to_str().unwrap()])
+        .await;
+    kubectl
+        .run(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "pod/hello",
+            "--timeout=60s",
+        ])
+        .await;
+    assert_eq!(
+        kubectl.run(&["logs", "hello"]).await,
+        "hello from kubectl\n"
+    );
+    let node = kubectl
+        .run(&["get", "pod", "hello", "-o", "jsonpath={.spec.nodeName}"])
+        .await;
+    assert_eq!(node, "node-a");
 }
