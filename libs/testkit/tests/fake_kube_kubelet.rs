@@ -144,3 +144,65 @@ async fn injected_faults() {
         }
     }
 }
+
+#[tokio::test]
+async fn init_containers_run_first_and_a_failing_one_fails_the_pod() {
+    let fake = FakeKube::start().await.unwrap();
+    let _kubelet = KubeletSim::start(&fake, "node-a");
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("copied");
+    let with_init = |name: &str, init_script: &str| -> Pod {
+        let mut p = pod(name, &format!("test -f {}", marker.display()));
+        let init =
+            json!({"name": "setup", "image": "busybox", "command": ["sh", "-c", init_script]});
+        p.spec.as_mut().unwrap().init_containers =
+            Some(vec![serde_json::from_value(init).unwrap()]);
+        p
+    };
+    let copy = format!("echo copying; touch {}", marker.display());
+    pods.create(&PostParams::default(), &with_init("ok", &copy))
+        .await
+        .unwrap();
+    let ok = wait_for(&pods, "ok", |p| phase(p) == "Succeeded").await;
+    let init = &ok
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
+    );
+    let logs = LogParams {
+        container: Some("setup".into()),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs("ok", &logs).await.unwrap(), "copying\n");
+
+    pods.create(&PostParams::default(), &with_init("broken", "exit 7"))
+        .await
+        .unwrap();
+    let broken = wait_for(&pods, "broken", |p| phase(p) == "Failed").await;
+    let status = broken.status.unwrap();
+    let init = &status.init_container_statuses.as_ref().unwrap()[0];
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        7
+    );
+    assert!(status.container_statuses.is_none());
+}

@@ -194,6 +194,9 @@ impl Sim {
             });
             return;
         }
+        if !self.run_init_containers(key, spec, &signals).await {
+            return;
+        }
         let started = now();
         self.update(key, |pod| {
             pod["status"]["phase"] = json!("Running");
@@ -245,6 +248,45 @@ impl Sim {
         for n in &names {
             logs::close(&self.shared, &key.0, &key.1, n);
         }
+    }
+
+    /// Runs the init containers one after another while the Pod is Pending; on the first
+    /// that fails the Pod is Failed and the main containers never start. Returns whether
+    /// the main containers may start.
+    async fn run_init_containers(
+        &self,
+        key: &PodKey,
+        spec: &Value,
+        signals: &watch::Receiver<Signal>,
+    ) -> bool {
+        let inits: Vec<Value> = spec
+            .get("initContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut statuses = Vec::new();
+        for init in &inits {
+            let (code, reason) = self.run_container(key, init, signals.clone()).await;
+            if *signals.borrow() == Signal::Deleted {
+                return false;
+            }
+            statuses.push(json!({
+                "name": container_name(init), "ready": code == 0, "restartCount": 0, "image": "",
+                "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": now()}},
+            }));
+            let failed = code != 0;
+            self.update(key, |pod| {
+                pod["status"]["initContainerStatuses"] = json!(statuses);
+                if failed {
+                    pod["status"]["phase"] = json!("Failed");
+                }
+            });
+            logs::close(&self.shared, &key.0, &key.1, &container_name(init));
+            if failed {
+                return false;
+            }
+        }
+        true
     }
 
     /// Runs one container's command; returns its exit code and termination reason.
