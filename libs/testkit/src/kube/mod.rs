@@ -159,6 +159,11 @@ impl FakeKube {
     }
 
     /// A kube client talking to this fake, default namespace `default`.
+    ///
+    /// # Panics
+    ///
+    /// If kube cannot build a client for a plain-HTTP URL (its TLS stack failing to
+    /// initialise); a test cannot go on without one.
     pub fn client(&self) -> ::kube::Client {
         let url = self
             .url()
