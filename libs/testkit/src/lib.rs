@@ -5,6 +5,10 @@
 //! again on the same port and store, for restart tests.
 //!
 //! [`Pki`]: a CA with a server and a client certificate, as PEM files, for TLS tests.
+//!
+//! [`kube::FakeKube`]: a fake Kubernetes API server speaking real HTTP.
+
+pub mod kube;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
