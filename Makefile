@@ -54,6 +54,10 @@ lint: ## rustfmt check and clippy with -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+.PHONY: crds
+crds: ## Regenerate the TestWorkflow/TestTrigger CRDs in deploy/k8s/crds from the spec types (assay crds)
+	$(CARGO) run --quiet -p assay-cli --bin assay -- crds --output-dir deploy/k8s/crds
+
 .PHONY: bench
 bench: tools ## Event -> first test process latency (release build, 1000 runs) beside a bare fork/exec
 	$(CARGO) build --release --bins

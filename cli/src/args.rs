@@ -89,6 +89,16 @@ pub enum Command {
     History(HistoryArgs),
     /// Cancel a running execution: its runners stop and its shards end cancelled.
     Cancel(CancelArgs),
+    /// Print the TestWorkflow and TestTrigger CustomResourceDefinitions (YAML).
+    Crds(CrdsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write one file per CRD (`testworkflows.assay.dev.yaml`, `testtriggers.assay.dev.yaml`)
+    /// and a `kustomization.yaml` listing them into DIR, instead of printing the CRDs.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -111,5 +111,6 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Trigger(a) => cmd::trigger::run(&global, a).await,
         Command::History(a) => cmd::history::run(&global, a, &palette).await,
         Command::Cancel(a) => cmd::cancel::run(&global, a).await,
+        Command::Crds(a) => cmd::crds::run(a),
     }
 }

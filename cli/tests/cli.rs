@@ -337,3 +337,35 @@ async fn a_closed_pipe_ends_api_commands_quietly() {
     }
     shutdown.cancel();
 }
+
+#[test]
+fn crds_prints_both_definitions_and_writes_the_committed_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = assay(tmp.path(), &["crds"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, assay_spec::crd::crds_yaml());
+    assert_eq!(
+        stdout.matches("kind: CustomResourceDefinition\n").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("name: testworkflows.assay.dev\n"));
+    assert!(stdout.contains("name: testtriggers.assay.dev\n"));
+
+    let out = assay(tmp.path(), &["crds", "--output-dir", "out/crds"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/crds");
+    for name in [
+        "testworkflows.assay.dev.yaml",
+        "testtriggers.assay.dev.yaml",
+        "kustomization.yaml",
+    ] {
+        let written = std::fs::read_to_string(tmp.path().join("out/crds").join(name)).unwrap();
+        let expected = std::fs::read_to_string(committed.join(name)).unwrap();
+        assert!(
+            written == expected,
+            "deploy/k8s/crds/{name} differs from `assay crds --output-dir`; run `make crds`"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod cancel;
+pub mod crds;
 pub mod events;
 pub mod get;
 pub mod history;

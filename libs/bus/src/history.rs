@@ -101,8 +101,7 @@ pub fn split(tests: Vec<TestEstimate>) -> (Vec<Vec<TestEstimate>>, usize) {
     let mut bytes = 0usize;
     let mut too_large = 0;
     for t in tests {
-        // Encoded size of the element inside the piece: tag, length prefix, body.
-        let size = t.encoded_len() + prost::length_delimiter_len(t.encoded_len()) + 1;
+        let size = element_len(&t);
         if size > PIECE_BYTES {
             too_large += 1;
             continue;
@@ -120,6 +119,98 @@ pub fn split(tests: Vec<TestEstimate>) -> (Vec<Vec<TestEstimate>>, usize) {
     (pieces, too_large)
 }
 
+/// Encoded size of a test inside a piece: tag, length prefix, body.
+fn element_len(t: &TestEstimate) -> usize {
+    t.encoded_len() + prost::length_delimiter_len(t.encoded_len()) + 1
+}
+
+/// Builds a snapshot's encoded pieces from its tests one at a time, so that a writer holds
+/// the tests of one piece and the encoded bytes, never the whole suite as messages (at
+/// 100,000 tests, building the snapshot as one `HistorySnapshot` and splitting it took the
+/// aggregator from 27 to 290 MiB). Cuts pieces as [`split`] does.
+#[derive(Debug)]
+pub struct PieceEncoder {
+    workflow: String,
+    updated_at_ms: i64,
+    shard_start_ms: f64,
+    piece: Vec<TestEstimate>,
+    bytes: usize,
+    encoded: Vec<Vec<u8>>,
+    tests: usize,
+    too_large: usize,
+}
+
+impl PieceEncoder {
+    pub fn new(workflow: &str, updated_at_ms: i64, shard_start_ms: f64) -> PieceEncoder {
+        PieceEncoder {
+            workflow: workflow.to_string(),
+            updated_at_ms,
+            shard_start_ms,
+            piece: Vec::new(),
+            bytes: 0,
+            encoded: Vec::new(),
+            tests: 0,
+            too_large: 0,
+        }
+    }
+
+    /// Adds one test; a test that alone would pass [`PIECE_BYTES`] is left out and counted.
+    pub fn push(&mut self, t: TestEstimate) {
+        let size = element_len(&t);
+        if size > PIECE_BYTES {
+            self.too_large += 1;
+            return;
+        }
+        if !self.piece.is_empty()
+            && (self.piece.len() == PIECE_TESTS || self.bytes + size > PIECE_BYTES)
+        {
+            self.cut();
+        }
+        self.bytes += size;
+        self.tests += 1;
+        self.piece.push(t);
+    }
+
+    fn cut(&mut self) {
+        let snapshot = HistorySnapshot {
+            workflow: self.workflow.clone(),
+            tests: std::mem::take(&mut self.piece),
+            updated_at_ms: self.updated_at_ms,
+            shard_start_ms: self.shard_start_ms,
+        };
+        self.encoded.push(snapshot.encode_to_vec());
+        self.bytes = 0;
+    }
+
+    /// The snapshot's pieces, ready for [`write_pieces`].
+    pub fn finish(mut self) -> Pieces {
+        if !self.piece.is_empty() {
+            self.cut();
+        }
+        Pieces {
+            workflow: self.workflow,
+            updated_at_ms: self.updated_at_ms,
+            shard_start_ms: self.shard_start_ms,
+            encoded: self.encoded,
+            tests: self.tests,
+            too_large: self.too_large,
+        }
+    }
+}
+
+/// A snapshot as encoded pieces (see [`PieceEncoder`]).
+#[derive(Debug, Clone)]
+pub struct Pieces {
+    pub workflow: String,
+    pub updated_at_ms: i64,
+    pub shard_start_ms: f64,
+    pub encoded: Vec<Vec<u8>>,
+    /// Tests in all pieces together.
+    pub tests: usize,
+    /// Tests left out because one alone would not fit in a piece.
+    pub too_large: usize,
+}
+
 fn js(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
     Error::js(what, e)
 }
@@ -127,8 +218,21 @@ fn js(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
 /// Writes `snapshot` as the workflow's history (see the module docs). Idempotent; two
 /// writers racing each commit whole snapshots, the last one wins.
 pub async fn write(kv: &kv::Store, snapshot: &HistorySnapshot) -> Result<Written> {
-    let workflow = snapshot.workflow.as_str();
-    let (pieces, too_large) = split(snapshot.tests.clone());
+    let mut pieces = PieceEncoder::new(
+        &snapshot.workflow,
+        snapshot.updated_at_ms,
+        snapshot.shard_start_ms,
+    );
+    for t in &snapshot.tests {
+        pieces.push(t.clone());
+    }
+    write_pieces(kv, &pieces.finish()).await
+}
+
+/// Writes a snapshot given as encoded pieces (see [`write`] and [`PieceEncoder`]).
+pub async fn write_pieces(kv: &kv::Store, pieces: &Pieces) -> Result<Written> {
+    let workflow = pieces.workflow.as_str();
+    let (too_large, tests, encoded) = (pieces.too_large, pieces.tests, &pieces.encoded);
     if too_large > 0 {
         warn!(
             workflow,
@@ -137,19 +241,6 @@ pub async fn write(kv: &kv::Store, snapshot: &HistorySnapshot) -> Result<Written
             "tests with ids too long for the duration history left out of it"
         );
     }
-    let tests: usize = pieces.iter().map(Vec::len).sum();
-    let encoded: Vec<Vec<u8>> = pieces
-        .into_iter()
-        .map(|tests| {
-            HistorySnapshot {
-                workflow: workflow.to_string(),
-                tests,
-                updated_at_ms: snapshot.updated_at_ms,
-                shard_start_ms: snapshot.shard_start_ms,
-            }
-            .encode_to_vec()
-        })
-        .collect();
     let manifest_key = manifest_key(workflow);
     for _ in 0..ATTEMPTS {
         let current = kv
@@ -173,8 +264,8 @@ pub async fn write(kv: &kv::Store, snapshot: &HistorySnapshot) -> Result<Written
         let manifest = HistoryManifest {
             workflow: workflow.to_string(),
             tests: Vec::new(),
-            updated_at_ms: snapshot.updated_at_ms,
-            shard_start_ms: snapshot.shard_start_ms,
+            updated_at_ms: pieces.updated_at_ms,
+            shard_start_ms: pieces.shard_start_ms,
             generation: generation.clone(),
             pieces: encoded.len() as u32,
             test_count: tests as u64,
@@ -346,6 +437,13 @@ impl Bus {
     pub async fn write_history(&self, snapshot: &HistorySnapshot) -> Result<Written> {
         let kv = self.kv(streams::KV_HISTORY).await?;
         write(&kv, snapshot).await
+    }
+
+    /// Writes a snapshot given as encoded pieces (see [`write_pieces`]), creating the bucket
+    /// if it is missing.
+    pub async fn write_history_pieces(&self, pieces: &Pieces) -> Result<Written> {
+        let kv = self.kv(streams::KV_HISTORY).await?;
+        write_pieces(&kv, pieces).await
     }
 
     /// The workflow's duration history as the aggregator last wrote it (`None` before its

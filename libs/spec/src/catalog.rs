@@ -219,13 +219,27 @@ fn or_none(names: &[&str]) -> String {
     }
 }
 
+/// Whether a directory entry is one Kubernetes keeps for itself in a ConfigMap or Secret
+/// mount: the timestamped directory holding the real files (`..2026_12_04_13_00_00.1`) and
+/// the `..data` symlink to it. The files are also reachable through the top-level symlinks
+/// (`a.yaml -> ..data/a.yaml`); walking these entries as well would read each one three times.
+pub(crate) fn is_mount_internal(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b"..")
+}
+
+/// Every `*.yaml` / `*.yml` below `dir`, following symlinks and skipping the entries
+/// Kubernetes keeps for itself in a mounted volume ([`is_mount_internal`]).
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let io = |source| Error::Io {
         path: dir.to_path_buf(),
         source,
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
+        let entry = entry.map_err(io)?;
+        if is_mount_internal(&entry.file_name()) {
+            continue;
+        }
+        let path = entry.path();
         if path.is_dir() {
             collect_files(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {

@@ -7,8 +7,10 @@
 
 mod catalog;
 mod config;
+pub mod crd;
 mod duration;
 pub mod filter;
+mod kube_trigger;
 mod locate;
 mod model;
 mod parse;
@@ -26,6 +28,10 @@ pub use config::{
     is_shell_word, matrix_limit, parse_overrides, variant_label,
 };
 pub use duration::{format_duration, parse_duration};
+pub use kube_trigger::{
+    BUILTIN_KINDS, BuiltinKind, FieldCondition, FieldPath, KUBERNETES_SOURCE, KubeEvent,
+    KubernetesMatch, LabelRequirement, PathSeg, ResourceType, SelectorOperator, kube_labels,
+};
 pub use model::*;
 pub use parse::parse_str;
 pub use trigger::{EventView, Schedule, webhook_labels};
@@ -38,7 +44,8 @@ pub const KIND_WORKFLOW: &str = "TestWorkflow";
 /// `kind` of a trigger definition.
 pub const KIND_TRIGGER: &str = "TestTrigger";
 
-/// Where in which file something is (1-based line and column).
+/// Where in which file something is (1-based line and column). A custom resource has no
+/// lines: its line and column are 0, and `file` names the resource (`TestWorkflow ns/name`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
     pub file: PathBuf,
@@ -48,7 +55,11 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
     }
 }
 

@@ -5,9 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::Location;
+use crate::crd::{self, TestStatus};
 use crate::duration;
 
 /// A parsed and validated definition from one YAML document.
@@ -68,16 +72,37 @@ pub struct Metadata {
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// The `spec` of a `TestWorkflow`: what to run. Read from YAML files and from the custom
+/// resource `testworkflows.assay.dev` (short name `tw`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "assay.dev",
+    version = "v1alpha1",
+    kind = "TestWorkflow",
+    namespaced,
+    status = "TestStatus",
+    shortname = "tw",
+    derive = "PartialEq",
+    doc = "A `TestWorkflow` custom resource: what to run; `spec` is the YAML file's `spec`.",
+    printcolumn = r#"{"name":"Last status","type":"string","jsonPath":".status.lastExecutionStatus"}"#,
+    printcolumn = r#"{"name":"Passed","type":"integer","jsonPath":".status.counts.passed"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.counts.failed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkflowSpec {
     /// Declared parameters; `--set k=v` may override only these.
     #[serde(default)]
     pub config: BTreeMap<String, Parameter>,
-    /// Kubernetes backend only; accepted and ignored locally.
+    /// Kubernetes backend only; refused by the validator until it exists.
     #[serde(default)]
     pub container: Option<Container>,
+    /// Where the tests come from (a git checkout); refused by the validator until the
+    /// Kubernetes backend exists.
+    #[serde(default)]
+    pub content: Option<Content>,
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub env: BTreeMap<String, String>,
     /// Absolute after parsing: a relative path is resolved against the file's directory.
     #[serde(default)]
@@ -96,23 +121,25 @@ pub struct WorkflowSpec {
     #[serde(default)]
     pub concurrency: Concurrency,
     #[serde(default, with = "duration::opt")]
+    #[schemars(schema_with = "crd::duration_schema")]
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub retries: Retries,
     #[serde(default)]
     pub artifacts: Vec<String>,
-    /// Kubernetes backend only; accepted and ignored locally.
+    /// Kubernetes backend only; refused by the validator until it exists.
     #[serde(default)]
     pub pod: Option<PodOverrides>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Parameter {
     #[serde(default, rename = "type")]
     pub r#type: ParamType,
     /// No default means the parameter is required.
     #[serde(default, deserialize_with = "opt_scalar")]
+    #[schemars(schema_with = "crd::scalar_schema")]
     pub default: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
@@ -120,7 +147,7 @@ pub struct Parameter {
     pub sensitive: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     #[default]
@@ -178,7 +205,7 @@ pub struct ParameterInfo<'a> {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Container {
     pub image: String,
@@ -189,6 +216,7 @@ pub struct Container {
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub working_dir: Option<String>,
@@ -196,37 +224,112 @@ pub struct Container {
     pub resources: Option<Resources>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Resources {
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub requests: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub limits: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// Settings of the runner's Pod (Kubernetes backend only; refused by the validator until it
+/// exists). `affinity` and `tolerations` are kept as written and have the Kubernetes schemas
+/// ([`Affinity`], [`Toleration`]); [`PodOverrides::affinity`] and
+/// [`PodOverrides::tolerations`] read them as those types.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodOverrides {
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default)]
+    #[schemars(with = "Option<Affinity>")]
     pub affinity: Option<serde_norway::Value>,
     #[serde(default)]
+    #[schemars(with = "Vec<Toleration>")]
     pub tolerations: Vec<serde_norway::Value>,
     #[serde(default)]
-    pub service_account: Option<String>,
+    pub service_account_name: Option<String>,
     #[serde(default)]
     pub priority_class_name: Option<String>,
+    /// Added to the Pod's labels.
+    #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
+    pub labels: BTreeMap<String, String>,
+    /// Added to the Pod's annotations.
+    #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
+    pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+impl PodOverrides {
+    /// `affinity` as the Kubernetes type; the error says what does not fit it.
+    pub fn affinity(&self) -> Result<Option<Affinity>, String> {
+        self.affinity
+            .clone()
+            .map(serde_norway::from_value)
+            .transpose()
+            .map_err(|e| format!("pod.affinity: {e}"))
+    }
+
+    /// `tolerations` as the Kubernetes type; the error names the first that does not fit.
+    pub fn tolerations(&self) -> Result<Vec<Toleration>, String> {
+        self.tolerations
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serde_norway::from_value(t.clone())
+                    .map_err(|e| format!("pod.tolerations[{i}]: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// Where a workflow's tests come from when they are not in its container image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Content {
+    /// A git repository the runner checks out (Kubernetes backend; not supported yet).
+    #[serde(default)]
+    pub git: Option<GitContent>,
+}
+
+/// A git checkout: at the triggering revision when an event names one, else `revision`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitContent {
+    /// Clone URL (`https://…` or `git@…`).
+    pub url: String,
+    /// Branch, tag or commit; the default branch when absent.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Only these paths (sparse checkout); everything when empty.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub credentials: Option<GitCredentials>,
+}
+
+/// Credentials for a private repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitCredentials {
+    /// A Secret in the workflow's namespace (keys `username` and `password`, or
+    /// `ssh-privatekey`).
+    pub secret_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Step {
     pub name: String,
     /// Shell script.
     pub run: String,
     #[serde(default, with = "duration::opt")]
+    #[schemars(schema_with = "crd::duration_schema")]
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub retries: u32,
@@ -235,11 +338,12 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<Condition>,
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub env: BTreeMap<String, String>,
 }
 
 /// When a step runs, given how the steps before it went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Condition {
     Always,
@@ -248,7 +352,7 @@ pub enum Condition {
     Failure,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tests {
     /// Lists test ids, one per line.
@@ -261,7 +365,7 @@ pub struct Tests {
     pub reports: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Parallel {
     /// A number of shards, or `auto`: as many as the duration history says are needed to
@@ -270,6 +374,7 @@ pub struct Parallel {
     pub count: ShardCount,
     /// With `count: auto`: the makespan to aim for.
     #[serde(default, with = "duration::opt")]
+    #[schemars(schema_with = "crd::duration_schema")]
     pub target_duration: Option<Duration>,
     #[serde(default)]
     pub max_count: Option<u32>,
@@ -282,15 +387,18 @@ pub struct Parallel {
     /// Queue mode: what dispatching one batch costs (starting `tests.run`); batches are sized
     /// so it stays under 1 % of their run time. Default 100ms.
     #[serde(default, with = "duration::opt")]
+    #[schemars(schema_with = "crd::duration_schema")]
     pub batch_overhead: Option<Duration>,
     /// Queue mode: how long a worker holds a batch without a sign of life before it goes back
     /// to the queue. Default 30s.
     #[serde(default, with = "duration::opt")]
+    #[schemars(schema_with = "crd::duration_schema")]
     pub lease: Option<Duration>,
     /// Parameter lists whose cartesian product runs as separate shard groups, each with
     /// `count` shards; `{{ matrix.KEY }}` in commands and env, `ASSAY_MATRIX_KEY` in the
     /// environment, and test ids suffixed ` [key=value,...]`.
     #[serde(default)]
+    #[schemars(schema_with = "crd::matrix_schema")]
     pub matrix: Option<BTreeMap<String, Vec<serde_norway::Value>>>,
 }
 
@@ -299,6 +407,16 @@ pub struct Parallel {
 pub enum ShardCount {
     Fixed(u32),
     Auto,
+}
+
+impl JsonSchema for ShardCount {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ShardCount".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        crd::shard_count_schema()
+    }
 }
 
 impl Default for ShardCount {
@@ -373,7 +491,7 @@ impl Default for Parallel {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     #[default]
@@ -382,7 +500,7 @@ pub enum Strategy {
     Queue,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Concurrency {
     #[serde(default)]
@@ -398,7 +516,7 @@ pub struct Concurrency {
     pub priority: Option<i32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     #[default]
@@ -410,7 +528,7 @@ pub enum Policy {
     Queue,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
     #[serde(default)]
@@ -419,7 +537,7 @@ pub struct Retries {
     pub on: RetryOn,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryOn {
     /// Retry tests that failed or errored.
@@ -429,7 +547,23 @@ pub enum RetryOn {
     Errored,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// The `spec` of a `TestTrigger`: when to run what. Read from YAML files and from the
+/// custom resource `testtriggers.assay.dev` (short name `tt`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "assay.dev",
+    version = "v1alpha1",
+    kind = "TestTrigger",
+    namespaced,
+    status = "TestStatus",
+    shortname = "tt",
+    derive = "PartialEq",
+    doc = "A `TestTrigger` custom resource: when to run what; `spec` is the YAML file's `spec`.",
+    printcolumn = r#"{"name":"Last status","type":"string","jsonPath":".status.lastExecutionStatus"}"#,
+    printcolumn = r#"{"name":"Passed","type":"integer","jsonPath":".status.counts.passed"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.counts.failed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TriggerSpec {
     pub on: On,
@@ -438,20 +572,22 @@ pub struct TriggerSpec {
     pub concurrency: Option<Concurrency>,
     /// Wait this long after the last matching event before running.
     #[serde(default, with = "duration::opt")]
+    #[schemars(schema_with = "crd::duration_schema")]
     pub settle: Option<Duration>,
 }
 
 /// What a trigger reacts to; exactly one field is set.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct On {
     #[serde(default)]
     pub event: Option<EventMatch>,
     #[serde(default)]
     pub cron: Option<CronSpec>,
-    /// Parsed but not supported yet.
+    /// Changes of Kubernetes objects (see [`crate::KubernetesMatch`]); refused at load
+    /// until the cluster watcher exists.
     #[serde(default)]
-    pub kubernetes: Option<serde_norway::Value>,
+    pub kubernetes: Option<crate::KubernetesMatch>,
     /// Events from signed webhooks (GitHub, GitLab, generic), filtered by repository,
     /// branch, tag and changed paths.
     #[serde(default)]
@@ -465,7 +601,7 @@ pub struct On {
 /// from "everything". `*` stays within one path segment, `**` crosses them. Empty lists
 /// match anything, except that naming only `branches` leaves out tag pushes and naming only
 /// `tags` leaves out branch pushes and pull requests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WebhookMatch {
     /// `github`, `gitlab` or `generic`; any provider when absent.
@@ -490,7 +626,7 @@ pub struct WebhookMatch {
 }
 
 /// Matches bus/HTTP events: empty source/type match any; every label must be equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EventMatch {
     #[serde(default)]
@@ -498,10 +634,11 @@ pub struct EventMatch {
     #[serde(default, rename = "type")]
     pub r#type: Option<String>,
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CronSpec {
     /// 5 fields, or 6 with seconds first.
@@ -512,14 +649,16 @@ pub struct CronSpec {
 }
 
 /// What a trigger runs: exactly one of `workflow` and `selector`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RunTarget {
     #[serde(default)]
     pub workflow: Option<String>,
     #[serde(default, deserialize_with = "opt_scalar_map")]
+    #[schemars(schema_with = "crd::opt_scalar_map_schema")]
     pub selector: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(schema_with = "crd::scalar_map_schema")]
     pub config: BTreeMap<String, String>,
 }
 

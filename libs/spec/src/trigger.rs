@@ -140,8 +140,8 @@ impl Trigger {
                 self.name
             ));
         }
-        if on.kubernetes.is_some() {
-            return Err("kubernetes triggers are not supported yet".to_string());
+        if let Some(k) = &on.kubernetes {
+            return k.explain(ev);
         }
         Err("the trigger names nothing to react to".to_string())
     }

@@ -257,6 +257,15 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         }
     }
 
+    // Tests from a git checkout: the runner fetches them on the Kubernetes backend.
+    if spec.content.is_some() {
+        out.push(problem(
+            kp!["spec", "content"],
+            "content: not supported yet (the kubernetes backend's runner checks out content.git)",
+            "remove `content` for now: local runs use the workflow's workingDir",
+        ));
+    }
+
     let par = &spec.parallel;
     if par.count == ShardCount::Fixed(0) {
         out.push(problem(
@@ -459,12 +468,8 @@ pub(crate) fn trigger(spec: &TriggerSpec) -> Vec<Problem> {
             "a trigger reacts to exactly one thing; split it into two triggers",
         )),
     }
-    if on.kubernetes.is_some() {
-        out.push(problem(
-            kp!["spec", "on", "kubernetes"],
-            "kubernetes triggers are not supported yet",
-            "use `on.event` or `on.cron` for now",
-        ));
+    if let Some(k) = &on.kubernetes {
+        out.extend(crate::kube_trigger::problems(k));
     }
     if let Some(w) = &on.webhook {
         webhook(&mut out, w);

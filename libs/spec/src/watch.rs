@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::catalog::is_mount_internal;
 use crate::{Catalog, Result};
 
 /// The current [`Catalog`], swapped atomically on reload. Cheap to clone.
@@ -14,15 +15,20 @@ use crate::{Catalog, Result};
 pub struct SharedCatalog {
     current: Arc<RwLock<Arc<Catalog>>>,
     dir: PathBuf,
+    /// The files as they were just before the first load: [`SharedCatalog::watch`] compares
+    /// against this, so a change made between loading and watching is not missed.
+    loaded: Arc<Vec<Seen>>,
 }
 
 impl SharedCatalog {
     /// Loads `dir`; fails (with every diagnostic) when it is invalid.
     pub fn load(dir: &Path) -> Result<SharedCatalog> {
+        let loaded = fingerprint(dir);
         let catalog = Catalog::load(dir)?;
         Ok(SharedCatalog {
             current: Arc::new(RwLock::new(Arc::new(catalog))),
             dir: dir.to_path_buf(),
+            loaded: Arc::new(loaded),
         })
     }
 
@@ -34,16 +40,17 @@ impl SharedCatalog {
         }
     }
 
-    fn set(&self, catalog: Catalog) {
+    fn set(&self, catalog: Arc<Catalog>) {
         match self.current.write() {
-            Ok(mut c) => *c = Arc::new(catalog),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(catalog),
+            Ok(mut c) => *c = catalog,
+            Err(poisoned) => *poisoned.into_inner() = catalog,
         }
     }
 
     /// Polls the directory every `every`; reloads when a definition file is added, removed
-    /// or modified. An invalid new version is refused with a warning naming every problem,
-    /// and the previous catalog stays in force. `changed` is called after each reload.
+    /// or modified (or, through a symlink, now points at another file). An invalid new version is refused with a warning naming every problem,
+    /// and the previous catalog stays in force. `changed` is called after each reload, once
+    /// [`SharedCatalog::get`] returns the new catalog.
     pub async fn watch(
         self,
         every: Duration,
@@ -56,7 +63,7 @@ impl SharedCatalog {
                 .await
                 .unwrap_or_default()
         };
-        let mut last = scan(self.dir.clone()).await;
+        let mut last = self.loaded.as_ref().clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -78,8 +85,10 @@ impl SharedCatalog {
             match loaded {
                 Ok(c) => {
                     info!(dir = %self.dir.display(), workflows = c.workflows().count(), triggers = c.triggers().count(), "definitions reloaded");
+                    // Installed first, so that `changed` and anyone it tells see the new one.
+                    let c = Arc::new(c);
+                    self.set(c.clone());
                     changed(&c);
-                    self.set(c);
                 }
                 Err(e) => {
                     warn!(dir = %self.dir.display(), error = %e, "definitions changed but are invalid; keeping the previous ones")
@@ -89,18 +98,34 @@ impl SharedCatalog {
     }
 }
 
-/// Definition files below `dir` with their modification times, sorted.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
-    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<SystemTime>)>) {
+/// One definition file as the watcher last saw it: its path, the file it resolves to through
+/// symlinks, and that file's modification time and size.
+type Seen = (PathBuf, Option<PathBuf>, Option<SystemTime>, Option<u64>);
+
+/// Definition files below `dir`, sorted, skipping the entries Kubernetes keeps for itself in
+/// a mounted ConfigMap. Symlinks are followed: when kubelet swaps `..data` to a new
+/// timestamped directory, every `a.yaml -> ..data/a.yaml` resolves to a new file, so the
+/// fingerprint changes even if the content's modification time and size did not.
+fn fingerprint(dir: &Path) -> Vec<Seen> {
+    fn walk(dir: &Path, out: &mut Vec<Seen>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for e in entries.flatten() {
+            if is_mount_internal(&e.file_name()) {
+                continue;
+            }
             let p = e.path();
             if p.is_dir() {
                 walk(&p, out);
             } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                out.push((p.clone(), e.metadata().and_then(|m| m.modified()).ok()));
+                let meta = std::fs::metadata(&p).ok();
+                out.push((
+                    p.clone(),
+                    std::fs::canonicalize(&p).ok(),
+                    meta.as_ref().and_then(|m| m.modified().ok()),
+                    meta.map(|m| m.len()),
+                ));
             }
         }
     }

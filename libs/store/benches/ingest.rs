@@ -4,7 +4,8 @@
 //! Per size (default 1,000 and 100,000 test cases; `ASSAY_INGEST_SIZES=1000,10000` picks
 //! others): a fresh store file, one execution of 4 shards, results in batches of 100 spread
 //! over the shards, and after every batch what the aggregator does after each write: the
-//! update to publish (`Store::next_update`). Then the shards' terminal statuses. Small sizes
+//! update to publish (`Store::next_update`). Then the shards' terminal statuses and the fold of
+//! the execution's test cases into the duration history (`Store::fold_history`). Small sizes
 //! are repeated (each in a fresh store) until at least 100,000 test cases were ingested, so
 //! that the process CPU clock (10 ms ticks) resolves them.
 //!
@@ -210,6 +211,9 @@ async fn ingest(store: &Store, id: &str, tests: u32, sorted: bool) {
         update.passed + update.failed + update.errored + update.skipped,
         tests
     );
+    // What the aggregator does next: the test cases go into the duration history.
+    let folded = store.fold_history(Some(id)).await.expect("history folded");
+    assert_eq!(folded, tests as usize);
 }
 
 struct Figures {

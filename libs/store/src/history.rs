@@ -2,8 +2,8 @@
 //! exponentially weighted mean and a high percentile over the recent runs. The planner
 //! reads these to split suites by duration.
 
-use assay_proto::{TestCaseResult, TestHistory, TestStatus};
-use rusqlite::{OptionalExtension, Transaction, params};
+use assay_proto::{ExecutionStatus, TestEstimate, TestHistory, TestStatus};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::Result;
 
@@ -30,13 +30,77 @@ pub fn quantile(values: &[u64], q: f64) -> u64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-/// Folds one new result into its history row.
-pub(crate) fn record(
-    tx: &Transaction<'_>,
-    workflow: &str,
-    r: &TestCaseResult,
-    now: i64,
-) -> Result<()> {
+/// One stored test case, as history folds it: its id, status and duration.
+struct Outcome {
+    id: String,
+    status: i32,
+    duration_ms: u64,
+}
+
+/// Folds the test cases of one shard attempt of an ended execution into its workflow's
+/// history and marks the attempt folded, in one transaction: the attempt that comes first
+/// among those of `execution` (or of any ended execution) not folded yet. Returns the
+/// attempt's test cases, `None` when nothing is left to fold.
+///
+/// History used to be updated row by row as each batch arrived; its rows are keyed by test
+/// id, so every batch wrote into as many places of that B-tree as it had tests (at 100,000
+/// tests, more than a page per test and half the ingest CPU). Folded after the end, one
+/// attempt's rows are read in test id order (their key order) and upserted in that order:
+/// the history B-tree is walked once, front to back. Rows from every attempt count, the
+/// older attempts first (as they did when recorded on arrival); late rows do not.
+pub(crate) fn fold_next(conn: &mut Connection, execution: Option<&str>) -> Result<Option<usize>> {
+    let tx = conn.transaction()?;
+    let next: Option<(String, u32, u32, String)> = tx
+        .query_row(
+            "SELECT t.execution_id, t.shard_index, t.attempt, e.workflow
+             FROM attempt_tallies t JOIN executions e ON e.id = t.execution_id
+             WHERE t.history_folded = 0 AND e.planned = 1 AND e.status >= ?1
+               AND (?2 IS NULL OR t.execution_id = ?2)
+             ORDER BY t.execution_id, t.shard_index, t.attempt LIMIT 1",
+            params![ExecutionStatus::Passed as i32, execution],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()?;
+    let Some((id, shard, attempt, workflow)) = next else {
+        return Ok(None);
+    };
+    let mut folded = 0;
+    if !workflow.is_empty() {
+        let now = now_ms();
+        let mut rows = tx.prepare(
+            "SELECT test_id, status, duration_ms FROM test_cases
+             WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3 AND late = 0
+             ORDER BY test_id",
+        )?;
+        let mut rows = rows.query(params![id, shard, attempt])?;
+        while let Some(row) = rows.next()? {
+            let outcome = Outcome {
+                id: row.get(0)?,
+                status: row.get(1)?,
+                duration_ms: row.get::<_, i64>(2)?.max(0) as u64,
+            };
+            record(&tx, &workflow, &outcome, now)?;
+            folded += 1;
+        }
+    }
+    tx.execute(
+        "UPDATE attempt_tallies SET history_folded = 1
+         WHERE execution_id = ?1 AND shard_index = ?2 AND attempt = ?3",
+        params![id, shard, attempt],
+    )?;
+    if folded > 0 {
+        tx.execute(
+            "INSERT INTO history_versions (workflow, version) VALUES (?1, 1)
+             ON CONFLICT (workflow) DO UPDATE SET version = version + 1",
+            [&workflow],
+        )?;
+    }
+    tx.commit()?;
+    Ok(Some(folded))
+}
+
+/// Folds one test case into its history row.
+fn record(tx: &Transaction<'_>, workflow: &str, r: &Outcome, now: i64) -> Result<()> {
     let status = TestStatus::try_from(r.status).unwrap_or(TestStatus::Unspecified);
     // Both statements run once per new test case: cached, so a batch parses neither again.
     let row: Option<(f64, String, i64)> = tx
@@ -99,6 +163,54 @@ pub(crate) fn record(
         now
     ])?;
     Ok(())
+}
+
+/// Duration estimates of `workflow`'s tests among the next `limit` ids after `after`, in
+/// id order, with the last id read (`None`: nothing after `after`): the tests measured at
+/// least once and seen since `seen_since_ms` — what a history snapshot carries, read a page
+/// at a time so that a writer never holds the whole suite.
+pub(crate) fn estimates(
+    conn: &rusqlite::Connection,
+    workflow: &str,
+    seen_since_ms: i64,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<TestEstimate>, Option<String>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT test_id, ewma_ms, recent_ms, updated_at_ms FROM test_history
+         WHERE workflow = ?1 AND test_id > ?2 ORDER BY test_id LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![workflow, after, limit as i64])?;
+    let mut out = Vec::with_capacity(limit.min(4096));
+    let mut last = None;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let recent: Vec<u64> = serde_json::from_str(&row.get::<_, String>(2)?).unwrap_or_default();
+        // Never measured (only skipped so far) or not seen for the kept time (renamed,
+        // deleted, moved): nothing to plan with.
+        if !recent.is_empty() && row.get::<_, i64>(3)? >= seen_since_ms {
+            out.push(TestEstimate {
+                id: id.clone(),
+                mean_ms: row.get(1)?,
+                p90_ms: quantile(&recent, 0.9),
+            });
+        }
+        last = Some(id);
+    }
+    Ok((out, last))
+}
+
+/// How many folds changed `workflow`'s history so far (0: none).
+pub(crate) fn version(conn: &rusqlite::Connection, workflow: &str) -> Result<u64> {
+    Ok(conn
+        .query_row(
+            "SELECT version FROM history_versions WHERE workflow = ?1",
+            [workflow],
+            |row| row.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0)
+        .max(0) as u64)
 }
 
 /// History rows of a workflow (one test when `test` is given), slowest first.

@@ -239,6 +239,25 @@ impl Store {
         .await
     }
 
+    /// Folds the test cases of ended executions into the duration history, one shard attempt
+    /// per transaction (so other writes interleave with a large fold): those of `execution`,
+    /// or of every ended execution not folded yet. Idempotent; returns the test cases folded.
+    /// The aggregator calls it when an execution ends and from its sweep (an end whose fold
+    /// a crash interrupted).
+    pub async fn fold_history(&self, execution: Option<&str>) -> Result<usize> {
+        let mut folded = 0;
+        loop {
+            let execution = execution.map(str::to_owned);
+            match self
+                .run(move |conn| history::fold_next(conn, execution.as_deref()))
+                .await?
+            {
+                Some(n) => folded += n,
+                None => return Ok(folded),
+            }
+        }
+    }
+
     /// Duration and outcome history of a workflow's tests (one test when `test` is given),
     /// slowest first.
     pub async fn history(
@@ -248,6 +267,30 @@ impl Store {
     ) -> Result<Vec<assay_proto::TestHistory>> {
         let (workflow, test) = (workflow.to_owned(), test.map(str::to_owned));
         self.run(move |conn| history::list(conn, &workflow, test.as_deref()))
+            .await
+    }
+
+    /// How many folds ([`Store::fold_history`]) changed `workflow`'s history so far: a
+    /// snapshot written at one version need not be written again until it grows.
+    pub async fn history_version(&self, workflow: &str) -> Result<u64> {
+        let workflow = workflow.to_owned();
+        self.run(move |conn| history::version(conn, &workflow))
+            .await
+    }
+
+    /// Duration estimates of `workflow`'s tests among the next `limit` ids after `after`
+    /// (empty: from the first), in id order, and the last id read, to pass as `after` for
+    /// the next page (`None`: no ids left). Estimates are those of the tests measured at least
+    /// once and seen since `seen_since_ms`: what a history snapshot carries, a page at a time.
+    pub async fn history_estimates(
+        &self,
+        workflow: &str,
+        seen_since_ms: i64,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<assay_proto::TestEstimate>, Option<String>)> {
+        let (workflow, after) = (workflow.to_owned(), after.to_owned());
+        self.run(move |conn| history::estimates(conn, &workflow, seen_since_ms, &after, limit))
             .await
     }
 

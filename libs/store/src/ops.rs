@@ -363,18 +363,6 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
                  queue_batch, late)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
-        let workflow = if b.workflow.is_empty() {
-            tx.query_row(
-                "SELECT workflow FROM executions WHERE id = ?1",
-                [&b.execution_id],
-                |row| row.get::<_, String>(0),
-            )
-            .optional()?
-            .unwrap_or_default()
-        } else {
-            b.workflow.clone()
-        };
-        let now = crate::history::now_ms();
         // Per row: a queue batch's tests count whichever attempt ran them; an attempt's own
         // tests count only for the shard's latest attempt.
         let queue_batch = (b.queue_batch > 0).then_some(b.queue_batch);
@@ -404,10 +392,6 @@ pub(crate) fn record_batch(conn: &mut Connection, b: &TestCaseBatch) -> Result<b
             ])?;
             if new == 1 && !late {
                 counts.add(r.status, flaky);
-            }
-            // Only a test case seen for the first time counts, so redelivery changes nothing.
-            if new == 1 && !workflow.is_empty() {
-                crate::history::record(&tx, &workflow, r, now)?;
             }
         }
     }

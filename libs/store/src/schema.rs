@@ -234,6 +234,21 @@ const MIGRATIONS: &[&str] = &[
         WHERE queue_batch > 0
         GROUP BY execution_id, (queue_batch - 1) >> 20;
     "#,
+    // 14: test cases reach the duration history when their execution has ended, folded one
+    // shard attempt at a time in test id order (see `history::fold_next`), instead of row by
+    // row as batches arrive. `history_folded` marks the attempts done; those stored before
+    // this version were recorded on arrival, so they count as folded. `history_versions`
+    // counts the folds per workflow, so that a history snapshot is written once per change.
+    r#"
+    ALTER TABLE attempt_tallies ADD COLUMN history_folded INTEGER NOT NULL DEFAULT 0;
+    UPDATE attempt_tallies SET history_folded = 1;
+    CREATE INDEX attempt_tallies_unfolded ON attempt_tallies (execution_id, shard_index, attempt)
+        WHERE history_folded = 0;
+    CREATE TABLE history_versions (
+        workflow TEXT    NOT NULL PRIMARY KEY,
+        version  INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

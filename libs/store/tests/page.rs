@@ -67,6 +67,19 @@ fn started(id: &str, shard: u32, attempt: u32) -> ShardStatus {
     }
 }
 
+/// Ends the one-shard execution `id` (its attempt 1 reported `batches` batches) and folds its
+/// test cases into the duration history, as the aggregator does at an execution's end.
+async fn end_and_fold(store: &Store, id: &str, batches: u32) {
+    let end = ShardStatus {
+        state: ShardState::Passed.into(),
+        finished_at_ms: 3_000,
+        result_batches: batches,
+        ..started(id, 0, 1)
+    };
+    store.record_shard_status(end).await.unwrap();
+    store.fold_history(Some(id)).await.unwrap();
+}
+
 /// `(shard, test id)` of every case in `detail`.
 fn cases(detail: &ExecutionDetail) -> Vec<(u32, String)> {
     detail
@@ -303,6 +316,7 @@ async fn history_pages_cover_every_test_once_while_it_grows() {
         .record_batch(batch("H1", 0, 1, 0, results))
         .await
         .unwrap();
+    end_and_fold(&store, "H1", 1).await;
     let whole = store.history("w", None).await.unwrap();
     assert_eq!(whole.len(), 50);
 
@@ -348,6 +362,7 @@ async fn history_pages_cover_every_test_once_while_it_grows() {
             .record_batch(batch(&id, 0, 1, 0, rerun))
             .await
             .unwrap();
+        end_and_fold(&store, &id, 1).await;
     }
     assert_eq!(pages, 8);
     assert_eq!(seen.len(), 50);

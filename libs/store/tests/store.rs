@@ -667,8 +667,26 @@ async fn history_follows_each_new_result_once_and_ignores_skips_for_durations() 
             ],
         );
         store.record_batch(b.clone()).await.unwrap();
+        store.record_batch(b.clone()).await.unwrap();
+        // Test cases reach the history when their execution has ended, once.
+        assert_eq!(
+            store.fold_history(Some(exec)).await.unwrap(),
+            0,
+            "still running"
+        );
+        store
+            .record_shard_status(finished(exec, 0, ShardState::Failed, 1))
+            .await
+            .unwrap();
+        assert_eq!(store.fold_history(Some(exec)).await.unwrap(), 3);
+        assert_eq!(store.fold_history(None).await.unwrap(), 0, "folded once");
+        // A batch delivered again after the end is late: it changes nothing either.
         store.record_batch(b).await.unwrap();
+        assert_eq!(store.fold_history(None).await.unwrap(), 0);
     }
+    // Each fold that added tests is a new version of the workflow's history.
+    assert_eq!(store.history_version("w").await.unwrap(), 2);
+    assert_eq!(store.history_version("other").await.unwrap(), 0);
     let h = store.history("w", None).await.unwrap();
     let ids: Vec<_> = h.iter().map(|t| t.test_id.as_str()).collect();
     assert_eq!(ids, ["slow", "flaky", "off"], "slowest first");
@@ -684,6 +702,68 @@ async fn history_follows_each_new_result_once_and_ignores_skips_for_durations() 
     // One test, and another workflow sees nothing.
     assert_eq!(store.history("w", Some("flaky")).await.unwrap().len(), 1);
     assert!(store.history("other", None).await.unwrap().is_empty());
+}
+
+/// Every estimate of `workflow` read page by page as a snapshot writer does; also how many
+/// pages it took.
+async fn all_estimates(store: &Store, seen_since: i64, limit: usize) -> (Vec<String>, usize) {
+    let (mut ids, mut pages, mut after) = (Vec::new(), 0, String::new());
+    loop {
+        let (page, last) = store
+            .history_estimates("w", seen_since, &after, limit)
+            .await
+            .unwrap();
+        pages += 1;
+        ids.extend(page.into_iter().map(|t| t.id));
+        match last {
+            Some(id) => after = id,
+            None => return (ids, pages),
+        }
+    }
+}
+
+#[tokio::test]
+async fn history_estimates_page_over_measured_recent_tests_only() {
+    let (_dir, store) = open();
+    store.record_execution(plan("E1", "w", 1)).await.unwrap();
+    let mut results = vec![
+        TestCaseResult {
+            duration_ms: 5,
+            ..test("a", TestStatus::Passed)
+        },
+        test("b", TestStatus::Skipped),
+        TestCaseResult {
+            duration_ms: 7,
+            ..test("c", TestStatus::Failed)
+        },
+    ];
+    // Ten tests never measured (only ever skipped) between the measured ones and the last.
+    results.extend((0..10).map(|i| test(&format!("s{i:02}"), TestStatus::Skipped)));
+    results.push(TestCaseResult {
+        duration_ms: 9,
+        ..test("z", TestStatus::Passed)
+    });
+    store
+        .record_batch(batch("E1", 0, 0, results))
+        .await
+        .unwrap();
+    store
+        .record_shard_status(finished("E1", 0, ShardState::Failed, 1))
+        .await
+        .unwrap();
+    store.fold_history(Some("E1")).await.unwrap();
+
+    // Pages of two ids: a page of only skipped tests is empty but not the last.
+    let (ids, pages) = all_estimates(&store, 0, 2).await;
+    assert_eq!(ids, ["a", "c", "z"]);
+    assert_eq!(pages, 8, "14 ids in pages of 2, then the empty end");
+    let (ids, _) = all_estimates(&store, 0, 1_000).await;
+    assert_eq!(ids, ["a", "c", "z"]);
+    // Tests not seen since the given time are left out.
+    let (ids, _) = all_estimates(&store, i64::MAX, 3).await;
+    assert!(ids.is_empty());
+    let (page, _) = store.history_estimates("w", 0, "", 1).await.unwrap();
+    assert_eq!((page[0].mean_ms, page[0].p90_ms), (5.0, 5));
 }
 
 #[tokio::test]
@@ -768,6 +848,7 @@ async fn retried_tests_keep_their_attempts_and_flaky_ones_are_counted_as_passed(
     assert!(!store.record_shard_status(f1).await.unwrap());
     assert_eq!(store.execution_detail(id).await.unwrap().unwrap(), detail);
     // History keeps one (the final) result per test case.
+    store.fold_history(None).await.unwrap();
     let history = store.history("flaky", Some("d")).await.unwrap();
     assert_eq!((history[0].runs, history[0].failed), (1, 1));
 }
@@ -987,7 +1068,8 @@ async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
     // The same file as schema version 11 left it.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE queue_totals; DROP TABLE attempt_tallies; PRAGMA user_version = 11;",
+        "DROP TABLE history_versions; DROP TABLE queue_totals; DROP TABLE attempt_tallies;
+         PRAGMA user_version = 11;",
     )
     .unwrap();
     drop(conn);
@@ -1021,8 +1103,9 @@ async fn a_database_from_before_the_tallies_reads_the_same_after_the_upgrade() {
     );
 }
 
-/// Takes a database back from schema version 13 to 7.
-const UNDO_8_TO_13: &str = "DROP TABLE queue_totals;
+/// Takes a database back from schema version 14 to 7.
+const UNDO_8_TO_14: &str = "DROP TABLE history_versions;
+    DROP TABLE queue_totals;
     DROP TABLE attempt_tallies;
     DROP INDEX executions_by_end;
     DROP INDEX executions_unended_by_creation;
@@ -1053,7 +1136,7 @@ async fn queue_rows_stored_before_the_queue_batch_column_still_count_for_every_a
              VALUES ('{q}', 0, 1, 'x', 1), ('{q}', 0, 2, 'y', 1),
                     ('{c}', 0, 1, 'x', 2), ('{c}', 0, 2, 'x', 1);
          ALTER TABLE test_cases DROP COLUMN queue_batch;
-         {UNDO_8_TO_13}
+         {UNDO_8_TO_14}
          PRAGMA user_version = 6;"
     ))
     .unwrap();

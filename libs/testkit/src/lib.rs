@@ -8,6 +8,10 @@
 //! outage.
 //!
 //! [`Pki`]: a CA with a server and a client certificate, as PEM files, for TLS tests.
+//!
+//! [`kube::FakeKube`]: a fake Kubernetes API server speaking real HTTP.
+
+pub mod kube;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -20,6 +20,9 @@ struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL)]
     nats: String,
+    /// Where shards run: `local` (assay-runner child processes).
+    #[arg(long, env = "ASSAY_BACKEND", default_value = "local")]
+    backend: assay_executor_launcher::BackendKind,
     /// Shards run at once (default: number of CPUs).
     #[arg(long, env = "ASSAY_LAUNCHER__CAPACITY")]
     capacity: Option<usize>,
@@ -51,6 +54,7 @@ async fn main() -> ExitCode {
             name: "assay-executor-launcher".into(),
             ..Default::default()
         },
+        backend: args.backend,
         runner: args.runner,
         warm: args.warm,
         ack_wait: args.ack_wait,

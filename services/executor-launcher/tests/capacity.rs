@@ -49,6 +49,7 @@ async fn with_one_runner_the_second_shard_waits_for_capacity_then_runs() {
             runner: None,
             warm: 0,
             ack_wait: Duration::from_secs(30),
+            ..Default::default()
         },
         shutdown.clone(),
     ));

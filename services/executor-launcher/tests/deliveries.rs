@@ -29,6 +29,7 @@ async fn a_job_that_never_starts_ends_its_shard_errored_after_the_last_delivery(
             runner: Some("/nonexistent/assay-runner".into()),
             warm: 0,
             ack_wait: Duration::from_secs(5),
+            ..Default::default()
         },
         shutdown.clone(),
     ));
@@ -112,6 +113,7 @@ async fn a_cold_runner_takes_a_job_larger_than_an_environment_variable_can_hold(
             // No warm runner: this one starts cold.
             warm: 0,
             ack_wait: Duration::from_secs(30),
+            ..Default::default()
         },
         shutdown.clone(),
     ));

@@ -115,6 +115,11 @@ pub struct Aggregator {
     store: Store,
     /// The `assay_history` bucket, opened on first use.
     history: std::sync::Arc<tokio::sync::OnceCell<async_nats::jetstream::kv::Store>>,
+    /// Per workflow, the history version ([`Store::history_version`]) of the last snapshot
+    /// this process wrote. Held while a snapshot is written, so that the updates after an
+    /// execution's end (every shard's last status, redeliveries) write one snapshot, one at
+    /// a time, instead of one each, concurrently.
+    snapshots: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<String, u64>>>,
     /// Executions the timeout sweep ended whose cancellation or final update did not go
     /// out yet (NATS was down): retried by every sweep, since the next sweep no longer
     /// sees them among the running ones. Execution → reason.
@@ -129,6 +134,7 @@ impl Aggregator {
             bus,
             store,
             history: Default::default(),
+            snapshots: Default::default(),
             followups: Default::default(),
             cancelled: Default::default(),
         }
@@ -156,8 +162,12 @@ impl Aggregator {
             .await?;
         // Only executions that produced test results change what planning knows.
         let tests = update.passed + update.failed + update.errored + update.skipped;
+        if update.status().is_terminal() {
+            // After the final update went out: what the next plan of the workflow reads.
+            self.store.fold_history(Some(id)).await?;
+        }
         if update.status().is_terminal() && tests > 0 && !update.workflow.is_empty() {
-            self.snapshot_history(&update.workflow).await?;
+            self.snapshot_history_if_changed(&update.workflow).await?;
         }
         if update.status().is_terminal() {
             // Memory an execution took (its batches, the history snapshot) goes back now,
@@ -169,23 +179,36 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Writes the workflow's history snapshot ([`Aggregator::snapshot_history`]) unless this
+    /// process already wrote it at the history's current version.
+    async fn snapshot_history_if_changed(&self, workflow: &str) -> Result<()> {
+        let mut written = self.snapshots.lock().await;
+        let version = self.store.history_version(workflow).await?;
+        if written.get(workflow) == Some(&version) {
+            return Ok(());
+        }
+        self.snapshot_history(workflow).await?;
+        written.insert(workflow.to_string(), version);
+        Ok(())
+    }
+
     /// Writes the workflow's duration estimates to the `assay_history` bucket, in bounded
     /// pieces (see `assay_bus::history`), where the scheduler reads them to plan `strategy:
     /// duration` executions. Tests not seen for 30 days are left out.
     pub async fn snapshot_history(&self, workflow: &str) -> Result<()> {
-        let rows = self.store.history(workflow, None).await?;
         let shard_start_ms = self.store.shard_start_ms(workflow).await?.unwrap_or(0.0);
-        let snapshot = history::snapshot(workflow, &rows, shard_start_ms, assay_bus::now_ms());
+        let pieces =
+            history::pieces(&self.store, workflow, shard_start_ms, assay_bus::now_ms()).await?;
         let kv = self
             .history
             .get_or_try_init(|| self.bus.kv(streams::KV_HISTORY))
             .await?;
-        match assay_bus::history::write(kv, &snapshot).await {
+        match assay_bus::history::write_pieces(kv, &pieces).await {
             Ok(_) => Ok(()),
             // The bucket may have been deleted since it was opened: open (or create) it again.
             Err(e) if e.is_retryable() => {
                 debug!(workflow, error = %e, "writing the duration history again through a fresh bucket handle");
-                self.bus.write_history(&snapshot).await?;
+                self.bus.write_history_pieces(&pieces).await?;
                 Ok(())
             }
             Err(e) => Err(e.into()),
@@ -529,6 +552,18 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                 }
                 if let Err(e) = a.sweep_timeouts(options.timeout_grace).await {
                     warn!(error = %e, "timeout sweep failed; will try again");
+                }
+                // Ends whose fold into the history was interrupted (a crash between the final
+                // update and the fold); normally nothing is left.
+                match a.store.fold_history(None).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        tests = n,
+                        "ended executions' test cases folded into the duration history"
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "folding ended executions into the history failed; will try again")
+                    }
                 }
                 let expired_before =
                     assay_bus::now_ms() - assay_store::EVENT_RETENTION.as_millis() as i64;

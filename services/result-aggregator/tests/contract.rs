@@ -581,12 +581,42 @@ async fn executions_and_history_are_read_a_page_at_a_time() {
             .await
             .unwrap();
         }
+        // The shard ends, so the execution does and its tests reach the history.
+        bus.publish(
+            subjects::shard_status(id, shard),
+            &ShardStatus {
+                header: Some(assay_bus::header(
+                    "runner",
+                    format!("{id}/{shard}/1/end"),
+                    None,
+                )),
+                execution_id: id.into(),
+                shard_index: shard,
+                attempt: 1,
+                state: ShardState::Passed.into(),
+                result_batches: 6,
+                started_at_ms: assay_bus::now_ms(),
+                finished_at_ms: assay_bus::now_ms(),
+                ..ShardStatus::default()
+            },
+        )
+        .await
+        .unwrap();
     }
     for (stream, durable) in [
         (streams::STATUS, "result-aggregator-plans"),
         (streams::RESULTS, "result-aggregator-results"),
     ] {
         stack.wait_until_consumed(stream, durable).await;
+    }
+    // Folded into the history after the final update, then snapshot: once the snapshot
+    // holds every test, so does the history.
+    for attempt in 0.. {
+        if bus.planning_history("paged").await.unwrap().len() == CASES {
+            break;
+        }
+        assert!(attempt < 600, "the history never held the {CASES} tests");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut api = stack.api.clone();
     let count = |d: &assay_proto::ExecutionDetail| d.shards.iter().map(|s| s.tests.len()).sum();

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use assay_bus::history::manifest_key;
 use assay_bus::{Bus, NatsOptions, streams};
-use assay_proto::{Execution, ExecutionStatus, TestCaseBatch, TestCaseResult, TestStatus};
+use assay_proto::{
+    Execution, ExecutionStatus, ShardState, ShardStatus, TestCaseBatch, TestCaseResult, TestStatus,
+};
 use assay_result_aggregator::Aggregator;
 use assay_store::Store;
 use assay_testkit::NatsServer;
@@ -43,6 +45,24 @@ async fn stack(nats: &NatsServer, dir: &std::path::Path) -> (Bus, Store, Aggrega
     let store = Store::open(&dir.join("results.db")).unwrap();
     let agg = Aggregator::new(bus.clone(), store.clone());
     (bus, store, agg)
+}
+
+/// Ends the one-shard execution (attempt 1 reported `batches` batches) and folds its test
+/// cases into the store's history, as the aggregator does when an execution ends.
+async fn end(store: &Store, execution: &str, batches: u32) {
+    store
+        .record_shard_status(ShardStatus {
+            execution_id: execution.into(),
+            attempt: 1,
+            state: ShardState::Passed.into(),
+            started_at_ms: assay_bus::now_ms(),
+            finished_at_ms: assay_bus::now_ms(),
+            result_batches: batches,
+            ..ShardStatus::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.fold_history(Some(execution)).await.unwrap() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,6 +111,7 @@ async fn a_suite_of_twenty_thousand_tests_has_its_history_written_and_read_whole
             .await
             .unwrap();
     }
+    end(&store, execution, (TESTS / PER_BATCH) as u32).await;
 
     agg.snapshot_history("big").await.unwrap();
     let planning = bus.planning_history("big").await.unwrap();
@@ -156,6 +177,7 @@ async fn a_history_bucket_deleted_after_start_is_created_again() {
         })
         .await
         .unwrap();
+    end(&store, execution, 1).await;
     agg.snapshot_history("small").await.unwrap();
     bus.jetstream()
         .delete_key_value(streams::KV_HISTORY)

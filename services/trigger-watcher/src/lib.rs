@@ -16,6 +16,7 @@
 //! Kubernetes watches come with their own issue.
 
 pub mod args;
+mod cluster;
 mod cron;
 mod http;
 pub mod metrics;

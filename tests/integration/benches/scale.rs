@@ -4,10 +4,12 @@
 //!
 //! Per cell: whether the counts are exact (every id passed once), wall time (creation to
 //! the final update's arrival), ingest lag (the last shard's end to the final update's
-//! arrival), the aggregator's CPU per test, and each service's peak RSS; at the end each
-//! service's idle RSS against the one before the first run. Ids are 80–100 characters with
-//! brackets and slashes, as pytest prints them. Figures are printed, not asserted; a cell
-//! that does not end within its bound is reported as such and the next one runs.
+//! arrival), the aggregator's CPU per test (to the microsecond, up to when it is idle
+//! again after the final update: the history fold and snapshot count), and each service's
+//! peak RSS; at the end each service's idle RSS against the one before the first run. Ids
+//! are 80–100 characters with brackets and slashes, as pytest prints them. Figures are
+//! printed, not asserted; a cell that does not end within its bound is reported as such and
+//! the next one runs.
 //!
 //! `ASSAY_SCALE_SIZES=1000,10000` and `ASSAY_SCALE_STRATEGIES=queue` pick cells.
 #![allow(clippy::print_stdout)]
@@ -17,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use assay_bus::{Bus, NatsOptions, header, subjects};
-use assay_integration::proc_stat::cpu_ms;
+use assay_integration::proc_stat::CpuMeter;
 use assay_integration::release::Services;
 use assay_proto::{ExecutionStatus, ExecutionUpdate, RunRequest};
 use assay_testkit::{NatsServer, free_port};
@@ -134,6 +136,26 @@ async fn follow(
     }
 }
 
+/// Waits (at most `within`) until the aggregator is idle — under 5 ms of CPU in half a
+/// second — after an execution's final update: what it does after that update (the fold of
+/// the test cases into the duration history, the history snapshot) belongs to this cell, not
+/// to the next one. Samples the services' RSS meanwhile.
+async fn settle(services: &Services, peak: &mut BTreeMap<&'static str, u64>, within: Duration) {
+    let deadline = Instant::now() + within;
+    let pid = services.pid(AGGREGATOR).unwrap_or(0);
+    while Instant::now() < deadline {
+        let window = CpuMeter::start(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (name, kib) in services.rss() {
+            let p = peak.entry(name).or_default();
+            *p = (*p).max(kib);
+        }
+        if window.ms() < 5.0 {
+            return;
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let sizes: Vec<usize> = list("ASSAY_SCALE_SIZES", &["1000", "10000", "100000"])
@@ -187,7 +209,7 @@ async fn main() {
                     .subscribe(subjects::execution_updates_of(&id))
                     .await
                     .unwrap();
-                let cpu_before = cpu_ms(services.pid(AGGREGATOR).unwrap_or(0));
+                let cpu = CpuMeter::start(services.pid(AGGREGATOR).unwrap_or(0));
                 let started = Instant::now();
                 bus.publish(subjects::RUN_REQUESTED.to_string(), &req)
                     .await
@@ -195,7 +217,10 @@ async fn main() {
                 let mut peak = BTreeMap::new();
                 let within = Duration::from_secs(60 + n as u64 / 100);
                 let ended = follow(sub, &services, &mut peak, within).await;
-                let cpu = cpu_ms(services.pid(AGGREGATOR).unwrap_or(0)) - cpu_before;
+                if ended.is_some() {
+                    settle(&services, &mut peak, within).await;
+                }
+                let cpu = cpu.ms();
                 let cell = match ended {
                     None => Cell {
                         strategy: strategy.clone(),
@@ -204,7 +229,7 @@ async fn main() {
                         outcome: format!("no end within {}s", within.as_secs()),
                         wall_s: f64::NAN,
                         lag_s: f64::NAN,
-                        cpu_us_per_test: cpu as f64 * 1000.0 / n as f64,
+                        cpu_us_per_test: cpu * 1000.0 / n as f64,
                         peak,
                     },
                     Some((u, at)) => {
@@ -234,7 +259,7 @@ async fn main() {
                             },
                             wall_s: (at - started).as_secs_f64(),
                             lag_s: (arrival_ms - finished_ms) as f64 / 1000.0,
-                            cpu_us_per_test: cpu as f64 * 1000.0 / n as f64,
+                            cpu_us_per_test: cpu * 1000.0 / n as f64,
                             peak,
                         }
                     }

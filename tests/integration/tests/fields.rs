@@ -34,6 +34,10 @@ use Row::*;
 const STEPS: Row = Here("steps_honour_condition_env_retries_and_timeout");
 const TRIGGERS: Row = Here("triggers_fire_only_on_what_they_declare");
 const K8S: Row = Refused("kubernetes backend");
+/// Kubernetes triggers: modelled, checked and matched (libs/spec/src/kube_trigger.rs), with
+/// their events decided in trigger-watcher's `cluster` module; refused at load until the
+/// cluster watcher publishes them.
+const CLUSTER: Row = Refused("cluster watcher");
 const KEPT: Row = Metadata("Kubernetes object metadata, kept for resources read from a cluster");
 
 /// Every leaf field of both models. Paths as in YAML: `a.b`, `a[].b` (list items), `a.*.b`
@@ -74,8 +78,26 @@ const TABLE: &[(&str, Row)] = &[
     ("TestWorkflow spec.pod.affinity", K8S),
     ("TestWorkflow spec.pod.nodeSelector", K8S),
     ("TestWorkflow spec.pod.priorityClassName", K8S),
-    ("TestWorkflow spec.pod.serviceAccount", K8S),
+    ("TestWorkflow spec.pod.serviceAccountName", K8S),
     ("TestWorkflow spec.pod.tolerations", K8S),
+    ("TestWorkflow spec.pod.labels", K8S),
+    ("TestWorkflow spec.pod.annotations", K8S),
+    (
+        "TestWorkflow spec.content.git.url",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.revision",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.paths",
+        Refused("not supported yet"),
+    ),
+    (
+        "TestWorkflow spec.content.git.credentials.secretName",
+        Refused("not supported yet"),
+    ),
     ("TestWorkflow spec.artifacts", Refused("not supported yet")),
     ("TestWorkflow spec.env", STEPS),
     ("TestWorkflow spec.workingDir", STEPS),
@@ -232,7 +254,45 @@ const TABLE: &[(&str, Row)] = &[
         "TestTrigger spec.on.cron.timezone",
         Here("cron_timezone_moves_the_next_fire_time"),
     ),
-    ("TestTrigger spec.on.kubernetes", Refused("kubernetes")),
+    ("TestTrigger spec.on.kubernetes.kind", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.group", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.version", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.namespace", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.namespaces", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.name", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.selector", CLUSTER),
+    (
+        "TestTrigger spec.on.kubernetes.matchExpressions[].key",
+        CLUSTER,
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.matchExpressions[].operator",
+        CLUSTER,
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.matchExpressions[].values",
+        CLUSTER,
+    ),
+    ("TestTrigger spec.on.kubernetes.event", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.conditions[].path", CLUSTER),
+    (
+        "TestTrigger spec.on.kubernetes.conditions[].equals",
+        CLUSTER,
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.conditions[].changed",
+        CLUSTER,
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.conditions[].changedTo",
+        CLUSTER,
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.conditions[].changedFrom",
+        CLUSTER,
+    ),
+    ("TestTrigger spec.on.kubernetes.settle", CLUSTER),
+    ("TestTrigger spec.on.kubernetes.supersede", CLUSTER),
     ("TestTrigger spec.on.webhook.provider", TRIGGERS),
     ("TestTrigger spec.on.webhook.events", TRIGGERS),
     ("TestTrigger spec.on.webhook.repositories", TRIGGERS),
@@ -363,23 +423,45 @@ fn document_with(path: &str) -> String {
     // Build the nested YAML for `a.b.c` with a sample value.
     let parts: Vec<&str> = rest.split('.').collect();
     let value = match *parts.last().unwrap_or(&"") {
-        "args" | "command" | "tolerations" | "artifacts" => "[x]".to_string(),
+        "args" | "command" | "tolerations" | "artifacts" | "paths" => "[x]".to_string(),
         "limits" | "requests" => "{cpu: \"1\"}".to_string(),
-        "env" | "nodeSelector" | "affinity" => "{A: b}".to_string(),
-        "kubernetes" => "{kind: Deployment}".to_string(),
+        "env" | "nodeSelector" | "affinity" | "selector" | "labels" | "annotations" => {
+            "{A: b}".to_string()
+        }
+        "namespaces" | "values" => "[x]".to_string(),
+        "changed" | "supersede" => "true".to_string(),
+        "event" => "modified".to_string(),
+        "operator" => "Exists".to_string(),
+        "kubernetes" => "{kind: Deployment, event: modified}".to_string(),
         "settle" => "5s".to_string(),
         "max" => "2".to_string(),
         _ => "x".to_string(),
     };
     let mut yaml = value;
     for (i, p) in parts.iter().enumerate().rev() {
-        // A container needs its image to get as far as the validator.
-        let sibling = if i == 1 && parts[0] == "container" && parts[1] != "image" {
-            "image: x, "
-        } else {
-            ""
+        // Required siblings, so that the document gets as far as the validator: a
+        // container's image, a git checkout's url, a kubernetes trigger's kind and event, a
+        // match expression's key and operator, a condition's path.
+        let required: &[&str] = match parts[..i].join(".").as_str() {
+            "container" => &["image: x"],
+            "content.git" => &["url: x"],
+            "on.kubernetes" => &["kind: Deployment", "event: modified"],
+            "on.kubernetes.matchExpressions[]" => &["key: a", "operator: Exists"],
+            "on.kubernetes.conditions[]" => &["path: .a"],
+            _ => &[],
         };
-        yaml = format!("{{{sibling}{p}: {yaml}}}");
+        let key = p.trim_end_matches("[]");
+        let sibling: String = required
+            .iter()
+            .filter(|r| !r.starts_with(&format!("{key}:")))
+            .map(|r| format!("{r}, "))
+            .collect();
+        // `a[]` is a list of one item.
+        yaml = if p.ends_with("[]") {
+            format!("{{{sibling}{key}: [{yaml}]}}")
+        } else {
+            format!("{{{sibling}{p}: {yaml}}}")
+        };
     }
     // `{a: {b: v}}` -> the spec's own keys inline.
     let inner = &yaml[1..yaml.len() - 1];

@@ -1,0 +1,418 @@
+//! [`KubeletSim`]: a kubelet for the fake. It watches Pods, binds each to its node, runs
+//! each container's `command` + `args` as a local child process (env from the Pod spec),
+//! writes its stdout and stderr to the Pod's log, and moves the Pod through
+//! Pending → Running → Succeeded/Failed with container statuses. A test can inject
+//! OOMKilled, Evicted, ErrImagePull or node loss for a named Pod.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::store::{EventType, WriteMode, now};
+use super::{FakeKube, Shared, logs};
+
+/// A failure a test makes happen to one Pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The containers are killed as out of memory: exit code 137, reason OOMKilled.
+    OomKilled,
+    /// The Pod is evicted: containers killed, phase Failed, reason Evicted.
+    Evicted,
+    /// The image cannot be pulled: the Pod stays Pending with ErrImagePull (inject it
+    /// before the Pod is created).
+    ErrImagePull,
+    /// The node stops reporting: containers killed, phase Unknown, reason NodeLost.
+    NodeLost,
+}
+
+/// What a running Pod's task is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Nothing,
+    Fault(Fault),
+    Deleted,
+}
+
+type PodKey = (String, String);
+
+/// Shared between the sim's handle and its tasks.
+struct Sim {
+    shared: Arc<Shared>,
+    node: String,
+    /// Faults injected for Pods not started yet.
+    pending: Mutex<HashMap<PodKey, Fault>>,
+    /// Signals to Pods being run.
+    running: Mutex<HashMap<PodKey, watch::Sender<Signal>>>,
+}
+
+/// A simulated kubelet on one node; it stops when dropped.
+pub struct KubeletSim {
+    sim: Arc<Sim>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for KubeletSim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KubeletSim {
+    /// Starts running the fake's Pods, existing and future, on `node`.
+    pub fn start(fake: &FakeKube, node: &str) -> Self {
+        let sim = Arc::new(Sim {
+            shared: fake.shared.clone(),
+            node: node.to_string(),
+            pending: Mutex::default(),
+            running: Mutex::default(),
+        });
+        let (existing, events) = {
+            let store = sim.shared.lock();
+            let pods = store.kind("", "pods");
+            let existing = pods.map(|k| store.list(&k, None)).unwrap_or_default();
+            // Cannot be expired: it is the newest resourceVersion.
+            let events = store.watch_from(store.resource_version()).map(|(_, rx)| rx);
+            (existing, events)
+        };
+        let task_sim = sim.clone();
+        let task = tokio::spawn(async move {
+            for pod in existing {
+                task_sim.admit(&pod);
+            }
+            if let Ok(events) = events {
+                task_sim.follow(events).await;
+            }
+        });
+        Self { sim, task }
+    }
+
+    /// Makes `fault` happen to the Pod `ns/name`: at once if it is running, else when it
+    /// starts.
+    pub fn inject(&self, ns: &str, name: &str, fault: Fault) {
+        let key = (ns.to_string(), name.to_string());
+        let running = lock(&self.sim.running);
+        match running.get(&key) {
+            Some(tx) => {
+                let _ = tx.send(Signal::Fault(fault));
+            }
+            None => {
+                lock(&self.sim.pending).insert(key, fault);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sim {
+    async fn follow(self: &Arc<Self>, mut events: broadcast::Receiver<Arc<super::store::Event>>) {
+        loop {
+            let event = match events.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if event.resource != "pods" {
+                continue;
+            }
+            match event.kind {
+                EventType::Added => self.admit(&event.object),
+                EventType::Deleted => {
+                    if let Some(tx) = lock(&self.running).remove(&key_of(&event.object)) {
+                        let _ = tx.send(Signal::Deleted);
+                    }
+                }
+                EventType::Modified => {}
+            }
+        }
+    }
+
+    /// Starts running a Pod that no kubelet has taken yet.
+    fn admit(self: &Arc<Self>, pod: &Value) {
+        let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str);
+        if bound.is_some_and(|n| n != self.node) {
+            return;
+        }
+        let key = key_of(pod);
+        let mut running = lock(&self.running);
+        if running.contains_key(&key) || phase(pod).is_some_and(|p| p != "Pending") {
+            return;
+        }
+        let (tx, rx) = watch::channel(Signal::Nothing);
+        if let Some(fault) = lock(&self.pending).remove(&key) {
+            let _ = tx.send(Signal::Fault(fault));
+        }
+        running.insert(key.clone(), tx);
+        let sim = self.clone();
+        let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
+        tokio::spawn(async move {
+            sim.run_pod(&key, &spec, rx).await;
+            lock(&sim.running).remove(&key);
+        });
+    }
+
+    /// Writes the Pod's status (and node) through the store, as a kubelet would.
+    fn update(&self, key: &PodKey, f: impl FnOnce(&mut Value)) {
+        let mut store = self.shared.lock();
+        let Some(kind) = store.kind("", "pods") else {
+            return;
+        };
+        let Some(mut pod) = store.get(&kind, &key.0, &key.1) else {
+            return;
+        };
+        f(&mut pod);
+        let _ = store.replace(&kind, &key.0, &key.1, pod, WriteMode::Direct);
+    }
+
+    async fn run_pod(&self, key: &PodKey, spec: &Value, mut signals: watch::Receiver<Signal>) {
+        let containers: Vec<Value> = spec
+            .get("containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let names: Vec<String> = containers.iter().map(container_name).collect();
+        let node = self.node.clone();
+        self.update(key, |pod| {
+            pod["spec"]["nodeName"] = json!(node);
+            pod["status"]["phase"] = json!("Pending");
+            pod["status"]["conditions"] =
+                json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]);
+        });
+        if *signals.borrow() == Signal::Fault(Fault::ErrImagePull) {
+            self.update(key, |pod| {
+                pod["status"]["containerStatuses"] = json!(names.iter().map(|n| json!({
+                    "name": n, "ready": false, "restartCount": 0, "image": "",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "simulated image pull failure"}},
+                })).collect::<Vec<_>>());
+            });
+            return;
+        }
+        if !self.run_init_containers(key, spec, &signals).await {
+            return;
+        }
+        let started = now();
+        self.update(key, |pod| {
+            pod["status"]["phase"] = json!("Running");
+            pod["status"]["startTime"] = json!(started);
+            pod["status"]["containerStatuses"] = json!(
+                names
+                    .iter()
+                    .map(|n| json!({
+                        "name": n, "ready": true, "restartCount": 0, "image": "",
+                        "state": {"running": {"startedAt": started}},
+                    }))
+                    .collect::<Vec<_>>()
+            );
+        });
+        let runs = containers
+            .iter()
+            .map(|c| self.run_container(key, c, signals.clone()));
+        let exits = futures::future::join_all(runs).await;
+        let signal = *signals.borrow_and_update();
+        if signal == Signal::Deleted {
+            return;
+        }
+        let finished = now();
+        self.update(key, |pod| {
+            let statuses: Vec<Value> = names
+                .iter()
+                .zip(&exits)
+                .map(|(n, (code, reason))| {
+                    json!({
+                        "name": n, "ready": false, "restartCount": 0, "image": "",
+                        "state": {"terminated": {"exitCode": code, "reason": reason,
+                            "startedAt": started, "finishedAt": finished}},
+                    })
+                })
+                .collect();
+            pod["status"]["containerStatuses"] = json!(statuses);
+            let (phase, reason) = match signal {
+                Signal::Fault(Fault::Evicted) => ("Failed", Some("Evicted")),
+                Signal::Fault(Fault::NodeLost) => ("Unknown", Some("NodeLost")),
+                _ if exits.iter().all(|(code, _)| *code == 0) => ("Succeeded", None),
+                _ => ("Failed", None),
+            };
+            pod["status"]["phase"] = json!(phase);
+            if let Some(r) = reason {
+                pod["status"]["reason"] = json!(r);
+                pod["status"]["message"] = json!(format!("simulated: {r}"));
+            }
+        });
+        for n in &names {
+            logs::close(&self.shared, &key.0, &key.1, n);
+        }
+    }
+
+    /// Runs the init containers one after another while the Pod is Pending; on the first
+    /// that fails the Pod is Failed and the main containers never start. Returns whether
+    /// the main containers may start.
+    async fn run_init_containers(
+        &self,
+        key: &PodKey,
+        spec: &Value,
+        signals: &watch::Receiver<Signal>,
+    ) -> bool {
+        let inits: Vec<Value> = spec
+            .get("initContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut statuses = Vec::new();
+        for init in &inits {
+            let (code, reason) = self.run_container(key, init, signals.clone()).await;
+            if *signals.borrow() == Signal::Deleted {
+                return false;
+            }
+            statuses.push(json!({
+                "name": container_name(init), "ready": code == 0, "restartCount": 0, "image": "",
+                "state": {"terminated": {"exitCode": code, "reason": reason, "finishedAt": now()}},
+            }));
+            let failed = code != 0;
+            self.update(key, |pod| {
+                pod["status"]["initContainerStatuses"] = json!(statuses);
+                if failed {
+                    pod["status"]["phase"] = json!("Failed");
+                }
+            });
+            logs::close(&self.shared, &key.0, &key.1, &container_name(init));
+            if failed {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs one container's command; returns its exit code and termination reason.
+    async fn run_container(
+        &self,
+        key: &PodKey,
+        container: &Value,
+        mut signals: watch::Receiver<Signal>,
+    ) -> (i64, &'static str) {
+        let name = container_name(container);
+        let strings = |field: &str| -> Vec<String> {
+            container
+                .get(field)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let argv: Vec<String> = strings("command")
+            .into_iter()
+            .chain(strings("args"))
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return (0, "Completed");
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = container.get("workingDir").and_then(Value::as_str) {
+            cmd.current_dir(dir);
+        }
+        for env in container
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(k), Some(v)) = (
+                env.get("name").and_then(Value::as_str),
+                env.get("value").and_then(Value::as_str),
+            ) {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                logs::append(
+                    &self.shared,
+                    &key.0,
+                    &key.1,
+                    &name,
+                    &format!("{program}: {e}\n"),
+                );
+                return (128, "StartError");
+            }
+        };
+        let pipes = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ];
+        let copies = pipes.into_iter().flatten().map(|pipe| {
+            let (shared, key, name) = (self.shared.clone(), key.clone(), name.clone());
+            async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    logs::append(&shared, &key.0, &key.1, &name, &format!("{line}\n"));
+                }
+            }
+        });
+        let copying = futures::future::join_all(copies);
+        let waiting = async {
+            loop {
+                tokio::select! {
+                    status = child.wait() => {
+                        let code = status.ok().and_then(|s| s.code()).map_or(137, i64::from);
+                        return (code, if code == 0 { "Completed" } else { "Error" });
+                    }
+                    changed = signals.changed() => {
+                        let signal = *signals.borrow_and_update();
+                        if changed.is_err() || signal != Signal::Nothing {
+                            let _ = child.kill().await;
+                            return match signal {
+                                Signal::Fault(Fault::OomKilled) => (137, "OOMKilled"),
+                                _ => (137, "Error"),
+                            };
+                        }
+                    }
+                }
+            }
+        };
+        let (exit, _) = tokio::join!(waiting, copying);
+        exit
+    }
+}
+
+fn container_name(c: &Value) -> String {
+    c.get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn key_of(pod: &Value) -> PodKey {
+    let text = |p: &str| {
+        pod.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    (text("/metadata/namespace"), text("/metadata/name"))
+}
+
+fn phase(pod: &Value) -> Option<&str> {
+    pod.pointer("/status/phase").and_then(Value::as_str)
+}
