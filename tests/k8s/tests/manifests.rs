@@ -167,6 +167,9 @@ fn first_difference(
             .enumerate()
             .find_map(|(i, (v, w))| first_difference(v, w, format!("{path}[{i}]"))),
         (a, b) if a == b => None,
+        // YAML's `0` and a float field's `0.0` are the same number (a CRD schema's
+        // `minimum`, rendered by kustomize without the fraction).
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
         _ => Some(path),
     }
 }
