@@ -77,6 +77,10 @@ bench-scale: tools ## Suites of 1k/10k/100k tests (ids of 80-100 chars), each st
 bench-ingest: ## Result store ingest of one execution of 1,000 vs 100,000 tests (batches of 100, 4 shards): CPU and wall per test, and their ratio (ASSAY_INGEST_SIZES picks sizes)
 	$(CARGO) bench -p assay-store --bench ingest
 
+.PHONY: bench-history
+bench-history: tools ## Duration history of 20,000 vs 100,000 tests written and read on a real nats-server: bytes, pieces, µs per test and their ratio
+	$(CARGO) bench -p assay-bus --bench history
+
 .PHONY: bench-sharding
 bench-sharding: tools ## Sharding: simulated makespan / LB table, then a real 400-test run with count, duration and queue
 	-$(CARGO) run --release -p assay-plan --bin bench-sharding

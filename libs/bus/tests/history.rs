@@ -107,22 +107,6 @@ async fn twenty_thousand_tests_with_long_ids_round_trip() {
     assert!(kv.get(manifest_key("big")).await.unwrap().is_some());
 }
 
-/// Measurement, not a check: `cargo test --release -p assay-bus --test history -- --ignored
-/// --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement"]
-async fn measure_twenty_and_a_hundred_thousand_tests() {
-    let server = NatsServer::start();
-    let bus = bus(&server).await;
-    for n in [20_000, 100_000] {
-        let (written, write_time, read_time) = write_and_measure(&bus, n).await;
-        eprintln!(
-            "history of {n} tests: {} bytes in {} pieces, written in {:?}, read in {:?}",
-            written.bytes, written.pieces, write_time, read_time
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewrite_with_fewer_tests_leaves_no_stale_pieces() {
     let server = NatsServer::start();
