@@ -92,33 +92,6 @@ pub fn piece_key(workflow: &str, generation: &str, index: usize) -> String {
     format!("{}.{generation}.{index}", kv_key(workflow))
 }
 
-/// Splits `tests` into pieces of at most [`PIECE_TESTS`] tests and [`PIECE_BYTES`] encoded
-/// bytes, in order. A test that alone would pass the byte limit is left out (counted in the
-/// second value).
-pub fn split(tests: Vec<TestEstimate>) -> (Vec<Vec<TestEstimate>>, usize) {
-    let mut pieces = Vec::new();
-    let mut piece = Vec::new();
-    let mut bytes = 0usize;
-    let mut too_large = 0;
-    for t in tests {
-        let size = element_len(&t);
-        if size > PIECE_BYTES {
-            too_large += 1;
-            continue;
-        }
-        if !piece.is_empty() && (piece.len() == PIECE_TESTS || bytes + size > PIECE_BYTES) {
-            pieces.push(std::mem::take(&mut piece));
-            bytes = 0;
-        }
-        bytes += size;
-        piece.push(t);
-    }
-    if !piece.is_empty() {
-        pieces.push(piece);
-    }
-    (pieces, too_large)
-}
-
 /// Encoded size of a test inside a piece: tag, length prefix, body.
 fn element_len(t: &TestEstimate) -> usize {
     t.encoded_len() + prost::length_delimiter_len(t.encoded_len()) + 1
@@ -127,7 +100,8 @@ fn element_len(t: &TestEstimate) -> usize {
 /// Builds a snapshot's encoded pieces from its tests one at a time, so that a writer holds
 /// the tests of one piece and the encoded bytes, never the whole suite as messages (at
 /// 100,000 tests, building the snapshot as one `HistorySnapshot` and splitting it took the
-/// aggregator from 27 to 290 MiB). Cuts pieces as [`split`] does.
+/// aggregator from 27 to 290 MiB). Pieces hold at most [`PIECE_TESTS`] tests and
+/// [`PIECE_BYTES`] encoded bytes, in order.
 #[derive(Debug)]
 pub struct PieceEncoder {
     workflow: String,
@@ -493,6 +467,21 @@ pub fn to_planning(snapshot: HistorySnapshot) -> assay_plan::History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces `tests` are cut into (decoded back) and how many were left out.
+    fn split(tests: Vec<TestEstimate>) -> (Vec<Vec<TestEstimate>>, usize) {
+        let mut encoder = PieceEncoder::new("w", 0, 0.0);
+        for t in tests {
+            encoder.push(t);
+        }
+        let pieces = encoder.finish();
+        let decoded = pieces
+            .encoded
+            .iter()
+            .map(|bytes| HistorySnapshot::decode(&bytes[..]).unwrap().tests)
+            .collect();
+        (decoded, pieces.too_large)
+    }
 
     fn estimate(id: String) -> TestEstimate {
         TestEstimate {

@@ -73,9 +73,6 @@ pub(crate) fn is_planned(conn: &Connection, id: &str) -> Result<bool> {
 }
 
 pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
-    let Some(view) = load(conn, id)?.filter(|v| v.row.is_some()) else {
-        return Ok(None);
-    };
     // A shard's tests: its latest attempt's own, plus the work-queue batches any of its
     // attempts reported first (each batch is stored once).
     let mut stmt = conn.prepare(
@@ -86,48 +83,40 @@ pub(crate) fn execution_detail(conn: &Connection, id: &str) -> Result<Option<Exe
              AND (attempt = ?3 OR queue_batch IS NOT NULL)
          ORDER BY test_id",
     )?;
-    let mut shards = Vec::with_capacity(view.shards.len());
-    for shard in &view.shards {
-        let tests = stmt
+    detail(conn, id, |shard| {
+        Ok(stmt
             .query_map(params![id, shard.index, shard.attempt], |row| {
                 test_case(row, 0)
             })?
-            .collect::<Result<Vec<_>, _>>()?;
-        shards.push(ShardDetail {
-            summary: Some(shard.summary()),
-            tests,
-            exit_code: shard.exit_code,
-        });
-    }
-    let (config, rerun_of) = match get_execution(conn, id)? {
-        Some(e) => (e.config, e.rerun_of),
-        None => (HashMap::new(), String::new()),
-    };
-    Ok(Some(ExecutionDetail {
-        execution: Some(view.update()),
-        shards,
-        config,
-        rerun_of,
-        next_page_token: String::new(),
-    }))
+            .collect::<Result<Vec<_>, _>>()?)
+    })
 }
 
 /// The execution without test cases: its update, every shard's summary and exit code (no
 /// tests), config and `rerun_of`; `None` until the plan record has arrived. The paged reads
 /// of [`crate::page`] fill in the tests.
 pub(crate) fn execution_head(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>> {
+    detail(conn, id, |_| Ok(Vec::new()))
+}
+
+/// The execution's detail with each shard's tests from `tests_of`; `None` until the plan
+/// record has arrived.
+fn detail(
+    conn: &Connection,
+    id: &str,
+    mut tests_of: impl FnMut(&ShardProgress) -> Result<Vec<TestCaseResult>>,
+) -> Result<Option<ExecutionDetail>> {
     let Some(view) = load(conn, id)?.filter(|v| v.row.is_some()) else {
         return Ok(None);
     };
-    let shards = view
-        .shards
-        .iter()
-        .map(|shard| ShardDetail {
+    let mut shards = Vec::with_capacity(view.shards.len());
+    for shard in &view.shards {
+        shards.push(ShardDetail {
             summary: Some(shard.summary()),
-            tests: Vec::new(),
+            tests: tests_of(shard)?,
             exit_code: shard.exit_code,
-        })
-        .collect();
+        });
+    }
     let (config, rerun_of) = match get_execution(conn, id)? {
         Some(e) => (e.config, e.rerun_of),
         None => (HashMap::new(), String::new()),
