@@ -32,7 +32,8 @@ use claim::{Claims, Renewal, Take};
 use crate::job::Identity;
 use crate::outcome::Verdict;
 use crate::steps::StepRunner;
-use crate::{Published, TESTS, publish, retries};
+use crate::suite::TESTS;
+use crate::{Published, publish, retries};
 
 mod claim;
 

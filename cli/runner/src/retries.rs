@@ -11,7 +11,7 @@ use assay_proto::{ShardJob, TestCaseResult, TestStatus};
 use crate::job::Identity;
 use crate::outcome::Verdict;
 use crate::steps::StepRunner;
-use crate::{TESTS, run_subset};
+use crate::suite::{TESTS, run_subset};
 
 /// Which test outcomes are retried (`retries.on`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
