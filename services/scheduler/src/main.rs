@@ -6,10 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc (built without transparent huge pages, which would raise the idle RSS by
-/// several MiB): glibc malloc was a third of the services' CPU under load (bench-load).
+/// mimalloc, whose idle threads give memory back (see `assay_alloc`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: assay_alloc::MiMalloc = assay_alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(version, about = "assay scheduler: plans executions and shards")]
@@ -35,8 +34,17 @@ struct Args {
     health_addr: Option<std::net::SocketAddr>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match assay_alloc::runtime() {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     assay_telemetry::init("assay-scheduler", assay_telemetry::DEFAULT_FILTER);
     let args = Args::parse();
     let health_addr = args.health_addr;

@@ -9,10 +9,9 @@ use assay_auth::TlsFiles;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc (built without transparent huge pages, which would raise the idle RSS by
-/// several MiB): glibc malloc was a third of the services' CPU under load (bench-load).
+/// mimalloc, whose idle threads give memory back (see `assay_alloc`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: assay_alloc::MiMalloc = assay_alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -73,8 +72,17 @@ fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
     })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match assay_alloc::runtime() {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     assay_telemetry::init("assay-trigger-watcher", assay_telemetry::DEFAULT_FILTER);
     let options = match options(Args::parse()) {
         Ok(o) => o,
