@@ -4,17 +4,15 @@ use std::process::ExitCode;
 
 /// mimalloc, as in the services' own binaries: `assay up` hosts all four in this process.
 /// With its `override` feature it also serves SQLite's C allocations, which under glibc
-/// stayed in one arena per blocking-pool thread after a large execution.
+/// stayed in one arena per blocking-pool thread after a large execution. Its idle threads
+/// give memory back (see `assay_alloc`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: assay_alloc::MiMalloc = assay_alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = assay_cli::args::Cli::parse_noting_sources();
     assay_telemetry::init("assay", assay_cli::log_filter(&cli.command));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match assay_alloc::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
