@@ -35,7 +35,7 @@ pub const CONDITION_PASSED: &str = "Passed";
 pub struct ExecutionReport {
     pub workflow: String,
     pub execution_id: String,
-    /// `queued`, `running`, `passed`, `failed`, `errored`, `cancelled`.
+    /// `queued`, `running`, `passed`, `failed`, `errored`, `cancelled`, `timed_out`.
     pub status: String,
     /// Why it has that status (a rejection, an infrastructure failure); may be empty.
     pub reason: String,
@@ -147,9 +147,12 @@ impl StatusWriter {
         let mut state = lock(&self.inner.state);
         let wanted = state.wanted.entry(key.clone()).or_default();
         if let Some(old) = &wanted.execution {
-            let newer = (report.created_at_ms, &report.execution_id)
-                > (old.created_at_ms, &old.execution_id)
-                || (report.execution_id == old.execution_id && report.revision >= old.revision);
+            let newer = if report.execution_id == old.execution_id {
+                report.revision >= old.revision
+            } else {
+                (report.created_at_ms, &report.execution_id)
+                    > (old.created_at_ms, &old.execution_id)
+            };
             if !newer || *old == report {
                 return;
             }
@@ -376,6 +379,7 @@ fn passed_condition(e: &ExecutionReport) -> Condition {
         "failed" => ("False", "Failed"),
         "errored" => ("False", "Errored"),
         "cancelled" => ("False", "Cancelled"),
+        "timed_out" => ("False", "TimedOut"),
         "queued" => ("Unknown", "Queued"),
         _ => ("Unknown", "Running"),
     };
