@@ -236,6 +236,9 @@ impl State {
         }
         let live = &self.live;
         self.reported.retain(|k, _| live.contains_key(k));
+        if let Some(writer) = &self.status {
+            writer.retain(|k| live.contains_key(k));
+        }
         if changed > 0 {
             info!(scope = %self.label, workflows, triggers, "catalog updated from the cluster");
         }

@@ -163,6 +163,13 @@ impl StatusWriter {
         self.inner.wake.notify_one();
     }
 
+    /// Forgets what is wanted for objects that no longer exist.
+    pub(crate) fn retain(&self, exists: impl Fn(&ObjKey) -> bool) {
+        let mut state = lock(&self.inner.state);
+        state.wanted.retain(|k, _| exists(k));
+        state.dirty.retain(|k| exists(k));
+    }
+
     /// Queues a Warning Event about `key` with `reason` and `message`.
     pub fn event(&self, key: &ObjKey, reason: &'static str, message: String) {
         lock(&self.inner.state)

@@ -339,3 +339,36 @@ async fn execution_status_is_written_kept_in_order_and_retried_after_a_refusal()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_are_written_once_not_on_every_rebuild() {
+    let fake = fake_with_crds().await;
+    create(&fake, Kind::Workflow, "shop", "good", workflow("true")).await;
+    create(
+        &fake,
+        Kind::Workflow,
+        "shop",
+        "bad",
+        workflow("echo {{ config.x }}"),
+    )
+    .await;
+    let _running = start(&fake, Scope::Namespace("shop".into())).await;
+    wait_valid(&fake, Kind::Workflow, "shop", "good", "True").await;
+    wait_valid(&fake, Kind::Workflow, "shop", "bad", "False").await;
+    wait_for("the event about bad", || async {
+        (!events_about(&fake, "shop", "bad").await.is_empty()).then_some(())
+    })
+    .await;
+    let rv = |name: &str| {
+        fake.get("testworkflows.assay.dev", "shop", name).unwrap()["metadata"]["resourceVersion"]
+            .clone()
+    };
+    let (good, bad) = (rv("good"), rv("bad"));
+    // Another object: a rebuild that sees the first two again (and their own status writes
+    // came back through the watch before it, being older).
+    create(&fake, Kind::Workflow, "shop", "third", workflow("true")).await;
+    wait_valid(&fake, Kind::Workflow, "shop", "third", "True").await;
+    assert_eq!(rv("good"), good, "an unchanged object is not written again");
+    assert_eq!(rv("bad"), bad, "an unchanged object is not written again");
+    assert_eq!(events_about(&fake, "shop", "bad").await.len(), 1);
+}
