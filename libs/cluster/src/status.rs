@@ -135,7 +135,7 @@ impl StatusWriter {
     /// status and counts become the object's status, with the [`CONDITION_PASSED`]
     /// condition, unless a later execution (or a newer revision of this one) is already
     /// recorded. A workflow that is not in the cluster catalog is ignored.
-    pub fn execution(&self, report: ExecutionReport) {
+    pub fn execution(&self, mut report: ExecutionReport) {
         let Some(key) = lock(&self.inner.view)
             .workflows
             .get(&report.workflow)
@@ -147,6 +147,11 @@ impl StatusWriter {
         let mut state = lock(&self.inner.state);
         let wanted = state.wanted.entry(key.clone()).or_default();
         if let Some(old) = &wanted.execution {
+            // An update that does not say when its execution was created keeps the time
+            // the plan said.
+            if report.created_at_ms == 0 && report.execution_id == old.execution_id {
+                report.created_at_ms = old.created_at_ms;
+            }
             let newer = if report.execution_id == old.execution_id {
                 report.revision >= old.revision
             } else {
