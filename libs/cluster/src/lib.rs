@@ -51,7 +51,7 @@ pub enum Error {
     },
     /// The CRD is not installed (404 on a list).
     #[error(
-        "{resource} is not served by the API server ({message}); install the CRDs: kubectl apply --server-side -f deploy/k8s/crds/"
+        "{resource} is not served by the API server ({message}); install the CRDs: kubectl apply --server-side -k deploy/k8s/crds/"
     )]
     NotInstalled { resource: String, message: String },
     /// Any other failure of a Kubernetes API call.

@@ -252,7 +252,7 @@ async fn without_the_crds_the_start_says_to_install_them() {
         .expect("no CRDs fails the start");
     let text = err.to_string();
     assert!(
-        text.contains("kubectl apply --server-side -f deploy/k8s/crds/"),
+        text.contains("kubectl apply --server-side -k deploy/k8s/crds/"),
         "{text}"
     );
 }
