@@ -474,6 +474,8 @@ async fn serve(
         });
     }
     {
+        // The services' Options may gain fields; the update keeps this compiling meanwhile.
+        #[allow(clippy::needless_update)]
         let options = assay_trigger_watcher::Options {
             nats: nats("assay-trigger-watcher"),
             workflows: global.workflows.clone(),
@@ -485,6 +487,7 @@ async fn serve(
             max_webhook_bytes: args.watcher.max_webhook_bytes,
             max_in_flight: args.watcher.max_in_flight.max(1),
             request_timeout: args.watcher.request_timeout,
+            ..Default::default()
         };
         let token = token.clone();
         set.spawn(async move {

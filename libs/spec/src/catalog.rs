@@ -13,6 +13,23 @@ pub struct Catalog {
     triggers: BTreeMap<String, Trigger>,
 }
 
+/// Why [`Catalog::from_definitions_lenient`] left a definition out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An earlier definition of the same kind has its name.
+    Duplicate,
+    /// A trigger runs a workflow that is not defined or sets a parameter it does not declare.
+    Reference,
+}
+
+/// A definition [`Catalog::from_definitions_lenient`] left out, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub definition: Definition,
+    pub problem: Diagnostic,
+    pub refusal: Refusal,
+}
+
 impl Catalog {
     /// Reads every `*.yaml` / `*.yml` below `dir` (recursively, in sorted order), validates
     /// them and checks names are unique and triggers name existing workflows and parameters.
@@ -56,7 +73,7 @@ impl Catalog {
             Err(e) => return Err(e),
         };
         if let Some(c) = &catalog {
-            diags.extend(c.check_references());
+            diags.extend(c.check_references().into_iter().map(|(_, d)| d));
         }
         match catalog {
             Some(c) if diags.is_empty() => Ok(c),
@@ -67,11 +84,47 @@ impl Catalog {
     /// Builds a catalog from already parsed definitions; duplicate names are an error that
     /// names both places.
     pub fn from_definitions(dir: PathBuf, defs: Vec<Definition>) -> Result<Catalog> {
+        let (catalog, refused) = Catalog::insert_all(dir, defs);
+        if refused.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(Error::Invalid(
+                refused.into_iter().map(|r| r.problem).collect(),
+            ))
+        }
+    }
+
+    /// Builds a catalog from definitions that come and go independently (custom resources):
+    /// each is checked as [`Catalog::from_sources`] checks files, but a problem leaves out
+    /// only the definition it is about. A definition whose name an earlier one already took
+    /// is refused ([`Refusal::Duplicate`]), then a trigger that runs an undefined workflow or
+    /// sets an undeclared parameter ([`Refusal::Reference`]); the rest make the catalog.
+    /// The diagnostics are the ones `from_sources` reports for the same problems.
+    pub fn from_definitions_lenient(
+        dir: PathBuf,
+        defs: Vec<Definition>,
+    ) -> (Catalog, Vec<Refused>) {
+        let (mut catalog, mut refused) = Catalog::insert_all(dir, defs);
+        for (name, problem) in catalog.check_references() {
+            if let Some(t) = catalog.triggers.remove(&name) {
+                refused.push(Refused {
+                    definition: Definition::Trigger(t),
+                    problem,
+                    refusal: Refusal::Reference,
+                });
+            }
+        }
+        (catalog, refused)
+    }
+
+    /// Inserts every definition in order; one whose name is taken is refused with a
+    /// diagnostic that names both places.
+    fn insert_all(dir: PathBuf, defs: Vec<Definition>) -> (Catalog, Vec<Refused>) {
         let mut catalog = Catalog {
             dir,
             ..Catalog::default()
         };
-        let mut diags = Vec::new();
+        let mut refused = Vec::new();
         for def in defs {
             let first = match &def {
                 Definition::Workflow(w) => catalog
@@ -93,27 +146,27 @@ impl Catalog {
                 (Some((kind, first)), def) => {
                     let name = def.name();
                     let second = def.source();
-                    diags.push(
-                        Diagnostic::new(
-                            second.clone(),
-                            format!(
-                                "duplicate {kind} name \"{name}\": defined in {first} and {second}"
-                            ),
-                        )
-                        .hint(format!("rename one of them; {kind} names must be unique")),
-                    );
+                    let problem = Diagnostic::new(
+                        second.clone(),
+                        format!(
+                            "duplicate {kind} name \"{name}\": defined in {first} and {second}"
+                        ),
+                    )
+                    .hint(format!("rename one of them; {kind} names must be unique"));
+                    refused.push(Refused {
+                        definition: def,
+                        problem,
+                        refusal: Refusal::Duplicate,
+                    });
                 }
             }
         }
-        if diags.is_empty() {
-            Ok(catalog)
-        } else {
-            Err(Error::Invalid(diags))
-        }
+        (catalog, refused)
     }
 
-    /// Triggers that run a workflow that does not exist or set parameters it does not declare.
-    fn check_references(&self) -> Vec<Diagnostic> {
+    /// Triggers that run a workflow that does not exist or set parameters it does not
+    /// declare: the trigger's name and the problem.
+    fn check_references(&self) -> Vec<(String, Diagnostic)> {
         let mut out = Vec::new();
         let known: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
         for t in self.triggers.values() {
@@ -126,7 +179,8 @@ impl Catalog {
                         if let Some(best) = did_you_mean(name, known.iter().copied()) {
                             hint = format!("did you mean \"{best}\"? ({hint})");
                         }
-                        out.push(
+                        out.push((
+                            t.name.clone(),
                             Diagnostic::new(
                                 t.source.clone(),
                                 format!(
@@ -135,7 +189,7 @@ impl Catalog {
                                 ),
                             )
                             .hint(hint),
-                        );
+                        ));
                         continue;
                     }
                 },
@@ -151,7 +205,8 @@ impl Catalog {
                         if let Some(best) = did_you_mean(key, declared.iter().copied()) {
                             hint = format!("did you mean \"{best}\"? ({hint})");
                         }
-                        out.push(
+                        out.push((
+                            t.name.clone(),
                             Diagnostic::new(
                                 t.source.clone(),
                                 format!(
@@ -160,7 +215,7 @@ impl Catalog {
                                 ),
                             )
                             .hint(hint),
-                        );
+                        ));
                     }
                 }
             }

@@ -22,7 +22,7 @@ mod watch;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Refusal, Refused};
 pub use config::{
     DEFAULT_MATRIX_LIMIT, EVENT_FIELDS, EventContext, MASKED, TemplateVars, expand, expand_matrix,
     is_shell_word, matrix_limit, parse_overrides, variant_label,

@@ -1,4 +1,5 @@
-//! A catalog shared by a running service and reloaded when its directory changes.
+//! A catalog shared by a running service: reloaded when its directory changes, or replaced
+//! by whoever feeds it from elsewhere (custom resources in a cluster).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -14,7 +15,8 @@ use crate::{Catalog, Result};
 #[derive(Clone)]
 pub struct SharedCatalog {
     current: Arc<RwLock<Arc<Catalog>>>,
-    dir: PathBuf,
+    /// The directory it is loaded from; `None` when its owner feeds it ([`SharedCatalog::new`]).
+    dir: Option<PathBuf>,
     /// The files as they were just before the first load: [`SharedCatalog::watch`] compares
     /// against this, so a change made between loading and watching is not missed.
     loaded: Arc<Vec<Seen>>,
@@ -27,9 +29,24 @@ impl SharedCatalog {
         let catalog = Catalog::load(dir)?;
         Ok(SharedCatalog {
             current: Arc::new(RwLock::new(Arc::new(catalog))),
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
             loaded: Arc::new(loaded),
         })
+    }
+
+    /// A catalog fed by its owner through [`SharedCatalog::replace`] (the cluster catalog)
+    /// instead of a directory; [`SharedCatalog::watch`] on it only waits for shutdown.
+    pub fn new(catalog: Catalog) -> SharedCatalog {
+        SharedCatalog {
+            current: Arc::new(RwLock::new(Arc::new(catalog))),
+            dir: None,
+            loaded: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Installs `catalog`: every [`SharedCatalog::get`] from now on returns it.
+    pub fn replace(&self, catalog: Catalog) {
+        self.set(Arc::new(catalog));
     }
 
     /// The catalog as it is now.
@@ -50,13 +67,18 @@ impl SharedCatalog {
     /// Polls the directory every `every`; reloads when a definition file is added, removed
     /// or modified (or, through a symlink, now points at another file). An invalid new version is refused with a warning naming every problem,
     /// and the previous catalog stays in force. `changed` is called after each reload, once
-    /// [`SharedCatalog::get`] returns the new catalog.
+    /// [`SharedCatalog::get`] returns the new catalog. A catalog made by
+    /// [`SharedCatalog::new`] has no directory: this only waits for `shutdown`.
     pub async fn watch(
         self,
         every: Duration,
         shutdown: CancellationToken,
         changed: impl Fn(&Catalog),
     ) {
+        let Some(dir) = self.dir.clone() else {
+            shutdown.cancelled().await;
+            return;
+        };
         // Walking and parsing the directory is blocking file I/O: off the async workers.
         let scan = |dir: PathBuf| async move {
             tokio::task::spawn_blocking(move || fingerprint(&dir))
@@ -69,29 +91,29 @@ impl SharedCatalog {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.cancelled() => return,
             }
-            let now = scan(self.dir.clone()).await;
+            let now = scan(dir.clone()).await;
             if now == last {
                 continue;
             }
             last = now;
-            let dir = self.dir.clone();
-            let loaded = match tokio::task::spawn_blocking(move || Catalog::load(&dir)).await {
+            let load = dir.clone();
+            let loaded = match tokio::task::spawn_blocking(move || Catalog::load(&load)).await {
                 Ok(loaded) => loaded,
                 Err(e) => {
-                    warn!(dir = %self.dir.display(), error = %e, "reloading the definitions failed; keeping the previous ones");
+                    warn!(dir = %dir.display(), error = %e, "reloading the definitions failed; keeping the previous ones");
                     continue;
                 }
             };
             match loaded {
                 Ok(c) => {
-                    info!(dir = %self.dir.display(), workflows = c.workflows().count(), triggers = c.triggers().count(), "definitions reloaded");
+                    info!(dir = %dir.display(), workflows = c.workflows().count(), triggers = c.triggers().count(), "definitions reloaded");
                     // Installed first, so that `changed` and anyone it tells see the new one.
                     let c = Arc::new(c);
                     self.set(c.clone());
                     changed(&c);
                 }
                 Err(e) => {
-                    warn!(dir = %self.dir.display(), error = %e, "definitions changed but are invalid; keeping the previous ones")
+                    warn!(dir = %dir.display(), error = %e, "definitions changed but are invalid; keeping the previous ones")
                 }
             }
         }

@@ -22,6 +22,7 @@ mod dedup;
 mod intake;
 mod kv;
 pub mod plan;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assay_bus::{Bus, ConsumerSpec, Delivery, Failure, NatsOptions, consumer, streams, subjects};
+use assay_cluster::{CatalogSource, StatusWriter};
 use assay_proto::{Execution, ExecutionStatus, ExecutionUpdate, RunRequest, TriggerEvent};
 use assay_spec::{Policy, SharedCatalog};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +52,9 @@ pub enum Error {
     Spec(String),
     #[error("key-value {op}: {reason}")]
     Kv { op: &'static str, reason: String },
+    /// The catalog cannot be opened (a directory, or the cluster's objects).
+    #[error(transparent)]
+    Catalog(#[from] assay_cluster::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,7 +76,7 @@ impl Error {
         match self {
             Error::Bus(e) => e.is_retryable(),
             Error::Kv { .. } => true,
-            Error::Spec(_) => false,
+            Error::Spec(_) | Error::Catalog(_) => false,
         }
     }
 
@@ -88,8 +93,13 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub nats: NatsOptions,
-    /// Directory of `TestWorkflow` and `TestTrigger` files (reloaded when it changes).
+    /// Directory of `TestWorkflow` and `TestTrigger` files (reloaded when it changes);
+    /// unused with [`CatalogSource::Kubernetes`].
     pub workflows: PathBuf,
+    /// Where workflows and triggers come from: the `workflows` directory (default) or the
+    /// cluster's `TestWorkflow`/`TestTrigger` objects, whose status the scheduler then
+    /// writes (validity, and each workflow's last execution).
+    pub catalog: CatalogSource,
     /// Events handled at once.
     pub concurrency: usize,
     /// The timeout of an execution whose workflow sets none, so that nothing stays queued
@@ -105,6 +115,7 @@ impl Default for Options {
         Options {
             nats: NatsOptions::default(),
             workflows: PathBuf::from(".assay"),
+            catalog: CatalogSource::default(),
             concurrency: 1024,
             max_execution_time: DEFAULT_MAX_EXECUTION_TIME,
         }
@@ -113,9 +124,22 @@ impl Default for Options {
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
-    let defs = SharedCatalog::load(&options.workflows).map_err(Error::spec)?;
+    let opened = match assay_cluster::open(
+        &options.catalog,
+        &options.workflows,
+        Some("assay-scheduler"),
+        &shutdown,
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        // A directory's problems stay a definition error, as before.
+        Err(assay_cluster::Error::Spec(e)) => return Err(Error::spec(e)),
+        Err(e) => return Err(e.into()),
+    };
+    let defs = opened.catalog;
     let catalog = defs.get();
-    info!(dir = %options.workflows.display(), workflows = catalog.workflows().count(), triggers = catalog.triggers().count(), "definitions loaded");
+    info!(from = %catalog.dir().display(), workflows = catalog.workflows().count(), triggers = catalog.triggers().count(), "definitions loaded");
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
     let scheduler = Scheduler {
@@ -127,10 +151,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         ),
         defs: defs.clone(),
         max_execution_time: options.max_execution_time,
+        status: opened.status,
     };
     // Set-up that can fail is done: /readyz may answer 200 (while NATS stays connected).
     options.nats.health.set_ready();
-    let watch = tokio::spawn(defs.watch(Duration::from_secs(2), shutdown.clone(), |_| {}));
+    let watch = tokio::spawn(opened.keeper);
 
     let events = {
         let s = scheduler.clone();
@@ -177,6 +202,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             move |d: Delivery<ExecutionUpdate>| {
                 let s = s.clone();
                 async move {
+                    report::updated(s.status.as_ref(), &d.msg);
                     s.on_update(d.msg, d.delivered)
                         .await
                         .map_err(Error::failure)
@@ -211,6 +237,8 @@ struct Scheduler {
     slots: Slots,
     defs: SharedCatalog,
     max_execution_time: Duration,
+    /// Writes `TestWorkflow` status (`--catalog kubernetes` only).
+    status: Option<StatusWriter>,
 }
 
 impl Scheduler {
@@ -259,6 +287,7 @@ impl Scheduler {
     ) -> Result<Outcome> {
         warn!(execution = %id, workflow, %reason, "execution rejected");
         let exec = plan::rejected(id, workflow, cause, status, reason.clone());
+        report::planned(self.status.as_ref(), &exec);
         self.bus
             .publish(subjects::execution_plan(id), &exec)
             .await?;
@@ -384,6 +413,7 @@ impl Scheduler {
                 .publish(subjects::execution_plan(&id), &plan.execution)
                 .await?;
             info!(execution = %id, workflow, after = %running, priority = plan.execution.priority, "execution queued");
+            report::planned(self.status.as_ref(), &plan.execution);
             // The running one may have ended meanwhile.
             self.start_waiting(&scope).await?;
             return Ok(Outcome::Started(id));
@@ -400,6 +430,7 @@ impl Scheduler {
                 .await?;
         }
         self.publish(&plan).await?;
+        report::planned(self.status.as_ref(), &plan.execution);
         info!(execution = %id, workflow, shards = plan.shards.len(), trigger = %cause.trigger, "execution planned");
         Ok(Outcome::Started(id))
     }

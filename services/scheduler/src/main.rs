@@ -16,9 +16,11 @@ struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL)]
     nats: String,
-    /// Directory of TestWorkflow and TestTrigger definitions.
+    /// Directory of TestWorkflow and TestTrigger definitions (`--catalog files`).
     #[arg(long, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
     workflows: PathBuf,
+    #[command(flatten)]
+    catalog: assay_cluster::CatalogArgs,
     /// Trigger events (and run requests) handled at once; also the consumers'
     /// `max_ack_pending`. Each event waits for a few JetStream acks in turn, so throughput is
     /// about this many events per round-trip time.
@@ -55,6 +57,7 @@ async fn serve() -> ExitCode {
             ..Default::default()
         },
         workflows: args.workflows,
+        catalog: args.catalog.source(),
         concurrency: args.concurrency.max(1),
         max_execution_time: args.max_execution_time,
     };

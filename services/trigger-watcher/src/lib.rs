@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use assay_auth::{Bearer, Secret, TlsFiles};
 use assay_bus::{Bus, NatsOptions};
+use assay_cluster::CatalogSource;
 use assay_spec::SharedCatalog;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -51,6 +52,9 @@ pub enum Error {
     Auth(#[from] assay_auth::Error),
     #[error("{0}")]
     Config(String),
+    /// The cluster catalog cannot be read (RBAC, CRDs, kubeconfig).
+    #[error(transparent)]
+    Catalog(#[from] assay_cluster::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,8 +63,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub nats: NatsOptions,
-    /// Directory of `TestWorkflow` and `TestTrigger` definitions.
+    /// Directory of `TestWorkflow` and `TestTrigger` definitions (reloaded when it changes);
+    /// unused with [`CatalogSource::Kubernetes`].
     pub workflows: PathBuf,
+    /// Where workflows and triggers come from: the `workflows` directory (default) or the
+    /// cluster's `TestWorkflow`/`TestTrigger` objects (read only: the scheduler writes
+    /// their status).
+    pub catalog: CatalogSource,
     /// HTTP listen address.
     pub http: SocketAddr,
     /// Bearer token every HTTP route but `/healthz` and the webhooks requires; open (with a
@@ -91,6 +100,7 @@ impl Default for Options {
         Options {
             nats: NatsOptions::default(),
             workflows: PathBuf::from(".assay"),
+            catalog: CatalogSource::default(),
             http: SocketAddr::from(([127, 0, 0, 1], 7071)),
             token: None,
             tls: None,
@@ -195,7 +205,15 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         "assay-trigger-watcher",
         "/v1/events, /v1/workflows/{name}/run and /metrics",
     );
-    let catalog = SharedCatalog::load(&options.workflows)?;
+    let catalog = match &options.catalog {
+        CatalogSource::Files => SharedCatalog::load(&options.workflows)?,
+        // Kept current by its own task; the directory watch below then only waits.
+        source => {
+            let opened = assay_cluster::open(source, &options.workflows, None, &shutdown).await?;
+            tokio::spawn(opened.keeper);
+            opened.catalog
+        }
+    };
     let bus = Bus::connect(&options.nats, &shutdown).await?;
     bus.ensure_topology().await?;
     let deliveries = bus

@@ -22,9 +22,11 @@ struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL)]
     nats: String,
-    /// Directory of TestWorkflow and TestTrigger definitions.
+    /// Directory of TestWorkflow and TestTrigger definitions (`--catalog files`).
     #[arg(long, env = "ASSAY_WORKFLOWS", default_value = ".assay")]
     workflows: PathBuf,
+    #[command(flatten)]
+    catalog: assay_cluster::CatalogArgs,
     /// HTTP listen address.
     #[arg(
         long,
@@ -58,6 +60,7 @@ fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
             ..Default::default()
         },
         workflows: args.workflows,
+        catalog: args.catalog.source(),
         http: args.http,
         token: assay_auth::load_token(args.token_file.as_deref())?,
         tls: TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)?,
