@@ -476,6 +476,7 @@ async fn serve(
     {
         let options = assay_trigger_watcher::Options {
             nats: nats("assay-trigger-watcher"),
+            cluster: args.watcher.cluster_options(),
             workflows: global.workflows.clone(),
             http: args.http,
             token: api_token.clone(),
