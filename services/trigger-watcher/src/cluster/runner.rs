@@ -79,7 +79,7 @@ impl Cluster {
     /// Watches until `shutdown`.
     pub async fn run(self, catalog: SharedCatalog, shutdown: CancellationToken) {
         let status = self.options.status.clone();
-        let started = Started::default();
+        let started = Started::new(status.clone());
         let follow = tokio::spawn(started.clone().follow(self.bus.clone(), shutdown.clone()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let dispatcher = Dispatcher {

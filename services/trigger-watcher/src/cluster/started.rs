@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::status::ClusterStatus;
 use super::supersede;
 
 /// Ended executions remembered, so that a plan record read after the update that ended
@@ -28,6 +29,7 @@ const ENDED_KEPT: usize = 100_000;
 #[derive(Clone, Default)]
 pub(crate) struct Started {
     inner: Arc<Mutex<Inner>>,
+    status: ClusterStatus,
 }
 
 #[derive(Default)]
@@ -38,6 +40,13 @@ struct Inner {
 }
 
 impl Started {
+    pub fn new(status: ClusterStatus) -> Started {
+        Started {
+            inner: Default::default(),
+            status,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -85,6 +94,7 @@ impl Started {
         let list = inner.active.entry(p.trigger.clone()).or_default();
         if !list.iter().any(|s| s.execution == execution) {
             list.push(entry);
+            self.status.count_tracked();
         }
     }
 

@@ -24,6 +24,7 @@ struct Inner {
     fired: u64,
     duplicates: u64,
     superseded: u64,
+    tracked: u64,
 }
 
 impl ClusterStatus {
@@ -63,6 +64,16 @@ impl ClusterStatus {
     /// earlier run or another replica).
     pub fn duplicates(&self) -> u64 {
         self.lock().duplicates
+    }
+
+    /// Executions started by Kubernetes triggers that the watcher learnt of (from plan
+    /// records), for `supersede: true`.
+    pub fn tracked(&self) -> u64 {
+        self.lock().tracked
+    }
+
+    pub(crate) fn count_tracked(&self) {
+        self.lock().tracked += 1;
     }
 
     /// Executions cancelled by `supersede: true`.
