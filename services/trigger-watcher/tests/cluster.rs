@@ -385,3 +385,54 @@ async fn an_image_change_carries_the_pulled_digests() {
     assert_eq!(label(ev, "images"), "web=shop/web:2,proxy=envoy@sha256:e1");
     w.stop().await;
 }
+
+#[tokio::test]
+async fn namespaces_match_expressions_and_conditions_pick_the_objects_and_changes() {
+    let env = Env::start(&trigger(
+        "picky",
+        "{kind: ConfigMap, namespaces: [shop, pay], matchExpressions: [{key: tier, operator: In, values: [web, api]}], event: modified, conditions: [{path: .data.mode, changedFrom: \"off\"}, {path: .data.owner, equals: team-a}, {path: .metadata.labels.tier, changed: false}]}",
+    ))
+    .await;
+    let w = env.watcher();
+    wait_until("both namespaces are listed", async || {
+        w.status.lists("ConfigMap") >= 2
+    })
+    .await;
+    let cm = |ns: &str, name: &str, tier: &str, owner: &str| {
+        json!({"metadata": {"name": name, "namespace": ns, "labels": {"tier": tier}},
+               "data": {"mode": "off", "owner": owner}})
+    };
+    // (namespace, name, tier, owner, new tier): each switched from mode off to on.
+    let cases = [
+        ("shop", "fires", "web", "team-a", "web"),
+        ("dev", "unwatched-namespace", "web", "team-a", "web"),
+        ("pay", "db-tier", "db", "team-a", "db"),
+        ("pay", "other-owner", "web", "team-b", "web"),
+        ("pay", "tier-changed", "web", "team-a", "api"),
+        ("pay", "fires-too", "api", "team-a", "api"),
+    ];
+    for (ns, name, tier, owner, _) in cases {
+        env.fake
+            .put("configmaps", cm(ns, name, tier, owner))
+            .unwrap();
+    }
+    for (ns, name, _, _, new_tier) in cases {
+        env.update("configmaps", ns, name, |c| {
+            c["data"]["mode"] = json!("on");
+            c["metadata"]["labels"]["tier"] = json!(new_tier);
+        });
+    }
+    wait_until("the two matching changes fired", async || {
+        w.status.fired() == 2
+    })
+    .await;
+    let mut names: Vec<String> = env
+        .events()
+        .await
+        .iter()
+        .map(|e| label(e, "name").to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fires", "fires-too"]);
+    w.stop().await;
+}
