@@ -436,3 +436,32 @@ async fn namespaces_match_expressions_and_conditions_pick_the_objects_and_change
     assert_eq!(names, ["fires", "fires-too"]);
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_trigger_added_by_a_reload_gets_its_watch() {
+    let env = Env::start(&trigger(
+        "config",
+        "{kind: ConfigMap, namespace: shop, event: modified}",
+    ))
+    .await;
+    let w = env.watcher();
+    wait_until("the configmaps are listed", async || {
+        w.status.lists("ConfigMap") >= 1
+    })
+    .await;
+    assert_eq!(w.status.lists("Deployment"), 0);
+    std::fs::write(
+        env.dir.path().join("rollout.yaml"),
+        trigger("e2e-after-rollout", ROLLOUT),
+    )
+    .unwrap();
+    wait_until("the reload started a deployment watch", async || {
+        w.status.lists("Deployment") >= 1
+    })
+    .await;
+    env.create_deployment("shop/app:1");
+    env.roll_out("1");
+    wait_until("the new trigger fired", async || w.status.fired() == 1).await;
+    assert_eq!(env.events().await[0].trigger, "e2e-after-rollout");
+    w.stop().await;
+}
