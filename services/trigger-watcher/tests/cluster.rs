@@ -465,3 +465,38 @@ async fn a_trigger_added_by_a_reload_gets_its_watch() {
     assert_eq!(env.events().await[0].trigger, "e2e-after-rollout");
     w.stop().await;
 }
+
+#[tokio::test]
+async fn secrets_are_watched_as_metadata_only() {
+    let env = Env::start(&trigger(
+        "secret-rotated",
+        "{kind: Secret, namespace: shop, event: modified, conditions: [{path: .metadata.annotations.rotated, changed: true}]}",
+    ))
+    .await;
+    let w = env.watcher();
+    wait_until("the secrets are listed", async || {
+        w.status.lists("Secret") >= 1
+    })
+    .await;
+    env.fake
+        .put(
+            "secrets",
+            json!({"metadata": {"name": "db", "namespace": "shop", "annotations": {"rotated": "1"}},
+                   "type": "Opaque", "data": {"password": "aHVudGVyMg=="}}),
+        )
+        .unwrap();
+    env.update("secrets", "shop", "db", |s| {
+        s["metadata"]["annotations"]["rotated"] = json!("2");
+        s["data"]["password"] = json!("c2VjcmV0");
+    });
+    wait_until("the rotation fired", async || w.status.fired() == 1).await;
+    let ev = &env.events().await[0];
+    assert_eq!(label(ev, "kind"), "Secret");
+    assert_eq!(label(ev, "field:.metadata.annotations.rotated"), "2");
+    let payload = String::from_utf8(ev.payload.clone()).unwrap();
+    assert!(
+        !payload.contains("c2VjcmV0") && !payload.contains("password"),
+        "{payload}"
+    );
+    w.stop().await;
+}
