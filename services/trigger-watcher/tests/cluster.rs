@@ -260,16 +260,23 @@ async fn forbidden_and_unknown_kinds_are_errors_of_their_triggers_only() {
             "config",
             "{kind: ConfigMap, namespace: shop, event: modified}",
         ),
+        trigger("services", "{kind: Service, event: created}"),
     ]
     .concat();
     let env = Env::start(&defs).await;
     env.fake.forbid("list", "apps", "deployments");
+    env.fake.forbid("watch", "", "services");
     let w = env.watcher();
-    wait_until("both errors are known", async || {
-        w.status.errors().len() == 2
+    wait_until("the three errors are known", async || {
+        w.status.errors().len() == 3
     })
     .await;
     let errors = w.status.errors();
+    assert!(
+        errors["services"].contains("may not watch services cluster-wide"),
+        "{}",
+        errors["services"]
+    );
     let forbidden = &errors["rollouts"];
     assert!(
         forbidden.contains("may not list deployments.apps in namespace shop")
@@ -305,7 +312,18 @@ async fn forbidden_and_unknown_kinds_are_errors_of_their_triggers_only() {
         w.status.lists("Deployment") >= 1
     })
     .await;
-    assert_eq!(w.status.errors().keys().collect::<Vec<_>>(), ["widgets"]);
+    env.fake.allow("watch", "", "services");
+    env.fake
+        .put(
+            "services",
+            json!({"metadata": {"name": "web", "namespace": "shop"}}),
+        )
+        .unwrap();
+    wait_until("the services trigger fired", async || w.status.fired() == 2).await;
+    wait_until("only the unknown kind is left", async || {
+        w.status.errors().keys().collect::<Vec<_>>() == ["widgets"]
+    })
+    .await;
     w.stop().await;
 }
 

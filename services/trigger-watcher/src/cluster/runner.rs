@@ -142,6 +142,7 @@ impl Cluster {
                         tx: tx.clone(),
                         status: status.clone(),
                         timeout: self.options.watch_timeout,
+                        logged: Default::default(),
                     };
                     let handle = tokio::spawn(task.run(stop.clone()));
                     running.insert(key, (stop, handle));

@@ -92,13 +92,16 @@ impl ClusterStatus {
         inner.served = served;
     }
 
-    /// Records a watch's error; true when it differs from the one recorded (worth a log).
-    pub(crate) fn watch_failed(&self, watch: &str, why: &str) -> bool {
-        let mut inner = self.lock();
-        inner
+    /// Clears a watch's error (it delivered a change).
+    pub(crate) fn watch_ok(&self, watch: &str) {
+        self.lock().watch_errors.remove(watch);
+    }
+
+    /// Records a watch's error (until its next completed list or delivered change).
+    pub(crate) fn watch_failed(&self, watch: &str, why: &str) {
+        self.lock()
             .watch_errors
-            .insert(watch.to_string(), why.to_string())
-            != Some(why.to_string())
+            .insert(watch.to_string(), why.to_string());
     }
 
     pub(crate) fn listed(&self, watch: &str) {

@@ -76,6 +76,10 @@ pub(crate) struct WatchTask {
     pub tx: mpsc::Sender<Msg>,
     pub status: ClusterStatus,
     pub timeout: Duration,
+    /// The error last logged: a watch that lists but may not watch fails, relists and
+    /// fails again; it is logged once, and again only when the error changes or the watch
+    /// delivered a live change in between.
+    pub logged: std::sync::Mutex<Option<String>>,
 }
 
 type Events = BoxStream<'static, Result<watcher::Event<Value>, watcher::Error>>;
@@ -131,6 +135,11 @@ impl WatchTask {
             match next {
                 None => return,
                 Some(Ok(event)) => {
+                    if matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_)) {
+                        // Delivering again: whatever failed before works now.
+                        *self.logged.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        self.status.watch_ok(&name);
+                    }
                     for (old, new) in state.apply(event, &self.key) {
                         self.changed(old.as_ref(), new.as_ref()).await;
                     }
@@ -183,7 +192,10 @@ impl WatchTask {
 
     fn failed(&self, why: &str) {
         let name = self.key.name();
-        if self.status.watch_failed(&name, why) {
+        self.status.watch_failed(&name, why);
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.as_deref() != Some(why) {
+            *logged = Some(why.to_string());
             let triggers: Vec<String> = self
                 .key
                 .triggers(&self.triggers)
