@@ -230,7 +230,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         catalog: catalog.clone(),
         bearer,
         client_cert_required: options.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-        metrics: metrics::Metrics::default(),
+        metrics: match &cluster {
+            Some(_) => metrics::Metrics::default().with_cluster(options.cluster.status.clone()),
+            None => metrics::Metrics::default(),
+        },
         webhooks: Arc::new(options.webhooks.clone()),
         deliveries,
         limits: http::BodyLimits {

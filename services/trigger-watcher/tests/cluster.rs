@@ -64,6 +64,12 @@ async fn a_deployment_rollout_fires_exactly_one_event_with_what_was_deployed() {
         first.header.as_ref().unwrap().idempotency_key,
         format!("kubernetes/e2e-after-rollout/{uid}/rollout-complete/1")
     );
+    let (code, metrics) = assay_testkit::http_get(w.http, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("assay_trigger_watcher_kube_events_total{outcome=\"published\"} 2\n"),
+        "{metrics}"
+    );
     w.stop().await;
 }
 

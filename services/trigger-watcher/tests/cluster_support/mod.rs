@@ -45,6 +45,8 @@ pub fn nats_options(url: &str) -> NatsOptions {
 /// A running trigger-watcher.
 pub struct Watcher {
     pub status: ClusterStatus,
+    /// Its HTTP address (no token: open).
+    pub http: SocketAddr,
     shutdown: CancellationToken,
     run: JoinHandle<()>,
 }
@@ -54,10 +56,11 @@ impl Watcher {
     /// request (so a compaction is noticed at the next one).
     pub fn start(nats: &str, dir: &std::path::Path, fake: &FakeKube, timeout: Duration) -> Watcher {
         let status = ClusterStatus::default();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let options = Options {
             nats: nats_options(nats),
             workflows: dir.to_path_buf(),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http,
             cluster: ClusterOptions {
                 enabled: true,
                 client: Some(fake.client()),
@@ -76,6 +79,7 @@ impl Watcher {
         });
         Watcher {
             status,
+            http,
             shutdown,
             run,
         }
