@@ -231,6 +231,13 @@ impl WatchTask {
     async fn changed(&self, old: Option<&Value>, new: Option<&Value>) {
         let kind = self.key.kind.as_str();
         let Some(current) = new.or(old) else { return };
+        if let (Some(o), Some(n)) = (old, new)
+            && object::resource_version(o) == object::resource_version(n)
+        {
+            // A relist handing back what was known: no change, and no reason to hold a
+            // settling event longer.
+            return;
+        }
         let uid = object::identity(current).uid;
         let revision = object::revision(kind, current);
         for (trigger, m) in self.key.triggers(&self.triggers) {
