@@ -478,6 +478,7 @@ async fn serve(
         #[allow(clippy::needless_update)]
         let options = assay_trigger_watcher::Options {
             nats: nats("assay-trigger-watcher"),
+            cluster: args.watcher.cluster_options(),
             workflows: global.workflows.clone(),
             http: args.http,
             token: api_token.clone(),

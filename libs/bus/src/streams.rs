@@ -74,6 +74,11 @@ pub const KV_BATCH_CLAIMS: &str = "assay_batch_claims";
 /// seen within it is not published again, whichever replica receives it. Opened with
 /// [`crate::Bus::webhook_deliveries`].
 pub const KV_WEBHOOK_DELIVERIES: &str = "assay_webhook_deliveries";
+/// KV bucket: dedup keys (hex, see [`crate::kv_key`]) of the events the trigger-watchers'
+/// Kubernetes watches fired (`kubernetes/<trigger>/<uid>/<event>/<occurrence>`). A watcher
+/// publishes an event only after creating its key, so a relist, a restart or a second
+/// replica never fires one twice while the key lives (its `max_age`).
+pub const KV_KUBE_FIRED: &str = "assay_kube_fired";
 
 /// Durable consumer name of an execution's work queue (one per execution, shared by its
 /// runners; removed by the server after an hour unused).

@@ -59,6 +59,14 @@ pub struct WatcherArgs {
     /// An HTTP request not answered within this (NATS unreachable, say) gets 503.
     #[arg(long, env = "ASSAY_TRIGGER_WATCHER__REQUEST_TIMEOUT", default_value = "30s", value_parser = assay_spec::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Watch the Kubernetes cluster (KUBECONFIG, else the in-cluster service account) for
+    /// the TestTriggers with on.kubernetes; without it they never fire (and a warning says so).
+    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__WATCH_CLUSTER")]
+    pub watch_cluster: bool,
+    /// How long the key of a fired Kubernetes event is kept: within it the same rollout,
+    /// change or deletion never fires again, across relists, restarts and replicas.
+    #[arg(long, env = "ASSAY_TRIGGER_WATCHER__KUBE_FIRED_TTL", default_value = "7d", value_parser = assay_spec::parse_duration)]
+    pub kube_fired_ttl: Duration,
 }
 
 fn parse_limit(text: &str) -> Result<usize, String> {
@@ -72,6 +80,15 @@ fn parse_limit(text: &str) -> Result<usize, String> {
 }
 
 impl WatcherArgs {
+    /// The cluster watch settings (`--watch-cluster`, `--kube-fired-ttl`).
+    pub fn cluster_options(&self) -> crate::ClusterOptions {
+        crate::ClusterOptions {
+            enabled: self.watch_cluster,
+            fired_ttl: self.kube_fired_ttl,
+            ..Default::default()
+        }
+    }
+
     /// The webhook settings, with the secrets read from their files or variables.
     pub fn webhook_options(&self) -> Result<WebhookOptions> {
         let secret = |what, file: &Option<PathBuf>, env| Secret::load(what, file.as_deref(), env);
@@ -119,5 +136,10 @@ mod tests {
         assert_eq!(cli.args.max_body_bytes, 10);
         assert!(Cli::try_parse_from(["x", "--max-body-bytes", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--max-body-bytes", "1MB"]).is_err());
+        assert!(!cli.args.cluster_options().enabled);
+        let cli = Cli::try_parse_from(["x", "--watch-cluster", "--kube-fired-ttl", "2h"]).unwrap();
+        let c = cli.args.cluster_options();
+        assert!(c.enabled);
+        assert_eq!(c.fired_ttl, Duration::from_secs(7200));
     }
 }

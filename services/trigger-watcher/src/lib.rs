@@ -13,10 +13,13 @@
 //! Every HTTP route but `/healthz` and the webhooks needs the bearer token when one is
 //! configured; the server speaks TLS when given a certificate and key.
 //!
-//! Kubernetes watches come with their own issue.
+//! - Kubernetes: with `--watch-cluster`, every `TestTrigger` with `on.kubernetes` fires a
+//!   `TriggerEvent` (source `kubernetes`) when the objects it names change (see
+//!   [`cluster`]); without it such triggers are inert and a warning at start and at each
+//!   reload names the flag.
 
 pub mod args;
-mod cluster;
+pub mod cluster;
 mod cron;
 mod http;
 pub mod metrics;
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use args::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WEBHOOK_BYTES, WatcherArgs};
+pub use cluster::{ClusterOptions, ClusterStatus};
 pub use cron::next_fires;
 pub use http::{AppState, EventBody, parse_event_body, router};
 pub use webhook::Provider;
@@ -88,6 +92,8 @@ pub struct Options {
     pub max_in_flight: usize,
     /// An HTTP request not answered within this is answered 503.
     pub request_timeout: std::time::Duration,
+    /// The cluster watch for `on.kubernetes` triggers (`--watch-cluster`); off by default.
+    pub cluster: ClusterOptions,
 }
 
 /// [`Options::max_in_flight`] by default.
@@ -109,6 +115,7 @@ impl Default for Options {
             max_webhook_bytes: DEFAULT_MAX_WEBHOOK_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -219,6 +226,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
     let deliveries = bus
         .webhook_deliveries(options.webhooks.replay_window)
         .await?;
+    let cluster = if options.cluster.enabled {
+        Some(cluster::Cluster::connect(&bus, &options.cluster).await?)
+    } else {
+        cluster::warn_if_inert(&catalog.get());
+        None
+    };
     let listener = tokio::net::TcpListener::bind(options.http)
         .await
         .map_err(|e| Error::Listen {
@@ -235,7 +248,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         catalog: catalog.clone(),
         bearer,
         client_cert_required: options.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-        metrics: metrics::Metrics::default(),
+        metrics: match &cluster {
+            Some(_) => metrics::Metrics::default().with_cluster(options.cluster.status.clone()),
+            None => metrics::Metrics::default(),
+        },
         webhooks: Arc::new(options.webhooks.clone()),
         deliveries,
         limits: http::BodyLimits {
@@ -266,16 +282,29 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             }
         }
     };
+    let inert = cluster.is_none();
     let watch = catalog
         .clone()
-        .watch(Duration::from_secs(2), shutdown.clone(), |_| {});
+        .watch(Duration::from_secs(2), shutdown.clone(), move |c| {
+            if inert {
+                cluster::warn_if_inert(c);
+            }
+        });
+    let kube = {
+        let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
+        async move {
+            if let Some(c) = cluster {
+                c.run(catalog, shutdown).await;
+            }
+        }
+    };
     let cron = cron::run(bus, catalog, shutdown.clone());
     if webhooks.is_empty() {
         info!(%scheme, http = %addr, "trigger-watcher running");
     } else {
         info!(%scheme, http = %addr, webhooks = %webhooks.join(","), "trigger-watcher running");
     }
-    let (served, (), ()) = tokio::join!(server, watch, cron);
+    let (served, (), (), ()) = tokio::join!(server, watch, cron, kube);
     if let Err(e) = &served {
         warn!(error = %e, "http server failed");
     }

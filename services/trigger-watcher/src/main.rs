@@ -72,6 +72,7 @@ fn options(args: Args) -> anyhow::Result<assay_trigger_watcher::Options> {
         max_webhook_bytes: args.watcher.max_webhook_bytes,
         max_in_flight: args.watcher.max_in_flight.max(1),
         request_timeout: args.watcher.request_timeout,
+        cluster: args.watcher.cluster_options(),
     })
 }
 

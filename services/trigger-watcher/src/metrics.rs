@@ -13,7 +13,12 @@
 //!   too many were in flight (`in_flight`) or one was not handled in time (`timeout`);
 //! - `assay_trigger_watcher_http_unauthorized_total{reason}`: requests refused for want of the
 //!   bearer token (`missing`, `malformed`, `wrong`) or of a client certificate
-//!   (`client_certificate`).
+//!   (`client_certificate`);
+//! - with `--watch-cluster`: `assay_trigger_watcher_kube_events_total{outcome}` (events of
+//!   `on.kubernetes` triggers `published`, or not published as a `duplicate` of a key fired
+//!   before), `assay_trigger_watcher_kube_superseded_total` (executions cancelled by
+//!   `supersede: true`) and the gauge `assay_trigger_watcher_kube_failing_triggers`
+//!   (triggers that cannot be watched now: unknown kind, forbidden).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -47,9 +52,16 @@ const HELP: &[(&str, &str)] = &[
 pub struct Metrics {
     // (metric name, rendered labels) -> value; few series, rarely touched.
     counters: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
+    cluster: Option<crate::ClusterStatus>,
 }
 
 impl Metrics {
+    /// Also renders the cluster watch's counters.
+    pub fn with_cluster(mut self, status: crate::ClusterStatus) -> Self {
+        self.cluster = Some(status);
+        self
+    }
+
     fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
         let rendered = labels
             .iter()
@@ -126,6 +138,34 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {value}");
         }
+        if let Some(c) = &self.cluster {
+            let name = "assay_trigger_watcher_kube_events_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Events of on.kubernetes triggers: published, or not as the duplicate of a key fired before."
+            );
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name}{{outcome=\"published\"}} {}", c.fired());
+            let _ = writeln!(out, "{name}{{outcome=\"duplicate\"}} {}", c.duplicates());
+            for (name, kind, help, value) in [
+                (
+                    "assay_trigger_watcher_kube_superseded_total",
+                    "counter",
+                    "Executions cancelled by supersede: true.",
+                    c.superseded(),
+                ),
+                (
+                    "assay_trigger_watcher_kube_failing_triggers",
+                    "gauge",
+                    "on.kubernetes triggers that cannot be watched now (unknown kind, forbidden).",
+                    c.errors().len() as u64,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         out
     }
 }
@@ -151,6 +191,20 @@ mod tests {
         ));
         assert!(
             text.contains("assay_trigger_watcher_http_unauthorized_total{reason=\"wrong\"} 1\n")
+        );
+        assert!(
+            !text.contains("kube"),
+            "no cluster counters without the cluster watch"
+        );
+        let with = Metrics::default().with_cluster(crate::ClusterStatus::default());
+        let text = with.render();
+        assert!(
+            text.contains("assay_trigger_watcher_kube_events_total{outcome=\"published\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE assay_trigger_watcher_kube_failing_triggers gauge\n"),
+            "{text}"
         );
     }
 }

@@ -34,10 +34,13 @@ use Row::*;
 const STEPS: Row = Here("steps_honour_condition_env_retries_and_timeout");
 const TRIGGERS: Row = Here("triggers_fire_only_on_what_they_declare");
 const K8S: Row = Refused("kubernetes backend");
-/// Kubernetes triggers: modelled, checked and matched (libs/spec/src/kube_trigger.rs), with
-/// their events decided in trigger-watcher's `cluster` module; refused at load until the
-/// cluster watcher publishes them.
-const CLUSTER: Row = Refused("cluster watcher");
+/// Kubernetes triggers: fired by trigger-watcher's cluster watch, tested against the fake
+/// API server in the trigger-watcher's own tests.
+const CLUSTER_TESTS: &str = "../../../services/trigger-watcher/tests/cluster.rs";
+const CLUSTER: Row = Elsewhere(
+    CLUSTER_TESTS,
+    "namespaces_match_expressions_and_conditions_pick_the_objects_and_changes",
+);
 const KEPT: Row = Metadata("Kubernetes object metadata, kept for resources read from a cluster");
 
 /// Every leaf field of both models. Paths as in YAML: `a.b`, `a[].b` (list items), `a.*.b`
@@ -255,12 +258,42 @@ const TABLE: &[(&str, Row)] = &[
         Here("cron_timezone_moves_the_next_fire_time"),
     ),
     ("TestTrigger spec.on.kubernetes.kind", CLUSTER),
-    ("TestTrigger spec.on.kubernetes.group", CLUSTER),
-    ("TestTrigger spec.on.kubernetes.version", CLUSTER),
-    ("TestTrigger spec.on.kubernetes.namespace", CLUSTER),
+    (
+        "TestTrigger spec.on.kubernetes.group",
+        Elsewhere(
+            CLUSTER_TESTS,
+            "forbidden_and_unknown_kinds_are_errors_of_their_triggers_only",
+        ),
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.version",
+        Elsewhere(
+            CLUSTER_TESTS,
+            "forbidden_and_unknown_kinds_are_errors_of_their_triggers_only",
+        ),
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.namespace",
+        Elsewhere(
+            CLUSTER_TESTS,
+            "a_deployment_rollout_fires_exactly_one_event_with_what_was_deployed",
+        ),
+    ),
     ("TestTrigger spec.on.kubernetes.namespaces", CLUSTER),
-    ("TestTrigger spec.on.kubernetes.name", CLUSTER),
-    ("TestTrigger spec.on.kubernetes.selector", CLUSTER),
+    (
+        "TestTrigger spec.on.kubernetes.name",
+        Elsewhere(
+            CLUSTER_TESTS,
+            "ten_modifications_within_the_settle_window_fire_one_event",
+        ),
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.selector",
+        Elsewhere(
+            CLUSTER_TESTS,
+            "a_deployment_rollout_fires_exactly_one_event_with_what_was_deployed",
+        ),
+    ),
     (
         "TestTrigger spec.on.kubernetes.matchExpressions[].key",
         CLUSTER,
@@ -285,14 +318,29 @@ const TABLE: &[(&str, Row)] = &[
     ),
     (
         "TestTrigger spec.on.kubernetes.conditions[].changedTo",
-        CLUSTER,
+        Elsewhere(
+            CLUSTER_TESTS,
+            "a_changed_to_condition_fires_on_the_transition_only",
+        ),
     ),
     (
         "TestTrigger spec.on.kubernetes.conditions[].changedFrom",
         CLUSTER,
     ),
-    ("TestTrigger spec.on.kubernetes.settle", CLUSTER),
-    ("TestTrigger spec.on.kubernetes.supersede", CLUSTER),
+    (
+        "TestTrigger spec.on.kubernetes.settle",
+        Elsewhere(
+            CLUSTER_TESTS,
+            "ten_modifications_within_the_settle_window_fire_one_event",
+        ),
+    ),
+    (
+        "TestTrigger spec.on.kubernetes.supersede",
+        Elsewhere(
+            "../../../services/trigger-watcher/tests/cluster_supersede.rs",
+            "a_new_revision_supersedes_the_execution_of_the_older_one",
+        ),
+    ),
     ("TestTrigger spec.on.webhook.provider", TRIGGERS),
     ("TestTrigger spec.on.webhook.events", TRIGGERS),
     ("TestTrigger spec.on.webhook.repositories", TRIGGERS),

@@ -9,10 +9,9 @@ use crate::filter::GlobList;
 use crate::locate::{Seg, kp};
 use crate::validate::{Problem, is_dns_label};
 
-/// Why a trigger with `on.kubernetes` is refused at load, for now: nothing would act on it.
-pub(crate) const REFUSAL: &str = "on.kubernetes: kubernetes triggers need the cluster watcher of the trigger-watcher, which is not available yet";
-
-/// Everything wrong with an `on.kubernetes` block, then the refusal (see [`REFUSAL`]).
+/// Everything wrong with an `on.kubernetes` block. A valid block loads; the
+/// trigger-watcher acts on it when started with `--watch-cluster` (and warns, naming the
+/// flag, when it is not).
 pub(crate) fn problems(k: &KubernetesMatch) -> Vec<Problem> {
     let mut out = Vec::new();
     let at = |rest: Vec<Seg>| {
@@ -212,14 +211,6 @@ pub(crate) fn problems(k: &KubernetesMatch) -> Vec<Problem> {
             );
         }
     }
-    out.push(Problem {
-        path: kp!["spec", "on", "kubernetes"],
-        message: REFUSAL.to_string(),
-        hint: Some(
-            "the trigger is checked already; until the watcher lands, have the deploy job publish an event and use `on.event`"
-                .to_string(),
-        ),
-    });
     out
 }
 

@@ -83,7 +83,8 @@ pub struct KubernetesMatch {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum KubeEvent {
-    /// The object appeared (also when first seen by a fresh watch: see the watcher).
+    /// The object appeared while watched (objects found by a watch's first list, already
+    /// there, do not fire it).
     Created,
     /// Any change of the object.
     #[default]
