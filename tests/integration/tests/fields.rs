@@ -38,6 +38,12 @@ const K8S: Row = Refused("kubernetes backend");
 /// their events decided in trigger-watcher's `cluster` module; refused at load until the
 /// cluster watcher publishes them.
 const CLUSTER: Row = Refused("cluster watcher");
+/// content.git: checked out by the runner (tests/integration/tests/content_git.rs: the
+/// revision, the paths written, the secret handed to the job).
+const GIT: Row = Elsewhere(
+    "content_git.rs",
+    "a_suite_checked_out_from_git_runs_at_the_workflow_revision_or_the_event_sha",
+);
 const KEPT: Row = Metadata("Kubernetes object metadata, kept for resources read from a cluster");
 
 /// Every leaf field of both models. Paths as in YAML: `a.b`, `a[].b` (list items), `a.*.b`
@@ -82,22 +88,10 @@ const TABLE: &[(&str, Row)] = &[
     ("TestWorkflow spec.pod.tolerations", K8S),
     ("TestWorkflow spec.pod.labels", K8S),
     ("TestWorkflow spec.pod.annotations", K8S),
-    (
-        "TestWorkflow spec.content.git.url",
-        Refused("not supported yet"),
-    ),
-    (
-        "TestWorkflow spec.content.git.revision",
-        Refused("not supported yet"),
-    ),
-    (
-        "TestWorkflow spec.content.git.paths",
-        Refused("not supported yet"),
-    ),
-    (
-        "TestWorkflow spec.content.git.credentials.secretName",
-        Refused("not supported yet"),
-    ),
+    ("TestWorkflow spec.content.git.url", GIT),
+    ("TestWorkflow spec.content.git.revision", GIT),
+    ("TestWorkflow spec.content.git.paths", GIT),
+    ("TestWorkflow spec.content.git.credentials.secretName", GIT),
     ("TestWorkflow spec.artifacts", Refused("not supported yet")),
     ("TestWorkflow spec.env", STEPS),
     ("TestWorkflow spec.workingDir", STEPS),
