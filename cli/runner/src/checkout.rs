@@ -115,6 +115,11 @@ pub fn checkout(
         creds,
         ssh_key.as_deref(),
     )?;
+    if is_full_sha(rev) && repo.rev_parse_single(rev).is_err() {
+        // A commit no branch or tag reaches (a pull request's head): ask for it by id.
+        fetch_commit(&repo, git, rev, creds)
+            .map_err(|e| format!("{at} not found in {url}: {e}"))?;
+    }
     let commit = resolve(&repo, rev).map_err(|e| format!("{at} not found in {url}: {e}"))?;
     let tree = commit.tree().map_err(|e| {
         format!(
@@ -207,11 +212,7 @@ fn clone(
         open,
     )
     .map_err(fail)?;
-    let ssh_host = gix::url::parse(gix::bstr::BStr::new(git.url.as_bytes()))
-        .ok()
-        .filter(|u| u.scheme == gix::url::Scheme::Ssh)
-        .map(|u| u.host().unwrap_or_default().to_string());
-    let auth = credentials::helper(creds.cloned(), git.secret_name.clone(), ssh_host);
+    let auth = auth(git, creds);
     prepare = prepare.configure_connection(move |conn| {
         conn.set_credentials(auth.clone());
         Ok(())
@@ -220,6 +221,56 @@ fn clone(
         .fetch_only(gix::progress::Discard, &AtomicBool::new(false))
         .map_err(fail)?;
     Ok(repo)
+}
+
+/// The credentials helper for `git`'s url.
+fn auth(
+    git: &GitCheckout,
+    creds: Option<&Credentials>,
+) -> impl FnMut(
+    gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>>
++ Clone
++ 'static {
+    let ssh_host = gix::url::parse(gix::bstr::BStr::new(git.url.as_bytes()))
+        .ok()
+        .filter(|u| u.scheme == gix::url::Scheme::Ssh)
+        .map(|u| u.host().unwrap_or_default().to_string());
+    credentials::helper(creds.cloned(), git.secret_name.clone(), ssh_host)
+}
+
+/// 40 (sha1) or 64 (sha256) hex digits.
+fn is_full_sha(rev: &str) -> bool {
+    matches!(rev.len(), 40 | 64) && rev.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Fetches the commit `sha` by id into `repo` (the server must allow it: git's protocol v2
+/// and the big forges do for commits any ref reaches, `refs/pull/*` included).
+fn fetch_commit(
+    repo: &gix::Repository,
+    git: &GitCheckout,
+    sha: &str,
+    creds: Option<&Credentials>,
+) -> Result<(), String> {
+    let fail = |e: gix::Error| format!("the remote did not give commit {sha}: {}", chain(&e));
+    let remote = repo
+        .remote_at(git.url.as_str())
+        .and_then(|r| {
+            r.with_refspecs(
+                [format!("+{sha}:refs/assay/checkout").as_str()],
+                gix::remote::Direction::Fetch,
+            )
+        })
+        .map_err(fail)?;
+    let mut conn = remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(fail)?;
+    conn.set_credentials(auth(git, creds));
+    conn.prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(fail)?
+        .receive(gix::progress::Discard, &AtomicBool::new(false))
+        .map_err(fail)?;
+    Ok(())
 }
 
 /// The commit `rev` names: a branch, a tag (annotated ones peeled), a full or abbreviated
@@ -233,10 +284,49 @@ fn resolve<'r>(repo: &'r gix::Repository, rev: &str) -> Result<gix::Commit<'r>, 
     if rev.starts_with('-') || rev.contains("..") || rev.contains(['^', '~', ':', '@', ' ']) {
         return Err("not a branch, tag or commit sha".to_string());
     }
-    let id = repo.rev_parse_single(rev).map_err(|e| chain(&e))?;
+    let id = repo
+        .rev_parse_single(rev)
+        .map_err(|e| format!("{}{}", chain(&e), known_refs(repo)))?;
     id.object()
         .and_then(|o| o.peel_to_commit())
         .map_err(|e| format!("{id} is not a commit ({})", chain(&e)))
+}
+
+/// How many branch and tag names an unknown revision's error lists, each.
+const KNOWN_REFS: usize = 10;
+
+/// `; branches: main, next; tags: v1` (the first [`KNOWN_REFS`] of each, sorted), for the
+/// error about a revision that is not there; empty when they cannot be read.
+fn known_refs(repo: &gix::Repository) -> String {
+    let Ok(refs) = repo.references() else {
+        return String::new();
+    };
+    let names = |iter: Option<gix::reference::iter::Iter<'_, '_>>| -> Vec<String> {
+        let mut names: Vec<String> = iter
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|r| r.name().shorten().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut out = String::new();
+    for (what, list) in [
+        ("branches", names(refs.local_branches().ok())),
+        ("tags", names(refs.tags().ok())),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let more = list.len().saturating_sub(KNOWN_REFS);
+        let shown: Vec<&str> = list.iter().take(KNOWN_REFS).map(String::as_str).collect();
+        out.push_str(&format!("; {what}: {}", shown.join(", ")));
+        if more > 0 {
+            out.push_str(&format!(" and {more} more"));
+        }
+    }
+    out
 }
 
 fn create_dir(path: &Path) -> Result<(), String> {

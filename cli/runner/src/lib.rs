@@ -1,7 +1,8 @@
 //! assay-runner: executes one shard of an execution.
 //!
-//! It runs the job's `setup`, `steps`, tests and `after` steps as `sh -c` processes in the
-//! shard's working directory (each step when its `condition` says so: [`conditions`]; with a
+//! With `content.git` ([`ShardJob::git`]) it first checks the repository out into the
+//! shard's working directory ([`checkout`]). It runs the job's `setup`, `steps`, tests and
+//! `after` steps as `sh -c` processes in the shard's working directory (each step when its `condition` says so: [`conditions`]; with a
 //! clean environment: [`mod@env`]), streams their output as [`assay_proto::LogChunk`]s, parses
 //! JUnit reports into [`assay_proto::TestCaseBatch`]es and ends with a final
 //! [`assay_proto::ShardStatus`], published only after every log chunk and result batch was

@@ -23,6 +23,8 @@ struct Repo {
     first: String,
     main: String,
     feature: String,
+    /// A commit only `refs/pull/1/head` reaches.
+    pull: String,
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
@@ -78,7 +80,19 @@ fn repo() -> Result<Repo> {
     git(&work, &["commit", "-q", "-am", "two"])?;
     let main = git(&work, &["rev-parse", "HEAD"])?;
     git(dir.path(), &["clone", "-q", "--bare", "work", "repo.git"])?;
+    // A pull request's head: a commit only refs/pull/1/head reaches.
+    git(&work, &["checkout", "-q", "-b", "pr", &first])?;
+    write(&work.join("pr.txt"), "pr\n")?;
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-q", "-m", "pr"])?;
+    let pull = git(&work, &["rev-parse", "HEAD"])?;
+    git(
+        &work,
+        &["push", "-q", "../repo.git", "HEAD:refs/pull/1/head"],
+    )?;
+    git(&work, &["checkout", "-q", "main"])?;
     Ok(Repo {
+        pull,
         bare: dir.path().join("repo.git"),
         _dir: dir,
         first,
@@ -232,6 +246,10 @@ async fn checks_out_the_default_branch_a_branch_a_tag_or_a_sha() -> Result<()> {
     // A sha only a branch other than the default one reaches.
     let (files, _, _) = passes(&server, "feature-sha", &path, &repo.feature, &[]).await?;
     assert!(files.contains("f ./feature.txt\n"), "{files}");
+    // A sha no branch or tag reaches (a pull request's head), asked for by id.
+    let (files, _, env) = passes(&server, "pull-sha", &file_url, &repo.pull, &[]).await?;
+    assert!(files.contains("f ./pr.txt\n"), "{files}");
+    assert_eq!(env["ASSAY_CONTENT_SHA"], repo.pull);
     Ok(())
 }
 
@@ -288,7 +306,8 @@ async fn a_bad_revision_url_or_path_errors_the_shard_naming_it() -> Result<()> {
     )
     .await?;
     assert!(
-        reason.starts_with(&format!("revision \"nope\" not found in {path}: ")),
+        reason.starts_with(&format!("revision \"nope\" not found in {path}: "))
+            && reason.ends_with("; branches: feature, main; tags: v1"),
         "{reason}"
     );
     let reason = errors(
@@ -301,6 +320,20 @@ async fn a_bad_revision_url_or_path_errors_the_shard_naming_it() -> Result<()> {
     assert!(
         reason.starts_with(&format!(
             "revision \"0123456789abcdef\" not found in {path}"
+        )),
+        "{reason}"
+    );
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    let reason = errors(
+        &server,
+        &bus,
+        &shard_job("full-sha", &path, unknown, &[], out.path()),
+        out.path(),
+    )
+    .await?;
+    assert!(
+        reason.starts_with(&format!(
+            "revision \"{unknown}\" not found in {path}: the remote did not give commit {unknown}: "
         )),
         "{reason}"
     );
