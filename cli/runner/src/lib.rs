@@ -1,7 +1,8 @@
 //! assay-runner: executes one shard of an execution.
 //!
-//! It runs the job's `setup`, `steps`, tests and `after` steps as `sh -c` processes in the
-//! shard's working directory (each step when its `condition` says so: [`conditions`]; with a
+//! With `content.git` ([`ShardJob::git`]) it first checks the repository out into the
+//! shard's working directory ([`checkout`]). It runs the job's `setup`, `steps`, tests and
+//! `after` steps as `sh -c` processes in the shard's working directory (each step when its `condition` says so: [`conditions`]; with a
 //! clean environment: [`mod@env`]), streams their output as [`assay_proto::LogChunk`]s, parses
 //! JUnit reports into [`assay_proto::TestCaseBatch`]es and ends with a final
 //! [`assay_proto::ShardStatus`], published only after every log chunk and result batch was
@@ -11,6 +12,7 @@
 //! Exit codes of the binary: 0 shard passed, 1 shard did not pass (both after the final
 //! status was published), 2 no final status could be published, 3 the launcher went away.
 
+pub mod checkout;
 pub mod command;
 pub mod conditions;
 pub mod env;
@@ -283,6 +285,19 @@ fn workdir(job: &ShardJob) -> Result<(PathBuf, Option<tempfile::TempDir>), Strin
     Ok((abs, None))
 }
 
+/// Checks `git` out into `dir` on a blocking thread, with the credentials of
+/// [`checkout::CREDENTIALS_DIR`]; the error is the shard's reason.
+async fn check_out(
+    git: &assay_proto::GitCheckout,
+    dir: &Path,
+) -> Result<checkout::Checked, String> {
+    let creds = checkout::Credentials::from_env()?;
+    let (git, dir) = (git.clone(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || checkout::checkout(&git, &dir, creds.as_ref()))
+        .await
+        .map_err(|e| format!("the checkout of content.git stopped: {e}"))?
+}
+
 /// Result batches already published while the shard ran (queue mode).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Published {
@@ -310,6 +325,24 @@ async fn execute(
         }
     };
     let mut published = Published::default();
+    if let Err(reason) = conditions::check(job) {
+        logs.system("runner", &reason).await;
+        return (Verdict::errored(reason), Vec::new(), published);
+    }
+    let content = match &job.git {
+        Some(git) => match check_out(git, &dir).await {
+            Ok(checked) => {
+                logs.system("checkout", checked.summary(&git.revision_source))
+                    .await;
+                checked.env()
+            }
+            Err(reason) => {
+                logs.system("checkout", &reason).await;
+                return (Verdict::errored(reason), Vec::new(), published);
+            }
+        },
+        None => Vec::new(),
+    };
     let mut env: Vec<(String, String)> = job
         .env
         .iter()
@@ -317,15 +350,10 @@ async fn execute(
         .collect();
     env.sort();
     env.extend(id.env());
+    env.extend(content);
     let runner = StepRunner::new(dir, env, logs)
         .kill_leftovers(true)
         .scratch_name(&format!("{}-{}-{}", id.execution, id.shard, id.attempt));
-
-    if let Err(reason) = conditions::check(job) {
-        runner.logs().system("runner", &reason).await;
-        runner.finish().await;
-        return (Verdict::errored(reason), Vec::new(), published);
-    }
     let mut verdict = Verdict::passed();
     let mut results = Vec::new();
     for (phase, steps) in [(Phase::Setup, &job.setup), (Phase::Steps, &job.steps)] {

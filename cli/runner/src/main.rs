@@ -1,7 +1,9 @@
 //! `assay-runner`: executes one shard. Spawned by the executor-launcher with `--job-stdin`
 //! (a warm runner: the job arrives later as one base64 line on stdin) or with
 //! `ASSAY_SHARD_JOB` (standard base64 of a protobuf `assay.v1.ShardJob`), and `ASSAY_NATS_URL`;
-//! `--job-file PATH` (raw protobuf) and `--nats URL` for manual use.
+//! `--job-file PATH` (raw protobuf) and `--nats URL` for manual use. A job with `content.git`
+//! reads its credentials from the directory `ASSAY_GIT_CREDENTIALS_DIR` names, if set
+//! (`assay_runner::checkout::credentials`).
 //!
 //! Exit codes: 0 passed, 1 failed, 4 errored, 5 timed out (the job's timeout or its
 //! execution's deadline passed; final status published in all four), 2 no final status
@@ -24,6 +26,8 @@ const JOB_ENV: &str = "ASSAY_SHARD_JOB";
     about = "assay runner: executes one shard of an execution and reports it to NATS",
     after_help = "The job: --job-file PATH (raw protobuf assay.v1.ShardJob), --job-stdin, or else \
 ASSAY_SHARD_JOB (standard base64 of it).\n\
+content.git credentials: the directory ASSAY_GIT_CREDENTIALS_DIR names (files username and \
+password, or ssh-privatekey); never passed to the steps.\n\
 Exit codes: 0 passed, 1 failed, 4 errored, 5 timed out (final status published), \
 2 no final status could be published or bad arguments, 3 the launcher went away."
 )]

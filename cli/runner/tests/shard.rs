@@ -845,6 +845,7 @@ async fn arguments_are_parsed_by_clap_with_the_shared_defaults() -> Result<()> {
         "ASSAY_NATS_URL",
         assay_bus::DEFAULT_NATS_URL,
         "ASSAY_SHARD_JOB",
+        "ASSAY_GIT_CREDENTIALS_DIR",
         "Exit codes",
     ] {
         assert!(help.contains(needle), "{needle} not in:\n{help}");

@@ -80,6 +80,13 @@ fn shard_job(index: u32) -> ShardJob {
     ShardJob {
         provenance: provenance(),
         plan_data: String::new(),
+        git: Some(assay_proto::GitCheckout {
+            url: "https://git.example/acme/shop.git".into(),
+            revision: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
+            paths: vec!["tests".into()],
+            secret_name: "shop-git".into(),
+            revision_source: "event".into(),
+        }),
         header: header(&format!("01JDQ7Z6X8ZK1V3W9Y4B2C5N7M/{index}/1")),
         execution_id: "01JDQ7Z6X8ZK1V3W9Y4B2C5N7M".into(),
         workflow: "shop".into(),

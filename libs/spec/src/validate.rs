@@ -7,7 +7,7 @@ use crate::did_you_mean;
 use crate::filter::GlobList;
 use crate::locate::{Seg, kp};
 use crate::model::{
-    Concurrency, Metadata, Policy, ShardCount, Step, Strategy, TriggerSpec, WebhookMatch,
+    Concurrency, Content, Metadata, Policy, ShardCount, Step, Strategy, TriggerSpec, WebhookMatch,
     WorkflowSpec,
 };
 use crate::trigger::{Schedule, WEBHOOK_EVENTS, parse_timezone};
@@ -257,13 +257,10 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         }
     }
 
-    // Tests from a git checkout: the runner fetches them on the Kubernetes backend.
-    if spec.content.is_some() {
-        out.push(problem(
-            kp!["spec", "content"],
-            "content: not supported yet (the kubernetes backend's runner checks out content.git)",
-            "remove `content` for now: local runs use the workflow's workingDir",
-        ));
+    // Tests from a git checkout: the runner checks `content.git` out into the shard's fresh
+    // working directory before the first step (both backends).
+    if let Some(content) = &spec.content {
+        check_content(&mut out, content, spec.working_dir.is_some());
     }
 
     let par = &spec.parallel;
@@ -603,5 +600,55 @@ fn list(names: &[&str]) -> String {
             .into_iter()
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// `content`: a `git` with a url, relative paths inside the repository, a named Secret, and
+/// no `workingDir` beside it (the checkout goes into a fresh directory of the shard's own).
+fn check_content(out: &mut Vec<Problem>, content: &Content, has_working_dir: bool) {
+    let Some(git) = &content.git else {
+        out.push(problem(
+            kp!["spec", "content"],
+            "content: names no source",
+            "add `git: {url: ...}` or remove `content`",
+        ));
+        return;
+    };
+    if git.url.trim().is_empty() {
+        out.push(problem(
+            kp!["spec", "content", "git", "url"],
+            "content.git.url is empty",
+            "set the clone url, e.g. `https://github.com/acme/shop.git`",
+        ));
+    }
+    for (i, path) in git.paths.iter().enumerate() {
+        let bad = path.trim().is_empty()
+            || path.starts_with('/')
+            || path
+                .split('/')
+                .any(|c| c == "." || c == ".." || c == ".git");
+        if bad {
+            out.push(problem(
+                kp!["spec", "content", "git", "paths", i],
+                format!("content.git.paths[{i}] {path:?} is not a path inside the repository"),
+                "use a path relative to the repository root, without `..`, e.g. `tests/e2e`",
+            ));
+        }
+    }
+    if let Some(c) = &git.credentials
+        && c.secret_name.trim().is_empty()
+    {
+        out.push(problem(
+            kp!["spec", "content", "git", "credentials", "secretName"],
+            "content.git.credentials.secretName is empty",
+            "name the Secret holding `username` and `password`, or `ssh-privatekey`",
+        ));
+    }
+    if has_working_dir {
+        out.push(problem(
+            kp!["spec", "workingDir"],
+            "workingDir cannot be combined with content.git: the runner checks the repository out into a fresh directory of the shard's own and runs the steps there",
+            "remove `workingDir`",
+        ));
     }
 }

@@ -446,13 +446,43 @@ fn webhook_trigger_is_accepted_and_matches() {
 }
 
 #[test]
-fn content_git_is_modelled_but_refused_until_supported() {
+fn content_git_is_accepted_and_checked() {
     let text = format!(
         "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  content:\n    git: {{url: \"https://example.com/shop.git\", revision: main, paths: [tests], credentials: {{secretName: git-creds}}}}\n"
     );
+    let defs = parse_str(Path::new("wf/file.yaml"), &text).unwrap();
+    let Definition::Workflow(w) = &defs[0] else {
+        panic!("expected a workflow")
+    };
+    let git = w
+        .spec
+        .content
+        .as_ref()
+        .and_then(|c| c.git.as_ref())
+        .unwrap();
+    assert_eq!(git.url, "https://example.com/shop.git");
+    assert_eq!(git.revision.as_deref(), Some("main"));
+
+    let bad = format!(
+        "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  workingDir: /srv\n  content:\n    git:\n      url: \"\"\n      paths: [tests, ../etc, /abs]\n      credentials: {{secretName: \"\"}}\n"
+    );
+    let msgs: Vec<String> = diags(&bad).iter().map(|d| d.to_string()).collect();
     assert_eq!(
-        one(&text),
-        "wf/file.yaml:7:3: content: not supported yet (the kubernetes backend's runner checks out content.git); remove `content` for now: local runs use the workflow's workingDir"
+        msgs,
+        [
+            "wf/file.yaml:10:7: content.git.url is empty; set the clone url, e.g. `https://github.com/acme/shop.git`",
+            "wf/file.yaml:11:14: content.git.paths[1] \"../etc\" is not a path inside the repository; use a path relative to the repository root, without `..`, e.g. `tests/e2e`",
+            "wf/file.yaml:11:14: content.git.paths[2] \"/abs\" is not a path inside the repository; use a path relative to the repository root, without `..`, e.g. `tests/e2e`",
+            "wf/file.yaml:12:21: content.git.credentials.secretName is empty; name the Secret holding `username` and `password`, or `ssh-privatekey`",
+            "wf/file.yaml:7:3: workingDir cannot be combined with content.git: the runner checks the repository out into a fresh directory of the shard's own and runs the steps there; remove `workingDir`",
+        ],
+        "{msgs:#?}"
+    );
+    assert_eq!(
+        one(&format!(
+            "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  content: {{}}\n"
+        )),
+        "wf/file.yaml:7:3: content: names no source; add `git: {url: ...}` or remove `content`"
     );
 }
 

@@ -17,6 +17,7 @@
 //! on `assay.v1.decisions.<source>` comes after every execution it started.
 
 mod concurrency;
+mod content;
 mod decision;
 mod dedup;
 mod intake;

@@ -455,6 +455,10 @@ pub fn plan(
                 group_shard_count,
                 masked: masked.clone(),
                 tail: g.tail.clone(),
+                git: crate::content::git_checkout(
+                    spec.content.as_ref().and_then(|c| c.git.as_ref()),
+                    &cause.provenance,
+                ),
             });
         }
     }

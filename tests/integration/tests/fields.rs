@@ -41,6 +41,12 @@ const CLUSTER: Row = Elsewhere(
     CLUSTER_TESTS,
     "namespaces_match_expressions_and_conditions_pick_the_objects_and_changes",
 );
+/// content.git: checked out by the runner (tests/integration/tests/content_git.rs: the
+/// revision, the paths written, the secret handed to the job).
+const GIT: Row = Elsewhere(
+    "content_git.rs",
+    "a_suite_checked_out_from_git_runs_at_the_workflow_revision_or_the_event_sha",
+);
 const KEPT: Row = Metadata("Kubernetes object metadata, kept for resources read from a cluster");
 
 /// Every leaf field of both models. Paths as in YAML: `a.b`, `a[].b` (list items), `a.*.b`
@@ -85,22 +91,10 @@ const TABLE: &[(&str, Row)] = &[
     ("TestWorkflow spec.pod.tolerations", K8S),
     ("TestWorkflow spec.pod.labels", K8S),
     ("TestWorkflow spec.pod.annotations", K8S),
-    (
-        "TestWorkflow spec.content.git.url",
-        Refused("not supported yet"),
-    ),
-    (
-        "TestWorkflow spec.content.git.revision",
-        Refused("not supported yet"),
-    ),
-    (
-        "TestWorkflow spec.content.git.paths",
-        Refused("not supported yet"),
-    ),
-    (
-        "TestWorkflow spec.content.git.credentials.secretName",
-        Refused("not supported yet"),
-    ),
+    ("TestWorkflow spec.content.git.url", GIT),
+    ("TestWorkflow spec.content.git.revision", GIT),
+    ("TestWorkflow spec.content.git.paths", GIT),
+    ("TestWorkflow spec.content.git.credentials.secretName", GIT),
     ("TestWorkflow spec.artifacts", Refused("not supported yet")),
     ("TestWorkflow spec.env", STEPS),
     ("TestWorkflow spec.workingDir", STEPS),
