@@ -463,6 +463,35 @@ pub fn plan(
     Ok(Plan { execution, shards })
 }
 
+/// The workflow's `container` and `pod` settings as the kubernetes backend reads them
+/// (ignored by the local backend); `None` when the workflow sets neither.
+fn workload(spec: &assay_spec::WorkflowSpec) -> Result<Option<assay_proto::Workload>> {
+    if spec.container.is_none() && spec.pod.is_none() {
+        return Ok(None);
+    }
+    let json = |what: &str, v: Result<String, serde_json::Error>| {
+        v.map_err(|e| Error::Spec(format!("{what}: cannot be written as JSON: {e}")))
+    };
+    let container_json = match &spec.container {
+        Some(c) => json("container", serde_json::to_string(c))?,
+        None => String::new(),
+    };
+    let pod_json = match &spec.pod {
+        Some(p) => json("pod", serde_json::to_string(p))?,
+        None => String::new(),
+    };
+    Ok(Some(assay_proto::Workload {
+        image: spec
+            .container
+            .as_ref()
+            .map(|c| c.image.clone())
+            .unwrap_or_default(),
+        container_json,
+        pod_json,
+        ..Default::default()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,33 +962,4 @@ spec:
         assert_eq!(p.shards[0].test_ids, ["q", "r"]);
         assert_eq!(p.shards[0].steps[0].run, "echo mac http://a");
     }
-}
-
-/// The workflow's `container` and `pod` settings as the kubernetes backend reads them
-/// (ignored by the local backend); `None` when the workflow sets neither.
-fn workload(spec: &assay_spec::WorkflowSpec) -> Result<Option<assay_proto::Workload>> {
-    if spec.container.is_none() && spec.pod.is_none() {
-        return Ok(None);
-    }
-    let json = |what: &str, v: Result<String, serde_json::Error>| {
-        v.map_err(|e| Error::Spec(format!("{what}: cannot be written as JSON: {e}")))
-    };
-    let container_json = match &spec.container {
-        Some(c) => json("container", serde_json::to_string(c))?,
-        None => String::new(),
-    };
-    let pod_json = match &spec.pod {
-        Some(p) => json("pod", serde_json::to_string(p))?,
-        None => String::new(),
-    };
-    Ok(Some(assay_proto::Workload {
-        image: spec
-            .container
-            .as_ref()
-            .map(|c| c.image.clone())
-            .unwrap_or_default(),
-        container_json,
-        pod_json,
-        ..Default::default()
-    }))
 }
