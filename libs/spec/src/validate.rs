@@ -240,22 +240,8 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         ));
     }
 
-    // Kubernetes-only settings: refused until the Kubernetes backend exists, rather than
-    // accepted and silently ignored by the local one.
-    for (field, set) in [
-        ("container", spec.container.is_some()),
-        ("pod", spec.pod.is_some()),
-    ] {
-        if set {
-            out.push(problem(
-                kp!["spec", field],
-                format!(
-                    "{field}: used only by the kubernetes backend, which is not built yet; the local backend would ignore it"
-                ),
-                format!("remove `{field}` for now: local runs use the machine's own tools"),
-            ));
-        }
-    }
+    // `container` and `pod` are used by the kubernetes backend (the Pod's image and
+    // settings) and ignored by the local one, so one workflow runs on a laptop and a cluster.
 
     // Tests from a git checkout: the runner checks `content.git` out into the shard's fresh
     // working directory before the first step (both backends).

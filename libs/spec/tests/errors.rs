@@ -487,15 +487,12 @@ fn content_git_is_accepted_and_checked() {
 }
 
 #[test]
-fn pod_settings_read_as_kubernetes_types_and_stay_refused() {
+fn pod_settings_read_as_kubernetes_types_and_are_accepted() {
     let text = format!(
         "{HEAD}spec:\n  steps: [{{name: a, run: b}}]\n  pod:\n    serviceAccountName: tests\n    labels: {{team: shop}}\n    tolerations: [{{key: gpu, operator: Exists, effect: NoSchedule}}]\n    affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: zone, operator: In, values: [a]}}]}}]}}}}}}\n"
     );
-    assert!(
-        one(&text).contains("pod: used only by the kubernetes backend, which is not built yet"),
-        "{}",
-        one(&text)
-    );
+    let wf = parse_str(Path::new("wf/file.yaml"), &text);
+    assert!(wf.is_ok(), "pod settings are accepted: {:?}", wf.err());
     let doc: serde_norway::Value = serde_norway::from_str(&text).expect("yaml");
     let pod: assay_spec::PodOverrides =
         serde_norway::from_value(doc["spec"]["pod"].clone()).expect("pod settings");

@@ -19,8 +19,9 @@ mod live;
 mod liveness;
 
 pub use admission::MAX_JOB_DELIVERIES;
+pub use backend::kubernetes::{KubeBackend, KubeOptions};
 pub use backend::local::{LocalBackend, LocalOptions, classify, find_runner};
-pub use backend::{Attempt, AttemptId, Backend, BackendKind, Outcome, RunnerNats};
+pub use backend::{Attempt, AttemptId, Backend, BackendKind, Outcome, RetryElsewhere, RunnerNats};
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ pub enum Error {
     Spawn { runner: String, reason: String },
     #[error("launcher liveness: {0}")]
     Liveness(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("kubernetes: {0}")]
+    Kube(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -74,6 +79,13 @@ pub struct Options {
     /// Runners started ahead of time and waiting for a job on stdin, so a shard does not
     /// wait for a process to load (0: start every runner when its job arrives).
     pub warm: usize,
+    /// Settings of the kubernetes backend (its `capacity` is [`Options::capacity`]).
+    pub kube: KubeOptions,
+    /// The kubeconfig the kubernetes backend reads; `None`: the usual places (`KUBECONFIG`,
+    /// `~/.kube/config`, the Pod's service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// How often the kubernetes backend's reaper looks for Pods of ended executions.
+    pub reap_every: Duration,
 }
 
 impl Default for Options {
@@ -85,6 +97,9 @@ impl Default for Options {
             runner: None,
             ack_wait: Duration::from_secs(30),
             warm: 2,
+            kube: KubeOptions::default(),
+            kubeconfig: None,
+            reap_every: backend::kubernetes::reaper::DEFAULT_EVERY,
         }
     }
 }
@@ -103,11 +118,60 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             let bus = connect(&options, &shutdown).await?;
             local.fill_warm_pool();
             info!(runner = %local.runner().display(), warm = options.warm, "local backend");
+            info!(
+                "local backend: a workflow's container and pod settings are ignored (steps run with this machine's tools)"
+            );
             let served = serve(bus, local.clone(), runner_nats, &options, shutdown).await;
             local.drain();
             served
         }
+        BackendKind::Kubernetes => {
+            let client = kube_client(options.kubeconfig.as_deref()).await?;
+            let kube = KubeOptions {
+                capacity: options.capacity,
+                ..options.kube.clone()
+            };
+            let backend = Arc::new(KubeBackend::new(client, kube.clone())?);
+            if options.nats.auth.method() != "none" && kube.runner_nats_secret.is_none() {
+                warn!(
+                    "the launcher's own NATS credentials are never put in a Pod; without --runner-nats-secret runners connect without credentials"
+                );
+            }
+            let bus = connect(&options, &shutdown).await?;
+            info!(namespace = %kube.namespace, runner_image = %kube.runner_image, infra_retries = kube.infra_retries, "kubernetes backend");
+            let reaper = tokio::spawn(backend::kubernetes::reaper::run(
+                bus.clone(),
+                backend.pods().clone(),
+                options.reap_every,
+                shutdown.clone(),
+            ));
+            let served = serve(bus, backend, runner_nats, &options, shutdown).await;
+            reaper.abort();
+            served
+        }
     }
+}
+
+/// A kube client from `kubeconfig`, else from the usual places.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let unreachable = |e: String| {
+        Error::Kube(format!(
+            "cannot configure a client for the Kubernetes API: {e}; set KUBECONFIG or run in a Pod with a service account"
+        ))
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| unreachable(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| unreachable(e.to_string()))
 }
 
 async fn connect(options: &Options, shutdown: &CancellationToken) -> Result<Bus> {
@@ -215,6 +279,15 @@ impl<B> Clone for Launcher<B> {
     }
 }
 
+/// How an attempt ended: its state, the launcher's own final status when the runner did not
+/// report, whether an infrastructure retry elsewhere may help, the adopted attempt number.
+type Ended = (
+    ShardState,
+    Option<ShardStatus>,
+    Option<RetryElsewhere>,
+    Option<u32>,
+);
+
 /// Why the launcher stopped waiting for an attempt before it ended on its own.
 enum Interrupted {
     TimedOut,
@@ -301,7 +374,7 @@ impl<B: Backend> Launcher<B> {
                     attempt: ended_attempt,
                     ..job.clone()
                 };
-                return self.publish_next_attempt(&ended).await;
+                return self.publish_next_attempt(&ended, None).await;
             }
             Admission::End { state, reason } => {
                 if state == ShardState::Cancelled {
@@ -310,41 +383,49 @@ impl<B: Backend> Launcher<B> {
                     warn!(execution = %exec, shard, attempt, deliveries = d.delivered, state = ?state, %reason, "shard ended without starting");
                 }
                 let status = launcher_status(&job, state, reason);
-                return self.finish(&job, state, Some(status)).await;
+                return self.finish(&job, state, Some(status), None).await;
             }
         }
 
-        let (ended, report) = self.attempt(&d, &job, now, cancelled).await?;
+        let (ended, report, elsewhere, adopted) = self.attempt(&d, &job, now, cancelled).await?;
+        // A Pod found running was started as an earlier attempt number of this job: its
+        // runner reports under that number, and so does what follows here.
+        let job = match adopted {
+            Some(attempt) if attempt != job.attempt => ShardJob { attempt, ..job },
+            _ => job,
+        };
         match &report {
             Some(status) => {
                 warn!(execution = %exec, shard, attempt, reason = %status.reason, "shard ended without a runner report")
             }
             None => debug!(execution = %exec, shard, attempt, "runner reported and exited"),
         }
-        self.finish(&job, ended, report).await
+        self.finish(&job, ended, report, elsewhere).await
     }
 
     /// Runs the attempt `job` is numbered as, started at `now`, to its end: on the backend
     /// (found already running, else started), held by progress acks, killed at its time
     /// limit, on a cancellation seen through `cancelled`, or when the launcher stops.
-    /// Returns the state it ended in and the launcher's own final status when the runner
-    /// did not report one; a launcher that stops leaves the job to be redelivered.
+    /// Returns the state it ended in, the launcher's own final status when the runner
+    /// did not report one, whether an infrastructure failure may be retried elsewhere, and
+    /// the attempt number of a runner found already running; a launcher that stops leaves
+    /// the job to be redelivered.
     async fn attempt(
         &self,
         d: &Delivery<ShardJob>,
         job: &ShardJob,
         now: i64,
         mut cancelled: tokio::sync::watch::Receiver<u64>,
-    ) -> std::result::Result<(ShardState, Option<ShardStatus>), Failure> {
+    ) -> std::result::Result<Ended, Failure> {
         let (exec, shard, attempt) = (&job.execution_id, job.shard_index, job.attempt);
-        let id = AttemptId::of(job);
         // After a launcher restart the attempt may already run (a Pod of its name).
         let found = self
             .backend
-            .find(&id)
+            .find(job)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
         let adopted = found.is_some();
+        let adopted_attempt = found.as_ref().and_then(|a| a.adopted_attempt());
         let mut running = match found {
             Some(running) => running,
             None => self
@@ -376,9 +457,21 @@ impl<B: Backend> Launcher<B> {
             reason = self.cancels.wait_for(exec, &mut cancelled) => Err(Interrupted::Cancelled(reason)),
             never = keep_alive(d, self.ack_wait / 3) => match never {},
         };
-        // Whatever happened, nothing of this shard may outlive it.
-        running.kill().await;
+        // Whatever happened, nothing of this shard may outlive it; but a Pod left by a
+        // launcher that stops goes on, for the next launcher to find.
+        let stopping = matches!(outcome, Err(Interrupted::Shutdown));
+        if !(stopping && self.backend.outlives_launcher()) {
+            running.kill().await;
+        }
+        let job = &match adopted_attempt {
+            Some(attempt) => ShardJob {
+                attempt,
+                ..job.clone()
+            },
+            None => job.clone(),
+        };
         let final_status = |state: ShardState, reason: String| launcher_status(job, state, reason);
+        let mut elsewhere = None;
         let ended = match outcome {
             Ok(Outcome::Reported(state)) => (state, None),
             // Killed because its execution was cancelled, not broken.
@@ -389,10 +482,13 @@ impl<B: Backend> Launcher<B> {
                     Some(final_status(ShardState::Cancelled, reason)),
                 )
             }
-            Ok(Outcome::Infrastructure(reason)) => (
-                ShardState::Errored,
-                Some(final_status(ShardState::Errored, reason)),
-            ),
+            Ok(Outcome::Infrastructure(reason)) => {
+                elsewhere = running.retry_elsewhere();
+                (
+                    ShardState::Errored,
+                    Some(final_status(ShardState::Errored, reason)),
+                )
+            }
             Err(Interrupted::Cancelled(reason)) => (
                 ShardState::Cancelled,
                 Some(final_status(ShardState::Cancelled, reason)),
@@ -415,19 +511,27 @@ impl<B: Backend> Launcher<B> {
                 ));
             }
         };
-        Ok(ended)
+        Ok((ended.0, ended.1, elsewhere, adopted_attempt))
     }
 
     /// What follows an attempt's end in `ended`: the launcher's own final status when the
-    /// runner did not report (`report`), fail-fast cancellation, and the next attempt's job.
+    /// runner did not report (`report`), fail-fast cancellation, and the next attempt's job
+    /// (a retry the workflow asks for, or an infrastructure retry away from the failed node
+    /// while the backend's budget lasts).
     async fn finish(
         &self,
         job: &ShardJob,
         ended: ShardState,
         report: Option<ShardStatus>,
+        elsewhere: Option<RetryElsewhere>,
     ) -> std::result::Result<(), Failure> {
         let (exec, shard) = (&job.execution_id, job.shard_index);
-        let retry = assay_bus::retry::should_retry(job, ended);
+        let spent = job.workload.as_ref().map_or(0, |w| w.infra_retries);
+        let elsewhere = elsewhere.filter(|_| spent < self.backend.infra_retries());
+        if elsewhere.is_some() {
+            info!(execution = %exec, shard, attempt = job.attempt, spent, budget = self.backend.infra_retries(), "infrastructure failure; retrying the shard elsewhere");
+        }
+        let retry = assay_bus::retry::should_retry(job, ended) || elsewhere.is_some();
         if let Some(mut status) = report {
             status.will_retry = retry;
             self.send(subjects::shard_status(exec, shard), &status)
@@ -451,14 +555,28 @@ impl<B: Backend> Launcher<B> {
         if retry {
             // The ended attempt's status already says a retry follows; publish it before
             // acking this job, so a crash in between redelivers the job instead.
-            self.publish_next_attempt(job).await?;
+            self.publish_next_attempt(job, elsewhere).await?;
         }
         Ok(())
     }
 
-    /// Publishes the job of the attempt after `ended`'s.
-    async fn publish_next_attempt(&self, ended: &ShardJob) -> std::result::Result<(), Failure> {
-        let next = assay_bus::retry::next_attempt(ended, "executor-launcher");
+    /// Publishes the job of the attempt after `ended`'s; after an infrastructure failure
+    /// (`elsewhere`) it counts against the infrastructure budget and avoids the failed node.
+    async fn publish_next_attempt(
+        &self,
+        ended: &ShardJob,
+        elsewhere: Option<RetryElsewhere>,
+    ) -> std::result::Result<(), Failure> {
+        let mut next = assay_bus::retry::next_attempt(ended, "executor-launcher");
+        if let Some(e) = elsewhere {
+            let w = next.workload.get_or_insert_with(Default::default);
+            w.infra_retries += 1;
+            if let Some(node) = e.avoid_node
+                && !w.avoid_nodes.contains(&node)
+            {
+                w.avoid_nodes.push(node);
+            }
+        }
         info!(execution = %next.execution_id, shard = next.shard_index, attempt = next.attempt, "retrying shard");
         self.send(
             subjects::shard_job(&next.execution_id, next.shard_index),

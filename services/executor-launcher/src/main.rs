@@ -13,13 +13,14 @@ static ALLOC: assay_alloc::MiMalloc = assay_alloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     version,
-    about = "assay executor-launcher: runs shard jobs as assay-runner processes"
+    about = "assay executor-launcher: runs shard jobs as assay-runner processes or Pods"
 )]
 struct Args {
     /// NATS server URL.
     #[arg(long, env = "ASSAY_NATS_URL", default_value = assay_bus::DEFAULT_NATS_URL)]
     nats: String,
-    /// Where shards run: `local` (assay-runner child processes).
+    /// Where shards run: `local` (assay-runner child processes) or `kubernetes` (one Pod per
+    /// shard attempt).
     #[arg(long, env = "ASSAY_BACKEND", default_value = "local")]
     backend: assay_executor_launcher::BackendKind,
     /// Shards run at once (default: number of CPUs).
@@ -40,6 +41,32 @@ struct Args {
     /// (`0.0.0.0:8081`); off unless set.
     #[arg(long, env = "ASSAY_HEALTH_ADDR")]
     health_addr: Option<std::net::SocketAddr>,
+    /// kubernetes backend: namespace of the shard Pods.
+    #[arg(long, env = "ASSAY_LAUNCHER__NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// kubernetes backend: the image holding assay-runner (the Pods' init container copies
+    /// it out; also the main image of a workflow that names no container image).
+    #[arg(long, env = "ASSAY_RUNNER_IMAGE")]
+    runner_image: Option<String>,
+    /// kubernetes backend: the path of assay-runner inside --runner-image.
+    #[arg(long, env = "ASSAY_LAUNCHER__RUNNER_PATH", default_value = assay_executor_launcher::backend::kubernetes::DEFAULT_RUNNER_PATH)]
+    runner_path: String,
+    /// kubernetes backend: a Secret with the runners' own NATS user (keys `user` and
+    /// `password`), given to the runner container only.
+    #[arg(long, env = "ASSAY_LAUNCHER__RUNNER_NATS_SECRET")]
+    runner_nats_secret: Option<String>,
+    /// kubernetes backend: retries of a shard after infrastructure failures (OOMKilled,
+    /// evicted, image pull, node lost, unschedulable, Pod deleted), each away from the node
+    /// that failed.
+    #[arg(long, env = "ASSAY_LAUNCHER__INFRA_RETRIES", default_value_t = 2)]
+    infra_retries: u32,
+    /// kubernetes backend: how long a Pod may stay unschedulable before its shard errors
+    /// (`5m`).
+    #[arg(long, env = "ASSAY_LAUNCHER__UNSCHEDULABLE_LIMIT", default_value = "5m", value_parser = assay_spec::parse_duration)]
+    unschedulable_limit: std::time::Duration,
+    /// kubernetes backend: how often Pods of ended executions are looked for and deleted.
+    #[arg(long, env = "ASSAY_LAUNCHER__REAP_EVERY", default_value = "15s", value_parser = assay_spec::parse_duration)]
+    reap_every: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +93,16 @@ async fn serve() -> ExitCode {
         runner: args.runner,
         warm: args.warm,
         ack_wait: args.ack_wait,
+        kube: assay_executor_launcher::KubeOptions {
+            namespace: args.namespace,
+            runner_image: args.runner_image.unwrap_or_default(),
+            runner_path: args.runner_path,
+            runner_nats_secret: args.runner_nats_secret,
+            infra_retries: args.infra_retries,
+            unschedulable_limit: args.unschedulable_limit,
+            ..Default::default()
+        },
+        reap_every: args.reap_every,
         ..Default::default()
     };
     if let Some(c) = args.capacity {

@@ -14,20 +14,35 @@ fn launcher() -> Command {
 #[test]
 fn an_unknown_backend_is_refused_with_the_accepted_ones() {
     let by_flag = launcher()
-        .args(["--backend", "kubernetes"])
+        .args(["--backend", "pods"])
         .output()
         .expect("run the launcher");
     let by_env = launcher()
-        .env("ASSAY_BACKEND", "kubernetes")
+        .env("ASSAY_BACKEND", "pods")
         .output()
         .expect("run the launcher");
     for output in [by_flag, by_env] {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(
-            stderr.contains("invalid value 'kubernetes' for '--backend <BACKEND>'")
-                && stderr.contains("unknown backend \"kubernetes\" (accepted: local)"),
+            stderr.contains("invalid value 'pods' for '--backend <BACKEND>'")
+                && stderr.contains("unknown backend \"pods\" (accepted: local, kubernetes)"),
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn the_kubernetes_backend_needs_a_runner_image() {
+    let output = launcher()
+        .args(["--backend", "kubernetes"])
+        .env_remove("ASSAY_RUNNER_IMAGE")
+        .output()
+        .expect("run the launcher");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the kubernetes backend needs --runner-image"),
+        "{stderr}"
+    );
 }

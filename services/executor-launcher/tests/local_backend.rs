@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use assay_executor_launcher::{
-    Attempt, AttemptId, Backend, LocalBackend, LocalOptions, Outcome, RunnerNats,
-};
+use assay_executor_launcher::{Attempt, Backend, LocalBackend, LocalOptions, Outcome, RunnerNats};
 use assay_proto::{ShardJob, ShardState};
 use base64::Engine;
 use prost::Message;
@@ -233,6 +231,5 @@ async fn a_runner_that_cannot_start_is_an_error_and_nothing_is_found_after_a_res
         "{err}"
     );
     // A child process does not outlive its launcher: nothing to find.
-    let id = AttemptId::of(&job());
-    assert!(local.find(&id).await.unwrap().is_none());
+    assert!(local.find(&job()).await.unwrap().is_none());
 }

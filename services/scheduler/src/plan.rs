@@ -340,6 +340,7 @@ pub fn plan(
             (k.clone(), v)
         })
         .collect();
+    let workload = workload(spec)?;
     let working_dir = spec
         .working_dir
         .as_ref()
@@ -455,6 +456,7 @@ pub fn plan(
                 group_shard_count,
                 masked: masked.clone(),
                 tail: g.tail.clone(),
+                workload: workload.clone(),
                 git: crate::content::git_checkout(
                     spec.content.as_ref().and_then(|c| c.git.as_ref()),
                     &cause.provenance,
@@ -463,6 +465,35 @@ pub fn plan(
         }
     }
     Ok(Plan { execution, shards })
+}
+
+/// The workflow's `container` and `pod` settings as the kubernetes backend reads them
+/// (ignored by the local backend); `None` when the workflow sets neither.
+fn workload(spec: &assay_spec::WorkflowSpec) -> Result<Option<assay_proto::Workload>> {
+    if spec.container.is_none() && spec.pod.is_none() {
+        return Ok(None);
+    }
+    let json = |what: &str, v: Result<String, serde_json::Error>| {
+        v.map_err(|e| Error::Spec(format!("{what}: cannot be written as JSON: {e}")))
+    };
+    let container_json = match &spec.container {
+        Some(c) => json("container", serde_json::to_string(c))?,
+        None => String::new(),
+    };
+    let pod_json = match &spec.pod {
+        Some(p) => json("pod", serde_json::to_string(p))?,
+        None => String::new(),
+    };
+    Ok(Some(assay_proto::Workload {
+        image: spec
+            .container
+            .as_ref()
+            .map(|c| c.image.clone())
+            .unwrap_or_default(),
+        container_json,
+        pod_json,
+        ..Default::default()
+    }))
 }
 
 #[cfg(test)]

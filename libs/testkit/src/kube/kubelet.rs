@@ -3,8 +3,16 @@
 //! writes its stdout and stderr to the Pod's log, and moves the Pod through
 //! Pending → Running → Succeeded/Failed with container statuses. A test can inject
 //! OOMKilled, Evicted, ErrImagePull or node loss for a named Pod.
+//!
+//! Volumes: each `emptyDir` volume is a temporary directory for the Pod's life, and a
+//! container's `volumeMounts` are honoured by rewriting its mount paths wherever they start
+//! a string of its `command`, `args`, `env` values and `workingDir` (so an init container
+//! that copies a file into an emptyDir and a main container that runs it from there work
+//! as on a node). Env `valueFrom.secretKeyRef` reads the fake's Secret; other volume kinds
+//! and `valueFrom` sources are not simulated.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -194,7 +202,17 @@ impl Sim {
             });
             return;
         }
-        if !self.run_init_containers(key, spec, &signals).await {
+        let volumes = match EmptyDirs::new(spec) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(pod = %key.1, error = %e, "kubelet sim: cannot make the pod's emptyDir volumes");
+                return;
+            }
+        };
+        if !self
+            .run_init_containers(key, spec, &signals, &volumes)
+            .await
+        {
             return;
         }
         let started = now();
@@ -213,7 +231,7 @@ impl Sim {
         });
         let runs = containers
             .iter()
-            .map(|c| self.run_container(key, c, signals.clone()));
+            .map(|c| self.run_container(key, c, signals.clone(), &volumes));
         let exits = futures::future::join_all(runs).await;
         let signal = *signals.borrow_and_update();
         if signal == Signal::Deleted {
@@ -258,6 +276,7 @@ impl Sim {
         key: &PodKey,
         spec: &Value,
         signals: &watch::Receiver<Signal>,
+        volumes: &EmptyDirs,
     ) -> bool {
         let inits: Vec<Value> = spec
             .get("initContainers")
@@ -266,7 +285,9 @@ impl Sim {
             .unwrap_or_default();
         let mut statuses = Vec::new();
         for init in &inits {
-            let (code, reason) = self.run_container(key, init, signals.clone()).await;
+            let (code, reason) = self
+                .run_container(key, init, signals.clone(), volumes)
+                .await;
             if *signals.borrow() == Signal::Deleted {
                 return false;
             }
@@ -295,8 +316,10 @@ impl Sim {
         key: &PodKey,
         container: &Value,
         mut signals: watch::Receiver<Signal>,
+        volumes: &EmptyDirs,
     ) -> (i64, &'static str) {
         let name = container_name(container);
+        let mounts = volumes.mounts(container);
         let strings = |field: &str| -> Vec<String> {
             container
                 .get(field)
@@ -304,7 +327,7 @@ impl Sim {
                 .map(|a| {
                     a.iter()
                         .filter_map(Value::as_str)
-                        .map(String::from)
+                        .map(|s| rewrite(s, &mounts))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -323,7 +346,7 @@ impl Sim {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(dir) = container.get("workingDir").and_then(Value::as_str) {
-            cmd.current_dir(dir);
+            cmd.current_dir(rewrite(dir, &mounts));
         }
         for env in container
             .get("env")
@@ -331,11 +354,27 @@ impl Sim {
             .into_iter()
             .flatten()
         {
-            if let (Some(k), Some(v)) = (
-                env.get("name").and_then(Value::as_str),
-                env.get("value").and_then(Value::as_str),
-            ) {
-                cmd.env(k, v);
+            let Some(k) = env.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(v) = env.get("value").and_then(Value::as_str) {
+                cmd.env(k, rewrite(v, &mounts));
+            } else if let Some(r) = env.pointer("/valueFrom/secretKeyRef") {
+                match self.secret_value(&key.0, r) {
+                    Some(v) => {
+                        cmd.env(k, v);
+                    }
+                    None => {
+                        logs::append(
+                            &self.shared,
+                            &key.0,
+                            &key.1,
+                            &name,
+                            &format!("env {k}: secret key not found: {r}\n"),
+                        );
+                        return (1, "CreateContainerConfigError");
+                    }
+                }
             }
         }
         let mut child = match cmd.spawn() {
@@ -394,6 +433,84 @@ impl Sim {
         let (exit, _) = tokio::join!(waiting, copying);
         exit
     }
+}
+
+impl Sim {
+    /// The value of a `secretKeyRef` (`{name, key}`) from the fake's Secrets in `ns`.
+    fn secret_value(&self, ns: &str, r: &Value) -> Option<String> {
+        let (name, key) = (r.get("name")?.as_str()?, r.get("key")?.as_str()?);
+        let store = self.shared.lock();
+        let kind = store.kind("", "secrets")?;
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(store.get(&kind, ns, name)?).ok()?;
+        if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Some(v.clone());
+        }
+        let bytes = secret.data?.remove(key)?;
+        String::from_utf8(bytes.0).ok()
+    }
+}
+
+/// A Pod's `emptyDir` volumes, each a temporary directory removed with the Pod's run.
+struct EmptyDirs {
+    dirs: HashMap<String, tempfile::TempDir>,
+}
+
+impl EmptyDirs {
+    fn new(spec: &Value) -> std::io::Result<Self> {
+        let mut dirs = HashMap::new();
+        for v in spec
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if v.get("emptyDir").is_some()
+                && let Some(name) = v.get("name").and_then(Value::as_str)
+            {
+                dirs.insert(name.to_string(), tempfile::tempdir()?);
+            }
+        }
+        Ok(Self { dirs })
+    }
+
+    /// A container's mounts of emptyDir volumes: (mount path, local directory), the longest
+    /// mount path first.
+    fn mounts(&self, container: &Value) -> Vec<(String, PathBuf)> {
+        let mut mounts: Vec<(String, PathBuf)> = container
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let path = m.get("mountPath")?.as_str()?.trim_end_matches('/');
+                let dir = self.dirs.get(m.get("name")?.as_str()?)?;
+                Some((path.to_string(), dir.path().to_path_buf()))
+            })
+            .collect();
+        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        mounts
+    }
+}
+
+/// `s` with a leading mount path (the whole string, or followed by `/`) replaced by its
+/// local directory; also inside `a=b`/`--flag=/path` forms after the first `=`.
+fn rewrite(s: &str, mounts: &[(String, PathBuf)]) -> String {
+    let one = |s: &str| -> Option<String> {
+        mounts.iter().find_map(|(path, dir)| {
+            let rest = s.strip_prefix(path.as_str())?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| format!("{}{rest}", dir.display()))
+        })
+    };
+    if let Some(r) = one(s) {
+        return r;
+    }
+    if let Some((head, tail)) = s.split_once('=')
+        && let Some(r) = one(tail)
+    {
+        return format!("{head}={r}");
+    }
+    s.to_string()
 }
 
 fn container_name(c: &Value) -> String {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tracing::{debug, warn};
 
-use super::{Attempt, AttemptId, Backend, Outcome, RunnerNats};
+use super::{Attempt, Backend, Outcome, RunnerNats};
 use crate::{Error, Result};
 
 /// How long a runner that exited may take to close its stderr before its end is classified
@@ -132,7 +132,7 @@ impl Backend for LocalBackend {
 
     /// Always `None`: a runner is a child of the launcher and does not outlive it (it sees
     /// its stdin close and stops).
-    async fn find(&self, _id: &AttemptId) -> Result<Option<LocalAttempt>> {
+    async fn find(&self, _job: &ShardJob) -> Result<Option<LocalAttempt>> {
         Ok(None)
     }
 

@@ -4,6 +4,7 @@
 //! a Kubernetes Pod lives behind this seam; the job's bookkeeping (acks, statuses,
 //! retries, cancellations, timeouts) stays in the launcher.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::fmt;
@@ -29,13 +30,35 @@ pub trait Backend: Send + Sync + 'static {
         nats: &RunnerNats,
     ) -> impl Future<Output = Result<Self::Attempt>> + Send;
 
-    /// The attempt `id` when it already runs, started by an earlier life of this launcher
-    /// (a Pod of that name); `None` when there is none or the backend cannot tell (a
-    /// child process does not outlive its launcher).
-    fn find(&self, id: &AttemptId) -> impl Future<Output = Result<Option<Self::Attempt>>> + Send;
+    /// The attempt an earlier life of a launcher started for this same job message (a
+    /// redelivery is numbered as the next attempt, so this looks for any attempt from the
+    /// job's published `job_attempt` up to its `attempt`) and that still exists; `None`
+    /// when there is none or the backend cannot tell (a child process does not outlive
+    /// its launcher).
+    fn find(&self, job: &ShardJob) -> impl Future<Output = Result<Option<Self::Attempt>>> + Send;
 
     /// Attempts this backend runs at once.
     fn capacity(&self) -> usize;
+
+    /// How many times one shard is retried after infrastructure failures its attempts
+    /// flag as worth retrying elsewhere ([`Attempt::retry_elsewhere`]); 0 for the local
+    /// backend (a runner that dies there is not the machine's fault).
+    fn infra_retries(&self) -> u32 {
+        0
+    }
+
+    /// Whether an attempt goes on without its launcher (a Pod), so a launcher that stops
+    /// leaves it running for the next one to find instead of killing it.
+    fn outlives_launcher(&self) -> bool {
+        false
+    }
+}
+
+/// An infrastructure failure that another try, elsewhere, may get past.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryElsewhere {
+    /// The node the attempt failed on, kept out of the next attempt's placement.
+    pub avoid_node: Option<String>,
 }
 
 /// One running attempt of a shard. Shown as where it runs (`process 4242 (warm)`).
@@ -48,6 +71,18 @@ pub trait Attempt: Send + fmt::Display + 'static {
     /// returns once it is gone. Called at every attempt's end, so nothing of a shard
     /// outlives it; harmless when the attempt already ended.
     fn kill(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// After [`Attempt::wait`] ended in [`Outcome::Infrastructure`]: whether the failure is
+    /// one a retry on another node may get past (OOMKilled, evicted, node lost, ...).
+    fn retry_elsewhere(&self) -> Option<RetryElsewhere> {
+        None
+    }
+
+    /// For an attempt found running ([`Backend::find`]): the attempt number its runner was
+    /// started with, when the backend knows it.
+    fn adopted_attempt(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// How an attempt ended on its own.
@@ -113,16 +148,19 @@ pub enum BackendKind {
     /// `assay-runner` child processes of the launcher, each in its own process group.
     #[default]
     Local,
+    /// One Pod per shard attempt, through the Kubernetes API.
+    Kubernetes,
 }
 
 impl BackendKind {
     /// Every accepted kind.
-    pub const ALL: &[BackendKind] = &[BackendKind::Local];
+    pub const ALL: &[BackendKind] = &[BackendKind::Local, BackendKind::Kubernetes];
 
     /// The name the `--backend` flag takes.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Local => "local",
+            BackendKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -162,8 +200,8 @@ mod tests {
             assert_eq!(kind.name().parse::<BackendKind>(), Ok(*kind));
         }
         assert_eq!(
-            "kubernetes".parse::<BackendKind>(),
-            Err("unknown backend \"kubernetes\" (accepted: local)".to_string())
+            "pods".parse::<BackendKind>(),
+            Err("unknown backend \"pods\" (accepted: local, kubernetes)".to_string())
         );
         assert!("Local".parse::<BackendKind>().is_err());
     }

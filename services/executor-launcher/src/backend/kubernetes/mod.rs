@@ -1,0 +1,381 @@
+//! The kubernetes backend: each attempt is one Pod (see [`pod`] for its shape), watched
+//! until the runner's exit says how it ended or the infrastructure ended it
+//! ([`classify`]), and deleted when the attempt is over. A restarted launcher finds the
+//! Pod its earlier life started for the same job by its labels instead of starting a
+//! second one. [`reaper`] deletes Pods whose execution has ended.
+
+pub mod classify;
+pub mod pod;
+pub mod reaper;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use assay_proto::ShardJob;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tracing::{debug, warn};
+
+use super::{Attempt, Backend, Outcome, RetryElsewhere, RunnerNats};
+use crate::{Error, Result};
+use classify::{PodState, classify, unschedulable_reason};
+use pod::{LABEL_ATTEMPT, PodTemplate};
+
+/// Default `--runner-path`: where the runner image keeps `assay-runner`.
+pub const DEFAULT_RUNNER_PATH: &str = "/usr/local/bin/assay-runner";
+/// Default `--unschedulable-limit`.
+pub const DEFAULT_UNSCHEDULABLE_LIMIT: Duration = Duration::from_secs(300);
+/// How often a waiting attempt checks how long its Pod has been unschedulable.
+const TICK: Duration = Duration::from_secs(1);
+/// How long [`Attempt::kill`] waits for a deleted Pod to be gone.
+const GONE_WAIT: Duration = Duration::from_secs(30);
+
+/// Settings of the kubernetes backend.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Namespace of the shard Pods.
+    pub namespace: String,
+    /// Image holding `assay-runner`, run as the init container (and as the main container
+    /// of a workflow that names no image).
+    pub runner_image: String,
+    /// Path of `assay-runner` inside the runner image.
+    pub runner_path: String,
+    /// Secret with the runners' own NATS user (keys `user`, `password`); `None`: runners
+    /// connect without credentials (the launcher's own are never put in a Pod).
+    pub runner_nats_secret: Option<String>,
+    /// Pods run at once.
+    pub capacity: usize,
+    /// Infrastructure retries per shard (OOMKilled, evicted, image pull, node lost,
+    /// unschedulable, Pod deleted), each away from the node that failed.
+    pub infra_retries: u32,
+    /// How long a Pod may stay unschedulable before its attempt ends errored.
+    pub unschedulable_limit: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            namespace: "default".into(),
+            runner_image: String::new(),
+            runner_path: DEFAULT_RUNNER_PATH.into(),
+            runner_nats_secret: None,
+            capacity: 16,
+            infra_retries: 2,
+            unschedulable_limit: DEFAULT_UNSCHEDULABLE_LIMIT,
+        }
+    }
+}
+
+/// Runs attempts as Pods through a kube client.
+pub struct KubeBackend {
+    pods: Api<Pod>,
+    options: KubeOptions,
+}
+
+impl KubeBackend {
+    /// A backend creating Pods in `options.namespace` through `client`. Checks the
+    /// settings; nothing is created yet.
+    pub fn new(client: kube::Client, options: KubeOptions) -> Result<KubeBackend> {
+        if options.runner_image.is_empty() {
+            return Err(Error::Config(
+                "the kubernetes backend needs --runner-image (the image holding assay-runner)"
+                    .into(),
+            ));
+        }
+        Ok(KubeBackend {
+            pods: Api::namespaced(client, &options.namespace),
+            options,
+        })
+    }
+
+    /// The Pods API this backend uses.
+    pub fn pods(&self) -> &Api<Pod> {
+        &self.pods
+    }
+
+    fn attempt(&self, name: String, preset: Option<(Outcome, bool)>) -> KubeAttempt {
+        KubeAttempt {
+            pods: self.pods.clone(),
+            name,
+            node: None,
+            preset,
+            unschedulable: None,
+            unschedulable_limit: self.options.unschedulable_limit,
+            retry: None,
+            adopted_attempt: None,
+        }
+    }
+
+    fn template(&self, nats: &RunnerNats) -> PodTemplate {
+        PodTemplate {
+            namespace: self.options.namespace.clone(),
+            runner_image: self.options.runner_image.clone(),
+            runner_path: self.options.runner_path.clone(),
+            nats: pod_nats(nats),
+            nats_secret: self.options.runner_nats_secret.clone(),
+        }
+    }
+}
+
+/// Of the launcher's runner settings, what may go into a Pod spec: the URL and whether TLS
+/// is required. Credentials and file paths (which would not exist in the Pod) stay out;
+/// runners get their own user from `--runner-nats-secret`.
+pub fn pod_nats(nats: &RunnerNats) -> RunnerNats {
+    RunnerNats {
+        env: nats
+            .env
+            .iter()
+            .filter(|(k, _)| k == "ASSAY_NATS_URL" || k == "ASSAY_NATS_TLS")
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The message of an API refusal, naming the verb and resource.
+fn refused(verb: &str, ns: &str, status: &kube::core::Status) -> String {
+    if status.is_forbidden() {
+        format!(
+            "forbidden: the launcher may not {verb} pods in namespace \"{ns}\" ({}); grant its ServiceAccount {verb} on pods",
+            status.message
+        )
+    } else {
+        format!(
+            "the API rejected the shard's Pod ({} {}): {}",
+            status.code, status.reason, status.message
+        )
+    }
+}
+
+impl Backend for KubeBackend {
+    type Attempt = KubeAttempt;
+
+    async fn start(&self, job: &ShardJob, nats: &RunnerNats) -> Result<KubeAttempt> {
+        let now = assay_bus::now_ms();
+        let deadline = assay_bus::retry::attempt_time_left(job, now)
+            .map(|t| t.as_secs() as i64 + 1 + pod::DEADLINE_MARGIN_SECS);
+        let spec = match pod::build(job, &self.template(nats), deadline) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("the workflow's Pod settings are not valid: {e}");
+                return Ok(self.attempt(
+                    String::new(),
+                    Some((Outcome::Infrastructure(reason), false)),
+                ));
+            }
+        };
+        let name = spec.metadata.name.clone().unwrap_or_default();
+        match self.pods.create(&PostParams::default(), &spec).await {
+            Ok(_) => Ok(self.attempt(name, None)),
+            // Created by an earlier life of this launcher: watch that one.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(self.attempt(name, None)),
+            Err(kube::Error::Api(s)) if s.is_forbidden() || s.is_invalid() || s.code == 400 => {
+                let reason = refused("create", &self.options.namespace, &s);
+                Ok(self.attempt(name, Some((Outcome::Infrastructure(reason), false))))
+            }
+            Err(e) => Err(Error::Kube(format!("cannot create pod {name}: {e}"))),
+        }
+    }
+
+    /// The newest Pod of this shard started for the same job message (attempt label from
+    /// the job's published attempt up to this one) by an earlier life of a launcher, and not
+    /// being deleted.
+    async fn find(&self, job: &ShardJob) -> Result<Option<KubeAttempt>> {
+        let lp =
+            ListParams::default().labels(&pod::shard_selector(&job.execution_id, job.shard_index));
+        let list = match self.pods.list(&lp).await {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                return Err(Error::Kube(refused("list", &self.options.namespace, &s)));
+            }
+            Err(e) => return Err(Error::Kube(format!("cannot list pods: {e}"))),
+        };
+        let first = job.job_attempt.max(1);
+        let found = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let attempt: u32 = p
+                    .metadata
+                    .labels
+                    .as_ref()?
+                    .get(LABEL_ATTEMPT)?
+                    .parse()
+                    .ok()?;
+                (first..=job.attempt)
+                    .contains(&attempt)
+                    .then_some((attempt, p))
+            })
+            .max_by_key(|(a, _)| *a);
+        Ok(found.map(|(attempt, p)| {
+            let mut a = self.attempt(p.metadata.name.unwrap_or_default(), None);
+            a.adopted_attempt = Some(attempt);
+            a
+        }))
+    }
+
+    fn capacity(&self) -> usize {
+        self.options.capacity.max(1)
+    }
+
+    fn infra_retries(&self) -> u32 {
+        self.options.infra_retries
+    }
+
+    fn outlives_launcher(&self) -> bool {
+        true
+    }
+}
+
+/// One shard Pod, watched.
+pub struct KubeAttempt {
+    pods: Api<Pod>,
+    name: String,
+    /// The node it was bound to, once known.
+    node: Option<String>,
+    /// Decided before any Pod ran (the API refused it): the outcome and whether to retry.
+    preset: Option<(Outcome, bool)>,
+    /// Since when, and why, the scheduler refuses the Pod.
+    unschedulable: Option<(Instant, String)>,
+    unschedulable_limit: Duration,
+    retry: Option<RetryElsewhere>,
+    adopted_attempt: Option<u32>,
+}
+
+impl fmt::Display for KubeAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            return f.write_str("pod (not created)");
+        }
+        write!(
+            f,
+            "pod {}/{}",
+            self.pods.namespace().unwrap_or("default"),
+            self.name
+        )?;
+        if let Some(n) = &self.node {
+            write!(f, " on {n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl KubeAttempt {
+    /// What the Pod's status says; `Some` when the attempt ended.
+    fn judge(&mut self, p: &Pod) -> Option<Outcome> {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            self.node = Some(n);
+        }
+        match classify(p) {
+            PodState::Going { unschedulable } => {
+                self.unschedulable = match (unschedulable, self.unschedulable.take()) {
+                    (Some(m), Some((since, _))) => Some((since, m)),
+                    (Some(m), None) => Some((Instant::now(), m)),
+                    (None, _) => None,
+                };
+                None
+            }
+            PodState::Ended { outcome, retry } => {
+                if retry {
+                    self.retry = Some(RetryElsewhere {
+                        avoid_node: self.node.clone(),
+                    });
+                }
+                Some(outcome)
+            }
+        }
+    }
+
+    fn gone(&mut self) -> Outcome {
+        self.retry = Some(RetryElsewhere {
+            avoid_node: self.node.clone(),
+        });
+        Outcome::Infrastructure(format!(
+            "pod {} was deleted before its runner reported",
+            self.name
+        ))
+    }
+}
+
+impl Attempt for KubeAttempt {
+    async fn wait(&mut self) -> Outcome {
+        if let Some((outcome, retry)) = self.preset.clone() {
+            if retry {
+                self.retry = Some(RetryElsewhere { avoid_node: None });
+            }
+            return outcome;
+        }
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut events = watcher::watcher(self.pods.clone(), config)
+            .default_backoff()
+            .boxed();
+        let mut tick = tokio::time::interval(TICK);
+        let mut seen = false;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    None => return Outcome::Infrastructure(format!("the watch of pod {} ended", self.name)),
+                    Some(Err(e)) => warn!(pod = %self.name, error = %e, "pod watch failed; retrying"),
+                    Some(Ok(Event::Init)) => seen = false,
+                    Some(Ok(Event::InitApply(p) | Event::Apply(p))) => {
+                        seen = true;
+                        if let Some(outcome) = self.judge(&p) {
+                            return outcome;
+                        }
+                    }
+                    Some(Ok(Event::InitDone)) => if !seen {
+                        return self.gone();
+                    },
+                    Some(Ok(Event::Delete(_))) => return self.gone(),
+                },
+                _ = tick.tick() => {
+                    if let Some((since, message)) = &self.unschedulable
+                        && since.elapsed() >= self.unschedulable_limit
+                    {
+                        let reason = unschedulable_reason(since.elapsed(), message);
+                        self.retry = Some(RetryElsewhere { avoid_node: None });
+                        return Outcome::Infrastructure(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes the Pod (no grace: the attempt is over) and waits until it is gone.
+    async fn kill(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let dp = DeleteParams::default().grace_period(0);
+        match self.pods.delete(&self.name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => return,
+            Err(e) => {
+                warn!(pod = %self.name, error = %e, "cannot delete the shard's pod; the reaper will");
+                return;
+            }
+        }
+        let until = Instant::now() + GONE_WAIT;
+        while Instant::now() < until {
+            match self.pods.get_opt(&self.name).await {
+                Ok(None) => return,
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => {
+                    debug!(pod = %self.name, error = %e, "cannot tell whether the pod is gone");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn retry_elsewhere(&self) -> Option<RetryElsewhere> {
+        self.retry.clone()
+    }
+
+    fn adopted_attempt(&self) -> Option<u32> {
+        self.adopted_attempt
+    }
+}
