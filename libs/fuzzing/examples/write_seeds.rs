@@ -80,6 +80,13 @@ fn shard_job(index: u32) -> ShardJob {
     ShardJob {
         provenance: provenance(),
         plan_data: String::new(),
+        workload: Some(assay_proto::Workload {
+            image: "registry.example/shop-tests:1".into(),
+            container_json: r#"{"image":"registry.example/shop-tests:1"}"#.into(),
+            pod_json: r#"{"nodeSelector":{"pool":"tests"}}"#.into(),
+            infra_retries: 1,
+            avoid_nodes: vec!["node-a".into()],
+        }),
         git: Some(assay_proto::GitCheckout {
             url: "https://git.example/acme/shop.git".into(),
             revision: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
