@@ -126,6 +126,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             served
         }
         BackendKind::Kubernetes => {
+            if options.kube.runner_image.is_empty() {
+                return Err(Error::Config(
+                    "the kubernetes backend needs --runner-image (the image holding assay-runner)"
+                        .into(),
+                ));
+            }
             let client = kube_client(options.kubeconfig.as_deref()).await?;
             let kube = KubeOptions {
                 capacity: options.capacity,
