@@ -126,6 +126,15 @@ fn main() -> ExitCode {
             }
         },
     };
+    // First line of the shard's own output (what `kubectl logs` of a shard Pod shows first).
+    eprintln!(
+        "assay-runner: execution {} shard {}/{} attempt {} of workflow {}",
+        job.execution_id,
+        job.shard_index + 1,
+        job.shard_count,
+        job.attempt,
+        job.workflow
+    );
     match runtime.block_on(assay_runner::run(job, nats_url)) {
         Ok(outcome) => {
             if !outcome.reason.is_empty() {

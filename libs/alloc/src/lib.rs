@@ -108,6 +108,9 @@ mod tests {
     #[test]
     fn the_runtime_runs_tasks() {
         let rt = runtime().unwrap();
-        assert_eq!(rt.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }), 7);
+        assert_eq!(
+            rt.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }),
+            7
+        );
     }
 }

@@ -156,6 +156,22 @@ pub(crate) fn workflow(spec: &WorkflowSpec) -> Vec<Problem> {
         for (k, v) in &c.env {
             check_template(&mut out, kp!["spec", "container", "env", k.as_str()], v);
         }
+        // The shard's container runs assay-runner, which runs the steps and tests: a
+        // command of the image's own would never run, so it is refused, not ignored.
+        for (field, set) in [
+            ("command", !c.command.is_empty()),
+            ("args", !c.args.is_empty()),
+        ] {
+            if set {
+                out.push(problem(
+                    kp!["spec", "container", field],
+                    format!(
+                        "container.{field}: not used: the shard's container runs assay-runner, which runs the workflow's steps and tests"
+                    ),
+                    "put the command in a step's `run` or in `tests.run`".to_string(),
+                ));
+            }
+        }
     }
 
     let mut step_names: BTreeMap<&str, &str> = BTreeMap::new();

@@ -252,7 +252,6 @@ impl World {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs intermittently (an unexplained wait past every bound, seen on FakeKube + KubeletSim); run with --run-ignored only"]
 async fn a_shard_runs_as_a_pod_and_its_results_land() {
     let w = World::start().await;
     let launcher = w.launcher(2, w.shutdown.clone());
@@ -275,7 +274,6 @@ async fn a_shard_runs_as_a_pod_and_its_results_land() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs intermittently (an unexplained wait past every bound, seen on FakeKube + KubeletSim); run with --run-ignored only"]
 async fn an_oom_killed_shard_is_an_infrastructure_failure_retried_away_from_its_node() {
     let w = World::start().await;
     let id = "01PODOOM";
@@ -315,7 +313,6 @@ async fn an_oom_killed_shard_is_an_infrastructure_failure_retried_away_from_its_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs intermittently (an unexplained wait past every bound, seen on FakeKube + KubeletSim); run with --run-ignored only"]
 async fn an_image_that_cannot_be_pulled_errors_the_shard_with_the_reason() {
     let w = World::start().await;
     let id = "01PODPULL";
@@ -339,7 +336,6 @@ async fn an_image_that_cannot_be_pulled_errors_the_shard_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs intermittently (an unexplained wait past every bound, seen on FakeKube + KubeletSim); run with --run-ignored only"]
 async fn a_restarted_launcher_finds_the_running_pod_instead_of_starting_a_second() {
     let w = World::start().await;
     let id = "01PODRESTART";
@@ -379,8 +375,8 @@ async fn a_restarted_launcher_finds_the_running_pod_instead_of_starting_a_second
     second_life.await.unwrap().unwrap();
 }
 
+#[ignore = "hangs: the shard refused by the API (422) never reaches its final status; open bug, see docs/kubernetes.md"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs intermittently (an unexplained wait past every bound, seen on FakeKube + KubeletSim); run with --run-ignored only"]
 async fn the_api_refusing_the_pod_errors_the_shard_with_its_message() {
     let w = World::start().await;
     w.fake.reject_create(
@@ -414,7 +410,6 @@ async fn the_api_refusing_the_pod_errors_the_shard_with_its_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "hangs intermittently (an unexplained wait past every bound, seen on FakeKube + KubeletSim); run with --run-ignored only"]
 async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secret() {
     let w = World::start().await;
     let client = kube::Client::try_from(kube::Config::new(w.fake.url().parse().unwrap())).unwrap();
@@ -429,7 +424,7 @@ async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secre
     let mut job = w.job("01PODSPEC", &["a"], None);
     job.workload = Some(Workload {
         image: "python:3.12-slim".into(),
-        container_json: json!({"image": "python:3.12-slim", "workingDir": "/src",
+        container_json: json!({"image": "python:3.12-slim", "workingDir": "/src", "imagePullPolicy": "IfNotPresent",
             "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}})
         .to_string(),
         pod_json: json!({"nodeSelector": {"pool": "tests"}, "serviceAccountName": "e2e",
@@ -455,6 +450,10 @@ async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secre
         .expect("created");
     let spec = &pod["spec"];
     assert_eq!(spec["nodeSelector"], json!({"pool": "tests"}));
+    assert_eq!(
+        spec["containers"][0]["imagePullPolicy"],
+        json!("IfNotPresent")
+    );
     assert_eq!(spec["serviceAccountName"], json!("e2e"));
     assert_eq!(spec["priorityClassName"], json!("low"));
     assert_eq!(spec["restartPolicy"], json!("Never"));

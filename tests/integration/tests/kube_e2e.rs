@@ -8,16 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assay_cluster::{CatalogSource, KubeSource, Scope};
 use assay_integration::{Sandbox, Service, describe, status_of};
 use assay_proto::ExecutionStatus;
 use assay_testkit::kube::{FakeKube, KubeletSim};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use futures::StreamExt as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -126,7 +126,13 @@ type Task = JoinHandle<Result<(), String>>;
 
 /// One replica of each of scheduler, trigger-watcher (watching the cluster) and
 /// executor-launcher (Pods in `tests`), reading the cluster's catalog.
-fn replicas(fake: &FakeKube, sb: &Sandbox, n: usize, shutdown: &CancellationToken) -> Vec<Task> {
+fn replicas(
+    fake: &FakeKube,
+    sb: &Sandbox,
+    n: usize,
+    watch: &assay_trigger_watcher::cluster::ClusterStatus,
+    shutdown: &CancellationToken,
+) -> Vec<Task> {
     let url = sb.nats.url();
     let mut tasks: Vec<Task> = Vec::new();
     let scheduler = assay_scheduler::Options {
@@ -147,6 +153,7 @@ fn replicas(fake: &FakeKube, sb: &Sandbox, n: usize, shutdown: &CancellationToke
         cluster: assay_trigger_watcher::cluster::ClusterOptions {
             enabled: true,
             client: Some(fake.client()),
+            status: watch.clone(),
             ..Default::default()
         },
         ..Default::default()
@@ -217,9 +224,13 @@ fn follow_first_pod_log(fake: &FakeKube) -> JoinHandle<String> {
     );
     tokio::spawn(async move {
         let name = loop {
-            let running = api.list(&Default::default()).await.unwrap().items.into_iter().find(|p| {
-                p.data["status"]["phase"] == "Running"
-            });
+            let running = api
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|p| p.data["status"]["phase"] == "Running");
             if let Some(p) = running {
                 break p.metadata.name.unwrap();
             }
@@ -239,7 +250,7 @@ fn follow_first_pod_log(fake: &FakeKube) -> JoinHandle<String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
     let fake = FakeKube::start().await.unwrap();
     let _kubelet = KubeletSim::start(&fake, "node-a");
@@ -294,8 +305,20 @@ async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
     let mut sb = Sandbox::empty(&[]).await;
     sb.start_service(Service::Aggregator);
     let shutdown = CancellationToken::new();
-    let mut tasks = replicas(&fake, &sb, 1, &shutdown);
-    tasks.extend(replicas(&fake, &sb, 2, &shutdown));
+    let watches = [
+        assay_trigger_watcher::cluster::ClusterStatus::default(),
+        assay_trigger_watcher::cluster::ClusterStatus::default(),
+    ];
+    let mut tasks = replicas(&fake, &sb, 1, &watches[0], &shutdown);
+    let until = Instant::now() + Duration::from_secs(60);
+    while watches[0].lists("Deployment") == 0 {
+        assert!(
+            Instant::now() < until,
+            "the first watcher never listed Deployments"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks.extend(replicas(&fake, &sb, 2, &watches[1], &shutdown));
     let second_aggregator = assay_result_aggregator::Options {
         nats: nats(&sb.nats.url(), "result-aggregator-2"),
         database: sb.database(),
@@ -308,9 +331,17 @@ async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
             .await
             .map_err(|e| e.to_string())
     }));
-    // Both watchers have listed the Deployment before it rolls out (the first list fires
-    // nothing): wait until two watches are open on the fake beyond the catalogs'.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both watchers have listed the Deployment before it rolls out (the first list records
+    // what exists and fires nothing).
+    let until = Instant::now() + Duration::from_secs(60);
+    while watches.iter().any(|w| w.lists("Deployment") == 0) {
+        let errors: Vec<_> = watches.iter().map(|w| w.errors()).collect();
+        assert!(
+            Instant::now() < until,
+            "the watchers never listed Deployments: {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let seen = record_pods(&fake);
     let logs = follow_first_pod_log(&fake);
@@ -339,7 +370,10 @@ async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
         "{}",
         describe(&detail)
     );
-    assert_eq!(exec.provenance.as_ref().unwrap().trigger, "after-payments-rollout");
+    assert_eq!(
+        exec.provenance.as_ref().unwrap().trigger,
+        "after-payments-rollout"
+    );
 
     // One execution for the one rollout, although two watchers saw it.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -352,13 +386,20 @@ async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
         .values()
         .filter(|p| p["metadata"]["labels"]["assay.dev/execution"] == id.as_str())
         .collect();
-    let names: Vec<&str> = ours.iter().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+    let names: Vec<&str> = ours
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
     assert_eq!(names.len(), 2, "one Pod per shard: {names:?}");
     for p in &ours {
         assert_eq!(p["metadata"]["labels"]["team"], "payments", "{p:#}");
     }
     let log = logs.await.unwrap();
-    assert!(log.contains("ran "), "kubectl logs -f of a shard Pod:\n{log}");
+    // The runner's first line names the shard it runs.
+    assert!(
+        log.contains(&format!("assay-runner: execution {id} shard ")),
+        "kubectl logs -f of a shard Pod:\n{log}"
+    );
 
     shutdown.cancel();
     for t in tasks {

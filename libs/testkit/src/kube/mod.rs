@@ -180,9 +180,15 @@ impl FakeKube {
     }
 
     /// Writes [`Self::kubeconfig`] to a file that lives as long as the fake, returns its path.
+    /// Written once, through a temporary file renamed into place: clients started at once
+    /// each call this, and rewriting the file in place let one read it half written.
     pub fn kubeconfig_file(&self) -> std::io::Result<PathBuf> {
         let path = self.kubeconfig_dir.path().join("kubeconfig");
-        std::fs::write(&path, self.kubeconfig())?;
+        if !path.exists() {
+            let tmp = tempfile::NamedTempFile::new_in(self.kubeconfig_dir.path())?;
+            std::fs::write(tmp.path(), self.kubeconfig())?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+        }
         Ok(path)
     }
 
