@@ -16,7 +16,7 @@ use assay_testkit::NatsServer;
 use assay_testkit::kube::{FakeKube, Fault, KubeletSim};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use prost::Message;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +57,14 @@ struct World {
     dir: tempfile::TempDir,
     /// Every Pod the API ever showed, by name, as last seen.
     seen: Arc<Mutex<BTreeMap<String, Pod>>>,
+    recorder: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.recorder.abort();
+    }
 }
 
 impl World {
@@ -77,8 +84,13 @@ impl World {
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let pods: kube::Api<Pod> = kube::Api::namespaced(fake.client(), "tests");
         let record = seen.clone();
-        tokio::spawn(async move {
-            let mut events = watcher::watcher(pods, watcher::Config::default()).boxed();
+        let recorder = tokio::spawn(async move {
+            // With a backoff: once the fake is dropped at the end of a test, a watcher
+            // without one retries in a loop that never yields, and the runtime's shutdown
+            // waits for it forever.
+            let mut events = watcher::watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             while let Some(e) = events.next().await {
                 if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = e {
                     let name = p.metadata.name.clone().unwrap_or_default();
@@ -94,6 +106,7 @@ impl World {
             nats,
             dir,
             seen,
+            recorder,
             shutdown,
         }
     }
@@ -251,7 +264,6 @@ impl World {
     }
 }
 
-#[ignore = "intermittent hang on FakeKube + KubeletSim under load (2 of 4 failed in one run after the kubeconfig fix); run with --run-ignored, open bug"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_runs_as_a_pod_and_its_results_land() {
     let w = World::start().await;
@@ -274,7 +286,6 @@ async fn a_shard_runs_as_a_pod_and_its_results_land() {
     launcher.await.unwrap().unwrap();
 }
 
-#[ignore = "intermittent hang on FakeKube + KubeletSim under load (2 of 4 failed in one run after the kubeconfig fix); run with --run-ignored, open bug"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_killed_shard_is_an_infrastructure_failure_retried_away_from_its_node() {
     let w = World::start().await;
@@ -314,7 +325,6 @@ async fn an_oom_killed_shard_is_an_infrastructure_failure_retried_away_from_its_
     launcher.await.unwrap().unwrap();
 }
 
-#[ignore = "intermittent hang on FakeKube + KubeletSim under load (2 of 4 failed in one run after the kubeconfig fix); run with --run-ignored, open bug"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_cannot_be_pulled_errors_the_shard_with_the_reason() {
     let w = World::start().await;
@@ -338,7 +348,6 @@ async fn an_image_that_cannot_be_pulled_errors_the_shard_with_the_reason() {
     launcher.await.unwrap().unwrap();
 }
 
-#[ignore = "intermittent hang on FakeKube + KubeletSim under load (2 of 4 failed in one run after the kubeconfig fix); run with --run-ignored, open bug"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_launcher_finds_the_running_pod_instead_of_starting_a_second() {
     let w = World::start().await;
@@ -379,7 +388,6 @@ async fn a_restarted_launcher_finds_the_running_pod_instead_of_starting_a_second
     second_life.await.unwrap().unwrap();
 }
 
-#[ignore = "hangs: the shard refused by the API (422) never reaches its final status; open bug, see docs/kubernetes.md"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refusing_the_pod_errors_the_shard_with_its_message() {
     let w = World::start().await;
@@ -413,7 +421,6 @@ async fn the_api_refusing_the_pod_errors_the_shard_with_its_message() {
     launcher.await.unwrap().unwrap();
 }
 
-#[ignore = "intermittent hang on FakeKube + KubeletSim under load (2 of 4 failed in one run after the kubeconfig fix); run with --run-ignored, open bug"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secret() {
     let w = World::start().await;

@@ -19,7 +19,7 @@ use assay_testkit::kube::{FakeKube, KubeletSim};
 use futures::StreamExt as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -200,7 +200,11 @@ fn record_pods(fake: &FakeKube) -> Arc<Mutex<BTreeMap<String, Value>>> {
     );
     let record = seen.clone();
     tokio::spawn(async move {
-        let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
+        // With a backoff: without one, a watcher whose server is gone retries in a loop
+        // that never yields, and the runtime's shutdown waits for it forever.
+        let mut events = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(e) = events.next().await {
             if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = e {
                 let name = p.metadata.name.clone().unwrap_or_default();
