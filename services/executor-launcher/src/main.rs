@@ -55,6 +55,11 @@ struct Args {
     /// `password`), given to the runner container only.
     #[arg(long, env = "ASSAY_LAUNCHER__RUNNER_NATS_SECRET")]
     runner_nats_secret: Option<String>,
+    /// kubernetes backend: the NATS URL runners in Pods connect to, when it is not the
+    /// launcher's own `--nats` (a launcher outside the cluster, or NATS known by another
+    /// name inside it).
+    #[arg(long, env = "ASSAY_LAUNCHER__RUNNER_NATS_URL")]
+    runner_nats_url: Option<String>,
     /// kubernetes backend: retries of a shard after infrastructure failures (OOMKilled,
     /// evicted, image pull, node lost, unschedulable, Pod deleted), each away from the node
     /// that failed.
@@ -98,6 +103,7 @@ async fn serve() -> ExitCode {
             runner_image: args.runner_image.unwrap_or_default(),
             runner_path: args.runner_path,
             runner_nats_secret: args.runner_nats_secret,
+            runner_nats_url: args.runner_nats_url,
             infra_retries: args.infra_retries,
             unschedulable_limit: args.unschedulable_limit,
             ..Default::default()

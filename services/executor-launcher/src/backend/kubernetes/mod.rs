@@ -46,6 +46,10 @@ pub struct KubeOptions {
     /// Secret with the runners' own NATS user (keys `user`, `password`); `None`: runners
     /// connect without credentials (the launcher's own are never put in a Pod).
     pub runner_nats_secret: Option<String>,
+    /// The NATS URL runners in Pods connect to, when it differs from the launcher's own
+    /// (a launcher outside the cluster, or one reaching NATS by another name); `None`:
+    /// the launcher's.
+    pub runner_nats_url: Option<String>,
     /// Pods run at once.
     pub capacity: usize,
     /// Infrastructure retries per shard (OOMKilled, evicted, image pull, node lost,
@@ -62,6 +66,7 @@ impl Default for KubeOptions {
             runner_image: String::new(),
             runner_path: DEFAULT_RUNNER_PATH.into(),
             runner_nats_secret: None,
+            runner_nats_url: None,
             capacity: 16,
             infra_retries: 2,
             unschedulable_limit: DEFAULT_UNSCHEDULABLE_LIMIT,
@@ -114,24 +119,28 @@ impl KubeBackend {
             namespace: self.options.namespace.clone(),
             runner_image: self.options.runner_image.clone(),
             runner_path: self.options.runner_path.clone(),
-            nats: pod_nats(nats),
+            nats: pod_nats(nats, self.options.runner_nats_url.as_deref()),
             nats_secret: self.options.runner_nats_secret.clone(),
         }
     }
 }
 
-/// Of the launcher's runner settings, what may go into a Pod spec: the URL and whether TLS
-/// is required. Credentials and file paths (which would not exist in the Pod) stay out;
-/// runners get their own user from `--runner-nats-secret`.
-pub fn pod_nats(nats: &RunnerNats) -> RunnerNats {
-    RunnerNats {
-        env: nats
-            .env
-            .iter()
-            .filter(|(k, _)| k == "ASSAY_NATS_URL" || k == "ASSAY_NATS_TLS")
-            .cloned()
-            .collect(),
+/// Of the launcher's runner settings, what may go into a Pod spec: the URL (`url` when
+/// given, `--runner-nats-url`) and whether TLS is required. Credentials and file paths
+/// (which would not exist in the Pod) stay out; runners get their own user from
+/// `--runner-nats-secret`.
+pub fn pod_nats(nats: &RunnerNats, url: Option<&str>) -> RunnerNats {
+    let mut env: Vec<(String, String)> = nats
+        .env
+        .iter()
+        .filter(|(k, _)| k == "ASSAY_NATS_URL" || k == "ASSAY_NATS_TLS")
+        .filter(|(k, _)| url.is_none() || k != "ASSAY_NATS_URL")
+        .cloned()
+        .collect();
+    if let Some(url) = url {
+        env.insert(0, ("ASSAY_NATS_URL".into(), url.to_string()));
     }
+    RunnerNats { env }
 }
 
 /// The message of an API refusal, naming the verb and resource.
@@ -377,5 +386,49 @@ impl Attempt for KubeAttempt {
 
     fn adopted_attempt(&self) -> Option<u32> {
         self.adopted_attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launchers() -> RunnerNats {
+        RunnerNats {
+            env: vec![
+                ("ASSAY_NATS_URL".into(), "nats://127.0.0.1:4222".into()),
+                ("ASSAY_NATS_TLS".into(), "1".into()),
+                ("ASSAY_NATS_PASSWORD".into(), "launchers-own".into()),
+                ("ASSAY_NATS_CREDS".into(), "/etc/launcher.creds".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_pod_gets_the_url_and_tls_but_never_the_launchers_credentials() {
+        assert_eq!(
+            pod_nats(&launchers(), None).env,
+            vec![
+                (
+                    "ASSAY_NATS_URL".to_string(),
+                    "nats://127.0.0.1:4222".to_string()
+                ),
+                ("ASSAY_NATS_TLS".to_string(), "1".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn runner_nats_url_replaces_the_launchers_url_in_the_pod() {
+        assert_eq!(
+            pod_nats(&launchers(), Some("nats://assay-nats.assay:4222")).env,
+            vec![
+                (
+                    "ASSAY_NATS_URL".to_string(),
+                    "nats://assay-nats.assay:4222".to_string()
+                ),
+                ("ASSAY_NATS_TLS".to_string(), "1".to_string()),
+            ]
+        );
     }
 }
