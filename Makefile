@@ -49,6 +49,10 @@ test: build tools ## Run every test: unit, property, CLI and end-to-end against 
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
+.PHONY: test-k8s
+test-k8s: build tools ## Real-cluster tier: the fake-cluster scenarios on a real cluster (needs KUBECONFIG, ASSAY_K8S_RUNNER_IMAGE, ASSAY_K8S_HOST; see docs/kubernetes.md)
+	@missing=""; 	for v in KUBECONFIG ASSAY_K8S_RUNNER_IMAGE ASSAY_K8S_HOST; do 		if [ -z "$${!v}" ]; then missing="$$missing $$v"; fi; 	done; 	if [ -n "$$missing" ]; then 		echo "test-k8s: needs a real cluster; not set:$$missing"; 		echo "  KUBECONFIG              kubeconfig of the cluster (kind or minikube will do)"; 		echo "  ASSAY_K8S_RUNNER_IMAGE  the runner image (make images), pullable by the cluster"; 		echo "  ASSAY_K8S_HOST          this machine's address as the cluster's Pods see it"; 		echo "  ASSAY_K8S_TEST_IMAGE    optional, the suites' image (busybox:1.37)"; 		exit 2; 	fi; 	kubectl version >/dev/null || { echo "test-k8s: kubectl cannot reach the cluster of $$KUBECONFIG"; exit 2; }; 	$(CARGO) nextest run -p assay-integration --test kube_real --run-ignored only --no-fail-fast --test-threads 1
+
 .PHONY: lint
 lint: ## rustfmt check and clippy with -D warnings
 	$(CARGO) fmt --all -- --check

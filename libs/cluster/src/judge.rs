@@ -153,13 +153,22 @@ fn definition(kind: Kind, obj: &DynamicObject) -> Result<Definition, String> {
     match decoded {
         Ok(Ok(def)) => Ok(def),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!(
-            "{} {}/{}: spec does not match the {} schema: {e}",
-            kind.kind(),
-            obj.metadata.namespace.as_deref().unwrap_or_default(),
-            obj.metadata.name.as_deref().unwrap_or_default(),
-            kind.kind()
-        )),
+        Err(e) => {
+            // kubectl reads YAML 1.1, where an unquoted `on` key is the boolean true: the
+            // object reaches the API with `true:` in place of `on:`.
+            let hint = if e.to_string().starts_with("unknown field `true`") {
+                "; `on` arrived as `true`: kubectl (YAML 1.1) reads an unquoted `on:` key as a boolean, write it as \"on\":"
+            } else {
+                ""
+            };
+            Err(format!(
+                "{} {}/{}: spec does not match the {} schema: {e}{hint}",
+                kind.kind(),
+                obj.metadata.namespace.as_deref().unwrap_or_default(),
+                obj.metadata.name.as_deref().unwrap_or_default(),
+                kind.kind()
+            ))
+        }
     }
 }
 
@@ -309,6 +318,20 @@ mod tests {
         assert_eq!(j.catalog.triggers().count(), 0);
         let err = j.catalog.workflow("nope").unwrap_err().to_string();
         assert!(err.contains("not found in all namespaces"), "{err}");
+    }
+
+    #[test]
+    fn an_on_key_turned_true_by_yaml_1_1_is_named_with_the_fix() {
+        let obj = object(
+            Kind::Trigger,
+            "ci",
+            "t",
+            1,
+            json!({"true": {"cron": {"schedule": "* * * * *"}}, "run": {"workflow": "w"}}),
+        );
+        let e = definition(Kind::Trigger, &obj).unwrap_err();
+        assert!(e.contains("unknown field `true`"), "{e}");
+        assert!(e.ends_with("write it as \"on\":"), "{e}");
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct NatsServer {
     binary: PathBuf,
     /// A configuration file passed with `-c` (authorization, TLS, ...).
     config: Option<PathBuf>,
+    /// The address it listens on (`-a`): 127.0.0.1 unless started with
+    /// [`NatsServer::start_listening`].
+    host: String,
 }
 
 impl NatsServer {
@@ -104,6 +107,7 @@ impl NatsServer {
             store,
             binary,
             config: None,
+            host: "127.0.0.1".into(),
         };
         server.spawn();
         server
@@ -123,6 +127,24 @@ impl NatsServer {
             store,
             binary,
             config: Some(path),
+            host: "127.0.0.1".into(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server like [`NatsServer::start`] listening on `host` (`0.0.0.0`: every
+    /// interface, for clients outside this machine such as Pods of a real cluster).
+    pub fn start_listening(host: &str) -> NatsServer {
+        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            binary,
+            config: None,
+            host: host.to_string(),
         };
         server.spawn();
         server
@@ -134,7 +156,7 @@ impl NatsServer {
             command.arg("-c").arg(config);
         }
         let child = command
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .args(["-js", "-a", &self.host, "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.store.path())

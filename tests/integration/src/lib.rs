@@ -89,6 +89,12 @@ impl Sandbox {
         Sandbox::with_nats(NatsServer::start(), Default::default(), files).await
     }
 
+    /// nats-server listening on `host` (`0.0.0.0` for Pods of a real cluster) and the
+    /// definitions, but no service running yet.
+    pub async fn empty_listening(host: &str, files: &[(&str, &str)]) -> Sandbox {
+        Sandbox::with_nats(NatsServer::start_listening(host), Default::default(), files).await
+    }
+
     /// A sandbox whose nats-server was started with `config` (authorization), each service
     /// and the CLI connecting with its own credentials from `auth` (keyed by
     /// [`Service::user`] and `cli`; the CLI's user is the sandbox's own client too).

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use assay_testkit::kube::{DEFAULT_BOOKMARK_INTERVAL, FakeKube, FakeKubeOptions};
+use assay_testkit::kube::{DEFAULT_BOOKMARK_INTERVAL, FakeKube, FakeKubeOptions, KubeletSim};
 use clap::Parser;
 
 /// Fake Kubernetes API server (plain HTTP) for trying assay and kubectl without a cluster.
@@ -21,6 +21,11 @@ struct Args {
     /// Seconds between BOOKMARK events on watches that allow them.
     #[arg(long, default_value_t = DEFAULT_BOOKMARK_INTERVAL.as_secs())]
     bookmark_seconds: u64,
+    /// Also run the kubelet simulator as node NAME: Pods are bound to it and their
+    /// containers run as local processes (the image is ignored; the commands must exist
+    /// on this machine).
+    #[arg(long, value_name = "NAME")]
+    kubelet: Option<String>,
 }
 
 #[tokio::main]
@@ -32,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("could not start the fake API server; is the port free?")?;
+    let _kubelet = args
+        .kubelet
+        .as_deref()
+        .map(|node| KubeletSim::start(&fake, node));
     #[allow(clippy::print_stdout)]
     {
         print!("{}", fake.kubeconfig());
