@@ -12,6 +12,7 @@
 //! [`kube::FakeKube`]: a fake Kubernetes API server speaking real HTTP.
 
 pub mod kube;
+pub mod suite;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -99,51 +100,36 @@ impl NatsServer {
     /// Starts a server on a free port with a fresh store. Panics with an install hint when
     /// no suitable binary exists (this is a test helper).
     pub fn start() -> NatsServer {
-        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
-        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let mut server = NatsServer {
-            child: None,
-            port: free_port(),
-            store,
-            binary,
-            config: None,
-            host: "127.0.0.1".into(),
-        };
-        server.spawn();
-        server
+        NatsServer::launch("127.0.0.1", None)
     }
 
     /// Starts a server like [`NatsServer::start`], also reading `config` (nats-server
     /// configuration text: `authorization { ... }`, `tls { ... }`, `accounts { ... }`).
     /// The port and store still come from the command line.
     pub fn start_with_config(config: &str) -> NatsServer {
-        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
-        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let path = store.path().join("nats-server.conf");
-        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        let mut server = NatsServer {
-            child: None,
-            port: free_port(),
-            store,
-            binary,
-            config: Some(path),
-            host: "127.0.0.1".into(),
-        };
-        server.spawn();
-        server
+        NatsServer::launch("127.0.0.1", Some(config))
     }
 
     /// Starts a server like [`NatsServer::start`] listening on `host` (`0.0.0.0`: every
     /// interface, for clients outside this machine such as Pods of a real cluster).
     pub fn start_listening(host: &str) -> NatsServer {
+        NatsServer::launch(host, None)
+    }
+
+    fn launch(host: &str, config: Option<&str>) -> NatsServer {
         let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let config = config.map(|text| {
+            let path = store.path().join("nats-server.conf");
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            path
+        });
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             store,
             binary,
-            config: None,
+            config,
             host: host.to_string(),
         };
         server.spawn();

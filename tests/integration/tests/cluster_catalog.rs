@@ -3,6 +3,7 @@
 //! assay-runner processes), and the object's status ends with the aggregator's exact counts.
 //! Build the runner first: `cargo build --bins` (`make test` does).
 
+use assay_testkit::suite::JUNIT_SUITE_SH;
 use std::time::{Duration, Instant};
 
 use assay_cluster::{CatalogSource, Kind, KubeSource, Scope};
@@ -14,25 +15,6 @@ use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// Writes a JUnit report: ids containing `fail` fail, `skip` are skipped.
-const SUITE_SH: &str = r#"#!/bin/sh
-report=$1; shift
-{
-echo '<?xml version="1.0" encoding="UTF-8"?>'
-echo "<testsuite name=\"suite\" tests=\"$#\">"
-for id in "$@"; do
-  case $id in
-    *fail*) echo "<testcase classname=\"suite\" name=\"$id\"><failure message=\"no\">x</failure></testcase>";;
-    *skip*) echo "<testcase classname=\"suite\" name=\"$id\"><skipped/></testcase>";;
-    *) echo "<testcase classname=\"suite\" name=\"$id\"/>";;
-  esac
-done
-echo "</testsuite>"
-} > "$report"
-case "$*" in *fail*) exit 1;; esac
-exit 0
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_of_a_workflow_object_ends_with_its_counts_in_the_objects_status() {
     let fake = FakeKube::start().await.unwrap();
@@ -41,7 +23,7 @@ async fn a_run_of_a_workflow_object_ends_with_its_counts_in_the_objects_status()
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
     let work = tempfile::tempdir().unwrap();
-    std::fs::write(work.path().join("suite.sh"), SUITE_SH).unwrap();
+    std::fs::write(work.path().join("suite.sh"), JUNIT_SUITE_SH).unwrap();
     std::fs::write(
         work.path().join("ids.txt"),
         "a\nb\nc-fail\nd-skip\ne\nf-fail\n",

@@ -3,8 +3,8 @@
 //! workflow's revision, or at the sha the triggering run request names, with exact counts.
 //! Real assay-runner processes (build them first: `cargo build --bins`).
 
+use assay_testkit::suite::{JUNIT_SUITE_SH, git};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use assay_integration::{Sandbox, describe, status_of, test_ids};
@@ -14,40 +14,6 @@ use prost::Message as _;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Writes a JUnit report for the ids: `*fail*` fail, `*skip*` skip, the rest pass.
-const SUITE_SH: &str = r#"#!/bin/sh
-report=$1; shift
-{
-echo "<testsuite name=\"suite\" tests=\"$#\">"
-for id in "$@"; do
-  case $id in
-    *fail*) echo "<testcase classname=\"suite\" name=\"$id\"><failure message=\"boom\">x</failure></testcase>";;
-    *skip*) echo "<testcase classname=\"suite\" name=\"$id\"><skipped/></testcase>";;
-    *) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0.010\"/>";;
-  esac
-done
-echo "</testsuite>"
-} > "$report"
-"#;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .expect("run git (is it installed?)");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// A bare repository whose `main` holds the suite with 5 tests (4 pass, 1 skips) and
 /// `docs/` (not checked out: the workflow lists only `suite/`); a later commit on a branch
 /// `next` adds 2 tests (1 fails). Returns (the bare repository, `next`'s commit).
@@ -55,7 +21,7 @@ fn repository(root: &Path) -> (String, String) {
     let work = root.join("work");
     std::fs::create_dir_all(work.join("suite")).unwrap();
     std::fs::create_dir_all(work.join("docs")).unwrap();
-    std::fs::write(work.join("suite/suite.sh"), SUITE_SH).unwrap();
+    std::fs::write(work.join("suite/suite.sh"), JUNIT_SUITE_SH).unwrap();
     std::fs::write(
         work.join("suite/ids.txt"),
         "t1_ok\nt2_ok\nt3_ok\nt4_ok\nt5_skip\n",

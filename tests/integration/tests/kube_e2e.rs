@@ -6,9 +6,9 @@
 //! with the real `kubectl`. Build the binaries first: `cargo build --bins` (`make test`
 //! does).
 
+use assay_testkit::suite::{JUNIT_SUITE_SH, git};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,50 +24,12 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Writes a JUnit report: ids containing `fail` fail, `skip` are skipped.
-const SUITE_SH: &str = r#"#!/bin/sh
-report=$1; shift
-{
-echo "<testsuite name=\"suite\" tests=\"$#\">"
-for id in "$@"; do
-  case $id in
-    *fail*) echo "<testcase classname=\"suite\" name=\"$id\"><failure message=\"boom\">x</failure></testcase>";;
-    *skip*) echo "<testcase classname=\"suite\" name=\"$id\"><skipped/></testcase>";;
-    *) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0.010\"/>";;
-  esac
-done
-echo "</testsuite>"
-} > "$report"
-echo "ran $# tests"
-sleep 1
-case "$*" in *fail*) exit 1;; esac
-exit 0
-"#;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .expect("run git (is it installed?)");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// A bare repository whose tag `v1` holds 8 tests (5 pass, 2 fail, 1 skips); `main` later
 /// gains a ninth, so a run at `v1` shows that the revision was honoured. Returns its URL.
 fn repository(root: &Path) -> String {
     let work = root.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("suite.sh"), SUITE_SH).unwrap();
+    std::fs::write(work.join("suite.sh"), JUNIT_SUITE_SH).unwrap();
     std::fs::write(
         work.join("ids.txt"),
         "t1\nt2\nt3-fail\nt4\nt5-skip\nt6\nt7-fail\nt8\n",
@@ -272,6 +234,8 @@ async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
             "spec": {
                 "content": {"git": {"url": url, "revision": "v1"}},
                 "container": {"image": "registry.example/payments-tests:1"},
+                // The suite sleeps a second, so `kubectl logs -f` finds the Pod running.
+                "env": {"HOLD": "1"},
                 "pod": {"labels": {"team": "payments"}},
                 "tests": {"list": "cat ids.txt", "run": "sh suite.sh {report} {tests}", "reports": ["{report}"]},
                 "parallel": {"count": 2},

@@ -36,23 +36,6 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A JUnit writer for busybox's sh: ids containing `fail` fail, `skip` are skipped.
-const SUITE_SH: &str = r#"report=$1; shift
-{
-echo "<testsuite name=\"suite\" tests=\"$#\">"
-for id in "$@"; do
-  case $id in
-    *fail*) echo "<testcase classname=\"suite\" name=\"$id\"><failure message=\"boom\">x</failure></testcase>";;
-    *skip*) echo "<testcase classname=\"suite\" name=\"$id\"><skipped/></testcase>";;
-    *) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0.010\"/>";;
-  esac
-done
-echo "</testsuite>"
-} > "$report"
-echo "ran $# tests"
-case "$*" in *fail*) exit 1;; esac
-exit 0"#;
-
 /// What the tier needs from its environment; panics naming what is missing.
 struct Real {
     runner_image: String,
@@ -139,7 +122,10 @@ impl Real {
         container_extra: &str,
         extra: &str,
     ) -> String {
-        let script: String = SUITE_SH.lines().map(|l| format!("        {l}\n")).collect();
+        let script: String = assay_testkit::suite::JUNIT_SUITE_SH
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect();
         format!(
             r#"apiVersion: assay.dev/v1alpha1
 kind: TestWorkflow
