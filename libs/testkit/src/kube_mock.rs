@@ -68,6 +68,7 @@ pub struct Expect {
 }
 
 fn pairs(query: &str) -> Vec<(String, String)> {
+    let query = query.strip_prefix('?').unwrap_or(query);
     let mut p: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -476,5 +477,70 @@ pub fn diff(want: &Value, got: &Value, at: &str, subset: bool, out: &mut Vec<Str
         }
         _ if want == got => {}
         _ => out.push(format!("{at}: expected {want}, got {got}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(want: Value, got: Value, subset: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        diff(&want, &got, "", subset, &mut out);
+        out
+    }
+
+    #[test]
+    fn diff_names_each_difference_by_pointer() {
+        assert_eq!(
+            d(
+                json!({"a": 1, "b": [1, 2]}),
+                json!({"a": 2, "b": [1], "c": 0}),
+                false
+            ),
+            [
+                "/a: expected 1, got 2",
+                "/b: expected 2 items, got 1: [1]",
+                "/c: not expected (got 0)"
+            ]
+        );
+        assert!(
+            d(
+                json!({"a": {"b": 1}}),
+                json!({"a": {"b": 1, "x": 2}, "y": 3}),
+                true
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            d(json!({"a": 1}), json!({}), true),
+            ["/a: missing (expected 1)"]
+        );
+    }
+
+    #[test]
+    fn placeholders_match_any_value_and_timestamps() {
+        assert!(
+            d(
+                json!({"n": ANY, "t": TIME}),
+                json!({"n": [1], "t": "2026-01-02T03:04:05Z"}),
+                false
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            d(json!({"t": TIME}), json!({"t": "yesterday"}), false),
+            ["/t: expected a timestamp, got \"yesterday\""]
+        );
+        assert_eq!(
+            d(json!({"n": ANY}), json!({}), false),
+            ["/n: missing (expected \"{{any}}\")"]
+        );
+    }
+
+    #[test]
+    fn queries_compare_as_decoded_pairs_in_any_order() {
+        assert_eq!(pairs("?&b=x%3Dy&a=1"), pairs("a=1&b=x=y"),);
+        assert_ne!(pairs("a=1"), pairs("a=1&watch=true"));
     }
 }
