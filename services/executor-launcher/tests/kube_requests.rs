@@ -211,6 +211,33 @@ async fn a_403_ends_the_attempt_naming_the_missing_permission() {
     mock.finish().await;
 }
 
+/// A Pod the API refuses as invalid ends the attempt with the API's message, not retried.
+#[tokio::test]
+async fn a_422_ends_the_attempt_with_the_apis_message() {
+    let (client, mock) = MockKube::start("default");
+    let message = format!(
+        "Pod \"{POD}\" is invalid: spec.containers[0].resources.limits[memory]: Invalid value: \"lots\": must be a quantity"
+    );
+    mock.expect([Expect::post(PODS)
+        .header("content-type", "application/json")
+        .json(pod_body())
+        .reply_status(422, "Invalid", &message)]);
+    let mut attempt = mock
+        .bounded(backend(client).start(&job(1), &launcher_nats()))
+        .await
+        .expect("an attempt that already ended");
+    mock.served().await;
+    let outcome = mock.bounded(attempt.wait()).await;
+    assert_eq!(
+        outcome,
+        Outcome::Infrastructure(format!(
+            "the API rejected the shard's Pod (422 Invalid): {message}"
+        ))
+    );
+    assert_eq!(attempt.retry_elsewhere(), None);
+    mock.finish().await;
+}
+
 /// `find` lists the shard's Pods by label and takes the newest attempt of this job message
 /// that is not being deleted.
 #[tokio::test]
