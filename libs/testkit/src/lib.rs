@@ -10,8 +10,12 @@
 //! [`Pki`]: a CA with a server and a client certificate, as PEM files, for TLS tests.
 //!
 //! [`kube::FakeKube`]: a fake Kubernetes API server speaking real HTTP.
+//!
+//! [`kube_mock::MockKube`]: a kube client over a tower-test mock that checks each request
+//! exactly (method, path, query, headers, JSON body).
 
 pub mod kube;
+pub mod kube_mock;
 pub mod suite;
 
 use std::net::{TcpListener, TcpStream};
