@@ -185,6 +185,12 @@ impl State {
             let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
             view.objects = self.live.clone();
             view.workflows = judged.workflows;
+            view.triggers = judged.triggers;
+        }
+        if let Some(writer) = &self.status {
+            // Another writer (the scheduler's `Valid`, the trigger-watcher's `Watching`)
+            // may have replaced the conditions with a list that lacks ours: compare again.
+            writer.recheck();
         }
         let mut changed = 0;
         for (key, problem) in judged.verdicts {
@@ -207,7 +213,7 @@ impl State {
                 }
                 None => {}
             }
-            if let Some(writer) = &self.status {
+            if let Some(writer) = self.status.as_ref().filter(|w| w.reports_validity()) {
                 let current = judge::conditions(obj)
                     .into_iter()
                     .find(|c| c.type_ == CONDITION_VALID);

@@ -77,6 +77,8 @@ pub struct Judgement {
     pub catalog: Catalog,
     pub verdicts: BTreeMap<ObjKey, Option<Problem>>,
     pub workflows: HashMap<String, ObjKey>,
+    /// Which object each accepted trigger came from.
+    pub triggers: HashMap<String, ObjKey>,
 }
 
 /// Judges every object; `label` names where they come from in "not found in …" messages
@@ -136,10 +138,15 @@ pub fn judge<'a>(
         .workflows()
         .filter_map(|w| Some((w.name.clone(), by_source.get(&w.source.file)?.clone())))
         .collect();
+    let triggers = catalog
+        .triggers()
+        .filter_map(|t| Some((t.name.clone(), by_source.get(&t.source.file)?.clone())))
+        .collect();
     Judgement {
         catalog,
         verdicts,
         workflows,
+        triggers,
     }
 }
 

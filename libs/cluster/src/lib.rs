@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use args::{CatalogArgs, CatalogKind};
 pub use catalog::ClusterCatalog;
 pub use judge::{Kind, ObjKey};
-pub use status::{ExecutionReport, StatusWriter};
+pub use status::{ExecutionReport, StatusWriter, TriggerObject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -197,13 +197,41 @@ pub struct Opened {
     pub keeper: Keeper,
 }
 
+/// What a service writes back to the catalog's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report<'a> {
+    /// Nothing: it only reads.
+    Nothing,
+    /// Each object's `Valid` condition and Events, and what the service records (the
+    /// scheduler: last executions); the component is named on Events.
+    Definitions(&'a str),
+    /// Only what the service records on its [`StatusWriter`] (the trigger-watcher:
+    /// `Watching`); `Valid` stays the scheduler's.
+    Own(&'a str),
+}
+
 /// Opens the catalog of `source`: loads `dir` (files; polled every two seconds), or starts
 /// a [`ClusterCatalog`] and waits for its first complete view. `reporter`: the component
-/// named on Events, and whether this service writes status (`None`: it only reads).
+/// named on Events, and whether this service writes status (`None`: it only reads); see
+/// [`open_with`].
 pub async fn open(
     source: &CatalogSource,
     dir: &Path,
     reporter: Option<&str>,
+    shutdown: &CancellationToken,
+) -> Result<Opened> {
+    let report = match reporter {
+        Some(component) => Report::Definitions(component),
+        None => Report::Nothing,
+    };
+    open_with(source, dir, report, shutdown).await
+}
+
+/// [`open`], saying what the service writes back.
+pub async fn open_with(
+    source: &CatalogSource,
+    dir: &Path,
+    report: Report<'_>,
     shutdown: &CancellationToken,
 ) -> Result<Opened> {
     match source {
@@ -224,7 +252,11 @@ pub async fn open(
                 .scope
                 .clone()
                 .unwrap_or_else(|| Scope::Namespace(client.default_namespace().to_string()));
-            let status = reporter.map(|component| StatusWriter::new(client.clone(), component));
+            let status = match report {
+                Report::Nothing => None,
+                Report::Definitions(c) => Some(StatusWriter::new(client.clone(), c)),
+                Report::Own(c) => Some(StatusWriter::without_validity(client.clone(), c)),
+            };
             let (cluster, keeper) =
                 ClusterCatalog::start(client, scope, status.clone(), shutdown.clone()).await?;
             Ok(Opened {

@@ -53,6 +53,7 @@ pub struct ExecutionReport {
 pub(crate) struct View {
     pub objects: BTreeMap<ObjKey, DynamicObject>,
     pub workflows: HashMap<String, ObjKey>,
+    pub triggers: HashMap<String, ObjKey>,
 }
 
 /// What this writer wants an object's status to say.
@@ -76,6 +77,20 @@ struct Inner {
     state: Mutex<State>,
     wake: Notify,
     failed: std::sync::atomic::AtomicU64,
+    /// Writes the catalog's `Valid` conditions and Events (the scheduler's writer); a
+    /// writer without writes only what its owner records.
+    validity: bool,
+}
+
+/// A `TestTrigger` object behind a trigger of the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerObject {
+    pub key: ObjKey,
+    /// `metadata.creationTimestamp` in milliseconds since the epoch, when it has one.
+    pub created_ms: Option<i64>,
+    pub generation: Option<i64>,
+    /// Its `status.conditions` as last seen.
+    pub conditions: Vec<Condition>,
 }
 
 /// Records status to write and writes it from one background task. Cheap to clone.
@@ -94,8 +109,20 @@ fn now() -> Time {
 
 impl StatusWriter {
     /// A writer through `client`; `component` is the Events' source (`assay-scheduler`).
+    /// Given to a [`crate::ClusterCatalog`], it writes each object's `Valid` condition.
     /// Nothing is written until [`StatusWriter::run`] runs.
     pub fn new(client: kube::Client, component: &str) -> StatusWriter {
+        Self::build(client, component, true)
+    }
+
+    /// A writer that leaves `Valid` to the scheduler and writes only the conditions and
+    /// Events its owner records (the trigger-watcher's `Watching`), merged with what the
+    /// objects already say.
+    pub fn without_validity(client: kube::Client, component: &str) -> StatusWriter {
+        Self::build(client, component, false)
+    }
+
+    fn build(client: kube::Client, component: &str, validity: bool) -> StatusWriter {
         StatusWriter {
             inner: Arc::new(Inner {
                 client,
@@ -104,6 +131,7 @@ impl StatusWriter {
                 state: Mutex::default(),
                 wake: Notify::new(),
                 failed: Default::default(),
+                validity,
             }),
         }
     }
@@ -115,6 +143,39 @@ impl StatusWriter {
 
     pub(crate) fn view(&self) -> Arc<Mutex<View>> {
         self.inner.view.clone()
+    }
+
+    pub(crate) fn reports_validity(&self) -> bool {
+        self.inner.validity
+    }
+
+    /// The `TestTrigger` object the catalog's trigger `name` came from, if it is in the
+    /// catalog.
+    pub fn trigger(&self, name: &str) -> Option<TriggerObject> {
+        let view = lock(&self.inner.view);
+        let key = view.triggers.get(name)?.clone();
+        let obj = view.objects.get(&key);
+        Some(TriggerObject {
+            created_ms: obj
+                .and_then(|o| o.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0.as_millisecond()),
+            generation: obj.and_then(|o| o.metadata.generation),
+            conditions: obj.map(conditions).unwrap_or_default(),
+            key,
+        })
+    }
+
+    /// Compares every object with what is wanted for it again at the next write (the
+    /// objects were seen anew).
+    pub(crate) fn recheck(&self) {
+        let mut state = lock(&self.inner.state);
+        let keys: Vec<ObjKey> = state.wanted.keys().cloned().collect();
+        if keys.is_empty() {
+            return;
+        }
+        state.dirty.extend(keys);
+        drop(state);
+        self.inner.wake.notify_one();
     }
 
     /// Sets condition `condition.type_` of `key` (written unless it already says that).

@@ -63,6 +63,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The component named on the Events the trigger-watcher records.
+pub const COMPONENT: &str = "assay-trigger-watcher";
+
 /// Trigger-watcher settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -71,8 +74,9 @@ pub struct Options {
     /// unused with [`CatalogSource::Kubernetes`].
     pub workflows: PathBuf,
     /// Where workflows and triggers come from: the `workflows` directory (default) or the
-    /// cluster's `TestWorkflow`/`TestTrigger` objects (read only: the scheduler writes
-    /// their status).
+    /// cluster's `TestWorkflow`/`TestTrigger` objects (the scheduler writes their `Valid`
+    /// condition; with the cluster watch on, the trigger-watcher writes each trigger's
+    /// `Watching` condition and Warning Events).
     pub catalog: CatalogSource,
     /// HTTP listen address.
     pub http: SocketAddr,
@@ -212,13 +216,20 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         "assay-trigger-watcher",
         "/v1/events, /v1/workflows/{name}/run and /metrics",
     );
-    let catalog = match &options.catalog {
-        CatalogSource::Files => SharedCatalog::load(&options.workflows)?,
-        // Kept current by its own task; the directory watch below then only waits.
+    let (catalog, writer) = match &options.catalog {
+        CatalogSource::Files => (SharedCatalog::load(&options.workflows)?, None),
+        // Kept current by its own task; the directory watch below then only waits. The
+        // writer records each trigger's `Watching` condition (`Valid` is the scheduler's).
         source => {
-            let opened = assay_cluster::open(source, &options.workflows, None, &shutdown).await?;
+            let report = if options.cluster.enabled {
+                assay_cluster::Report::Own(COMPONENT)
+            } else {
+                assay_cluster::Report::Nothing
+            };
+            let opened =
+                assay_cluster::open_with(source, &options.workflows, report, &shutdown).await?;
             tokio::spawn(opened.keeper);
-            opened.catalog
+            (opened.catalog, opened.status)
         }
     };
     let bus = Bus::connect(&options.nats, &shutdown).await?;
@@ -227,7 +238,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
         .webhook_deliveries(options.webhooks.replay_window)
         .await?;
     let cluster = if options.cluster.enabled {
-        Some(cluster::Cluster::connect(&bus, &options.cluster).await?)
+        Some(
+            cluster::Cluster::connect(&bus, &options.cluster)
+                .await?
+                .report_to(writer),
+        )
     } else {
         cluster::warn_if_inert(&catalog.get());
         None

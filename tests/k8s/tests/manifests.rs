@@ -366,6 +366,8 @@ fn check(objects: &[Object], replicas: i32) {
                 ("", &["services", "configmaps", "secrets", "pods"], READ),
                 ("batch", &["jobs"], READ),
                 ("assay.dev", &["testworkflows", "testtriggers"], READ),
+                ("assay.dev", &["testtriggers/status"], &["patch"]),
+                ("", &["events"], &["create"]),
             ]),
         ),
         (

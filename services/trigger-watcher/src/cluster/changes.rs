@@ -35,7 +35,8 @@ impl Change {
 /// `rollout-complete` fires on the transition into complete: the new object is complete
 /// and the old one was not complete for the same revision. An object first seen already
 /// complete (`old` None) does not fire it: the watch loop seeds its cache from the first
-/// list without firing, and a created object has not rolled out anything yet.
+/// list without firing (a rollout completed unseen is [`caught_up`] instead), and a
+/// created object has not rolled out anything yet.
 pub fn changes(kind: &str, old: Option<&Value>, new: Option<&Value>) -> Vec<Change> {
     let (old, new) = match (old, new) {
         (None, None) => return Vec::new(),
@@ -81,11 +82,44 @@ pub fn changes(kind: &str, old: Option<&Value>, new: Option<&Value>) -> Vec<Chan
     out
 }
 
+/// A `rollout-complete` for an object seen at a watch's first list (after a start or a
+/// restart of the watcher), which no change would ever fire: its revision completed while
+/// no watcher ran, or before this one started, or was fired already (the dedup key is the
+/// same as the live event's, so the fired-keys bucket refuses a second one).
+///
+/// Caught up only when the object says when it completed ([`object::completed_at_ms`]),
+/// and that is no earlier than the trigger's creation (`trigger_created_ms`, its
+/// `TestTrigger`'s `creationTimestamp`) and within `window` before `now_ms` (the fired-keys
+/// TTL: an older completion's key may have expired, and it would fire again). So a
+/// trigger's first-ever start does not fire for every Deployment that completed long
+/// before the trigger existed, and a watcher that was down longer than the TTL does not
+/// fire what its keys no longer remember. Edge-triggered events (`created`, `modified`,
+/// `image-changed`, `scaled`, `deleted`) are never caught up: the first list shows a
+/// state, not a change, so a restart must not fire them.
+pub fn caught_up(
+    kind: &str,
+    obj: &Value,
+    trigger_created_ms: Option<i64>,
+    now_ms: i64,
+    window: std::time::Duration,
+) -> Option<Change> {
+    let created = trigger_created_ms?;
+    if !object::rollout_complete(kind, obj) {
+        return None;
+    }
+    let done = object::completed_at_ms(kind, obj)?;
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let floor = now_ms.saturating_sub(window_ms);
+    (done >= created && done > floor)
+        .then(|| Change::new(KubeEvent::RolloutComplete, object::revision(kind, obj)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+    use std::time::Duration;
 
     /// A Deployment as the API returns it mid-rollout: `generation`/`observed`,
     /// `spec.replicas`, then status (updated, ready, available, replicas), revision
@@ -250,6 +284,61 @@ mod tests {
             daemonset(7, 2, 2, [4, 4, 4, 4]),
         ];
         assert_eq!(rollouts("DaemonSet", &steps), vec![(5, "2".to_string())]);
+    }
+
+    #[test]
+    fn a_rollout_is_caught_up_only_when_it_completed_after_the_trigger_and_within_the_window() {
+        let mut done = deployment(9, 2, 2, 1, [1, 1, 1, 1], "2", "app:2");
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let day = Duration::from_secs(24 * 3600);
+        let now = at("2026-12-04T12:00:00Z");
+        // No completion time recorded: nothing.
+        assert_eq!(caught_up("Deployment", &done, Some(0), now, day), None);
+        done["status"]["conditions"] = json!([
+            {"type": "Available", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "lastUpdateTime": "2026-12-04T11:00:00Z", "lastTransitionTime": "2026-11-01T00:00:00Z"}
+        ]);
+        let trigger_at = at("2026-12-04T10:00:00Z");
+        assert_eq!(
+            caught_up("Deployment", &done, Some(trigger_at), now, day),
+            Some(Change::new(KubeEvent::RolloutComplete, "2"))
+        );
+        // The trigger is younger than the rollout: a first start fires nothing.
+        assert_eq!(
+            caught_up(
+                "Deployment",
+                &done,
+                Some(at("2026-12-04T11:30:00Z")),
+                now,
+                day
+            ),
+            None
+        );
+        // Older than the fired-keys TTL: its key may be gone, so not again.
+        assert_eq!(
+            caught_up(
+                "Deployment",
+                &done,
+                Some(trigger_at),
+                now,
+                Duration::from_secs(60)
+            ),
+            None
+        );
+        // No trigger creation time (a trigger from files): nothing.
+        assert_eq!(caught_up("Deployment", &done, None, now, day), None);
+        // Not complete (a new revision rolling out): nothing.
+        let mut rolling = done.clone();
+        rolling["status"]["readyReplicas"] = json!(0);
+        assert_eq!(
+            caught_up("Deployment", &rolling, Some(trigger_at), now, day),
+            None
+        );
     }
 
     #[test]

@@ -1,12 +1,24 @@
 //! What becomes of the events the watches find: held for the trigger's settle window,
 //! superseding older executions, claimed once in the fired-keys bucket, then published.
+//!
+//! A key's value says how far its event got: `claimed` followed by the encoded event
+//! (the claim), then `published` once the stream acknowledged it. A watcher that dies
+//! between the two leaves a `claimed` key; every watcher, at start, publishes the events
+//! of such keys again ([`recover`]) and marks them published. Publishing twice is
+//! harmless: the event's idempotency key is its dedup key (deterministic: trigger, object
+//! uid, event, occurrence), which is the stream's `Nats-Msg-Id` within its duplicate
+//! window and, after it, what the scheduler deduplicates events on (its `assay_dedup`
+//! cause claim), so one occurrence never starts two executions.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use assay_bus::{Bus, kv_key, subjects};
+use assay_proto::TriggerEvent;
 use assay_spec::KUBERNETES_SOURCE;
 use async_nats::jetstream::kv;
+use futures::TryStreamExt;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -52,6 +64,85 @@ pub(crate) struct Dispatcher {
     pub fired: kv::Store,
     pub started: Started,
     pub status: ClusterStatus,
+    /// Fault injection for tests ([`super::ClusterOptions::fault_stop_after_claim`]).
+    pub stop_after_claim: bool,
+}
+
+/// The value of a key whose event is claimed but not known to be published.
+const CLAIMED: &[u8] = b"claimed\n";
+/// The value of a key whose event went out.
+const PUBLISHED: &[u8] = b"published\n";
+
+/// A claim's value: [`CLAIMED`] and the encoded event.
+fn claim_value(event: &TriggerEvent) -> bytes::Bytes {
+    let mut v = CLAIMED.to_vec();
+    v.extend(event.encode_to_vec());
+    v.into()
+}
+
+/// The event of a claim that was never marked published; `None` for any other value
+/// (published, or written by an older version: the revision alone).
+fn unpublished(value: &[u8]) -> Option<TriggerEvent> {
+    let body = value.strip_prefix(CLAIMED)?;
+    TriggerEvent::decode(body).ok()
+}
+
+/// Publishes again the events of claims never marked published (their watcher stopped
+/// between claim and publish), once, at start; runs beside the dispatcher.
+pub(crate) async fn recover(
+    bus: Bus,
+    fired: kv::Store,
+    status: ClusterStatus,
+    shutdown: CancellationToken,
+) {
+    let mut delays = assay_bus::retry::delays();
+    let keys: Vec<String> = loop {
+        let listed = async {
+            let keys = fired.keys().await.map_err(|e| e.to_string())?;
+            keys.try_collect::<Vec<String>>()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match listed.await {
+            Ok(keys) => break keys,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(assay_bus::retry::MAX_DELAY);
+                warn!(error = %e, retry_in = ?delay, "cannot list the fired keys to recover unpublished events; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    for key in keys {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let value = match fired.get(&key).await {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(%key, error = %e, "cannot read a fired key; its event is not recovered now");
+                continue;
+            }
+        };
+        let Some(event) = unpublished(&value) else {
+            continue;
+        };
+        let subject = subjects::event(KUBERNETES_SOURCE);
+        match bus.publish(subject, &event).await {
+            Ok(_) => {
+                let _ = fired.put(&key, PUBLISHED.to_vec().into()).await;
+                status.count_recovered();
+                info!(trigger = %event.trigger, key = %assay_bus::kv_key_decode(&key), "published an event claimed by a watcher that stopped before publishing it");
+            }
+            Err(e) => {
+                warn!(key = %assay_bus::kv_key_decode(&key), error = %e, "cannot publish a recovered event; the next start tries again");
+            }
+        }
+    }
+    status.recovery_done();
 }
 
 fn now() -> std::time::Instant {
@@ -135,7 +226,7 @@ impl Dispatcher {
         let claim = || async {
             match self
                 .fired
-                .create(kv_key(&key), c.revision.clone().into())
+                .create(kv_key(&key), claim_value(&c.firing.event))
                 .await
             {
                 Ok(_) => Ok(true),
@@ -155,6 +246,11 @@ impl Dispatcher {
             }
             None => return,
         }
+        if self.stop_after_claim {
+            // As if the process died here: no publish, and the key is not given back.
+            warn!(%key, "fault injected: stopping after the claim");
+            return;
+        }
         let subject = subjects::event(KUBERNETES_SOURCE);
         let publish = || self.bus.publish(subject.clone(), &c.firing.event);
         if self
@@ -162,6 +258,15 @@ impl Dispatcher {
             .await
             .is_some()
         {
+            // Marked so that no later start publishes it again; a failure here only means
+            // a harmless duplicate publish then.
+            if let Err(e) = self
+                .fired
+                .put(kv_key(&key), PUBLISHED.to_vec().into())
+                .await
+            {
+                debug!(%key, error = %e, "cannot mark a fired key published");
+            }
             self.status.count_fired();
             info!(trigger = %c.trigger, event = %c.firing.event.r#type, object = %c.describe, revision = %c.revision, %key, "kubernetes trigger fired");
         } else {
@@ -195,5 +300,28 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_carries_its_event_until_it_is_marked_published() {
+        let event = TriggerEvent {
+            header: Some(assay_bus::header(
+                "t",
+                "kubernetes/t/u/rollout-complete/2",
+                None,
+            )),
+            trigger: "t".into(),
+            r#type: "rollout-complete".into(),
+            ..Default::default()
+        };
+        assert_eq!(unpublished(&claim_value(&event)), Some(event));
+        assert_eq!(unpublished(PUBLISHED), None);
+        // What older versions wrote: the revision alone.
+        assert_eq!(unpublished(b"2"), None);
     }
 }

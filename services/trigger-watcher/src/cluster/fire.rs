@@ -60,11 +60,24 @@ pub fn decide(
     old: Option<&Value>,
     new: Option<&Value>,
 ) -> (Vec<Firing>, Vec<Skipped>) {
+    decide_changes(name, m, kind, old, new, changes(kind, old, new))
+}
+
+/// [`decide`] for changes the caller found: a rollout caught up at the first list
+/// ([`super::changes::caught_up`]) has no old object to compare with.
+pub fn decide_changes(
+    name: &str,
+    m: &KubernetesMatch,
+    kind: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    found: Vec<Change>,
+) -> (Vec<Firing>, Vec<Skipped>) {
     let (mut fired, mut skipped) = (Vec::new(), Vec::new());
     let Some(current) = new.or(old) else {
         return (fired, skipped);
     };
-    for change in changes(kind, old, new) {
+    for change in found {
         if change.event != m.event {
             continue;
         }

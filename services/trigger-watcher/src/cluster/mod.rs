@@ -23,17 +23,22 @@
 //!   against what it knew so nothing fires twice), turning changes into candidates;
 //! - `dispatch`: settle windows on tokio time, supersede, the claim of each dedup key in
 //!   the [`assay_bus::streams::KV_KUBE_FIRED`] bucket (a KV create, which fails when the key
-//!   exists), then the publish on `assay.v1.events.kubernetes`;
+//!   exists; the claim holds the event), then the publish on
+//!   `assay.v1.events.kubernetes`, then the key marked published; at start, the events of
+//!   claims a dead watcher never published go out again;
 //! - `started`: the executions each trigger started per object and revision, followed
 //!   from the scheduler's plan records and the aggregator's execution updates, for
 //!   `supersede: true`;
-//! - `status`: what the loop knows, for logs and tests ([`ClusterStatus`]).
+//! - `status`: what the loop knows, for logs and tests ([`ClusterStatus`]);
+//! - [`report`]: with `--catalog kubernetes`, each trigger's `Watching` condition and
+//!   Warning Events on its `TestTrigger` object.
 
 pub mod changes;
 mod dispatch;
 pub mod fire;
 pub mod object;
 pub mod path;
+pub mod report;
 mod runner;
 pub mod settle;
 mod started;
@@ -69,6 +74,10 @@ pub struct ClusterOptions {
     pub watch_timeout: Duration,
     /// What the loop reports (errors per trigger, lists done, events fired).
     pub status: ClusterStatus,
+    /// Fault injection for tests only: after claiming a key, stop as if the process died
+    /// (no publish, the key not given back).
+    #[doc(hidden)]
+    pub fault_stop_after_claim: bool,
 }
 
 impl Default for ClusterOptions {
@@ -79,6 +88,7 @@ impl Default for ClusterOptions {
             client: None,
             watch_timeout: DEFAULT_WATCH_TIMEOUT,
             status: ClusterStatus::default(),
+            fault_stop_after_claim: false,
         }
     }
 }

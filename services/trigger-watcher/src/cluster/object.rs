@@ -232,6 +232,27 @@ pub fn rollout_complete(kind: &str, obj: &Value) -> bool {
     }
 }
 
+/// When the object's current rollout completed, in milliseconds since the epoch, where
+/// the object says so: a Deployment's `Progressing` condition with reason
+/// `NewReplicaSetAvailable`, which the Deployment controller sets (`lastUpdateTime`) when
+/// the new ReplicaSet becomes available, and never touches again until the next rollout.
+/// StatefulSets and DaemonSets record no such time: `None`.
+pub fn completed_at_ms(kind: &str, obj: &Value) -> Option<i64> {
+    if kind != "Deployment" {
+        return None;
+    }
+    let conditions = obj.pointer("/status/conditions")?.as_array()?;
+    let done = conditions.iter().find(|c| {
+        str_at(c, &["type"]) == Some("Progressing")
+            && str_at(c, &["status"]) == Some("True")
+            && str_at(c, &["reason"]) == Some("NewReplicaSetAvailable")
+    })?;
+    let at = str_at(done, &["lastUpdateTime"]).or_else(|| str_at(done, &["lastTransitionTime"]))?;
+    chrono::DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 /// The object as an event payload: without `metadata.managedFields` and the
 /// `kubectl.kubernetes.io/last-applied-configuration` annotation (bookkeeping, often larger
 /// than the rest). Secrets keep only their metadata: their data never leaves the watcher.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use assay_bus::{Bus, streams};
+use assay_cluster::StatusWriter;
 use assay_spec::{Catalog, KubernetesMatch, SharedCatalog};
 use async_nats::jetstream::kv;
 use tokio::sync::mpsc;
@@ -13,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::dispatch::Dispatcher;
+use super::report::Reporter;
 use super::started::Started;
-use super::stream::{Triggers, WatchKey, WatchTask};
+use super::stream::{Since, Triggers, WatchKey, WatchTask};
 use super::{ClusterOptions, ENABLE_HINT, watches};
 use crate::{Error, Result};
 
@@ -46,6 +48,8 @@ pub struct Cluster {
     bus: Bus,
     fired: kv::Store,
     options: ClusterOptions,
+    /// With `--catalog kubernetes`: writes each trigger's `Watching` condition.
+    writer: Option<StatusWriter>,
 }
 
 impl Cluster {
@@ -73,7 +77,16 @@ impl Cluster {
             bus: bus.clone(),
             fired,
             options: options.clone(),
+            writer: None,
         })
+    }
+
+    /// Reports each trigger's watch on its `TestTrigger` object through `writer` (the
+    /// cluster catalog's), and catches up the rollouts completed after a trigger's object
+    /// was created while no watcher saw them.
+    pub fn report_to(mut self, writer: Option<StatusWriter>) -> Cluster {
+        self.writer = writer;
+        self
     }
 
     /// Watches until `shutdown`.
@@ -87,14 +100,30 @@ impl Cluster {
             fired: self.fired.clone(),
             started,
             status: status.clone(),
+            stop_after_claim: self.options.fault_stop_after_claim,
         };
         let dispatch = tokio::spawn(dispatcher.run(rx, shutdown.clone()));
+        let recovery = tokio::spawn(super::dispatch::recover(
+            self.bus.clone(),
+            self.fired.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
         let table: Triggers = Default::default();
+        let since: Since = Default::default();
+        let mut reporter = self.writer.clone().map(Reporter::new);
         let mut last: Option<BTreeMap<String, KubernetesMatch>> = None;
         let mut running: HashMap<WatchKey, (CancellationToken, JoinHandle<()>)> = HashMap::new();
         info!("cluster watch on");
         loop {
             let now = kube_triggers(&catalog.get());
+            if let Some(writer) = &self.writer {
+                let created: BTreeMap<String, i64> = now
+                    .keys()
+                    .filter_map(|t| Some((t.clone(), writer.trigger(t)?.created_ms?)))
+                    .collect();
+                *since.write().unwrap_or_else(|p| p.into_inner()) = created;
+            }
             if last.as_ref() != Some(&now) {
                 *table.write().unwrap_or_else(|p| p.into_inner()) = now.clone();
                 let plan = watches::plan(now.iter().map(|(n, m)| (n.as_str(), m)));
@@ -142,12 +171,17 @@ impl Cluster {
                         tx: tx.clone(),
                         status: status.clone(),
                         timeout: self.options.watch_timeout,
+                        since: since.clone(),
+                        catch_up_within: self.options.fired_ttl,
                         logged: Default::default(),
                     };
                     let handle = tokio::spawn(task.run(stop.clone()));
                     running.insert(key, (stop, handle));
                 }
                 last = Some(now);
+            }
+            if let Some(r) = &mut reporter {
+                r.tick(&status.watching());
             }
             tokio::select! {
                 _ = tokio::time::sleep(REPLAN_EVERY) => {}
@@ -160,6 +194,7 @@ impl Cluster {
         }
         drop(tx);
         let _ = dispatch.await;
+        let _ = recovery.await;
         let _ = follow.await;
         info!("cluster watch stopped");
     }

@@ -25,6 +25,8 @@ struct Inner {
     duplicates: u64,
     superseded: u64,
     tracked: u64,
+    recovered: u64,
+    recovery_done: bool,
 }
 
 impl ClusterStatus {
@@ -40,6 +42,43 @@ impl ClusterStatus {
             for t in inner.served.get(watch).into_iter().flatten() {
                 out.insert(t.clone(), why.clone());
             }
+        }
+        out
+    }
+
+    /// Where each trigger's watch stands: failing (why), watching (every watch it needs
+    /// has listed), or neither yet (left out).
+    pub fn watching(&self) -> BTreeMap<String, Result<(), String>> {
+        let inner = self.lock();
+        let mut out: BTreeMap<String, Result<(), String>> = BTreeMap::new();
+        let mut pending = std::collections::BTreeSet::new();
+        for (watch, triggers) in &inner.served {
+            let state = match inner.watch_errors.get(watch) {
+                Some(why) => Some(Err(why.clone())),
+                None if inner.lists.get(watch).copied().unwrap_or(0) > 0 => Some(Ok(())),
+                None => None,
+            };
+            for t in triggers {
+                match &state {
+                    None => {
+                        pending.insert(t.clone());
+                    }
+                    Some(Err(why)) => {
+                        out.insert(t.clone(), Err(why.clone()));
+                    }
+                    Some(Ok(())) => {
+                        out.entry(t.clone()).or_insert(Ok(()));
+                    }
+                }
+            }
+        }
+        for t in pending {
+            if out.get(&t).is_some_and(Result::is_ok) {
+                out.remove(&t);
+            }
+        }
+        for (t, why) in &inner.plan_errors {
+            out.insert(t.clone(), Err(why.clone()));
         }
         out
     }
@@ -116,6 +155,24 @@ impl ClusterStatus {
 
     pub(crate) fn count_duplicate(&self) {
         self.lock().duplicates += 1;
+    }
+
+    /// Events of claims never marked published that this watcher published at start.
+    pub fn recovered(&self) -> u64 {
+        self.lock().recovered
+    }
+
+    /// Whether the start's look for unpublished claims is over.
+    pub fn recovery_finished(&self) -> bool {
+        self.lock().recovery_done
+    }
+
+    pub(crate) fn count_recovered(&self) {
+        self.lock().recovered += 1;
+    }
+
+    pub(crate) fn recovery_done(&self) {
+        self.lock().recovery_done = true;
     }
 
     pub(crate) fn count_superseded(&self) {

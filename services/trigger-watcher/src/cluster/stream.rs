@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use assay_spec::KubernetesMatch;
+use assay_spec::{KubeEvent, KubernetesMatch};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::{Api, DynamicObject, GroupVersionKind, PartialObjectMeta};
@@ -19,10 +19,14 @@ use tracing::{debug, info, warn};
 
 use super::dispatch::{Candidate, Msg};
 use super::status::ClusterStatus;
-use super::{fire, object};
+use super::{changes, fire, object};
 
 /// The triggers with `on.kubernetes` by name, as the catalog has them now.
 pub(crate) type Triggers = Arc<RwLock<BTreeMap<String, KubernetesMatch>>>;
+/// When each trigger's `TestTrigger` object was created (ms since the epoch), for the
+/// triggers that came from the cluster: what a rollout seen at a first list is caught up
+/// against ([`changes::caught_up`]).
+pub(crate) type Since = Arc<RwLock<BTreeMap<String, i64>>>;
 
 /// What one watch covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +80,9 @@ pub(crate) struct WatchTask {
     pub tx: mpsc::Sender<Msg>,
     pub status: ClusterStatus,
     pub timeout: Duration,
+    pub since: Since,
+    /// Rollouts that completed longer ago than this (the fired-keys TTL) are not caught up.
+    pub catch_up_within: Duration,
     /// The error last logged: a watch that lists but may not watch fails, relists and
     /// fails again; it is logged once, and again only when the error changes or the watch
     /// delivered a live change in between.
@@ -142,6 +149,9 @@ impl WatchTask {
                     }
                     for (old, new) in state.apply(event, &self.key) {
                         self.changed(old.as_ref(), new.as_ref()).await;
+                    }
+                    for obj in std::mem::take(&mut state.first_seen) {
+                        self.catch_up(&obj).await;
                     }
                     if state.just_listed {
                         state.just_listed = false;
@@ -276,6 +286,50 @@ impl WatchTask {
     }
 }
 
+impl WatchTask {
+    /// An object of the first list: the rollout it completed while no watcher saw it, for
+    /// the triggers with `rollout-complete` ([`changes::caught_up`] says which).
+    async fn catch_up(&self, obj: &Value) {
+        let kind = self.key.kind.as_str();
+        if !object::rollout_complete(kind, obj) {
+            return;
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let uid = object::identity(obj).uid;
+        let revision = object::revision(kind, obj);
+        for (trigger, m) in self.key.triggers(&self.triggers) {
+            if m.event != KubeEvent::RolloutComplete {
+                continue;
+            }
+            let created = self
+                .since
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&trigger)
+                .copied();
+            let Some(change) = changes::caught_up(kind, obj, created, now_ms, self.catch_up_within)
+            else {
+                continue;
+            };
+            let (fired, _) =
+                fire::decide_changes(&trigger, &m, kind, None, Some(obj), vec![change]);
+            for firing in fired {
+                debug!(%trigger, %uid, %revision, "catching up a rollout completed while not watched");
+                let c = Candidate {
+                    trigger: trigger.clone(),
+                    uid: uid.clone(),
+                    revision: revision.clone(),
+                    describe: describe(obj),
+                    settle: m.settle(),
+                    supersede: m.supersede,
+                    firing,
+                };
+                let _ = self.tx.send(Msg::Fire(Box::new(c))).await;
+            }
+        }
+    }
+}
+
 /// `Deployment shop/payments`.
 fn describe(obj: &Value) -> String {
     let id = object::identity(obj);
@@ -323,10 +377,13 @@ struct State {
     /// Seen in the list under way; `None` outside a list.
     listing: Option<HashSet<String>>,
     /// A list completed before: the first list only seeds the cache (objects that existed
-    /// before the watch began fire nothing); relists are diffed against it.
+    /// before the watch began fire no change; only a rollout they completed unseen may be
+    /// caught up, see [`changes::caught_up`]); relists are diffed against it.
     listed_once: bool,
     /// Set by the InitDone that just went by.
     just_listed: bool,
+    /// Objects of the first list, for [`WatchTask::catch_up`].
+    first_seen: Vec<Value>,
 }
 
 impl State {
@@ -364,6 +421,7 @@ impl State {
                 if self.listed_once {
                     vec![(old, Some(v))]
                 } else {
+                    self.first_seen.push(v);
                     Vec::new()
                 }
             }

@@ -55,21 +55,26 @@ impl Watcher {
     /// Starts one on `dir`'s definitions, watching `fake`; `timeout` ends each watch
     /// request (so a compaction is noticed at the next one).
     pub fn start(nats: &str, dir: &std::path::Path, fake: &FakeKube, timeout: Duration) -> Watcher {
-        let status = ClusterStatus::default();
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let options = Options {
-            nats: nats_options(nats),
             workflows: dir.to_path_buf(),
-            http,
             cluster: ClusterOptions {
-                enabled: true,
-                client: Some(fake.client()),
                 watch_timeout: timeout,
-                status: status.clone(),
                 ..Default::default()
             },
             ..Default::default()
         };
+        Watcher::start_with(nats, fake, options)
+    }
+
+    /// Starts one with `options`, its NATS, HTTP address and cluster watch of `fake` set.
+    pub fn start_with(nats: &str, fake: &FakeKube, mut options: Options) -> Watcher {
+        let status = ClusterStatus::default();
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        options.nats = nats_options(nats);
+        options.http = http;
+        options.cluster.enabled = true;
+        options.cluster.client = Some(fake.client());
+        options.cluster.status = status.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let run = tokio::spawn(async move {
@@ -200,6 +205,17 @@ impl Env {
             .chain([[want, want, want - 1, want], [want, want, want, want]])
             .collect();
         for [updated, ready, available, replicas] in steps {
+            let done = [updated, ready, available, replicas] == [want; 4];
+            // The controller's `Progressing` condition: `NewReplicaSetAvailable` when the
+            // rollout is done, stamped with that time (what a restart catches up by).
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let progressing = if done {
+                json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                       "lastUpdateTime": now, "lastTransitionTime": now})
+            } else {
+                json!({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                       "lastUpdateTime": now, "lastTransitionTime": now})
+            };
             self.update("deployments.apps", "shop", "payments", |d| {
                 d["metadata"]["annotations"] =
                     json!({"deployment.kubernetes.io/revision": revision});
@@ -207,6 +223,7 @@ impl Env {
                     "observedGeneration": d["metadata"]["generation"],
                     "updatedReplicas": updated, "readyReplicas": ready,
                     "availableReplicas": available, "replicas": replicas,
+                    "conditions": [progressing],
                 });
             });
         }
