@@ -40,6 +40,11 @@ mod claim;
 /// How long the other workers wait for the first one to fill the queue.
 const FILL_WAIT: Duration = Duration::from_secs(600);
 
+/// How long a worker keeps trying to mark a finished batch done while NATS cannot be
+/// reached (a server restart): without the mark, the worker that takes the expired claim
+/// over runs the batch again.
+const FINISH_WITHIN: Duration = Duration::from_secs(30);
+
 /// What fills the queue when this runner is the first.
 #[derive(Clone, Copy)]
 pub(crate) enum Source<'a> {
@@ -246,9 +251,15 @@ async fn drain(
         ));
         let (verdict, results) =
             retries::run_with_retries(job, tests, id, runner, &batch.test_ids, &report).await;
-        stop.cancel();
-        let held = heartbeat.await.unwrap_or(None);
+        // The claim is renewed until the results are out, so that a holder whose publish
+        // waits out a NATS outage renews as soon as NATS is back, before anyone takes the
+        // batch over.
+        let heartbeat = Heartbeat {
+            stop,
+            task: heartbeat,
+        };
         if verdict.state == ShardState::Errored {
+            let held = heartbeat.end().await;
             // Give the batch back at once: another worker may manage where this one cannot.
             if let Some(revision) = held
                 && let Err(e) = claims.release(&key, revision).await
@@ -281,7 +292,7 @@ async fn drain(
                 published.cases += cases;
             }
             Err(e) => {
-                if let Some(revision) = held {
+                if let Some(revision) = heartbeat.end().await {
                     let _ = claims.release(&key, revision).await;
                 }
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -289,8 +300,8 @@ async fn drain(
             }
         }
         // Published: a redelivered copy of the batch is dropped from now on.
-        if let Some(revision) = held
-            && let Err(e) = claims.finish(&key, revision).await
+        if let Some(revision) = heartbeat.end().await
+            && let Err(e) = claims.finish_patiently(&key, revision, FINISH_WITHIN).await
         {
             warn!(batch = batch.seq, error = %e, "batch not marked done; a redelivered copy would run again (its results count once)");
         }
@@ -337,6 +348,20 @@ fn holder_id(id: &Identity) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     id.key(&format!("pid{}-{started:x}", std::process::id()))
+}
+
+/// The renewal of one batch's lease and claim, running.
+struct Heartbeat {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Option<u64>>,
+}
+
+impl Heartbeat {
+    /// Stops renewing; the claim's revision when this worker still holds it.
+    async fn end(self) -> Option<u64> {
+        self.stop.cancel();
+        self.task.await.unwrap_or(None)
+    }
 }
 
 /// Renews the batch's lease (a progress ack) and its claim every `lease / 3` until `stop`.

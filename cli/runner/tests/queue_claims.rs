@@ -212,11 +212,13 @@ async fn a_nats_restart_while_a_batch_runs_runs_no_test_twice() -> Result<()> {
     }
     drop(before);
     server.restart();
+    let mut stderrs = Vec::new();
     for r in runners {
         let out = tokio::time::timeout(Duration::from_secs(90), r)
             .await
             .context("a runner did not end")???;
         assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        stderrs.push(stderr(&out));
     }
     let ran = ran(dir.path())?;
     let mut ids: Vec<&str> = ran.iter().map(|(_, id)| id.as_str()).collect();
@@ -229,7 +231,12 @@ async fn a_nats_restart_while_a_batch_runs_runs_no_test_twice() -> Result<()> {
         system_log(&bus, execution, 0).await?,
         system_log(&bus, execution, 1).await?
     );
-    assert_eq!(ids, want, "every test exactly once: {ran:?}\n{logs}");
+    assert_eq!(
+        ids,
+        want,
+        "every test exactly once: {ran:?}\n{logs}\n---\n{}",
+        stderrs.join("\n---\n")
+    );
     Ok(())
 }
 

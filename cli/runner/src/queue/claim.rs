@@ -2,7 +2,9 @@
 //! holds a batch: after a nats-server restart it hands out batches whose holders are alive
 //! and renewing. So a worker runs a batch only once it holds the batch's claim, a KV entry
 //! (`<expiry unix ms> <holder>`) it creates, or takes over with compare-and-set once the
-//! previous holder's expiry has passed, and renews while the batch runs. `done` marks a
+//! previous holder's expiry has passed and nobody renewed it for a further half lease (so
+//! that holders cut off by an outage can renew first), and renews until its results are
+//! published. `done` marks a
 //! batch whose results were published: a redelivered copy of it is dropped.
 
 use std::time::Duration;
@@ -72,6 +74,12 @@ pub(crate) struct Claims {
     kv: kv::Store,
     holder: String,
     lease: Duration,
+    /// Claims found expired once, by key: the revision seen. A claim is taken over only
+    /// when it is found expired at the same revision a second time, half a lease later:
+    /// after a NATS outage longer than the lease every claim has expired, though its
+    /// holders are alive and renew (every third of a lease, until their results are out)
+    /// as soon as they are back.
+    expired: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 /// The claim key of batch `seq` of matrix group `group` of `execution`.
@@ -87,7 +95,12 @@ impl Claims {
             .kv_with_age(streams::KV_BATCH_CLAIMS, CLAIM_MAX_AGE)
             .await
             .map_err(|e| format!("cannot open the batch claims bucket: {e}"))?;
-        Ok(Claims { kv, holder, lease })
+        Ok(Claims {
+            kv,
+            holder,
+            lease,
+            expired: Default::default(),
+        })
     }
 
     pub(crate) fn holder(&self) -> &str {
@@ -134,6 +147,15 @@ impl Claims {
                             for_ms: left as u64,
                         });
                     }
+                    // Expired: taken over only if nobody wrote it for half a lease (longer
+                    // than a holder's renewal interval, a third) since this worker first
+                    // saw it expired.
+                    if !self.seen_expired_before(key, entry.revision) {
+                        return Ok(Take::Held {
+                            holder,
+                            for_ms: self.lease.as_millis() as u64 / 2,
+                        });
+                    }
                     Some(holder)
                 }
                 // Ours (a write whose answer an outage swallowed): keep it.
@@ -157,6 +179,17 @@ impl Claims {
         Err(format!(
             "the batch claim changed under {TAKE_TRIES} tries in a row; trying again later"
         ))
+    }
+
+    /// Whether `key` was found expired at `revision` before; records it when not.
+    fn seen_expired_before(&self, key: &str, revision: u64) -> bool {
+        let mut seen = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(key) == Some(&revision) {
+            seen.remove(key);
+            return true;
+        }
+        seen.insert(key.to_string(), revision);
+        false
     }
 
     /// Extends the claim held at `revision` by a lease. An error is an outage (try again at
@@ -220,6 +253,31 @@ impl Claims {
                 .map(|_| ())
                 .map_err(|e| done(e.to_string())),
             None => Err(done("the claim is held by another worker".to_string())),
+        }
+    }
+
+    /// [`Claims::finish`], tried again while NATS cannot be reached (a restart, a lost
+    /// connection) for up to `within`: a batch whose results are out but whose `done` mark
+    /// was not written would run again on the worker that takes the expired claim over.
+    /// Gives up at once when another worker holds the claim.
+    pub(crate) async fn finish_patiently(
+        &self,
+        key: &str,
+        revision: u64,
+        within: std::time::Duration,
+    ) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + within;
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.finish(key, revision).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.ends_with("the claim is held by another worker") => return Err(e),
+                Err(e) if tokio::time::Instant::now() + pause >= until => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+            }
         }
     }
 
@@ -327,6 +385,39 @@ mod tests {
         assert_eq!(b.take(&key).await, Ok(Take::Done));
     }
 
+    /// A holder cut off longer than its lease (a NATS outage) renews when it is back: a
+    /// worker that found the claim expired does not take it over, one that finds it
+    /// expired at the same revision a lease later does.
+    #[tokio::test]
+    async fn an_expired_claim_renewed_within_a_lease_stays_with_its_holder() {
+        let server = NatsServer::start();
+        let bus = bus(&server).await;
+        let lease = Duration::from_millis(300);
+        let a = claims(&bus, "a", lease).await;
+        let b = claims(&bus, "b", lease).await;
+        let key = key("exec", 0, 5);
+        let Ok(Take::Run { revision, .. }) = a.take(&key).await else {
+            panic!("a creates the claim");
+        };
+        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        // Expired, seen by b for the first time: left to a for a lease.
+        assert!(matches!(b.take(&key).await, Ok(Take::Held { holder, .. }) if holder == "a"));
+        // a is back and renews.
+        let Ok(Renewal::Renewed(revision)) = a.renew(&key, revision).await else {
+            panic!("the holder renews after the outage");
+        };
+        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        // Expired again, but at a revision b has not seen expired: still a's.
+        assert!(matches!(b.take(&key).await, Ok(Take::Held { holder, .. }) if holder == "a"));
+        tokio::time::sleep(lease).await;
+        // Nobody wrote it for a lease since: b takes it over.
+        assert!(matches!(b.take(&key).await, Ok(Take::Run { from: Some(h), .. }) if h == "a"));
+        assert_eq!(
+            a.renew(&key, revision).await,
+            Ok(Renewal::Lost(Some("b".into())))
+        );
+    }
+
     /// Workers racing for one expired claim: exactly one takes it over.
     #[tokio::test]
     async fn of_workers_racing_for_an_expired_claim_exactly_one_wins() {
@@ -346,9 +437,20 @@ mod tests {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-            let mut racers = Vec::new();
+            // Each first sees it expired (and leaves it a lease to its holder), then they
+            // race.
+            let mut workers = Vec::new();
             for w in 0..6 {
                 let c = claims(&bus, &format!("w{w}"), lease).await;
+                let first = c.take(&key).await;
+                assert!(
+                    matches!(&first, Ok(Take::Held { holder, .. }) if *holder == format!("dead-{round}")),
+                    "{first:?}"
+                );
+                workers.push(c);
+            }
+            let mut racers = Vec::new();
+            for c in workers {
                 let key = key.clone();
                 racers.push(tokio::spawn(async move { c.take(&key).await }));
             }
