@@ -520,3 +520,135 @@ async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secre
         "the init container gets no credentials: {init}"
     );
 }
+
+/// A bare repository holding the JUnit suite; returns its `file://` URL.
+fn suite_repository(root: &Path) -> String {
+    use assay_testkit::suite::{JUNIT_SUITE_SH, git};
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("suite.sh"), JUNIT_SUITE_SH).unwrap();
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "suite"]);
+    let bare = root.join("suite.git");
+    git(
+        root,
+        &["clone", "-q", "--bare", "work", bare.to_str().unwrap()],
+    );
+    format!("file://{}", bare.display())
+}
+
+/// A shard checking its tests out of `url` with `content.git.credentials.secretName`
+/// `secret`, into an empty directory; its tests fail to run when the credentials directory
+/// reaches their environment.
+fn git_job(w: &World, id: &str, url: &str, secret: &str, into: &Path) -> ShardJob {
+    let mut job = w.job(id, &["a", "b"], None);
+    job.working_dir = into.display().to_string();
+    job.tests = Some(TestsSpec {
+        list: String::new(),
+        run: r#"[ -z "$ASSAY_GIT_CREDENTIALS_DIR" ] && sh suite.sh {report} {tests}"#.into(),
+        reports: vec!["{report}".into()],
+    });
+    job.git = Some(assay_proto::GitCheckout {
+        url: url.into(),
+        secret_name: secret.into(),
+        ..Default::default()
+    });
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_git_credentials_secret_is_mounted_for_the_runner_only() {
+    let w = World::start().await;
+    let repos = tempfile::tempdir().unwrap();
+    let url = suite_repository(repos.path());
+    w.fake
+        .put(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "shop-git", "namespace": "tests"},
+                   "stringData": {"username": "bot", "password": "s3cr3t"}}),
+        )
+        .unwrap();
+    w.fake
+        .put(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "token-only", "namespace": "tests"},
+                   "stringData": {"token": "t"}}),
+        )
+        .unwrap();
+    let launcher = w.launcher(0, w.shutdown.clone());
+
+    // Usable credentials: the runner reads them, checks out, and the tests (which would not
+    // run, had the directory reached their environment) pass.
+    let into = tempfile::tempdir().unwrap();
+    w.publish(&git_job(&w, "01PODGIT", &url, "shop-git", into.path()))
+        .await;
+    let finals = w.finals("01PODGIT", 1).await;
+    assert_eq!(finals[0].state(), ShardState::Passed, "{:?}", finals[0]);
+    assert_eq!(w.counts("01PODGIT", 1).await, (2, 0));
+    let pod = serde_json::to_value(&w.seen.lock().unwrap()["assay-01podgit-0-1"]).unwrap();
+    assert_eq!(
+        pod.pointer("/spec/volumes/1"),
+        Some(&json!({"name": "git-credentials",
+                     "secret": {"secretName": "shop-git", "defaultMode": 0o400, "optional": false}})),
+        "{pod:#}"
+    );
+    assert_eq!(
+        pod.pointer("/spec/containers/0/volumeMounts/1"),
+        Some(
+            &json!({"name": "git-credentials", "mountPath": "/var/run/assay/git-credentials",
+                     "readOnly": true})
+        ),
+        "{pod:#}"
+    );
+    let env = pod
+        .pointer("/spec/containers/0/env")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    assert!(
+        env.contains(&json!({"name": "ASSAY_GIT_CREDENTIALS_DIR",
+                             "value": "/var/run/assay/git-credentials"})),
+        "{env:?}"
+    );
+    let init = pod.pointer("/spec/initContainers/0").unwrap();
+    assert_eq!(
+        init["volumeMounts"].as_array().unwrap().len(),
+        1,
+        "the init container mounts the runner's volume only: {init}"
+    );
+
+    // A Secret with neither username/password nor ssh-privatekey: the runner read the
+    // mounted directory and errors the shard naming it.
+    let into = tempfile::tempdir().unwrap();
+    w.publish(&git_job(&w, "01PODGITBAD", &url, "token-only", into.path()))
+        .await;
+    let finals = w.finals("01PODGITBAD", 1).await;
+    assert_eq!(finals[0].state(), ShardState::Errored, "{:?}", finals[0]);
+    assert!(
+        finals[0]
+            .reason
+            .contains("holds neither username and password nor ssh-privatekey"),
+        "{}",
+        finals[0].reason
+    );
+
+    // A missing Secret: as on a node, the Pod waits in ContainerCreating.
+    let into = tempfile::tempdir().unwrap();
+    w.publish(&git_job(&w, "01PODGITNONE", &url, "nowhere", into.path()))
+        .await;
+    w.wait_until("the pod waits for its secret", |w| {
+        w.fake
+            .get("pods", "tests", "assay-01podgitnone-0-1")
+            .and_then(|p| {
+                p.pointer("/status/containerStatuses/0/state/waiting/reason")
+                    .cloned()
+            })
+            == Some(json!("ContainerCreating"))
+    })
+    .await;
+    w.shutdown.cancel();
+    launcher.await.unwrap().unwrap();
+}
