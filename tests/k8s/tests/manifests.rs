@@ -533,3 +533,131 @@ fn dev_runs_one_of_everything_with_the_example_catalog() {
         "the example workflow"
     );
 }
+
+/// The executor-launcher runs shards as Pods in its own namespace: the kubernetes backend,
+/// the runner image at the tag of the services' image, the runners' own NATS user, and
+/// NetworkPolicies that let the shard Pods reach NATS (and let nothing reach them).
+fn check_shard_pods(objects: &[Object], services_tag: &str, runner_image: &str) {
+    let launcher = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Deployment(d) if name(&d.metadata) == "assay-executor-launcher" => {
+                d.spec.as_ref()?.template.spec.clone()
+            }
+            _ => None,
+        })
+        .expect("the launcher's Deployment");
+    let c = &launcher.containers[0];
+    assert!(
+        c.image
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with(services_tag),
+        "{:?}",
+        c.image
+    );
+    let env: BTreeMap<String, serde_json::Value> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let v = match (&e.value, &e.value_from) {
+                (Some(v), _) => serde_json::json!(v),
+                (None, Some(f)) => serde_json::to_value(f).unwrap(),
+                _ => serde_json::Value::Null,
+            };
+            (e.name.clone(), v)
+        })
+        .collect();
+    assert_eq!(env["ASSAY_BACKEND"], "kubernetes");
+    assert_eq!(
+        env["ASSAY_LAUNCHER__NAMESPACE"],
+        serde_json::json!({"fieldRef": {"fieldPath": "metadata.namespace"}})
+    );
+    assert_eq!(
+        env["ASSAY_LAUNCHER__RUNNER_NATS_SECRET"],
+        "assay-runner-nats"
+    );
+    let config = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::ConfigMap(c) if name(&c.metadata) == "assay-env" => c.data.clone(),
+            _ => None,
+        })
+        .expect("ConfigMap assay-env");
+    assert_eq!(config["ASSAY_RUNNER_IMAGE"], runner_image);
+
+    let policies: BTreeMap<&str, &NetworkPolicy> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::NetworkPolicy(p) => Some((name(&p.metadata), p)),
+            _ => None,
+        })
+        .collect();
+    let shard_pods = serde_json::json!({"matchLabels": {"app.kubernetes.io/managed-by": "assay-executor-launcher"}});
+    let nats = serde_json::to_value(policies["nats"].spec.as_ref().unwrap()).unwrap();
+    assert!(
+        nats["ingress"][0]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["podSelector"] == shard_pods),
+        "NATS admits the shard Pods: {nats:#}"
+    );
+    let shards = serde_json::to_value(policies["shard-pods"].spec.as_ref().unwrap()).unwrap();
+    assert_eq!(shards["podSelector"], shard_pods);
+    assert_eq!(
+        shards["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert!(
+        shards.get("ingress").is_none(),
+        "nothing reaches a shard Pod: {shards:#}"
+    );
+    assert_eq!(
+        shards["egress"][0],
+        serde_json::json!({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}],
+                           "ports": [{"protocol": "TCP", "port": 4222}]})
+    );
+}
+
+#[test]
+fn production_runs_shards_as_pods_with_the_runner_image_of_its_release() {
+    let root = manifests();
+    let objects = parse(&render(root.path(), "k8s/overlays/production"));
+    check_shard_pods(
+        &objects,
+        "assay-services:latest",
+        "ghcr.io/assay-dev/assay-runner:latest",
+    );
+    // Production creates the runner Secret itself (docs/kubernetes.md).
+    assert!(
+        !objects
+            .iter()
+            .any(|o| matches!(o, Object::Secret(s) if name(&s.metadata) == "assay-runner-nats"))
+    );
+}
+
+#[test]
+fn dev_runs_shards_as_pods_with_a_generated_runner_user() {
+    let root = manifests();
+    let objects = parse(&render(root.path(), "k8s/overlays/dev"));
+    check_shard_pods(&objects, "assay-services:dev", "assay-runner:dev");
+    let secret = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Secret(s) if name(&s.metadata) == "assay-runner-nats" => s.data.clone(),
+            _ => None,
+        })
+        .expect("Secret assay-runner-nats in dev");
+    assert_eq!(secret["user"].0, b"runner");
+    // The same password the NATS server knows the `runner` user by.
+    let users = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Secret(s) if name(&s.metadata) == "assay-nats-users" => s.data.clone(),
+            _ => None,
+        })
+        .expect("Secret assay-nats-users in dev");
+    assert_eq!(secret["password"].0, users["runner"].0);
+}
