@@ -4,9 +4,7 @@
 //! Pending → Running → Succeeded/Failed with container statuses. A test can inject
 //! OOMKilled, Evicted, ErrImagePull or node loss for a named Pod.
 //!
-//! Volumes: each `emptyDir` volume is a temporary directory for the Pod's life, each
-//! `secret` volume one holding a file per key of the fake's Secret (a missing Secret leaves
-//! the Pod in ContainerCreating, as a kubelet does), and a
+//! Volumes: each `emptyDir` volume is a temporary directory for the Pod's life, and a
 //! container's `volumeMounts` are honoured by rewriting its mount paths wherever they start
 //! a string of its `command`, `args`, `env` values and `workingDir` (so an init container
 //! that copies a file into an emptyDir and a main container that runs it from there work
@@ -204,27 +202,10 @@ impl Sim {
             });
             return;
         }
-        let volumes = match EmptyDirs::new(spec, |name| self.secret_data(&key.0, name)) {
+        let volumes = match EmptyDirs::new(spec) {
             Ok(v) => v,
-            Err(Volumes::Io(e)) => {
-                tracing::warn!(pod = %key.1, error = %e, "kubelet sim: cannot make the pod's volumes");
-                return;
-            }
-            // As a kubelet: the Pod waits in ContainerCreating (a FailedMount event on a
-            // node) until the Secret exists; the sim does not retry.
-            Err(Volumes::MissingSecret { volume, secret }) => {
-                tracing::warn!(pod = %key.1, %volume, %secret, "kubelet sim: secret volume's Secret not found; the pod stays in ContainerCreating");
-                self.update(key, |pod| {
-                    pod["status"]["containerStatuses"] = json!(
-                        names
-                            .iter()
-                            .map(|n| json!({
-                                "name": n, "ready": false, "restartCount": 0, "image": "",
-                                "state": {"waiting": {"reason": "ContainerCreating"}},
-                            }))
-                            .collect::<Vec<_>>()
-                    );
-                });
+            Err(e) => {
+                tracing::warn!(pod = %key.1, error = %e, "kubelet sim: cannot make the pod's emptyDir volumes");
                 return;
             }
         };
@@ -470,48 +451,13 @@ impl Sim {
     }
 }
 
-impl Sim {
-    /// Every key of Secret `name` in `ns` with its decoded value (`data` and `stringData`).
-    fn secret_data(&self, ns: &str, name: &str) -> Option<Vec<(String, Vec<u8>)>> {
-        let store = self.shared.lock();
-        let kind = store.kind("", "secrets")?;
-        let secret: k8s_openapi::api::core::v1::Secret =
-            serde_json::from_value(store.get(&kind, ns, name)?).ok()?;
-        let mut out: Vec<(String, Vec<u8>)> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        out.extend(
-            secret
-                .string_data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes())),
-        );
-        Some(out)
-    }
-}
-
-/// Why a Pod's volumes could not be made.
-enum Volumes {
-    Io(std::io::Error),
-    MissingSecret { volume: String, secret: String },
-}
-
-/// A Pod's `emptyDir` and `secret` volumes, each a temporary directory removed with the
-/// Pod's run; a secret volume holds one file per key of its Secret (mode 0400, or the
-/// volume's `defaultMode`).
+/// A Pod's `emptyDir` volumes, each a temporary directory removed with the Pod's run.
 struct EmptyDirs {
     dirs: HashMap<String, tempfile::TempDir>,
 }
 
 impl EmptyDirs {
-    fn new(
-        spec: &Value,
-        secret: impl Fn(&str) -> Option<Vec<(String, Vec<u8>)>>,
-    ) -> Result<Self, Volumes> {
+    fn new(spec: &Value) -> std::io::Result<Self> {
         let mut dirs = HashMap::new();
         for v in spec
             .get("volumes")
@@ -519,38 +465,10 @@ impl EmptyDirs {
             .into_iter()
             .flatten()
         {
-            let Some(name) = v.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            if v.get("emptyDir").is_some() {
-                dirs.insert(name.to_string(), tempfile::tempdir().map_err(Volumes::Io)?);
-            } else if let Some(s) = v.get("secret") {
-                let secret_name = s.get("secretName").and_then(Value::as_str).unwrap_or("");
-                let optional = s.get("optional").and_then(Value::as_bool).unwrap_or(false);
-                let mode = s
-                    .get("defaultMode")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0o644) as u32;
-                let dir = tempfile::tempdir().map_err(Volumes::Io)?;
-                match secret(secret_name) {
-                    Some(data) => {
-                        for (k, bytes) in data {
-                            let path = dir.path().join(&k);
-                            std::fs::write(&path, bytes).map_err(Volumes::Io)?;
-                            use std::os::unix::fs::PermissionsExt;
-                            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                                .map_err(Volumes::Io)?;
-                        }
-                    }
-                    None if optional => {}
-                    None => {
-                        return Err(Volumes::MissingSecret {
-                            volume: name.to_string(),
-                            secret: secret_name.to_string(),
-                        });
-                    }
-                }
-                dirs.insert(name.to_string(), dir);
+            if v.get("emptyDir").is_some()
+                && let Some(name) = v.get("name").and_then(Value::as_str)
+            {
+                dirs.insert(name.to_string(), tempfile::tempdir()?);
             }
         }
         Ok(Self { dirs })

@@ -13,7 +13,7 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, ResourceRequirements,
-    SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -43,11 +43,6 @@ pub const INIT_CONTAINER: &str = "install-runner";
 pub const RUNNER_DIR: &str = "/assay/bin";
 /// The emptyDir's volume name.
 const RUNNER_VOLUME: &str = "assay-runner";
-/// The volume of the workflow's `content.git.credentials` Secret.
-pub const GIT_CREDENTIALS_VOLUME: &str = "git-credentials";
-/// Where that Secret is mounted (read-only) in the runner container; the runner reads it
-/// through `ASSAY_GIT_CREDENTIALS_DIR` and never passes it on to the steps.
-pub const GIT_CREDENTIALS_DIR: &str = "/var/run/assay/git-credentials";
 /// Seconds the Pod may outlive the shard's time limit before Kubernetes kills it (the
 /// runner and the launcher end it first; this bounds a Pod whose launcher is gone).
 pub const DEADLINE_MARGIN_SECS: i64 = 30;
@@ -217,32 +212,6 @@ pub fn build(
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
     env.push(plain("ASSAY_SHARD_JOB", &encoded));
-    let mut mounts = vec![mount.clone()];
-    let mut volumes = vec![Volume {
-        name: RUNNER_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }];
-    if let Some(secret) = git_secret(job) {
-        // The runner container only: the init container copies the runner, nothing else.
-        env.push(plain("ASSAY_GIT_CREDENTIALS_DIR", GIT_CREDENTIALS_DIR));
-        mounts.push(VolumeMount {
-            name: GIT_CREDENTIALS_VOLUME.into(),
-            mount_path: GIT_CREDENTIALS_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        volumes.push(Volume {
-            name: GIT_CREDENTIALS_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.to_string()),
-                default_mode: Some(0o400),
-                optional: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
 
     let resources = container
         .as_ref()
@@ -269,7 +238,7 @@ pub fn build(
         env: Some(env),
         working_dir: container.as_ref().and_then(|c| c.working_dir.clone()),
         resources,
-        volume_mounts: Some(mounts),
+        volume_mounts: Some(vec![mount]),
         ..Default::default()
     };
 
@@ -284,7 +253,11 @@ pub fn build(
         restart_policy: Some("Never".into()),
         init_containers: Some(vec![init]),
         containers: vec![main],
-        volumes: Some(volumes),
+        volumes: Some(vec![Volume {
+            name: RUNNER_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]),
         node_selector: (!overrides.node_selector.is_empty())
             .then(|| overrides.node_selector.clone()),
         affinity,
@@ -305,14 +278,6 @@ pub fn build(
         spec: Some(spec),
         status: None,
     })
-}
-
-/// The Secret of the workflow's `content.git.credentials`, when it names one.
-fn git_secret(job: &ShardJob) -> Option<&str> {
-    job.git
-        .as_ref()
-        .map(|g| g.secret_name.as_str())
-        .filter(|s| !s.is_empty())
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
