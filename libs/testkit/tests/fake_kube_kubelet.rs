@@ -206,3 +206,154 @@ async fn init_containers_run_first_and_a_failing_one_fails_the_pod() {
     );
     assert!(status.container_statuses.is_none());
 }
+
+fn with_secret_volume(name: &str, script: &str, source: serde_json::Value) -> Pod {
+    let mut p = pod(name, script);
+    let spec = p.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "creds", "secret": source})).unwrap(),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "creds", "mountPath": "/creds", "readOnly": true}))
+            .unwrap(),
+    ]);
+    spec.containers[0].env = Some(vec![
+        serde_json::from_value(json!({"name": "CREDS", "value": "/creds"})).unwrap(),
+    ]);
+    p
+}
+
+fn waiting_reason(statuses: Option<&Vec<k8s_openapi::api::core::v1::ContainerStatus>>) -> String {
+    statuses
+        .and_then(|s| s[0].state.as_ref()?.waiting.as_ref()?.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn secret_volumes_hold_the_secrets_keys_and_a_missing_one_fails_the_mount() {
+    let fake = FakeKube::start().await.unwrap();
+    let _kubelet = KubeletSim::start(&fake, "node-a");
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    // "czNjcmV0" is base64 of "s3cret".
+    fake.put(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git", "namespace": "default"},
+            "data": {"username": "Ym90", "password": "czNjcmV0"}}),
+    )
+    .unwrap();
+
+    // Every key, with defaultMode.
+    let all = "cat $CREDS/username; echo; cat $CREDS/password; echo; stat -c %a $CREDS/password";
+    pods.create(
+        &PostParams::default(),
+        &with_secret_volume(
+            "all",
+            all,
+            json!({"secretName": "git", "defaultMode": 0o400}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for(&pods, "all", |p| phase(p) == "Succeeded").await;
+    assert_eq!(
+        pods.logs("all", &LogParams::default()).await.unwrap(),
+        "bot\ns3cret\n400\n"
+    );
+
+    // items: only the named key, at its path.
+    let items = "cat $CREDS/nested/pw; test ! -e $CREDS/username";
+    pods.create(
+        &PostParams::default(),
+        &with_secret_volume(
+            "items",
+            items,
+            json!({"secretName": "git", "items": [{"key": "password", "path": "nested/pw"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for(&pods, "items", |p| phase(p) == "Succeeded").await;
+    assert_eq!(
+        pods.logs("items", &LogParams::default()).await.unwrap(),
+        "s3cret\n",
+        "the log is line by line"
+    );
+
+    // A missing Secret: Pending for good, nothing run, a FailedMount event; the same for a
+    // missing item key.
+    for (name, source, why) in [
+        (
+            "absent",
+            json!({"secretName": "nope"}),
+            "secret \"nope\" not found",
+        ),
+        (
+            "no-key",
+            json!({"secretName": "git", "items": [{"key": "token", "path": "t"}]}),
+            "references non-existent secret key: token",
+        ),
+    ] {
+        pods.create(
+            &PostParams::default(),
+            &with_secret_volume(name, "echo ran", source),
+        )
+        .await
+        .unwrap();
+        let stuck = wait_for(&pods, name, |p| {
+            waiting_reason(
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref()),
+            ) == "ContainerCreating"
+        })
+        .await;
+        assert_eq!(phase(&stuck), "Pending");
+        let events = fake.list("events", Some("default"));
+        let event = events
+            .iter()
+            .find(|e| e["involvedObject"]["name"] == json!(name))
+            .unwrap_or_else(|| panic!("no event for {name}: {events:?}"));
+        assert_eq!(event["reason"], json!("FailedMount"));
+        assert_eq!(event["type"], json!("Warning"));
+        assert_eq!(
+            event["message"],
+            json!(format!(
+                "MountVolume.SetUp failed for volume \"creds\" : {why}"
+            ))
+        );
+        assert_eq!(pods.logs(name, &LogParams::default()).await.unwrap(), "");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_secret_key_ref_leaves_the_container_waiting_with_a_config_error() {
+    let fake = FakeKube::start().await.unwrap();
+    let _kubelet = KubeletSim::start(&fake, "node-a");
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "default");
+    let mut p = pod("env", "echo ran");
+    p.spec.as_mut().unwrap().containers[0].env = Some(vec![
+        serde_json::from_value(json!({"name": "PW", "valueFrom": {"secretKeyRef":
+            {"name": "nats", "key": "password", "optional": false}}}))
+        .unwrap(),
+    ]);
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let stuck = wait_for(&pods, "env", |p| {
+        waiting_reason(
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref()),
+        ) == "CreateContainerConfigError"
+    })
+    .await;
+    assert_eq!(phase(&stuck), "Pending");
+    let waiting = stuck.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some("secret \"nats\" not found")
+    );
+}

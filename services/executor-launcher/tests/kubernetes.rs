@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use assay_bus::{Bus, NatsOptions, streams, subjects};
 use assay_executor_launcher::{Backend, KubeBackend, KubeOptions, Options, RunnerNats};
-use assay_proto::{ShardJob, ShardState, ShardStatus, TestCaseBatch, TestsSpec, Workload};
+use assay_proto::{
+    GitCheckout, ShardJob, ShardState, ShardStatus, TestCaseBatch, TestsSpec, Workload,
+};
 use assay_testkit::NatsServer;
 use assay_testkit::kube::{FakeKube, Fault, KubeletSim};
 use futures::StreamExt;
@@ -42,6 +44,55 @@ echo "</testsuite>"
 case "$*" in *fail*) exit 1;; esac
 exit 0
 "#;
+
+/// The suite of the git repository: every test fails when the git credentials reach the
+/// test code, by the variable or by the password in any variable.
+const GIT_SUITE_SH: &str = r#"#!/bin/sh
+report=$1; shift
+leak=
+if [ -n "${ASSAY_GIT_CREDENTIALS_DIR+set}" ] || env | grep -q s3cret-token; then leak=1; fi
+{
+echo '<?xml version="1.0" encoding="UTF-8"?>'
+echo "<testsuite name=\"suite\" tests=\"$#\">"
+for id in "$@"; do
+  if [ -n "$leak" ]; then
+    echo "<testcase classname=\"suite\" name=\"$id\"><failure message=\"credentials leaked\">x</failure></testcase>"
+  else
+    echo "<testcase classname=\"suite\" name=\"$id\"/>"
+  fi
+done
+echo "</testsuite>"
+} > "$report"
+[ -z "$leak" ]
+"#;
+
+/// A bare repository holding `suite.sh` ([`GIT_SUITE_SH`]) on branch main; its `file://` url.
+fn bare_repo(dir: &Path) -> String {
+    let git = |cwd: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(cwd)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(["-c", "init.defaultBranch=main"])
+            .args(args)
+            .output()
+            .expect("git (install it: the content.git tests need it)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    std::fs::write(work.join("suite.sh"), GIT_SUITE_SH).unwrap();
+    git(&work, &["add", "suite.sh"]);
+    git(&work, &["commit", "-q", "-m", "suite"]);
+    git(dir, &["clone", "-q", "--bare", "work", "repo.git"]);
+    format!("file://{}", dir.join("repo.git").display())
+}
 
 fn runner() -> PathBuf {
     assay_executor_launcher::find_runner(None)
@@ -169,6 +220,38 @@ impl World {
             }),
             ..Default::default()
         }
+    }
+
+    /// A job checking `suite.sh` out of `url` with the credentials of Secret `secret`.
+    fn git_job(&self, id: &str, tests: &[&str], url: &str, secret: &str) -> ShardJob {
+        let mut job = self.job(id, tests, None);
+        job.working_dir = String::new();
+        job.git = Some(GitCheckout {
+            url: url.into(),
+            secret_name: secret.into(),
+            revision_source: "default".into(),
+            ..Default::default()
+        });
+        job
+    }
+
+    /// Puts Secret `tests/name` holding `data` into the fake.
+    fn secret(&self, name: &str, data: &[(&str, &str)]) {
+        use base64::Engine as _;
+        let encoded: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| {
+                let v = base64::engine::general_purpose::STANDARD.encode(v);
+                (k.to_string(), json!(v))
+            })
+            .collect();
+        self.fake
+            .put(
+                "secrets",
+                json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": name, "namespace": "tests"}, "data": encoded}),
+            )
+            .unwrap();
     }
 
     async fn publish(&self, job: &ShardJob) {
@@ -519,4 +602,186 @@ async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secre
         init.get("env").is_none(),
         "the init container gets no credentials: {init}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_git_credentials_secret_is_mounted_into_the_runner_container_only() {
+    let w = World::start().await;
+    let client = kube::Client::try_from(kube::Config::new(w.fake.url().parse().unwrap())).unwrap();
+    let backend = KubeBackend::new(client, w.kube_options(2)).unwrap();
+    let mut job = w.git_job(
+        "01PODGITSPEC",
+        &["a"],
+        "file:///nonexistent/shop.git",
+        "shop-git",
+    );
+    // A workflow env of the same name does not win over the mount.
+    job.workload = Some(Workload {
+        image: "python:3.12-slim".into(),
+        container_json: json!({"image": "python:3.12-slim",
+            "env": {"ASSAY_GIT_CREDENTIALS_DIR": "/elsewhere"}})
+        .to_string(),
+        ..Default::default()
+    });
+    let nats = RunnerNats {
+        env: vec![("ASSAY_NATS_URL".into(), "nats://nats:4222".into())],
+    };
+    let _attempt = backend.start(&job, &nats).await.unwrap();
+    let pod = w
+        .fake
+        .get("pods", "tests", "assay-01podgitspec-0-1")
+        .expect("created");
+    let spec = &pod["spec"];
+    let volumes = spec["volumes"].as_array().unwrap();
+    let secret_volumes: Vec<_> = volumes
+        .iter()
+        .filter(|v| v.get("secret").is_some())
+        .collect();
+    assert_eq!(
+        secret_volumes,
+        vec![&json!({"name": "assay-git-credentials", "secret": {
+            "secretName": "shop-git", "defaultMode": 0o400, "optional": false}})],
+        "{volumes:?}"
+    );
+    assert_eq!(spec["securityContext"], json!({"fsGroup": 65532}));
+    let main = &spec["containers"][0];
+    let mounts = main["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.contains(&json!({"name": "assay-git-credentials",
+            "mountPath": "/var/run/assay/git-credentials", "readOnly": true})),
+        "{mounts:?}"
+    );
+    let env = main["env"].as_array().unwrap();
+    let dirs: Vec<&serde_json::Value> = env
+        .iter()
+        .filter(|e| e["name"] == json!("ASSAY_GIT_CREDENTIALS_DIR"))
+        .map(|e| &e["value"])
+        .collect();
+    assert_eq!(
+        dirs.last(),
+        Some(&&json!("/var/run/assay/git-credentials")),
+        "the mount's entry comes last and wins: {env:?}"
+    );
+    let init = &spec["initContainers"][0];
+    let init_mounts = init["volumeMounts"].as_array().unwrap();
+    assert!(
+        init_mounts
+            .iter()
+            .all(|m| m["name"] != json!("assay-git-credentials")),
+        "the init container mounts the credentials: {init_mounts:?}"
+    );
+    assert!(init.get("env").is_none(), "{init}");
+
+    // Without a Secret: no volume, no variable, no fsGroup.
+    let plain = w.git_job("01PODGITNONE", &["a"], "file:///nonexistent/shop.git", "");
+    let _attempt = backend.start(&plain, &nats).await.unwrap();
+    let pod = w
+        .fake
+        .get("pods", "tests", "assay-01podgitnone-0-1")
+        .expect("created");
+    assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 1);
+    assert!(pod["spec"].get("securityContext").is_none());
+    assert!(
+        !pod.to_string().contains("ASSAY_GIT_CREDENTIALS_DIR"),
+        "{pod}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_reads_the_mounted_secret_and_the_tests_do_not_see_it() {
+    let w = World::start().await;
+    let url = bare_repo(w.dir.path());
+    w.secret(
+        "shop-git",
+        &[("username", "bot\n"), ("password", "s3cret-token\n")],
+    );
+    // Only a username: the runner must refuse it, which it can only do after reading the
+    // mounted directory.
+    w.secret("half-git", &[("username", "bot")]);
+    let launcher = w.launcher(2, w.shutdown.clone());
+
+    w.publish(&w.git_job("01PODGITOK", &["a", "b", "c"], &url, "shop-git"))
+        .await;
+    let finals = w.finals("01PODGITOK", 1).await;
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].state(), ShardState::Passed, "{:?}", finals[0]);
+    assert_eq!(w.counts("01PODGITOK", 1).await, (3, 0));
+
+    w.publish(&w.git_job("01PODGITHALF", &["a"], &url, "half-git"))
+        .await;
+    let finals = w.finals("01PODGITHALF", 1).await;
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].state(), ShardState::Errored, "{:?}", finals[0]);
+    assert_eq!(finals[0].reporter, "runner", "{:?}", finals[0]);
+    assert!(
+        finals[0]
+            .reason
+            .contains("has only one of username and password"),
+        "{}",
+        finals[0].reason
+    );
+    assert_eq!(w.counts("01PODGITHALF", 1).await, (0, 0));
+    w.shutdown.cancel();
+    launcher.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_git_credentials_secret_errors_the_shard_naming_it_without_retry() {
+    let w = World::start().await;
+    let url = bare_repo(w.dir.path());
+    let launcher = w.launcher(2, w.shutdown.clone());
+    w.publish(&w.git_job("01PODGITMISSING", &["a"], &url, "absent-git"))
+        .await;
+    let finals = w.finals("01PODGITMISSING", 1).await;
+    assert_eq!(finals.len(), 1, "not retried: {finals:?}");
+    let end = &finals[0];
+    assert_eq!(end.state(), ShardState::Errored, "{end:?}");
+    assert!(!end.will_retry, "{end:?}");
+    assert_eq!(end.reporter, "launcher");
+    assert!(
+        end.reason.starts_with(
+            "the git credentials Secret \"absent-git\" (content.git.credentials.secretName) cannot be mounted into pod tests/assay-01podgitmissing-0-1: "
+        ) && end.reason.contains("secret \"absent-git\" not found")
+            && end.reason.ends_with("create it in namespace \"tests\", where the shard Pods run"),
+        "{}",
+        end.reason
+    );
+    assert_eq!(w.counts("01PODGITMISSING", 1).await, (0, 0));
+    w.wait_until("the pod is deleted", |w| {
+        w.fake.list("pods", Some("tests")).is_empty()
+    })
+    .await;
+    w.shutdown.cancel();
+    launcher.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_runner_nats_secret_errors_the_shard_without_retry() {
+    let w = World::start().await;
+    let options = Options {
+        nats: w.nats.clone(),
+        backend: assay_executor_launcher::BackendKind::Kubernetes,
+        capacity: 2,
+        ack_wait: Duration::from_secs(5),
+        kube: KubeOptions {
+            runner_nats_secret: Some("no-such-runner-nats".into()),
+            ..w.kube_options(2)
+        },
+        kubeconfig: Some(w.fake.kubeconfig_file().unwrap()),
+        ..Default::default()
+    };
+    let launcher = tokio::spawn(assay_executor_launcher::run(options, w.shutdown.clone()));
+    w.publish(&w.job("01PODNATSSECRET", &["a"], None)).await;
+    let finals = w.finals("01PODNATSSECRET", 1).await;
+    assert_eq!(finals.len(), 1, "not retried: {finals:?}");
+    assert_eq!(finals[0].state(), ShardState::Errored);
+    assert!(!finals[0].will_retry);
+    assert_eq!(
+        finals[0].reason,
+        format!(
+            "CreateContainerConfigError: the kubelet cannot create the runner's container on node {NODE}: secret \"no-such-runner-nats\" not found"
+        )
+    );
+    w.shutdown.cancel();
+    launcher.await.unwrap().unwrap();
 }

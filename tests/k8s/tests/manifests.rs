@@ -2,7 +2,9 @@
 //! overlay, and both overlays), every object parsed into its k8s-openapi type (an unknown
 //! kind, a wrong apiVersion, a misspelt or misplaced field fails), then the invariants the
 //! deployment promises: probes, the restricted securityContext, resource requests, existing
-//! ServiceAccounts, and RBAC verbs exactly as docs/kubernetes.md lists them.
+//! ServiceAccounts, RBAC verbs exactly as docs/kubernetes.md lists them, and the Pod
+//! backend: the launcher runs shards as Pods in namespace assay-tests with the runner image
+//! kustomize set, its Role there, the runners' NATS Secret, and NATS reachable from there.
 //!
 //! The CRDs come from `deploy/k8s/crds` (generated from the Rust definitions); when it is
 //! absent, a copy of `deploy/k8s` gets minimal stand-ins so the rest can still be checked.
@@ -69,6 +71,17 @@ impl Object {
 
 /// Kinds that have no namespace.
 const CLUSTER_SCOPED: [&str; 4] = ["Namespace", "Crd", "ClusterRole", "ClusterRoleBinding"];
+
+/// The namespace of the shard Pods (the launcher's `--namespace`).
+const SHARDS: &str = "assay-tests";
+
+/// Objects that live in [`SHARDS`] (kind, name); everything else namespaced is in `assay`.
+const SHARD_OBJECTS: [(&str, &str); 4] = [
+    ("Role", "assay-executor-launcher"),
+    ("RoleBinding", "assay-executor-launcher"),
+    ("NetworkPolicy", "shards-deny-ingress"),
+    ("Secret", "assay-runner-nats"),
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -254,7 +267,13 @@ fn check(objects: &[Object], replicas: i32) {
     for object in objects {
         let (kind, meta) = object.meta();
         kinds.insert(kind);
-        let expected_namespace = (!CLUSTER_SCOPED.contains(&kind)).then_some("assay");
+        let expected_namespace = if CLUSTER_SCOPED.contains(&kind) {
+            None
+        } else if SHARD_OBJECTS.contains(&(kind, name(meta))) {
+            Some(SHARDS)
+        } else {
+            Some("assay")
+        };
         assert_eq!(
             meta.namespace.as_deref(),
             expected_namespace,
@@ -375,7 +394,7 @@ fn check(objects: &[Object], replicas: i32) {
             expect(&[
                 ("", &["pods"], &["create", "delete", "get", "list", "watch"]),
                 ("", &["pods/log"], &["get"]),
-                ("", &["events"], &["create"]),
+                ("", &["events"], &["list"]),
             ]),
         ),
         (
@@ -407,6 +426,126 @@ fn check(objects: &[Object], replicas: i32) {
             "{role} binds only its own ServiceAccount"
         );
     }
+}
+
+fn launcher(objects: &[Object]) -> &PodSpec {
+    objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Deployment(d) if name(&d.metadata) == "assay-executor-launcher" => {
+                d.spec.as_ref()?.template.spec.as_ref()
+            }
+            _ => None,
+        })
+        .expect("Deployment assay-executor-launcher")
+}
+
+/// The Pod backend as deployed: the launcher's flags (`--runner-image` is `runner_image`,
+/// the image kustomize set on its runner-image init container), its namespace, the
+/// runners' NATS URL, and NetworkPolicies letting shard Pods reach NATS and nothing else
+/// of namespace assay that is not open to everyone.
+fn check_pod_backend(objects: &[Object], runner_image: &str) {
+    let pod = launcher(objects);
+    let init = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "runner-image")
+        .expect("the launcher's runner-image init container");
+    assert_eq!(init.image.as_deref(), Some(runner_image), "runner image");
+    let main = &pod.containers[0];
+    let args = main.args.clone().unwrap_or_default();
+    for flag in [
+        "--backend=kubernetes".to_string(),
+        format!("--namespace={SHARDS}"),
+        format!("--runner-image={runner_image}"),
+        "--runner-nats-secret=assay-runner-nats".to_string(),
+    ] {
+        assert!(args.contains(&flag), "launcher args lack {flag}: {args:?}");
+    }
+    assert!(
+        objects
+            .iter()
+            .any(|o| matches!(o, Object::Namespace(n) if name(&n.metadata) == SHARDS)),
+        "no Namespace {SHARDS}"
+    );
+    let url = objects.iter().find_map(|o| match o {
+        Object::ConfigMap(c) if name(&c.metadata) == "assay-env" => {
+            c.data.as_ref()?.get("ASSAY_NATS_URL").cloned()
+        }
+        _ => None,
+    });
+    assert_eq!(
+        url.as_deref(),
+        Some("nats://nats.assay.svc:4222"),
+        "runners in {SHARDS} get the launcher's NATS URL: it must name the namespace"
+    );
+
+    // Who in SHARDS each policy of namespace assay admits, by port.
+    let mut admitted = Vec::new();
+    for o in objects {
+        let Object::NetworkPolicy(np) = o else {
+            continue;
+        };
+        if np.metadata.namespace.as_deref() != Some("assay") {
+            continue;
+        }
+        let spec = np.spec.as_ref().expect("policy spec");
+        for rule in spec.ingress.iter().flatten() {
+            let ports: Vec<String> = rule
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.port.as_ref().map(|p| format!("{p:?}")))
+                .collect();
+            for peer in rule.from.iter().flatten() {
+                let ns = peer
+                    .namespace_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref())
+                    .and_then(|l| l.get("kubernetes.io/metadata.name"));
+                if ns.map(String::as_str) == Some(SHARDS) {
+                    let pods = peer
+                        .pod_selector
+                        .as_ref()
+                        .and_then(|s| s.match_labels.clone())
+                        .unwrap_or_default();
+                    admitted.push((name(&np.metadata).to_string(), ports.clone(), pods));
+                }
+                assert!(
+                    peer.namespace_selector.is_none() || ns.is_some(),
+                    "{}: a namespaceSelector that may match {SHARDS}",
+                    name(&np.metadata)
+                );
+            }
+        }
+    }
+    let shard_pods: BTreeMap<String, String> = [(
+        "app.kubernetes.io/managed-by".to_string(),
+        "assay-executor-launcher".to_string(),
+    )]
+    .into();
+    assert_eq!(
+        admitted,
+        vec![(
+            "nats".to_string(),
+            vec!["Int(4222)".to_string()],
+            shard_pods
+        )],
+        "shard Pods reach NATS on 4222 and nothing else of namespace assay"
+    );
+}
+
+/// The Secret the runners' NATS user comes from, if rendered: (user, password).
+fn runner_secret(objects: &[Object]) -> Option<(String, String)> {
+    objects.iter().find_map(|o| match o {
+        Object::Secret(s) if name(&s.metadata) == "assay-runner-nats" => {
+            let data = s.data.as_ref()?;
+            let text = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+            Some((text("user")?, text("password")?))
+        }
+        _ => None,
+    })
 }
 
 /// runAsNonRoot, RuntimeDefault seccomp, and per container: read-only root file system, no
@@ -511,6 +650,14 @@ fn production_has_hpas_pdbs_and_three_nats_nodes() {
         pdbs(&objects)
     );
     assert_eq!(nats_replicas(&objects), Some(3));
+    check_pod_backend(&objects, "ghcr.io/assay-dev/assay-runner:latest");
+    // Created by hand in production, as the install section says.
+    assert_eq!(runner_secret(&objects), None);
+    let docs = std::fs::read_to_string(repo().join("docs/kubernetes.md")).expect("docs");
+    assert!(
+        docs.contains("kubectl -n assay-tests create secret generic assay-runner-nats"),
+        "docs/kubernetes.md says how to create the runners' NATS Secret"
+    );
 }
 
 #[test]
@@ -531,5 +678,20 @@ fn dev_runs_one_of_everything_with_the_example_catalog() {
     assert!(
         catalog.values().any(|y| y.contains("kind: TestWorkflow")),
         "the example workflow"
+    );
+    check_pod_backend(&objects, "assay-runner:dev");
+    let users = objects.iter().find_map(|o| match o {
+        Object::Secret(s) if name(&s.metadata) == "assay-nats-users" => {
+            String::from_utf8(s.data.as_ref()?.get("runner")?.0.clone()).ok()
+        }
+        _ => None,
+    });
+    assert_eq!(
+        runner_secret(&objects),
+        Some((
+            "runner".to_string(),
+            users.expect("assay-nats-users runner")
+        )),
+        "dev generates the runners' Secret with the NATS user `runner` and its password"
     );
 }

@@ -4,15 +4,22 @@
 //! Pending → Running → Succeeded/Failed with container statuses. A test can inject
 //! OOMKilled, Evicted, ErrImagePull or node loss for a named Pod.
 //!
-//! Volumes: each `emptyDir` volume is a temporary directory for the Pod's life, and a
-//! container's `volumeMounts` are honoured by rewriting its mount paths wherever they start
-//! a string of its `command`, `args`, `env` values and `workingDir` (so an init container
-//! that copies a file into an emptyDir and a main container that runs it from there work
-//! as on a node). Env `valueFrom.secretKeyRef` reads the fake's Secret; other volume kinds
-//! and `valueFrom` sources are not simulated.
+//! Volumes: each `emptyDir` volume is a temporary directory for the Pod's life, and each
+//! `secret` volume one holding a file per key of the fake's Secret in the Pod's namespace
+//! (`data` decoded, `stringData` as is; `items` pick keys and name their files;
+//! `defaultMode`/`mode` set the files' modes; read-only is not enforced). A container's
+//! `volumeMounts` are honoured by rewriting its mount paths wherever they start a string
+//! of its `command`, `args`, `env` values and `workingDir` (so an init container that
+//! copies a file into an emptyDir and a main container that runs it from there work as on
+//! a node). A Secret volume whose Secret (or an item's key) is missing keeps the Pod
+//! Pending with its containers waiting (`PodInitializing`/`ContainerCreating`) and records
+//! a Warning Event `FailedMount` as a kubelet does. Env `valueFrom.secretKeyRef` reads the
+//! fake's Secret; a missing one leaves the container waiting with
+//! `CreateContainerConfigError`. Other volume kinds and `valueFrom` sources are not
+//! simulated.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -56,6 +63,8 @@ struct Sim {
     pending: Mutex<HashMap<PodKey, Fault>>,
     /// Signals to Pods being run.
     running: Mutex<HashMap<PodKey, watch::Sender<Signal>>>,
+    /// Numbers the Events it records.
+    events: std::sync::atomic::AtomicU64,
 }
 
 /// A simulated kubelet on one node; it stops when dropped.
@@ -78,6 +87,7 @@ impl KubeletSim {
             node: node.to_string(),
             pending: Mutex::default(),
             running: Mutex::default(),
+            events: Default::default(),
         });
         let (existing, events) = {
             let store = sim.shared.lock();
@@ -202,10 +212,34 @@ impl Sim {
             });
             return;
         }
-        let volumes = match EmptyDirs::new(spec) {
+        let volumes = match Volumes::new(spec, |name| self.secret(&key.0, name)) {
             Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(pod = %key.1, error = %e, "kubelet sim: cannot make the pod's emptyDir volumes");
+            Err(message) => {
+                // As a kubelet: the Pod stays Pending, no container is created, and only an
+                // event says why.
+                self.record_event(key, "FailedMount", &message);
+                let inits: Vec<String> = spec
+                    .get("initContainers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(container_name).collect())
+                    .unwrap_or_default();
+                let reason = if inits.is_empty() {
+                    "ContainerCreating"
+                } else {
+                    "PodInitializing"
+                };
+                let waiting = |n: &String| {
+                    json!({"name": n, "ready": false, "restartCount": 0, "image": "",
+                        "state": {"waiting": {"reason": reason}}})
+                };
+                self.update(key, |pod| {
+                    if !inits.is_empty() {
+                        pod["status"]["initContainerStatuses"] =
+                            json!(inits.iter().map(waiting).collect::<Vec<_>>());
+                    }
+                    pod["status"]["containerStatuses"] =
+                        json!(names.iter().map(waiting).collect::<Vec<_>>());
+                });
                 return;
             }
         };
@@ -214,6 +248,16 @@ impl Sim {
             .await
         {
             return;
+        }
+        let mut envs = Vec::new();
+        for c in &containers {
+            match self.env_of(&key.0, c, &volumes.mounts(c)) {
+                Ok(env) => envs.push(env),
+                Err(message) => {
+                    self.config_error(key, "containerStatuses", &names, c, &message);
+                    return;
+                }
+            }
         }
         let started = now();
         self.update(key, |pod| {
@@ -231,7 +275,8 @@ impl Sim {
         });
         let runs = containers
             .iter()
-            .map(|c| self.run_container(key, c, signals.clone(), &volumes));
+            .zip(envs)
+            .map(|(c, env)| self.run_container(key, c, env, signals.clone(), &volumes));
         let exits = futures::future::join_all(runs).await;
         let signal = *signals.borrow_and_update();
         if signal == Signal::Deleted {
@@ -276,7 +321,7 @@ impl Sim {
         key: &PodKey,
         spec: &Value,
         signals: &watch::Receiver<Signal>,
-        volumes: &EmptyDirs,
+        volumes: &Volumes,
     ) -> bool {
         let inits: Vec<Value> = spec
             .get("initContainers")
@@ -284,9 +329,17 @@ impl Sim {
             .cloned()
             .unwrap_or_default();
         let mut statuses = Vec::new();
+        let names: Vec<String> = inits.iter().map(container_name).collect();
         for init in &inits {
+            let env = match self.env_of(&key.0, init, &volumes.mounts(init)) {
+                Ok(env) => env,
+                Err(message) => {
+                    self.config_error(key, "initContainerStatuses", &names, init, &message);
+                    return false;
+                }
+            };
             let (code, reason) = self
-                .run_container(key, init, signals.clone(), volumes)
+                .run_container(key, init, env, signals.clone(), volumes)
                 .await;
             if *signals.borrow() == Signal::Deleted {
                 return false;
@@ -315,8 +368,9 @@ impl Sim {
         &self,
         key: &PodKey,
         container: &Value,
+        env: Vec<(String, String)>,
         mut signals: watch::Receiver<Signal>,
-        volumes: &EmptyDirs,
+        volumes: &Volumes,
     ) -> (i64, &'static str) {
         let name = container_name(container);
         let mounts = volumes.mounts(container);
@@ -348,35 +402,7 @@ impl Sim {
         if let Some(dir) = container.get("workingDir").and_then(Value::as_str) {
             cmd.current_dir(rewrite(dir, &mounts));
         }
-        for env in container
-            .get("env")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(k) = env.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            if let Some(v) = env.get("value").and_then(Value::as_str) {
-                cmd.env(k, rewrite(v, &mounts));
-            } else if let Some(r) = env.pointer("/valueFrom/secretKeyRef") {
-                match self.secret_value(&key.0, r) {
-                    Some(v) => {
-                        cmd.env(k, v);
-                    }
-                    None => {
-                        logs::append(
-                            &self.shared,
-                            &key.0,
-                            &key.1,
-                            &name,
-                            &format!("env {k}: secret key not found: {r}\n"),
-                        );
-                        return (1, "CreateContainerConfigError");
-                    }
-                }
-            }
-        }
+        cmd.envs(env);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -436,28 +462,146 @@ impl Sim {
 }
 
 impl Sim {
-    /// The value of a `secretKeyRef` (`{name, key}`) from the fake's Secrets in `ns`.
-    fn secret_value(&self, ns: &str, r: &Value) -> Option<String> {
-        let (name, key) = (r.get("name")?.as_str()?, r.get("key")?.as_str()?);
+    /// The keys of the fake's Secret `ns/name` with their bytes (`data` decoded, then
+    /// `stringData`, which wins as the API server merges it); `None` when it does not exist.
+    fn secret(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let store = self.shared.lock();
         let kind = store.kind("", "secrets")?;
         let secret: k8s_openapi::api::core::v1::Secret =
             serde_json::from_value(store.get(&kind, ns, name)?).ok()?;
-        if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
-            return Some(v.clone());
+        let mut keys: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        for (k, v) in secret.string_data.unwrap_or_default() {
+            keys.insert(k, v.into_bytes());
         }
-        let bytes = secret.data?.remove(key)?;
-        String::from_utf8(bytes.0).ok()
+        Some(keys)
+    }
+
+    /// The container's env: plain values (mount paths rewritten) and `secretKeyRef`s; the
+    /// error is a kubelet's message for a missing Secret or key.
+    fn env_of(
+        &self,
+        ns: &str,
+        container: &Value,
+        mounts: &[(String, PathBuf)],
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for env in container
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(k) = env.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(v) = env.get("value").and_then(Value::as_str) {
+                out.push((k.to_string(), rewrite(v, mounts)));
+            } else if let Some(r) = env.pointer("/valueFrom/secretKeyRef") {
+                let text = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or("");
+                let (name, key) = (text("name"), text("key"));
+                let optional = r.get("optional").and_then(Value::as_bool) == Some(true);
+                let Some(keys) = self.secret(ns, name) else {
+                    if optional {
+                        continue;
+                    }
+                    return Err(format!("secret \"{name}\" not found"));
+                };
+                match keys.get(key) {
+                    Some(v) => out.push((k.to_string(), String::from_utf8_lossy(v).into_owned())),
+                    None if optional => {}
+                    None => return Err(format!("couldn't find key {key} in Secret {ns}/{name}")),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leaves `container` waiting with `CreateContainerConfigError` (the Pod Pending, the
+    /// others of its list waiting to be created), as a kubelet does when its env cannot be
+    /// resolved.
+    fn config_error(
+        &self,
+        key: &PodKey,
+        list: &str,
+        names: &[String],
+        container: &Value,
+        message: &str,
+    ) {
+        let failing = container_name(container);
+        logs::append(
+            &self.shared,
+            &key.0,
+            &key.1,
+            &failing,
+            &format!("{message}\n"),
+        );
+        let statuses: Vec<Value> = names
+            .iter()
+            .map(|n| {
+                let waiting = if *n == failing {
+                    json!({"reason": "CreateContainerConfigError", "message": message})
+                } else {
+                    json!({"reason": "ContainerCreating"})
+                };
+                json!({"name": n, "ready": false, "restartCount": 0, "image": "",
+                    "state": {"waiting": waiting}})
+            })
+            .collect();
+        self.update(key, |pod| {
+            pod["status"]["phase"] = json!("Pending");
+            pod["status"][list] = json!(statuses);
+        });
+    }
+
+    /// Records a Warning Event about the Pod from this kubelet.
+    fn record_event(&self, key: &PodKey, reason: &str, message: &str) {
+        let n = self
+            .events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut store = self.shared.lock();
+        let uid = store
+            .kind("", "pods")
+            .and_then(|k| store.get(&k, &key.0, &key.1))
+            .and_then(|p| p.pointer("/metadata/uid").cloned())
+            .unwrap_or(Value::Null);
+        let Some(kind) = store.kind("", "events") else {
+            return;
+        };
+        let at = now();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{}.{n:x}", key.1), "namespace": key.0},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": key.0,
+                "name": key.1, "uid": uid},
+            "reason": reason, "message": message, "type": "Warning",
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet", "reportingInstance": self.node,
+            "count": 1, "firstTimestamp": at, "lastTimestamp": at,
+        });
+        if let Err(e) = store.create(&kind, &key.0, event, WriteMode::Direct) {
+            tracing::warn!(pod = %key.1, error = ?e, "kubelet sim: cannot record an event");
+        }
     }
 }
 
-/// A Pod's `emptyDir` volumes, each a temporary directory removed with the Pod's run.
-struct EmptyDirs {
+/// A Pod's `emptyDir` and `secret` volumes, each a temporary directory removed with the
+/// Pod's run.
+struct Volumes {
     dirs: HashMap<String, tempfile::TempDir>,
 }
 
-impl EmptyDirs {
-    fn new(spec: &Value) -> std::io::Result<Self> {
+impl Volumes {
+    /// Makes the volumes of `spec`, Secrets read through `secret`; the error is the message
+    /// of a kubelet's `FailedMount` event.
+    fn new(
+        spec: &Value,
+        secret: impl Fn(&str) -> Option<BTreeMap<String, Vec<u8>>>,
+    ) -> Result<Self, String> {
         let mut dirs = HashMap::new();
         for v in spec
             .get("volumes")
@@ -465,10 +609,18 @@ impl EmptyDirs {
             .into_iter()
             .flatten()
         {
-            if v.get("emptyDir").is_some()
-                && let Some(name) = v.get("name").and_then(Value::as_str)
-            {
-                dirs.insert(name.to_string(), tempfile::tempdir()?);
+            let Some(name) = v.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let failed =
+                |why: String| format!("MountVolume.SetUp failed for volume \"{name}\" : {why}");
+            let temp = || tempfile::tempdir().map_err(|e| failed(e.to_string()));
+            if v.get("emptyDir").is_some() {
+                dirs.insert(name.to_string(), temp()?);
+            } else if let Some(source) = v.get("secret") {
+                let dir = temp()?;
+                fill_secret_volume(dir.path(), source, &secret).map_err(failed)?;
+                dirs.insert(name.to_string(), dir);
             }
         }
         Ok(Self { dirs })
@@ -491,6 +643,71 @@ impl EmptyDirs {
         mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         mounts
     }
+}
+
+/// Writes a `secret` volume source's files into `dir`: every key of the Secret, or the
+/// `items` (`key`, `path`, `mode`); the error is the kubelet's reason.
+fn fill_secret_volume(
+    dir: &Path,
+    source: &Value,
+    secret: impl Fn(&str) -> Option<BTreeMap<String, Vec<u8>>>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let name = source
+        .get("secretName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let optional = source.get("optional").and_then(Value::as_bool) == Some(true);
+    let mode_of = |v: Option<&Value>| v.and_then(Value::as_u64).map(|m| m as u32);
+    let default_mode = mode_of(source.get("defaultMode")).unwrap_or(0o644);
+    let keys = match secret(name) {
+        Some(k) => k,
+        None if optional => return Ok(()),
+        None => return Err(format!("secret \"{name}\" not found")),
+    };
+    let files: Vec<(String, String, u32)> = match source.get("items").and_then(Value::as_array) {
+        Some(items) => items
+            .iter()
+            .map(|i| {
+                let text = |f: &str| i.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+                (
+                    text("key"),
+                    text("path"),
+                    mode_of(i.get("mode")).unwrap_or(default_mode),
+                )
+            })
+            .collect(),
+        None => keys
+            .keys()
+            .map(|k| (k.clone(), k.clone(), default_mode))
+            .collect(),
+    };
+    for (key, path, mode) in files {
+        let Some(bytes) = keys.get(&key) else {
+            if optional {
+                continue;
+            }
+            return Err(format!("references non-existent secret key: {key}"));
+        };
+        let relative = Path::new(&path);
+        if path.is_empty()
+            || !relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(format!("invalid path {path:?} for key {key}"));
+        }
+        let file = dir.join(relative);
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&file, bytes)?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o777))
+        };
+        write().map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `s` with a leading mount path (the whole string, or followed by `/`) replaced by its

@@ -1,13 +1,14 @@
 //! What a shard Pod's status says about its attempt (pure): still going, ended with the
 //! runner's own report, or ended by the infrastructure (OOMKilled, evicted, image pull,
-//! unschedulable past a limit, node lost), kept apart from test failures.
+//! unschedulable past a limit, node lost, a container the kubelet cannot create, a Secret
+//! it cannot mount), kept apart from test failures.
 
 use std::time::Duration;
 
 use assay_proto::ShardState;
-use k8s_openapi::api::core::v1::{ContainerState, Pod};
+use k8s_openapi::api::core::v1::{ContainerState, Event, Pod};
 
-use super::pod::{INIT_CONTAINER, RUNNER_CONTAINER};
+use super::pod::{GIT_CREDENTIALS_VOLUME, INIT_CONTAINER, RUNNER_CONTAINER};
 use crate::backend::Outcome;
 
 /// Waiting reasons of a container whose image will not come.
@@ -17,6 +18,14 @@ const IMAGE_FAILURES: &[&str] = &[
     "InvalidImageName",
     "ErrImageNeverPull",
 ];
+
+/// Waiting reasons of a container the kubelet will not create as the Pod stands (a Secret
+/// or key its env names is missing, a bad mount): no other node would do better.
+const CONFIG_FAILURES: &[&str] = &["CreateContainerConfigError", "CreateContainerError"];
+
+/// Waiting reasons the kubelet shows before a container is created (volumes being set up,
+/// images being pulled).
+const NOT_CREATED: &[&str] = &["ContainerCreating", "PodInitializing"];
 
 /// How a Pod's attempt stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +121,25 @@ pub fn classify(pod: &Pod) -> PodState {
             );
         }
     }
+    for c in init.iter().chain(&main) {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref())
+            && let Some(r) = w.reason.as_deref()
+            && CONFIG_FAILURES.contains(&r)
+        {
+            let which = if c.name == INIT_CONTAINER {
+                format!("the {INIT_CONTAINER} init container")
+            } else {
+                "the runner's container".to_string()
+            };
+            return infra(
+                with_message(
+                    &format!("{r}: the kubelet cannot create {which} on node {node}"),
+                    w.message.as_ref(),
+                ),
+                false,
+            );
+        }
+    }
     for c in &init {
         if let Some(t) = terminated(&c.state)
             && t.exit_code != 0
@@ -195,6 +223,48 @@ fn terminated(
     state: &Option<ContainerState>,
 ) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
     state.as_ref().and_then(|s| s.terminated.as_ref())
+}
+
+/// Whether the Pod is on a node whose kubelet has not created any of its containers yet:
+/// Pending, bound, every container status absent or waiting as `ContainerCreating` /
+/// `PodInitializing`. A Secret volume that cannot be mounted keeps a Pod here, and only the
+/// kubelet's `FailedMount` events say why.
+pub fn waiting_for_volumes(pod: &Pod) -> bool {
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some();
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let not_created = |list: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        list.iter().flatten().all(|c| match &c.state {
+            None => true,
+            Some(s) => s
+                .waiting
+                .as_ref()
+                .and_then(|w| w.reason.as_deref())
+                .is_some_and(|r| NOT_CREATED.contains(&r)),
+        })
+    };
+    bound
+        && status.phase.as_deref().unwrap_or("Pending") == "Pending"
+        && not_created(&status.init_container_statuses)
+        && not_created(&status.container_statuses)
+}
+
+/// The message of a kubelet `FailedMount` event saying the git credentials volume cannot
+/// be set up for good (the Secret, or a key of it, does not exist); `None` for other events
+/// and for passing trouble (`failed to sync secret cache: timed out`), which the kubelet
+/// retries.
+pub fn git_mount_failure(event: &Event) -> Option<String> {
+    let message = event.message.as_deref()?;
+    let permanent = message.contains("not found") || message.contains("non-existent");
+    (event.reason.as_deref() == Some("FailedMount")
+        && message.contains(&format!("volume \"{GIT_CREDENTIALS_VOLUME}\""))
+        && permanent)
+        .then(|| message.to_string())
 }
 
 /// The reason given when a Pod stayed unschedulable for `waited`.
@@ -322,6 +392,87 @@ mod tests {
             unschedulable_reason(Duration::from_secs(300), "0/3 nodes are available"),
             "Unschedulable for 300s: 0/3 nodes are available"
         );
+    }
+
+    #[test]
+    fn a_container_the_kubelet_cannot_create_ends_the_attempt_without_retry() {
+        let p = pod(
+            json!({"spec": {"nodeName": "n1", "containers": []}, "status": {"phase": "Pending",
+            "containerStatuses": [{"name": "runner", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"runner-nats\" not found"}}}]}}),
+        );
+        assert_eq!(
+            classify(&p),
+            ended(
+                Outcome::Infrastructure(
+                    "CreateContainerConfigError: the kubelet cannot create the runner's container on node n1: secret \"runner-nats\" not found".into()
+                ),
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_containers_are_not_created_waits_for_its_volumes() {
+        let waiting = |reason: &str, node: Option<&str>| {
+            pod(
+                json!({"spec": {"nodeName": node, "containers": []}, "status": {"phase": "Pending",
+                "initContainerStatuses": [{"name": "install-runner", "image": "r", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason}}}],
+                "containerStatuses": [{"name": "runner", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}}}]}}),
+            )
+        };
+        assert!(waiting_for_volumes(&waiting("PodInitializing", Some("n1"))));
+        assert!(!waiting_for_volumes(&waiting("PodInitializing", None)));
+        assert!(!waiting_for_volumes(&waiting("ErrImagePull", Some("n1"))));
+        let running = pod(
+            json!({"spec": {"nodeName": "n1", "containers": []}, "status": {"phase": "Pending",
+            "initContainerStatuses": [{"name": "install-runner", "image": "r", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"running": {}}}]}}),
+        );
+        assert!(!waiting_for_volumes(&running));
+        assert_eq!(
+            classify(&waiting("PodInitializing", Some("n1"))),
+            PodState::Going {
+                unschedulable: None
+            }
+        );
+    }
+
+    #[test]
+    fn only_a_missing_secret_or_key_of_the_git_volume_is_a_mount_failure() {
+        let event = |reason: &str, message: &str| -> Event {
+            serde_json::from_value(
+                json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p"},
+                "reason": reason, "message": message}),
+            )
+            .unwrap()
+        };
+        let missing = "MountVolume.SetUp failed for volume \"assay-git-credentials\" : secret \"shop-git\" not found";
+        assert_eq!(
+            git_mount_failure(&event("FailedMount", missing)).as_deref(),
+            Some(missing)
+        );
+        let key = "MountVolume.SetUp failed for volume \"assay-git-credentials\" : references non-existent secret key: password";
+        assert!(git_mount_failure(&event("FailedMount", key)).is_some());
+        for (reason, message) in [
+            (
+                "FailedMount",
+                "MountVolume.SetUp failed for volume \"assay-git-credentials\" : failed to sync secret cache: timed out waiting for the condition",
+            ),
+            (
+                "FailedMount",
+                "MountVolume.SetUp failed for volume \"other\" : secret \"x\" not found",
+            ),
+            ("Scheduled", missing),
+        ] {
+            assert_eq!(
+                git_mount_failure(&event(reason, message)),
+                None,
+                "{reason}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! ([`classify`]), and deleted when the attempt is over. A restarted launcher finds the
 //! Pod its earlier life started for the same job by its labels instead of starting a
 //! second one. [`reaper`] deletes Pods whose execution has ended.
+//!
+//! A Pod that mounts a `content.git` Secret which does not exist stays Pending for ever,
+//! and only the kubelet's `FailedMount` events say why: while such a Pod waits for its
+//! volumes, its events are listed every [`EVENTS_EVERY`] (RBAC `list` on events in the
+//! shard namespace), and a missing Secret or key ends the attempt, naming the Secret.
 
 pub mod classify;
 pub mod pod;
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use assay_proto::ShardJob;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -21,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::{Attempt, Backend, Outcome, RetryElsewhere, RunnerNats};
 use crate::{Error, Result};
-use classify::{PodState, classify, unschedulable_reason};
+use classify::{PodState, classify, git_mount_failure, unschedulable_reason, waiting_for_volumes};
 use pod::{LABEL_ATTEMPT, PodTemplate};
 
 /// Default `--runner-path`: where the runner image keeps `assay-runner`.
@@ -30,6 +35,8 @@ pub const DEFAULT_RUNNER_PATH: &str = "/usr/local/bin/assay-runner";
 pub const DEFAULT_UNSCHEDULABLE_LIMIT: Duration = Duration::from_secs(300);
 /// How often a waiting attempt checks how long its Pod has been unschedulable.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the events of a Pod waiting for its git credentials volume are listed.
+pub const EVENTS_EVERY: Duration = Duration::from_secs(2);
 /// How long [`Attempt::kill`] waits for a deleted Pod to be gone.
 const GONE_WAIT: Duration = Duration::from_secs(30);
 
@@ -77,6 +84,7 @@ impl Default for KubeOptions {
 /// Runs attempts as Pods through a kube client.
 pub struct KubeBackend {
     pods: Api<Pod>,
+    events: Api<KubeEvent>,
     options: KubeOptions,
 }
 
@@ -91,7 +99,8 @@ impl KubeBackend {
             ));
         }
         Ok(KubeBackend {
-            pods: Api::namespaced(client, &options.namespace),
+            pods: Api::namespaced(client.clone(), &options.namespace),
+            events: Api::namespaced(client, &options.namespace),
             options,
         })
     }
@@ -101,9 +110,18 @@ impl KubeBackend {
         &self.pods
     }
 
-    fn attempt(&self, name: String, preset: Option<(Outcome, bool)>) -> KubeAttempt {
+    fn attempt(
+        &self,
+        job: &ShardJob,
+        name: String,
+        preset: Option<(Outcome, bool)>,
+    ) -> KubeAttempt {
         KubeAttempt {
             pods: self.pods.clone(),
+            events: self.events.clone(),
+            git_secret: pod::git_secret(job).map(str::to_string),
+            waiting_for_volumes: false,
+            events_listed: None,
             name,
             node: None,
             preset,
@@ -170,6 +188,7 @@ impl Backend for KubeBackend {
             Err(e) => {
                 let reason = format!("the workflow's Pod settings are not valid: {e}");
                 return Ok(self.attempt(
+                    job,
                     String::new(),
                     Some((Outcome::Infrastructure(reason), false)),
                 ));
@@ -177,12 +196,12 @@ impl Backend for KubeBackend {
         };
         let name = spec.metadata.name.clone().unwrap_or_default();
         match self.pods.create(&PostParams::default(), &spec).await {
-            Ok(_) => Ok(self.attempt(name, None)),
+            Ok(_) => Ok(self.attempt(job, name, None)),
             // Created by an earlier life of this launcher: watch that one.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(self.attempt(name, None)),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(self.attempt(job, name, None)),
             Err(kube::Error::Api(s)) if s.is_forbidden() || s.is_invalid() || s.code == 400 => {
                 let reason = refused("create", &self.options.namespace, &s);
-                Ok(self.attempt(name, Some((Outcome::Infrastructure(reason), false))))
+                Ok(self.attempt(job, name, Some((Outcome::Infrastructure(reason), false))))
             }
             Err(e) => Err(Error::Kube(format!("cannot create pod {name}: {e}"))),
         }
@@ -220,7 +239,7 @@ impl Backend for KubeBackend {
             })
             .max_by_key(|(a, _)| *a);
         Ok(found.map(|(attempt, p)| {
-            let mut a = self.attempt(p.metadata.name.unwrap_or_default(), None);
+            let mut a = self.attempt(job, p.metadata.name.unwrap_or_default(), None);
             a.adopted_attempt = Some(attempt);
             a
         }))
@@ -242,7 +261,14 @@ impl Backend for KubeBackend {
 /// One shard Pod, watched.
 pub struct KubeAttempt {
     pods: Api<Pod>,
+    events: Api<KubeEvent>,
     name: String,
+    /// The `content.git` Secret the Pod mounts, if any.
+    git_secret: Option<String>,
+    /// The Pod is bound and none of its containers is created yet.
+    waiting_for_volumes: bool,
+    /// When the Pod's events were last listed.
+    events_listed: Option<Instant>,
     /// The node it was bound to, once known.
     node: Option<String>,
     /// Decided before any Pod ran (the API refused it): the outcome and whether to retry.
@@ -278,6 +304,7 @@ impl KubeAttempt {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
             self.node = Some(n);
         }
+        self.waiting_for_volumes = waiting_for_volumes(p);
         match classify(p) {
             PodState::Going { unschedulable } => {
                 self.unschedulable = match (unschedulable, self.unschedulable.take()) {
@@ -294,6 +321,43 @@ impl KubeAttempt {
                     });
                 }
                 Some(outcome)
+            }
+        }
+    }
+
+    /// While the Pod waits for its volumes and mounts a git credentials Secret: the
+    /// kubelet's `FailedMount` event saying that Secret (or a key of it) does not exist, as
+    /// the attempt's end. Not retried: no other node has the Secret either.
+    async fn mount_failure(&mut self) -> Option<Outcome> {
+        let secret = self.git_secret.clone()?;
+        if !self.waiting_for_volumes
+            || self
+                .events_listed
+                .is_some_and(|at| at.elapsed() < EVENTS_EVERY)
+        {
+            return None;
+        }
+        self.events_listed = Some(Instant::now());
+        let ns = self.pods.namespace().unwrap_or("default").to_string();
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=Pod,involvedObject.name={},reason=FailedMount",
+            self.name
+        ));
+        match self.events.list(&lp).await {
+            Ok(list) => list.items.iter().find_map(git_mount_failure).map(|message| {
+                Outcome::Infrastructure(format!(
+                    "the git credentials Secret \"{secret}\" (content.git.credentials.secretName) cannot be mounted into pod {ns}/{}: {message}; create it in namespace \"{ns}\", where the shard Pods run",
+                    self.name
+                ))
+            }),
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                warn!(pod = %self.name, namespace = %ns, "forbidden: cannot list events in the shard namespace, so a missing git credentials Secret is noticed only at the shard's deadline; grant the launcher's ServiceAccount list on events there ({})", s.message);
+                self.git_secret = None;
+                None
+            }
+            Err(e) => {
+                debug!(pod = %self.name, error = %e, "cannot list the pod's events; trying again");
+                None
             }
         }
     }
@@ -341,6 +405,9 @@ impl Attempt for KubeAttempt {
                     Some(Ok(Event::Delete(_))) => return self.gone(),
                 },
                 _ = tick.tick() => {
+                    if let Some(outcome) = self.mount_failure().await {
+                        return outcome;
+                    }
                     if let Some((since, message)) = &self.unschedulable
                         && since.elapsed() >= self.unschedulable_limit
                     {

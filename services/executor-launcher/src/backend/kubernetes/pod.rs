@@ -1,8 +1,9 @@
 //! The Pod of one shard attempt, built from the job alone (pure, no I/O): its name, its
 //! labels, an init container (the runner image) that copies `assay-runner` into an
 //! emptyDir, and a main container (the workflow's image) that runs the copied runner,
-//! which runs the steps. The workflow's `container` and `pod` settings go where
-//! Kubernetes reads them; nodes where an earlier attempt failed for an infrastructure
+//! which runs the steps. A `content.git` Secret is mounted read-only into the main
+//! container only, where `ASSAY_GIT_CREDENTIALS_DIR` points. The workflow's `container`
+//! and `pod` settings go where Kubernetes reads them; nodes where an earlier attempt failed for an infrastructure
 //! reason are avoided through required node anti-affinity.
 
 use std::collections::BTreeMap;
@@ -12,8 +13,8 @@ use assay_spec::{Container as WorkflowContainer, PodOverrides};
 use base64::Engine;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, ResourceRequirements,
-    SecretKeySelector, Volume, VolumeMount,
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -43,6 +44,21 @@ pub const INIT_CONTAINER: &str = "install-runner";
 pub const RUNNER_DIR: &str = "/assay/bin";
 /// The emptyDir's volume name.
 const RUNNER_VOLUME: &str = "assay-runner";
+/// The volume of the `content.git.credentials.secretName` Secret.
+pub const GIT_CREDENTIALS_VOLUME: &str = "assay-git-credentials";
+/// Where that Secret is mounted in the main container (read-only; not in the init
+/// container).
+pub const GIT_CREDENTIALS_DIR: &str = "/var/run/assay/git-credentials";
+/// The runner's variable naming the credentials directory (the runner's contract,
+/// `assay_runner::checkout::CREDENTIALS_DIR`).
+pub const GIT_CREDENTIALS_ENV: &str = "ASSAY_GIT_CREDENTIALS_DIR";
+/// Mode of the Secret's files: read by their owner only.
+pub const GIT_CREDENTIALS_MODE: i32 = 0o400;
+/// The Pod's `fsGroup` when the Secret is mounted: the kubelet then gives the files this
+/// group with group read, and every container process this supplementary group, so a
+/// runner whose image runs as a non-root user can read files that are otherwise root's
+/// with mode 0400.
+pub const GIT_CREDENTIALS_GROUP: i64 = 65532;
 /// Seconds the Pod may outlive the shard's time limit before Kubernetes kills it (the
 /// runner and the launcher end it first; this bounds a Pod whose launcher is gone).
 pub const DEADLINE_MARGIN_SECS: i64 = 30;
@@ -188,6 +204,31 @@ pub fn build(
         mount_path: RUNNER_DIR.into(),
         ..Default::default()
     };
+    let git_secret = git_secret(job);
+    let mut main_mounts = vec![mount.clone()];
+    let mut volumes = vec![Volume {
+        name: RUNNER_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if let Some(secret) = git_secret {
+        main_mounts.push(VolumeMount {
+            name: GIT_CREDENTIALS_VOLUME.into(),
+            mount_path: GIT_CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: GIT_CREDENTIALS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                default_mode: Some(GIT_CREDENTIALS_MODE),
+                optional: Some(false),
+                items: None,
+            }),
+            ..Default::default()
+        });
+    }
     let runner = format!("{RUNNER_DIR}/assay-runner");
     let init = Container {
         name: INIT_CONTAINER.into(),
@@ -206,6 +247,10 @@ pub fn build(
         env.extend(c.env.iter().map(|(k, v)| plain(k, v)));
     }
     env.extend(template.nats.env.iter().map(|(k, v)| plain(k, v)));
+    // After the workflow's env: of two entries with one name the later wins.
+    if git_secret.is_some() {
+        env.push(plain(GIT_CREDENTIALS_ENV, GIT_CREDENTIALS_DIR));
+    }
     if let Some(secret) = &template.nats_secret {
         env.push(from_secret("ASSAY_NATS_USER", secret, "user"));
         env.push(from_secret("ASSAY_NATS_PASSWORD", secret, "password"));
@@ -238,7 +283,7 @@ pub fn build(
         env: Some(env),
         working_dir: container.as_ref().and_then(|c| c.working_dir.clone()),
         resources,
-        volume_mounts: Some(vec![mount]),
+        volume_mounts: Some(main_mounts),
         ..Default::default()
     };
 
@@ -253,11 +298,11 @@ pub fn build(
         restart_policy: Some("Never".into()),
         init_containers: Some(vec![init]),
         containers: vec![main],
-        volumes: Some(vec![Volume {
-            name: RUNNER_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+        volumes: Some(volumes),
+        security_context: git_secret.map(|_| PodSecurityContext {
+            fs_group: Some(GIT_CREDENTIALS_GROUP),
             ..Default::default()
-        }]),
+        }),
         node_selector: (!overrides.node_selector.is_empty())
             .then(|| overrides.node_selector.clone()),
         affinity,
@@ -278,6 +323,14 @@ pub fn build(
         spec: Some(spec),
         status: None,
     })
+}
+
+/// The Secret named by the job's `content.git.credentials.secretName`, if any.
+pub fn git_secret(job: &ShardJob) -> Option<&str> {
+    job.git
+        .as_ref()
+        .map(|g| g.secret_name.as_str())
+        .filter(|s| !s.is_empty())
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
