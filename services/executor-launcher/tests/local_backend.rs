@@ -56,6 +56,7 @@ fn nats(out: &Path) -> RunnerNats {
             ("ASSAY_NATS_URL".into(), "nats://127.0.0.1:4999".into()),
             ("OUT".into(), out.display().to_string()),
         ],
+        ..Default::default()
     }
 }
 
@@ -202,6 +203,7 @@ async fn a_warm_runner_takes_the_job_when_it_reaches_nats_the_same_way() {
     // Other settings than the pool's: a runner of its own.
     let other = RunnerNats {
         env: vec![("OUT".into(), out.path().join("other").display().to_string())],
+        ..Default::default()
     };
     let mut cold = local.start(&job(), &other).await.expect("started");
     assert!(cold.to_string().ends_with("(cold)"), "{cold}");
