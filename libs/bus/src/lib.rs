@@ -303,8 +303,7 @@ impl Bus {
             }
             let options = auth
                 .apply(
-                    base
-                        .name(&opts.name)
+                    base.name(&opts.name)
                         .connection_timeout(Duration::from_secs(5))
                         .event_callback(connection::watcher(opts.url.clone(), up.clone())),
                 )

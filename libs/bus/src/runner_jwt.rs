@@ -441,7 +441,10 @@ mod tests {
             claims["exp"],
             json!((1_700_000_000_000 + EXPIRY_GRACE_MS) / 1000)
         );
-        assert_eq!(claims["nats"]["issuer_account"], json!(account.public_key()));
+        assert_eq!(
+            claims["nats"]["issuer_account"],
+            json!(account.public_key())
+        );
         assert_eq!(claims["nats"]["type"], json!("user"));
         assert_eq!(claims["nats"]["version"], json!(2));
         assert_eq!(

@@ -75,11 +75,19 @@ struct Args {
     /// Operator (JWT) mode: a file holding an account signing key seed (`SA...`, from `nsc
     /// edit account --sk generate`) the launcher mints each runner's own NATS user with
     /// (only its shard's subjects, expiring with its execution). Needs --runner-account.
-    #[arg(long, env = "ASSAY_LAUNCHER__RUNNER_SIGNING_KEY", requires = "runner_account")]
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__RUNNER_SIGNING_KEY",
+        requires = "runner_account"
+    )]
     runner_signing_key: Option<PathBuf>,
     /// Operator (JWT) mode: the public key (`A...`) of the account the signing key belongs
     /// to. Needs --runner-signing-key.
-    #[arg(long, env = "ASSAY_LAUNCHER__RUNNER_ACCOUNT", requires = "runner_signing_key")]
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__RUNNER_ACCOUNT",
+        requires = "runner_signing_key"
+    )]
     runner_account: Option<String>,
 }
 

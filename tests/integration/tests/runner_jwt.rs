@@ -163,7 +163,8 @@ spec:
     for s in ALL {
         sb.start_service(s);
     }
-    for name in ["viaqueue", "viacount"] {
+    // The second queue run reads the duration history the first one left.
+    for (run, name) in ["viaqueue", "viacount", "viaqueue"].into_iter().enumerate() {
         let out = sb.assay(&["run", name, "--timeout", "60s"]).await;
         let text = output_text(&out);
         assert_eq!(out.status.code(), Some(1), "{name}: one test fails: {text}");
@@ -174,9 +175,19 @@ spec:
         assert_eq!(d.shards.len(), 3, "{}", describe(&d));
         let e = d.execution.clone().unwrap_or_default();
         assert_eq!((e.passed, e.failed), (6, 1), "{}", describe(&d));
+        // No path fell back for want of a permission (claims, history).
+        let logs = sb.logs_text(&id, false, Duration::from_secs(10)).await;
+        for fallback in ["cannot claim", "no duration history", "unclaimed"] {
+            assert!(!logs.contains(fallback), "{name}: {fallback}: {logs}");
+        }
+        if run == 0 {
+            assert!(logs.contains("filled the work queue"), "{logs}");
+        }
+        if run == 2 {
+            assert!(logs.contains("(7 with duration history)"), "{logs}");
+        }
     }
 }
-
 
 /// Connects with `creds` the way a runner does (its inbox prefix), collecting the server's
 /// errors (permission violations arrive asynchronously).
@@ -185,7 +196,13 @@ async fn connect_as(
     url: &str,
     execution: &str,
     shard: u32,
-) -> Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>), async_nats::ConnectError> {
+) -> Result<
+    (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ),
+    async_nats::ConnectError,
+> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::new()
         .credentials_file(creds)
@@ -249,7 +266,10 @@ async fn a_runners_credentials_reach_only_its_shard_and_expire() {
         deadline_ms: assay_bus::now_ms() + 600_000,
         ..Default::default()
     };
-    let creds = op.write("shard", &op.signer.mint_runner(&job, assay_bus::now_ms()).unwrap());
+    let creds = op.write(
+        "shard",
+        &op.signer.mint_runner(&job, assay_bus::now_ms()).unwrap(),
+    );
     let (client, mut errors) = connect_as(&creds, &url, "01EXECA", 1).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     // The control: its own results subject is published and stored.
@@ -275,18 +295,30 @@ async fn a_runners_credentials_reach_only_its_shard_and_expire() {
     client.flush().await.unwrap();
     violation(&mut errors, &other_inbox).await;
     assert!(
-        !runner_permissions(&job).publish.contains(&subjects::results("01EXECA", 0)),
+        !runner_permissions(&job)
+            .publish
+            .contains(&subjects::results("01EXECA", 0)),
         "the permissions name only its shard"
     );
 
     // Expiry: works before `exp`, refused after it.
     let exp_ms = assay_bus::now_ms() + 2_000;
-    let short = op.signer.mint("runner-short", Some(&runner_permissions(&job)), Some(exp_ms)).unwrap();
+    let short = op
+        .signer
+        .mint(
+            "runner-short",
+            Some(&runner_permissions(&job)),
+            Some(exp_ms),
+        )
+        .unwrap();
     let short = op.write("short", &short);
-    let (early, _) = connect_as(&short, &url, "01EXECA", 1).await.expect("valid before exp");
+    let (early, _) = connect_as(&short, &url, "01EXECA", 1)
+        .await
+        .expect("valid before exp");
     drop(early);
-    // `exp` is in whole seconds, rounded up.
-    let wait = (exp_ms + 999) / 1000 * 1000 + 500 - assay_bus::now_ms();
+    // `exp` is in whole seconds, rounded up, and the server refuses only once the clock's
+    // second is past it.
+    let wait = ((exp_ms + 999) / 1000 + 1) * 1000 + 200 - assay_bus::now_ms();
     tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
     match connect_as(&short, &url, "01EXECA", 1).await {
         Ok(_) => panic!("expired credentials connected"),

@@ -90,7 +90,11 @@ impl Claims {
     pub(crate) async fn open(bus: &Bus, holder: String, lease: Duration) -> Result<Claims, String> {
         // An existing bucket is used as it is: a runner with minted credentials may read
         // its info but not update it (the launcher creates it).
-        let kv = match bus.jetstream().get_key_value(streams::KV_BATCH_CLAIMS).await {
+        let kv = match bus
+            .jetstream()
+            .get_key_value(streams::KV_BATCH_CLAIMS)
+            .await
+        {
             Ok(kv) => kv,
             Err(_) => bus
                 .kv_with_age(streams::KV_BATCH_CLAIMS, CLAIM_MAX_AGE)

@@ -181,7 +181,9 @@ impl CredsDir {
         let dir = tempfile::Builder::new()
             .prefix("assay-runner-creds-")
             .tempdir()
-            .map_err(|e| format!("cannot create a directory for the runner's credentials: {e}; check TMPDIR"))?;
+            .map_err(|e| {
+                format!("cannot create a directory for the runner's credentials: {e}; check TMPDIR")
+            })?;
         let path = dir.path().join(super::RUNNER_CREDS_FILE);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
