@@ -177,13 +177,15 @@ struct CredsDir(tempfile::TempDir);
 impl CredsDir {
     fn write(creds: &super::RunnerCreds) -> std::result::Result<CredsDir, String> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dir = tempfile::Builder::new()
             .prefix("assay-runner-creds-")
             .tempdir()
             .map_err(|e| {
                 format!("cannot create a directory for the runner's credentials: {e}; check TMPDIR")
             })?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make {} private: {e}", dir.path().display()))?;
         let path = dir.path().join(super::RUNNER_CREDS_FILE);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
