@@ -101,6 +101,8 @@ pub async fn run(job: ShardJob, nats_url: String) -> Result<ShardOutcome> {
         url: nats_url,
         connect_attempts: 10,
         name: "assay-runner".to_string(),
+        // The only replies a runner's minted NATS user may receive.
+        inbox_prefix: Some(subjects::runner_inbox(&id.execution, id.shard)),
         ..NatsOptions::default()
     };
     tokio::spawn(async move {

@@ -89,7 +89,7 @@ async fn system_log(bus: &Bus, execution: &str, shard: u32) -> Result<String> {
 
 /// The claim key of batch `seq` of group 0 (the runner's `<execution>.<group>.<seq>`).
 fn claim_key(execution: &str, seq: u32) -> String {
-    assay_bus::kv_key(&format!("{execution}.0.{seq}"))
+    format!("{}.0.{seq}", assay_bus::kv_key(execution))
 }
 
 /// `<ms> <id>` lines the test command appended to `ran.txt`.

@@ -21,6 +21,18 @@ use std::path::PathBuf;
 
 use crate::{Error, Result};
 
+/// The variables that carry credentials (not TLS settings): a process handed credentials of
+/// its own (a runner with minted ones) must not inherit any of these.
+pub const CREDENTIAL_VARS: &[&str] = &[
+    "ASSAY_NATS_USER",
+    "ASSAY_NATS_PASSWORD",
+    "ASSAY_NATS_PASSWORD_FILE",
+    "ASSAY_NATS_TOKEN",
+    "ASSAY_NATS_TOKEN_FILE",
+    "ASSAY_NATS_NKEY_FILE",
+    "ASSAY_NATS_CREDS",
+];
+
 /// Authentication and TLS settings for a NATS connection. `Debug` never shows secrets.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {

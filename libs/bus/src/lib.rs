@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod history;
 pub mod plans;
 pub mod retry;
+pub mod runner_jwt;
 pub mod streams;
 pub mod subjects;
 pub mod trace;
@@ -123,6 +124,9 @@ pub struct NatsOptions {
     /// Readiness of the service using this connection: connecting adds a check that the
     /// connection is up; the service marks its set-up finished.
     pub health: assay_telemetry::health::Health,
+    /// Prefix of the connection's reply subjects (`None`: `_INBOX`); a runner uses
+    /// [`subjects::runner_inbox`], the only replies its minted user may subscribe to.
+    pub inbox_prefix: Option<String>,
 }
 
 /// NATS URL every assay program uses by default: the local stack's nats-server (`assay up`
@@ -138,6 +142,7 @@ impl Default for NatsOptions {
             name: "assay".to_string(),
             auth: NatsAuth::default(),
             health: Default::default(),
+            inbox_prefix: None,
         }
     }
 }
@@ -292,10 +297,13 @@ impl Bus {
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = loop {
             attempt += 1;
+            let mut base = async_nats::ConnectOptions::new();
+            if let Some(prefix) = &opts.inbox_prefix {
+                base = base.custom_inbox_prefix(prefix);
+            }
             let options = auth
                 .apply(
-                    async_nats::ConnectOptions::new()
-                        .name(&opts.name)
+                    base.name(&opts.name)
                         .connection_timeout(Duration::from_secs(5))
                         .event_callback(connection::watcher(opts.url.clone(), up.clone())),
                 )

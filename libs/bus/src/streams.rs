@@ -69,6 +69,8 @@ pub const KV_QUEUES: &str = "assay_queues";
 /// published. A worker runs a batch only after creating or taking over (compare-and-set)
 /// its claim; entries age out after a day.
 pub const KV_BATCH_CLAIMS: &str = "assay_batch_claims";
+/// How long a batch claim lives past its last write.
+pub const BATCH_CLAIMS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// KV bucket: `<provider>/<delivery id>` (hex, see [`crate::kv_key`]) of every webhook
 /// delivery the trigger-watchers accepted. Its `max_age` is the replay window: a delivery id
 /// seen within it is not published again, whichever replica receives it. Opened with

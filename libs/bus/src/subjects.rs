@@ -114,6 +114,12 @@ pub fn queue(execution: &str) -> String {
     format!("{PREFIX}.queue.{}", token(execution))
 }
 
+/// `_INBOX.assay-runner.<execution>.<shard>`: the reply subject prefix of a shard's runner
+/// (its minted NATS user may subscribe to nothing else; see [`crate::runner_jwt`]).
+pub fn runner_inbox(execution: &str, shard: u32) -> String {
+    format!("_INBOX.assay-runner.{}.{shard}", token(execution))
+}
+
 /// `assay.v1.decisions.<source>`: the scheduler's [`assay_proto::EventRecord`] for one
 /// event or run request.
 pub fn decision(source: &str) -> String {

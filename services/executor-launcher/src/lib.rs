@@ -86,6 +86,9 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// How often the kubernetes backend's reaper looks for Pods of ended executions.
     pub reap_every: Duration,
+    /// Operator (JWT) mode: mints each attempt's runner a NATS user of its own, allowed only
+    /// its shard's subjects and expiring with its execution (see [`assay_bus::runner_jwt`]).
+    pub runner_signer: Option<Arc<assay_bus::runner_jwt::Signer>>,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             kube: KubeOptions::default(),
             kubeconfig: None,
             reap_every: backend::kubernetes::reaper::DEFAULT_EVERY,
+            runner_signer: None,
         }
     }
 }
@@ -112,7 +116,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             let local = Arc::new(LocalBackend::new(LocalOptions {
                 runner: options.runner.clone(),
                 capacity: options.capacity,
-                warm: options.warm,
+                // Warm runners cannot hold credentials minted for a job not yet known.
+                warm: if options.runner_signer.is_some() {
+                    0
+                } else {
+                    options.warm
+                },
                 nats: runner_nats.clone(),
             })?);
             let bus = connect(&options, &shutdown).await?;
@@ -126,6 +135,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             served
         }
         BackendKind::Kubernetes => {
+            if options.runner_signer.is_some() {
+                return Err(Error::Config(
+                    "--runner-signing-key (operator mode) works with the local backend only: minted runner credentials are not handed to Pods yet; give Pods the runner user with --runner-nats-secret"
+                        .into(),
+                ));
+            }
             if options.kube.runner_image.is_empty() {
                 return Err(Error::Config(
                     "the kubernetes backend needs --runner-image (the image holding assay-runner)"
@@ -138,7 +153,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
                 ..options.kube.clone()
             };
             let backend = Arc::new(KubeBackend::new(client, kube.clone())?);
-            if options.nats.auth.method() != "none" && kube.runner_nats_secret.is_none() {
+            if options.nats.auth.method() != "none"
+                && kube.runner_nats_secret.is_none()
+                && options.runner_signer.is_none()
+            {
                 warn!(
                     "the launcher's own NATS credentials are never put in a Pod; without --runner-nats-secret runners connect without credentials"
                 );
@@ -183,6 +201,14 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
 async fn connect(options: &Options, shutdown: &CancellationToken) -> Result<Bus> {
     let bus = Bus::connect(&options.nats, shutdown).await?;
     bus.ensure_topology().await?;
+    if options.runner_signer.is_some() {
+        // Runners with minted credentials may use the batch claims bucket, not create it.
+        bus.kv_with_age(
+            assay_bus::streams::KV_BATCH_CLAIMS,
+            assay_bus::streams::BATCH_CLAIMS_MAX_AGE,
+        )
+        .await?;
+    }
     Ok(bus)
 }
 
@@ -208,6 +234,7 @@ async fn serve<B: Backend>(
         bus: bus.clone(),
         backend,
         runner_nats: Arc::new(runner_nats),
+        signer: options.runner_signer.clone(),
         ack_wait: options.ack_wait,
         shutdown: shutdown.clone(),
         cancels,
@@ -263,6 +290,8 @@ struct Launcher<B> {
     backend: Arc<B>,
     /// How every runner reaches NATS.
     runner_nats: Arc<RunnerNats>,
+    /// Mints each attempt's runner credentials (operator mode).
+    signer: Option<Arc<assay_bus::runner_jwt::Signer>>,
     ack_wait: Duration,
     shutdown: CancellationToken,
     cancels: Cancellations,
@@ -276,6 +305,7 @@ impl<B> Clone for Launcher<B> {
             bus: self.bus.clone(),
             backend: self.backend.clone(),
             runner_nats: self.runner_nats.clone(),
+            signer: self.signer.clone(),
             ack_wait: self.ack_wait,
             shutdown: self.shutdown.clone(),
             cancels: self.cancels.clone(),
@@ -434,11 +464,20 @@ impl<B: Backend> Launcher<B> {
         let adopted_attempt = found.as_ref().and_then(|a| a.adopted_attempt());
         let mut running = match found {
             Some(running) => running,
-            None => self
-                .backend
-                .start(job, &self.runner_nats)
-                .await
-                .map_err(|e| Failure::Retry(e.to_string()))?,
+            None => {
+                let minted = match &self.signer {
+                    Some(signer) => Some(
+                        self.runner_nats
+                            .minted(signer, job)
+                            .map_err(|e| Failure::Retry(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                self.backend
+                    .start(job, minted.as_ref().unwrap_or(&self.runner_nats))
+                    .await
+                    .map_err(|e| Failure::Retry(e.to_string()))?
+            }
         };
         info!(execution = %exec, shard, attempt, runner = %running, adopted, "runner started");
         // Lets a peer hand the job out again at once if this launcher dies; removed when

@@ -72,6 +72,23 @@ struct Args {
     /// kubernetes backend: how often Pods of ended executions are looked for and deleted.
     #[arg(long, env = "ASSAY_LAUNCHER__REAP_EVERY", default_value = "15s", value_parser = assay_spec::parse_duration)]
     reap_every: std::time::Duration,
+    /// Operator (JWT) mode: a file holding an account signing key seed (`SA...`, from `nsc
+    /// edit account --sk generate`) the launcher mints each runner's own NATS user with
+    /// (only its shard's subjects, expiring with its execution). Needs --runner-account.
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__RUNNER_SIGNING_KEY",
+        requires = "runner_account"
+    )]
+    runner_signing_key: Option<PathBuf>,
+    /// Operator (JWT) mode: the public key (`A...`) of the account the signing key belongs
+    /// to. Needs --runner-signing-key.
+    #[arg(
+        long,
+        env = "ASSAY_LAUNCHER__RUNNER_ACCOUNT",
+        requires = "runner_signing_key"
+    )]
+    runner_account: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +105,18 @@ async fn serve() -> ExitCode {
     assay_telemetry::init("assay-executor-launcher", assay_telemetry::DEFAULT_FILTER);
     let args = Args::parse();
     let health_addr = args.health_addr;
+    let runner_signer = match (&args.runner_signing_key, &args.runner_account) {
+        (Some(path), Some(account)) => {
+            match assay_bus::runner_jwt::Signer::from_file(path, account) {
+                Ok(signer) => Some(std::sync::Arc::new(signer)),
+                Err(e) => {
+                    tracing::error!(error = %e, "executor-launcher cannot start");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     let mut options = assay_executor_launcher::Options {
         nats: assay_bus::NatsOptions {
             url: args.nats,
@@ -109,6 +138,7 @@ async fn serve() -> ExitCode {
             ..Default::default()
         },
         reap_every: args.reap_every,
+        runner_signer,
         ..Default::default()
     };
     if let Some(c) = args.capacity {

@@ -67,6 +67,7 @@ fn launcher_nats() -> RunnerNats {
                 "/etc/assay/launcher.creds".into(),
             ),
         ],
+        ..Default::default()
     }
 }
 

@@ -535,6 +535,7 @@ async fn the_pod_carries_the_workflows_settings_and_the_runner_credentials_secre
             ("ASSAY_NATS_URL".into(), "nats://nats:4222".into()),
             ("ASSAY_NATS_PASSWORD".into(), "launchers-own".into()),
         ],
+        ..Default::default()
     };
     // The spec as created (the kubelet sim runs it too; its runner cannot reach
     // nats://nats:4222 and nothing here waits for it).

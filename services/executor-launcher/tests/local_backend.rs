@@ -26,6 +26,12 @@ fn scripts() -> &'static Path {
                 r#"read -r job; printf '%s\n%s\n' "$job" "$ASSAY_NATS_URL" > "$OUT"; exit 0"#,
             ),
             ("fails", "read -r job; exit 1"),
+            // Hands back its credentials settings: the file, its mode and text, and which
+            // other credentials variables it has.
+            (
+                "shows_creds",
+                r#"read -r job; { echo "$ASSAY_NATS_CREDS"; stat -c %a "$ASSAY_NATS_CREDS"; stat -c %a "$(dirname "$ASSAY_NATS_CREDS")"; cat "$ASSAY_NATS_CREDS"; env | grep -E '^ASSAY_NATS_(USER|PASSWORD|TOKEN)=' ; } > "$OUT.tmp"; mv "$OUT.tmp" "$OUT""#,
+            ),
             (
                 "crashes",
                 "read -r job; echo 'cannot reach nats' >&2; exit 2",
@@ -56,6 +62,7 @@ fn nats(out: &Path) -> RunnerNats {
             ("ASSAY_NATS_URL".into(), "nats://127.0.0.1:4999".into()),
             ("OUT".into(), out.display().to_string()),
         ],
+        ..Default::default()
     }
 }
 
@@ -202,6 +209,7 @@ async fn a_warm_runner_takes_the_job_when_it_reaches_nats_the_same_way() {
     // Other settings than the pool's: a runner of its own.
     let other = RunnerNats {
         env: vec![("OUT".into(), out.path().join("other").display().to_string())],
+        ..Default::default()
     };
     let mut cold = local.start(&job(), &other).await.expect("started");
     assert!(cold.to_string().ends_with("(cold)"), "{cold}");
@@ -232,4 +240,43 @@ async fn a_runner_that_cannot_start_is_an_error_and_nothing_is_found_after_a_res
     );
     // A child process does not outlive its launcher: nothing to find.
     assert!(local.find(&job()).await.unwrap().is_none());
+}
+
+/// Minted credentials reach the runner as a private file in `ASSAY_NATS_CREDS` (and no
+/// credentials of the launcher's along with them), removed when the attempt ends.
+#[tokio::test]
+async fn minted_credentials_reach_the_runner_as_a_private_file_gone_with_the_attempt() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("out");
+    let mut nats = nats(&file);
+    nats.env.push(("ASSAY_NATS_USER".into(), "launcher".into()));
+    nats.env
+        .push(("ASSAY_NATS_PASSWORD".into(), "launchers-own".into()));
+    let account = nkeys::KeyPair::new_account();
+    let signing = nkeys::KeyPair::new_account();
+    let signer =
+        assay_bus::runner_jwt::Signer::new(&signing.seed().unwrap(), &account.public_key())
+            .unwrap();
+    let minted = nats.minted(&signer, &job()).expect("minted");
+    let local = backend("shows_creds", 0, nats.clone());
+    let mut attempt = local.start(&job(), &minted).await.expect("started");
+    let text = wait_for_file(&file).await;
+    let mut lines = text.lines();
+    let path = PathBuf::from(lines.next().unwrap());
+    assert_eq!(lines.next(), Some("600"), "{text}");
+    assert_eq!(lines.next(), Some("700"), "{text}");
+    assert_eq!(
+        lines.next(),
+        Some("-----BEGIN NATS USER JWT-----"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("launchers-own") && !text.contains("ASSAY_NATS_USER"),
+        "{text}"
+    );
+    assert!(path.is_file());
+    attempt.wait().await;
+    attempt.kill().await;
+    drop(attempt);
+    assert!(!path.exists(), "the credentials outlived the attempt");
 }

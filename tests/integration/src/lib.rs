@@ -49,6 +49,8 @@ pub struct Sandbox {
     /// NATS credentials per user (`scheduler`, `executor-launcher`, `result-aggregator`,
     /// `trigger-watcher`, `cli`); empty: the server has no authorization.
     auth: std::collections::HashMap<String, assay_bus::NatsAuth>,
+    /// Operator mode: the launcher mints each runner's own credentials with this.
+    pub runner_signer: Option<std::sync::Arc<assay_bus::runner_jwt::Signer>>,
 }
 
 impl Service {
@@ -133,6 +135,7 @@ impl Sandbox {
             capacity: 8,
             running: Vec::new(),
             auth,
+            runner_signer: None,
         }
     }
 
@@ -202,6 +205,7 @@ impl Sandbox {
                     nats,
                     capacity: self.capacity,
                     ack_wait: Duration::from_secs(6),
+                    runner_signer: self.runner_signer.clone(),
                     ..Default::default()
                 };
                 tokio::spawn(async move {

@@ -13,7 +13,7 @@ use assay_bus::{Bus, streams};
 use async_nats::jetstream::kv;
 
 /// How long claims (and `done` marks) stay in the bucket after their last write.
-const CLAIM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const CLAIM_MAX_AGE: Duration = streams::BATCH_CLAIMS_MAX_AGE;
 
 /// Value of a batch whose results are published.
 const DONE: &str = "done";
@@ -83,18 +83,32 @@ pub(crate) struct Claims {
 }
 
 /// The claim key of batch `seq` of matrix group `group` of `execution`.
+/// The execution is its own token (hex), so a runner's NATS user can be allowed the claims
+/// of its execution alone (`$KV.assay_batch_claims.<execution hex>.>`).
 pub(crate) fn key(execution: &str, group: u32, seq: u32) -> String {
-    assay_bus::kv_key(&format!("{execution}.{group}.{seq}"))
+    format!(
+        "{}.{group}.{seq}",
+        assay_bus::runner_jwt::batch_claims_prefix(execution)
+    )
 }
 
 impl Claims {
     /// Opens the claims bucket (creating it) for `holder`, whose claims last `lease` past
     /// each write.
     pub(crate) async fn open(bus: &Bus, holder: String, lease: Duration) -> Result<Claims, String> {
-        let kv = bus
-            .kv_with_age(streams::KV_BATCH_CLAIMS, CLAIM_MAX_AGE)
+        // An existing bucket is used as it is: a runner with minted credentials may read
+        // its info but not update it (the launcher creates it).
+        let kv = match bus
+            .jetstream()
+            .get_key_value(streams::KV_BATCH_CLAIMS)
             .await
-            .map_err(|e| format!("cannot open the batch claims bucket: {e}"))?;
+        {
+            Ok(kv) => kv,
+            Err(_) => bus
+                .kv_with_age(streams::KV_BATCH_CLAIMS, CLAIM_MAX_AGE)
+                .await
+                .map_err(|e| format!("cannot open the batch claims bucket: {e}"))?,
+        };
         Ok(Claims {
             kv,
             holder,

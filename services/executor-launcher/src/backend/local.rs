@@ -77,12 +77,17 @@ impl LocalBackend {
     /// Starts a runner for this job alone. The job goes over stdin, as to a warm runner:
     /// in an environment variable a large job (its planned test ids) would hit the kernel's
     /// limit on arguments plus environment (`Argument list too long`, from ~5,000 tests).
-    async fn start_cold(&self, line: &str, nats: &RunnerNats) -> Result<Child> {
+    async fn start_cold(
+        &self,
+        line: &str,
+        nats: &RunnerNats,
+        creds: Option<&Path>,
+    ) -> Result<Child> {
         let spawn_error = |reason: String| Error::Spawn {
             runner: self.runner.display().to_string(),
             reason,
         };
-        let mut child = runner_command(&self.runner, nats)
+        let mut child = runner_command(&self.runner, nats, creds)
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| spawn_error(e.to_string()))?;
@@ -106,13 +111,26 @@ impl Backend for LocalBackend {
     async fn start(&self, job: &ShardJob, nats: &RunnerNats) -> Result<LocalAttempt> {
         let encoded = base64::engine::general_purpose::STANDARD.encode(job.encode_to_vec());
         let line = format!("{encoded}\n");
-        let warm = match self.warm.take_for(nats) {
-            Some(child) => hand_over(child, &line).await,
+        let creds = match &nats.creds {
+            Some(creds) => Some(CredsDir::write(creds).map_err(|reason| Error::Spawn {
+                runner: self.runner.display().to_string(),
+                reason,
+            })?),
             None => None,
         };
+        // A warm runner has no credentials of this attempt's: one with minted credentials
+        // starts cold.
+        let warm = match self.warm.take_for(nats) {
+            Some(child) if creds.is_none() => hand_over(child, &line).await,
+            _ => None,
+        };
+        let creds_file = creds.as_ref().map(CredsDir::file);
         let (mut child, warm) = match warm {
             Some(child) => (child, true),
-            None => (self.start_cold(&line, nats).await?, false),
+            None => (
+                self.start_cold(&line, nats, creds_file.as_deref()).await?,
+                false,
+            ),
         };
         // Keep the pool full, off this shard's path.
         let pool = self.warm.clone();
@@ -127,6 +145,7 @@ impl Backend for LocalBackend {
             pgid: pid.map(|p| Pid::from_raw(p as i32)),
             tail,
             warm,
+            _creds: creds,
         })
     }
 
@@ -147,6 +166,41 @@ pub struct LocalAttempt {
     pgid: Option<Pid>,
     tail: Tail,
     warm: bool,
+    /// The attempt's minted credentials file, removed with the attempt.
+    _creds: Option<CredsDir>,
+}
+
+/// A private directory (mode 0700) holding one attempt's minted credentials file (mode
+/// 0600); removed when dropped.
+struct CredsDir(tempfile::TempDir);
+
+impl CredsDir {
+    fn write(creds: &super::RunnerCreds) -> std::result::Result<CredsDir, String> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = tempfile::Builder::new()
+            .prefix("assay-runner-creds-")
+            .tempdir()
+            .map_err(|e| {
+                format!("cannot create a directory for the runner's credentials: {e}; check TMPDIR")
+            })?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make {} private: {e}", dir.path().display()))?;
+        let path = dir.path().join(super::RUNNER_CREDS_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        file.write_all(creds.0.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(CredsDir(dir))
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.path().join(super::RUNNER_CREDS_FILE)
+    }
 }
 
 impl LocalAttempt {
@@ -225,11 +279,18 @@ pub fn find_runner(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// A runner that reads its job from stdin, in its own process group (so its whole tree can
 /// be killed), with the runners' environment and never a job in `ASSAY_SHARD_JOB`.
-fn runner_command(runner: &Path, nats: &RunnerNats) -> Command {
+/// With `creds` (a minted credentials file) the runner reads that and no credentials of the
+/// launcher's.
+fn runner_command(runner: &Path, nats: &RunnerNats, creds: Option<&Path>) -> Command {
     let mut command = Command::new(runner);
+    command.arg("--job-stdin").env_remove("ASSAY_SHARD_JOB");
+    if let Some(creds) = creds {
+        for var in assay_bus::auth::CREDENTIAL_VARS {
+            command.env_remove(var);
+        }
+        command.env("ASSAY_NATS_CREDS", creds);
+    }
     command
-        .arg("--job-stdin")
-        .env_remove("ASSAY_SHARD_JOB")
         .envs(nats.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .process_group(0)
         .stdin(Stdio::piped())
@@ -282,7 +343,7 @@ impl WarmPool {
     fn refill(&self) {
         let mut idle = self.lock();
         while idle.len() < self.target {
-            let spawned = runner_command(&self.runner, &self.nats)
+            let spawned = runner_command(&self.runner, &self.nats, None)
                 .kill_on_drop(true)
                 .spawn();
             match spawned {

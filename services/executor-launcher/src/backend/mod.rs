@@ -131,14 +131,50 @@ impl fmt::Display for AttemptId {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunnerNats {
     pub env: Vec<(String, String)>,
+    /// Credentials minted for this attempt alone (operator mode, see
+    /// [`assay_bus::runner_jwt`]): the backend hands them to the runner as a file in
+    /// `ASSAY_NATS_CREDS`, in place of any other credentials.
+    pub creds: Option<RunnerCreds>,
 }
+
+/// The text of a minted credentials file. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RunnerCreds(pub std::sync::Arc<str>);
+
+impl fmt::Debug for RunnerCreds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RunnerCreds(..)")
+    }
+}
+
+/// The name of the credentials file a runner reads its minted credentials from.
+pub const RUNNER_CREDS_FILE: &str = "runner.creds";
 
 impl RunnerNats {
     /// The settings that reach NATS as a launcher connected with `nats` does.
     pub fn like(nats: &NatsOptions) -> RunnerNats {
         let mut env = vec![("ASSAY_NATS_URL".to_string(), nats.url.clone())];
         env.extend(nats.auth.env_vars());
-        RunnerNats { env }
+        RunnerNats { env, creds: None }
+    }
+
+    /// These settings for one attempt of `job`, with credentials minted by `signer`: no
+    /// other credentials of the launcher's go along (TLS settings do).
+    pub fn minted(
+        &self,
+        signer: &assay_bus::runner_jwt::Signer,
+        job: &ShardJob,
+    ) -> assay_bus::Result<RunnerNats> {
+        let creds = signer.mint_runner(job, assay_bus::now_ms())?;
+        Ok(RunnerNats {
+            env: self
+                .env
+                .iter()
+                .filter(|(k, _)| !assay_bus::auth::CREDENTIAL_VARS.contains(&k.as_str()))
+                .cloned()
+                .collect(),
+            creds: Some(RunnerCreds(creds.file_text().into())),
+        })
     }
 }
 

@@ -158,7 +158,10 @@ pub fn pod_nats(nats: &RunnerNats, url: Option<&str>) -> RunnerNats {
     if let Some(url) = url {
         env.insert(0, ("ASSAY_NATS_URL".into(), url.to_string()));
     }
-    RunnerNats { env }
+    RunnerNats {
+        env,
+        creds: nats.creds.clone(),
+    }
 }
 
 /// The message of an API refusal, naming the verb and resource.
@@ -468,6 +471,7 @@ mod tests {
                 ("ASSAY_NATS_PASSWORD".into(), "launchers-own".into()),
                 ("ASSAY_NATS_CREDS".into(), "/etc/launcher.creds".into()),
             ],
+            ..Default::default()
         }
     }
 
