@@ -135,12 +135,6 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<()> {
             served
         }
         BackendKind::Kubernetes => {
-            if options.runner_signer.is_some() {
-                return Err(Error::Config(
-                    "--runner-signing-key (operator mode) works with the local backend only: minted runner credentials are not handed to Pods yet; give Pods the runner user with --runner-nats-secret"
-                        .into(),
-                ));
-            }
             if options.kube.runner_image.is_empty() {
                 return Err(Error::Config(
                     "the kubernetes backend needs --runner-image (the image holding assay-runner)"

@@ -177,7 +177,18 @@ impl World {
         infra_retries: u32,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<assay_executor_launcher::Result<()>> {
+        self.launcher_signing(infra_retries, None, shutdown)
+    }
+
+    /// A launcher that, given `signer`, mints each attempt's runner its own NATS user.
+    fn launcher_signing(
+        &self,
+        infra_retries: u32,
+        signer: Option<Arc<assay_bus::runner_jwt::Signer>>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<assay_executor_launcher::Result<()>> {
         let options = Options {
+            runner_signer: signer,
             nats: self.nats.clone(),
             backend: assay_executor_launcher::BackendKind::Kubernetes,
             capacity: 2,
@@ -626,6 +637,7 @@ async fn the_git_credentials_secret_is_mounted_into_the_runner_container_only() 
     });
     let nats = RunnerNats {
         env: vec![("ASSAY_NATS_URL".into(), "nats://nats:4222".into())],
+        creds: None,
     };
     let _attempt = backend.start(&job, &nats).await.unwrap();
     let pod = w
@@ -783,6 +795,113 @@ async fn a_missing_runner_nats_secret_errors_the_shard_without_retry() {
             "CreateContainerConfigError: the kubelet cannot create the runner's container on node {NODE}: secret \"no-such-runner-nats\" not found"
         )
     );
+    w.shutdown.cancel();
+    launcher.await.unwrap().unwrap();
+}
+
+/// Operator mode on Pods: the attempt's minted credentials go into a Secret of the Pod's
+/// name (owned by the Pod), mounted read-only for the runner only and named by
+/// `ASSAY_NATS_CREDS`, in place of the runner user's Secret; deleted with the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_runner_credentials_reach_the_pod_in_a_secret_of_its_own() {
+    let w = World::start().await;
+    let account = nkeys::KeyPair::new_account();
+    let signing = nkeys::KeyPair::new_account();
+    let signer =
+        assay_bus::runner_jwt::Signer::new(&signing.seed().unwrap(), &account.public_key())
+            .unwrap();
+    let gate = w.dir.path().join("gate-creds");
+    let launcher = w.launcher_signing(0, Some(Arc::new(signer)), w.shutdown.clone());
+    w.publish(&w.job("01PODJWT", &["a", "b"], Some(&gate)))
+        .await;
+    let name = "assay-01podjwt-0-1";
+    w.wait_until("the pod runs", |w| {
+        w.fake
+            .get("pods", "tests", name)
+            .and_then(|p| p.pointer("/status/phase").cloned())
+            == Some(json!("Running"))
+    })
+    .await;
+    let secret = w
+        .fake
+        .get("secrets", "tests", name)
+        .expect("the creds secret");
+    let creds = secret
+        .pointer("/stringData/runner.creds")
+        .or_else(|| secret.pointer("/data/runner.creds"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .expect("runner.creds");
+    let creds = if creds.contains("BEGIN") {
+        creds
+    } else {
+        use base64::Engine as _;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(creds)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(creds.contains("-----BEGIN NATS USER JWT-----"), "{creds}");
+    assert_eq!(
+        secret["metadata"]["labels"]["assay.dev/execution"],
+        json!("01PODJWT")
+    );
+    let pod = w.fake.get("pods", "tests", name).unwrap();
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (
+            owner["kind"].clone(),
+            owner["name"].clone(),
+            owner["uid"].clone()
+        ),
+        (json!("Pod"), json!(name), pod["metadata"]["uid"].clone()),
+        "{secret:#}"
+    );
+    let spec = &pod["spec"];
+    assert!(
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "assay-nats-creds",
+            "secret": {"secretName": name, "defaultMode": 0o400, "optional": false}})),
+        "{spec:#}"
+    );
+    let main = &spec["containers"][0];
+    assert!(
+        main["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "assay-nats-creds",
+            "mountPath": "/var/run/assay/nats", "readOnly": true})),
+        "{main:#}"
+    );
+    let env = main["env"].as_array().unwrap();
+    assert!(
+        env.contains(
+            &json!({"name": "ASSAY_NATS_CREDS", "value": "/var/run/assay/nats/runner.creds"})
+        ),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter()
+            .any(|e| e["name"] == json!("ASSAY_NATS_USER")
+                || e["name"] == json!("ASSAY_NATS_PASSWORD")),
+        "{env:?}"
+    );
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["volumeMounts"].as_array().unwrap().len(), 1, "{init}");
+    std::fs::write(&gate, "").unwrap();
+    // The runner reads the mounted file (this nats-server checks no credentials).
+    let finals = w.finals("01PODJWT", 1).await;
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].state(), ShardState::Passed, "{:?}", finals[0]);
+    assert_eq!(w.counts("01PODJWT", 1).await, (2, 0));
+    w.wait_until("the secret is deleted with the attempt", |w| {
+        w.fake.get("secrets", "tests", name).is_none()
+    })
+    .await;
     w.shutdown.cancel();
     launcher.await.unwrap().unwrap();
 }

@@ -395,6 +395,7 @@ fn check(objects: &[Object], replicas: i32) {
                 ("", &["pods"], &["create", "delete", "get", "list", "watch"]),
                 ("", &["pods/log"], &["get"]),
                 ("", &["events"], &["list"]),
+                ("", &["secrets"], &["create", "patch", "delete"]),
             ]),
         ),
         (

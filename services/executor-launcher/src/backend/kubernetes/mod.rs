@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use assay_proto::ShardJob;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tracing::{debug, warn};
@@ -85,6 +85,7 @@ impl Default for KubeOptions {
 pub struct KubeBackend {
     pods: Api<Pod>,
     events: Api<KubeEvent>,
+    secrets: Api<Secret>,
     options: KubeOptions,
 }
 
@@ -100,7 +101,8 @@ impl KubeBackend {
         }
         Ok(KubeBackend {
             pods: Api::namespaced(client.clone(), &options.namespace),
-            events: Api::namespaced(client, &options.namespace),
+            events: Api::namespaced(client.clone(), &options.namespace),
+            secrets: Api::namespaced(client, &options.namespace),
             options,
         })
     }
@@ -119,6 +121,7 @@ impl KubeBackend {
         KubeAttempt {
             pods: self.pods.clone(),
             events: self.events.clone(),
+            creds_secret: None,
             git_secret: pod::git_secret(job).map(str::to_string),
             waiting_for_volumes: false,
             events_listed: None,
@@ -132,13 +135,65 @@ impl KubeBackend {
         }
     }
 
-    fn template(&self, nats: &RunnerNats) -> PodTemplate {
+    fn template(&self, nats: &RunnerNats, creds_secret: Option<String>) -> PodTemplate {
         PodTemplate {
             namespace: self.options.namespace.clone(),
             runner_image: self.options.runner_image.clone(),
             runner_path: self.options.runner_path.clone(),
             nats: pod_nats(nats, self.options.runner_nats_url.as_deref()),
             nats_secret: self.options.runner_nats_secret.clone(),
+            creds_secret,
+        }
+    }
+
+    /// Creates the Secret of an attempt's minted credentials, named and labelled like its
+    /// Pod; one that exists already (an earlier life's, for a Pod found running) is kept.
+    /// `Err` is the reason the attempt cannot start.
+    async fn create_creds_secret(
+        &self,
+        job: &ShardJob,
+        name: &str,
+        creds: &super::RunnerCreds,
+    ) -> std::result::Result<(), String> {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(self.options.namespace.clone()),
+                labels: Some(pod::labels(&super::AttemptId::of(job))),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            string_data: Some([(super::RUNNER_CREDS_FILE.to_string(), creds.0.to_string())].into()),
+            ..Default::default()
+        };
+        match self.secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_forbidden() => Err(format!(
+                "forbidden: the launcher may not create secrets in namespace \"{}\" ({}); operator mode hands each shard Pod its credentials in a Secret: grant its ServiceAccount create, patch and delete on secrets",
+                self.options.namespace, s.message
+            )),
+            Err(e) => Err(format!(
+                "cannot create the runner's credentials secret {name}: {e}"
+            )),
+        }
+    }
+
+    /// Makes `pod` the owner of its credentials Secret, so that the cluster deletes the
+    /// Secret with the Pod even when no launcher is left to.
+    async fn own_creds_secret(&self, name: &str, pod: &Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let patch = serde_json::json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid,
+        }]}});
+        if let Err(e) = self
+            .secrets
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(secret = %name, error = %e, "cannot make the pod own its credentials secret; it is deleted with the attempt");
         }
     }
 }
@@ -186,7 +241,11 @@ impl Backend for KubeBackend {
         let now = assay_bus::now_ms();
         let deadline = assay_bus::retry::attempt_time_left(job, now)
             .map(|t| t.as_secs() as i64 + 1 + pod::DEADLINE_MARGIN_SECS);
-        let spec = match pod::build(job, &self.template(nats), deadline) {
+        let creds_secret = nats
+            .creds
+            .as_ref()
+            .map(|_| pod::pod_name(&super::AttemptId::of(job)));
+        let spec = match pod::build(job, &self.template(nats, creds_secret.clone()), deadline) {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("the workflow's Pod settings are not valid: {e}");
@@ -198,15 +257,40 @@ impl Backend for KubeBackend {
             }
         };
         let name = spec.metadata.name.clone().unwrap_or_default();
+        if let Some(creds) = &nats.creds
+            && let Err(reason) = self.create_creds_secret(job, &name, creds).await
+        {
+            return Ok(self.attempt(job, name, Some((Outcome::Infrastructure(reason), false))));
+        }
+        let with_secret = |mut a: KubeAttempt| {
+            a.creds_secret = creds_secret.as_ref().map(|_| self.secrets.clone());
+            a
+        };
         match self.pods.create(&PostParams::default(), &spec).await {
-            Ok(_) => Ok(self.attempt(job, name, None)),
+            Ok(created) => {
+                if creds_secret.is_some() {
+                    self.own_creds_secret(&name, &created).await;
+                }
+                Ok(with_secret(self.attempt(job, name, None)))
+            }
             // Created by an earlier life of this launcher: watch that one.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(self.attempt(job, name, None)),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                Ok(with_secret(self.attempt(job, name, None)))
+            }
             Err(kube::Error::Api(s)) if s.is_forbidden() || s.is_invalid() || s.code == 400 => {
                 let reason = refused("create", &self.options.namespace, &s);
-                Ok(self.attempt(job, name, Some((Outcome::Infrastructure(reason), false))))
+                Ok(with_secret(self.attempt(
+                    job,
+                    name,
+                    Some((Outcome::Infrastructure(reason), false)),
+                )))
             }
-            Err(e) => Err(Error::Kube(format!("cannot create pod {name}: {e}"))),
+            Err(e) => {
+                if creds_secret.is_some() {
+                    let _ = self.secrets.delete(&name, &DeleteParams::default()).await;
+                }
+                Err(Error::Kube(format!("cannot create pod {name}: {e}")))
+            }
         }
     }
 
@@ -265,6 +349,9 @@ impl Backend for KubeBackend {
 pub struct KubeAttempt {
     pods: Api<Pod>,
     events: Api<KubeEvent>,
+    /// Operator mode: the Secrets API, to delete the attempt's credentials Secret (the
+    /// Pod's name) with the attempt.
+    creds_secret: Option<Api<Secret>>,
     name: String,
     /// The `content.git` Secret the Pod mounts, if any.
     git_secret: Option<String>,
@@ -427,6 +514,15 @@ impl Attempt for KubeAttempt {
     async fn kill(&mut self) {
         if self.name.is_empty() {
             return;
+        }
+        if let Some(secrets) = &self.creds_secret {
+            match secrets.delete(&self.name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => {
+                    warn!(secret = %self.name, error = %e, "cannot delete the shard's credentials secret; it goes with its pod")
+                }
+            }
         }
         let dp = DeleteParams::default().grace_period(0);
         match self.pods.delete(&self.name, &dp).await {

@@ -59,6 +59,11 @@ pub const GIT_CREDENTIALS_MODE: i32 = 0o400;
 /// runner whose image runs as a non-root user can read files that are otherwise root's
 /// with mode 0400.
 pub const GIT_CREDENTIALS_GROUP: i64 = 65532;
+/// The volume of an attempt's minted NATS credentials (operator mode): a Secret of the
+/// Pod's own name, key [`crate::backend::RUNNER_CREDS_FILE`].
+pub const NATS_CREDS_VOLUME: &str = "assay-nats-creds";
+/// Where that Secret is mounted (read-only) in the runner container only.
+pub const NATS_CREDS_DIR: &str = "/var/run/assay/nats";
 /// Seconds the Pod may outlive the shard's time limit before Kubernetes kills it (the
 /// runner and the launcher end it first; this bounds a Pod whose launcher is gone).
 pub const DEADLINE_MARGIN_SECS: i64 = 30;
@@ -76,6 +81,9 @@ pub struct PodTemplate {
     /// A Secret holding the runner's NATS user (`user` and `password` keys), given to the
     /// runner container only.
     pub nats_secret: Option<String>,
+    /// The Secret holding this attempt's minted credentials (operator mode), mounted for
+    /// the runner in place of [`PodTemplate::nats_secret`].
+    pub creds_secret: Option<String>,
 }
 
 /// The Pod's name: `assay-<execution>-<shard>-<attempt>`, lower-cased, anything outside
@@ -229,6 +237,24 @@ pub fn build(
             ..Default::default()
         });
     }
+    if let Some(secret) = &template.creds_secret {
+        main_mounts.push(VolumeMount {
+            name: NATS_CREDS_VOLUME.into(),
+            mount_path: NATS_CREDS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: NATS_CREDS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                default_mode: Some(GIT_CREDENTIALS_MODE),
+                optional: Some(false),
+                items: None,
+            }),
+            ..Default::default()
+        });
+    }
     let runner = format!("{RUNNER_DIR}/assay-runner");
     let init = Container {
         name: INIT_CONTAINER.into(),
@@ -251,7 +277,12 @@ pub fn build(
     if git_secret.is_some() {
         env.push(plain(GIT_CREDENTIALS_ENV, GIT_CREDENTIALS_DIR));
     }
-    if let Some(secret) = &template.nats_secret {
+    if template.creds_secret.is_some() {
+        env.push(plain(
+            "ASSAY_NATS_CREDS",
+            &format!("{NATS_CREDS_DIR}/{}", crate::backend::RUNNER_CREDS_FILE),
+        ));
+    } else if let Some(secret) = &template.nats_secret {
         env.push(from_secret("ASSAY_NATS_USER", secret, "user"));
         env.push(from_secret("ASSAY_NATS_PASSWORD", secret, "password"));
     }
@@ -299,9 +330,11 @@ pub fn build(
         init_containers: Some(vec![init]),
         containers: vec![main],
         volumes: Some(volumes),
-        security_context: git_secret.map(|_| PodSecurityContext {
-            fs_group: Some(GIT_CREDENTIALS_GROUP),
-            ..Default::default()
+        security_context: (git_secret.is_some() || template.creds_secret.is_some()).then(|| {
+            PodSecurityContext {
+                fs_group: Some(GIT_CREDENTIALS_GROUP),
+                ..Default::default()
+            }
         }),
         node_selector: (!overrides.node_selector.is_empty())
             .then(|| overrides.node_selector.clone()),
