@@ -25,26 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "node-a";
 
-/// Writes a JUnit report of its arguments; waits while `$GATE` names a file that does not
-/// exist yet (so a test can hold the runner mid-run).
-const SUITE_SH: &str = r#"#!/bin/sh
-report=$1; shift
-if [ -n "$GATE" ]; then while [ ! -e "$GATE" ]; do sleep 0.05; done; fi
-{
-echo '<?xml version="1.0" encoding="UTF-8"?>'
-echo "<testsuite name=\"suite\" tests=\"$#\">"
-for id in "$@"; do
-  case $id in
-    *fail*) echo "<testcase classname=\"suite\" name=\"$id\"><failure message=\"no\">x</failure></testcase>";;
-    *) echo "<testcase classname=\"suite\" name=\"$id\" time=\"0.010\"/>";;
-  esac
-done
-echo "</testsuite>"
-} > "$report"
-case "$*" in *fail*) exit 1;; esac
-exit 0
-"#;
-
 /// The suite of the git repository: every test fails when the git credentials reach the
 /// test code, by the variable or by the password in any variable.
 const GIT_SUITE_SH: &str = r#"#!/bin/sh
@@ -131,7 +111,11 @@ impl World {
         let fake = FakeKube::start().await.unwrap();
         let kubelet = KubeletSim::start(&fake, NODE);
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("suite.sh"), SUITE_SH).unwrap();
+        std::fs::write(
+            dir.path().join("suite.sh"),
+            assay_testkit::suite::JUNIT_SUITE_SH,
+        )
+        .unwrap();
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let pods: kube::Api<Pod> = kube::Api::namespaced(fake.client(), "tests");
         let record = seen.clone();
