@@ -48,22 +48,7 @@ echo "</testsuite>"
 
 /// A bare repository holding `suite.sh` ([`GIT_SUITE_SH`]) on branch main; its `file://` url.
 fn bare_repo(dir: &Path) -> String {
-    let git = |cwd: &Path, args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .current_dir(cwd)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(["-c", "init.defaultBranch=main"])
-            .args(args)
-            .output()
-            .expect("git (install it: the content.git tests need it)");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    use assay_testkit::suite::git;
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "-q"]);

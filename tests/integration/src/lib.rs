@@ -544,6 +544,25 @@ pub fn output_text(out: &std::process::Output) -> String {
 }
 
 /// The status of an execution detail.
+/// NATS settings of a service started in the test process: `url`, client name `name`.
+pub fn nats_as(url: &str, name: &str) -> NatsOptions {
+    NatsOptions {
+        url: url.to_string(),
+        name: name.to_string(),
+        ..Default::default()
+    }
+}
+
+/// A service's `run` future started in the test process; its error as text.
+pub type ServiceTask = JoinHandle<Result<(), String>>;
+
+/// Spawns a service's `run` future (`assay_scheduler::run(options, token)`, ...).
+pub fn spawn_service<E: std::fmt::Display>(
+    run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> ServiceTask {
+    tokio::spawn(async move { run.await.map_err(|e| e.to_string()) })
+}
+
 pub fn status_of(d: &ExecutionDetail) -> ExecutionStatus {
     ExecutionStatus::try_from(d.execution.as_ref().map(|e| e.status).unwrap_or(0))
         .unwrap_or_default()

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assay_cluster::{CatalogSource, KubeSource, Scope};
-use assay_integration::{Sandbox, Service, describe, status_of};
+use assay_integration::{
+    Sandbox, Service, ServiceTask, describe, nats_as, spawn_service, status_of,
+};
 use assay_proto::ExecutionStatus;
 use assay_testkit::kube::{FakeKube, KubeletSim};
 use futures::StreamExt as _;
@@ -76,16 +78,6 @@ fn catalog(fake: &FakeKube) -> CatalogSource {
     })
 }
 
-fn nats(url: &str, name: &str) -> assay_bus::NatsOptions {
-    assay_bus::NatsOptions {
-        url: url.to_string(),
-        name: name.to_string(),
-        ..Default::default()
-    }
-}
-
-type Task = JoinHandle<Result<(), String>>;
-
 /// One replica of each of scheduler, trigger-watcher (watching the cluster) and
 /// executor-launcher (Pods in `tests`), reading the cluster's catalog.
 fn replicas(
@@ -94,22 +86,18 @@ fn replicas(
     n: usize,
     watch: &assay_trigger_watcher::cluster::ClusterStatus,
     shutdown: &CancellationToken,
-) -> Vec<Task> {
+) -> Vec<ServiceTask> {
     let url = sb.nats.url();
-    let mut tasks: Vec<Task> = Vec::new();
+    let mut tasks: Vec<ServiceTask> = Vec::new();
     let scheduler = assay_scheduler::Options {
-        nats: nats(&url, &format!("scheduler-{n}")),
+        nats: nats_as(&url, &format!("scheduler-{n}")),
         catalog: catalog(fake),
         ..Default::default()
     };
     let t = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        assay_scheduler::run(scheduler, t)
-            .await
-            .map_err(|e| e.to_string())
-    }));
+    tasks.push(spawn_service(assay_scheduler::run(scheduler, t)));
     let watcher = assay_trigger_watcher::Options {
-        nats: nats(&url, &format!("trigger-watcher-{n}")),
+        nats: nats_as(&url, &format!("trigger-watcher-{n}")),
         catalog: catalog(fake),
         http: std::net::SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port())),
         cluster: assay_trigger_watcher::cluster::ClusterOptions {
@@ -121,15 +109,11 @@ fn replicas(
         ..Default::default()
     };
     let t = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        assay_trigger_watcher::run(watcher, t)
-            .await
-            .map_err(|e| e.to_string())
-    }));
+    tasks.push(spawn_service(assay_trigger_watcher::run(watcher, t)));
     let runner = assay_executor_launcher::find_runner(None)
         .unwrap_or_else(|e| panic!("{e} (cargo build --bins)"));
     let launcher = assay_executor_launcher::Options {
-        nats: nats(&url, &format!("executor-launcher-{n}")),
+        nats: nats_as(&url, &format!("executor-launcher-{n}")),
         backend: assay_executor_launcher::BackendKind::Kubernetes,
         capacity: 2,
         ack_wait: Duration::from_secs(6),
@@ -144,11 +128,7 @@ fn replicas(
         ..Default::default()
     };
     let t = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        assay_executor_launcher::run(launcher, t)
-            .await
-            .map_err(|e| e.to_string())
-    }));
+    tasks.push(spawn_service(assay_executor_launcher::run(launcher, t)));
     tasks
 }
 
@@ -288,17 +268,16 @@ async fn a_rollout_runs_a_git_suite_as_pods_on_two_replicas_of_every_service() {
     }
     tasks.extend(replicas(&fake, &sb, 2, &watches[1], &shutdown));
     let second_aggregator = assay_result_aggregator::Options {
-        nats: nats(&sb.nats.url(), "result-aggregator-2"),
+        nats: nats_as(&sb.nats.url(), "result-aggregator-2"),
         database: sb.database(),
         grpc: std::net::SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port())),
         ..Default::default()
     };
     let t = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        assay_result_aggregator::run(second_aggregator, t)
-            .await
-            .map_err(|e| e.to_string())
-    }));
+    tasks.push(spawn_service(assay_result_aggregator::run(
+        second_aggregator,
+        t,
+    )));
     // Both watchers have listed the Deployment before it rolls out (the first list records
     // what exists and fires nothing).
     let until = Instant::now() + Duration::from_secs(60);

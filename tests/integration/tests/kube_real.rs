@@ -26,14 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assay_cluster::{CatalogSource, KubeSource, Scope};
-use assay_integration::{Sandbox, Service, describe, status_of};
+use assay_integration::{
+    Sandbox, Service, ServiceTask, describe, nats_as, spawn_service, status_of,
+};
 use assay_proto::ExecutionStatus;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// What the tier needs from its environment; panics naming what is missing.
@@ -211,16 +212,6 @@ fn apply(yaml: &str) {
     kubectl_in(&["apply", "-f", "-"], Some(yaml));
 }
 
-fn nats(url: &str, name: &str) -> assay_bus::NatsOptions {
-    assay_bus::NatsOptions {
-        url: url.to_string(),
-        name: name.to_string(),
-        ..Default::default()
-    }
-}
-
-type Task = JoinHandle<Result<(), String>>;
-
 /// The executor-launcher on the kubernetes backend, its shard Pods in namespace `tests`.
 fn launcher(
     real: &Real,
@@ -228,9 +219,9 @@ fn launcher(
     n: usize,
     infra_retries: u32,
     stop: &CancellationToken,
-) -> Task {
+) -> ServiceTask {
     let options = assay_executor_launcher::Options {
-        nats: nats(&sb.nats.url(), &format!("executor-launcher-{n}")),
+        nats: nats_as(&sb.nats.url(), &format!("executor-launcher-{n}")),
         backend: assay_executor_launcher::BackendKind::Kubernetes,
         capacity: 4,
         ack_wait: Duration::from_secs(10),
@@ -248,11 +239,7 @@ fn launcher(
         ..Default::default()
     };
     let t = stop.clone();
-    tokio::spawn(async move {
-        assay_executor_launcher::run(options, t)
-            .await
-            .map_err(|e| e.to_string())
-    })
+    spawn_service(assay_executor_launcher::run(options, t))
 }
 
 /// One replica of each of scheduler and trigger-watcher (watching the cluster), reading
@@ -264,15 +251,15 @@ fn scheduler_and_watcher(
     n: usize,
     watch: &assay_trigger_watcher::cluster::ClusterStatus,
     stop: &CancellationToken,
-) -> Vec<Task> {
+) -> Vec<ServiceTask> {
     let url = sb.nats.url();
     let scheduler = assay_scheduler::Options {
-        nats: nats(&url, &format!("scheduler-{n}")),
+        nats: nats_as(&url, &format!("scheduler-{n}")),
         catalog: real.catalog(),
         ..Default::default()
     };
     let watcher = assay_trigger_watcher::Options {
-        nats: nats(&url, &format!("trigger-watcher-{n}")),
+        nats: nats_as(&url, &format!("trigger-watcher-{n}")),
         catalog: real.catalog(),
         http: std::net::SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port())),
         cluster: assay_trigger_watcher::cluster::ClusterOptions {
@@ -285,16 +272,8 @@ fn scheduler_and_watcher(
     };
     let (t1, t2) = (stop.clone(), stop.clone());
     vec![
-        tokio::spawn(async move {
-            assay_scheduler::run(scheduler, t1)
-                .await
-                .map_err(|e| e.to_string())
-        }),
-        tokio::spawn(async move {
-            assay_trigger_watcher::run(watcher, t2)
-                .await
-                .map_err(|e| e.to_string())
-        }),
+        spawn_service(assay_scheduler::run(scheduler, t1)),
+        spawn_service(assay_trigger_watcher::run(watcher, t2)),
     ]
 }
 
@@ -408,7 +387,7 @@ async fn final_statuses(sb: &Sandbox, id: &str) -> Vec<assay_proto::ShardStatus>
     out
 }
 
-async fn stop_all(stop: &CancellationToken, tasks: Vec<Task>) {
+async fn stop_all(stop: &CancellationToken, tasks: Vec<ServiceTask>) {
     stop.cancel();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
@@ -477,17 +456,16 @@ spec:
         tasks.push(launcher(&real, &sb, n, 2, &stop));
     }
     let second_aggregator = assay_result_aggregator::Options {
-        nats: nats(&sb.nats.url(), "result-aggregator-2"),
+        nats: nats_as(&sb.nats.url(), "result-aggregator-2"),
         database: sb.database(),
         grpc: std::net::SocketAddr::from(([127, 0, 0, 1], assay_testkit::free_port())),
         ..Default::default()
     };
     let t = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        assay_result_aggregator::run(second_aggregator, t)
-            .await
-            .map_err(|e| e.to_string())
-    }));
+    tasks.push(spawn_service(assay_result_aggregator::run(
+        second_aggregator,
+        t,
+    )));
     wait_listed(&[&watches[0], &watches[1]], "Deployment").await;
     let seen = record_pods(&client, &tests, &stop);
 
