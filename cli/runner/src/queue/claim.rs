@@ -60,6 +60,26 @@ pub(crate) enum Take {
     Done,
 }
 
+/// Why [`Claims::finish`] did not mark a batch done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotDone {
+    /// Another worker holds the claim now.
+    Lost,
+    /// NATS could not be asked (an outage): trying again may work.
+    Outage(String),
+}
+
+impl std::fmt::Display for NotDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotDone::Lost => {
+                f.write_str("cannot mark the batch done: the claim is held by another worker")
+            }
+            NotDone::Outage(e) => f.write_str(e),
+        }
+    }
+}
+
 /// What [`Claims::renew`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Renewal {
@@ -245,16 +265,20 @@ impl Claims {
     }
 
     /// Marks the batch held at `revision` done (its results are published), so that a
-    /// redelivered copy is dropped. Fails when the claim is no longer ours.
-    pub(crate) async fn finish(&self, key: &str, revision: u64) -> Result<(), String> {
-        let done = |e: String| format!("cannot mark the batch done: {e}");
+    /// redelivered copy is dropped. [`NotDone::Lost`] when the claim is no longer ours.
+    pub(crate) async fn finish(&self, key: &str, revision: u64) -> Result<(), NotDone> {
+        let outage = |e: String| NotDone::Outage(format!("cannot mark the batch done: {e}"));
         match self.kv.update(key, DONE.into(), revision).await {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-            Err(e) => return Err(done(e.to_string())),
+            Err(e) => return Err(outage(e.to_string())),
         }
         // A renewal cut short when the batch ended may have been written: still ours?
-        let entry = self.kv.entry(key).await.map_err(|e| done(e.to_string()))?;
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| outage(e.to_string()))?;
         let ours = entry.filter(|e| {
             e.operation == kv::Operation::Put
                 && matches!(State::parse(&e.value), Some(State::Held { holder, .. }) if holder == self.holder)
@@ -265,8 +289,8 @@ impl Claims {
                 .update(key, DONE.into(), e.revision)
                 .await
                 .map(|_| ())
-                .map_err(|e| done(e.to_string())),
-            None => Err(done("the claim is held by another worker".to_string())),
+                .map_err(|e| outage(e.to_string())),
+            None => Err(NotDone::Lost),
         }
     }
 
@@ -278,19 +302,17 @@ impl Claims {
         &self,
         key: &str,
         revision: u64,
-        within: std::time::Duration,
-    ) -> Result<(), String> {
+        within: Duration,
+    ) -> Result<(), NotDone> {
         let until = tokio::time::Instant::now() + within;
-        let mut pause = std::time::Duration::from_millis(50);
+        let mut pause = Duration::from_millis(50);
         loop {
             match self.finish(key, revision).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.ends_with("the claim is held by another worker") => return Err(e),
-                Err(e) if tokio::time::Instant::now() + pause >= until => return Err(e),
-                Err(_) => {
+                Err(NotDone::Outage(_)) if tokio::time::Instant::now() + pause < until => {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
+                done => return done,
             }
         }
     }
